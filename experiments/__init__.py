@@ -1,0 +1,1 @@
+"""Orchestration around the trainers: search spaces, Ray Tune launch, MLflow tracking, Optuna pruning."""

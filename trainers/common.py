@@ -1,0 +1,249 @@
+"""Pieces both trainers share: config loading and validation, hashing, seeding,
+mixed precision, learning-rate schedules and the non-finite-loss guard.
+
+Kept free of ray, mlflow and optuna (see DESIGN.md: trainers are pure PyTorch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+import os
+import random
+import subprocess
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, ContextManager, Iterable, Mapping, Sequence, TypeVar
+
+import numpy as np
+import torch
+import yaml
+
+C = TypeVar("C")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a training loss is NaN or infinite, so the trial is marked failed."""
+
+
+# ---------------------------------------------------------------------------
+# Config helpers
+# ---------------------------------------------------------------------------
+
+
+def closest(name: str, valid: Iterable[str]) -> str | None:
+    """The closest valid name to ``name`` (for 'did you mean' hints), or None."""
+    match = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
+    return match[0] if match else None
+
+
+def unknown_key_message(key: str, valid: Iterable[str], where: str = "") -> str:
+    """An error message for an unknown key, naming where it was found and the closest valid key."""
+    valid = sorted(valid)
+    hint = closest(key, valid)
+    loc = f"{where}: " if where else ""
+    fix = f"did you mean '{hint}'?" if hint else f"valid keys: {', '.join(valid)}"
+    return f"{loc}unknown key '{key}' ({fix})"
+
+
+def config_from_dict(cls: type[C], data: Mapping[str, Any], where: str = "") -> C:
+    """Build a config dataclass from a plain mapping.
+
+    Unknown keys are a ``ValueError`` naming the key and suggesting the closest field;
+    the dataclass's own ``__post_init__`` validates the values.
+    """
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{where or cls.__name__}: expected a mapping of field: value, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for key in data:
+        if key not in names:
+            raise ValueError(unknown_key_message(str(key), names, where or cls.__name__))
+    return cls(**dict(data))
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A config dataclass as plain JSON-able values (tuples become lists, Paths strings)."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, Mapping):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    return plain(config)
+
+
+def config_hash(values: Mapping[str, Any], *extra: str) -> str:
+    """A stable 16-hex-digit hash of a resolved config (plus extra strings such as a data fingerprint)."""
+    blob = json.dumps(values, sort_keys=True, default=str, separators=(",", ":"))
+    digest = hashlib.sha256(blob.encode())
+    for item in extra:
+        digest.update(b"\0" + item.encode())
+    return digest.hexdigest()[:16]
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """Parse ``key=value`` command-line overrides; values are read as YAML (``amp=true``, ``crops=[...]``)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"--set {pair!r}: expected key=value, e.g. --set epochs=2")
+        key, raw = pair.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--set {pair!r}: value is not valid YAML ({exc})") from exc
+    return out
+
+
+def load_config_file(cls: type[C], path: str | Path, overrides: Sequence[str] = ()) -> C:
+    """Read a YAML config file for ``cls``, apply ``key=value`` overrides, validate.
+
+    Errors name the file: ``ValueError("pretrain.yaml: unknown key 'prototype' (did you mean 'prototypes'?)")``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of field: value at the top level")
+    data.update(parse_overrides(overrides))
+    try:
+        return config_from_dict(cls, data, where=str(path))
+    except TypeError as exc:  # e.g. a missing required field
+        raise ValueError(f"{path}: {exc}") from exc
+    except ValueError as exc:
+        msg = str(exc)
+        raise ValueError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from exc
+
+
+def require(ok: bool, field: str, value: Any, allowed: str) -> None:
+    """Config validation: raise ``ValueError`` naming the field, the value and what is allowed."""
+    if not ok:
+        raise ValueError(f"{field}={value!r} is invalid: {allowed}")
+
+
+def require_choice(field: str, value: Any, choices: Sequence[Any]) -> None:
+    """Config validation for a field that takes one of a few names."""
+    if value not in choices:
+        hint = closest(str(value), [str(c) for c in choices]) if isinstance(value, str) else None
+        extra = f" (did you mean '{hint}'?)" if hint else ""
+        raise ValueError(f"{field}={value!r} is invalid: choose one of {', '.join(map(str, choices))}{extra}")
+
+
+# ---------------------------------------------------------------------------
+# Reproducibility and provenance
+# ---------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG state a resumed run needs, as tensors and plain values (no pickles)."""
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npst = state["numpy"]
+    np.random.set_state((npst[0], np.asarray(npst[1].numpy(), dtype=np.uint32), npst[2], npst[3], npst[4]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(state["cuda"]))
+
+
+def git_sha() -> str:
+    """The code version: ABLATE_GIT_SHA if set (e.g. in a container), else ``git rev-parse HEAD``, else 'unknown'."""
+    if os.environ.get("ABLATE_GIT_SHA"):
+        return os.environ["ABLATE_GIT_SHA"]
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+# ---------------------------------------------------------------------------
+# Devices and mixed precision
+# ---------------------------------------------------------------------------
+
+
+def default_device() -> torch.device:
+    """CUDA (this process's local rank) when present, else CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def autocast(device: torch.device, enabled: bool) -> ContextManager[Any]:
+    """Mixed-precision context: float16 on CUDA (with a GradScaler), bfloat16 on CPU (no scaler needed)."""
+    if not enabled:
+        return nullcontext()
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def grad_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:
+    """A GradScaler that is active only for float16 on CUDA (bfloat16 has float32's range)."""
+    return torch.amp.GradScaler(device.type, enabled=enabled and device.type == "cuda")
+
+
+def check_finite(loss: torch.Tensor, epoch: int, step: int, what: str = "loss") -> None:
+    """Raise :class:`NonFiniteLossError` naming the epoch and step when ``loss`` is NaN/inf."""
+    if not torch.isfinite(loss.detach()).all():
+        raise NonFiniteLossError(f"non-finite {what} ({loss.item()}) at epoch {epoch}, step {step}")
+
+
+# ---------------------------------------------------------------------------
+# Learning-rate schedules
+# ---------------------------------------------------------------------------
+
+
+def warmup_cosine(
+    iteration: int, total_iters: int, warmup_iters: int, base_lr: float, final_lr: float, start_lr: float
+) -> float:
+    """Linear warmup from ``start_lr`` to ``base_lr`` over ``warmup_iters``, then cosine to ``final_lr``.
+
+    Per-iteration, as in the SwAV reference implementation.
+    """
+    if iteration < warmup_iters:
+        return start_lr + (base_lr - start_lr) * iteration / max(1, warmup_iters)
+    span = max(1, total_iters - warmup_iters)
+    progress = min(1.0, (iteration - warmup_iters) / span)
+    return final_lr + 0.5 * (base_lr - final_lr) * (1 + math.cos(math.pi * progress))
+
+
+def is_finite_number(value: Any) -> bool:
+    """True for real numbers that are neither NaN nor infinite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
