@@ -1,0 +1,58 @@
+"""``python -m bench [NAME ...] [--quick] [--no-write]``: run benchmarks, rewrite BENCHMARKS.md.
+
+Each benchmark's section in BENCHMARKS.md sits between ``<!-- bench:NAME -->`` and
+``<!-- /bench:NAME -->``; sections of benchmarks not run this time are kept as they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import re
+import sys
+import time
+from pathlib import Path
+
+BENCHES = ("multicrop",)  # in the order they appear in BENCHMARKS.md
+DOC = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+HEADER = """# Benchmarks
+
+`make bench` (or `python -m bench [NAME ...]`) runs every benchmark in `bench/` and rewrites
+the sections below. Each figure is a ratio against a baseline measured in the same run, on the
+same machine: absolute times on a shared machine are noise.
+"""
+
+
+def update_doc(text: str, name: str, section: str) -> str:
+    """Replace (or append) the marked section of benchmark ``name``."""
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    block = f"{start}\n{section.strip()}\n{end}"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    if pattern.search(text):
+        return pattern.sub(lambda _: block, text)
+    return text.rstrip() + "\n\n" + block + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: all of {', '.join(BENCHES)})")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and images (a smoke check)")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md as it is")
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.names if n not in BENCHES]
+    if unknown:
+        parser.error(f"unknown benchmark {unknown[0]!r}: choose from {', '.join(BENCHES)}")
+    text = DOC.read_text() if DOC.exists() else HEADER
+    for name in args.names or BENCHES:
+        t0 = time.time()
+        section = importlib.import_module(f"bench.{name}").run(quick=args.quick)
+        print(section, f"\n({name}: {time.time() - t0:.0f} s)\n", flush=True)
+        text = update_doc(text, name, section)
+    if not args.no_write:
+        DOC.write_text(text)
+        print(f"wrote {DOC}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""The ``ablate`` command.
+
+    ablate demo                                   the whole flow on generated sample data
+    ablate data sample --out DIR                  write the sample data set
+    ablate pretrain CONFIG.yaml [--set k=v]       one SwAV pretraining, no Ray / MLflow
+    ablate finetune CONFIG.yaml [--set k=v]       one Faster R-CNN fine-tuning, no Ray / MLflow
+    ablate launch SPACE.yaml [--dry-run]          an ablation grid through Ray Tune + MLflow
+    ablate ui                                     the MLflow UI on the local store
+    ablate report STUDY / register / models / pull / server
+
+Bad input exits with code 2 and one line naming the file, the field and the fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+EXIT_USAGE = 2
+
+
+def _add_tracking(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ablate", description="Ablation service for SwAV-pretrained object detection.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="generate sample data and run search_spaces/smoke.yaml end to end")
+    p.add_argument("--space", default=None, help="space file to run (default: the shipped smoke.yaml)")
+    _add_tracking(p)
+
+    p = sub.add_parser("data", help="data set tools")
+    dsub = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    s = dsub.add_parser("sample", help="write the deterministic sample data set (COCO format + unlabeled folder)")
+    s.add_argument("--out", required=True, type=Path, help="output folder")
+    s.add_argument("--seed", type=int, default=0, help="generator seed (same seed -> identical files)")
+    s.add_argument("--size", default="small", choices=["small", "medium"], help="small: tests; medium: the demo")
+
+    for stage in ("pretrain", "finetune"):
+        what = "SwAV pretraining" if stage == "pretrain" else "Faster R-CNN fine-tuning"
+        p = sub.add_parser(stage, help=f"run one {what} without Ray or MLflow")
+        p.add_argument("config", type=Path, help="YAML file of config fields")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a field (value read as YAML); repeatable")
+        p.add_argument("--out", type=Path, default=None,
+                       help=f"folder for checkpoints and the exported {'backbone' if stage == 'pretrain' else 'detector'}")
+        p.add_argument("--resume", type=Path, default=None, help="checkpoint folder to resume from")
+
+    p = sub.add_parser("launch", help="run an ablation grid (Ray Tune stages, MLflow tracking, Optuna pruning)")
+    p.add_argument("space", type=Path, help="search space YAML (see search_spaces/README.md)")
+    _add_tracking(p)
+    p.add_argument("--storage-path", default=None, help="Ray storage for checkpoints (shared path or s3:// on a cluster)")
+    p.add_argument("--name", default=None, help="study name (default: the space's `name`)")
+    p.add_argument("--dry-run", action="store_true", help="print the expanded plan and exit")
+    p.add_argument("--resume", action="store_true", help="continue the study's last unfinished launch")
+    p.add_argument("--max-concurrent", type=int, default=None, help="override max_concurrent of the space")
+    p.add_argument("--address", default=None, help="Ray cluster address, e.g. ray://HOST:10001 (default: $RAY_ADDRESS or local)")
+    p.add_argument("--optuna-storage", default=None,
+                   help="SQLAlchemy URL of the Optuna study (default: $ABLATE_OPTUNA_STORAGE or sqlite:///mlruns/optuna.db)")
+    p.add_argument("--no-register", action="store_true", help="do not register the best model at the end")
+
+    p = sub.add_parser("ui", help="start the MLflow UI on the local store (127.0.0.1)")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--host", default="127.0.0.1")
+    _add_tracking(p)
+    return parser
+
+
+def _fail(msg: str) -> int:
+    print(f"ablate: error: {msg}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def cmd_data_sample(args: argparse.Namespace) -> int:
+    from trainers.data import generate_sample
+
+    paths = generate_sample(args.out, seed=args.seed, size=args.size)
+    print(f"sample data ({args.size}, seed {args.seed}) in {paths.root}")
+    for name in ("unlabeled", "train_images", "train_annotations", "val_images", "val_annotations"):
+        print(f"  {name:18} {getattr(paths, name)}")
+    return 0
+
+
+def cmd_single(args: argparse.Namespace, stage: str) -> int:
+    import json
+    import shutil
+
+    from trainers.common import load_config_file
+    from trainers.reporting import InMemoryReporter
+
+    if stage == "pretrain":
+        from trainers.swav import SwAVConfig as cls
+        from trainers.swav import train
+        export = "backbone"
+    else:
+        from trainers.detection import DetectionConfig as cls
+        from trainers.detection import train
+        export = "detector"
+    config = load_config_file(cls, args.config, args.overrides)
+    out = args.out or Path(f"{stage}_out")
+    reporter = InMemoryReporter(root=out, resume_from=args.resume, echo=sys.stdout)
+    result = train(config, reporter, progress=True)
+    last = reporter.last_checkpoint
+    if last is not None and any(last.glob(f"{export}.*")):
+        dest = out / export
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in last.glob(f"{export}.*"):
+            shutil.copy2(f, dest / f.name)
+        print(f"exported {export}: {dest}")
+    if stage == "finetune":
+        from trainers.detection import format_coco_table
+
+        print(format_coco_table(result))
+    else:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from experiments.launch import LaunchOptions, launch
+
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        return _fail(f"--max-concurrent {args.max_concurrent}: must be >= 1")
+    result = launch(args.space, LaunchOptions(
+        tracking_uri=args.tracking_uri, storage_path=args.storage_path, name=args.name, dry_run=args.dry_run,
+        resume=args.resume, max_concurrent=args.max_concurrent, address=args.address,
+        optuna_storage=args.optuna_storage, register=not args.no_register))
+    return result.exit_code
+
+
+def default_space(name: str) -> Path:
+    """A shipped space file: ./search_spaces/NAME if present, else the one beside the package."""
+    local = Path("search_spaces") / name
+    if local.is_file():
+        return local
+    return Path(__file__).resolve().parent.parent / "search_spaces" / name
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from experiments.launch import LaunchOptions, launch
+    from experiments.tracking import default_tracking_uri, redact_uri
+
+    space = Path(args.space) if args.space else default_space("smoke.yaml")
+    uri = args.tracking_uri or default_tracking_uri()
+    print(f"ablate demo: launching {space} (tracking store {redact_uri(uri)})", flush=True)
+    result = launch(space, LaunchOptions(tracking_uri=uri))
+    print()
+    print("next steps:")
+    print("  ablate ui                                   # open http://127.0.0.1:5000 and pick the experiment "
+          f"'{result.study}'")
+    print(f"  ablate report {result.study}")
+    print(f"  ablate pull {result.study}-detector@champion --dest pulled_model")
+    return result.exit_code
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from experiments.tracking import DEFAULT_STORE_DIR, artifact_root_for, default_tracking_uri, redact_uri
+
+    uri = args.tracking_uri or default_tracking_uri()
+    if uri.startswith("http"):
+        return _fail(f"--tracking-uri {redact_uri(uri)} is already a server: open it in a browser")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    root = artifact_root_for(uri)
+    if root:
+        cmd += ["--default-artifact-root", root]
+    print(f"MLflow UI on http://{args.host}:{args.port} (store {redact_uri(uri)}; Ctrl-C to stop)", flush=True)
+    os.execv(sys.executable, cmd)
+    return 0  # not reached
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        if args.command == "data":
+            return cmd_data_sample(args)
+        if args.command in ("pretrain", "finetune"):
+            return cmd_single(args, args.command)
+        if args.command == "launch":
+            return cmd_launch(args)
+        if args.command == "demo":
+            return cmd_demo(args)
+        if args.command == "ui":
+            return cmd_ui(args)
+    except KeyboardInterrupt:
+        print("\nablate: interrupted; run the same command again (or `ablate launch --resume`) to continue", file=sys.stderr)
+        return 130
+    except ValueError as exc:  # config, space and data errors name the file, the field and the fix
+        return _fail(str(exc))
+    return _fail(f"unknown command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,787 @@
+"""The two-stage launch: unique SwAV pretraining runs, then fine-tuning on the survivors.
+
+Data flow (DESIGN.md)::
+
+    space.yaml -> StudySpec -> pretrain configs (unique by config hash, minus those already
+    FINISHED in MLflow) -> Ray Tune stage 1 -> per epoch: trainers.swav.train -> TuneReporter ->
+    tune.report -> driver: MLflow log_batch + Optuna pruner -> survivors' backbones ->
+    finetune configs x surviving backbones x seeds -> Ray Tune stage 2 -> trainers.detection.train
+    -> COCO metrics -> MLflow -> best -> registry
+
+Only the driver (this process) writes to MLflow; trials talk to it through ``tune.report``.
+Checkpoints go through Ray's storage (``--storage-path``) and are tagged on the MLflow run, so a
+crashed trial resumes from its last checkpoint within a launch (``FailureConfig``) and an
+interrupted launch resumes across launches (same config hash -> same MLflow run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence, TextIO
+
+from experiments import spaces
+from experiments.spaces import DATA_PATH_KEYS, FinetuneTrial, Plan, PretrainTrial, SpaceError, StudySpec
+from experiments.tracking import (
+    DEFAULT_STORE_DIR, TAG_CHECKPOINT, TAG_ERROR, TAG_GIT, TAG_HASH, TAG_LAUNCH, TAG_NAME, TAG_PRUNE_REASON,
+    TAG_PRUNED, TAG_SEED, TAG_STAGE, TAG_TRIAL, TAG_UPSTREAM, Tracker, default_tracking_uri, flatten_params, redact_uri,
+)
+from trainers.common import git_sha
+
+STAGE_PRETRAIN, STAGE_FINETUNE = "pretrain", "finetune"
+# The key metric shown in progress lines and summaries, per stage.
+KEY_METRIC = {STAGE_PRETRAIN: "swav/loss_over_ln_k", STAGE_FINETUNE: "det/AP50"}
+ARTIFACTS_SUBDIR = "artifacts"  # files a trainer passed to report(), carried inside the checkpoint
+
+
+class LaunchError(RuntimeError):
+    """The launch itself broke (not a single trial)."""
+
+
+@dataclass
+class LaunchOptions:
+    """Command-line options of ``ablate launch``."""
+
+    tracking_uri: str | None = None
+    storage_path: str | None = None
+    name: str | None = None
+    dry_run: bool = False
+    resume: bool = False
+    max_concurrent: int | None = None
+    address: str | None = None
+    optuna_storage: str | None = None
+    max_failures: int = 2
+    register: bool = True
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+
+
+@dataclass
+class TrialOutcome:
+    """How one trial ended, for the summary and the parent run's counts."""
+
+    stage: str
+    name: str
+    config_hash: str
+    run_id: str
+    status: str  # done | reused | pruned | failed | skipped
+    metrics: dict[str, float] = field(default_factory=dict)
+    epochs_run: int = 0
+    epochs_budget: int = 0
+    reason: str = ""
+
+
+@dataclass
+class LaunchResult:
+    """What a launch did."""
+
+    study: str
+    parent_run_id: str | None
+    outcomes: list[TrialOutcome]
+    exit_code: int
+    plan: Plan | None = None
+
+
+# ---------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------
+
+
+def resolve_data(spec: StudySpec, storage: Path) -> tuple[dict[str, str], str]:
+    """Real data paths and the data fingerprint; a `sample` data set is generated (cached) under ``storage``."""
+    from trainers.data import data_fingerprint, generate_sample
+
+    if spec.data.sample is not None:
+        size, seed = spec.data.sample
+        sample = generate_sample(storage / "data" / f"sample-{size}-{seed}", seed=seed, size=size)
+        paths = {k: str(getattr(sample, k)) for k in DATA_PATH_KEYS}
+    else:
+        paths = {k: str(getattr(spec.data, k)) for k in DATA_PATH_KEYS}
+        for key in DATA_PATH_KEYS:
+            if not Path(paths[key]).exists():
+                raise SpaceError(f"{spec.path}: data.{key}: {paths[key]} does not exist — fix the path, or use "
+                                 "`data: {sample: {size: small}}` to run on the generated sample set")
+    return paths, data_fingerprint(*(paths[k] for k in DATA_PATH_KEYS))
+
+
+# ---------------------------------------------------------------------------
+# Worker side: the Reporter adapter and the trainable
+# ---------------------------------------------------------------------------
+
+
+class TuneReporter:
+    """Reporter for a trainer running inside a Ray Tune trial.
+
+    Artifacts travel inside the checkpoint (``artifacts/``), so they reach the driver through
+    Ray's storage even when the trial runs on another node.
+    """
+
+    def __init__(self, restore_from: str | None = None) -> None:
+        self._restore_from = restore_from
+        self._restored: Path | None = None
+
+    def report(self, metrics: dict[str, float], step: int, checkpoint_dir: Path | None = None,
+               artifacts: Sequence[Path] = ()) -> None:
+        from ray import tune
+
+        with contextlib.ExitStack() as stack:
+            ckpt_dir = checkpoint_dir
+            if artifacts:
+                if ckpt_dir is None:
+                    ckpt_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ablate-art-")))
+                dest = Path(ckpt_dir) / ARTIFACTS_SUBDIR
+                dest.mkdir(parents=True, exist_ok=True)
+                for a in artifacts:
+                    shutil.copy2(a, dest / Path(a).name)
+            payload = {**{k: float(v) for k, v in metrics.items()}, "epoch": int(step)}
+            checkpoint = tune.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir is not None else None
+            tune.report(payload, checkpoint=checkpoint)
+
+    def should_stop(self) -> bool:
+        # Ray stops a trial itself when the scheduler says STOP; nothing to poll here.
+        return False
+
+    def restore_dir(self) -> Path | None:
+        from ray import tune
+
+        if self._restored is not None:
+            return self._restored
+        ckpt = tune.get_checkpoint()  # set when Ray retries this trial after a crash
+        if ckpt is not None:
+            self._restored = Path(ckpt.to_directory())
+        elif self._restore_from and Path(self._restore_from).is_dir():
+            self._restored = Path(self._restore_from)  # an earlier launch's checkpoint
+        return self._restored
+
+
+class _QueueReporter:
+    """Rank 0's reporter inside a multi-process (DDP) trial: hands each report to the trial process."""
+
+    def __init__(self, queue: Any, ack: Any, restore: str | None) -> None:
+        self.queue, self.ack, self.restore = queue, ack, restore
+
+    def report(self, metrics: dict[str, float], step: int, checkpoint_dir: Path | None = None,
+               artifacts: Sequence[Path] = ()) -> None:
+        self.queue.put(("report", dict(metrics), int(step), str(checkpoint_dir) if checkpoint_dir else None,
+                        [str(a) for a in artifacts]))
+        self.ack.get()  # the trial process has copied the checkpoint; the trainer may now delete it
+
+    def should_stop(self) -> bool:
+        return False
+
+    def restore_dir(self) -> Path | None:
+        return Path(self.restore) if self.restore else None
+
+
+class _SilentReporter(_QueueReporter):
+    """Ranks > 0: they train in lock-step but never report."""
+
+    def report(self, metrics: dict[str, float], step: int, checkpoint_dir: Path | None = None,
+               artifacts: Sequence[Path] = ()) -> None:
+        return None
+
+
+def _train_fn(stage: str) -> tuple[Callable[..., dict[str, float]], type]:
+    if stage == STAGE_PRETRAIN:
+        from trainers.swav import SwAVConfig, train
+
+        return train, SwAVConfig
+    from trainers.detection import DetectionConfig, train
+
+    return train, DetectionConfig
+
+
+def _ddp_worker(rank: int, world: int, port: int, stage: str, cfg: dict[str, Any], queue: Any, ack: Any,
+                restore: str | None) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from trainers.common import config_from_dict
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend, rank=rank, world_size=world)
+    try:
+        train, cls = _train_fn(stage)
+        reporter = _QueueReporter(queue, ack, restore) if rank == 0 else _SilentReporter(queue, ack, restore)
+        result = train(config_from_dict(cls, cfg), reporter)
+        if rank == 0:
+            queue.put(("done", result))
+    except BaseException:  # noqa: BLE001 - forwarded to the trial process, which re-raises
+        if rank == 0:
+            queue.put(("error", traceback.format_exc()))
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_ddp(stage: str, cfg: dict[str, Any], workers: int, reporter: TuneReporter) -> dict[str, float]:
+    """Run the trainer in ``workers`` processes (DDP: gloo on CPU, NCCL on GPU); rank 0's reports go to Tune."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue, ack = ctx.Queue(), ctx.Queue()
+    restore = reporter.restore_dir()
+    port = _free_port()
+    procs = [ctx.Process(target=_ddp_worker, args=(r, workers, port, stage, cfg, queue, ack,
+                                                   str(restore) if restore else None), daemon=True)
+             for r in range(workers)]
+    for p in procs:
+        p.start()
+    try:
+        while True:
+            try:
+                msg = queue.get(timeout=5)
+            except Exception:  # queue.Empty: check the workers are still alive
+                dead = [p for p in procs if p.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(f"DDP worker exited with code {dead[0].exitcode}") from None
+                continue
+            if msg[0] == "report":
+                _, metrics, step, ckpt, artifacts = msg
+                reporter.report(metrics, step, Path(ckpt) if ckpt else None, [Path(a) for a in artifacts])
+                ack.put(True)
+            elif msg[0] == "done":
+                return msg[1]
+            else:
+                raise RuntimeError(f"DDP trial failed on rank 0:\n{msg[1]}")
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.terminate()
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """The Ray Tune function trainable of both stages (``config = {"trial": {...}}``)."""
+    from trainers.common import config_from_dict
+
+    trial = config["trial"]
+    reporter = TuneReporter(trial.get("restore"))
+    workers = int(trial.get("workers", 1))
+    if workers > 1:
+        _run_ddp(trial["stage"], trial["config"], workers, reporter)
+        return
+    train, cls = _train_fn(trial["stage"])
+    train(config_from_dict(cls, trial["config"]), reporter)
+
+
+# ---------------------------------------------------------------------------
+# Driver side: MLflow logging, pruning bookkeeping and progress
+# ---------------------------------------------------------------------------
+
+
+def _make_callback_class():
+    from ray import tune
+
+    class DriverCallback(tune.Callback):
+        """Writes every Tune event of a stage to MLflow and prints progress."""
+
+        def __init__(self, launcher: "Launcher", stage: str, trials: Mapping[str, dict[str, Any]]) -> None:
+            self.launcher = launcher
+            self.stage = stage
+            self.trials = trials  # config hash -> trial payload (with run_id, name, epochs)
+            self.started = time.time()
+            self.last_status = 0.0
+            self.state: dict[str, str] = {}  # config hash -> running | done | pruned | failed
+            self.epochs: dict[str, int] = {}
+            self.epoch_time: list[float] = []
+            self.last_epoch_at: dict[str, float] = {}
+
+        def _payload(self, trial: Any) -> dict[str, Any]:
+            return trial.config["trial"]
+
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            p = self._payload(trial)
+            self.state[p["config_hash"]] = "running"
+            self.last_epoch_at[p["config_hash"]] = time.time()
+            self.launcher.tracker.set_tags(p["run_id"], {TAG_TRIAL: trial.trial_id})
+            self.launcher.say(f"{self.stage:8} start   {p['name']}")
+
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            p = self._payload(trial)
+            h = p["config_hash"]
+            step = int(result.get("epoch", result.get("training_iteration", 0)))
+            metrics = {k: v for k, v in result.items() if ("/" in k or k == "lr") and isinstance(v, (int, float))}
+            self.launcher.tracker.log_metrics(p["run_id"], metrics, step)
+            now = time.time()
+            self.epoch_time.append(now - self.last_epoch_at.get(h, now))
+            self.last_epoch_at[h] = now
+            self.epochs[h] = step
+            self.launcher.metrics[h] = metrics
+            key = KEY_METRIC[self.stage]
+            shown = f"{key} {metrics[key]:.4f}" if key in metrics else f"{self.stage}/loss"
+            loss_key = "swav/loss" if self.stage == STAGE_PRETRAIN else "det/loss"
+            if loss_key in metrics:
+                shown += f"  {loss_key} {metrics[loss_key]:.4f}"
+            self.launcher.say(f"{self.stage:8} epoch {step}/{p['epochs']}  {p['name']}  {shown}")
+            self._status(trials)
+
+        def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+            p = self._payload(trial)
+            self.launcher.tracker.set_tags(p["run_id"], {TAG_CHECKPOINT: checkpoint.path})
+            self.launcher.checkpoints[p["config_hash"]] = checkpoint
+            with checkpoint.as_directory() as d:
+                art = Path(d) / ARTIFACTS_SUBDIR
+                if art.is_dir() and any(art.iterdir()):
+                    step = self.epochs.get(p["config_hash"], 0)
+                    self.launcher.tracker.log_artifacts(p["run_id"], art, f"eval/epoch_{step:03d}")
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            p = self._payload(trial)
+            self.launcher.complete(self.stage, p, trial)
+            self.state[p["config_hash"]] = self.launcher.outcomes[p["config_hash"]].status
+            self._status(trials, force=True)
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            p = self._payload(trial)
+            self.launcher.fail(self.stage, p, trial)
+            self.state[p["config_hash"]] = "failed"
+            self._status(trials, force=True)
+
+        def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            p = self._payload(trial)
+            self.launcher.say(f"{self.stage:8} retry   {p['name']} (crashed; resuming from its last checkpoint)")
+
+        def _status(self, trials: list, force: bool = False) -> None:
+            now = time.time()
+            if not force and now - self.last_status < 15:
+                return
+            self.last_status = now
+            counts = {s: list(self.state.values()).count(s) for s in ("running", "done", "pruned", "failed")}
+            total = len(self.trials)
+            pending = total - sum(counts.values())
+            remaining = sum(max(0, p["epochs"] - self.epochs.get(h, 0)) for h, p in self.trials.items()
+                            if self.state.get(h, "pending") in ("running", "pending"))
+            per_epoch = (sum(self.epoch_time) / len(self.epoch_time)) if self.epoch_time else math.nan
+            conc = max(1, min(self.launcher.max_concurrent, counts["running"] + pending))
+            eta = remaining * per_epoch / conc
+            eta_s = f"{eta / 60:.1f} min" if math.isfinite(eta) else "?"
+            self.launcher.say(f"{self.stage:8} status  running {counts['running']}  pending {pending}  done {counts['done']}"
+                              f"  pruned {counts['pruned']}  failed {counts['failed']}  of {total}  ETA {eta_s}")
+
+    return DriverCallback
+
+
+class Launcher:
+    """One launch of a study: plan, track, run both stages, summarise."""
+
+    def __init__(self, space: str | Path, options: LaunchOptions) -> None:
+        self.options = options
+        self.spec = spaces.load_space(space, name=options.name)
+        self.store_dir = DEFAULT_STORE_DIR.resolve()
+        self.tracking_uri = options.tracking_uri or default_tracking_uri(DEFAULT_STORE_DIR)
+        storage = options.storage_path or os.environ.get("ABLATE_STORAGE_PATH") or str(self.store_dir / "ray")
+        self.storage = storage
+        self.local_storage = Path(storage) if "://" not in storage else self.store_dir / "cache"
+        self.optuna_storage = (options.optuna_storage or os.environ.get("ABLATE_OPTUNA_STORAGE")
+                               or f"sqlite:///{self.store_dir / 'optuna.db'}")
+        self.max_concurrent = options.max_concurrent or self.spec.max_concurrent
+        self.launch_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        self.git_sha = git_sha()
+        self.outcomes: dict[str, TrialOutcome] = {}
+        self.metrics: dict[str, dict[str, float]] = {}
+        self.checkpoints: dict[str, Any] = {}
+        self.prune_records: dict[str, Any] = {}
+        self.tracker: Tracker
+        self.parent_run_id: str | None = None
+
+    def say(self, text: str) -> None:
+        """One progress line, with the seconds since the launch started."""
+        elapsed = time.time() - self._t0 if hasattr(self, "_t0") else 0.0
+        print(f"[{elapsed:6.0f}s] {text}", file=self.options.out, flush=True)
+
+    # -- planning ----------------------------------------------------------
+
+    def plan(self) -> Plan:
+        self.local_storage.mkdir(parents=True, exist_ok=True)
+        self.data_paths, fingerprint = resolve_data(self.spec, self.local_storage)
+        return spaces.expand(self.spec, fingerprint, self.data_paths)
+
+    def earlier_runs(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Existing runs of this study per config hash, for both stages."""
+        return self.tracker.runs_by_hash(STAGE_PRETRAIN), self.tracker.runs_by_hash(STAGE_FINETUNE)
+
+    # -- the launch ----------------------------------------------------------
+
+    def run(self) -> LaunchResult:
+        self._t0 = time.time()
+        plan = self.plan()
+        self.tracker = Tracker(self.tracking_uri, self.spec.name)
+        pre_runs, ft_runs = self.earlier_runs()
+        reused = {h: r.info.run_id for h, r in pre_runs.items() if _usable_backbone_run(r)}
+        pruned_before = [h for h, r in pre_runs.items() if r.data.tags.get(TAG_PRUNED) == "true"]
+        if self.options.dry_run:
+            print(spaces.format_plan(plan, reused, pruned_before), file=self.options.out)
+            print(f"\n(dry run: nothing trained; tracking store {redact_uri(self.tracking_uri)})", file=self.options.out)
+            return LaunchResult(self.spec.name, None, [], 0, plan)
+
+        self.parent_run_id = self._parent_run(plan)
+        monitor = self._system_metrics()
+        try:
+            self._init_ray()
+            survivors = self._stage_pretrain(plan, pre_runs)
+            self._stage_finetune(plan, ft_runs, survivors)
+            result = self._finish(plan)
+        except BaseException as exc:
+            if self.parent_run_id:
+                self.tracker.set_tags(self.parent_run_id, {TAG_ERROR: f"{type(exc).__name__}: {exc}"[:5000]})
+                self.tracker.finish(self.parent_run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            raise
+        finally:
+            if monitor is not None:
+                monitor.finish()
+        return result
+
+    def _parent_run(self, plan: Plan) -> str:
+        parent = None
+        if self.options.resume:
+            candidates = [r for r in self.tracker.find_runs(extra_filter=f"tags.`{TAG_STAGE}` = 'launch'")
+                          if r.info.status != "FINISHED"]
+            parent = candidates[0].info.run_id if candidates else None
+        if parent:
+            self.tracker.reopen(parent)
+            self.say(f"resuming launch run {parent}")
+        else:
+            parent = self.tracker.create_run(f"launch {self.launch_id}", {
+                TAG_STAGE: "launch", TAG_LAUNCH: self.launch_id, TAG_GIT: self.git_sha,
+                "mlflow.source.git.commit": self.git_sha})
+        self.tracker.log_text(parent, self.spec.text, f"space/{self.spec.path.name}")
+        self.tracker.log_params_tags(parent, params={
+            "space": str(self.spec.path), "search": self.spec.search["kind"], "seeds": str(list(self.spec.seeds)),
+            "max_concurrent": str(self.max_concurrent), "storage_path": self.storage,
+            "axes.pretrain": ",".join(spaces.axes_of(self.spec)["pretrain"]),
+            "axes.finetune": ",".join(spaces.axes_of(self.spec)["finetune"])})
+        self.tracker.log_dataset(parent, self.spec.name + "-data", plan.data_fingerprint,
+                                 str(Path(self.data_paths["train_annotations"]).parent.parent), "training")
+        self.tracker.log_metrics(parent, {"launch/pretrain_planned": len(plan.pretrain),
+                                          "launch/finetune_planned": len(plan.finetune)}, 0)
+        return parent
+
+    def _system_metrics(self) -> Any:
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            monitor = SystemMetricsMonitor(self.parent_run_id, sampling_interval=10, tracking_uri=self.tracking_uri)
+            monitor.start()
+            return monitor
+        except Exception as exc:  # noqa: BLE001 - system metrics are a nicety; never block a launch
+            self.say(f"system metrics disabled: {exc}")
+            return None
+
+    def _init_ray(self) -> None:
+        import ray
+
+        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        address = self.options.address or os.environ.get("RAY_ADDRESS")
+        if ray.is_initialized():
+            return
+        if address:
+            ray.init(address=address, log_to_driver=False)
+            nodes = [n for n in ray.nodes() if n.get("Alive")]
+            if len(nodes) > 1 and "://" not in self.storage and not self.options.storage_path:
+                raise LaunchError(f"the Ray cluster at {address} has {len(nodes)} nodes: pass --storage-path on a "
+                                  "shared file system or an s3:// URI so every node can read the checkpoints")
+        else:
+            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+    def _child(self, stage: str, name: str, h: str, config: Mapping[str, Any], existing: Any,
+               extra_params: Mapping[str, str] = {}, tags: Mapping[str, str] = {}) -> tuple[str, str | None]:
+        """The MLflow run of a trial: its unfinished run from an earlier launch (resume), or a new child."""
+        restore = None
+        if existing is not None and existing.info.status != "FINISHED":
+            run_id = existing.info.run_id
+            restore = existing.data.tags.get(TAG_CHECKPOINT)
+            self.tracker.reopen(run_id)
+            self.say(f"{stage:8} resume  {name} into run {run_id[:8]}" + (f" from {restore}" if restore else ""))
+        else:
+            run_id = self.tracker.create_run(name, {TAG_STAGE: stage, TAG_HASH: h, TAG_NAME: name, TAG_GIT: self.git_sha,
+                                                    TAG_LAUNCH: self.launch_id, TAG_PRUNED: "false",
+                                                    "mlflow.source.git.commit": self.git_sha, **tags},
+                                             parent_run_id=self.parent_run_id)
+        params = {**flatten_params(stage, config), **extra_params}
+        self.tracker.log_params_tags(run_id, params=params)
+        self.tracker.log_text(run_id, _yaml(config), f"config/{stage}.yaml")
+        return run_id, restore
+
+    def _tune(self, stage: str, payloads: dict[str, dict[str, Any]], scheduler: Any) -> None:
+        from ray import tune
+
+        if not payloads:
+            return
+        res = self.spec.pretrain.resources if stage == STAGE_PRETRAIN else self.spec.finetune.resources
+        # A DDP trial's processes all live in the trial's bundle: ask for the CPUs/GPUs of every worker.
+        resources = {"cpu": res.cpu * res.workers, "gpu": res.gpu * res.workers}
+        callback = _make_callback_class()(self, stage, payloads)
+        tuner = tune.Tuner(
+            tune.with_resources(run_trial, resources),
+            param_space={"trial": tune.grid_search(list(payloads.values()))},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=self.max_concurrent, scheduler=scheduler,
+                trial_name_creator=lambda t: f"{stage}_{t.config['trial']['config_hash']}",
+                trial_dirname_creator=lambda t: f"{stage}_{t.config['trial']['config_hash']}_{t.trial_id}",
+            ),
+            run_config=tune.RunConfig(
+                name=f"{self.spec.name}-{stage}-{self.launch_id}", storage_path=self.storage,
+                failure_config=tune.FailureConfig(max_failures=self.options.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                callbacks=[callback], verbose=0,
+            ),
+        )
+        tuner.fit()
+
+    def _stage_pretrain(self, plan: Plan, existing: dict[str, Any]) -> dict[str, str]:
+        """Stage 1. Returns config hash -> local folder of the exported backbone, for every survivor."""
+        payloads: dict[str, dict[str, Any]] = {}
+        for t in plan.pretrain:
+            run = existing.get(t.config_hash)
+            if run is not None and run.info.status == "FINISHED":
+                pruned = run.data.tags.get(TAG_PRUNED) == "true"
+                status = "pruned" if pruned else ("reused" if _usable_backbone_run(run) else "failed")
+                self.outcomes[t.config_hash] = TrialOutcome(
+                    STAGE_PRETRAIN, t.name, t.config_hash, run.info.run_id, status, _last_metrics(run),
+                    reason=run.data.tags.get(TAG_PRUNE_REASON, "") if pruned else "finished in an earlier launch")
+                self.say(f"pretrain {status:7} {t.name} (run {run.info.run_id[:8]} of an earlier launch)")
+                continue
+            run_id, restore = self._child(STAGE_PRETRAIN, t.name, t.config_hash, t.config, run)
+            self.tracker.log_dataset(run_id, self.spec.name + "-unlabeled", plan.data_fingerprint,
+                                     self.data_paths["unlabeled"], "pretraining")
+            payloads[t.config_hash] = {"stage": STAGE_PRETRAIN, "config": t.config, "config_hash": t.config_hash,
+                                       "run_id": run_id, "name": t.name, "restore": restore,
+                                       "epochs": int(t.config["epochs"]), "workers": self.spec.pretrain.resources.workers}
+        self._tune(STAGE_PRETRAIN, payloads, self._scheduler(STAGE_PRETRAIN))
+        survivors: dict[str, str] = {}
+        for t in plan.pretrain:
+            out = self.outcomes.get(t.config_hash)
+            if out is not None and out.status in ("done", "reused"):
+                survivors[t.config_hash] = self._fetch_backbone(t.config_hash, out.run_id)
+        return survivors
+
+    def _fetch_backbone(self, h: str, run_id: str) -> str:
+        """The exported backbone of a pretraining run as a local folder (downloaded once, cached)."""
+        import mlflow
+
+        dest = self.local_storage / "backbones" / h
+        if (dest / "backbone" / "backbone.safetensors").is_file():
+            return str(dest / "backbone")
+        tmp = dest.with_name(dest.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="backbone", dst_path=str(tmp),
+                                            tracking_uri=self.tracking_uri)
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
+        return str(dest / "backbone")
+
+    def _stage_finetune(self, plan: Plan, existing: dict[str, Any], survivors: dict[str, str]) -> None:
+        payloads: dict[str, dict[str, Any]] = {}
+        pre_by_hash = {t.config_hash: t for t in plan.pretrain}
+        for t in plan.finetune:
+            upstream = self.outcomes.get(t.upstream_hash) if t.upstream_hash else None
+            if t.upstream_hash and t.upstream_hash not in survivors:
+                why = upstream.status if upstream else "missing"
+                self.outcomes[t.config_hash] = TrialOutcome(STAGE_FINETUNE, t.name, t.config_hash, "", "skipped",
+                                                            reason=f"backbone {why}")
+                continue
+            run = existing.get(t.config_hash)
+            if run is not None and run.info.status == "FINISHED":
+                self.outcomes[t.config_hash] = TrialOutcome(STAGE_FINETUNE, t.name, t.config_hash, run.info.run_id,
+                                                            "reused", _last_metrics(run), reason="finished earlier")
+                self.say(f"finetune reused  {t.name} (run {run.info.run_id[:8]})")
+                continue
+            config = {**t.config, "backbone": survivors[t.upstream_hash] if t.upstream_hash else spaces.BACKBONE_SCRATCH}
+            extra, tags = {}, {TAG_SEED: str(t.seed)}
+            if t.upstream_hash:
+                extra = flatten_params(STAGE_PRETRAIN, pre_by_hash[t.upstream_hash].config)
+                tags[TAG_UPSTREAM] = upstream.run_id if upstream else ""
+            else:
+                tags[TAG_UPSTREAM] = "scratch"
+            run_id, restore = self._child(STAGE_FINETUNE, t.name, t.config_hash, t.config, run, extra, tags)
+            self.tracker.log_dataset(run_id, self.spec.name + "-labeled", plan.data_fingerprint,
+                                     self.data_paths["train_annotations"], "training")
+            payloads[t.config_hash] = {"stage": STAGE_FINETUNE, "config": config, "config_hash": t.config_hash,
+                                       "run_id": run_id, "name": t.name, "restore": restore,
+                                       "epochs": int(t.config["epochs"]), "workers": self.spec.finetune.resources.workers}
+        self._tune(STAGE_FINETUNE, payloads, self._scheduler(STAGE_FINETUNE))
+
+    def _scheduler(self, stage: str) -> Any:
+        from experiments.pruning import OptunaPruningScheduler, make_pruner
+
+        pruner = make_pruner(stage, self.spec.pruning)
+        if pruner is None:
+            return None
+        scheduler = OptunaPruningScheduler(
+            storage_url=self.optuna_storage, study_name=f"{self.spec.name}-{stage}",
+            pruner=pruner, metric_key=KEY_METRIC[stage] if stage == STAGE_FINETUNE else "swav/loss_over_ln_k",
+            param_prefix="",
+        )
+        self._schedulers = getattr(self, "_schedulers", {})
+        self._schedulers[stage] = scheduler
+        return scheduler
+
+    # -- trial endings (called by the callback) -----------------------------
+
+    def _prune_record(self, stage: str, trial: Any) -> Any:
+        sched = getattr(self, "_schedulers", {}).get(stage)
+        return sched.pruned.get(trial.trial_id) if sched is not None else None
+
+    def complete(self, stage: str, p: dict[str, Any], trial: Any) -> None:
+        """A trial ended without error: finished, or stopped by the pruner."""
+        h, run_id = p["config_hash"], p["run_id"]
+        metrics = self.metrics.get(h, {})
+        record = self._prune_record(stage, trial)
+        epochs_run = self.epochs_of(trial)
+        if record is not None:
+            self.tracker.set_tags(run_id, {TAG_PRUNED: "true", TAG_PRUNE_REASON: record.reason[:5000]})
+            self.tracker.finish(run_id, "FINISHED")
+            self.outcomes[h] = TrialOutcome(stage, p["name"], h, run_id, "pruned", metrics, epochs_run, p["epochs"],
+                                            record.reason)
+            self.say(f"{stage:8} PRUNED  {p['name']}: {record.reason}")
+            return
+        ckpt = trial.checkpoint
+        if ckpt is None:
+            self.tracker.set_tags(run_id, {TAG_ERROR: "trial ended without a checkpoint"})
+            self.tracker.finish(run_id, "FAILED")
+            self.outcomes[h] = TrialOutcome(stage, p["name"], h, run_id, "failed", metrics, epochs_run, p["epochs"],
+                                            "ended without a checkpoint")
+            return
+        with ckpt.as_directory() as d:
+            d = Path(d)
+            export = "backbone" if stage == STAGE_PRETRAIN else "detector"
+            files = sorted(d.glob(f"{export}.*"))
+            if files:
+                with tempfile.TemporaryDirectory() as tmp:
+                    for f in files:
+                        shutil.copy2(f, Path(tmp) / f.name)
+                    self.tracker.log_artifacts(run_id, tmp, export)
+        if stage == STAGE_PRETRAIN and not files:
+            self.tracker.set_tags(run_id, {TAG_ERROR: "pretraining ended without an exported backbone"})
+            self.tracker.finish(run_id, "FAILED")
+            self.outcomes[h] = TrialOutcome(stage, p["name"], h, run_id, "failed", metrics, epochs_run, p["epochs"],
+                                            "no exported backbone")
+            return
+        self.tracker.finish(run_id, "FINISHED")
+        self.outcomes[h] = TrialOutcome(stage, p["name"], h, run_id, "done", metrics, epochs_run, p["epochs"])
+        self.say(f"{stage:8} done    {p['name']}")
+
+    def fail(self, stage: str, p: dict[str, Any], trial: Any) -> None:
+        """A trial failed after its retries; the grid goes on."""
+        error = _trial_error(trial)
+        self.tracker.set_tags(p["run_id"], {TAG_ERROR: error[-5000:]})
+        self.tracker.finish(p["run_id"], "FAILED")
+        h = p["config_hash"]
+        last = error.strip().splitlines()[-1] if error.strip() else "unknown error"
+        self.outcomes[h] = TrialOutcome(stage, p["name"], h, p["run_id"], "failed", self.metrics.get(h, {}),
+                                        self.epochs_of(trial), p["epochs"], last)
+        self.say(f"{stage:8} FAILED  {p['name']}: {last}")
+
+    @staticmethod
+    def epochs_of(trial: Any) -> int:
+        return int((trial.last_result or {}).get("epoch", 0) or 0)
+
+    # -- the end -------------------------------------------------------------
+
+    def _finish(self, plan: Plan) -> LaunchResult:
+        outs = list(self.outcomes.values())
+        count = {s: sum(1 for o in outs if o.status == s) for s in ("done", "reused", "pruned", "failed", "skipped")}
+        pruned = [o for o in outs if o.status == "pruned" and o.stage == STAGE_PRETRAIN]
+        budget = sum(o.epochs_budget for o in pruned)
+        ran = sum(o.epochs_run for o in pruned)
+        saved = {"launch/trials_planned": len(plan.pretrain) + len(plan.finetune),
+                 "launch/trials_run": count["done"] + count["pruned"] + count["failed"],
+                 "launch/trials_reused": count["reused"], "launch/trials_pruned": count["pruned"],
+                 "launch/trials_failed": count["failed"], "launch/finetune_skipped": count["skipped"],
+                 "launch/pruned_epochs_budgeted": budget, "launch/pruned_epochs_saved": budget - ran,
+                 "launch/pruned_fraction_saved": (budget - ran) / budget if budget else 0.0}
+        self.tracker.log_metrics(self.parent_run_id, saved, 0)
+        summary = format_summary(outs, saved)
+        print(summary, file=self.options.out, flush=True)
+        self.tracker.log_text(self.parent_run_id, summary, "summary.txt")
+        ran_trials = [o for o in outs if o.status in ("done", "pruned", "failed")]
+        all_failed = bool(ran_trials) and all(o.status == "failed" for o in ran_trials)
+        self.tracker.finish(self.parent_run_id, "FAILED" if all_failed else "FINISHED")
+        if self.options.register and not all_failed:
+            self._register()
+        return LaunchResult(self.spec.name, self.parent_run_id, outs, 1 if all_failed else 0, plan)
+
+    def _register(self) -> None:
+        try:
+            from experiments import registry
+        except ImportError:
+            return
+        try:
+            message = registry.register_best(self.tracking_uri, self.spec.name)
+            self.say(message)
+        except Exception as exc:  # noqa: BLE001 - a registry problem must not hide the results
+            self.say(f"registry: could not register the best model: {exc}")
+
+
+def format_summary(outcomes: Sequence[TrialOutcome], counts: Mapping[str, float]) -> str:
+    """The table printed at the end of a launch."""
+    lines = ["", "summary", f"  {'stage':8}  {'status':8}  {'epochs':>7}  {'key metric':>18}  name / reason"]
+    order = {"done": 0, "reused": 1, "pruned": 2, "failed": 3, "skipped": 4}
+    for o in sorted(outcomes, key=lambda o: (o.stage != STAGE_PRETRAIN, order.get(o.status, 9), o.name)):
+        key = KEY_METRIC[o.stage]
+        val = o.metrics.get(key)
+        shown = f"{key.split('/')[-1]} {val:.4f}" if isinstance(val, float) and math.isfinite(val) else "-"
+        epochs = f"{o.epochs_run}/{o.epochs_budget}" if o.epochs_budget else "-"
+        reason = f"  ({o.reason})" if o.reason and o.status != "done" else ""
+        lines.append(f"  {o.stage:8}  {o.status:8}  {epochs:>7}  {shown:>18}  {o.name}{reason}")
+    lines.append("")
+    lines.append("  trials planned {launch/trials_planned:.0f}, run {launch/trials_run:.0f}, reused "
+                 "{launch/trials_reused:.0f}, pruned {launch/trials_pruned:.0f}, failed {launch/trials_failed:.0f}, "
+                 "fine-tunes skipped {launch/finetune_skipped:.0f}".format_map(counts))
+    if counts.get("launch/pruned_epochs_budgeted"):
+        lines.append("  pruning saved {saved:.0f} of {budget:.0f} budgeted epochs ({frac:.0%}) and {skip:.0f} fine-tuning "
+                     "trials".format(saved=counts["launch/pruned_epochs_saved"],
+                                     budget=counts["launch/pruned_epochs_budgeted"],
+                                     frac=counts["launch/pruned_fraction_saved"], skip=counts["launch/finetune_skipped"]))
+    return "\n".join(lines)
+
+
+def _usable_backbone_run(run: Any) -> bool:
+    return run.info.status == "FINISHED" and run.data.tags.get(TAG_PRUNED) != "true" and TAG_ERROR not in run.data.tags
+
+
+def _last_metrics(run: Any) -> dict[str, float]:
+    return {k: float(v) for k, v in run.data.metrics.items()}
+
+
+def _trial_error(trial: Any) -> str:
+    for attr in ("error_msg",):
+        msg = getattr(trial, attr, None)
+        if msg:
+            return str(msg)
+    path = getattr(trial, "error_file", None) or getattr(getattr(trial, "run_metadata", None), "error_filename", None)
+    if path and Path(path).is_file():
+        return Path(path).read_text()
+    return "trial failed (no error text recorded by Ray)"
+
+
+def _yaml(config: Mapping[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(dict(config), sort_keys=True)
+
+
+def launch(space: str | Path, options: LaunchOptions | None = None) -> LaunchResult:
+    """Run (or dry-run) a study. Raises :class:`SpaceError` for a bad space file."""
+    return Launcher(space, options or LaunchOptions()).run()

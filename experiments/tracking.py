@@ -1,0 +1,219 @@
+"""MLflow tracking in the layout of DESIGN.md.
+
+experiment = study name; one parent run per launch; one child run per trial
+(``mlflow.parentRunId``) whose params are every resolved config field prefixed ``pretrain.`` or
+``finetune.`` (a fine-tuning run also carries its backbone's ``pretrain.*``); tags
+``ablate.stage``, ``ablate.config_hash``, ``ablate.seed``, ``ablate.trial_id``,
+``ablate.upstream_run_id``, ``ablate.pruned``, ``ablate.prune_reason``; metrics with step = epoch.
+
+Only the launch driver writes (one writer: no "database is locked" on the default sqlite store).
+Everything goes through ``MlflowClient.log_batch`` in chunks that respect MLflow's limits.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag, ViewType
+from mlflow.tracking import MlflowClient
+
+DEFAULT_STORE_DIR = Path("mlruns")
+MAX_METRICS_PER_BATCH = 1000  # mlflow.utils.validation limits
+MAX_PARAMS_TAGS_PER_BATCH = 100
+MAX_PARAM_VALUE = 6000
+
+TAG_STAGE = "ablate.stage"
+TAG_HASH = "ablate.config_hash"
+TAG_SEED = "ablate.seed"
+TAG_TRIAL = "ablate.trial_id"
+TAG_UPSTREAM = "ablate.upstream_run_id"
+TAG_PRUNED = "ablate.pruned"
+TAG_PRUNE_REASON = "ablate.prune_reason"
+TAG_ERROR = "ablate.error"
+TAG_CHECKPOINT = "ablate.checkpoint"
+TAG_LAUNCH = "ablate.launch_id"
+TAG_GIT = "ablate.git_sha"
+TAG_NAME = "ablate.name"
+PARENT_TAG = "mlflow.parentRunId"
+RUN_NAME_TAG = "mlflow.runName"
+
+
+def default_tracking_uri(store_dir: Path = DEFAULT_STORE_DIR) -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<cwd>/mlruns/mlflow.db``."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    store_dir = store_dir.resolve()
+    store_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{store_dir / 'mlflow.db'}"
+
+
+def redact_uri(uri: str) -> str:
+    """The URI with any password replaced by ``***`` (safe to print or log)."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def artifact_root_for(tracking_uri: str) -> str | None:
+    """Default artifact root of a local sqlite store: ``mlruns/artifacts`` beside ``mlflow.db``."""
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):])
+        return (db.parent / "artifacts").resolve().as_uri()
+    return None  # a server decides (artifact proxying)
+
+
+def flatten_params(prefix: str, config: Mapping[str, Any]) -> dict[str, str]:
+    """Config fields as MLflow params: ``pretrain.prototypes`` -> ``'3000'``; nested values as compact JSON."""
+    out: dict[str, str] = {}
+    for key, value in config.items():
+        if isinstance(value, (dict, list, tuple)):
+            text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+        else:
+            text = str(value)
+        out[f"{prefix}.{key}"] = text[:MAX_PARAM_VALUE]
+    return out
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+class Tracker:
+    """The driver's MLflow writer for one study.
+
+    Args:
+        tracking_uri: sqlite / PostgreSQL URL or ``http(s)://`` server.
+        study: the MLflow experiment name.
+    """
+
+    def __init__(self, tracking_uri: str, study: str) -> None:
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.study = study
+        exp = self.client.get_experiment_by_name(study)
+        if exp is None:
+            self.experiment_id = self.client.create_experiment(study, artifact_location=_exp_location(tracking_uri, study))
+        else:
+            if exp.lifecycle_stage == "deleted":
+                self.client.restore_experiment(exp.experiment_id)
+            self.experiment_id = exp.experiment_id
+
+    # -- runs --------------------------------------------------------------
+
+    def create_run(self, name: str, tags: Mapping[str, str], parent_run_id: str | None = None) -> str:
+        """A new run (RUNNING); ``parent_run_id`` makes it a child in the UI."""
+        all_tags = {k: str(v) for k, v in tags.items()}
+        if parent_run_id:
+            all_tags[PARENT_TAG] = parent_run_id
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        return run.info.run_id
+
+    def find_runs(self, stage: str | None = None, config_hash: str | None = None,
+                  extra_filter: str = "", max_results: int = 5000) -> list[Any]:
+        """Runs of this study by stage / config hash, newest first."""
+        clauses = []
+        if stage:
+            clauses.append(f"tags.`{TAG_STAGE}` = '{stage}'")
+        if config_hash:
+            clauses.append(f"tags.`{TAG_HASH}` = '{config_hash}'")
+        if extra_filter:
+            clauses.append(extra_filter)
+        return list(self.client.search_runs(
+            [self.experiment_id], filter_string=" and ".join(clauses), run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=max_results, order_by=["attributes.start_time DESC"],
+        ))
+
+    def runs_by_hash(self, stage: str) -> dict[str, Any]:
+        """The most relevant run per config hash of a stage: a FINISHED one if any, else the newest."""
+        out: dict[str, Any] = {}
+        for run in self.find_runs(stage):
+            h = run.data.tags.get(TAG_HASH)
+            if not h:
+                continue
+            best = out.get(h)
+            if best is None or (best.info.status != "FINISHED" and run.info.status == "FINISHED"):
+                out[h] = run
+        return out
+
+    def log_params_tags(self, run_id: str, params: Mapping[str, str] = {}, tags: Mapping[str, str] = {}) -> None:
+        """Params and tags in batches within MLflow's per-request limits. Params already logged are skipped."""
+        existing = self.client.get_run(run_id).data.params if params else {}
+        p = [Param(k, str(v)[:MAX_PARAM_VALUE]) for k, v in params.items() if k not in existing]
+        t = [RunTag(k, str(v)) for k, v in tags.items()]
+        for chunk in _chunks(p, MAX_PARAMS_TAGS_PER_BATCH):
+            self.client.log_batch(run_id, params=list(chunk))
+        for chunk in _chunks(t, MAX_PARAMS_TAGS_PER_BATCH):
+            self.client.log_batch(run_id, tags=list(chunk))
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int, timestamp_ms: int | None = None) -> int:
+        """Log finite numeric metrics at ``step`` in one request per 1000 values; returns the count logged.
+
+        NaN is kept (MLflow stores it, e.g. an AP range with no ground truth); non-numbers are skipped.
+        """
+        ts = timestamp_ms or int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, int(step)) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isinf(float(v))]
+        for chunk in _chunks(items, MAX_METRICS_PER_BATCH):
+            self.client.log_batch(run_id, metrics=list(chunk))
+        return len(items)
+
+    def log_history(self, run_id: str, history: Sequence[tuple[int, Mapping[str, float]]]) -> int:
+        """Many steps of metrics in as few requests as possible (used by benchmarks and imports)."""
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, int(step)) for step, m in history for k, v in m.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isinf(float(v))]
+        for chunk in _chunks(items, MAX_METRICS_PER_BATCH):
+            self.client.log_batch(run_id, metrics=list(chunk))
+        return math.ceil(len(items) / MAX_METRICS_PER_BATCH)
+
+    def log_artifacts(self, run_id: str, local_dir: str | Path, artifact_path: str | None = None) -> None:
+        """Upload a folder's files."""
+        self.client.log_artifacts(run_id, str(local_dir), artifact_path)
+
+    def log_artifact(self, run_id: str, local_path: str | Path, artifact_path: str | None = None) -> None:
+        """Upload one file."""
+        self.client.log_artifact(run_id, str(local_path), artifact_path)
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        """A text artifact (the space file, a resolved config)."""
+        self.client.log_text(run_id, text, artifact_file)
+
+    def log_dataset(self, run_id: str, name: str, digest: str, source: str, context: str) -> None:
+        """Record the data set as an MLflow input (name, digest, where it lives)."""
+        ds = Dataset(name=name, digest=digest, source_type="local", source=json.dumps({"uri": source}),
+                     schema=None, profile=None)
+        self.client.log_inputs(run_id, [DatasetInput(ds, [InputTag("mlflow.data.context", context)])])
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        """Set tags (batched)."""
+        self.log_params_tags(run_id, tags={k: str(v) for k, v in tags.items()})
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        """End a run: FINISHED, FAILED or KILLED."""
+        self.client.set_terminated(run_id, status)
+
+    def reopen(self, run_id: str) -> None:
+        """Mark an unfinished run as running again (resume continues into the same run)."""
+        self.client.update_run(run_id, status="RUNNING")
+
+    def metric_history(self, run_id: str, key: str) -> list[Any]:
+        """Every logged value of a metric, by step."""
+        return sorted(self.client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+
+
+def _exp_location(tracking_uri: str, study: str) -> str | None:
+    root = artifact_root_for(tracking_uri)
+    return f"{root}/{study}" if root else None

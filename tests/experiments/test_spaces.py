@@ -1,0 +1,146 @@
+"""Search spaces: every shipped file expands to the expected plan; broken files fail with a useful error."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from experiments import spaces
+from experiments.spaces import SpaceError, expand, load_space
+
+ROOT = Path(__file__).resolve().parents[2]
+SPACES = ROOT / "search_spaces"
+
+# file -> (unique pretraining runs, fine-tuning trials, pretraining cells before dedup)
+EXPECTED = {
+    "smoke.yaml": (2, 5, 2),
+    "paper_table1.yaml": (5, 18, 5),
+    "norm_type.yaml": (2, 12, 2),
+    "box_head.yaml": (1, 9, 1),
+    "lr_scheme.yaml": (1, 9, 1),
+    "queue_start.yaml": (2, 6, 2),
+    "crop_scales.yaml": (2, 6, 2),
+    "mixed_precision.yaml": (2, 6, 2),
+    "paper_full.yaml": (9, 48, 9),
+}
+
+
+def _paths(sample_data) -> dict[str, str]:
+    return {k: str(getattr(sample_data, k)) for k in spaces.DATA_PATH_KEYS}
+
+
+def test_every_shipped_space_is_covered():
+    assert {p.name for p in SPACES.glob("*.yaml")} == set(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_shipped_space_expands(name, sample_data):
+    spec = load_space(SPACES / name)
+    plan = expand(spec, "fp", _paths(sample_data))
+    n_pre, n_ft, n_cells = EXPECTED[name]
+    assert (len(plan.pretrain), len(plan.finetune), plan.requested_pretrain) == (n_pre, n_ft, n_cells)
+    # names are unique (they are how a fine-tuning case points at one backbone) and hashes too
+    assert len({t.name for t in plan.pretrain}) == len(plan.pretrain)
+    assert len({t.config_hash for t in plan.finetune}) == len(plan.finetune)
+    # every fine-tuning trial pairs norms correctly
+    by_hash = {t.config_hash: t for t in plan.pretrain}
+    for t in plan.finetune:
+        if t.upstream_hash is not None:
+            assert spaces.PAIRING[t.config["norm"]] == by_hash[t.upstream_hash].config["norm"]
+            assert t.config["arch"] == by_hash[t.upstream_hash].config["arch"]
+    text = spaces.format_plan(plan)
+    assert f"{n_pre} unique runs" in text and f"{n_ft} trials" in text
+
+
+def test_paper_full_names_and_pairing(sample_data):
+    plan = expand(load_space(SPACES / "paper_full.yaml"), "fp", _paths(sample_data))
+    names = {t.name for t in plan.pretrain}
+    assert {"res18_ep70_p1000", "res34_ep100_p3000", "res50_ep200_p3000", "res50_ep200_p3000_gn",
+            "res50_ep200_p3000_q30", "res50_ep200_p3000_ampfalse"} <= names
+    gn = [t for t in plan.finetune if t.config["norm"] == "gn"]
+    assert len(gn) == 3 and all("res50_ep200_p3000_gn" in t.name for t in gn)
+    # the GN backbone is excluded from the frozen_bn sweep over every backbone, and says why
+    assert any("res50_ep200_p3000_gn" in e and "bn-pretrained" in e for e in plan.excluded)
+
+
+def test_dedup_and_hash_stability(tmp_path, sample_data):
+    space = {
+        "name": "dedup", "data": {"root": str(sample_data.root)}, "seeds": [0, 1],
+        "pretrain": {"fixed": {"arch": "resnet18", "epochs": 2},
+                     # the same config twice (3000 is the default), plus `workers`, which does not change results
+                     "cases": [{"prototypes": 3000}, {"workers": 1}, {"prototypes": 100}]},
+        "finetune": {"fixed": {"epochs": 1}},
+    }
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump(space))
+    spec = load_space(f)
+    plan = expand(spec, "fp", _paths(sample_data))
+    assert plan.requested_pretrain == 3 and len(plan.pretrain) == 2
+    again = expand(load_space(f), "fp", _paths(sample_data))
+    assert [t.config_hash for t in again.pretrain] == [t.config_hash for t in plan.pretrain]
+    other_data = expand(spec, "other-fingerprint", _paths(sample_data))
+    assert not {t.config_hash for t in other_data.pretrain} & {t.config_hash for t in plan.pretrain}
+    assert len(plan.finetune) == 2 * 2  # two backbones x two seeds
+
+
+def _write(tmp_path: Path, body: dict, sample_data) -> Path:
+    base = {"name": "broken", "data": {"root": str(sample_data.root)},
+            "pretrain": {"fixed": {"arch": "resnet18", "epochs": 2}}, "finetune": {"fixed": {"epochs": 1}}}
+    for key, value in body.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(base))
+    return path
+
+
+BROKEN = [
+    ({"pretrian": {}}, "<top level>: unknown key 'pretrian' (did you mean 'pretrain'?)"),
+    ({"pretrain": {"grid": {"prototype": [10, 20]}}}, "pretrain.grid: unknown key 'prototype' (did you mean 'prototypes'?)"),
+    ({"pretrain": {"grid": {"prototypes": [10, 0]}}}, "pretrain.grid.prototypes[1]: prototypes=0"),
+    ({"pretrain": {"fixed": {"arch": "resnet18", "epochs": 2, "base_lr": -1.0}}}, "pretrain.fixed.base_lr: base_lr=-1.0"),
+    ({"pretrain": {"cases": [{"crops": [{"count": 2, "size": 32, "min_scale": 0.5, "max_scale": 1.5}]}]}},
+     "pretrain.cases[0].crops"),
+    ({"pretrain": {"cases": [{"crops": [{"count": 2, "size": 32, "min_scale": 0.9, "max_scale": 0.5}]}]}},
+     "pretrain.cases[0].crops"),
+    ({"pretrain": {"fixed": {"arch": "resnet18", "epochs": 2, "queue_length": 64, "queue_start_epoch": 5}}},
+     "queue_start_epoch"),
+    ({"pretrain": {"grid": {"prototypes": 100}}}, "pretrain.grid.prototypes: a grid axis is a non-empty list"),
+    ({"finetune": {"grid": {"norm": ["gn"]}}}, "finetune.grid.norm[0]: norm=gn has no backbone to pair with"),
+    ({"finetune": {"grid": {"head": ["mlp", "transformer"]}}}, "finetune.grid.head[1]: head='transformer'"),
+    ({"finetune": {"grid": {"base_lr": {"loguniform": [1, 10]}}}}, "distributions need `search: {kind: tpe}`"),
+    ({"data": {"root": "/nonexistent/data"}}, "data.unlabeled: /nonexistent/data/unlabeled does not exist"),
+    ({"seeds": [0, 0]}, "seeds: duplicate seeds"),
+    ({"name": "a/b"}, "name: 'a/b' may not contain"),
+    ({"pretrain": {"resources": {"gpu": -1}}}, "pretrain.resources.gpu"),
+    ({"pruning": {"patiense": 3}}, "pruning: "),
+    ({"finetune": {"cases": [{"backbone": "res18_ep2_p300"}]}}, "did you mean 'res18_ep2_p3000'"),
+]
+
+
+@pytest.mark.parametrize("body,expected", BROKEN, ids=[b[1][:40] for b in BROKEN])
+def test_broken_space_names_file_key_and_fix(tmp_path, sample_data, body, expected):
+    from experiments.launch import resolve_data
+
+    path = _write(tmp_path, body, sample_data)
+    with pytest.raises(SpaceError) as err:
+        spec = load_space(path)
+        paths, fp = resolve_data(spec, tmp_path)
+        expand(spec, fp, paths)
+    msg = str(err.value)
+    assert msg.startswith(str(path)), msg
+    assert expected in msg, msg
+
+
+def test_cli_dry_run_and_exit_code_2(tmp_path, sample_data):
+    bad = _write(tmp_path, {"pretrain": {"grid": {"prototype": [10]}}}, sample_data)
+    proc = subprocess.run([sys.executable, "-m", "experiments.cli", "launch", str(bad), "--dry-run"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "did you mean 'prototypes'" in proc.stderr and str(bad) in proc.stderr
