@@ -1,0 +1,39 @@
+"""Faster R-CNN + FPN fine-tuning on a SwAV-pretrained (or scratch) ResNet trunk.
+
+Public names, importable from ``trainers.detection``:
+
+* :class:`DetectionConfig` — the run's frozen, validated config (``config.py``).
+* :func:`build_detector`, :func:`convert_norm`, :func:`build_box_head`, :func:`param_groups`
+  — the network, the norm swap, the RoI box heads and the lr-scheme groups (``model.py``).
+* :func:`train`, :func:`train_one_epoch`, :func:`lr_factor` — the loop (``engine.py``).
+* :func:`evaluate`, :func:`predict`, :func:`coco_eval`, :func:`draw_detections` — COCO
+  evaluation and the detection figure (``evaluation.py``).
+* :func:`export_detector`, :func:`load_detector`, :func:`read_detector_config` — the exported
+  detector (``export.py``).
+"""
+
+from trainers.detection.config import (
+    DEFAULT_MULTIPLIERS, GROUP_NAMES, HEADS, LR_SCHEDULES, LR_SCHEMES, NORMS, SCRATCH, DetectionConfig, config_fields,
+)
+from trainers.detection.engine import iters_per_epoch, lr_factor, train, train_one_epoch
+from trainers.detection.evaluation import (
+    FIGURE_FILE, METRIC_NAMES, PER_CLASS_FILE, SUMMARY_FILE, CocoEvaluation, coco_eval, draw_detections, evaluate,
+    predict, to_coco_results, write_per_class,
+)
+from trainers.detection.export import (
+    DETECTOR_CONFIG, DETECTOR_FORMAT, DETECTOR_WEIGHTS, export_detector, load_detector, read_detector_config,
+)
+from trainers.detection.model import (
+    BackboneLoadError, Res5Head, TwoMLPLayerNormHead, assemble_detector, build_box_head, build_detector, convert_norm,
+    detection_trunk, infer_arch, load_backbone, param_groups, parameter_stage,
+)
+
+__all__ = [
+    "DEFAULT_MULTIPLIERS", "GROUP_NAMES", "HEADS", "LR_SCHEDULES", "LR_SCHEMES", "NORMS", "SCRATCH", "DetectionConfig",
+    "config_fields", "iters_per_epoch", "lr_factor", "train", "train_one_epoch", "FIGURE_FILE", "METRIC_NAMES",
+    "PER_CLASS_FILE", "SUMMARY_FILE", "CocoEvaluation", "coco_eval", "draw_detections", "evaluate", "predict",
+    "to_coco_results", "write_per_class", "DETECTOR_CONFIG", "DETECTOR_FORMAT", "DETECTOR_WEIGHTS", "export_detector",
+    "load_detector", "read_detector_config", "BackboneLoadError", "Res5Head", "TwoMLPLayerNormHead",
+    "assemble_detector", "build_box_head", "build_detector", "convert_norm", "detection_trunk", "infer_arch",
+    "load_backbone", "param_groups", "parameter_stage",
+]

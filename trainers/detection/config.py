@@ -1,0 +1,246 @@
+"""``DetectionConfig``: every choice of a Faster R-CNN fine-tuning run, validated up front.
+
+Learning rates follow the paper's "3-5-7" notation: ``base_lr`` is a *reference* rate and
+every optimizer group trains at ``base_lr x multiplier``. The paper's 3-5-7 scheme gives the
+detector ``x 1e-3``, the late backbone ``x 1e-5`` and the stem plus first stage ``x 1e-7``.
+``base_lr`` is therefore *not* an SGD rate by itself: taken literally, a reference rate of 1
+would leave the detector at 1e-3, too small to train it in a 1x schedule. The default
+``base_lr = 20`` puts the detector at 0.02, the rate of torchvision's and Detectron's Faster
+R-CNN recipes (used there with 16 images per step: if training diverges at a small
+``batch_size``, lower ``base_lr`` by the linear scaling rule), the late backbone at 2e-4 and
+the early backbone at 2e-6. The other schemes keep the detector at the same
+``base_lr x 1e-3``, so one ``base_lr`` serves a whole ``lr_scheme`` grid:
+
+* ``frozen``  — trunk frozen (no gradient); FPN + RPN + RoI heads at ``base_lr x detector``.
+  Only parameters are frozen: what the trunk's norm layers do with statistics is the ``norm``
+  axis's business (``bn`` still updates running statistics in train mode), so the two axes
+  stay independent in an ablation grid.
+* ``357``     — three groups: detector, late backbone (layer2-4), early backbone (stem + layer1).
+* ``uniform`` — everything at one rate, ``base_lr x detector`` (0.02 by default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from trainers.checkpoints import CheckpointError, read_backbone_config
+from trainers.common import require, require_choice
+from trainers.resnet import ARCHS
+
+SCRATCH = "scratch"
+NORMS = ("bn", "frozen_bn", "frozen_affine", "gn")
+HEADS = ("mlp", "mlp_ln", "res5")
+LR_SCHEMES = ("frozen", "357", "uniform")
+LR_SCHEDULES = ("step", "cosine")
+GROUP_NAMES = ("detector", "late_backbone", "early_backbone")
+DEFAULT_SCRATCH_ARCH = "resnet50"  # the paper's architecture
+
+# Multipliers of base_lr per scheme (see the module docstring). Under ``frozen`` the trunk has
+# no group at all; under ``uniform`` every parameter shares the detector's rate.
+DEFAULT_MULTIPLIERS: dict[str, dict[str, float]] = {
+    "357": {"detector": 1e-3, "late_backbone": 1e-5, "early_backbone": 1e-7},
+    "uniform": {"detector": 1e-3},
+    "frozen": {"detector": 1e-3},
+}
+
+# Fields that decide the network's shape; they are stored in detector.json so that a detector
+# can be rebuilt without the backbone folder or the data.
+MODEL_FIELDS = (
+    "arch", "norm", "head", "min_size", "max_size", "rpn_pre_nms_top_n_train", "rpn_pre_nms_top_n_test",
+    "rpn_post_nms_top_n_train", "rpn_post_nms_top_n_test", "box_batch_size_per_image", "detections_per_img",
+)
+
+
+def _int(name: str, value: Any, minimum: int) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    require(ok, name, value, f"an integer >= {minimum}")
+
+
+def _float(name: str, value: Any, low: float, high: float = math.inf, low_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low) and value <= high
+    bound = f"> {low}" if low_open else f">= {low}"
+    limit = "" if high == math.inf else f" and <= {high}"
+    require(ok, name, value, f"a finite number {bound}{limit}")
+
+
+@dataclass(frozen=True)
+class DetectionConfig:
+    """One Faster R-CNN + FPN fine-tuning run. Values are validated (and resolved) on construction.
+
+    After construction ``arch`` holds the backbone's architecture and ``lr_multipliers`` the
+    complete mapping for the chosen scheme, so :func:`trainers.common.config_to_dict` gives the
+    resolved config that checkpoints and MLflow record.
+    """
+
+    # Exported SwAV backbone folder (backbone.safetensors + backbone.json), or "scratch" for the
+    # no-pretraining baseline (random Kaiming init).
+    backbone: str = SCRATCH
+    # Taken from backbone.json when a backbone is given (an explicit different value is an error);
+    # resnet50 for scratch unless set.
+    arch: str | None = None
+    # Trunk normalisation: bn (trainable BatchNorm), frozen_bn (FrozenBatchNorm2d: affine and stats
+    # fixed), frozen_affine (BatchNorm2d, affine fixed, stats adapt), gn (GroupNorm; GN backbone only).
+    norm: str = "frozen_bn"  # Detectron's default for fine-tuning with a few images per GPU
+    head: str = "mlp"  # RoI box head: mlp (TwoMLPHead), mlp_ln (LayerNorm between FCs), res5
+    lr_scheme: str = "357"  # the paper's scheme; see the module docstring
+    # {detector, late_backbone, early_backbone} -> multiplier of base_lr; missing keys take the
+    # scheme's defaults (DEFAULT_MULTIPLIERS). Only `detector` applies to frozen and uniform.
+    lr_multipliers: Mapping[str, float] | None = None
+    base_lr: float = 20.0  # reference rate: detector lr = 20 x 1e-3 = 0.02 (see module docstring)
+    momentum: float = 0.9  # torchvision detection reference
+    weight_decay: float = 1e-4  # torchvision detection reference
+    warmup_iters: int = 100  # linear warmup from 0.1% of the rate; fewer than the reference's 1000: small data
+    lr_schedule: str = "step"  # step: x lr_gamma at each of lr_steps; cosine: to 0 at the end
+    lr_steps: tuple[float, ...] = (0.67, 0.89)  # fractions of training, the 1x schedule's 8/12 and 11/12 epochs
+    lr_gamma: float = 0.1  # the reference's step decay
+    epochs: int = 12  # the "1x" schedule
+    batch_size: int = 2  # images per step (the reference's per-GPU batch)
+    min_size: int = 800  # shorter image side after resizing (COCO standard)
+    max_size: int = 1333  # longer side cap (COCO standard)
+    amp: bool = False  # fp16 on CUDA / bf16 on CPU; off by default as in torchvision's reference
+    seed: int = 0
+    eval_every: int = 1  # epochs between COCO evaluations; the last epoch is always evaluated
+    train_images: str = ""  # folder of training images
+    train_annotations: str = ""  # COCO instances JSON for train_images
+    val_images: str = ""  # folder of validation images
+    val_annotations: str = ""  # COCO instances JSON for val_images
+    workers: int = 2  # DataLoader worker processes (0 = load in the training process)
+    # RPN proposals kept per FPN level before NMS and in total after NMS. torchvision's FPN values;
+    # small values (e.g. 100 / 50) make CPU smoke runs fast.
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_test: int = 1000
+    box_batch_size_per_image: int = 512  # RoIs sampled per image for the box head loss (reference value)
+    detections_per_img: int = 100  # COCO evaluates up to 100 detections per image
+    score_threshold: float = 0.5  # predictions drawn in the evaluation figure (does not affect AP)
+    figure_images: int = 4  # validation images drawn per evaluation (0 = no figure)
+    # Optional cap on steps per epoch for smoke runs and debugging; None = one pass over the data.
+    max_iters_per_epoch: int | None = None
+
+    def __post_init__(self) -> None:
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
+
+        # YAML reads `lr_scheme: 357` as an integer; accept it as the scheme's name.
+        if isinstance(self.lr_scheme, int) and not isinstance(self.lr_scheme, bool):
+            set_("lr_scheme", str(self.lr_scheme))
+        require_choice("norm", self.norm, NORMS)
+        require_choice("head", self.head, HEADS)
+        require_choice("lr_scheme", self.lr_scheme, LR_SCHEMES)
+        require_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if self.arch is not None:
+            require_choice("arch", self.arch, tuple(ARCHS))
+
+        self._resolve_backbone(set_)
+        self._resolve_multipliers(set_)
+
+        _float("base_lr", self.base_lr, 0.0, low_open=True)
+        _float("momentum", self.momentum, 0.0, 1.0)
+        require(self.momentum < 1.0, "momentum", self.momentum, "a number in [0, 1)")
+        _float("weight_decay", self.weight_decay, 0.0)
+        _int("warmup_iters", self.warmup_iters, 0)
+        steps = tuple(self.lr_steps) if isinstance(self.lr_steps, (list, tuple)) else self.lr_steps
+        ok = isinstance(steps, tuple) and all(
+            isinstance(s, (int, float)) and not isinstance(s, bool) and 0.0 < s < 1.0 for s in steps
+        ) and list(steps) == sorted(steps)
+        require(ok, "lr_steps", self.lr_steps, "increasing fractions of training in (0, 1), e.g. [0.67, 0.89]")
+        set_("lr_steps", tuple(float(s) for s in steps))
+        _float("lr_gamma", self.lr_gamma, 0.0, 1.0, low_open=True)
+        _int("epochs", self.epochs, 1)
+        _int("batch_size", self.batch_size, 1)
+        _int("min_size", self.min_size, 32)
+        _int("max_size", self.max_size, 32)
+        require(self.max_size >= self.min_size, "max_size", self.max_size, f"at least min_size ({self.min_size})")
+        require(isinstance(self.amp, bool), "amp", self.amp, "true or false")
+        _int("seed", self.seed, 0)
+        _int("eval_every", self.eval_every, 1)
+        _int("workers", self.workers, 0)
+        for name in ("rpn_pre_nms_top_n_train", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_train",
+                     "rpn_post_nms_top_n_test", "box_batch_size_per_image", "detections_per_img"):
+            _int(name, getattr(self, name), 1)
+        _float("score_threshold", self.score_threshold, 0.0, 1.0)
+        _int("figure_images", self.figure_images, 0)
+        if self.max_iters_per_epoch is not None:
+            _int("max_iters_per_epoch", self.max_iters_per_epoch, 1)
+
+        for name, kind in (("train_images", "dir"), ("train_annotations", "file"),
+                           ("val_images", "dir"), ("val_annotations", "file")):
+            value = getattr(self, name)
+            require(isinstance(value, (str, Path)) and str(value) != "", name, value,
+                    "required: the path of a " + ("folder of images" if kind == "dir" else "COCO instances JSON file"))
+            path = Path(value)
+            exists = path.is_dir() if kind == "dir" else path.is_file()
+            if not exists:
+                raise ValueError(f"{name}={str(value)!r} is invalid: no such {'folder' if kind == 'dir' else 'file'} {path}")
+            set_(name, str(value))
+
+    def _resolve_backbone(self, set_: Any) -> None:
+        """Check the backbone folder, take ``arch`` from it and check ``norm`` against its norm."""
+        require(isinstance(self.backbone, (str, Path)) and str(self.backbone) != "", "backbone", self.backbone,
+                f"the path of an exported SwAV backbone folder, or '{SCRATCH}'")
+        set_("backbone", str(self.backbone))
+        if self.backbone == SCRATCH:
+            if self.arch is None:
+                set_("arch", DEFAULT_SCRATCH_ARCH)
+            return
+        folder = Path(self.backbone)
+        if not folder.is_dir():
+            raise ValueError(f"backbone={self.backbone!r} is invalid: no such folder {folder} "
+                             f"(give an exported SwAV backbone folder or '{SCRATCH}')")
+        try:
+            meta = read_backbone_config(folder)
+        except CheckpointError as exc:
+            raise ValueError(f"backbone={self.backbone!r} is invalid: {exc}") from exc
+        found_arch, found_norm = meta.get("arch"), meta.get("norm")
+        if found_arch not in ARCHS:
+            raise ValueError(f"backbone={self.backbone!r} is invalid: its backbone.json names arch={found_arch!r}, "
+                             f"not one of {', '.join(ARCHS)}")
+        if self.arch is not None and self.arch != found_arch:
+            raise ValueError(f"arch={self.arch!r} conflicts with backbone={self.backbone!r}, which is a {found_arch}; "
+                             "leave arch unset to take it from the backbone")
+        set_("arch", found_arch)
+        if self.norm == "gn" and found_norm != "gn":
+            raise ValueError(f"norm='gn' needs a GroupNorm-pretrained backbone, but backbone={self.backbone!r} was "
+                             f"pretrained with norm={found_norm!r}; choose bn, frozen_bn or frozen_affine, "
+                             "or pretrain with norm=gn")
+        if self.norm != "gn" and found_norm != "bn":
+            raise ValueError(f"norm={self.norm!r} needs a BatchNorm-pretrained backbone, but backbone={self.backbone!r} "
+                             f"was pretrained with norm={found_norm!r}; use norm=gn with this backbone")
+
+    def _resolve_multipliers(self, set_: Any) -> None:
+        """Fill ``lr_multipliers`` from the scheme's defaults; reject keys the scheme cannot use."""
+        given = self.lr_multipliers if self.lr_multipliers is not None else {}
+        if not isinstance(given, Mapping):
+            raise ValueError(f"lr_multipliers={given!r} is invalid: a mapping such as "
+                             "{detector: 1.0e-3, late_backbone: 1.0e-5, early_backbone: 1.0e-7}")
+        defaults = DEFAULT_MULTIPLIERS[self.lr_scheme]
+        for key, value in given.items():
+            if key not in GROUP_NAMES:
+                require_choice("lr_multipliers key", key, GROUP_NAMES)
+            if key not in defaults:
+                raise ValueError(f"lr_multipliers.{key}={value!r} is invalid: lr_scheme={self.lr_scheme!r} has no "
+                                 f"{key} group (only {', '.join(defaults)}); use lr_scheme='357' for per-stage rates")
+            _float(f"lr_multipliers.{key}", value, 0.0, low_open=True)
+        set_("lr_multipliers", {key: float(given.get(key, default)) for key, default in defaults.items()})
+
+    def model_options(self) -> dict[str, Any]:
+        """The fields that decide the network's shape (what :func:`assemble_detector` takes)."""
+        return {name: getattr(self, name) for name in MODEL_FIELDS}
+
+    def group_lr(self, group: str) -> float:
+        """The peak learning rate of an optimizer group: ``base_lr x lr_multipliers[group]``."""
+        return self.base_lr * self.lr_multipliers[group]  # type: ignore[index]
+
+
+def config_fields() -> tuple[str, ...]:
+    """Names of every DetectionConfig field (for search-space validation and docs)."""
+    return tuple(f.name for f in dataclasses.fields(DetectionConfig))
+
+
+__all__ = ["DetectionConfig", "SCRATCH", "NORMS", "HEADS", "LR_SCHEMES", "LR_SCHEDULES", "GROUP_NAMES",
+           "DEFAULT_MULTIPLIERS", "MODEL_FIELDS", "config_fields"]

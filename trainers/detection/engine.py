@@ -1,0 +1,232 @@
+"""The fine-tuning loop: ``train_one_epoch`` and ``train`` (torchvision's references/detection split).
+
+``train`` builds the data sets and the detector, resumes exactly from ``reporter.restore_dir()``
+when asked (model, optimizer, scaler, epoch, iteration, RNG), and per epoch trains, evaluates
+on eval epochs (every ``eval_every`` and always the last), writes a checkpoint and reports.
+The final checkpoint also holds the exported detector (``detector.safetensors`` + ``detector.json``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from torchvision.models.detection import FasterRCNN
+
+from trainers.checkpoints import load_checkpoint, save_checkpoint
+from trainers.common import (
+    autocast, check_finite, config_to_dict, default_device, git_sha, grad_scaler, rng_state, seed_everything,
+    set_rng_state, warmup_cosine,
+)
+from trainers.data import CocoDetection, detection_collate
+from trainers.detection.config import MODEL_FIELDS, DetectionConfig
+from trainers.detection.evaluation import FIGURE_FILE, PER_CLASS_FILE, evaluate
+from trainers.detection.export import export_detector
+from trainers.detection.model import build_detector, param_groups
+from trainers.reporting import Reporter
+
+WARMUP_START = 1e-3  # warmup starts at 0.1% of the rate, as torchvision's detection reference
+
+
+def lr_factor(iteration: int, total_iters: int, config: DetectionConfig) -> float:
+    """Multiplier of every group's peak lr at ``iteration`` (0-based): linear warmup, then step or cosine.
+
+    ``step`` multiplies by ``lr_gamma`` at each fraction in ``lr_steps`` of ``total_iters``
+    (the warmup factor applies on top); ``cosine`` decays to 0 over the iterations after warmup.
+    """
+    if config.lr_schedule == "cosine":
+        return warmup_cosine(iteration, total_iters, config.warmup_iters, 1.0, 0.0, WARMUP_START)
+    warm = 1.0
+    if iteration < config.warmup_iters:
+        warm = WARMUP_START + (1.0 - WARMUP_START) * iteration / config.warmup_iters
+    passed = sum(iteration >= int(step * total_iters) for step in config.lr_steps)
+    return warm * config.lr_gamma**passed
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = group["peak_lr"] * factor
+
+
+def reported_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The lr the ``lr`` metric shows: the detector's group (``all`` under uniform)."""
+    for group in optimizer.param_groups:
+        if group["name"] in ("detector", "all"):
+            return float(group["lr"])
+    return float(optimizer.param_groups[0]["lr"])
+
+
+def train_loader(dataset: CocoDetection, config: DetectionConfig, epoch: int) -> DataLoader:
+    """Shuffled training batches; the order (and worker seeds) depend only on seed and epoch,
+    so a resumed run sees the same batches as an uninterrupted one."""
+    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    return DataLoader(dataset, batch_size=config.batch_size, shuffle=True, num_workers=config.workers,
+                      collate_fn=detection_collate, generator=generator, drop_last=False,
+                      persistent_workers=False)
+
+
+def iters_per_epoch(dataset_len: int, config: DetectionConfig) -> int:
+    """Optimizer steps per epoch (a full pass, capped by ``max_iters_per_epoch``)."""
+    steps = math.ceil(dataset_len / config.batch_size)
+    return min(steps, config.max_iters_per_epoch) if config.max_iters_per_epoch else steps
+
+
+def train_one_epoch(
+    model: FasterRCNN,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    loader: DataLoader,
+    device: torch.device,
+    epoch: int,
+    iteration: int,
+    total_iters: int,
+    config: DetectionConfig,
+    progress: bool = False,
+) -> tuple[dict[str, float], int]:
+    """One pass over ``loader`` (at most ``max_iters_per_epoch`` steps).
+
+    Args:
+        iteration: global step count before this epoch (drives the lr schedule).
+        total_iters: steps of the whole run.
+
+    Returns:
+        ``({"det/loss": mean loss, "det/images_per_s": ...}, iteration after the epoch)``.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN/inf (names the epoch and step).
+    """
+    model.train()
+    steps = iters_per_epoch(len(loader.dataset), config)  # type: ignore[arg-type]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False)
+    loss_sum, images, step = 0.0, 0, 0
+    start = time.perf_counter()
+    # islice, not a break: fetching a batch past the cap would draw augmentation randomness.
+    for step, (batch, targets) in enumerate(itertools.islice(loader, steps), start=1):
+        _set_lr(optimizer, lr_factor(iteration, total_iters, config))
+        batch = [image.to(device, non_blocking=True).float().div_(255.0) for image in batch]
+        targets = [{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in t.items()} for t in targets]
+        with autocast(device, config.amp):
+            losses = model(batch, targets)
+            loss = sum(losses.values())
+        check_finite(loss, epoch, step)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        iteration += 1
+        loss_sum += float(loss.detach())
+        images += len(batch)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / step:.4f}", lr=f"{reported_lr(optimizer):.2e}")
+    if bar is not None:
+        bar.close()
+    elapsed = max(time.perf_counter() - start, 1e-9)
+    return {"det/loss": loss_sum / max(step, 1), "det/images_per_s": images / elapsed}, iteration
+
+
+def _check_resumable(state: dict[str, Any], config: DetectionConfig, restore: Path) -> None:
+    """Refuse to resume a checkpoint whose network differs from the config's."""
+    stored = state.get("config", {})
+    current = config_to_dict(config)
+    differing = [k for k in MODEL_FIELDS + ("lr_scheme", "epochs", "batch_size") if stored.get(k) != current.get(k)]
+    if differing:
+        detail = ", ".join(f"{k}: checkpoint {stored.get(k)!r} vs config {current.get(k)!r}" for k in differing)
+        raise ValueError(f"cannot resume from {restore}: the checkpoint was written with a different config ({detail})")
+
+
+def train(config: DetectionConfig, reporter: Reporter, progress: bool = False) -> dict[str, float]:
+    """Fine-tune Faster R-CNN + FPN as ``config`` says, reporting every epoch.
+
+    Per epoch: ``det/loss``, ``det/images_per_s``, ``lr`` (the detector group's); at eval epochs
+    also ``det/AP``, ``det/AP50``, ``det/AP75``, ``det/AP_small``, ``det/AP_medium``,
+    ``det/AP_large`` with the per-class AP50 JSON and the detection PNG as artifacts.
+
+    Args:
+        config: the run.
+        reporter: receives metrics, checkpoints and artifacts; may ask to stop; may name a checkpoint to resume.
+        progress: show a tqdm bar over each epoch's batches.
+
+    Returns:
+        The final metrics: the last epoch's training metrics and the latest evaluation.
+    """
+    seed_everything(config.seed)
+    device = default_device()
+    train_set = CocoDetection(config.train_images, config.train_annotations, train=True)
+    val_set = CocoDetection(config.val_images, config.val_annotations, train=False)
+    if train_set.label_to_cat_id != val_set.label_to_cat_id or train_set.class_names != val_set.class_names:
+        raise ValueError(
+            f"{config.train_annotations} and {config.val_annotations} have different categories "
+            f"({dict(zip(train_set.label_to_cat_id.values(), train_set.class_names))} vs "
+            f"{dict(zip(val_set.label_to_cat_id.values(), val_set.class_names))}); both must list the same ones"
+        )
+    model = build_detector(config, train_set.num_classes).to(device)
+    groups = param_groups(model, config)
+    optimizer = torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=config.momentum, weight_decay=config.weight_decay)
+    scaler = grad_scaler(device, config.amp)
+    total_iters = iters_per_epoch(len(train_set), config) * config.epochs
+
+    first_epoch, iteration = 1, 0
+    eval_metrics: dict[str, float] = {}
+    metrics: dict[str, float] = {}
+    restore = reporter.restore_dir()
+    if restore is not None:
+        state = load_checkpoint(restore)
+        _check_resumable(state, config, Path(restore))
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        first_epoch, iteration = int(state["epoch"]) + 1, int(state["iteration"])
+        eval_metrics = dict(state.get("eval_metrics", {}))
+        metrics = {**dict(state.get("metrics", {})), **eval_metrics}
+        set_rng_state(state["rng"])
+
+    for epoch in range(first_epoch, config.epochs + 1):
+        epoch_metrics, iteration = train_one_epoch(
+            model, optimizer, scaler, train_loader(train_set, config, epoch), device, epoch, iteration,
+            total_iters, config, progress,
+        )
+        epoch_metrics["lr"] = reported_lr(optimizer)
+        with tempfile.TemporaryDirectory(prefix="ablate-det-") as tmp:
+            artifacts: list[Path] = []
+            if epoch % config.eval_every == 0 or epoch == config.epochs:
+                eval_dir = Path(tmp) / "eval"
+                eval_metrics = evaluate(
+                    model, val_set, device=device, batch_size=config.batch_size, out_dir=eval_dir,
+                    workers=config.workers, figure_images=config.figure_images, score_threshold=config.score_threshold,
+                )
+                epoch_metrics.update(eval_metrics)
+                artifacts = [p for p in (eval_dir / PER_CLASS_FILE, eval_dir / FIGURE_FILE) if p.is_file()]
+            ckpt = Path(tmp) / "checkpoint"
+            save_checkpoint(ckpt, {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                "epoch": epoch,
+                "iteration": iteration,
+                "rng": rng_state(),
+                "config": config_to_dict(config),
+                "git_sha": git_sha(),
+                "metrics": {k: float(v) for k, v in epoch_metrics.items()},
+                "eval_metrics": {k: float(v) for k, v in eval_metrics.items()},
+                "class_names": list(train_set.class_names),
+                "label_to_cat_id": dict(train_set.label_to_cat_id),
+            })
+            metrics = {**eval_metrics, **epoch_metrics}
+            if epoch == config.epochs:
+                export_detector(ckpt, model, config, train_set.class_names, train_set.label_to_cat_id, metrics)
+            reporter.report(epoch_metrics, step=epoch, checkpoint_dir=ckpt, artifacts=artifacts)
+        if reporter.should_stop():
+            break
+    return metrics

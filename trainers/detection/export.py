@@ -1,0 +1,113 @@
+"""Exported detectors: ``detector.safetensors`` (the state dict) + ``detector.json`` (how to rebuild it).
+
+The JSON holds the network-shape options, so :func:`load_detector` rebuilds the model with a
+scratch trunk and loads every weight from the safetensors file: neither the backbone folder nor
+the data named in the training config need exist where the detector is loaded. Nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from torchvision.models.detection import FasterRCNN
+
+from trainers.checkpoints import CheckpointError, sha256_file
+from trainers.common import config_to_dict, git_sha
+from trainers.detection.config import MODEL_FIELDS, DetectionConfig
+from trainers.detection.model import assemble_detector
+
+DETECTOR_WEIGHTS = "detector.safetensors"
+DETECTOR_CONFIG = "detector.json"
+DETECTOR_FORMAT = "ablate-faster-rcnn-fpn/v1"
+
+
+def json_number(value: float) -> float | None:
+    """NaN/inf as JSON null (strict JSON has no NaN), other numbers unchanged."""
+    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def export_detector(
+    directory: str | Path,
+    model: FasterRCNN,
+    config: DetectionConfig,
+    class_names: Sequence[str],
+    label_to_cat_id: Mapping[int, int],
+    metrics: Mapping[str, float] | None = None,
+) -> Path:
+    """Write ``detector.safetensors`` and ``detector.json`` into ``directory``.
+
+    The JSON records the resolved config, the network-shape options (``model``), num_classes,
+    class_names, label_to_cat_id, arch, norm, head, the git sha, the final metrics (NaN as null)
+    and the sha256 of the weights file.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    path = directory / DETECTOR_WEIGHTS
+    save_file(weights, str(path), metadata={"format": DETECTOR_FORMAT})
+    record = {
+        "format": DETECTOR_FORMAT,
+        "config": config_to_dict(config),
+        "model": config.model_options(),
+        "num_classes": len(class_names),
+        "class_names": list(class_names),
+        "label_to_cat_id": {str(label): int(cat) for label, cat in label_to_cat_id.items()},
+        "arch": config.arch,
+        "norm": config.norm,
+        "head": config.head,
+        "git_sha": git_sha(),
+        "metrics": {k: json_number(float(v)) for k, v in (metrics or {}).items()},
+        "sha256": sha256_file(path),
+    }
+    (directory / DETECTOR_CONFIG).write_text(json.dumps(record, indent=2, sort_keys=True))
+    return directory
+
+
+def read_detector_config(directory: str | Path) -> dict[str, Any]:
+    """The ``detector.json`` of an exported detector, checked for format and completeness.
+
+    ``label_to_cat_id`` comes back with integer keys.
+    """
+    directory = Path(directory)
+    cfg_path, weights = directory / DETECTOR_CONFIG, directory / DETECTOR_WEIGHTS
+    if not cfg_path.is_file() or not weights.is_file():
+        raise CheckpointError(f"{directory}: not an exported detector (expected {DETECTOR_WEIGHTS} and {DETECTOR_CONFIG}; "
+                              "`ablate finetune` writes them into its final checkpoint)")
+    record = json.loads(cfg_path.read_text())
+    if record.get("format") != DETECTOR_FORMAT:
+        raise CheckpointError(f"{cfg_path}: format {record.get('format')!r} is not {DETECTOR_FORMAT!r}")
+    missing = [k for k in ("model", "num_classes", "class_names", "label_to_cat_id") if k not in record]
+    missing += [f"model.{k}" for k in MODEL_FIELDS if k not in record.get("model", {})]
+    if missing:
+        raise CheckpointError(f"{cfg_path}: missing {', '.join(missing)}")
+    record["label_to_cat_id"] = {int(k): int(v) for k, v in record["label_to_cat_id"].items()}
+    return record
+
+
+def load_detector(directory: str | Path, device: str | torch.device = "cpu", verify: bool = True) -> FasterRCNN:
+    """Rebuild an exported detector and load its weights (``strict=True``); returned in eval mode.
+
+    Args:
+        directory: folder with ``detector.safetensors`` and ``detector.json``.
+        device: where the model goes.
+        verify: check the weights' sha256 against ``detector.json``.
+
+    Raises:
+        CheckpointError: missing files, wrong format, sha256 mismatch or weights that do not fit.
+    """
+    directory = Path(directory)
+    record = read_detector_config(directory)
+    path = directory / DETECTOR_WEIGHTS
+    if verify and record.get("sha256") and sha256_file(path) != record["sha256"]:
+        raise CheckpointError(f"{path}: sha256 does not match {DETECTOR_CONFIG} (file corrupted or replaced)")
+    model = assemble_detector(int(record["num_classes"]), **{k: record["model"][k] for k in MODEL_FIELDS})
+    try:
+        model.load_state_dict(load_file(str(path)), strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit the model described in {DETECTOR_CONFIG}: {exc}") from exc
+    return model.to(device).eval()
