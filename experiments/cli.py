@@ -114,12 +114,20 @@ def cmd_single(args: argparse.Namespace, stage: str) -> int:
             shutil.copy2(f, dest / f.name)
         print(f"exported {export}: {dest}")
     if stage == "finetune":
-        from trainers.detection import format_coco_table
-
-        print(format_coco_table(result))
+        summaries = sorted(out.glob("artifacts/step_*/coco_summary.txt"))
+        if summaries:
+            print(summaries[-1].read_text())
+        print(format_ap_table(result))
     else:
         print(json.dumps(result, indent=2, sort_keys=True))
     return 0
+
+
+def format_ap_table(metrics: dict[str, float]) -> str:
+    """The COCO numbers a researcher reads first, one per line (NaN: no ground truth in that size range)."""
+    rows = [("AP@0.5 [all]", "det/AP50"), ("AP@[.5:.95] [all]", "det/AP"), ("AP@0.75 [all]", "det/AP75"),
+            ("AP [small]", "det/AP_small"), ("AP [medium]", "det/AP_medium"), ("AP [large]", "det/AP_large")]
+    return "\n".join(f"{label:18} {metrics.get(key, float('nan')):.4f}" for label, key in rows)
 
 
 def cmd_launch(args: argparse.Namespace) -> int:

@@ -424,7 +424,7 @@ class Launcher:
     def run(self) -> LaunchResult:
         self._t0 = time.time()
         plan = self.plan()
-        self.tracker = Tracker(self.tracking_uri, self.spec.name)
+        self.tracker = Tracker(self.tracking_uri, self.spec.name, create=not self.options.dry_run)
         pre_runs, ft_runs = self.earlier_runs()
         reused = {h: r.info.run_id for h, r in pre_runs.items() if _usable_backbone_run(r)}
         pruned_before = [h for h, r in pre_runs.items() if r.data.tags.get(TAG_PRUNED) == "true"]
@@ -623,15 +623,17 @@ class Launcher:
         self._tune(STAGE_FINETUNE, payloads, self._scheduler(STAGE_FINETUNE))
 
     def _scheduler(self, stage: str) -> Any:
-        from experiments.pruning import OptunaPruningScheduler, make_pruner
+        from optuna.pruners import NopPruner
+
+        from experiments.pruning import STAGE_OBJECTIVES, OptunaPruningScheduler, make_pruner
 
         pruner = make_pruner(stage, self.spec.pruning)
-        if pruner is None:
+        if isinstance(pruner, NopPruner):
             return None
+        metric, direction = STAGE_OBJECTIVES[stage]
         scheduler = OptunaPruningScheduler(
-            storage_url=self.optuna_storage, study_name=f"{self.spec.name}-{stage}",
-            pruner=pruner, metric_key=KEY_METRIC[stage] if stage == STAGE_FINETUNE else "swav/loss_over_ln_k",
-            param_prefix="",
+            storage_url=self.optuna_storage, study_name=f"{self.spec.name}-{stage}", pruner=pruner,
+            metric_key=metric, direction=direction, param_prefix="trial.config.", step_key="epoch",
         )
         self._schedulers = getattr(self, "_schedulers", {})
         self._schedulers[stage] = scheduler

@@ -28,6 +28,7 @@ import hashlib
 import itertools
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -414,8 +415,9 @@ def _build(path: Path, stage: str, cell: Cell, extra: Mapping[str, Any]) -> dict
         return config_to_dict(config_from_dict(cls, values, where=stage))
     except (ValueError, TypeError) as exc:
         msg = str(exc)
-        field_name = next((k for k in sorted(cell.origin, key=len, reverse=True)
-                           if msg.startswith(f"{k}=") or f"'{k}'" in msg or f" {k}=" in msg), None)
+        lead = re.match(r"[A-Za-z_][A-Za-z0-9_]*", msg)
+        field_name = lead.group(0) if lead and lead.group(0) in cell.origin else next(
+            (k for k in sorted(cell.origin, key=len, reverse=True) if f"'{k}'" in msg or f" {k}=" in msg), None)
         where = cell.origin.get(field_name, stage) if field_name else stage
         raise SpaceError(f"{path}: {where}: {msg}") from exc
 

@@ -97,14 +97,17 @@ class Tracker:
     Args:
         tracking_uri: sqlite / PostgreSQL URL or ``http(s)://`` server.
         study: the MLflow experiment name.
+        create: create the experiment when missing (False: look only, as a dry run does).
     """
 
-    def __init__(self, tracking_uri: str, study: str) -> None:
+    def __init__(self, tracking_uri: str, study: str, create: bool = True) -> None:
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.study = study
         exp = self.client.get_experiment_by_name(study)
-        if exp is None:
+        if exp is None and not create:
+            self.experiment_id = None  # read-only use (a dry run): no runs yet
+        elif exp is None:
             self.experiment_id = self.client.create_experiment(study, artifact_location=_exp_location(tracking_uri, study))
         else:
             if exp.lifecycle_stage == "deleted":
@@ -124,6 +127,8 @@ class Tracker:
     def find_runs(self, stage: str | None = None, config_hash: str | None = None,
                   extra_filter: str = "", max_results: int = 5000) -> list[Any]:
         """Runs of this study by stage / config hash, newest first."""
+        if self.experiment_id is None:
+            return []
         clauses = []
         if stage:
             clauses.append(f"tags.`{TAG_STAGE}` = '{stage}'")

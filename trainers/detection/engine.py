@@ -26,7 +26,7 @@ from trainers.common import (
 )
 from trainers.data import CocoDetection, detection_collate
 from trainers.detection.config import MODEL_FIELDS, DetectionConfig
-from trainers.detection.evaluation import FIGURE_FILE, PER_CLASS_FILE, evaluate
+from trainers.detection.evaluation import FIGURE_FILE, PER_CLASS_FILE, SUMMARY_FILE, evaluate
 from trainers.detection.export import export_detector
 from trainers.detection.model import build_detector, param_groups
 from trainers.reporting import Reporter
@@ -207,7 +207,7 @@ def train(config: DetectionConfig, reporter: Reporter, progress: bool = False) -
                     workers=config.workers, figure_images=config.figure_images, score_threshold=config.score_threshold,
                 )
                 epoch_metrics.update(eval_metrics)
-                artifacts = [p for p in (eval_dir / PER_CLASS_FILE, eval_dir / FIGURE_FILE) if p.is_file()]
+                artifacts = [p for p in (eval_dir / n for n in (PER_CLASS_FILE, FIGURE_FILE, SUMMARY_FILE)) if p.is_file()]
             ckpt = Path(tmp) / "checkpoint"
             save_checkpoint(ckpt, {
                 "model": model.state_dict(),
