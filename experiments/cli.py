@@ -6,7 +6,8 @@
     ablate finetune CONFIG.yaml [--set k=v]       one Faster R-CNN fine-tuning, no Ray / MLflow
     ablate launch SPACE.yaml [--dry-run]          an ablation grid through Ray Tune + MLflow
     ablate ui                                     the MLflow UI on the local store
-    ablate report STUDY / register / models / pull / server
+    ablate report STUDY                           ablation tables and plots
+    ablate register STUDY / models / pull NAME@champion --dest DIR
 
 Bad input exits with code 2 and one line naming the file, the field and the fix.
 """
@@ -64,6 +65,25 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--optuna-storage", default=None,
                    help="SQLAlchemy URL of the Optuna study (default: $ABLATE_OPTUNA_STORAGE or sqlite:///mlruns/optuna.db)")
     p.add_argument("--no-register", action="store_true", help="do not register the best model at the end")
+
+    p = sub.add_parser("report", help="ablation tables (the paper's Table 1 layout + one per axis) and plots")
+    p.add_argument("study", help="study name (= MLflow experiment)")
+    p.add_argument("--format", default="table", choices=["table", "md", "csv", "json"], help="output format")
+    p.add_argument("--out", type=Path, default=None, help="folder for the plots (also logged to the launch run)")
+    _add_tracking(p)
+
+    p = sub.add_parser("register", help="register the study's best fine-tuning run (and its backbone)")
+    p.add_argument("study", help="study name")
+    p.add_argument("--metric", default="det/AP50", help="what 'best' means (ties broken by det/AP)")
+    _add_tracking(p)
+
+    p = sub.add_parser("models", help="registered models, versions, aliases and their metrics")
+    _add_tracking(p)
+
+    p = sub.add_parser("pull", help="download a registered model: weights, config, model card")
+    p.add_argument("name", help="NAME@ALIAS or NAME/VERSION, e.g. smoke-detector@champion")
+    p.add_argument("--dest", type=Path, required=True, help="folder to create (must not hold other files)")
+    _add_tracking(p)
 
     p = sub.add_parser("ui", help="start the MLflow UI on the local store (127.0.0.1)")
     p.add_argument("--port", type=int, default=5000)
@@ -167,6 +187,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def tracking_uri_of(args: argparse.Namespace) -> str:
+    from experiments.tracking import default_tracking_uri
+
+    return args.tracking_uri or default_tracking_uri()
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    """report / register / models / pull: the ways results leave the service."""
+    uri = tracking_uri_of(args)
+    if args.command == "report":
+        from experiments.report import report
+
+        print(report(uri, args.study, fmt=args.format, out_dir=args.out))
+        return 0
+    from experiments import registry
+
+    if args.command == "register":
+        print(registry.register_best(uri, args.study, metric=args.metric))
+    elif args.command == "models":
+        print(registry.list_models(uri))
+    else:
+        dest = registry.pull(args.name, args.dest, uri)
+        print(f"pulled {args.name} into {dest}")
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     from experiments.tracking import DEFAULT_STORE_DIR, artifact_root_for, default_tracking_uri, redact_uri
 
@@ -182,8 +228,20 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def quiet_libraries() -> None:
+    """Keep the terminal for our progress lines: no artifact progress bars, no per-snapshot Ray warnings."""
+    import logging
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    quiet_libraries()
     try:
         if args.command == "data":
             return cmd_data_sample(args)
@@ -195,6 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_demo(args)
         if args.command == "ui":
             return cmd_ui(args)
+        if args.command in ("report", "register", "models", "pull"):
+            return cmd_results(args)
     except KeyboardInterrupt:
         print("\nablate: interrupted; run the same command again (or `ablate launch --resume`) to continue", file=sys.stderr)
         return 130

@@ -17,7 +17,7 @@ interrupted launch resumes across launches (same config hash -> same MLflow run)
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import logging
 import math
 import os
 import shutil
@@ -358,7 +358,9 @@ def _make_callback_class():
 
         def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             p = self._payload(trial)
-            self.launcher.say(f"{self.stage:8} retry   {p['name']} (crashed; resuming from its last checkpoint)")
+            error = _trial_error(trial).strip().splitlines()
+            why = f": {error[-1]}" if error else ""
+            self.launcher.say(f"{self.stage:8} retry   {p['name']} (crashed{why}; resuming from its last checkpoint)")
 
         def _status(self, trials: list, force: bool = False) -> None:
             now = time.time()
@@ -489,8 +491,6 @@ class Launcher:
     def _init_ray(self) -> None:
         import ray
 
-        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         address = self.options.address or os.environ.get("RAY_ADDRESS")
         if ray.is_initialized():
             return
@@ -502,6 +502,9 @@ class Launcher:
                                   "shared file system or an s3:// URI so every node can read the checkpoints")
         else:
             ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        # Trial tracebacks go to the MLflow run (tag ablate.error) and one FAILED/retry line here,
+        # not as pages of Ray log output in the terminal.
+        logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
 
     def _child(self, stage: str, name: str, h: str, config: Mapping[str, Any], existing: Any,
                extra_params: Mapping[str, str] = {}, tags: Mapping[str, str] = {}) -> tuple[str, str | None]:

@@ -201,7 +201,9 @@ class CollapsePruner(BasePruner):
     The trial is pruned when the last ``patience`` reports all show collapse. A report
     whose loss is below the band *and* lower than the previous report's resets the streak
     whatever the other signals say: a falling loss means the run is learning (this is how
-    the queue transient survives). A non-finite signal prunes at once, warmup or not:
+    the queue transient survives). So does a drop of more than ``delta`` (in units of ln K)
+    within the band or above it: a new run starts above ln K (confident, wrong predictions)
+    and descends through the band, while a collapsed one sits flat at ln K. A non-finite signal prunes at once, warmup or not:
     the run cannot recover, and the trainer would fail on it anyway.
 
     Defaults, and why:
@@ -304,8 +306,11 @@ class CollapsePruner(BasePruner):
             used = signals.get("swav/prototypes_used")
             if used is not None and used <= self._min_prototypes_used:
                 fired.append(f"prototypes_used {used:g} <= {self._min_prototypes_used}")
-            # Progress beats every other signal: a loss falling below the band is learning.
-            falling = ratio is not None and ratio < band and previous_ratio is not None and ratio < previous_ratio
+            # Progress beats every other signal: a loss falling below the band is learning, and so
+            # is one still far above ln K that drops by more than the band's width in an epoch
+            # (a fresh run descending from confident-but-wrong predictions, not one pinned at ln K).
+            falling = ratio is not None and previous_ratio is not None and (
+                (ratio < band and ratio < previous_ratio) or previous_ratio - ratio > self._delta)
             if ratio is not None:
                 previous_ratio = ratio
             if step <= self._warmup_epochs:

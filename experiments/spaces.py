@@ -371,7 +371,7 @@ def load_space(path: str | Path, name: str | None = None) -> StudySpec:
     try:
         pruning = validate_pruning_settings(_mapping(path, "pruning", raw.get("pruning")))
     except ValueError as exc:
-        raise SpaceError(f"{path}: pruning: {exc}") from exc
+        raise SpaceError(f"{path}: {exc}" if str(exc).startswith("pruning") else f"{path}: pruning: {exc}") from exc
     if kind == "tpe" and "pruning" in raw and "finetune" not in (raw.get("pruning") or {}):
         pruning = validate_pruning_settings({**(raw.get("pruning") or {}), "finetune": {"kind": "median"}})
     elif kind == "tpe" and "pruning" not in raw:

@@ -143,6 +143,17 @@ def test_healthy_curve_not_pruned(make_study):
     assert epoch is None and frozen.state == TrialState.COMPLETE
 
 
+def test_a_run_descending_from_above_ln_k_is_not_pruned(make_study):
+    # A fresh run often starts above ln K (confident, wrong predictions: 1.30 on the sample data)
+    # and crosses the band for several epochs; a collapsed run instead sits flat at ln K.
+    ratios = [1.30, 1.20, 1.12, 1.06, 1.03, 1.01, 0.995, 0.97, 0.9, 0.85, 0.8, 0.75]
+    epoch, _ = run_curve(make_study(), lambda e: metrics(ratios[e - 1]), epochs=len(ratios))
+    assert epoch is None
+    # ...whereas the same start followed by a flat line at ln K is pruned
+    flat = ratios[:5] + [1.0] * 7
+    assert run_curve(make_study(), lambda e: metrics(flat[e - 1]), epochs=len(flat))[0] is not None
+
+
 def test_warmup_protects_the_initial_epochs_at_ln_k(make_study):
     # healthy() sits in the band at epochs 1-2: without warmup, patience 2 prunes it.
     assert run_curve(make_study(CollapsePruner(warmup_epochs=0, patience=2)), healthy)[0] == 2

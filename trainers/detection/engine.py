@@ -121,6 +121,10 @@ def train_one_epoch(
         check_finite(loss, epoch, step)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        if config.clip_grad_norm > 0:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones
+            torch.nn.utils.clip_grad_norm_(
+                [p for group in optimizer.param_groups for p in group["params"]], config.clip_grad_norm)
         scaler.step(optimizer)
         scaler.update()
         iteration += 1

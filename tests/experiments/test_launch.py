@@ -1,0 +1,199 @@
+"""End to end: `ablate launch` through real Ray Tune, a real MLflow store and the Optuna pruner.
+
+These are the slow tests of the suite (each launch starts a local Ray); they run in CI.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from experiments import tracking as T
+
+ROOT = Path(__file__).resolve().parents[2]
+METRICS_PRE = {"swav/loss", "swav/ln_k", "swav/loss_over_ln_k", "swav/embedding_std", "swav/assignment_entropy",
+               "swav/prototypes_used", "swav/amp_skipped_steps", "swav/images_per_s", "lr"}
+METRICS_FT = {"det/loss", "det/AP", "det/AP50", "det/AP75", "det/AP_small", "det/AP_medium", "det/AP_large",
+              "det/images_per_s", "lr"}
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 900, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([sys.executable, "-m", "experiments.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env, **kw)
+
+
+def runs_of(client: MlflowClient, study: str, stage: str | None = None) -> list:
+    exp = client.get_experiment_by_name(study)
+    flt = f"tags.`{T.TAG_STAGE}` = '{stage}'" if stage else ""
+    return list(client.search_runs([exp.experiment_id], filter_string=flt, max_results=1000))
+
+
+def tiny_space(tmp: Path, name: str, pretrain_epochs: int = 2, workers: int = 1, **pre_fixed) -> Path:
+    """A study small enough for a test: the `small` sample set, tiny crops, one fine-tuning epoch."""
+    space = {
+        "name": name,
+        "data": {"sample": {"size": "small", "seed": 0}},
+        "seeds": [0],
+        "pretrain": {
+            "fixed": {"arch": "resnet18", "epochs": pretrain_epochs, "batch_size": 8, "max_images": 16,
+                      "crops": [{"count": 2, "size": 32, "min_scale": 0.14, "max_scale": 1.0},
+                                {"count": 2, "size": 16, "min_scale": 0.05, "max_scale": 0.14}],
+                      "feat_dim": 16, "hidden_dim": 32, "prototypes": 20, "optimizer": "sgd", "base_lr": 0.05,
+                      "final_lr": 0.0005, "freeze_prototypes_iters": 1, "amp": False, "workers": 0, **pre_fixed},
+            "resources": {"cpu": 1 if workers > 1 else 2, "workers": workers},
+        },
+        "finetune": {
+            "fixed": {"epochs": 1, "batch_size": 2, "max_iters_per_epoch": 2, "warmup_iters": 1, "min_size": 128,
+                      "max_size": 128, "rpn_pre_nms_top_n_train": 100, "rpn_post_nms_top_n_train": 50,
+                      "rpn_pre_nms_top_n_test": 50, "rpn_post_nms_top_n_test": 25, "box_batch_size_per_image": 32,
+                      "workers": 0, "figure_images": 2},
+            "resources": {"cpu": 2},
+        },
+        "pruning": {"enabled": False},
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """`ablate launch search_spaces/smoke.yaml` once, in a fresh folder (its own mlruns/)."""
+    cwd = tmp_path_factory.mktemp("smoke")
+    proc = run_cli(["launch", str(ROOT / "search_spaces" / "smoke.yaml")], cwd)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    client = MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}")
+    return cwd, client, proc.stdout
+
+
+@pytest.mark.slow
+def test_smoke_launch_layout(smoke):
+    cwd, client, out = smoke
+    assert "summary" in out and "trials planned" in out
+    parents = runs_of(client, "smoke", "launch")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    assert parent.data.metrics["launch/trials_planned"] == 7
+    assert parent.data.metrics["launch/trials_failed"] == 0
+    pre = runs_of(client, "smoke", "pretrain")
+    ft = runs_of(client, "smoke", "finetune")
+    assert len(pre) == 2 and len(ft) == 5
+    pre_ids = {r.info.run_id: r for r in pre}
+    for run in pre + ft:
+        tags, params = run.data.tags, run.data.params
+        assert tags[T.PARENT_TAG] == parent.info.run_id
+        assert run.info.status == "FINISHED"
+        assert tags[T.TAG_HASH] and tags[T.TAG_TRIAL] and tags[T.TAG_PRUNED] == "false"
+    for run in pre:
+        assert METRICS_PRE <= set(run.data.metrics)
+        assert {"pretrain.prototypes", "pretrain.arch", "pretrain.crops", "pretrain.epochs"} <= set(run.data.params)
+        hist = client.get_metric_history(run.info.run_id, "swav/loss")
+        assert sorted(m.step for m in hist) == [1, 2]  # step = epoch, each once
+        files = {f.path for f in client.list_artifacts(run.info.run_id, "backbone")}
+        assert files == {"backbone/backbone.safetensors", "backbone/backbone.json"}
+    for run in ft:
+        assert METRICS_FT <= set(run.data.metrics)
+        params = run.data.params
+        assert {"finetune.norm", "finetune.head", "finetune.lr_scheme", "finetune.seed"} <= set(params)
+        upstream = run.data.tags[T.TAG_UPSTREAM]
+        if upstream == "scratch":
+            assert not any(k.startswith("pretrain.") for k in params)
+        else:
+            assert upstream in pre_ids and pre_ids[upstream].info.status == "FINISHED"
+            # the fine-tuning run carries its backbone's pretraining params, for the compare view
+            assert params["pretrain.prototypes"] == pre_ids[upstream].data.params["pretrain.prototypes"]
+        files = {f.path for f in client.list_artifacts(run.info.run_id, "detector")}
+        assert "detector/detector.safetensors" in files
+        evals = client.list_artifacts(run.info.run_id, "eval")
+        assert evals, "evaluation figure / per-class AP were not logged"
+        inner = {Path(f.path).suffix for e in evals for f in client.list_artifacts(run.info.run_id, e.path)}
+        assert {".png", ".json"} <= inner
+    # the data set is recorded as an input with its digest
+    assert client.get_run(ft[0].info.run_id).inputs.dataset_inputs[0].dataset.digest
+
+
+@pytest.mark.slow
+def test_second_launch_reuses_everything(smoke):
+    cwd, client, _ = smoke
+    proc = run_cli(["launch", str(ROOT / "search_spaces" / "smoke.yaml")], cwd)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "pretrain start" not in proc.stdout  # zero pretraining trials
+    parents = sorted(runs_of(client, "smoke", "launch"), key=lambda r: r.info.start_time)
+    assert len(parents) == 2
+    assert parents[-1].data.metrics["launch/trials_reused"] == 7
+    assert len(runs_of(client, "smoke", "pretrain")) == 2 and len(runs_of(client, "smoke", "finetune")) == 5
+
+
+@pytest.mark.slow
+def test_dry_run_shows_reuse(smoke):
+    cwd, _, _ = smoke
+    proc = run_cli(["launch", str(ROOT / "search_spaces" / "smoke.yaml"), "--dry-run"], cwd)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 reused from earlier launches, 0 to train" in proc.stdout
+
+
+def _checkpoint_tagged(db: Path) -> bool:
+    if not db.exists():
+        return False
+    try:
+        with sqlite3.connect(db, timeout=1) as con:
+            rows = con.execute("select count(*) from tags where key = ?", (T.TAG_CHECKPOINT,)).fetchone()
+        return bool(rows and rows[0])
+    except sqlite3.Error:
+        return False
+
+
+@pytest.mark.slow
+def test_interrupted_launch_resumes_without_duplicates(tmp_path):
+    space = tiny_space(tmp_path, "resume_study", pretrain_epochs=4)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", "launch", str(space)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    db = tmp_path / "mlruns" / "mlflow.db"
+    deadline = time.time() + 300
+    while time.time() < deadline and not _checkpoint_tagged(db) and proc.poll() is None:
+        time.sleep(0.5)
+    assert proc.poll() is None, "the launch ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGKILL)  # a crash: no clean-up at all
+    proc.wait(timeout=60)
+
+    done = run_cli(["launch", str(space), "--resume"], tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "resume" in done.stdout
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    pre = runs_of(client, "resume_study", "pretrain")
+    assert len(pre) == 1, "resuming created a duplicate pretraining run"
+    run = pre[0]
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "swav/loss")]
+    assert sorted(steps) == sorted(set(steps)) == [1, 2, 3, 4], steps  # continued, not restarted
+    assert len(runs_of(client, "resume_study", "finetune")) == 1
+    assert len(runs_of(client, "resume_study", "launch")) == 1  # --resume continued the same launch run
+
+
+@pytest.mark.slow
+def test_ddp_trial_with_two_gloo_workers(tmp_path):
+    space = tiny_space(tmp_path, "ddp_study", pretrain_epochs=1, workers=2, norm="gn")
+    data = yaml.safe_load(space.read_text())
+    data["finetune"]["fixed"]["norm"] = "gn"
+    space.write_text(yaml.safe_dump(data))
+    proc = run_cli(["launch", str(space)], tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    pre = runs_of(client, "ddp_study", "pretrain")
+    assert len(pre) == 1 and pre[0].info.status == "FINISHED"
+    assert "swav/loss" in pre[0].data.metrics
+    ft = runs_of(client, "ddp_study", "finetune")
+    assert len(ft) == 1 and ft[0].info.status == "FINISHED"
