@@ -70,6 +70,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("study", help="study name (= MLflow experiment)")
     p.add_argument("--format", default="table", choices=["table", "md", "csv", "json"], help="output format")
     p.add_argument("--out", type=Path, default=None, help="folder for the plots (also logged to the launch run)")
+    p.add_argument("--no-log", action="store_true", help="do not log the tables and plots to the launch run")
     _add_tracking(p)
 
     p = sub.add_parser("register", help="register the study's best fine-tuning run (and its backbone)")
@@ -83,6 +84,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pull", help="download a registered model: weights, config, model card")
     p.add_argument("name", help="NAME@ALIAS or NAME/VERSION, e.g. smoke-detector@champion")
     p.add_argument("--dest", type=Path, required=True, help="folder to create (must not hold other files)")
+    p.add_argument("--overwrite", action="store_true", help="replace what --dest already holds")
     _add_tracking(p)
 
     p = sub.add_parser("ui", help="start the MLflow UI on the local store (127.0.0.1)")
@@ -199,7 +201,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     if args.command == "report":
         from experiments.report import report
 
-        print(report(uri, args.study, fmt=args.format, out_dir=args.out))
+        print(report(uri, args.study, fmt=args.format, out_dir=args.out, log_to_parent=not args.no_log))
         return 0
     from experiments import registry
 
@@ -208,7 +210,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     elif args.command == "models":
         print(registry.list_models(uri))
     else:
-        dest = registry.pull(args.name, args.dest, uri)
+        dest = registry.pull(args.name, args.dest, uri, overwrite=args.overwrite)
         print(f"pulled {args.name} into {dest}")
     return 0
 

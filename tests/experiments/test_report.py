@@ -1,0 +1,207 @@
+"""Study reports from a fabricated MLflow sqlite store: table values by hand, formats, plots, errors."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from experiments import report as rep
+from experiments.report import ReportError
+from experiments.tracking import (
+    TAG_ERROR, TAG_HASH, TAG_NAME, TAG_PRUNE_REASON, TAG_PRUNED, TAG_SEED, TAG_STAGE, TAG_UPSTREAM, Tracker,
+)
+
+STUDY = "repstudy"
+NAN = float("nan")
+# (backbone key, norm, seed) -> final det/AP50, det/AP, det/AP_small, det/AP_medium, det/AP_large
+FINETUNE = {
+    ("p30", "frozen_bn", 0): (0.30, 0.12, 0.05, 0.20, 0.40),
+    ("p30", "frozen_bn", 1): (0.34, 0.14, NAN, 0.22, 0.42),  # no small objects: NaN stays out of the mean
+    ("p30", "frozen_bn", 2): (0.35, 0.15, 0.07, 0.25, 0.41),
+    ("p100", "frozen_bn", 0): (0.40, 0.18, 0.08, 0.30, 0.50),
+    ("p100", "frozen_bn", 1): (0.44, 0.19, 0.09, 0.31, 0.52),
+    ("p100", "frozen_bn", 2): (0.41, 0.17, 0.10, 0.29, 0.49),
+    ("p30", "bn", 0): (0.25, 0.10, 0.04, 0.15, 0.30),
+    ("p30", "bn", 1): (0.27, 0.11, 0.05, 0.16, 0.33),
+    ("scratch", "frozen_bn", 0): (0.20, 0.08, 0.01, 0.10, 0.25),
+    ("scratch", "frozen_bn", 1): (0.22, 0.09, 0.02, 0.11, 0.27),
+    ("scratch", "frozen_bn", 2): (0.21, 0.07, 0.03, 0.12, 0.26),
+}
+KEYS = ("det/AP50", "det/AP", "det/AP_small", "det/AP_medium", "det/AP_large")
+BACKBONES = {"p30": "res18_ep3_p30", "p100": "res18_ep3_p100", "p300": "res18_ep3_p300", "scratch": "scratch_res18"}
+
+
+def _finetune(tracker: Tracker, parent: str, pre: dict[str, str], bb: str, norm: str, seed: int,
+              values: tuple[float, ...], status: str = "FINISHED", tags: dict[str, str] | None = None) -> str:
+    name = f"{BACKBONES[bb]} · {norm} · mlp · 357 · seed{seed}"
+    run_id = tracker.create_run(name, {
+        TAG_STAGE: "finetune", TAG_NAME: name, TAG_HASH: f"ft-{bb}-{norm}-{seed}", TAG_SEED: str(seed),
+        TAG_UPSTREAM: pre[bb] if bb in pre else "scratch", TAG_PRUNED: "false", **(tags or {})}, parent_run_id=parent)
+    params = {"finetune.norm": norm, "finetune.head": "mlp", "finetune.lr_scheme": "357", "finetune.seed": str(seed),
+              "finetune.arch": "resnet18", "finetune.epochs": "2", "finetune.workers": "0",
+              "finetune.train_images": f"/data/{seed}/train"}  # a path differs per run: never a setting
+    if bb in pre:
+        params.update({"pretrain.prototypes": bb[1:], "pretrain.arch": "resnet18", "pretrain.epochs": "3"})
+    tracker.log_params_tags(run_id, params=params)
+    for epoch in (1, 2):
+        tracker.log_metrics(run_id, {k: v * epoch / 2 for k, v in zip(KEYS, values)}, step=epoch)
+    tracker.finish(run_id, status)
+    return run_id
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("report")
+    uri = f"sqlite:///{root}/mlflow.db"
+    tracker = Tracker(uri, STUDY)
+    parent = tracker.create_run("launch", {TAG_STAGE: "launch"})
+    tracker.log_params_tags(parent, params={"axes.pretrain": "prototypes", "axes.finetune": "norm"})
+    tracker.finish(parent)
+    pre: dict[str, str] = {}
+    for bb, k in (("p30", 30), ("p100", 100), ("p300", 300)):
+        run_id = tracker.create_run(BACKBONES[bb], {TAG_STAGE: "pretrain", TAG_NAME: BACKBONES[bb], TAG_HASH: f"pre-{bb}",
+                                                    TAG_PRUNED: "false"}, parent_run_id=parent)
+        tracker.log_params_tags(run_id, params={"pretrain.prototypes": str(k), "pretrain.arch": "resnet18"})
+        collapsed = bb == "p300"
+        for epoch in (1, 2, 3):
+            loss = math.log(k) if collapsed else math.log(k) * (1.0 - 0.2 * epoch)
+            tracker.log_metrics(run_id, {"swav/loss": loss, "swav/ln_k": math.log(k)}, step=epoch)
+        if collapsed:
+            tracker.set_tags(run_id, {TAG_PRUNED: "true", TAG_PRUNE_REASON: "collapse: loss at ln K for 3 epochs"})
+        tracker.finish(run_id)
+        pre[bb] = run_id
+    ids: dict[Any, str] = {"collapsed": pre.pop("p300")}
+    ids.update({key: _finetune(tracker, parent, pre, key[0], key[1], key[2], v) for key, v in FINETUNE.items()})
+    # High scores that must never reach a mean: a failed run and a pruned one.
+    ids["failed"] = _finetune(tracker, parent, pre, "p100", "bn", 0, (0.99,) * 5, status="FAILED",
+                              tags={TAG_ERROR: "Traceback ...\nRuntimeError: CUDA out of memory"})
+    ids["pruned"] = _finetune(tracker, parent, pre, "p100", "bn", 1, (0.98,) * 5,
+                              tags={TAG_PRUNED: "true", TAG_PRUNE_REASON: "AP50 below the median at epoch 1"})
+    runs = rep.collect(uri, STUDY)
+    return {"root": root, "uri": uri, "parent": parent, "ids": ids, "runs": runs, "tables": rep.build_tables(runs)}
+
+
+def _expected(keys: list[tuple[str, str, int]], column: int) -> tuple[float, float, int]:
+    values = [FINETUNE[k][column] for k in keys if not math.isnan(FINETUNE[k][column])]
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else NAN), len(values)
+
+
+def _check(row: rep.Row, keys: list[tuple[str, str, int]], columns: list[int]) -> None:
+    assert row.n == len(keys)
+    for cell, column in zip(row.cells, columns):
+        mean, std, n = _expected(keys, column)
+        assert isinstance(cell, rep.Stat) and cell.n == n
+        assert cell.mean == pytest.approx(mean, abs=1e-12)
+        assert (math.isnan(std) and math.isnan(cell.std)) or cell.std == pytest.approx(std, abs=1e-12)
+
+
+def _table(study: dict[str, Any], key: str) -> rep.Table:
+    return next(t for t in study["tables"] if t.key == key)
+
+
+def test_table1_values_by_hand(study: dict[str, Any]) -> None:
+    table = _table(study, "table1")
+    assert table.columns == ["AP@0.5 [all]", "AP[small]", "AP[medium]", "AP[large]"]
+    # bn runs are a norm ablation: not in Table 1; the scratch baseline comes last.
+    assert [r.label for r in table.rows] == ["res18_ep3_p100", "res18_ep3_p30", "scratch_res18"]
+    for row, bb in zip(table.rows, ("p100", "p30", "scratch")):
+        _check(row, [(bb, "frozen_bn", s) for s in (0, 1, 2)], [0, 2, 3, 4])
+    assert table.rows[1].cells[1].n == 2  # the NaN AP_small of seed 1 is left out, not averaged as 0
+    assert table.best(0) == {0} and "9 of 11" in table.notes[0]
+
+
+def test_axis_tables_hold_other_axes(study: dict[str, Any]) -> None:
+    norm = _table(study, "axis:finetune.norm")
+    assert [r.label for r in norm.rows] == ["bn", "frozen_bn"]
+    assert "pretrain.prototypes=30" in norm.notes[0]  # the most common backbone setting
+    _check(norm.rows[0], [("p30", "bn", 0), ("p30", "bn", 1)], [0, 1, 2, 3, 4])
+    _check(norm.rows[1], [("p30", "frozen_bn", s) for s in (0, 1, 2)], [0, 1, 2, 3, 4])
+    protos = _table(study, "axis:pretrain.prototypes")
+    assert [r.label for r in protos.rows] == ["30", "100"]  # numeric order; the pruned K=300 has no run
+    _check(protos.rows[0], [("p30", "frozen_bn", s) for s in (0, 1, 2)], [0, 1, 2, 3, 4])
+    _check(protos.rows[1], [("p100", "frozen_bn", s) for s in (0, 1, 2)], [0, 1, 2, 3, 4])
+    assert any("without pretrain.prototypes" in n for n in protos.notes)  # scratch runs left out, said so
+
+
+def test_pruned_and_failed_listed_not_averaged(study: dict[str, Any]) -> None:
+    excluded = _table(study, "excluded")
+    rows = {r.run_ids[0]: r for r in excluded.rows}
+    ids = study["ids"]
+    assert set(rows) == {ids["failed"], ids["pruned"], ids["collapsed"]}
+    assert rows[ids["failed"]].cells[:3] == ["finetune", "failed", "RuntimeError: CUDA out of memory"]
+    assert rows[ids["pruned"]].cells[:3] == ["finetune", "pruned", "AP50 below the median at epoch 1"]
+    assert rows[ids["collapsed"]].cells[:3] == ["pretrain", "pruned", "collapse: loss at ln K for 3 epochs"]
+    for table in study["tables"]:
+        for row in table.rows:
+            assert ids["failed"] not in row.run_ids or table.key == "excluded"
+            assert ids["pruned"] not in row.run_ids or table.key == "excluded"
+            for cell in row.cells:
+                assert not isinstance(cell, rep.Stat) or all(v < 0.9 for v in cell.values)
+
+
+def test_formats_parse(study: dict[str, Any]) -> None:
+    tables = study["tables"]
+    text = rep.render(tables, "table")
+    assert "Table 1" in text and "0.330 ± 0.026" in text and "*" in text
+    md = rep.render(tables, "md")
+    assert "|---|---:|" in md and md.count("### ") == len(tables)
+    rows = list(csv.DictReader(io.StringIO(rep.render(tables, "csv"))))
+    cell = next(r for r in rows if r["table"] == "table1" and r["row"] == "res18_ep3_p30" and r["column"] == "AP@0.5 [all]")
+    assert float(cell["mean"]) == pytest.approx(statistics.fmean([0.30, 0.34, 0.35]))
+    assert float(cell["std"]) == pytest.approx(statistics.stdev([0.30, 0.34, 0.35])) and cell["n"] == "3"
+    assert any(r["text"] == "RuntimeError: CUDA out of memory" for r in rows)
+    payload = json.loads(rep.render(tables, "json"))
+    first = payload["tables"][0]
+    assert first["key"] == "table1" and first["rows"][0]["cells"]["AP@0.5 [all]"]["best"] is True
+    with pytest.raises(ReportError, match="format 'xml'"):
+        rep.render(tables, "xml")
+
+
+def test_report_writes_plots_and_logs_to_parent(study: dict[str, Any], tmp_path: Path) -> None:
+    text = rep.report(study["uri"], STUDY, fmt="md", out_dir=tmp_path / "out")
+    assert text.startswith("### Table 1")
+    pngs = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
+    assert pngs == ["ap50_curves.png", "bars_finetune.norm.png", "bars_pretrain.prototypes.png", "bars_table1.png",
+                    "swav_loss.png"]
+    for name in pngs:
+        data = (tmp_path / "out" / name).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 10_000
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["tables"]
+    logged = {Path(f.path).name for f in MlflowClient(study["uri"]).list_artifacts(study["parent"], "report")}
+    assert set(pngs) <= logged and "report.md" in logged
+
+
+def test_metric_history_loaded_lazily(study: dict[str, Any]) -> None:
+    runs = rep.collect(study["uri"], STUDY)
+    assert not runs._histories  # collect reads final metrics only
+    pre = runs.stage("pretrain")[0]
+    assert [s for s, _ in runs.history(pre.run_id, "swav/loss")] == [1, 2, 3]
+    assert (pre.run_id, "swav/loss") in runs._histories
+
+
+def test_axes_fall_back_to_varying_params(study: dict[str, Any]) -> None:
+    runs = rep.collect(study["uri"], STUDY)
+    assert runs.axes_source == "launch"
+    fallback = rep.varying_axes(runs)
+    assert fallback["pretrain"] == ["prototypes"]  # workers and data paths vary too, but are not axes
+    assert set(fallback["finetune"]) == {"norm", "backbone"}
+
+
+def test_unknown_and_empty_study(study: dict[str, Any], tmp_path: Path) -> None:
+    with pytest.raises(ReportError, match=f"no study 'nope'.*studies: .*{STUDY}"):
+        rep.report(study["uri"], "nope")
+    Tracker(study["uri"], "empty_study")
+    with pytest.raises(ReportError, match="'empty_study' has no trial runs"):
+        rep.report(study["uri"], "empty_study")
+    with pytest.raises(ReportError, match="no MLflow store"):
+        rep.report(f"sqlite:///{tmp_path}/none/mlflow.db", STUDY)
+    with pytest.raises(ReportError, match="format"):
+        rep.report(study["uri"], STUDY, fmt="html")
