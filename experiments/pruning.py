@@ -189,8 +189,12 @@ class CollapsePruner(BasePruner):
 
     After ``warmup_epochs``, a report *shows collapse* if any of these holds:
 
-    - ``loss / ln K >= 1 - delta``: the loss sits in the band at ln K, where uniform codes
-      and uniform predictions put it. K comes from the trial's params (``prototypes`` or
+    - ``1 - delta <= loss / ln K <= 1 + delta``: the loss sits in the band at ln K, where
+      uniform predictions put it whatever the codes. The band is two-sided: with collapsed
+      embeddings Sinkhorn's codes are uniform, the cross-entropy is minimised by uniform
+      predictions and the loss converges to ln K; a loss well *above* ln K means confident
+      (if still wrong) predictions, which is a young or slow run, not a collapsed one (on the
+      sample data healthy tiny runs sit at 1.05-1.10 for many epochs). K comes from the trial's params (``prototypes`` or
       ``pretrain.prototypes``), so the same absolute loss 6.9 is collapse for K = 1000
       (ln K = 6.908) and healthy for K = 3000 (ln K = 8.006). Without K in the params the
       pruner uses the reported ``swav/loss_over_ln_k`` signal;
@@ -267,7 +271,7 @@ class CollapsePruner(BasePruner):
     def explain(self, trial: FrozenTrial) -> str:
         """The human-readable reason for the current decision on ``trial``.
 
-        For example ``"collapse for 4 consecutive epochs (epochs 3-6): loss/ln K = 0.998 >= 0.99;
+        For example ``"collapse for 4 consecutive epochs (epochs 3-6): loss/ln K = 0.998 within 1 ± 0.01;
         embedding_std 0.0001 < 0.0088"``, or ``"no prune at epoch 9: loss/ln K = 0.850 < 0.99"``.
         The scheduler stores it as the ``ablate.prune_reason`` tag.
         """
@@ -298,8 +302,8 @@ class CollapsePruner(BasePruner):
                 return CollapseDecision(True, step, reason, (step,), values)
 
             fired = []
-            if ratio is not None and ratio >= band:
-                fired.append(f"loss/ln K = {ratio:.3f} >= {band:.3g}")
+            if ratio is not None and band <= ratio <= 1.0 + self._delta:
+                fired.append(f"loss/ln K = {ratio:.3f} within 1 ± {self._delta:g}")
             std = signals.get("swav/embedding_std")
             if std is not None and std < std_min:
                 fired.append(f"embedding_std {std:.2g} < {std_min:.2g}")

@@ -197,3 +197,35 @@ def test_ddp_trial_with_two_gloo_workers(tmp_path):
     assert "swav/loss" in pre[0].data.metrics
     ft = runs_of(client, "ddp_study", "finetune")
     assert len(ft) == 1 and ft[0].info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_collapsed_pretraining_is_pruned_and_gets_no_finetuning(tmp_path):
+    # The planted collapse: temperature 100 (vs 0.1) flattens every prediction to uniform, so the
+    # swapped-prediction loss sits at ln K from the first step (loss/ln K = 1.0000 +- 1e-4 measured
+    # on the sample data) and the encoder gets no training signal: the dead run the pruner is for.
+    space = tiny_space(tmp_path, "prune_study", pretrain_epochs=6)
+    data = yaml.safe_load(space.read_text())
+    data["pretrain"]["cases"] = [{"temperature": 0.1}, {"temperature": 100.0}]
+    data["pruning"] = {"enabled": True, "warmup_epochs": 1, "patience": 2}
+    space.write_text(yaml.safe_dump(data))
+    proc = run_cli(["launch", str(space)], tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "PRUNED" in proc.stdout and "pruning saved" in proc.stdout
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    pre = {r.data.params["pretrain.temperature"]: r for r in runs_of(client, "prune_study", "pretrain")}
+    dead, healthy = pre["100.0"], pre["0.1"]
+    assert dead.info.status == "FINISHED" and dead.data.tags[T.TAG_PRUNED] == "true"
+    assert "loss/ln K" in dead.data.tags[T.TAG_PRUNE_REASON]
+    steps = sorted(m.step for m in client.get_metric_history(dead.info.run_id, "swav/loss"))
+    assert steps == [1, 2, 3], steps  # stopped after warmup 1 + patience 2, history kept
+    assert not client.list_artifacts(dead.info.run_id, "backbone")  # not exported
+    assert healthy.data.tags[T.TAG_PRUNED] == "false"
+    assert len(client.get_metric_history(healthy.info.run_id, "swav/loss")) == 6
+    ft = runs_of(client, "prune_study", "finetune")
+    assert [r.data.tags[T.TAG_UPSTREAM] for r in ft] == [healthy.info.run_id]
+    parent = runs_of(client, "prune_study", "launch")[0]
+    assert parent.data.metrics["launch/trials_pruned"] == 1
+    assert parent.data.metrics["launch/finetune_skipped"] == 1
+    assert parent.data.metrics["launch/pruned_epochs_saved"] == 3

@@ -149,6 +149,9 @@ def test_a_run_descending_from_above_ln_k_is_not_pruned(make_study):
     ratios = [1.30, 1.20, 1.12, 1.06, 1.03, 1.01, 0.995, 0.97, 0.9, 0.85, 0.8, 0.75]
     epoch, _ = run_curve(make_study(), lambda e: metrics(ratios[e - 1]), epochs=len(ratios))
     assert epoch is None
+    # a slow run hovering above the band (as tiny runs on the sample data do) is not collapse either
+    slow = [1.6, 1.3, 1.1, 1.08, 1.075, 1.07, 1.068, 1.066, 1.065, 1.064]
+    assert run_curve(make_study(), lambda e: metrics(slow[e - 1]), epochs=len(slow))[0] is None
     # ...whereas the same start followed by a flat line at ln K is pruned
     flat = ratios[:5] + [1.0] * 7
     assert run_curve(make_study(), lambda e: metrics(flat[e - 1]), epochs=len(flat))[0] is not None
@@ -192,7 +195,7 @@ def test_same_absolute_loss_depends_on_each_trials_k(make_study, param_name):
     large, frozen_large = run_curve(study, flat_loss, params={param_name: 3000}, metric_key="swav/loss")
     assert small == 2 + 4  # 6.9 / ln 1000 = 0.9989: collapse from the first judged epoch
     assert large is None  # 6.9 / ln 3000 = 0.862
-    assert "loss/ln K = 0.999 >= 0.99" in study.pruner.explain(frozen_small)
+    assert "loss/ln K = 0.999 within 1 ± 0.01" in study.pruner.explain(frozen_small)
     assert "loss/ln K = 0.862 < 0.99" in study.pruner.explain(frozen_large)
 
 
@@ -243,7 +246,7 @@ def test_reason_names_the_signals_and_epochs(make_study):
     epoch, frozen = run_curve(make_study(pruner), collapse(at=3, std=1e-4, used=1))
     reason = pruner.explain(frozen)
     assert epoch == 6
-    assert reason.startswith("collapse for 4 consecutive epochs (epochs 3-6): loss/ln K = 1.000 >= 0.99")
+    assert reason.startswith("collapse for 4 consecutive epochs (epochs 3-6): loss/ln K = 1.000 within 1 ± 0.01")
     assert "embedding_std 0.0001 < 0.0088" in reason and "prototypes_used 1 <= 1" in reason
 
 
@@ -354,7 +357,7 @@ def feed(scheduler, trial, curve: Curve, epochs: int) -> int | None:
 def test_scheduler_tells_optuna_and_survives_pickling(tmp_path):
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     scheduler = OptunaPruningScheduler(url, "pretrain", CollapsePruner(), param_prefix="pretrain.")
-    bad = SimpleNamespace(trial_id="bad", config={"pretrain": {"prototypes": 1000, "feat_dim": 64}})
+    bad = SimpleNamespace(trial_id="bad", config={"pretrain": {"prototypes": K, "feat_dim": 64}})
     good = SimpleNamespace(trial_id="good", config={"pretrain.prototypes": 3000})
 
     # Half the collapsed run, then a pickle round trip (what Ray's tuner.pkl does), then the rest,
@@ -379,7 +382,7 @@ def test_scheduler_tells_optuna_and_survives_pickling(tmp_path):
     study = optuna.load_study(study_name="pretrain", storage=url)
     by_ray = {t.user_attrs["ablate.ray_trial_id"]: t for t in study.trials}
     assert by_ray["bad"].state == TrialState.PRUNED and by_ray["good"].state == TrialState.COMPLETE
-    assert by_ray["bad"].params == {"prototypes": 1000, "feat_dim": 64}
+    assert by_ray["bad"].params == {"prototypes": K, "feat_dim": 64}
     assert by_ray["good"].value == pytest.approx(queue_transient()(12)["swav/loss_over_ln_k"])
     assert by_ray["bad"].user_attrs["ablate.prune_reason"] == record.reason
     assert record.reason.startswith("collapse for 4 consecutive epochs (epochs 3-6)")

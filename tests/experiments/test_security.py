@@ -1,0 +1,288 @@
+"""Security properties: no unpickling of untrusted files, no secrets in the tracking store.
+
+* A malicious pickle (its ``__reduce__`` would create a marker file), saved as a ``.pt`` or
+  disguised as ``*.safetensors``, is refused by every loader of checkpoints and pulled models,
+  and by ``torch.load(weights_only=True)``; the marker is never created. The same file *is*
+  live: ``torch.load(weights_only=False)`` creates the marker, so the refusals are real.
+* No module calls an unpickling loader (AST scan of trainers/ and experiments/).
+* ``redact`` / ``scrub_mapping`` blank credentials in URIs, key=value text, headers, mappings.
+* End to end: ``ablate launch`` against a basic-auth server, the password in the tracking URI
+  and in ``MLFLOW_TRACKING_PASSWORD``; the password is nowhere in the backend database or the
+  artifact store afterwards.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import json
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+from experiments import server as S
+from trainers.checkpoints import (
+    BACKBONE_CONFIG, BACKBONE_FORMAT, BACKBONE_WEIGHTS, STATE_JSON, STATE_TENSORS, load_backbone_weights,
+    load_checkpoint, sha256_file,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
+
+
+class _Payload:
+    """Unpickling this calls ``open(marker, "w")``: a harmless stand-in for arbitrary code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _malicious_bytes(kind: str, marker: Path, tmp: Path) -> bytes:
+    if kind == "torch-zip":  # what `torch.save` writes: a zip with a data.pkl inside
+        path = tmp / "evil.pt"
+        torch.save({"model": {"weight": torch.zeros(2)}, "extra": _Payload(marker)}, path)
+        return path.read_bytes()
+    return pickle.dumps({"extra": _Payload(marker)}, protocol=2)  # a legacy raw pickle
+
+
+@pytest.fixture(params=["torch-zip", "raw-pickle"])
+def evil(request, tmp_path):
+    """(bytes of a malicious pickle, the marker it would create)."""
+    marker = tmp_path / f"PWNED-{request.param}"
+    return _malicious_bytes(request.param, marker, tmp_path), marker
+
+
+def _refused(call, marker: Path) -> BaseException:
+    with pytest.raises(Exception) as info:  # noqa: PT011 - the loaders differ in error type; all must refuse
+        call()
+    assert not marker.exists(), f"the payload ran: {marker} was created"
+    return info.value
+
+
+def test_torch_load_weights_only_refuses_the_payload(evil, tmp_path):
+    data, marker = evil
+    path = tmp_path / "model.pt"
+    path.write_bytes(data)
+    err = _refused(lambda: torch.load(path, weights_only=True), marker)
+    assert isinstance(err, pickle.UnpicklingError)
+    # the file is armed: an unsafe load runs the payload (so the refusals above mean something)
+    try:
+        torch.load(path, weights_only=False)
+    except Exception:  # noqa: BLE001 - the payload may break the rest of the load; only the marker matters
+        pass
+    assert marker.exists()
+
+
+def test_load_checkpoint_refuses_pickle_disguised_as_safetensors(evil, tmp_path):
+    data, marker = evil
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / STATE_TENSORS).write_bytes(data)
+    (ckpt / STATE_JSON).write_text(json.dumps({"__dict__": {"model": {"__tensor__": "t0"}}}))
+    _refused(lambda: load_checkpoint(ckpt), marker)
+
+
+def _fake_backbone(folder: Path, data: bytes) -> Path:
+    folder.mkdir()
+    (folder / BACKBONE_WEIGHTS).write_bytes(data)
+    # a matching sha256: the integrity check passes, so the loader itself must refuse the bytes
+    meta = {"format": BACKBONE_FORMAT, "arch": "resnet18", "norm": "bn", "sha256": sha256_file(folder / BACKBONE_WEIGHTS)}
+    (folder / BACKBONE_CONFIG).write_text(json.dumps(meta))
+    return folder
+
+
+def test_backbone_loaders_refuse_the_payload(evil, tmp_path):
+    from trainers.swav import load_backbone
+
+    data, marker = evil
+    folder = _fake_backbone(tmp_path / "backbone", data)
+    _refused(lambda: load_backbone_weights(folder), marker)
+    _refused(lambda: load_backbone(folder), marker)
+
+
+def test_load_detector_refuses_the_payload(evil, tmp_path):
+    from trainers.detection import DETECTOR_CONFIG, DETECTOR_FORMAT, DETECTOR_WEIGHTS, load_detector
+    from trainers.detection.config import MODEL_FIELDS
+
+    data, marker = evil
+    folder = tmp_path / "detector"
+    folder.mkdir()
+    (folder / DETECTOR_WEIGHTS).write_bytes(data)
+    model = {"arch": "resnet18", "norm": "frozen_bn", "head": "mlp", "min_size": 64, "max_size": 64,
+             "rpn_pre_nms_top_n_train": 50, "rpn_pre_nms_top_n_test": 50, "rpn_post_nms_top_n_train": 20,
+             "rpn_post_nms_top_n_test": 20, "box_batch_size_per_image": 16, "detections_per_img": 10}
+    assert set(model) == set(MODEL_FIELDS)
+    record = {"format": DETECTOR_FORMAT, "model": model, "num_classes": 2, "class_names": ["a", "b"],
+              "label_to_cat_id": {"1": 1, "2": 2}, "sha256": sha256_file(folder / DETECTOR_WEIGHTS)}
+    (folder / DETECTOR_CONFIG).write_text(json.dumps(record))
+    _refused(lambda: load_detector(folder), marker)
+
+
+# ---------------------------------------------------------------------------
+# No unpickling loader anywhere in the code
+# ---------------------------------------------------------------------------
+
+_FORBIDDEN_CALLS = {("pickle", "load"), ("pickle", "loads"), ("pickle", "Unpickler"), ("cloudpickle", "load"),
+                    ("cloudpickle", "loads"), ("dill", "load"), ("dill", "loads"), ("joblib", "load"),
+                    ("pd", "read_pickle"), ("pandas", "read_pickle")}
+
+
+def _unsafe_calls(source: str) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+            continue
+        owner = node.func.value.id if isinstance(node.func.value, ast.Name) else None
+        name = node.func.attr
+        kw = {k.arg: k.value for k in node.keywords}
+        if (owner, name) in _FORBIDDEN_CALLS:
+            found.append(f"line {node.lineno}: {owner}.{name}")
+        elif owner == "torch" and name == "load":
+            flag = kw.get("weights_only")
+            if not (isinstance(flag, ast.Constant) and flag.value is True):
+                found.append(f"line {node.lineno}: torch.load without weights_only=True")
+        elif owner in ("np", "numpy") and name == "load":
+            flag = kw.get("allow_pickle")
+            if isinstance(flag, ast.Constant) and flag.value is True:
+                found.append(f"line {node.lineno}: np.load(allow_pickle=True)")
+    return found
+
+
+def test_scanner_finds_unsafe_loads():
+    bad = "import torch, pickle\ntorch.load(p)\ntorch.load(p, weights_only=False)\npickle.loads(b)\n"
+    assert len(_unsafe_calls(bad)) == 3
+    assert _unsafe_calls("import torch\ntorch.load(p, weights_only=True, map_location='cpu')\n") == []
+
+
+def test_no_module_unpickles():
+    problems = []
+    for package in ("trainers", "experiments"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            problems += [f"{path.relative_to(ROOT)} {p}" for p in _unsafe_calls(path.read_text())]
+    assert not problems, "unpickling loaders found:\n" + "\n".join(problems)
+
+
+# ---------------------------------------------------------------------------
+# redact / scrub_mapping
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, secret", [
+    ("postgresql+psycopg://mlflow:Sup3r-S3cret@db:5432/mlflow", "Sup3r-S3cret"),
+    ("http://admin:p%40ss-word-1@127.0.0.1:5000", "p%40ss-word-1"),
+    ("http://admin:p@ss-word-1@127.0.0.1:5000/api", "p@ss-word-1"),
+    ("ABLATE_ADMIN_PASSWORD=hunter2-hunter2", "hunter2-hunter2"),
+    ('{"client_secret": "abc-123-xyz"}', "abc-123-xyz"),
+    ("aws_secret_access_key: AKIAEXAMPLE", "AKIAEXAMPLE"),
+    ("mlflow server --password topsecretvalue", "topsecretvalue"),
+    ("Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.e30", "eyJhbGciOiJIUzI1NiJ9.e30"),
+    ("Authorization: Basic YWRtaW46c2VjcmV0cGFzcw==", "YWRtaW46c2VjcmV0cGFzcw=="),
+    ("s3://bucket/x?X-Amz-Security-Token=FwoGZXIvYXdzEBYaDH", "FwoGZXIvYXdzEBYaDH"),
+])
+def test_redact_blanks_credentials(text, secret):
+    out = S.redact(text, use_env=False)
+    assert secret not in out and S.REDACTED in out
+
+
+@pytest.mark.parametrize("text", [
+    "sqlite:////home/me/mlruns/mlflow.db", "http://127.0.0.1:5000", "postgresql+psycopg://postgres@db:5432/x",
+    "swav/loss 8.006 at epoch 3", "max_tokens=5", "wrong password for user admin", "s3://bucket/prefix",
+])
+def test_redact_leaves_harmless_text(text):
+    assert S.redact(text, use_env=False) == text
+
+
+def test_redact_blanks_secret_env_values_anywhere(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "Zq9-env-secret")
+    monkeypatch.setenv("HOME_DIR_NAME", "Zq9-not-a-secret")  # not secret-looking: kept
+    text = "Traceback ... ConnectionError('auth failed for Zq9-env-secret'), url-encoded Zq9-env-secret; Zq9-not-a-secret"
+    out = S.redact(text)
+    assert "Zq9-env-secret" not in out and "Zq9-not-a-secret" in out
+    assert S.redact("x Zq9-literal-1 y", extra_secrets=["Zq9-literal-1"], use_env=False) == "x *** y"
+
+
+def test_scrub_mapping():
+    params = {"pretrain.arch": "resnet18", "pretrain.epochs": 3, "db_password": "pw-123456", "api_token": "",
+              "storage_path": "s3://key:s3cr3t-val@bucket/x", "nested": {"token": "tok-123456", "ok": ["a", 1]},
+              "swav/max_tokens": "7", "lr": 0.1}
+    out = S.scrub_mapping(params)
+    assert out["pretrain.arch"] == "resnet18" and out["pretrain.epochs"] == 3 and out["lr"] == 0.1
+    assert out["db_password"] == S.REDACTED and out["api_token"] == ""  # an empty secret stays visibly empty
+    assert out["storage_path"] == "s3://key:***@bucket/x"
+    assert out["nested"] == {"token": S.REDACTED, "ok": ["a", 1]}
+    assert out["swav/max_tokens"] == "7"
+    assert params["db_password"] == "pw-123456"  # the input is not modified
+
+
+# ---------------------------------------------------------------------------
+# End to end: a launch against an auth server leaves no password in the store
+# ---------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _files_containing(root: Path, needles: list[bytes]) -> list[str]:
+    hits = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        hits += [f"{path.relative_to(root)} contains {n!r}" for n in needles if n in data]
+    return hits
+
+
+@pytest.mark.slow
+def test_launch_leaves_no_password_in_the_store(tmp_path, monkeypatch):
+    try:
+        import flask_wtf  # noqa: F401
+    except ImportError:
+        msg = "MLflow basic auth needs Flask-WTF: install the `mlflow[auth]` extra"
+        if IN_CI:
+            pytest.fail(msg + " (CI=true: this must be available)")
+        pytest.skip(msg)
+    from tests.experiments.test_launch import tiny_space
+
+    password = "SECRETPW-" + uuid.uuid4().hex[:12]
+    monkeypatch.setenv(S.ENV_ADMIN_PASSWORD, password)
+    monkeypatch.delenv(S.ENV_ADMIN_USERNAME, raising=False)
+    store = tmp_path / "store"
+    work = tmp_path / "work"
+    work.mkdir()
+    space = tiny_space(tmp_path, "secrets", pretrain_epochs=1)
+    with S.start_server(f"sqlite:///{store}/mlflow.db", port=_free_port(), workers=1, auth=True,
+                        log_path=tmp_path / "server.log") as server:
+        uri = server.url.replace("http://", f"http://admin:{password}@")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_TRACKING_PASSWORD": password,
+               "MLFLOW_TRACKING_USERNAME": "admin"}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        env.pop(S.ENV_ADMIN_PASSWORD, None)  # the launch is a client: only the tracking credentials
+        proc = subprocess.run([sys.executable, "-m", "experiments.cli", "launch", str(space), "--tracking-uri", uri],
+                              cwd=work, env=env, capture_output=True, text=True, timeout=900)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, out[-6000:]
+        from mlflow.tracking import MlflowClient
+
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+        client = MlflowClient(tracking_uri=server.url)
+        exp = client.get_experiment_by_name("secrets")
+        runs = client.search_runs([exp.experiment_id])
+        assert len(runs) >= 2  # the launch's parent run and at least one trial reached the server
+    needles = [password.encode(), base64.b64encode(f"admin:{password}".encode())]
+    assert (store / "mlflow.db").is_file() and any((store / "artifacts").rglob("*"))
+    leaks = _files_containing(store, needles)  # the backend database (+ WAL) and every artifact
+    assert not leaks, "the password reached the tracking store:\n" + "\n".join(leaks)
+    assert password not in out, "the launch printed the password"
+    assert password not in (tmp_path / "server.log").read_text()

@@ -1,0 +1,587 @@
+"""Unit tests of the SwAV pieces: config, multi-crop, Sinkhorn, loss, queue, statistics,
+prototype freezing, optimiser. Tiny tensors and property checks; no data set needed."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.functional as TF
+
+from trainers.common import NonFiniteLossError, config_from_dict, config_to_dict
+from trainers.swav import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    LARS,
+    CropGroup,
+    EmbeddingQueue,
+    EpochStats,
+    MultiCropAugment,
+    SwAVConfig,
+    SwAVModel,
+    build_optimizer,
+    embedding_std,
+    epoch_indices,
+    learning_rate,
+    queue_rows_per_process,
+    sinkhorn,
+    swav_loss,
+    train_one_epoch,
+)
+from trainers.swav.augment import (
+    JITTER_ORDERS,
+    adjust_brightness,
+    adjust_contrast,
+    adjust_hue,
+    adjust_saturation,
+    color_jitter,
+    gaussian_blur,
+    random_resized_crop_boxes,
+)
+
+TINY_CROPS = ({"count": 2, "size": 32, "min_scale": 0.14, "max_scale": 1.0},
+              {"count": 2, "size": 16, "min_scale": 0.05, "max_scale": 0.14})
+
+
+def reference_sinkhorn(out: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -> torch.Tensor:
+    """facebookresearch/swav ``distributed_sinkhorn`` on one process, verbatim arithmetic (float64)."""
+    q = torch.exp(out.double() / epsilon).t()
+    b, k = q.shape[1], q.shape[0]
+    q /= q.sum()
+    for _ in range(iterations):
+        q /= q.sum(dim=1, keepdim=True)
+        q /= k
+        q /= q.sum(dim=0, keepdim=True)
+        q /= b
+    q *= b
+    return q.t()
+
+
+def unit_rows(n: int, d: int, seed: int) -> torch.Tensor:
+    return F.normalize(torch.randn(n, d, generator=torch.Generator().manual_seed(seed)), dim=1)
+
+
+# ---------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------
+
+
+def test_defaults_follow_the_paper() -> None:
+    config = SwAVConfig()
+    assert config.prototypes == 3000 and config.feat_dim == 128 and config.temperature == 0.1
+    assert config.epsilon == 0.05 and config.sinkhorn_iterations == 3 and config.crops_for_assign == (0, 1)
+    assert config.crops == (CropGroup(2, 224, 0.14, 1.0), CropGroup(6, 96, 0.05, 0.14))
+    assert config.total_crops == 8 and config.crop_sizes == (224, 224) + (96,) * 6
+
+
+def test_crops_from_yaml_lists_are_normalised() -> None:
+    config = config_from_dict(SwAVConfig, {"crops": [dict(c) for c in TINY_CROPS], "crops_for_assign": [0, 1]})
+    assert config.crops == (CropGroup(2, 32, 0.14, 1.0), CropGroup(2, 16, 0.05, 0.14))
+    assert config.crops_for_assign == (0, 1)
+    # The resolved config round-trips through plain values (what MLflow and checkpoints store).
+    assert config_from_dict(SwAVConfig, config_to_dict(config)) == config
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"arch": "resnet99"}, "arch"),
+        ({"norm": "ln"}, "norm"),
+        ({"optimizer": "adam"}, "optimizer"),
+        ({"crops": [{"count": 2, "size": 32, "min_scale": 0.5, "max_scale": 1.5}]}, "crops[0].max_scale"),
+        ({"crops": [{"count": 2, "size": 32, "min_scale": 0.0, "max_scale": 0.5}]}, "crops[0].min_scale"),
+        ({"crops": [{"count": 2, "size": 32, "min_scale": 0.6, "max_scale": 0.5}]}, "crops[0].min_scale"),
+        ({"crops": [{"count": 1, "size": 32, "min_scale": 0.1, "max_scale": 0.5}]}, "crops"),
+        ({"prototypes": 0}, "prototypes"),
+        ({"base_lr": -0.1}, "base_lr"),
+        ({"final_lr": -1e-3}, "final_lr"),
+        ({"queue_length": 3840, "epochs": 10, "queue_start_epoch": 15}, "queue_start_epoch"),
+        ({"queue_length": 8, "batch_size": 16}, "queue_length"),
+        ({"crops_for_assign": (0, 8)}, "crops_for_assign"),
+        ({"crops_for_assign": (1, 1)}, "crops_for_assign"),
+        ({"crops_for_assign": ()}, "crops_for_assign"),
+        ({"temperature": 0}, "temperature"),
+        ({"epsilon": -0.05}, "epsilon"),
+        ({"sinkhorn_iterations": 0}, "sinkhorn_iterations"),
+        ({"batch_size": 1}, "batch_size"),
+        ({"epochs": 0}, "epochs"),
+        ({"warmup_epochs": 200, "epochs": 100}, "warmup_epochs"),
+        ({"amp": "yes"}, "amp"),
+        ({"max_images": 3, "batch_size": 4}, "max_images"),
+        ({"workers": -1}, "workers"),
+    ],
+)
+def test_config_rejects_bad_values_naming_the_field(overrides: dict, field: str) -> None:
+    with pytest.raises(ValueError) as excinfo:
+        config_from_dict(SwAVConfig, overrides)
+    message = str(excinfo.value)
+    assert message.startswith(f"{field}="), message
+    assert "invalid" in message
+
+
+def test_unknown_keys_suggest_the_closest_name() -> None:
+    with pytest.raises(ValueError, match="unknown key 'prototype'.*did you mean 'prototypes'"):
+        config_from_dict(SwAVConfig, {"prototype": 100})
+    with pytest.raises(ValueError, match="crops\\[0\\].*unknown key 'sise'.*did you mean 'size'"):
+        config_from_dict(SwAVConfig, {"crops": [{"count": 2, "sise": 32, "min_scale": 0.1, "max_scale": 1.0}]})
+    with pytest.raises(ValueError, match="crops\\[1\\]: missing key"):
+        config_from_dict(SwAVConfig, {"crops": [TINY_CROPS[0], {"count": 2, "size": 16}]})
+
+
+# ---------------------------------------------------------------------------
+# Sinkhorn
+# ---------------------------------------------------------------------------
+
+
+def test_sinkhorn_matches_the_reference_implementation() -> None:
+    scores = unit_rows(32, 16, 0) @ unit_rows(8, 16, 1).t()
+    q = sinkhorn(scores, epsilon=0.05, iterations=3)
+    torch.testing.assert_close(q, reference_sinkhorn(scores).float(), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("batch", "prototypes"), [(32, 8), (12, 30), (7, 7)])
+def test_sinkhorn_marginals(batch: int, prototypes: int) -> None:
+    scores = unit_rows(batch, 16, 2) @ unit_rows(prototypes, 16, 3).t()
+    q3 = sinkhorn(scores, 0.05, 3)
+    assert q3.dtype == torch.float32 and q3.shape == (batch, prototypes)
+    assert (q3 >= 0).all()
+    torch.testing.assert_close(q3.sum(dim=1), torch.ones(batch), atol=1e-5, rtol=0)
+    # Three iterations already pull the prototype marginals much closer to B/K than the plain softmax.
+    target = torch.full((prototypes,), batch / prototypes)
+    softmax_gap = (torch.softmax(scores / 0.05, dim=1).sum(0) - target).abs().max()
+    assert (q3.sum(0) - target).abs().max() < softmax_gap
+    # Iterated to convergence, every prototype gets exactly B/K.
+    q = sinkhorn(scores, 0.05, 200)
+    torch.testing.assert_close(q.sum(dim=0), target, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(q.sum(dim=1), torch.ones(batch), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("ratio", [1e2, 1e3, 5e3])
+def test_sinkhorn_is_stable_for_large_scores_over_epsilon(ratio: float) -> None:
+    scores = unit_rows(16, 8, 4) @ unit_rows(10, 8, 5).t()  # cosine scores in [-1, 1]
+    q = sinkhorn(scores, epsilon=1.0 / ratio, iterations=3)
+    assert torch.isfinite(q).all()
+    torch.testing.assert_close(q.sum(dim=1), torch.ones(16), atol=1e-4, rtol=0)
+    # Unnormalised scores as well (scores / epsilon = ratio * randn).
+    q = sinkhorn(torch.randn(16, 10, generator=torch.Generator().manual_seed(0)) * ratio * 0.05, epsilon=0.05)
+    assert torch.isfinite(q).all()
+
+
+def test_sinkhorn_computes_in_float32_under_autocast() -> None:
+    scores = (unit_rows(8, 8, 6) @ unit_rows(4, 8, 7).t()).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        q = sinkhorn(scores)
+    assert q.dtype == torch.float32
+    torch.testing.assert_close(q, sinkhorn(scores.float()), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [({"epsilon": 0.0}, "epsilon"), ({"iterations": 0}, "iterations")])
+def test_sinkhorn_rejects_bad_arguments(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        sinkhorn(torch.zeros(4, 3), **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# Loss
+# ---------------------------------------------------------------------------
+
+
+def reference_loss(scores: torch.Tensor, n_crops: int, assign: tuple[int, ...], temperature: float) -> torch.Tensor:
+    """The reference's loss loop (main_swav.py), written out independently."""
+    bs = scores.shape[0] // n_crops
+    loss = 0.0
+    for crop_id in assign:
+        q = reference_sinkhorn(scores[bs * crop_id: bs * (crop_id + 1)]).float()
+        subloss = 0.0
+        for v in [v for v in range(n_crops) if v != crop_id]:
+            x = scores[bs * v: bs * (v + 1)] / temperature
+            subloss -= torch.mean(torch.sum(q * F.log_softmax(x, dim=1), dim=1))
+        loss += subloss / (n_crops - 1)
+    return loss / len(assign)
+
+
+def test_swav_loss_matches_the_reference_loop() -> None:
+    scores = unit_rows(4 * 6, 16, 8) @ unit_rows(12, 16, 9).t()
+    for assign in [(0, 1), (0,), (1, 3)]:
+        torch.testing.assert_close(swav_loss(scores, 4, assign, 0.1, 0.05, 3), reference_loss(scores, 4, assign, 0.1))
+
+
+def test_swav_loss_of_identical_embeddings() -> None:
+    """Collapse: every embedding identical -> uniform codes, loss = ln K + KL(uniform || prediction).
+
+    With arbitrary prototypes the prediction softmax(p / T) is not uniform, so the loss is the
+    cross-entropy of the uniform code, which is ln K plus that KL and exactly ln K when the
+    prototype scores tie (the collapsed optimum the paper describes).
+    """
+    k, n_crops, batch = 10, 3, 5
+    prototypes = unit_rows(k, 8, 10)
+    embedding = unit_rows(1, 8, 11)
+    scores = (embedding @ prototypes.t()).expand(n_crops * batch, k).contiguous()
+    codes = sinkhorn(scores[:batch])
+    torch.testing.assert_close(codes, torch.full((batch, k), 1.0 / k), atol=1e-6, rtol=0)
+    loss = swav_loss(scores, n_crops, (0, 1), temperature=0.1)
+    logits = scores[0] / 0.1
+    expected = torch.logsumexp(logits, 0) - logits.mean()  # = ln K + KL(u || softmax)
+    torch.testing.assert_close(loss, expected)
+    assert loss >= math.log(k) - 1e-5
+    # Scores that tie (embedding orthogonal to every prototype): exactly ln K.
+    tied = torch.zeros(n_crops * batch, k)
+    torch.testing.assert_close(swav_loss(tied, n_crops, (0, 1)), torch.tensor(math.log(k)))
+
+
+def test_swav_loss_gradient_flows_through_predictions_only() -> None:
+    scores = (unit_rows(2 * 4, 8, 12) @ unit_rows(6, 8, 13).t()).requires_grad_(True)
+    swav_loss(scores, 2, (0,)).backward()
+    # Crop 0's codes are targets (no gradient) and crop 0 is not predicted from itself: only crop 1 gets gradient.
+    assert scores.grad[:4].abs().sum() == 0
+    assert scores.grad[4:].abs().sum() > 0
+
+
+# ---------------------------------------------------------------------------
+# Queue
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("length", "batch", "world", "rows"),
+    [(3840, 64, 4, 960), (100, 8, 3, 32), (100, 8, 1, 96), (7, 8, 1, 0), (256, 256, 2, 0), (512, 256, 2, 256)],
+)
+def test_queue_length_is_rounded_to_the_global_batch(length: int, batch: int, world: int, rows: int) -> None:
+    assert queue_rows_per_process(length, batch, world) == rows
+    assert (rows * world) % (batch * world) == 0
+
+
+def test_queue_is_fifo_and_used_only_once_full() -> None:
+    queue = EmbeddingQueue(n_assign=2, rows=6, feat_dim=4)
+    prototypes = unit_rows(5, 4, 14)
+    batches = [[unit_rows(3, 4, 100 + 2 * s), unit_rows(3, 4, 101 + 2 * s)] for s in range(3)]
+    assert queue.scores(prototypes) is None  # empty
+    queue.push(batches[0])
+    assert queue.scores(prototypes) is None  # half full: not used yet
+    assert not queue.is_full()
+    queue.push(batches[1])
+    assert queue.is_full()
+    scores = queue.scores(prototypes)
+    assert scores is not None and len(scores) == 2 and scores[0].shape == (6, 5)
+    # Newest first.
+    torch.testing.assert_close(queue.embeddings[0, :3], batches[1][0])
+    torch.testing.assert_close(queue.embeddings[0, 3:], batches[0][0])
+    queue.push(batches[2])  # the oldest block falls off
+    torch.testing.assert_close(queue.embeddings[1, :3], batches[2][1])
+    torch.testing.assert_close(queue.embeddings[1, 3:], batches[1][1])
+    # Scores are recomputed against the prototypes passed in (they move every step).
+    moved = unit_rows(5, 4, 15)
+    torch.testing.assert_close(queue.scores(moved)[1], queue.embeddings[1] @ moved.t())
+    state = queue.state_dict()
+    restored = EmbeddingQueue(2, 6, 4)
+    restored.load_state_dict(state)
+    assert restored.is_full()
+    torch.testing.assert_close(restored.embeddings, queue.embeddings)
+    with pytest.raises(ValueError, match="do not fit"):
+        queue.push([unit_rows(7, 4, 0), unit_rows(7, 4, 1)])
+
+
+def test_loss_with_queue_assigns_over_queue_and_batch() -> None:
+    batch, k = 4, 6
+    scores = unit_rows(2 * batch, 8, 16) @ unit_rows(k, 8, 17).t()
+    queue_scores = [unit_rows(8, 8, 18) @ unit_rows(k, 8, 17).t()]
+    with_queue = swav_loss(scores, 2, (0,), queue_scores=queue_scores)
+    codes = sinkhorn(torch.cat([queue_scores[0], scores[:batch]]))[-batch:]
+    expected = -(codes * F.log_softmax(scores[batch:] / 0.1, dim=1)).sum(1).mean()
+    torch.testing.assert_close(with_queue, expected)
+    assert not torch.allclose(with_queue, swav_loss(scores, 2, (0,)))
+    # A queue entry of None (not full yet) means no queue.
+    torch.testing.assert_close(swav_loss(scores, 2, (0,), queue_scores=[None]), swav_loss(scores, 2, (0,)))
+
+
+# ---------------------------------------------------------------------------
+# Collapse statistics
+# ---------------------------------------------------------------------------
+
+
+def test_collapse_statistics() -> None:
+    k, n_crops, batch, temperature = 12, 2, 8, 0.1
+    prototypes = unit_rows(k, 16, 19)
+    collapsed = unit_rows(1, 16, 20).expand(n_crops * batch, 16).contiguous()
+    stats = EpochStats(k, torch.device("cpu"))
+    for _ in range(3):
+        stats.update(torch.tensor(2.0), collapsed, collapsed @ prototypes.t(), n_crops, temperature)
+    stats.images = 3 * batch
+    metrics = stats.metrics(seconds=2.0, lr=0.5)
+    assert metrics["swav/embedding_std"] == 0.0
+    assert metrics["swav/prototypes_used"] == 1.0
+    assert metrics["swav/ln_k"] == pytest.approx(math.log(k))
+    assert metrics["swav/loss_over_ln_k"] == pytest.approx(2.0 / math.log(k))
+    assert metrics["swav/images_per_s"] == pytest.approx(12.0)
+    assert metrics["lr"] == 0.5
+
+    healthy = unit_rows(n_crops * 512, 16, 21)
+    stats = EpochStats(k, torch.device("cpu"))
+    stats.update(torch.tensor(2.0), healthy, healthy @ prototypes.t(), n_crops, temperature)
+    metrics = stats.metrics(1.0, 0.1)
+    assert metrics["swav/embedding_std"] == pytest.approx(1 / math.sqrt(16), rel=0.1)
+    assert metrics["swav/prototypes_used"] == k
+    assert 0 < metrics["swav/assignment_entropy"] <= math.log(k)
+    assert embedding_std(healthy, n_crops) > 0
+
+
+# ---------------------------------------------------------------------------
+# Multi-crop augmentation
+# ---------------------------------------------------------------------------
+
+
+def sample_images(n: int = 5, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    sizes = [(40, 60), (64, 48), (20, 300), (50, 50), (33, 71)]
+    return [torch.randint(0, 256, (3, *sizes[i % len(sizes)]), generator=g, dtype=torch.uint8) for i in range(n)]
+
+
+def test_multicrop_shapes_dtype_and_range() -> None:
+    augment = MultiCropAugment(TINY_CROPS)
+    images = sample_images()
+    views = augment(images, generator=torch.Generator().manual_seed(0))
+    assert [tuple(v.shape) for v in views] == [(5, 3, 32, 32)] * 2 + [(5, 3, 16, 16)] * 2
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    for view in views:
+        assert view.dtype == torch.float32 and torch.isfinite(view).all()
+        pixels = view * std + mean  # back to [0, 1]
+        assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
+    # Views differ from each other (independent crops and colours).
+    assert not torch.allclose(views[0], views[1])
+
+
+def test_multicrop_is_reproducible_from_its_generator() -> None:
+    augment = MultiCropAugment(TINY_CROPS)
+    images = sample_images()
+    first = augment(images, generator=torch.Generator().manual_seed(3))
+    again = augment(images, generator=torch.Generator().manual_seed(3))
+    other = augment(images, generator=torch.Generator().manual_seed(4))
+    for a, b in zip(first, again):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.allclose(first[0], other[0])
+
+
+def test_multicrop_keeps_images_in_order() -> None:
+    """Each output row belongs to the input image of the same index (the batch is sorted internally)."""
+    images = [torch.full((3, 24, 24), value, dtype=torch.uint8) for value in (0, 60, 120, 180, 240, 30)]
+    views = MultiCropAugment([{"count": 3, "size": 8, "min_scale": 0.5, "max_scale": 1.0}])(
+        images, generator=torch.Generator().manual_seed(1))
+    # Uniform images stay uniform; brightness jitter rescales, so compare the ordering of the
+    # untouched black image and monotone structure only through its being the darkest.
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    for view in views:
+        pixels = view * std + mean
+        assert pixels[0].abs().max() < 1e-5  # black stays black under every photometric op
+        assert (pixels.flatten(1).std(dim=1) < 1e-4).all()  # flat images stay flat
+
+
+def test_crop_boxes_follow_random_resized_crop() -> None:
+    heights = torch.tensor([100, 50, 10, 300])
+    widths = torch.tensor([200, 50, 300, 40])
+    boxes = random_resized_crop_boxes(heights.repeat(200), widths.repeat(200), (0.05, 0.14),
+                                      torch.Generator().manual_seed(0))
+    top, left, h, w = boxes.unbind(1)
+    H, W = heights.repeat(200), widths.repeat(200)
+    assert (top >= 0).all() and (left >= 0).all() and (top + h <= H).all() and (left + w <= W).all()
+    assert (h >= 1).all() and (w >= 1).all()
+    fits = (torch.arange(len(boxes)) % 4) < 2  # the 10 x 300 and 300 x 40 images cannot fit 3/4-4/3 crops of that area
+    area = (h * w).double() / (H * W).double()
+    assert (area[fits] > 0.04).all() and (area[fits] < 0.16).all()
+    ratio = w.double() / h.double()
+    assert (ratio[fits] > 0.7).all() and (ratio[fits] < 1.45).all()
+    # Fallback: torchvision's central crop with the ratio clipped to 4/3 (10 x 300 -> 10 x 13).
+    assert boxes[2].tolist() == [0, 143, 10, 13]
+
+
+def test_photometric_ops_match_torchvision() -> None:
+    x = torch.rand(5, 3, 12, 16, generator=torch.Generator().manual_seed(0))
+    factors = torch.tensor([0.2, 0.7, 1.0, 1.4, 1.8])
+    shifts = torch.tensor([-0.2, -0.05, 0.0, 0.1, 0.2])
+    pairs = [(adjust_brightness, TF.adjust_brightness, factors), (adjust_contrast, TF.adjust_contrast, factors),
+             (adjust_saturation, TF.adjust_saturation, factors), (adjust_hue, TF.adjust_hue, shifts)]
+    for ours, theirs, params in pairs:
+        expected = torch.stack([theirs(x[i], float(params[i])) for i in range(5)])
+        torch.testing.assert_close(ours(x.clone(), params), expected, atol=2e-4, rtol=0)
+    blurred = gaussian_blur(x, torch.tensor([0.5, 1.0, 2.0, 0.1, 1.5]))
+    assert blurred.shape == x.shape
+    # Interior pixels equal torchvision's Gaussian blur (borders differ: replicate vs reflect padding).
+    expected = TF.gaussian_blur(x[2], [13, 13], [2.0, 2.0])
+    torch.testing.assert_close(blurred[2, :, 6:-6, 6:-6], expected[:, 6:-6, 6:-6], atol=1e-5, rtol=0)
+
+
+def test_color_jitter_applies_each_samples_own_order() -> None:
+    n = 6
+    x = torch.rand(n, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    params = torch.tensor([[1.6, 0.4, 1.7, 0.15], [0.3, 1.5, 0.5, -0.1]] * 3)
+    orders = torch.tensor([0, 23, 5, 11, 17, 0])
+    apply = torch.tensor([True, True, True, True, False, True])
+    out = color_jitter(x.clone(), params, orders, apply)
+    ops = {0: TF.adjust_brightness, 1: TF.adjust_contrast, 2: TF.adjust_saturation, 3: TF.adjust_hue}
+    for i in range(n):
+        expected = x[i]
+        if apply[i]:
+            for op in JITTER_ORDERS[int(orders[i])]:
+                expected = ops[op](expected, float(params[i, op]))
+        torch.testing.assert_close(out[i], expected, atol=2e-4, rtol=0)
+    # The order matters (brightness then saturation is not saturation then brightness once clipped).
+    assert not torch.allclose(out[0], out[5])
+
+
+@pytest.mark.parametrize("crops", [TINY_CROPS, [{"count": 2, "size": 96, "min_scale": 0.3, "max_scale": 1.0}]])
+def test_cpu_windows_and_whole_batch_paths_agree(crops) -> None:
+    """The sorted, cache-windowed CPU path and the whole-batch path (used on GPUs) give the same views."""
+    images = sample_images(12, seed=2)
+    windowed = MultiCropAugment(crops, chunked=True)(images, generator=torch.Generator().manual_seed(5))
+    batched = MultiCropAugment(crops, chunked=False)(images, generator=torch.Generator().manual_seed(5))
+    for a, b in zip(windowed, batched):
+        torch.testing.assert_close(a, b, atol=1e-3, rtol=0)  # float rounding (x / 255 vs x * (1 / 255))
+
+
+def test_multicrop_rejects_non_uint8_images() -> None:
+    with pytest.raises(ValueError, match="uint8"):
+        MultiCropAugment(TINY_CROPS)([torch.rand(3, 20, 20)])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_multicrop_on_cuda_matches_shapes_and_ranges() -> None:
+    images = [im.cuda() for im in sample_images()]
+    views = MultiCropAugment(TINY_CROPS)(images, generator=torch.Generator().manual_seed(0))
+    assert all(v.is_cuda and v.dtype == torch.float32 and torch.isfinite(v).all() for v in views)
+    assert [tuple(v.shape) for v in views] == [(5, 3, 32, 32)] * 2 + [(5, 3, 16, 16)] * 2
+
+
+# ---------------------------------------------------------------------------
+# Model, prototype freezing, optimiser, schedule
+# ---------------------------------------------------------------------------
+
+
+def tiny_config(**overrides) -> SwAVConfig:
+    values = dict(arch="resnet18", prototypes=16, feat_dim=16, hidden_dim=32, crops=TINY_CROPS, epochs=2,
+                  batch_size=4, workers=0, amp=False, seed=0, data="unused")
+    values.update(overrides)
+    return SwAVConfig(**values)
+
+
+def test_model_embeds_every_crop_with_normalised_outputs() -> None:
+    model = SwAVModel("resnet18", "gn", prototypes=7, feat_dim=16, hidden_dim=32)
+    crops = [torch.randn(3, 3, 32, 32)] * 2 + [torch.randn(3, 3, 16, 16)] * 2
+    embeddings, scores = model(crops)
+    assert embeddings.shape == (12, 16) and scores.shape == (12, 7)
+    torch.testing.assert_close(embeddings.norm(dim=1), torch.ones(12))
+    assert isinstance(model.trunk.bn1, torch.nn.GroupNorm)
+    assert isinstance(model.projection_head[1], torch.nn.BatchNorm1d)
+
+
+def fake_batches(n_batches: int, batch: int, seed: int = 0) -> list[tuple[list[torch.Tensor], int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [([torch.randint(0, 256, (3, 40, 40), generator=g, dtype=torch.uint8) for _ in range(batch)], 0)
+            for _ in range(n_batches)]
+
+
+def run_epoch(config: SwAVConfig, model: SwAVModel, batches, iteration: int = 0, queue=None):
+    optimizer = build_optimizer(model, config)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    return train_one_epoch(model, batches, MultiCropAugment(config.crops), optimizer, scaler, queue, config,
+                           epoch=0, iteration=iteration, iters_per_epoch=4, device=torch.device("cpu"),
+                           generator=torch.Generator().manual_seed(0))
+
+
+def test_prototypes_are_frozen_for_the_first_iterations() -> None:
+    torch.manual_seed(0)
+    config = tiny_config(freeze_prototypes_iters=2, optimizer="sgd", base_lr=0.5, start_warmup_lr=0.5)
+    model = SwAVModel("resnet18", "bn", 16, 16, 32)
+    before = F.normalize(model.prototypes.weight.detach().clone(), dim=1)
+    stats, iteration = run_epoch(config, model, fake_batches(1, 4), iteration=0)
+    assert iteration == 1
+    assert model.prototypes.weight.grad is None  # dropped during the frozen iterations
+    assert model.trunk.conv1.weight.grad is not None
+    torch.testing.assert_close(model.prototypes.weight.detach(), before)  # only re-normalised
+    stats, iteration = run_epoch(config, model, fake_batches(1, 4, seed=1), iteration=2)
+    assert iteration == 3
+    assert model.prototypes.weight.grad is not None and model.prototypes.weight.grad.abs().sum() > 0
+    assert not torch.allclose(model.prototypes.weight.detach(), before)
+
+
+def test_small_batches_after_unreadable_images_are_skipped() -> None:
+    torch.manual_seed(0)
+    config = tiny_config()
+    model = SwAVModel("resnet18", "bn", 16, 16, 32)
+    batches = fake_batches(3, 4)
+    batches[0] = (batches[0][0][:1], 3)  # one readable image left: skipped
+    batches[1] = (batches[1][0][:2], 2)  # two left: trained on
+    stats, iteration = run_epoch(config, model, batches)
+    assert iteration == 3  # the schedule still counts every loader batch
+    assert stats.unreadable == 5 and stats.images == 6
+    assert float(stats.sums[3]) == 2  # two optimisation steps
+
+
+def test_train_one_epoch_with_queue_fills_then_uses_it() -> None:
+    torch.manual_seed(0)
+    config = tiny_config(queue_length=8, queue_start_epoch=0)
+    model = SwAVModel("resnet18", "bn", 16, 16, 32)
+    queue = EmbeddingQueue(len(config.crops_for_assign), 8, config.feat_dim)
+    run_epoch(config, model, fake_batches(1, 4), queue=queue)
+    assert not queue.in_use and not queue.is_full()
+    run_epoch(config, model, fake_batches(2, 4, seed=1), iteration=1, queue=queue)
+    assert queue.is_full() and queue.in_use
+
+
+def test_non_finite_loss_raises_naming_epoch_and_step() -> None:
+    torch.manual_seed(0)
+    model = SwAVModel("resnet18", "bn", 16, 16, 32)
+    with torch.no_grad():
+        model.prototypes.weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteLossError, match="epoch 1, step 0"):
+        run_epoch(tiny_config(), model, fake_batches(1, 4))
+
+
+def test_lars_step_uses_the_trust_ratio() -> None:
+    weight = torch.nn.Parameter(torch.tensor([[3.0, 4.0]]))  # norm 5
+    bias = torch.nn.Parameter(torch.tensor([1.0]))
+    weight.grad = torch.tensor([[0.0, 2.0]])  # norm 2
+    bias.grad = torch.tensor([0.5])
+    opt = LARS([{"params": [weight]}, {"params": [bias], "lars": False, "weight_decay": 0.0}],
+               lr=0.1, weight_decay=0.01, eta=0.001)
+    opt.step()
+    trust = 0.001 * 5.0 / (2.0 + 0.01 * 5.0 + 1e-8)
+    expected = torch.tensor([[3.0, 4.0]]) - 0.1 * trust * (torch.tensor([[0.0, 2.0]]) + 0.01 * torch.tensor([[3.0, 4.0]]))
+    torch.testing.assert_close(weight.detach(), expected)
+    torch.testing.assert_close(bias.detach(), torch.tensor([1.0 - 0.1 * 0.5]))  # plain step, no decay
+
+
+def test_optimizer_groups_exclude_biases_and_norms_from_lars() -> None:
+    model = SwAVModel("resnet18", "bn", 8, 8, 16)
+    opt = build_optimizer(model, tiny_config(optimizer="lars", weight_decay=1e-4))
+    adapted, plain = opt.param_groups
+    assert adapted["lars"] and adapted["weight_decay"] == 1e-4
+    assert not plain["lars"] and plain["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in adapted["params"]) and all(p.dim() < 2 for p in plain["params"])
+    assert any(p is model.prototypes.weight for p in adapted["params"])
+    sgd = build_optimizer(model, tiny_config(optimizer="sgd", weight_decay=1e-4))
+    assert isinstance(sgd, torch.optim.SGD) and all(g["momentum"] == 0.9 for g in sgd.param_groups)
+
+
+def test_learning_rate_warms_up_then_follows_a_cosine() -> None:
+    config = tiny_config(epochs=10, warmup_epochs=2, base_lr=1.0, final_lr=0.01, start_warmup_lr=0.1)
+    assert learning_rate(config, 0, 5) == pytest.approx(0.1)
+    assert learning_rate(config, 5, 5) == pytest.approx(0.55)
+    assert learning_rate(config, 10, 5) == pytest.approx(1.0)
+    assert learning_rate(config, 30, 5) == pytest.approx(0.01 + 0.5 * 0.99)
+    assert learning_rate(config, 50, 5) == pytest.approx(0.01)
+    values = [learning_rate(config, i, 5) for i in range(10, 50)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_epoch_indices_are_reproducible_disjoint_shards() -> None:
+    first = epoch_indices(50, seed=1, epoch=3)
+    assert first == epoch_indices(50, seed=1, epoch=3) and sorted(first) == list(range(50))
+    assert first != epoch_indices(50, seed=1, epoch=4)
+    shards = [epoch_indices(50, 1, 3, rank=r, world_size=3) for r in range(3)]
+    assert all(len(s) == 16 for s in shards)
+    assert not set(shards[0]) & set(shards[1]) and not set(shards[1]) & set(shards[2])
+    capped = epoch_indices(50, 1, 3, max_images=10)
+    assert capped == first[:10]

@@ -1,0 +1,244 @@
+"""End-to-end tests of SwAV training on CPU: a smoke run with export and unreadable files,
+exact resume, early stop, bf16 autocast, and the 2-process (gloo) equivalence of the
+Sinkhorn assignments and the loss."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import socket
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torchvision
+from safetensors.torch import load_file, save_file
+
+from trainers.checkpoints import CheckpointError, load_checkpoint
+from trainers.common import config_from_dict
+from trainers.reporting import InMemoryReporter
+from trainers.swav import METRIC_NAMES, SwAVConfig, load_backbone, sinkhorn, swav_loss, train
+
+TINY = dict(
+    arch="resnet18", prototypes=16, feat_dim=16, hidden_dim=32, batch_size=4, workers=0, amp=False, seed=0,
+    crops=[{"count": 2, "size": 32, "min_scale": 0.14, "max_scale": 1.0},
+           {"count": 2, "size": 16, "min_scale": 0.05, "max_scale": 0.14}],
+)
+
+
+def tiny(data: Path, **overrides) -> SwAVConfig:
+    return config_from_dict(SwAVConfig, {**TINY, "data": str(data), **overrides})
+
+
+@pytest.fixture
+def deterministic():
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    yield
+    torch.use_deterministic_algorithms(previous)
+
+
+@pytest.fixture
+def folder_with_unreadable_files(sample_data, tmp_path: Path) -> Path:
+    """10 sample images and 2 corrupt files (12 = 3 full batches of 4)."""
+    folder = tmp_path / "unlabeled"
+    folder.mkdir()
+    images = sorted(p for p in sample_data.unlabeled.rglob("*") if p.suffix in (".jpg", ".png"))[:10]
+    for path in images:
+        shutil.copy(path, folder / path.name)
+    (folder / "broken.jpg").write_bytes(b"not a jpeg at all")
+    (folder / "truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    return folder
+
+
+def test_smoke_run_reports_metrics_and_exports_a_torchvision_backbone(
+    folder_with_unreadable_files: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = tiny(folder_with_unreadable_files, epochs=2, queue_length=4, queue_start_epoch=1)
+    reporter = InMemoryReporter(root=tmp_path / "run")
+    with caplog.at_level(logging.WARNING, logger="trainers.data"):
+        final = train(config, reporter)
+
+    assert [r.step for r in reporter.reports] == [1, 2]
+    for report in reporter.reports:
+        assert set(METRIC_NAMES) <= set(report.metrics)
+        assert all(math.isfinite(v) for v in report.metrics.values()), report.metrics
+    assert final == reporter.reports[-1].metrics
+    assert final["swav/ln_k"] == pytest.approx(math.log(16))
+    assert 1 <= final["swav/prototypes_used"] <= 16
+    assert final["swav/amp_skipped_steps"] == 0 and final["swav/images_per_s"] > 0
+    # Two unreadable files per epoch, one warning per epoch.
+    warnings = [r for r in caplog.records if "unreadable" in r.getMessage()]
+    assert len(warnings) == 2 and all("skipped 2 unreadable" in r.getMessage() for r in warnings)
+
+    # Every checkpoint records the resolved config and code version; only the last holds the export.
+    first, last = (r.checkpoint for r in reporter.reports)
+    state = load_checkpoint(first)
+    assert state["epoch"] == 1 and state["config"]["prototypes"] == 16 and state["git_sha"]
+    assert not (first / "backbone.safetensors").exists()
+    meta = json.loads((last / "backbone.json").read_text())
+    assert meta["arch"] == "resnet18" and meta["norm"] == "bn" and meta["git_sha"]
+    assert meta["metrics"]["swav/loss"] == pytest.approx(final["swav/loss"])
+    assert meta["crops"][0] == {"count": 2, "size": 32, "min_scale": 0.14, "max_scale": 1.0}
+
+    weights = load_file(str(last / "backbone.safetensors"))
+    model = torchvision.models.resnet18()
+    model.fc = torch.nn.Identity()
+    model.load_state_dict(weights, strict=True)
+    trunk = load_backbone(last)
+    trunk.eval()
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(trunk(x), model(x))
+    assert trunk(x).shape == (2, 512)
+
+
+def test_resume_continues_exactly(sample_data, tmp_path: Path, deterministic) -> None:
+    config = tiny(sample_data.unlabeled, epochs=2, max_images=8, queue_length=4, queue_start_epoch=0,
+                  freeze_prototypes_iters=1, warmup_epochs=1, start_warmup_lr=0.01)
+    straight = InMemoryReporter(root=tmp_path / "straight")
+    train(config, straight)
+
+    stopped = InMemoryReporter(root=tmp_path / "stopped", stop_after=1)
+    train(config, stopped)
+    assert [r.step for r in stopped.reports] == [1]
+    # Stopped early: the checkpoint has no exported backbone.
+    assert not (stopped.last_checkpoint / "backbone.safetensors").exists()
+
+    # A checkpoint of another model is refused with the config it was written for.
+    with pytest.raises(CheckpointError, match="prototypes=16"):
+        train(tiny(sample_data.unlabeled, epochs=2, max_images=8, prototypes=8),
+              InMemoryReporter(root=tmp_path / "wrong", resume_from=stopped.last_checkpoint))
+
+    resumed = InMemoryReporter(root=tmp_path / "resumed", resume_from=stopped.last_checkpoint)
+    train(config, resumed)
+    assert [r.step for r in resumed.reports] == [2]
+
+    expected, got = load_checkpoint(straight.last_checkpoint), load_checkpoint(resumed.last_checkpoint)
+    assert got["epoch"] == expected["epoch"] == 2 and got["iteration"] == expected["iteration"] == 4
+    for key, value in expected["model"].items():
+        torch.testing.assert_close(got["model"][key], value, rtol=0, atol=0, msg=key)
+    for index, state in expected["optimizer"]["state"].items():
+        torch.testing.assert_close(got["optimizer"]["state"][index]["momentum_buffer"], state["momentum_buffer"],
+                                   rtol=0, atol=0)
+    assert expected["queue"] is not None and bool((expected["queue"] != 0).any())
+    torch.testing.assert_close(got["queue"], expected["queue"], rtol=0, atol=0)
+    a, b = straight.reports[-1].metrics, resumed.reports[-1].metrics
+    for name in METRIC_NAMES:
+        if name != "swav/images_per_s":
+            assert a[name] == b[name], name
+    assert (resumed.last_checkpoint / "backbone.safetensors").exists()
+
+
+def test_bf16_autocast_on_cpu_with_groupnorm(sample_data, tmp_path: Path) -> None:
+    config = tiny(sample_data.unlabeled, epochs=1, max_images=8, amp=True, norm="gn")
+    reporter = InMemoryReporter(root=tmp_path / "amp")
+    metrics = train(config, reporter)
+    assert all(math.isfinite(metrics[name]) for name in METRIC_NAMES)
+    assert metrics["swav/amp_skipped_steps"] == 0  # no loss scaling with bfloat16
+    model = torchvision.models.resnet18(norm_layer=partial(torch.nn.GroupNorm, 32))
+    model.fc = torch.nn.Identity()
+    model.load_state_dict(load_file(str(reporter.last_checkpoint / "backbone.safetensors")), strict=True)
+
+
+def test_too_few_images_for_a_batch_is_a_clear_error(sample_data, tmp_path: Path) -> None:
+    folder = tmp_path / "three"
+    folder.mkdir()
+    for path in sorted(sample_data.unlabeled.rglob("*.jpg"))[:3]:
+        shutil.copy(path, folder / path.name)
+    with pytest.raises(ValueError, match="3 images .* no full batch of batch_size=4"):
+        train(tiny(folder, epochs=1), InMemoryReporter(root=tmp_path / "run"))
+
+
+# ---------------------------------------------------------------------------
+# Two processes (gloo) == one process
+# ---------------------------------------------------------------------------
+
+N_CROPS, BATCH, K, QUEUE_ROWS = 3, 8, 6, 4
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _local_rows(scores: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """This rank's share of a crop-major batch: its half of every crop's rows."""
+    half = BATCH // world
+    return torch.cat([scores[c * BATCH + rank * half: c * BATCH + (rank + 1) * half] for c in range(N_CROPS)])
+
+
+def _gloo_worker(rank: int, world: int, port: int, out_dir: str, scores: torch.Tensor, queue: torch.Tensor) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        local = _local_rows(scores, rank, world)
+        half = BATCH // world
+        codes = sinkhorn(local[:half], epsilon=0.05, iterations=3)
+        loss = swav_loss(local, N_CROPS, (0, 1))
+        # Each process keeps its own queue; together they hold the one-process queue.
+        local_queue = [q[rank * QUEUE_ROWS: (rank + 1) * QUEUE_ROWS] for q in queue]
+        loss_queue = swav_loss(local, N_CROPS, (0, 1), queue_scores=local_queue)
+        # DDP averages the processes' gradients, i.e. their losses.
+        losses = torch.stack([loss, loss_queue]).detach()
+        dist.all_reduce(losses)
+        save_file({"codes": codes.contiguous(), "losses": losses / world}, f"{out_dir}/rank{rank}.safetensors")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.timeout(180)
+def test_two_gloo_processes_equal_one_process(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(0)
+    prototypes = torch.nn.functional.normalize(torch.randn(K, 8, generator=g), dim=1)
+    embeddings = torch.nn.functional.normalize(torch.randn(N_CROPS * BATCH, 8, generator=g), dim=1)
+    scores = embeddings @ prototypes.t()
+    queue_embeddings = torch.nn.functional.normalize(torch.randn(2, 2 * QUEUE_ROWS, 8, generator=g), dim=2)
+    queue = queue_embeddings @ prototypes.t()  # (n_assign, rows of both processes, K)
+
+    mp.spawn(_gloo_worker, args=(2, _free_port(), str(tmp_path), scores, queue), nprocs=2, join=True)
+
+    full_codes = sinkhorn(scores[:BATCH])
+    full_loss = swav_loss(scores, N_CROPS, (0, 1))
+    full_loss_queue = swav_loss(scores, N_CROPS, (0, 1), queue_scores=list(queue))
+    for rank in range(2):
+        out = load_file(str(tmp_path / f"rank{rank}.safetensors"))
+        torch.testing.assert_close(out["codes"], full_codes[rank * 4: (rank + 1) * 4], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(out["losses"][0], full_loss, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(out["losses"][1], full_loss_queue, atol=1e-6, rtol=1e-5)
+    # The split codes are not what each half would get on its own (the all-reduce matters).
+    assert not torch.allclose(sinkhorn(_local_rows(scores, 0, 2)[:4]), full_codes[:4], atol=1e-4)
+
+
+def _ddp_train_worker(rank: int, world: int, port: int, data: str, root: str) -> None:
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    config = tiny(Path(data), epochs=2, max_images=16, queue_length=8, queue_start_epoch=0)
+    reporter = InMemoryReporter(root=Path(root) / f"rank{rank}")
+    metrics = train(config, reporter)  # joins the gloo group from the environment, leaves it at the end
+    assert not dist.is_initialized()
+    checkpoints = [str(r.checkpoint) if r.checkpoint else None for r in reporter.reports]
+    (Path(root) / f"rank{rank}.json").write_text(json.dumps({"metrics": metrics, "checkpoints": checkpoints}))
+
+
+@pytest.mark.timeout(300)
+def test_two_process_ddp_training_on_cpu(sample_data, tmp_path: Path) -> None:
+    mp.spawn(_ddp_train_worker, args=(2, _free_port(), str(sample_data.unlabeled), str(tmp_path)), nprocs=2, join=True)
+    rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
+    # Metrics are reduced over both processes: every rank reports the same numbers.
+    assert rank0["metrics"] == rank1["metrics"]
+    assert all(math.isfinite(v) for v in rank0["metrics"].values())
+    # Only rank 0 writes checkpoints; they hold both processes' queues (8 rows = 2 x 4).
+    assert rank1["checkpoints"] == [None, None] and all(rank0["checkpoints"])
+    state = load_checkpoint(rank0["checkpoints"][-1])
+    assert state["world_size"] == 2 and tuple(state["queue"].shape) == (2, 2, 4, 16)
+    assert (Path(rank0["checkpoints"][-1]) / "backbone.safetensors").exists()
