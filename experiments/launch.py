@@ -297,7 +297,7 @@ def _make_callback_class():
         def __init__(self, launcher: "Launcher", stage: str, trials: Mapping[str, dict[str, Any]]) -> None:
             self.launcher = launcher
             self.stage = stage
-            self.trials = trials  # config hash -> trial payload (with run_id, name, epochs)
+            self.trials = trials  # config hash -> trial payload (name, epochs, restore, config)
             self.started = time.time()
             self.last_status = 0.0
             self.state: dict[str, str] = {}  # config hash -> running | done | pruned | failed
@@ -312,7 +312,7 @@ def _make_callback_class():
             p = self._payload(trial)
             self.state[p["config_hash"]] = "running"
             self.last_epoch_at[p["config_hash"]] = time.time()
-            self.launcher.tracker.set_tags(p["run_id"], {TAG_TRIAL: trial.trial_id})
+            self.launcher.tracker.set_tags(self.launcher.run_id_for(p["config_hash"]), {TAG_TRIAL: trial.trial_id})
             self.launcher.say(f"{self.stage:8} start   {p['name']}")
 
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
@@ -320,7 +320,7 @@ def _make_callback_class():
             h = p["config_hash"]
             step = int(result.get("epoch", result.get("training_iteration", 0)))
             metrics = {k: v for k, v in result.items() if ("/" in k or k == "lr") and isinstance(v, (int, float))}
-            self.launcher.tracker.log_metrics(p["run_id"], metrics, step)
+            self.launcher.tracker.log_metrics(self.launcher.run_id_for(h), metrics, step)
             now = time.time()
             self.epoch_time.append(now - self.last_epoch_at.get(h, now))
             self.last_epoch_at[h] = now
@@ -336,13 +336,13 @@ def _make_callback_class():
 
         def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
             p = self._payload(trial)
-            self.launcher.tracker.set_tags(p["run_id"], {TAG_CHECKPOINT: checkpoint.path})
+            self.launcher.tracker.set_tags(self.launcher.run_id_for(p["config_hash"]), {TAG_CHECKPOINT: checkpoint.path})
             self.launcher.checkpoints[p["config_hash"]] = checkpoint
             with checkpoint.as_directory() as d:
                 art = Path(d) / ARTIFACTS_SUBDIR
                 if art.is_dir() and any(art.iterdir()):
                     step = self.epochs.get(p["config_hash"], 0)
-                    self.launcher.tracker.log_artifacts(p["run_id"], art, f"eval/epoch_{step:03d}")
+                    self.launcher.tracker.log_artifacts(self.launcher.run_id_for(p["config_hash"]), art, f"eval/epoch_{step:03d}")
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             p = self._payload(trial)
@@ -401,7 +401,8 @@ class Launcher:
         self.outcomes: dict[str, TrialOutcome] = {}
         self.metrics: dict[str, dict[str, float]] = {}
         self.checkpoints: dict[str, Any] = {}
-        self.prune_records: dict[str, Any] = {}
+        self.run_ids: dict[str, str] = {}  # config hash -> MLflow run id
+        self.pending_runs: dict[str, Callable[[], str]] = {}  # runs created when their trial starts
         self.tracker: Tracker
         self.parent_run_id: str | None = None
 
@@ -507,9 +508,8 @@ class Launcher:
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
 
     def _child(self, stage: str, name: str, h: str, config: Mapping[str, Any], existing: Any,
-               extra_params: Mapping[str, str] = {}, tags: Mapping[str, str] = {}) -> tuple[str, str | None]:
+               extra_params: Mapping[str, str], tags: Mapping[str, str]) -> str:
         """The MLflow run of a trial: its unfinished run from an earlier launch (resume), or a new child."""
-        restore = None
         if existing is not None and existing.info.status != "FINISHED":
             run_id = existing.info.run_id
             restore = existing.data.tags.get(TAG_CHECKPOINT)
@@ -523,7 +523,32 @@ class Launcher:
         params = {**flatten_params(stage, config), **extra_params}
         self.tracker.log_params_tags(run_id, params=params)
         self.tracker.log_text(run_id, _yaml(config), f"config/{stage}.yaml")
-        return run_id, restore
+        return run_id
+
+    def _plan_child(self, stage: str, name: str, h: str, config: Mapping[str, Any], existing: Any,
+                    extra_params: Mapping[str, str], tags: Mapping[str, str], dataset: tuple[str, str, str, str]) -> str | None:
+        """Arrange a trial's MLflow run; returns the checkpoint to resume from, if any.
+
+        An unfinished run of an earlier launch is reopened now (its checkpoint decides where the trial
+        starts); a new run is created when Ray starts the trial, so its start time is the trial's.
+        """
+        def make() -> str:
+            run_id = self._child(stage, name, h, config, existing, extra_params, tags)
+            suffix, digest, source, context = dataset
+            self.tracker.log_dataset(run_id, self.spec.name + suffix, digest, source, context)
+            return run_id
+
+        if existing is not None and existing.info.status != "FINISHED":
+            self.run_ids[h] = make()
+            return existing.data.tags.get(TAG_CHECKPOINT)
+        self.pending_runs[h] = make
+        return None
+
+    def run_id_for(self, h: str) -> str:
+        """The MLflow run of a trial (created on first use)."""
+        if h not in self.run_ids:
+            self.run_ids[h] = self.pending_runs.pop(h)()
+        return self.run_ids[h]
 
     def _tune(self, stage: str, payloads: dict[str, dict[str, Any]], scheduler: Any) -> None:
         from ray import tune
@@ -564,11 +589,10 @@ class Launcher:
                     reason=run.data.tags.get(TAG_PRUNE_REASON, "") if pruned else "finished in an earlier launch")
                 self.say(f"pretrain {status:7} {t.name} (run {run.info.run_id[:8]} of an earlier launch)")
                 continue
-            run_id, restore = self._child(STAGE_PRETRAIN, t.name, t.config_hash, t.config, run)
-            self.tracker.log_dataset(run_id, self.spec.name + "-unlabeled", plan.data_fingerprint,
-                                     self.data_paths["unlabeled"], "pretraining")
+            restore = self._plan_child(STAGE_PRETRAIN, t.name, t.config_hash, t.config, run, {}, {},
+                                       ("-unlabeled", plan.data_fingerprint, self.data_paths["unlabeled"], "pretraining"))
             payloads[t.config_hash] = {"stage": STAGE_PRETRAIN, "config": t.config, "config_hash": t.config_hash,
-                                       "run_id": run_id, "name": t.name, "restore": restore,
+                                       "name": t.name, "restore": restore,
                                        "epochs": int(t.config["epochs"]), "workers": self.spec.pretrain.resources.workers}
         self._tune(STAGE_PRETRAIN, payloads, self._scheduler(STAGE_PRETRAIN))
         survivors: dict[str, str] = {}
@@ -617,11 +641,10 @@ class Launcher:
                 tags[TAG_UPSTREAM] = upstream.run_id if upstream else ""
             else:
                 tags[TAG_UPSTREAM] = "scratch"
-            run_id, restore = self._child(STAGE_FINETUNE, t.name, t.config_hash, t.config, run, extra, tags)
-            self.tracker.log_dataset(run_id, self.spec.name + "-labeled", plan.data_fingerprint,
-                                     self.data_paths["train_annotations"], "training")
+            restore = self._plan_child(STAGE_FINETUNE, t.name, t.config_hash, t.config, run, extra, tags,
+                                       ("-labeled", plan.data_fingerprint, self.data_paths["train_annotations"], "training"))
             payloads[t.config_hash] = {"stage": STAGE_FINETUNE, "config": config, "config_hash": t.config_hash,
-                                       "run_id": run_id, "name": t.name, "restore": restore,
+                                       "name": t.name, "restore": restore,
                                        "epochs": int(t.config["epochs"]), "workers": self.spec.finetune.resources.workers}
         self._tune(STAGE_FINETUNE, payloads, self._scheduler(STAGE_FINETUNE))
 
@@ -650,7 +673,8 @@ class Launcher:
 
     def complete(self, stage: str, p: dict[str, Any], trial: Any) -> None:
         """A trial ended without error: finished, or stopped by the pruner."""
-        h, run_id = p["config_hash"], p["run_id"]
+        h = p["config_hash"]
+        run_id = self.run_id_for(h)
         metrics = self.metrics.get(h, {})
         record = self._prune_record(stage, trial)
         epochs_run = self.epochs_of(trial)
@@ -690,11 +714,12 @@ class Launcher:
     def fail(self, stage: str, p: dict[str, Any], trial: Any) -> None:
         """A trial failed after its retries; the grid goes on."""
         error = _trial_error(trial)
-        self.tracker.set_tags(p["run_id"], {TAG_ERROR: error[-5000:]})
-        self.tracker.finish(p["run_id"], "FAILED")
         h = p["config_hash"]
+        run_id = self.run_id_for(h)
+        self.tracker.set_tags(run_id, {TAG_ERROR: error[-5000:]})
+        self.tracker.finish(run_id, "FAILED")
         last = error.strip().splitlines()[-1] if error.strip() else "unknown error"
-        self.outcomes[h] = TrialOutcome(stage, p["name"], h, p["run_id"], "failed", self.metrics.get(h, {}),
+        self.outcomes[h] = TrialOutcome(stage, p["name"], h, run_id, "failed", self.metrics.get(h, {}),
                                         self.epochs_of(trial), p["epochs"], last)
         self.say(f"{stage:8} FAILED  {p['name']}: {last}")
 
