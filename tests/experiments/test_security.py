@@ -284,5 +284,9 @@ def test_launch_leaves_no_password_in_the_store(tmp_path, monkeypatch):
     assert (store / "mlflow.db").is_file() and any((store / "artifacts").rglob("*"))
     leaks = _files_containing(store, needles)  # the backend database (+ WAL) and every artifact
     assert not leaks, "the password reached the tracking store:\n" + "\n".join(leaks)
-    assert password not in out, "the launch printed the password"
+    # the launch's own files: Ray storage (trial configs, checkpoints), the Optuna database
+    local = _files_containing(work, needles)
+    assert not local, "the password reached the launch's local storage:\n" + "\n".join(local)
+    printed = [line.replace(password, "<PASSWORD>") for line in out.splitlines() if password in line]
+    assert not printed, "the launch printed the password:\n" + "\n".join(printed[:5])
     assert password not in (tmp_path / "server.log").read_text()

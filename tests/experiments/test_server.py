@@ -161,6 +161,7 @@ def test_settings_refuse_bad_options(kwargs, message):
     ({S.ENV_ADMIN_PASSWORD: ""}, "ABLATE_ADMIN_PASSWORD"),
     ({S.ENV_ADMIN_PASSWORD: "password1234"}, "old public default"),
     ({S.ENV_ADMIN_PASSWORD: "short"}, "at least 12"),
+    ({S.ENV_ADMIN_PASSWORD: "CHANGE_ME-admin-password"}, "placeholder"),
 ])
 def test_admin_password_required(env, message):
     with pytest.raises(S.ServerConfigError, match=message):
@@ -293,7 +294,7 @@ def test_concurrent_writers_postgres(tmp_path, make_pg_database):
 # A server restart of ~10 s loses no metric
 # ---------------------------------------------------------------------------
 
-RESTART_STEPS = 40
+RESTART_STEPS = 24
 
 
 def _slow_writer(url: str, run_id: str, sent, errors) -> None:
@@ -304,7 +305,7 @@ def _slow_writer(url: str, run_id: str, sent, errors) -> None:
             client.log_batch(run_id, metrics=[Metric("loss", 1.0 / (step + 1), 1_000_000 + step, step),
                                               Metric("acc", step / 100.0, 1_000_000 + step, step)])
             sent.value = step + 1
-            time.sleep(0.2)
+            time.sleep(0.15)
     except BaseException:  # noqa: BLE001
         errors.put(traceback.format_exc())
         raise SystemExit(1)

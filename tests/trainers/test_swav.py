@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 
+from trainers.checkpoints import CheckpointError
 from trainers.common import NonFiniteLossError, config_from_dict, config_to_dict
 from trainers.swav import (
     IMAGENET_MEAN,
@@ -25,6 +26,7 @@ from trainers.swav import (
     embedding_std,
     epoch_indices,
     learning_rate,
+    load_backbone,
     queue_rows_per_process,
     sinkhorn,
     swav_loss,
@@ -476,6 +478,18 @@ def test_model_embeds_every_crop_with_normalised_outputs() -> None:
     assert isinstance(model.projection_head[1], torch.nn.BatchNorm1d)
 
 
+def test_linear_projection_head_when_hidden_dim_is_zero() -> None:
+    model = SwAVModel("resnet18", "bn", prototypes=5, feat_dim=8, hidden_dim=0)
+    assert isinstance(model.projection_head, torch.nn.Linear)
+    embeddings, scores = model([torch.randn(2, 3, 32, 32)] * 2)
+    assert embeddings.shape == (4, 8) and scores.shape == (4, 5)
+
+
+def test_load_backbone_refuses_a_folder_without_an_export(tmp_path) -> None:
+    with pytest.raises(CheckpointError, match="not an exported backbone"):
+        load_backbone(tmp_path)
+
+
 def fake_batches(n_batches: int, batch: int, seed: int = 0) -> list[tuple[list[torch.Tensor], int]]:
     g = torch.Generator().manual_seed(seed)
     return [([torch.randint(0, 256, (3, 40, 40), generator=g, dtype=torch.uint8) for _ in range(batch)], 0)
@@ -539,6 +553,19 @@ def test_non_finite_loss_raises_naming_epoch_and_step() -> None:
         run_epoch(tiny_config(), model, fake_batches(1, 4))
 
 
+def test_bf16_steps_with_non_finite_gradients_are_skipped_and_counted() -> None:
+    torch.manual_seed(0)
+    model = SwAVModel("resnet18", "bn", 16, 16, 32)
+    model.trunk.conv1.weight.register_hook(lambda grad: grad * float("nan"))
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    stats, _ = run_epoch(tiny_config(amp=True, freeze_prototypes_iters=0), model, fake_batches(2, 4))
+    assert stats.amp_skipped == 2
+    after = model.state_dict()
+    for key, value in before.items():
+        if key != "prototypes.weight":  # re-normalised before each step, not updated
+            torch.testing.assert_close(after[key], value, rtol=0, atol=0, msg=key)
+
+
 def test_lars_step_uses_the_trust_ratio() -> None:
     weight = torch.nn.Parameter(torch.tensor([[3.0, 4.0]]))  # norm 5
     bias = torch.nn.Parameter(torch.tensor([1.0]))
@@ -548,7 +575,8 @@ def test_lars_step_uses_the_trust_ratio() -> None:
                lr=0.1, weight_decay=0.01, eta=0.001)
     opt.step()
     trust = 0.001 * 5.0 / (2.0 + 0.01 * 5.0 + 1e-8)
-    expected = torch.tensor([[3.0, 4.0]]) - 0.1 * trust * (torch.tensor([[0.0, 2.0]]) + 0.01 * torch.tensor([[3.0, 4.0]]))
+    w0, g0 = torch.tensor([[3.0, 4.0]]), torch.tensor([[0.0, 2.0]])
+    expected = w0 - 0.1 * trust * (g0 + 0.01 * w0)
     torch.testing.assert_close(weight.detach(), expected)
     torch.testing.assert_close(bias.detach(), torch.tensor([1.0 - 0.1 * 0.5]))  # plain step, no decay
 
