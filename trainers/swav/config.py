@@ -1,0 +1,191 @@
+"""SwAV configuration: one frozen dataclass, every ablation axis a field.
+
+Defaults follow the paper (Caron et al. 2020, "Unsupervised Learning of Visual Features by
+Contrasting Cluster Assignments") and facebookresearch/swav ``main_swav.py``; where the
+reference has several recipes, the batch-256 one (``swav_400ep_bs256_pretrain.sh``) is used
+because a lab-sized run is closer to it than to the 4096-image batches of the headline runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from trainers.common import config_from_dict, require, require_choice
+from trainers.resnet import ARCHS, TRUNK_NORMS
+
+OPTIMIZERS = ("sgd", "lars")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _require_int(field_name: str, value: Any, minimum: int) -> None:
+    require(_is_int(value) and value >= minimum, field_name, value, f"an integer >= {minimum}")
+
+
+def _require_number(field_name: str, value: Any, minimum: float, strict: bool = False) -> None:
+    ok = _is_number(value) and (value > minimum if strict else value >= minimum)
+    require(ok, field_name, value, f"a number {'>' if strict else '>='} {minimum}")
+
+
+@dataclass(frozen=True)
+class CropGroup:
+    """``count`` random-resized crops of ``size`` x ``size`` px, each covering ``min_scale``-``max_scale`` of the image."""
+
+    count: int
+    size: int
+    min_scale: float
+    max_scale: float
+
+    def __post_init__(self) -> None:
+        self.validate("crop")
+
+    def validate(self, where: str) -> None:
+        """Raise ``ValueError`` naming ``where.<field>`` for the first invalid value."""
+        _require_int(f"{where}.count", self.count, 1)
+        _require_int(f"{where}.size", self.size, 1)
+        for name in ("min_scale", "max_scale"):
+            value = getattr(self, name)
+            require(_is_number(value) and 0 < value <= 1, f"{where}.{name}", value,
+                    "a fraction of the image area in (0, 1]")
+        require(
+            self.min_scale <= self.max_scale,
+            f"{where}.min_scale",
+            self.min_scale,
+            f"at most max_scale ({self.max_scale})",
+        )
+
+
+# The paper's multi-crop: 2 global views of 224 px and 6 local views of 96 px.
+DEFAULT_CROPS = (CropGroup(2, 224, 0.14, 1.0), CropGroup(6, 96, 0.05, 0.14))
+
+
+def as_crop_group(value: Any, index: int) -> CropGroup:
+    """A CropGroup from a CropGroup or a mapping (YAML gives lists of dicts)."""
+    where = f"crops[{index}]"
+    if isinstance(value, CropGroup):
+        value.validate(where)
+        return value
+    if isinstance(value, Mapping):
+        try:
+            group = config_from_dict(CropGroup, value, where=where)
+        except TypeError as exc:  # a missing key
+            missing = [f.name for f in dataclasses.fields(CropGroup) if f.name not in value]
+            raise ValueError(f"{where}: missing key(s) {', '.join(missing)} (each crop group needs "
+                             "count, size, min_scale, max_scale)") from exc
+        except ValueError as exc:
+            # CropGroup.__post_init__ names the field 'crop.<name>'; point at the group instead.
+            raise ValueError(str(exc).replace("crop.", f"{where}.", 1)) from exc
+        return group
+    raise ValueError(f"{where}={value!r} is invalid: a mapping with count, size, min_scale, max_scale")
+
+
+@dataclass(frozen=True)
+class SwAVConfig:
+    """Everything one SwAV pretraining run depends on (see DESIGN.md for the method)."""
+
+    arch: str = "resnet50"  # the paper's backbone
+    norm: str = "bn"  # the reference trunk uses BatchNorm; 'gn' gives a GroupNorm backbone for GN detectors
+    prototypes: int = 3000  # K; the paper's ImageNet setting
+    feat_dim: int = 128  # projection output, as the paper
+    hidden_dim: int = 2048  # projection MLP width (0 = a single linear layer), reference --hidden_mlp
+    temperature: float = 0.1  # softmax temperature of the swapped prediction, as the paper
+    epsilon: float = 0.05  # Sinkhorn entropy regularisation; the paper finds 0.05 stable
+    sinkhorn_iterations: int = 3  # the paper: 3 iterations suffice
+    queue_length: int = 0  # reference default (no queue); its batch-256 recipe uses 3840
+    queue_start_epoch: int = 15  # reference --epoch_queue_starts: let the features settle first
+    freeze_prototypes_iters: int = 313  # reference default: one ImageNet epoch at batch 4096
+    crops: tuple[CropGroup, ...] = DEFAULT_CROPS  # multi-crop: 2x224 @ 0.14-1 + 6x96 @ 0.05-0.14
+    crops_for_assign: tuple[int, ...] = (0, 1)  # codes come from the two global views, as the paper
+    epochs: int = 100  # reference default; the paper's ablations run 100-400
+    batch_size: int = 64  # per process, the reference's per-GPU default
+    optimizer: str = "lars"  # the reference wraps SGD in LARC
+    base_lr: float = 0.6  # reference batch-256 recipe; scale linearly with the global batch
+    final_lr: float = 0.0006  # base_lr / 1000 as that recipe
+    warmup_epochs: int = 0  # that recipe has no warmup (the batch-4096 one uses 10)
+    start_warmup_lr: float = 0.0  # reference --start_warmup
+    weight_decay: float = 1e-6  # reference --wd
+    amp: bool = True  # the reference trains in fp16 (bf16 autocast on CPU)
+    seed: int = 31  # reference default seed
+    data: str = "data/sample/unlabeled"  # where `ablate data sample --out data/sample` puts the unlabeled images
+    workers: int = 4  # decoding processes per training process
+    sync_bn: bool = True  # the reference syncs BatchNorm across GPUs; only used with several CUDA processes
+    max_images: int | None = None  # cap on images per epoch (quick runs); None = the whole folder
+
+    def __post_init__(self) -> None:
+        # Normalise YAML shapes (lists of dicts, lists, Paths) before validating.
+        crops = self.crops
+        if isinstance(crops, (Mapping, CropGroup)) or not isinstance(crops, Sequence) or isinstance(crops, str):
+            raise ValueError(f"crops={crops!r} is invalid: a list of groups {{count, size, min_scale, max_scale}}")
+        object.__setattr__(self, "crops", tuple(as_crop_group(g, i) for i, g in enumerate(crops)))
+        assign = self.crops_for_assign
+        if isinstance(assign, Sequence) and not isinstance(assign, str):
+            object.__setattr__(self, "crops_for_assign", tuple(assign))
+        if isinstance(self.data, Path):
+            object.__setattr__(self, "data", str(self.data))
+        self._validate()
+
+    @property
+    def total_crops(self) -> int:
+        """Number of views per image, over all crop groups."""
+        return sum(g.count for g in self.crops)
+
+    @property
+    def crop_sizes(self) -> tuple[int, ...]:
+        """The size of every view, in order (one entry per crop)."""
+        return tuple(g.size for g in self.crops for _ in range(g.count))
+
+    def _validate(self) -> None:
+        require_choice("arch", self.arch, tuple(ARCHS))
+        require_choice("norm", self.norm, TRUNK_NORMS)
+        require_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _require_int("prototypes", self.prototypes, 1)
+        _require_int("feat_dim", self.feat_dim, 1)
+        _require_int("hidden_dim", self.hidden_dim, 0)
+        _require_number("temperature", self.temperature, 0, strict=True)
+        _require_number("epsilon", self.epsilon, 0, strict=True)
+        _require_int("sinkhorn_iterations", self.sinkhorn_iterations, 1)
+        _require_int("epochs", self.epochs, 1)
+        _require_int("batch_size", self.batch_size, 2)  # BatchNorm and equipartition need >= 2 images
+        _require_int("queue_length", self.queue_length, 0)
+        _require_int("queue_start_epoch", self.queue_start_epoch, 0)
+        if self.queue_length > 0:
+            require(self.queue_start_epoch <= self.epochs, "queue_start_epoch", self.queue_start_epoch,
+                    f"at most epochs ({self.epochs}) when queue_length > 0 (or set queue_length=0)")
+            require(self.queue_length >= self.batch_size, "queue_length", self.queue_length,
+                    f"0 (no queue) or at least batch_size ({self.batch_size}); it is rounded down to a "
+                    "multiple of the global batch size")
+        _require_int("freeze_prototypes_iters", self.freeze_prototypes_iters, 0)
+        require(len(self.crops) >= 1, "crops", self.crops, "at least one crop group")
+        require(self.total_crops >= 2, "crops", [dataclasses.asdict(g) for g in self.crops],
+                "at least 2 crops in total (the loss predicts one view's code from another)")
+        assign = self.crops_for_assign
+        require(isinstance(assign, tuple) and len(assign) >= 1, "crops_for_assign", assign,
+                "a non-empty list of crop indices")
+        for index in assign:
+            require(_is_int(index) and 0 <= index < self.total_crops, "crops_for_assign", assign,
+                    f"crop indices in 0..{self.total_crops - 1} (there are {self.total_crops} crops)")
+        require(len(set(assign)) == len(assign), "crops_for_assign", assign, "distinct crop indices")
+        for name in ("base_lr", "final_lr", "start_warmup_lr", "weight_decay"):
+            _require_number(name, getattr(self, name), 0)
+        _require_int("warmup_epochs", self.warmup_epochs, 0)
+        require(self.warmup_epochs <= self.epochs, "warmup_epochs", self.warmup_epochs,
+                f"at most epochs ({self.epochs})")
+        require(isinstance(self.amp, bool), "amp", self.amp, "true or false")
+        require(isinstance(self.sync_bn, bool), "sync_bn", self.sync_bn, "true or false")
+        require(_is_int(self.seed), "seed", self.seed, "an integer")
+        require(isinstance(self.data, str) and self.data != "", "data", self.data, "a folder of unlabeled images")
+        _require_int("workers", self.workers, 0)
+        if self.max_images is not None:
+            _require_int("max_images", self.max_images, self.batch_size)
+
+
+__all__ = ["CropGroup", "DEFAULT_CROPS", "OPTIMIZERS", "SwAVConfig"]

@@ -1,0 +1,495 @@
+"""SwAV pretraining loop: ``train(config, reporter)`` and ``train_one_epoch``.
+
+Follows facebookresearch/swav ``main_swav.py``: per-iteration learning rate, prototypes
+normalised before each forward, queue switched on at ``queue_start_epoch``, prototype
+gradients dropped for the first ``freeze_prototypes_iters`` iterations, mixed precision with
+loss scaling. Differences: augmentation runs on the training device on decoded uint8 images
+(see augment.py), and the data order and augmentation of an epoch derive from
+``(seed, epoch)`` so that a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from trainers.checkpoints import CheckpointError, export_backbone, load_checkpoint, save_checkpoint
+from trainers.common import (
+    autocast,
+    check_finite,
+    config_to_dict,
+    default_device,
+    git_sha,
+    grad_scaler,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+from trainers.data import DatasetError, UnlabeledImages, collate_images, warn_skipped
+from trainers.reporting import Reporter
+from trainers.swav.augment import MultiCropAugment
+from trainers.swav.config import SwAVConfig
+from trainers.swav.loss import (
+    EmbeddingQueue,
+    assignment_entropy,
+    distributed_ready,
+    embedding_std,
+    prototype_counts,
+    queue_rows_per_process,
+    swav_loss,
+)
+from trainers.swav.model import SwAVModel, normalize_prototypes
+from trainers.swav.optim import build_optimizer, learning_rate, set_learning_rate
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "swav-checkpoint/v1"
+METRIC_NAMES = (
+    "swav/loss",
+    "swav/ln_k",
+    "swav/loss_over_ln_k",
+    "swav/embedding_std",
+    "swav/assignment_entropy",
+    "swav/prototypes_used",
+    "swav/amp_skipped_steps",
+    "swav/images_per_s",
+    "lr",
+)
+MIN_BATCH = 2  # BatchNorm and the equipartition need at least two images
+
+
+# ---------------------------------------------------------------------------
+# Reproducible data order
+# ---------------------------------------------------------------------------
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (e.g. ``(seed, epoch, rank)``), independent of global RNG state."""
+    digest = hashlib.sha256(",".join(str(int(p)) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def epoch_indices(
+    num_images: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1, max_images: int | None = None
+) -> list[int]:
+    """This process's image indices for ``epoch``, in order.
+
+    Like ``DistributedSampler``: every process draws the same permutation from ``(seed, epoch)``
+    and takes every ``world_size``-th index from ``rank``, after capping the epoch at
+    ``max_images`` and trimming so that all processes get the same number.
+    """
+    generator = torch.Generator().manual_seed(derive_seed(seed, epoch))
+    order = torch.randperm(num_images, generator=generator)
+    if max_images is not None:
+        order = order[:max_images]
+    per_process = len(order) // world_size
+    return order[rank : per_process * world_size : world_size].tolist()
+
+
+def make_loader(
+    dataset: UnlabeledImages, indices: Sequence[int], config: SwAVConfig, epoch: int, pin_memory: bool
+) -> DataLoader:
+    """Batches of decoded images (``(list[uint8 tensor], n_skipped)``) over ``indices``, last partial batch dropped."""
+    return DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        sampler=list(indices),
+        num_workers=config.workers,
+        collate_fn=collate_images,
+        drop_last=True,
+        pin_memory=pin_memory,
+        # The loader draws its workers' base seed from a generator; give it one derived from
+        # (seed, epoch) so it does not consume the global RNG.
+        generator=torch.Generator().manual_seed(derive_seed(config.seed, epoch, 1)),
+    )
+
+
+# ---------------------------------------------------------------------------
+# Per-epoch statistics
+# ---------------------------------------------------------------------------
+
+
+class EpochStats:
+    """Running sums for the epoch's metrics, kept on the device (no sync per step)."""
+
+    def __init__(self, prototypes: int, device: torch.device) -> None:
+        self.sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, std, entropy, steps
+        self.counts = torch.zeros(prototypes, device=device, dtype=torch.int64)
+        self.images = 0
+        self.unreadable = 0
+        self.amp_skipped = 0
+        self.unreadable_total = 0  # over all processes, set by metrics()
+
+    @torch.no_grad()
+    def update(self, loss: Tensor, embeddings: Tensor, scores: Tensor, n_crops: int, temperature: float) -> None:
+        """Add one step: its loss, embeddings and prototype scores (all crops)."""
+        values = torch.stack([
+            loss.detach().double(),
+            embedding_std(embeddings, n_crops).double(),
+            assignment_entropy(scores, temperature).double(),
+            torch.ones((), dtype=torch.float64, device=loss.device),
+        ])
+        self.sums += values.to(self.sums.device)
+        self.counts += prototype_counts(scores.detach()).to(self.counts.device)
+
+    def metrics(self, seconds: float, lr: float) -> dict[str, float]:
+        """The epoch's metrics, summed over processes when distributed."""
+        sums, counts = self.sums.clone(), self.counts.clone()
+        totals = torch.tensor([float(self.images), float(self.unreadable)], device=sums.device, dtype=torch.float64)
+        # Every process skips the same AMP steps (gradients are all-reduced); the epoch lasts as
+        # long as its slowest process.
+        maxima = torch.tensor([float(self.amp_skipped), seconds], device=sums.device, dtype=torch.float64)
+        if distributed_ready():
+            for tensor in (sums, counts, totals):
+                dist.all_reduce(tensor)
+            dist.all_reduce(maxima, op=dist.ReduceOp.MAX)
+        steps = float(sums[3])
+        if steps == 0:
+            raise DatasetError("no usable batch in this epoch (every batch had fewer than 2 readable images)")
+        ln_k = math.log(counts.numel())
+        loss = float(sums[0]) / steps
+        self.unreadable_total = int(totals[1])
+        return {
+            "swav/loss": loss,
+            "swav/ln_k": ln_k,
+            "swav/loss_over_ln_k": loss / ln_k if ln_k > 0 else math.nan,
+            "swav/embedding_std": float(sums[1]) / steps,
+            "swav/assignment_entropy": float(sums[2]) / steps,
+            "swav/prototypes_used": float(int((counts > 0).sum())),
+            "swav/amp_skipped_steps": float(maxima[0]),
+            "swav/images_per_s": float(totals[0]) / max(float(maxima[1]), 1e-9),
+            "lr": float(lr),
+        }
+
+
+# ---------------------------------------------------------------------------
+# One epoch
+# ---------------------------------------------------------------------------
+
+
+def _unwrap(model: nn.Module) -> SwAVModel:
+    return model.module if isinstance(model, DistributedDataParallel) else model  # type: ignore[return-value]
+
+
+def _gradients_finite(model: nn.Module) -> bool:
+    """True when no gradient holds inf or nan (one device sync)."""
+    checks = [torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None]
+    return bool(torch.stack(checks).all()) if checks else True
+
+
+def _smallest_batch(size: int, device: torch.device) -> int:
+    """The smallest batch over all processes (all must skip a batch together)."""
+    if not distributed_ready():
+        return size
+    value = torch.tensor([size], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return int(value.item())
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable[tuple[list[Tensor], int]],
+    augment: MultiCropAugment,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    queue: EmbeddingQueue | None,
+    config: SwAVConfig,
+    epoch: int,
+    iteration: int,
+    iters_per_epoch: int,
+    device: torch.device,
+    generator: torch.Generator,
+    progress: bool = False,
+) -> tuple[EpochStats, int]:
+    """Train ``model`` for one pass over ``loader``.
+
+    Args:
+        model: a :class:`SwAVModel`, possibly wrapped in DistributedDataParallel.
+        loader: batches ``(list of uint8 images, number of unreadable files)``.
+        augment: the multi-crop augmentation (runs on ``device``).
+        optimizer: from :func:`build_optimizer`.
+        scaler: gradient scaler (inactive unless fp16 on CUDA).
+        queue: the embedding queue, or None before ``queue_start_epoch`` / without one.
+        config: the run's configuration.
+        epoch: 0-based epoch (errors and the progress bar show it 1-based).
+        iteration: global iteration at the start of the epoch (drives lr and prototype freezing).
+        iters_per_epoch: batches per epoch, for the lr schedule.
+        device: the training device.
+        generator: CPU generator for the augmentation (derived from seed and epoch).
+        progress: show a tqdm bar.
+
+    Returns:
+        The epoch's statistics and the global iteration after it.
+    """
+    core = _unwrap(model)
+    model.train()
+    n_crops = config.total_crops
+    stats = EpochStats(config.prototypes, device)
+    batches: Iterable[tuple[list[Tensor], int]] = loader
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", total=iters_per_epoch, leave=False)
+        batches = bar
+    for step, (images, unreadable) in enumerate(batches):
+        stats.unreadable += int(unreadable)
+        lr = learning_rate(config, iteration, iters_per_epoch)
+        set_learning_rate(optimizer, lr)
+        if _smallest_batch(len(images), device) < MIN_BATCH:
+            iteration += 1  # the schedule counts loader batches, as the reference
+            continue
+        images = [im.to(device, non_blocking=True) for im in images]
+        crops = augment(images, generator=generator)
+        batch = len(images)
+
+        normalize_prototypes(core)
+        with autocast(device, config.amp):
+            embeddings, scores = model(crops)
+        embeddings = embeddings.detach()
+        scores = scores.float()
+
+        queue_scores = None
+        if queue is not None:
+            queue_scores = queue.scores(core.prototypes.weight)
+            queue.push([embeddings[c * batch : (c + 1) * batch] for c in config.crops_for_assign])
+        loss = swav_loss(
+            scores, n_crops, config.crops_for_assign, config.temperature, config.epsilon,
+            config.sinkhorn_iterations, queue_scores,
+        )
+        check_finite(loss, epoch + 1, step)
+
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if iteration < config.freeze_prototypes_iters:
+            # As the reference: the prototypes stay fixed while the features settle.
+            for param in core.prototypes.parameters():
+                param.grad = None
+        if scaler.is_enabled():  # float16: the scaler skips steps with inf/nan gradients
+            scale_before = scaler.get_scale()
+            scaler.step(optimizer)
+            scaler.update()
+            if scaler.get_scale() < scale_before:
+                stats.amp_skipped += 1
+        elif config.amp and not _gradients_finite(core):
+            # bfloat16 needs no loss scaling, but a step with inf/nan gradients is skipped all the
+            # same (seen on CPU: bf16 weight gradients of a strided 3x3 conv on 1x1 maps).
+            stats.amp_skipped += 1
+        else:
+            optimizer.step()
+
+        stats.update(loss, embeddings, scores.detach(), n_crops, config.temperature)
+        stats.images += batch
+        iteration += 1
+        if bar is not None:
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.4g}")
+    if bar is not None:
+        bar.close()
+    return stats, iteration
+
+
+# ---------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------
+
+
+def _process_group() -> tuple[int, int, bool]:
+    """(rank, world size, whether this call created the process group).
+
+    Joins a group set up by the launcher: an initialised one (e.g. Ray Train), or torchrun's
+    environment variables (NCCL on GPU, gloo on CPU).
+    """
+    if distributed_ready():
+        return dist.get_rank(), dist.get_world_size(), False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        return dist.get_rank(), dist.get_world_size(), True
+    return 0, 1, False
+
+
+def _gather_queue(queue: EmbeddingQueue | None, world_size: int) -> Tensor | None:
+    """Every process's queue, stacked ``(world, n_assign, rows, feat_dim)`` (all processes call it)."""
+    if queue is None:
+        return None
+    local = queue.embeddings.detach()
+    if world_size == 1:
+        return local.unsqueeze(0).cpu()
+    parts = [torch.empty_like(local) for _ in range(world_size)]
+    dist.all_gather(parts, local.contiguous())
+    return torch.stack(parts).cpu()
+
+
+def _make_queue(config: SwAVConfig, world_size: int, device: torch.device) -> EmbeddingQueue | None:
+    rows = queue_rows_per_process(config.queue_length, config.batch_size, world_size)
+    if rows == 0:
+        log.warning("queue_length=%d is shorter than the global batch (%d x %d): no queue",
+                    config.queue_length, config.batch_size, world_size)
+        return None
+    return EmbeddingQueue(len(config.crops_for_assign), rows, config.feat_dim, device)
+
+
+def _restore(
+    directory: Path,
+    model: SwAVModel,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    config: SwAVConfig,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+) -> tuple[int, int, EmbeddingQueue | None, dict[str, float]]:
+    """Load a checkpoint into the model, optimizer and scaler; restore RNG states.
+
+    Returns:
+        (epochs done, global iteration, this process's queue or None, last metrics).
+    """
+    state = load_checkpoint(directory)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{directory}: not a SwAV checkpoint (format {state.get('format')!r})")
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        written = state["config"]
+        raise CheckpointError(
+            f"{directory}: the checkpoint does not fit this config (it was written with arch={written.get('arch')}, "
+            f"prototypes={written.get('prototypes')}, feat_dim={written.get('feat_dim')}, "
+            f"hidden_dim={written.get('hidden_dim')}, optimizer={written.get('optimizer')}): {exc}"
+        ) from exc
+    if state["scaler"] and scaler.is_enabled():
+        scaler.load_state_dict(state["scaler"])
+    queue = None
+    stored = state.get("queue")  # (processes, n_assign, rows, feat_dim)
+    if stored is not None:
+        queue = _make_queue(config, world_size, device)
+        if queue is not None and stored.shape[0] == world_size and stored.shape[1:] == queue.embeddings.shape:
+            queue.load_state_dict({"embeddings": stored[rank]})
+        elif queue is not None:
+            log.warning("%s: stored queue %s does not fit %d process(es) x %s; it restarts empty",
+                        directory, tuple(stored.shape), world_size, tuple(queue.embeddings.shape))
+    set_rng_state(state["rng"])
+    log.info("resumed from %s after epoch %d (iteration %d)", directory, state["epoch"], state["iteration"])
+    metrics = {name: float(value) for name, value in state["metrics"].items()}
+    return int(state["epoch"]), int(state["iteration"]), queue, metrics
+
+
+def train(config: SwAVConfig, reporter: Reporter, progress: bool = False) -> dict[str, float]:
+    """Pretrain a ResNet with SwAV on the unlabeled images in ``config.data``.
+
+    Every epoch writes a checkpoint (model, optimizer, scaler, queue, epoch, iteration, RNG
+    states, resolved config, git sha) and reports the metrics in :data:`METRIC_NAMES`; the last
+    epoch's checkpoint also holds the exported backbone (``backbone.safetensors`` + ``.json``).
+    Resumes from ``reporter.restore_dir()`` when set; stops after a report when
+    ``reporter.should_stop()``.
+
+    Args:
+        config: the run's configuration.
+        reporter: receives metrics and checkpoints each epoch.
+        progress: show a progress bar over each epoch's batches.
+
+    Returns:
+        The metrics of the last epoch trained.
+    """
+    rank, world_size, created_group = _process_group()
+    try:
+        return _train(config, reporter, progress, rank, world_size)
+    finally:
+        if created_group:
+            dist.destroy_process_group()
+
+
+def _train(config: SwAVConfig, reporter: Reporter, progress: bool, rank: int, world_size: int) -> dict[str, float]:
+    device = default_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    seed_everything(config.seed)  # same initial weights on every process (DDP also broadcasts them)
+    dataset = UnlabeledImages(config.data)
+    per_process = len(epoch_indices(len(dataset), config.seed, 0, rank, world_size, config.max_images))
+    iters_per_epoch = per_process // config.batch_size
+    if iters_per_epoch == 0:
+        raise DatasetError(
+            f"{config.data}: {len(dataset)} images (max_images={config.max_images}) give no full batch of "
+            f"batch_size={config.batch_size} on each of {world_size} process(es); lower batch_size or add images"
+        )
+
+    core = SwAVModel(config.arch, config.norm, config.prototypes, config.feat_dim, config.hidden_dim)
+    if config.sync_bn and device.type == "cuda" and world_size > 1:
+        # Swaps the BatchNorm children in place; the root stays the SwAVModel.
+        core = nn.SyncBatchNorm.convert_sync_batchnorm(core)  # type: ignore[assignment]
+    core.to(device)
+    optimizer = build_optimizer(core, config)
+    scaler = grad_scaler(device, config.amp)
+    augment = MultiCropAugment(config.crops)
+    resolved = config_to_dict(config)
+    sha = git_sha()
+
+    start_epoch, iteration, queue, metrics = 0, 0, None, {}
+    restore = reporter.restore_dir()
+    if restore is not None:
+        start_epoch, iteration, queue, metrics = _restore(
+            Path(restore), core, optimizer, scaler, config, rank, world_size, device)
+
+    model: nn.Module = core
+    if world_size > 1:
+        model = DistributedDataParallel(core, device_ids=[device.index] if device.type == "cuda" else None)
+
+    for epoch in range(start_epoch, config.epochs):
+        if queue is None and config.queue_length > 0 and epoch >= config.queue_start_epoch:
+            queue = _make_queue(config, world_size, device)
+        indices = epoch_indices(len(dataset), config.seed, epoch, rank, world_size, config.max_images)
+        loader = make_loader(dataset, indices, config, epoch, pin_memory=device.type == "cuda")
+        generator = torch.Generator().manual_seed(derive_seed(config.seed, epoch, 2, rank))
+        started = time.perf_counter()
+        stats, iteration = train_one_epoch(
+            model, loader, augment, optimizer, scaler, queue, config, epoch, iteration,
+            iters_per_epoch, device, generator, progress=progress and rank == 0,
+        )
+        metrics = stats.metrics(time.perf_counter() - started, optimizer.param_groups[0]["lr"])
+        if stats.unreadable_total > 0 and rank == 0:
+            warn_skipped(stats.unreadable_total, config.data)
+
+        gathered_queue = _gather_queue(queue, world_size)
+        with tempfile.TemporaryDirectory(prefix="swav-ckpt-") as tmp:
+            checkpoint_dir = None
+            if rank == 0:
+                checkpoint_dir = Path(tmp)
+                save_checkpoint(checkpoint_dir, {
+                    "format": CHECKPOINT_FORMAT,
+                    "epoch": epoch + 1,
+                    "iteration": iteration,
+                    "model": core.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "queue": gathered_queue,
+                    "world_size": world_size,
+                    "rng": rng_state(),
+                    "config": resolved,
+                    "git_sha": sha,
+                    "metrics": metrics,
+                })
+                if epoch + 1 == config.epochs:
+                    # Training completed: the final checkpoint also carries the exported trunk.
+                    export_backbone(checkpoint_dir, core.trunk.state_dict(), {
+                        **resolved, "arch": config.arch, "norm": config.norm, "git_sha": sha,
+                        "metrics": metrics, "trainer": "swav",
+                    })
+            reporter.report(metrics, step=epoch + 1, checkpoint_dir=checkpoint_dir)
+        if reporter.should_stop():
+            break
+    return metrics
+
+
+__all__ = ["CHECKPOINT_FORMAT", "METRIC_NAMES", "EpochStats", "derive_seed", "epoch_indices", "make_loader",
+           "train", "train_one_epoch"]
