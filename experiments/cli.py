@@ -8,6 +8,7 @@
     ablate ui                                     the MLflow UI on the local store
     ablate report STUDY                           ablation tables and plots
     ablate register STUDY / models / pull NAME@champion --dest DIR
+    ablate server [--auth]                        the team's MLflow tracking server
 
 Bad input exits with code 2 and one line naming the file, the field and the fix.
 """
@@ -91,6 +92,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--host", default="127.0.0.1")
     _add_tracking(p)
+
+    from experiments.server import add_server_parser
+
+    add_server_parser(sub)
     return parser
 
 
@@ -174,11 +179,12 @@ def default_space(name: str) -> Path:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from experiments.launch import LaunchOptions, launch
-    from experiments.tracking import default_tracking_uri, redact_uri
+    from experiments.redaction import redact
+    from experiments.tracking import default_tracking_uri
 
     space = Path(args.space) if args.space else default_space("smoke.yaml")
     uri = args.tracking_uri or default_tracking_uri()
-    print(f"ablate demo: launching {space} (tracking store {redact_uri(uri)})", flush=True)
+    print(f"ablate demo: launching {space} (tracking store {redact(uri)})", flush=True)
     result = launch(space, LaunchOptions(tracking_uri=uri))
     print()
     print("next steps:")
@@ -216,16 +222,17 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from experiments.tracking import DEFAULT_STORE_DIR, artifact_root_for, default_tracking_uri, redact_uri
+    from experiments.redaction import redact
+    from experiments.tracking import artifact_root_for, default_tracking_uri
 
     uri = args.tracking_uri or default_tracking_uri()
     if uri.startswith("http"):
-        return _fail(f"--tracking-uri {redact_uri(uri)} is already a server: open it in a browser")
+        return _fail(f"--tracking-uri {redact(uri)} is already a server: open it in a browser")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
     root = artifact_root_for(uri)
     if root:
         cmd += ["--default-artifact-root", root]
-    print(f"MLflow UI on http://{args.host}:{args.port} (store {redact_uri(uri)}; Ctrl-C to stop)", flush=True)
+    print(f"MLflow UI on http://{args.host}:{args.port} (store {redact(uri)}; Ctrl-C to stop)", flush=True)
     os.execv(sys.executable, cmd)
     return 0  # not reached
 
@@ -236,14 +243,26 @@ def quiet_libraries() -> None:
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # no "View run at <URI>" lines
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
+def keep_credentials_out_of_uris(args: argparse.Namespace) -> None:
+    """``http://user:pw@host`` -> MLflow's username/password variables + a clean URI, before any use of it."""
+    from experiments.redaction import use_uri_credentials
+
+    if getattr(args, "tracking_uri", None):
+        args.tracking_uri = use_uri_credentials(args.tracking_uri)
+    elif os.environ.get("MLFLOW_TRACKING_URI"):
+        os.environ["MLFLOW_TRACKING_URI"] = use_uri_credentials(os.environ["MLFLOW_TRACKING_URI"])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     quiet_libraries()
+    keep_credentials_out_of_uris(args)
     try:
         if args.command == "data":
             return cmd_data_sample(args)
@@ -257,6 +276,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_ui(args)
         if args.command in ("report", "register", "models", "pull"):
             return cmd_results(args)
+        if args.command == "server":
+            from experiments.server import cmd_server
+
+            return cmd_server(args)
     except KeyboardInterrupt:
         print("\nablate: interrupted; run the same command again (or `ablate launch --resume`) to continue", file=sys.stderr)
         return 130

@@ -32,11 +32,13 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TextIO
 
 from experiments import spaces
-from experiments.spaces import DATA_PATH_KEYS, FinetuneTrial, Plan, PretrainTrial, SpaceError, StudySpec
+from experiments.spaces import DATA_PATH_KEYS, Plan, SpaceError, StudySpec
 from experiments.tracking import (
     DEFAULT_STORE_DIR, TAG_CHECKPOINT, TAG_ERROR, TAG_GIT, TAG_HASH, TAG_LAUNCH, TAG_NAME, TAG_PRUNE_REASON,
-    TAG_PRUNED, TAG_SEED, TAG_STAGE, TAG_TRIAL, TAG_UPSTREAM, Tracker, default_tracking_uri, flatten_params, redact_uri,
+    TAG_PRUNED, TAG_SEED, TAG_STAGE, TAG_TRIAL, TAG_UPSTREAM, Tracker, default_tracking_uri, flatten_params,
 )
+from experiments.redaction import redact, use_uri_credentials
+from experiments.server import configure_client_retries
 from trainers.common import git_sha
 
 STAGE_PRETRAIN, STAGE_FINETUNE = "pretrain", "finetune"
@@ -389,7 +391,8 @@ class Launcher:
         self.options = options
         self.spec = spaces.load_space(space, name=options.name)
         self.store_dir = DEFAULT_STORE_DIR.resolve()
-        self.tracking_uri = options.tracking_uri or default_tracking_uri(DEFAULT_STORE_DIR)
+        configure_client_retries()  # ride out a tracking-server restart instead of losing metrics
+        self.tracking_uri = use_uri_credentials(options.tracking_uri or default_tracking_uri(DEFAULT_STORE_DIR))
         storage = options.storage_path or os.environ.get("ABLATE_STORAGE_PATH") or str(self.store_dir / "ray")
         self.storage = storage
         self.local_storage = Path(storage) if "://" not in storage else self.store_dir / "cache"
@@ -433,7 +436,7 @@ class Launcher:
         pruned_before = [h for h, r in pre_runs.items() if r.data.tags.get(TAG_PRUNED) == "true"]
         if self.options.dry_run:
             print(spaces.format_plan(plan, reused, pruned_before), file=self.options.out)
-            print(f"\n(dry run: nothing trained; tracking store {redact_uri(self.tracking_uri)})", file=self.options.out)
+            print(f"\n(dry run: nothing trained; tracking store {redact(self.tracking_uri)})", file=self.options.out)
             return LaunchResult(self.spec.name, None, [], 0, plan)
 
         self.parent_run_id = self._parent_run(plan)
@@ -721,7 +724,7 @@ class Launcher:
         last = error.strip().splitlines()[-1] if error.strip() else "unknown error"
         self.outcomes[h] = TrialOutcome(stage, p["name"], h, run_id, "failed", self.metrics.get(h, {}),
                                         self.epochs_of(trial), p["epochs"], last)
-        self.say(f"{stage:8} FAILED  {p['name']}: {last}")
+        self.say(f"{stage:8} FAILED  {p['name']}: {redact(last)}")
 
     @staticmethod
     def epochs_of(trial: Any) -> int:

@@ -53,8 +53,9 @@ import numpy as np
 import yaml
 
 from experiments.pyfunc_models import BACKBONE_CODE, DETECTOR_CODE
+from experiments.redaction import redact
 from experiments.tracking import (
-    TAG_ERROR, TAG_GIT, TAG_HASH, TAG_NAME, TAG_PRUNED, TAG_SEED, TAG_STAGE, TAG_UPSTREAM, redact_uri,
+    TAG_ERROR, TAG_GIT, TAG_HASH, TAG_NAME, TAG_PRUNED, TAG_SEED, TAG_STAGE, TAG_UPSTREAM,
 )
 
 CHAMPION = "champion"
@@ -122,7 +123,7 @@ def check_store(tracking_uri: str, error: type[ValueError] = RegistryError) -> N
     if tracking_uri.startswith("sqlite:///"):
         db = Path(tracking_uri[len("sqlite:///"):])
         if not db.is_file():
-            raise error(f"no MLflow store at {db} (tracking URI {redact_uri(tracking_uri)}); "
+            raise error(f"no MLflow store at {db} (tracking URI {redact(tracking_uri)}); "
                         "run `ablate launch` first or pass --tracking-uri")
     elif tracking_uri.startswith(("http://", "https://")):
         url = tracking_uri.rstrip("/") + "/health"
@@ -133,7 +134,7 @@ def check_store(tracking_uri: str, error: type[ValueError] = RegistryError) -> N
             return  # it answered: a proxy or auth layer may refuse /health, the API calls will tell
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise error(f"tracking server {redact_uri(tracking_uri)} is unreachable ({reason}); "
+            raise error(f"tracking server {redact(tracking_uri)} is unreachable ({reason}); "
                         "start it (docker compose up) or check --tracking-uri") from exc
 
 
@@ -170,9 +171,9 @@ def store_errors(tracking_uri: str, what: str, error: type[ValueError] = Registr
     except error:
         raise
     except MlflowException as exc:
-        raise error(one_line(f"{what} ({redact_uri(tracking_uri)}) failed: {exc.message}")) from exc
+        raise error(one_line(f"{what} ({redact(tracking_uri)}) failed: {exc.message}")) from exc
     except (SQLAlchemyError, RequestException, OSError) as exc:  # a database or server that went away, a full disk
-        raise error(one_line(f"{what} ({redact_uri(tracking_uri)}) failed: {type(exc).__name__}: {exc}")) from exc
+        raise error(one_line(f"{what} ({redact(tracking_uri)}) failed: {type(exc).__name__}: {exc}")) from exc
 
 
 @contextlib.contextmanager
@@ -482,7 +483,7 @@ def register_best(tracking_uri: str, study: str, metric: str = DEFAULT_METRIC) -
         experiment = client.get_experiment_by_name(study)
         if experiment is None or experiment.lifecycle_stage == "deleted":
             names = sorted(e.name for e in client.search_experiments())
-            raise RegistryError(f"no study {study!r} in {redact_uri(tracking_uri)}; studies: {', '.join(names) or 'none'}")
+            raise RegistryError(f"no study {study!r} in {redact(tracking_uri)}; studies: {', '.join(names) or 'none'}")
         candidates = eligible_runs(client, experiment.experiment_id, metric)
         if not candidates:
             raise RegistryError(f"study {study!r} has no finished, unpruned fine-tuning run with a finite {metric}; "
@@ -555,7 +556,7 @@ def list_models(tracking_uri: str) -> str:
                     time.strftime("%Y-%m-%d %H:%M", time.localtime((v.creation_timestamp or 0) / 1000)),
                 ])
     if not rows:
-        return f"no registered models in {redact_uri(tracking_uri)} (run `ablate register STUDY` after a launch)"
+        return f"no registered models in {redact(tracking_uri)} (run `ablate register STUDY` after a launch)"
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths)).rstrip(),
              "  ".join("-" * w for w in widths)]
@@ -714,7 +715,7 @@ def model_card(name: str, version: Any, aliases: Sequence[str], kind: str, dest:
     metric_keys = sorted(k for k in tags if k.startswith(("det/", "swav/", DOWNSTREAM_PREFIX + "det/")))
     lines = [f"# {name} v{version.version}" + (f" ({', '.join(aliases)})" if aliases else ""), ""]
     lines.append(f"{kind.capitalize()} registered from study `{tags.get(TAG_STUDY, '?')}` "
-                 f"({redact_uri(tracking_uri)}); trial `{tags.get(TAG_NAME, '?')}`.")
+                 f"({redact(tracking_uri)}); trial `{tags.get(TAG_NAME, '?')}`.")
     lines += ["", "## Metrics", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(tags[k])} |" for k in metric_keys] or ["| - | - |"]
     if kind == BACKBONE:

@@ -43,10 +43,10 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from experiments.registry import check_store, store_errors
+from experiments.redaction import redact
 from experiments.spaces import NON_RESULT_FIELDS
 from experiments.tracking import (
-    TAG_ERROR, TAG_HASH, TAG_NAME, TAG_PRUNE_REASON, TAG_PRUNED, TAG_SEED, TAG_STAGE, TAG_UPSTREAM,
-    flatten_params, redact_uri,
+    TAG_ERROR, TAG_HASH, TAG_NAME, TAG_PRUNE_REASON, TAG_PRUNED, TAG_SEED, TAG_STAGE, TAG_UPSTREAM, flatten_params,
 )
 
 FORMATS = ("table", "md", "csv", "json")
@@ -206,7 +206,7 @@ def collect(tracking_uri: str, study: str) -> StudyRuns:
         experiment = client.get_experiment_by_name(study)
         if experiment is None or experiment.lifecycle_stage == "deleted":
             names = sorted(e.name for e in client.search_experiments() if e.name != "Default")
-            raise ReportError(f"no study {study!r} in {redact_uri(tracking_uri)}; studies: {', '.join(names) or 'none'}")
+            raise ReportError(f"no study {study!r} in {redact(tracking_uri)}; studies: {', '.join(names) or 'none'}")
         found = _search_all(client, experiment.experiment_id)
     trials, launches = [], []
     for r in found:

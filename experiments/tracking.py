@@ -18,10 +18,11 @@ import os
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
-from urllib.parse import urlsplit, urlunsplit
 
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag, ViewType
 from mlflow.tracking import MlflowClient
+
+from experiments.redaction import redact, scrub_mapping
 
 DEFAULT_STORE_DIR = Path("mlruns")
 MAX_METRICS_PER_BATCH = 1000  # mlflow.utils.validation limits
@@ -52,18 +53,6 @@ def default_tracking_uri(store_dir: Path = DEFAULT_STORE_DIR) -> str:
     store_dir = store_dir.resolve()
     store_dir.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{store_dir / 'mlflow.db'}"
-
-
-def redact_uri(uri: str) -> str:
-    """The URI with any password replaced by ``***`` (safe to print or log)."""
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return uri
-    if parts.password is None:
-        return uri
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def artifact_root_for(tracking_uri: str) -> str | None:
@@ -118,7 +107,7 @@ class Tracker:
 
     def create_run(self, name: str, tags: Mapping[str, str], parent_run_id: str | None = None) -> str:
         """A new run (RUNNING); ``parent_run_id`` makes it a child in the UI."""
-        all_tags = {k: str(v) for k, v in tags.items()}
+        all_tags = scrub_mapping({k: str(v) for k, v in tags.items()})
         if parent_run_id:
             all_tags[PARENT_TAG] = parent_run_id
         run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
@@ -155,6 +144,7 @@ class Tracker:
 
     def log_params_tags(self, run_id: str, params: Mapping[str, str] = {}, tags: Mapping[str, str] = {}) -> None:
         """Params and tags in batches within MLflow's per-request limits. Params already logged are skipped."""
+        params, tags = scrub_mapping(params), scrub_mapping(tags)  # no credential is ever recorded
         existing = self.client.get_run(run_id).data.params if params else {}
         p = [Param(k, str(v)[:MAX_PARAM_VALUE]) for k, v in params.items() if k not in existing]
         t = [RunTag(k, str(v)) for k, v in tags.items()]
@@ -194,11 +184,11 @@ class Tracker:
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         """A text artifact (the space file, a resolved config)."""
-        self.client.log_text(run_id, text, artifact_file)
+        self.client.log_text(run_id, redact(text), artifact_file)
 
     def log_dataset(self, run_id: str, name: str, digest: str, source: str, context: str) -> None:
         """Record the data set as an MLflow input (name, digest, where it lives)."""
-        ds = Dataset(name=name, digest=digest, source_type="local", source=json.dumps({"uri": source}),
+        ds = Dataset(name=name, digest=digest, source_type="local", source=json.dumps({"uri": redact(source)}),
                      schema=None, profile=None)
         self.client.log_inputs(run_id, [DatasetInput(ds, [InputTag("mlflow.data.context", context)])])
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from experiments import redaction as R
 from experiments import server as S
 from trainers.checkpoints import (
     BACKBONE_CONFIG, BACKBONE_FORMAT, BACKBONE_WEIGHTS, STATE_JSON, STATE_TENSORS, load_backbone_weights,
@@ -190,8 +191,8 @@ def test_no_module_unpickles():
     ("s3://bucket/x?X-Amz-Security-Token=FwoGZXIvYXdzEBYaDH", "FwoGZXIvYXdzEBYaDH"),
 ])
 def test_redact_blanks_credentials(text, secret):
-    out = S.redact(text, use_env=False)
-    assert secret not in out and S.REDACTED in out
+    out = R.redact(text, use_env=False)
+    assert secret not in out and R.REDACTED in out
 
 
 @pytest.mark.parametrize("text", [
@@ -199,27 +200,27 @@ def test_redact_blanks_credentials(text, secret):
     "swav/loss 8.006 at epoch 3", "max_tokens=5", "wrong password for user admin", "s3://bucket/prefix",
 ])
 def test_redact_leaves_harmless_text(text):
-    assert S.redact(text, use_env=False) == text
+    assert R.redact(text, use_env=False) == text
 
 
 def test_redact_blanks_secret_env_values_anywhere(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "Zq9-env-secret")
     monkeypatch.setenv("HOME_DIR_NAME", "Zq9-not-a-secret")  # not secret-looking: kept
     text = "Traceback ... ConnectionError('auth failed for Zq9-env-secret'), url-encoded Zq9-env-secret; Zq9-not-a-secret"
-    out = S.redact(text)
+    out = R.redact(text)
     assert "Zq9-env-secret" not in out and "Zq9-not-a-secret" in out
-    assert S.redact("x Zq9-literal-1 y", extra_secrets=["Zq9-literal-1"], use_env=False) == "x *** y"
+    assert R.redact("x Zq9-literal-1 y", extra_secrets=["Zq9-literal-1"], use_env=False) == "x *** y"
 
 
 def test_scrub_mapping():
     params = {"pretrain.arch": "resnet18", "pretrain.epochs": 3, "db_password": "pw-123456", "api_token": "",
               "storage_path": "s3://key:s3cr3t-val@bucket/x", "nested": {"token": "tok-123456", "ok": ["a", 1]},
               "swav/max_tokens": "7", "lr": 0.1}
-    out = S.scrub_mapping(params)
+    out = R.scrub_mapping(params)
     assert out["pretrain.arch"] == "resnet18" and out["pretrain.epochs"] == 3 and out["lr"] == 0.1
-    assert out["db_password"] == S.REDACTED and out["api_token"] == ""  # an empty secret stays visibly empty
+    assert out["db_password"] == R.REDACTED and out["api_token"] == ""  # an empty secret stays visibly empty
     assert out["storage_path"] == "s3://key:***@bucket/x"
-    assert out["nested"] == {"token": S.REDACTED, "ok": ["a", 1]}
+    assert out["nested"] == {"token": R.REDACTED, "ok": ["a", 1]}
     assert out["swav/max_tokens"] == "7"
     assert params["db_password"] == "pw-123456"  # the input is not modified
 
@@ -235,11 +236,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _files_containing(root: Path, needles: list[bytes]) -> list[str]:
+def _files_containing(root: Path, needles: dict[str, bytes]) -> list[str]:
+    """``path contains LABEL`` for every file under ``root`` holding one of the byte strings."""
     hits = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         data = path.read_bytes()
-        hits += [f"{path.relative_to(root)} contains {n!r}" for n in needles if n in data]
+        hits += [f"{path.relative_to(root)} contains {label}" for label, n in needles.items() if n in data]
     return hits
 
 
@@ -280,13 +282,15 @@ def test_launch_leaves_no_password_in_the_store(tmp_path, monkeypatch):
         exp = client.get_experiment_by_name("secrets")
         runs = client.search_runs([exp.experiment_id])
         assert len(runs) >= 2  # the launch's parent run and at least one trial reached the server
-    needles = [password.encode(), base64.b64encode(f"admin:{password}".encode())]
+    needles = {"the password": password.encode(),
+               "a Basic auth header": base64.b64encode(f"admin:{password}".encode())}
     assert (store / "mlflow.db").is_file() and any((store / "artifacts").rglob("*"))
-    leaks = _files_containing(store, needles)  # the backend database (+ WAL) and every artifact
-    assert not leaks, "the password reached the tracking store:\n" + "\n".join(leaks)
-    # the launch's own files: Ray storage (trial configs, checkpoints), the Optuna database
-    local = _files_containing(work, needles)
-    assert not local, "the password reached the launch's local storage:\n" + "\n".join(local)
-    printed = [line.replace(password, "<PASSWORD>") for line in out.splitlines() if password in line]
-    assert not printed, "the launch printed the password:\n" + "\n".join(printed[:5])
-    assert password not in (tmp_path / "server.log").read_text()
+    problems = []
+    # the tracking store: the backend database (+ WAL) and every artifact
+    problems += [f"tracking store: {hit}" for hit in _files_containing(store, needles)]
+    # the launch's own files: Ray storage (tuner.pkl, trial configs, checkpoints), the Optuna database
+    problems += [f"launch storage: {hit}" for hit in _files_containing(work, needles)]
+    problems += [f"printed: {line.replace(password, '<PASSWORD>')}" for line in out.splitlines() if password in line][:5]
+    if password in (tmp_path / "server.log").read_text():
+        problems.append("the server log holds the password")
+    assert not problems, "the password leaked:\n" + "\n".join(problems)

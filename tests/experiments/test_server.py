@@ -20,13 +20,13 @@ import socket
 import time
 import traceback
 import uuid
-from pathlib import Path
 
 import pytest
 import requests
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
+from experiments import redaction as R
 from experiments import server as S
 
 PG_ADMIN_URL = os.environ.get("ABLATE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -74,7 +74,7 @@ def make_pg_database():
     try:
         conn = psycopg.connect(**{k: v for k, v in info.items() if v is not None}, connect_timeout=3, autocommit=True)
     except Exception as exc:  # noqa: BLE001 - any connection failure means "not here"
-        _unavailable(f"PostgreSQL not reachable at {S.redact(PG_ADMIN_URL)}: {exc}")
+        _unavailable(f"PostgreSQL not reachable at {R.redact(PG_ADMIN_URL)}: {exc}")
     created: list[str] = []
     base = PG_ADMIN_URL.rsplit("/", 1)[0]
 
@@ -197,6 +197,33 @@ def test_port_in_use_is_refused(tmp_path):
         busy.listen()
         with pytest.raises(S.ServerConfigError, match="in use"):
             S.start_server(f"sqlite:///{tmp_path}/mlflow.db", port=busy.getsockname()[1])
+
+
+def _fake_server(tmp_path, code: str) -> S.ServerHandle:
+    """A ServerHandle around a stand-in process (no MLflow): exercises readiness, logs and stopping."""
+    import subprocess
+    import sys
+
+    settings = S.ServerSettings(f"sqlite:///{tmp_path}/mlflow.db", port=free_port())
+    proc = subprocess.Popen([sys.executable, "-u", "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    return S.ServerHandle(settings, proc, None, tmp_path / "server.log", None, extra_secrets=["Hidden-Pass-123"])
+
+
+def test_not_ready_in_time_reports_the_log_and_stops(tmp_path):
+    handle = _fake_server(tmp_path, "print('starting with Hidden-Pass-123', flush=True); import time; time.sleep(60)")
+    with pytest.raises(S.ServerError, match=r"did not answer .*/health within 1 s") as info:
+        S.wait_healthy(handle, timeout_s=1)
+    assert "starting with ***" in str(info.value) and "Hidden-Pass-123" not in str(info.value)
+    assert not handle.alive()
+    assert "starting with ***" in (tmp_path / "server.log").read_text()
+
+
+def test_early_exit_reports_the_exit_code_and_log(tmp_path):
+    handle = _fake_server(tmp_path, "import sys; print('Error initializing backend store'); sys.exit(3)")
+    with pytest.raises(S.ServerError, match="exited with code 3") as info:
+        S.wait_healthy(handle, timeout_s=60)
+    assert "Error initializing backend store" in str(info.value)
 
 
 def test_configure_client_retries_keeps_user_values(monkeypatch):
