@@ -389,6 +389,7 @@ class Launcher:
 
     def __init__(self, space: str | Path, options: LaunchOptions) -> None:
         self.options = options
+        _ray_token_mode(options.address or os.environ.get("RAY_ADDRESS"))  # before anything imports ray
         self.spec = spaces.load_space(space, name=options.name)
         self.store_dir = DEFAULT_STORE_DIR.resolve()
         configure_client_retries()  # ride out a tracking-server restart instead of losing metrics
@@ -765,6 +766,19 @@ class Launcher:
             self.say(message)
         except Exception as exc:  # noqa: BLE001 - a registry problem must not hide the results
             self.say(f"registry: could not register the best model: {exc}")
+
+
+def _ray_token_mode(address: str | None) -> None:
+    """Present the cluster's token when joining an existing Ray cluster.
+
+    `ray start --head` enables token authentication and writes the token to ~/.ray/auth_token; a
+    driver sends it only in token mode, which Ray reads when it is imported.
+    """
+    if not address or "RAY_AUTH_MODE" in os.environ:
+        return
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def format_summary(outcomes: Sequence[TrialOutcome], counts: Mapping[str, float]) -> str:

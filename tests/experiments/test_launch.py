@@ -229,3 +229,30 @@ def test_collapsed_pretraining_is_pruned_and_gets_no_finetuning(tmp_path):
     assert parent.data.metrics["launch/trials_pruned"] == 1
     assert parent.data.metrics["launch/finetune_skipped"] == 1
     assert parent.data.metrics["launch/pruned_epochs_saved"] == 3
+
+
+@pytest.mark.slow
+def test_launch_against_a_ray_head_by_address(tmp_path):
+    """`ablate launch --address` on a cluster started with `ray start --head` (loopback, token auth)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    env = {**os.environ}
+    env.pop("RAY_ADDRESS", None)
+    start = subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                            "--node-ip-address=127.0.0.1", "--disable-usage-stats"],
+                           capture_output=True, text=True, timeout=180, env=env)
+    assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
+    try:
+        space = tiny_space(tmp_path, "head_study", pretrain_epochs=1)
+        proc = run_cli(["launch", str(space), "--address", f"127.0.0.1:{port}"], tmp_path)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, timeout=120)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    runs = runs_of(client, "head_study")
+    assert {r.data.tags[T.TAG_STAGE] for r in runs} == {"launch", "pretrain", "finetune"}
+    assert all(r.info.status == "FINISHED" for r in runs)
