@@ -45,6 +45,7 @@ STAGE_PRETRAIN, STAGE_FINETUNE = "pretrain", "finetune"
 # The key metric shown in progress lines and summaries, per stage.
 KEY_METRIC = {STAGE_PRETRAIN: "swav/loss_over_ln_k", STAGE_FINETUNE: "det/AP50"}
 ARTIFACTS_SUBDIR = "artifacts"  # files a trainer passed to report(), carried inside the checkpoint
+CANDIDATE_KEY = "candidate"  # in `tpe` mode: which backbone x cell x seed a sampled trial fine-tunes
 
 
 class LaunchError(RuntimeError):
@@ -271,11 +272,22 @@ def _run_ddp(stage: str, cfg: dict[str, Any], workers: int, reporter: TuneReport
                 p.terminate()
 
 
-def run_trial(config: dict[str, Any]) -> None:
-    """The Ray Tune function trainable of both stages (``config = {"trial": {...}}``)."""
+def sampled_payload(config: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """A `tpe` trial: the candidate cell (backbone x fine-tuning cell x seed) Optuna picked, with its sampled values."""
+    base = candidates[int(config[CANDIDATE_KEY])]
+    sampled = {k: v for k, v in config.items() if k != CANDIDATE_KEY}
+    return {**base, "config": {**base["config"], **sampled}, "sampled": sampled}
+
+
+def run_trial(config: dict[str, Any], candidates: Sequence[Mapping[str, Any]] = ()) -> None:
+    """The Ray Tune function trainable of both stages.
+
+    Grid trials carry their payload (``config = {"trial": {...}}``); `tpe` trials carry the
+    candidate index and the sampled values, resolved with :func:`sampled_payload`.
+    """
     from trainers.common import config_from_dict
 
-    trial = config["trial"]
+    trial = config["trial"] if "trial" in config else sampled_payload(config, candidates)
     reporter = TuneReporter(trial.get("restore"))
     workers = int(trial.get("workers", 1))
     if workers > 1:
@@ -296,10 +308,11 @@ def _make_callback_class():
     class DriverCallback(tune.Callback):
         """Writes every Tune event of a stage to MLflow and prints progress."""
 
-        def __init__(self, launcher: "Launcher", stage: str, trials: Mapping[str, dict[str, Any]]) -> None:
+        def __init__(self, launcher: "Launcher", stage: str, trials: dict[str, dict[str, Any]], total: int) -> None:
             self.launcher = launcher
             self.stage = stage
             self.trials = trials  # config hash -> trial payload (name, epochs, restore, config)
+            self.total = total
             self.started = time.time()
             self.last_status = 0.0
             self.state: dict[str, str] = {}  # config hash -> running | done | pruned | failed
@@ -308,7 +321,11 @@ def _make_callback_class():
             self.last_epoch_at: dict[str, float] = {}
 
         def _payload(self, trial: Any) -> dict[str, Any]:
-            return trial.config["trial"]
+            if "trial" in trial.config:
+                return trial.config["trial"]
+            p = self.launcher.sampled_trial(trial)
+            self.trials.setdefault(p["config_hash"], p)
+            return p
 
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             p = self._payload(trial)
@@ -370,7 +387,7 @@ def _make_callback_class():
                 return
             self.last_status = now
             counts = {s: list(self.state.values()).count(s) for s in ("running", "done", "pruned", "failed")}
-            total = len(self.trials)
+            total = self.total
             pending = total - sum(counts.values())
             remaining = sum(max(0, p["epochs"] - self.epochs.get(h, 0)) for h, p in self.trials.items()
                             if self.state.get(h, "pending") in ("running", "pending"))
@@ -554,22 +571,33 @@ class Launcher:
             self.run_ids[h] = self.pending_runs.pop(h)()
         return self.run_ids[h]
 
-    def _tune(self, stage: str, payloads: dict[str, dict[str, Any]], scheduler: Any) -> None:
+    def _tune(self, stage: str, payloads: dict[str, dict[str, Any]], scheduler: Any,
+              candidates: Sequence[dict[str, Any]] = ()) -> None:
+        """One Ray Tune stage: a grid over ``payloads``, or (`tpe`) Optuna samples over ``candidates``."""
         from ray import tune
 
-        if not payloads:
+        if not payloads and not candidates:
             return
         res = self.spec.pretrain.resources if stage == STAGE_PRETRAIN else self.spec.finetune.resources
         # A DDP trial's processes all live in the trial's bundle: ask for the CPUs/GPUs of every worker.
         resources = {"cpu": res.cpu * res.workers, "gpu": res.gpu * res.workers}
-        callback = _make_callback_class()(self, stage, payloads)
+        search_alg, num_samples = None, 1
+        if candidates:
+            param_space, search_alg = self._tpe_space(candidates)
+            num_samples = int(self.spec.search["num_samples"])
+            trainable = tune.with_parameters(run_trial, candidates=list(candidates))
+        else:
+            param_space = {"trial": tune.grid_search(list(payloads.values()))}
+            trainable = run_trial
+        callback = _make_callback_class()(self, stage, dict(payloads), len(payloads) or num_samples)
         tuner = tune.Tuner(
-            tune.with_resources(run_trial, resources),
-            param_space={"trial": tune.grid_search(list(payloads.values()))},
+            tune.with_resources(trainable, resources),
+            param_space=param_space,
             tune_config=tune.TuneConfig(
-                max_concurrent_trials=self.max_concurrent, scheduler=scheduler,
-                trial_name_creator=lambda t: f"{stage}_{t.config['trial']['config_hash']}",
-                trial_dirname_creator=lambda t: f"{stage}_{t.config['trial']['config_hash']}_{t.trial_id}",
+                max_concurrent_trials=self.max_concurrent, scheduler=scheduler, search_alg=search_alg,
+                num_samples=num_samples,
+                trial_name_creator=lambda t: f"{stage}_{t.trial_id}",
+                trial_dirname_creator=lambda t: f"{stage}_{t.trial_id}",
             ),
             run_config=tune.RunConfig(
                 name=f"{self.spec.name}-{stage}-{self.launch_id}", storage_path=self.storage,
@@ -579,6 +607,49 @@ class Launcher:
             ),
         )
         tuner.fit()
+
+    def _tpe_space(self, candidates: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], Any]:
+        """Ray's search space for `tpe` mode and the OptunaSearch that samples it (TPE, in our Optuna DB)."""
+        import optuna
+        from ray import tune
+        from ray.tune.search.optuna import OptunaSearch
+
+        space: dict[str, Any] = {CANDIDATE_KEY: tune.choice(list(range(len(candidates))))}
+        for name, dist in self.spec.finetune.distributions.items():
+            lo_hi = dist.args
+            space[name] = {"choice": lambda: tune.choice(list(lo_hi)), "uniform": lambda: tune.uniform(*lo_hi),
+                           "loguniform": lambda: tune.loguniform(*lo_hi),
+                           "int": lambda: tune.randint(int(lo_hi[0]), int(lo_hi[1]) + 1)}[dist.kind]()
+        search = OptunaSearch(
+            metric=self.spec.search["metric"], mode=self.spec.search["mode"],
+            sampler=optuna.samplers.TPESampler(seed=self.spec.seeds[0]),
+            storage=optuna.storages.RDBStorage(self.optuna_storage), study_name=self._optuna_study(STAGE_FINETUNE),
+        )
+        return space, search
+
+    def _optuna_study(self, stage: str) -> str:
+        # tpe: one Optuna study per launch (its sampler learns from this launch's trials); grid: per study
+        if stage == STAGE_FINETUNE and self.spec.search["kind"] == "tpe":
+            return f"{self.spec.name}-{stage}-{self.launch_id}"
+        return f"{self.spec.name}-{stage}"
+
+    def sampled_trial(self, trial: Any) -> dict[str, Any]:
+        """The payload of a `tpe` trial (driver side): identity, name and MLflow run of the sampled config."""
+        cached = self._sampled.get(trial.trial_id)
+        if cached is not None:
+            return cached
+        p = sampled_payload(trial.config, self._candidates)
+        cfg = {k: v for k, v in p["config"].items() if k != "backbone"}
+        h = spaces.finetune_hash(cfg, self._fingerprint, p["upstream_hash"])
+        # the name shows the values actually trained (a sampled head or norm replaces the cell's)
+        in_name = {"norm", "head", "lr_scheme", "seed"}
+        shown = ", ".join(f"{k}={spaces.fmt_value(v)}" for k, v in sorted(p["sampled"].items()) if k not in in_name)
+        name = spaces.finetune_name(p["config"], p["backbone_name"], p["seed"]) + (f" · {shown}" if shown else "")
+        p = {**p, "config_hash": h, "name": name}
+        if h not in self.run_ids and h not in self.pending_runs:
+            self._plan_child(STAGE_FINETUNE, name, h, cfg, None, p["extra"], p["tags"], p["dataset"])
+        self._sampled[trial.trial_id] = p
+        return p
 
     def _stage_pretrain(self, plan: Plan, existing: dict[str, Any]) -> dict[str, str]:
         """Stage 1. Returns config hash -> local folder of the exported backbone, for every survivor."""
@@ -624,6 +695,9 @@ class Launcher:
 
     def _stage_finetune(self, plan: Plan, existing: dict[str, Any], survivors: dict[str, str]) -> None:
         payloads: dict[str, dict[str, Any]] = {}
+        candidates: list[dict[str, Any]] = []
+        tpe = self.spec.search["kind"] == "tpe"
+        dataset = ("-labeled", plan.data_fingerprint, self.data_paths["train_annotations"], "training")
         pre_by_hash = {t.config_hash: t for t in plan.pretrain}
         for t in plan.finetune:
             upstream = self.outcomes.get(t.upstream_hash) if t.upstream_hash else None
@@ -633,7 +707,7 @@ class Launcher:
                                                             reason=f"backbone {why}")
                 continue
             run = existing.get(t.config_hash)
-            if run is not None and run.info.status == "FINISHED":
+            if not tpe and run is not None and run.info.status == "FINISHED":
                 self.outcomes[t.config_hash] = TrialOutcome(STAGE_FINETUNE, t.name, t.config_hash, run.info.run_id,
                                                             "reused", _last_metrics(run), reason="finished earlier")
                 self.say(f"finetune reused  {t.name} (run {run.info.run_id[:8]})")
@@ -645,12 +719,18 @@ class Launcher:
                 tags[TAG_UPSTREAM] = upstream.run_id if upstream else ""
             else:
                 tags[TAG_UPSTREAM] = "scratch"
-            restore = self._plan_child(STAGE_FINETUNE, t.name, t.config_hash, t.config, run, extra, tags,
-                                       ("-labeled", plan.data_fingerprint, self.data_paths["train_annotations"], "training"))
-            payloads[t.config_hash] = {"stage": STAGE_FINETUNE, "config": config, "config_hash": t.config_hash,
-                                       "name": t.name, "restore": restore,
-                                       "epochs": int(t.config["epochs"]), "workers": self.spec.finetune.resources.workers}
-        self._tune(STAGE_FINETUNE, payloads, self._scheduler(STAGE_FINETUNE))
+            payload = {"stage": STAGE_FINETUNE, "config": config, "config_hash": t.config_hash, "name": t.name,
+                       "epochs": int(t.config["epochs"]), "workers": self.spec.finetune.resources.workers}
+            if tpe:  # sampled later: the run is made when Optuna has chosen the values
+                candidates.append({**payload, "restore": None, "upstream_hash": t.upstream_hash, "extra": extra,
+                                   "tags": tags, "dataset": dataset, "backbone_name": t.backbone_name,
+                                   "seed": t.seed})
+                continue
+            payload["restore"] = self._plan_child(STAGE_FINETUNE, t.name, t.config_hash, t.config, run, extra, tags,
+                                                  dataset)
+            payloads[t.config_hash] = payload
+        self._candidates, self._fingerprint, self._sampled = candidates, plan.data_fingerprint, {}
+        self._tune(STAGE_FINETUNE, payloads, self._scheduler(STAGE_FINETUNE), candidates)
 
     def _scheduler(self, stage: str) -> Any:
         from optuna.pruners import NopPruner
@@ -661,9 +741,12 @@ class Launcher:
         if isinstance(pruner, NopPruner):
             return None
         metric, direction = STAGE_OBJECTIVES[stage]
+        shared = stage == STAGE_FINETUNE and self.spec.search["kind"] == "tpe"  # the trials OptunaSearch opened
         scheduler = OptunaPruningScheduler(
-            storage_url=self.optuna_storage, study_name=f"{self.spec.name}-{stage}", pruner=pruner,
-            metric_key=metric, direction=direction, param_prefix="trial.config.", step_key="epoch",
+            storage_url=self.optuna_storage, study_name=self._optuna_study(stage), pruner=pruner,
+            metric_key=self.spec.search["metric"] if shared else metric, direction=direction,
+            param_prefix="" if shared else "trial.config.", step_key="training_iteration" if shared else "epoch",
+            share_optuna_search=shared,
         )
         self._schedulers = getattr(self, "_schedulers", {})
         self._schedulers[stage] = scheduler
@@ -739,7 +822,8 @@ class Launcher:
         pruned = [o for o in outs if o.status == "pruned" and o.stage == STAGE_PRETRAIN]
         budget = sum(o.epochs_budget for o in pruned)
         ran = sum(o.epochs_run for o in pruned)
-        saved = {"launch/trials_planned": len(plan.pretrain) + len(plan.finetune),
+        n_finetune = int(self.spec.search["num_samples"]) if self.spec.search["kind"] == "tpe" else len(plan.finetune)
+        saved = {"launch/trials_planned": len(plan.pretrain) + n_finetune,
                  "launch/trials_run": count["done"] + count["pruned"] + count["failed"],
                  "launch/trials_reused": count["reused"], "launch/trials_pruned": count["pruned"],
                  "launch/trials_failed": count["failed"], "launch/finetune_skipped": count["skipped"],

@@ -143,6 +143,7 @@ class FinetuneTrial:
     seed: int
     config_hash: str
     name: str
+    backbone_name: str  # res50_ep200_p3000, or scratch_res50
 
 
 @dataclass
@@ -490,13 +491,12 @@ def expand(spec: StudySpec, data_fingerprint: str, data_paths: Mapping[str, str]
             bname = target.name if target else f"scratch_{str(cfg.get('arch')).replace('resnet', 'res')}"
             for seed in spec.seeds:
                 cfg_s = {**cfg, "seed": seed}
-                h = config_hash({k: v for k, v in cfg_s.items() if k not in NON_RESULT_FIELDS}, data_fingerprint,
-                                target.config_hash if target else BACKBONE_SCRATCH, "finetune")
+                h = finetune_hash(cfg_s, data_fingerprint, target.config_hash if target else None)
                 if h in seen:
                     continue
                 seen.add(h)
                 finetune.append(FinetuneTrial(cfg_s, target.config_hash if target else None, seed, h,
-                                              finetune_name(cfg_s, bname, seed)))
+                                              finetune_name(cfg_s, bname, seed), bname))
     return Plan(spec, data_fingerprint, backbones, finetune, excluded, requested)
 
 
@@ -543,6 +543,12 @@ def _unique_names(trials: list[PretrainTrial]) -> list[PretrainTrial]:
         seen[t.name] = seen.get(t.name, 0) + 1
     out = [dataclasses.replace(t, name=f"{t.name}_{t.config_hash[:6]}") if seen[t.name] > 1 else t for t in out]
     return out
+
+
+def finetune_hash(config: Mapping[str, Any], data_fingerprint: str, upstream_hash: str | None) -> str:
+    """The identity of a fine-tuning run: its resolved config, the data, and its backbone's identity."""
+    return config_hash({k: v for k, v in config.items() if k not in NON_RESULT_FIELDS}, data_fingerprint,
+                       upstream_hash or BACKBONE_SCRATCH, "finetune")
 
 
 def _default(stage: str, name: str) -> Any:

@@ -256,3 +256,29 @@ def test_launch_against_a_ray_head_by_address(tmp_path):
     runs = runs_of(client, "head_study")
     assert {r.data.tags[T.TAG_STAGE] for r in runs} == {"launch", "pretrain", "finetune"}
     assert all(r.info.status == "FINISHED" for r in runs)
+
+
+@pytest.mark.slow
+def test_tpe_search_samples_finetuning_with_optuna(tmp_path):
+    import optuna
+
+    space = tiny_space(tmp_path, "tpe_study", pretrain_epochs=1)
+    data = yaml.safe_load(space.read_text())
+    data["search"] = {"kind": "tpe", "num_samples": 2}
+    data["finetune"]["grid"] = {"base_lr": {"loguniform": [5, 40]}, "head": {"choice": ["mlp", "mlp_ln"]}}
+    space.write_text(yaml.safe_dump(data))
+    proc = run_cli(["launch", str(space)], tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    ft = runs_of(client, "tpe_study", "finetune")
+    assert len(ft) == 2 and all(r.info.status == "FINISHED" for r in ft)
+    for run in ft:
+        lr = float(run.data.params["finetune.base_lr"])
+        assert 5 <= lr <= 40 and run.data.params["finetune.head"] in ("mlp", "mlp_ln")
+        assert run.data.params["finetune.head"] in run.info.run_name  # the name shows what was trained
+    # the samples came from an Optuna study in the project's database (TPE sampler), one trial per run
+    storage = f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}"
+    studies = [s.study_name for s in optuna.get_all_study_summaries(storage) if s.study_name.startswith("tpe_study-finetune")]
+    assert len(studies) == 1
+    trials = optuna.load_study(study_name=studies[0], storage=storage).trials
+    assert len(trials) == 2 and all("base_lr" in t.params for t in trials)
