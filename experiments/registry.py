@@ -377,7 +377,9 @@ def _log_model(tracking_uri: str, client: Any, run: Any, spec: ModelKind, folder
         # the trial's run); end_run restores its terminal status.
         with mlflow.start_run(run_id=run.info.run_id, log_system_metrics=False):
             info = mlflow.pyfunc.log_model(
-                name=spec.kind, python_model=str(spec.code), artifacts={spec.kind: str(folder)},
+                # not named like the run's `<kind>/` artifact folder: MLflow lists a logged model's files
+                # under its name, and a clash makes `list_artifacts(run, "<kind>")` resolve the model instead
+                name=f"{spec.kind}_model", python_model=str(spec.code), artifacts={spec.kind: str(folder)},
                 code_paths=[str(TRAINERS_DIR)], signature=_signature(spec.kind, width), input_example=example,
                 pip_requirements=_requirements(), step=step,
                 metadata={"ablate_kind": spec.kind, "weights": f"artifacts/{spec.kind}/{spec.weights}"},

@@ -24,8 +24,8 @@ from trainers.checkpoints import export_backbone, load_checkpoint, sha256_file
 from trainers.common import NonFiniteLossError, config_from_dict, config_to_dict
 from trainers.data import CocoDetection, detection_collate
 from trainers.detection import (
-    DETECTOR_CONFIG, DETECTOR_WEIGHTS, FIGURE_FILE, METRIC_NAMES, PER_CLASS_FILE, BackboneLoadError, DetectionConfig,
-    build_box_head, build_detector, coco_eval, convert_norm, draw_detections, evaluate, load_detector, lr_factor,
+    DETECTOR_CONFIG, DETECTOR_WEIGHTS, FIGURE_FILE, METRIC_NAMES, PER_CLASS_FILE, SUMMARY_FILE, BackboneLoadError,
+    DetectionConfig, build_box_head, build_detector, coco_eval, convert_norm, draw_detections, evaluate, load_detector, lr_factor,
     param_groups, read_detector_config, train, train_one_epoch,
 )
 from trainers.reporting import InMemoryReporter
@@ -492,7 +492,7 @@ def test_train_evaluate_export_and_reload(sample_data: Any, backbones: dict[str,
     assert report.metrics["lr"] > 0
     assert final == {**report.metrics}
     artifacts = {p.name: p for p in report.artifacts}
-    assert set(artifacts) == {PER_CLASS_FILE, FIGURE_FILE}
+    assert set(artifacts) == {PER_CLASS_FILE, FIGURE_FILE, SUMMARY_FILE}
     per_class = json.loads(artifacts[PER_CLASS_FILE].read_text())["per_class_ap50"]
     assert [r["name"] for r in per_class] == ["disc", "square", "triangle"]
     with Image.open(artifacts[FIGURE_FILE]) as png:
