@@ -205,7 +205,8 @@ def _fluent_store(tracking_uri: str) -> Iterator[None]:
 # ---------------------------------------------------------------------------
 
 
-def _finite(value: Any) -> float | None:
+def finite_or_none(value: Any) -> float | None:
+    """``float(value)`` when that is a finite number, else None (missing, NaN, text)."""
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -216,12 +217,12 @@ def _finite(value: Any) -> float | None:
 def _score(values: Mapping[str, Any], metric: str, prefix: str = "") -> tuple[float, float]:
     """(metric, tie-break) for ranking; a missing or NaN value ranks lowest."""
     tie = TIE_BREAK_METRIC if metric != TIE_BREAK_METRIC else DEFAULT_METRIC
-    primary, secondary = _finite(values.get(prefix + metric)), _finite(values.get(prefix + tie))
+    primary, secondary = finite_or_none(values.get(prefix + metric)), finite_or_none(values.get(prefix + tie))
     return (primary if primary is not None else -math.inf, secondary if secondary is not None else -math.inf)
 
 
 def _fmt(value: Any) -> str:
-    number = _finite(value)
+    number = finite_or_none(value)
     return f"{number:.4f}" if number is not None else "-"
 
 
@@ -243,7 +244,7 @@ def eligible_runs(client: Any, experiment_id: str, metric: str = DEFAULT_METRIC)
     runs = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_STAGE}` = 'finetune'",
                               run_view_type=ViewType.ACTIVE_ONLY, max_results=50000)
     ok = [r for r in runs if r.info.status == "FINISHED" and r.data.tags.get(TAG_PRUNED) != "true"
-          and TAG_ERROR not in r.data.tags and _finite(r.data.metrics.get(metric)) is not None]
+          and TAG_ERROR not in r.data.tags and finite_or_none(r.data.metrics.get(metric)) is not None]
     ok.sort(key=lambda r: r.info.start_time or 0)
     ok.sort(key=lambda r: _score(r.data.metrics, metric), reverse=True)  # stable: ties keep the earlier run
     return ok

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from experiments.registry import check_store, store_errors
+from experiments.registry import check_store, finite_or_none, store_errors
 from experiments.redaction import redact
 from experiments.spaces import NON_RESULT_FIELDS
 from experiments.tracking import (
@@ -95,7 +95,7 @@ class TrialRun:
         """FINISHED, not pruned, no error, and (fine-tuning) a finite final det/AP50."""
         if self.status != "FINISHED" or self.pruned or TAG_ERROR in self.tags:
             return False
-        return self.stage != "finetune" or _finite(self.metrics.get(KEY_METRIC)) is not None
+        return self.stage != "finetune" or finite_or_none(self.metrics.get(KEY_METRIC)) is not None
 
     @property
     def reason(self) -> str:
@@ -107,7 +107,7 @@ class TrialRun:
             return "failed: " + (lines[-1][:300] if lines else "no error recorded")
         if self.status != "FINISHED":
             return f"unfinished (status {self.status})"
-        if self.stage == "finetune" and _finite(self.metrics.get(KEY_METRIC)) is None:
+        if self.stage == "finetune" and finite_or_none(self.metrics.get(KEY_METRIC)) is None:
             return f"no finite {KEY_METRIC} recorded"
         return ""
 
@@ -165,14 +165,6 @@ class StudyRuns:
         if upstream == "scratch":
             return "scratch_" + run.params.get("finetune.arch", "?").replace("resnet", "res")
         return upstream[:8] or "unknown backbone"
-
-
-def _finite(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _search_all(client: Any, experiment_id: str, filter_string: str = "") -> list[Any]:
@@ -310,12 +302,12 @@ class Table:
 
 
 def _stat_cells(runs: Sequence[TrialRun], columns: Sequence[tuple[str, str]]) -> list[Stat | str]:
-    return [Stat([v for r in runs if (v := _finite(r.metrics.get(key))) is not None]) for _, key in columns]
+    return [Stat([v for r in runs if (v := finite_or_none(r.metrics.get(key))) is not None]) for _, key in columns]
 
 
 def _value_key(value: str) -> tuple[int, float, str]:
     """Numbers sort numerically, before text."""
-    number = _finite(value)
+    number = finite_or_none(value)
     return (0, number, "") if number is not None else (1, 0.0, value)
 
 
@@ -594,10 +586,10 @@ def _safe_name(text: str) -> str:
 
 
 def _prototypes(run: TrialRun) -> float | None:
-    k = _finite(run.params.get("pretrain.prototypes"))
+    k = finite_or_none(run.params.get("pretrain.prototypes"))
     if k:
         return k
-    ln_k = _finite(run.metrics.get("swav/ln_k"))
+    ln_k = finite_or_none(run.metrics.get("swav/ln_k"))
     return math.exp(ln_k) if ln_k is not None else None
 
 

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from trainers.common import require, require_choice
@@ -852,3 +852,23 @@ def generate_sample(out: str | Path, seed: int = 0, size: str = "small") -> Samp
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return paths
+
+
+def decode_base64_image(value: Any, row: int = 0) -> torch.Tensor:
+    """A base64-encoded PNG/JPEG (the served models' input) as a uint8 3xHxW RGB tensor.
+
+    Raises:
+        ValueError: naming the row when the value is not base64 text of an image.
+    """
+    import base64
+    import binascii
+
+    if not isinstance(value, str):
+        raise ValueError(f"image row {row}: expected base64 text of a PNG/JPEG file, got {type(value).__name__}")
+    try:
+        raw = base64.b64decode(value, validate=True)
+        with Image.open(io.BytesIO(raw)) as img:
+            array = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (binascii.Error, UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"image row {row}: not base64 of a PNG/JPEG file ({exc})") from exc
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()

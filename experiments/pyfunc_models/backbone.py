@@ -20,9 +20,6 @@ a detector fine-tunes.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
 from typing import Any
 
 import mlflow
@@ -30,28 +27,12 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+
+from trainers.data import decode_base64_image  # shipped with the model as code
 
 IMAGE_COLUMN = "image"
 ARTIFACT_KEY = "backbone"
 DEFAULT_IMAGE_SIZE = 224  # SwAV's global crop size
-
-
-def decode_image(value: Any, row: int) -> torch.Tensor:
-    """A base64-encoded PNG/JPEG as a uint8 3xHxW RGB tensor; ``ValueError`` naming the row otherwise.
-
-    The same as in ``detector.py``: a model-from-code file is loaded on its own, so it cannot
-    import a sibling.
-    """
-    if not isinstance(value, str):
-        raise ValueError(f"image row {row}: expected base64 text of a PNG/JPEG file, got {type(value).__name__}")
-    try:
-        raw = base64.b64decode(value, validate=True)
-        with Image.open(io.BytesIO(raw)) as img:
-            array = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except (binascii.Error, UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"image row {row}: not base64 of a PNG/JPEG file ({exc})") from exc
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
 class BackboneModel(mlflow.pyfunc.PythonModel):
@@ -80,7 +61,7 @@ class BackboneModel(mlflow.pyfunc.PythonModel):
             raise ValueError(f"image_size={size} is invalid: at least 32 (the trunk downsamples 32x)")
         batch = []
         for index, value in enumerate(model_input[IMAGE_COLUMN].tolist()):
-            image = decode_image(value, index).unsqueeze(0)
+            image = decode_base64_image(value, index).unsqueeze(0)
             batch.append(F.interpolate(image.float(), size=(size, size), mode="bilinear", antialias=True,
                                        align_corners=False).div_(255.0))
         if not batch:

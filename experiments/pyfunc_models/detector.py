@@ -26,16 +26,13 @@ itself keeps boxes scoring at least 0.05, as for COCO evaluation.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
 from typing import Any
 
 import mlflow
-import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, UnidentifiedImageError
+
+from trainers.data import decode_base64_image  # shipped with the model as code
 
 IMAGE_COLUMN = "image"
 ARTIFACT_KEY = "detector"
@@ -44,19 +41,6 @@ OUTPUT_COLUMNS: dict[str, str] = {
     "image": "int64", "x_min": "float64", "y_min": "float64", "x_max": "float64", "y_max": "float64",
     "score": "float64", "label": "int64", "category_id": "int64", "category_name": "str",
 }
-
-
-def decode_image(value: Any, row: int) -> torch.Tensor:
-    """A base64-encoded PNG/JPEG as a uint8 3xHxW RGB tensor; ``ValueError`` naming the row otherwise."""
-    if not isinstance(value, str):
-        raise ValueError(f"image row {row}: expected base64 text of a PNG/JPEG file, got {type(value).__name__}")
-    try:
-        raw = base64.b64decode(value, validate=True)
-        with Image.open(io.BytesIO(raw)) as img:
-            array = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except (binascii.Error, UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"image row {row}: not base64 of a PNG/JPEG file ({exc})") from exc
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
 class DetectorModel(mlflow.pyfunc.PythonModel):
@@ -83,7 +67,7 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
             # One image per forward pass: images differ in size, and batching would not change the
             # result (the transform resizes and pads each image on its own).
             for index, value in enumerate(model_input[IMAGE_COLUMN].tolist()):
-                image = decode_image(value, index).float().div_(255.0)
+                image = decode_base64_image(value, index).float().div_(255.0)
                 det = self.model([image])[0]
                 for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
                     if score < threshold:
