@@ -51,7 +51,7 @@ class Setup:
     repeats: int
 
 
-FULL = Setup(images=64, batch_size=16, crop_sizes=(64, 32), repeats=3)  # smoke.yaml's pretraining sizes
+FULL = Setup(images=128, batch_size=16, crop_sizes=(64, 32), repeats=3)  # the whole small set, smoke.yaml's crops
 QUICK = Setup(images=16, batch_size=8, crop_sizes=(32, 16), repeats=3)
 
 

@@ -376,16 +376,19 @@ def _log_model(tracking_uri: str, client: Any, run: Any, spec: ModelKind, folder
                                 "is active in this process; end it first")
         # Re-opening the finished run attaches the model to it (lineage: the version's run is
         # the trial's run); end_run restores its terminal status.
-        with mlflow.start_run(run_id=run.info.run_id, log_system_metrics=False):
-            info = mlflow.pyfunc.log_model(
-                # not named like the run's `<kind>/` artifact folder: MLflow lists a logged model's files
-                # under its name, and a clash makes `list_artifacts(run, "<kind>")` resolve the model instead
-                name=f"{spec.kind}_model", python_model=str(spec.code), artifacts={spec.kind: str(folder)},
-                code_paths=[str(TRAINERS_DIR)], signature=_signature(spec.kind, width), input_example=example,
-                pip_requirements=_requirements(), step=step,
-                metadata={"ablate_kind": spec.kind, "weights": f"artifacts/{spec.kind}/{spec.weights}"},
-            )
-    client.set_terminated(run.info.run_id, status)  # keep FINISHED as it was (start_run set RUNNING)
+        try:
+            with mlflow.start_run(run_id=run.info.run_id, log_system_metrics=False):
+                info = mlflow.pyfunc.log_model(
+                    # not named like the run's `<kind>/` artifact folder: MLflow lists a logged model's files
+                    # under its name, and a clash makes `list_artifacts(run, "<kind>")` resolve the model instead
+                    name=f"{spec.kind}_model", python_model=str(spec.code), artifacts={spec.kind: str(folder)},
+                    code_paths=[str(TRAINERS_DIR)], signature=_signature(spec.kind, width), input_example=example,
+                    pip_requirements=_requirements(), step=step,
+                    metadata={"ablate_kind": spec.kind, "weights": f"artifacts/{spec.kind}/{spec.weights}"},
+                )
+        finally:
+            # start_run set RUNNING, and a failure inside it FAILED: the trial's own outcome stays as it was
+            client.set_terminated(run.info.run_id, status)
     return info
 
 
