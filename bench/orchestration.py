@@ -7,14 +7,17 @@ and calls ``trainers.swav.train`` / ``trainers.detection.train`` on every trial 
 ``InMemoryReporter`` (no Ray, no MLflow). Both run as fresh child processes, so interpreter
 start and imports are on both sides.
 
-The launch's timeline comes from its MLflow store (parent and child runs' start and end times,
-in ms): before the first trial (start-up), the trials, after the last trial (summary, registry,
-shutdown). Start-up parts are also timed on their own in a probe process: importing Ray and
-MLflow, creating a fresh tracking store, ``ray.init`` and ``ray.shutdown``.
+The launch's timeline comes from its MLflow store, in ms: the child runs' start times (a run is
+created when Ray starts its trial) and the timestamp of the ``launch/*`` counts (logged when both
+stages are over) split it into before the first trial (start-up), the trials, and after the last
+trial (summary, registry, shutdown). Run end times are not used: registering the best model
+re-ends its runs. Start-up parts are also timed on their own in a probe process: importing Ray
+and MLflow, creating a fresh tracking store, ``ray.init`` and ``ray.shutdown``.
 
 Every launch gets its own ``RAY_TMPDIR``: without one, ``ray.init()`` attaches to any Ray
 instance started with ``ray start`` on the machine (Ray's address auto-detection), and that
-instance's owner may stop it mid-launch.
+instance's owner may stop it mid-launch. ``ray stop`` elsewhere on the machine still kills every
+Ray instance; a launch that lost its Ray that way is retried once in a fresh store.
 
 The module also holds the launch helpers that ``bench.pruning_saved`` and ``bench.dedup`` use.
 
@@ -62,6 +65,7 @@ def tiny_space(
     pretrain_cases: Sequence[Mapping[str, Any]] | None = None,
     finetune_cases: Sequence[Mapping[str, Any]] | None = None,
     pruning: Mapping[str, Any] | None = None,
+    pretrain_fixed: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A study small enough to launch in seconds on a CPU: the `small` sample set, 32/16 px crops.
 
@@ -72,6 +76,7 @@ def tiny_space(
         pretrain_cases: ``pretrain.cases`` cells.
         finetune_cases: ``finetune.cases`` cells (default: one cell per backbone).
         pruning: the ``pruning:`` section (default: off).
+        pretrain_fixed: values that replace or add to the fixed pretraining fields.
 
     Returns:
         The space as a mapping, ready for :func:`write_space`.
@@ -82,6 +87,7 @@ def tiny_space(
                   {"count": 2, "size": 16, "min_scale": 0.05, "max_scale": 0.14}],
         "feat_dim": 16, "hidden_dim": 32, "prototypes": 20, "optimizer": "sgd", "base_lr": 0.05,
         "final_lr": 0.0005, "freeze_prototypes_iters": 1, "amp": False, "workers": 0,
+        **(pretrain_fixed or {}),
     }
     pretrain: dict[str, Any] = {"fixed": pre_fixed, "resources": {"cpu": 2}}
     if pretrain_grid:
@@ -233,22 +239,35 @@ def read_store(store: Path, study: str) -> tuple[dict[str, Any], list[TrialRecor
     return parent, trials
 
 
+# What Ray prints when its instance was stopped from outside (`ray stop` kills every Ray on the
+# machine, e.g. a concurrently running test); such a launch is retried once in a fresh store.
+RAY_STOPPED = ("Failed to connect to GCS", "Raylet is terminated", "GCS may have been killed")
+
+
 def run_launch(space: Path, cwd: Path, study: str, timeout: float = 600.0, extra_args: Sequence[str] = ()) -> LaunchRecord:
     """``python -m experiments.cli launch SPACE`` in ``cwd`` (its own ``mlruns/``), timed and read back.
 
     Raises:
         RuntimeError: the launch exited non-zero (the output tail is in the message).
     """
-    ray_tmp = short_tmpdir("abr")
-    try:
-        started = time.time()
-        proc = subprocess.run([sys.executable, "-m", "experiments.cli", "launch", str(space), *extra_args],
-                              cwd=cwd, capture_output=True, text=True, timeout=timeout, env=child_env(ray_tmp))
-        ended = time.time()
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"launch of {space} exited with {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    for attempt in (1, 2):
+        ray_tmp = short_tmpdir("abr")
+        try:
+            started = time.time()
+            proc = subprocess.run([sys.executable, "-m", "experiments.cli", "launch", str(space), *extra_args],
+                                  cwd=cwd, capture_output=True, text=True, timeout=timeout, env=child_env(ray_tmp))
+            ended = time.time()
+        finally:
+            shutil.rmtree(ray_tmp, ignore_errors=True)
+        if proc.returncode == 0:
+            break
+        if attempt == 1 and any(s in proc.stdout + proc.stderr for s in RAY_STOPPED):
+            print(f"bench: the launch of {space.name} lost its Ray instance (stopped from outside); retrying once",
+                  file=sys.stderr, flush=True)
+            shutil.rmtree(Path(cwd) / "mlruns", ignore_errors=True)
+            continue
+        raise RuntimeError(f"launch of {space} exited with {proc.returncode}:\n{proc.stdout[-3000:]}\n"
+                           f"{proc.stderr[-3000:]}")
     parent, trials = read_store(Path(cwd) / "mlruns", study)
     return LaunchRecord(study, started, ended, proc.returncode, proc.stdout, parent["start_s"], parent["finish_s"],
                         parent["metrics"], trials)
@@ -261,7 +280,6 @@ def run_launch(space: Path, cwd: Path, study: str, timeout: float = 600.0, extra
 
 def _baseline_main(space: Path, out: Path) -> None:
     """Child-process body: expand ``space`` and train every trial in turn; timings as JSON to ``out``."""
-    started = time.time()
     from experiments import spaces
     from trainers.common import config_from_dict
     from trainers.data import data_fingerprint, generate_sample
@@ -293,7 +311,7 @@ def _baseline_main(space: Path, out: Path) -> None:
             reporter = InMemoryReporter(root=Path(tmp) / "ft" / t.config_hash)
             finetune(config_from_dict(DetectionConfig, {**t.config, "backbone": backbone}), reporter)
             timings.append({"stage": "finetune", "name": t.name, "start_s": t0, "end_s": time.time()})
-    out.write_text(json.dumps({"started_s": started, "trials": timings, "done_s": time.time()}))
+    out.write_text(json.dumps({"trials": timings}))
 
 
 @dataclass

@@ -23,7 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
 import torch
 
@@ -142,7 +142,9 @@ def time_checkpoint(config: SwAVConfig) -> float:
     """Seconds to write one checkpoint (model + optimizer state) and copy it, as train() and the reporter do."""
     model, optimizer = fresh_model(config)
     # One SGD step so that the optimizer holds its momentum buffers, as in a real checkpoint.
-    model(MultiCropAugment(config.crops)(decoded_batches(config)[0], generator=torch.Generator().manual_seed(0)))[1].sum().backward()
+    crops = MultiCropAugment(config.crops)(decoded_batches(config)[0], generator=torch.Generator().manual_seed(0))
+    _, scores = model(crops)
+    scores.sum().backward()
     optimizer.step()
     with tempfile.TemporaryDirectory(prefix="bench-ckpt-") as tmp:
         start = time.perf_counter()
@@ -230,15 +232,15 @@ def run(quick: bool = False) -> str:
         row("`train`, one epoch end to end", "train"),
         "",
         f"End to end the trainer takes **{ratio_train:.2f}x** the bare loop's time per image: it {verdict}. "
-        f"Where the difference goes, per image (medians): the multi-crop augmentation {per['augment']:.1f} ms "
-        f"(timed alone; the bare loop gets its crops made beforehand), which with the per-step statistics, "
-        f"learning-rate update, prototype normalisation and finiteness check makes the gap of "
-        f"`train_one_epoch` ({per['predecoded'] - per['bare']:+.1f} ms, {ratio_pre:.2f}x); decoding "
-        f"{per['decode']:.1f} ms (timed alone; the trainer's loop adds {per['train_loop'] - per['predecoded']:+.1f} ms "
-        f"over the pre-decoded loop, {ratio_loop:.2f}x in all); outside the loop {1000 * outside / n:.1f} ms "
-        f"({outside:.2f} s for the epoch: building the model and optimizer, scanning the folder, the checkpoint "
-        f"— one checkpoint write plus the reporter's copy takes {med['checkpoint']:.2f} s alone — the "
-        "backbone export of the last epoch).",
+        "Where the difference goes, per image (medians): "
+        f"(1) the loop without decoding adds {per['predecoded'] - per['bare']:+.1f} ms ({ratio_pre:.2f}x); the "
+        f"multi-crop augmentation, timed alone, takes {per['augment']:.1f} ms of it (the bare loop gets its "
+        "crops made beforehand), the rest is the per-step statistics, learning-rate update, prototype "
+        f"normalisation and finiteness check; (2) decoding adds {per['train_loop'] - per['predecoded']:+.1f} ms "
+        f"(timed alone: {per['decode']:.1f} ms), which makes the trainer's loop {ratio_loop:.2f}x; (3) outside "
+        f"the loop {1000 * outside / n:.1f} ms ({outside:.2f} s for the epoch): building the model and "
+        "optimizer, scanning the folder, the checkpoint (one write plus the reporter's copy takes "
+        f"{med['checkpoint']:.2f} s timed alone) and the backbone export of the last epoch.",
         f"The outside-the-loop part is paid per epoch (checkpoint) or per run (build, export), so it shrinks "
         f"with longer epochs: with {n} images it is {outside / med['train']:.0%} of the epoch. The loop's own "
         f"ratio ({ratio_loop:.2f}x) is what a long epoch approaches on this CPU, where the augmentation runs on "
