@@ -19,7 +19,7 @@ instance started with ``ray start`` on the machine (Ray's address auto-detection
 instance's owner may stop it mid-launch. ``ray stop`` elsewhere on the machine still kills every
 Ray instance; a launch that lost its Ray that way is retried once in a fresh store.
 
-The module also holds the launch helpers that ``bench.pruning_saved`` and ``bench.dedup`` use.
+The module also holds the launch functions that ``bench.pruning_saved`` and ``bench.dedup`` use.
 
 Run: ``make bench`` or ``python -m bench orchestration``; this file alone:
 ``python -m bench.orchestration [--quick]``.
@@ -142,6 +142,7 @@ class TrialRecord:
     tags: dict[str, str]
     metrics: dict[str, float]
     epochs: int  # number of steps logged for the stage's loss metric
+    reports_s: tuple[float, ...] = ()  # when the driver logged each epoch's loss, by step (epoch seconds)
 
 
 @dataclass
@@ -230,12 +231,15 @@ def read_store(store: Path, study: str) -> tuple[dict[str, Any], list[TrialRecor
         if stage not in ("pretrain", "finetune"):
             continue
         loss = "swav/loss" if stage == "pretrain" else "det/loss"
-        epochs = len({m.step for m in client.get_metric_history(r.info.run_id, loss)})
+        logged: dict[int, float] = {}
+        for m in client.get_metric_history(r.info.run_id, loss):
+            logged[m.step] = min(logged.get(m.step, math.inf), m.timestamp / 1000)
+        epochs = len(logged)
         trials.append(TrialRecord(
             stage=stage, name=r.data.tags.get("ablate.name", r.info.run_name or ""), run_id=r.info.run_id,
             start_s=r.info.start_time / 1000, end_s=(r.info.end_time or r.info.start_time) / 1000,
             status=r.info.status, params=dict(r.data.params), tags=dict(r.data.tags),
-            metrics=dict(r.data.metrics), epochs=epochs))
+            metrics=dict(r.data.metrics), epochs=epochs, reports_s=tuple(logged[k] for k in sorted(logged))))
     return parent, trials
 
 
@@ -278,6 +282,22 @@ def run_launch(space: Path, cwd: Path, study: str, timeout: float = 600.0, extra
 # ---------------------------------------------------------------------------
 
 
+def _timed_reporter(root: Path):  # type: ignore[no-untyped-def]
+    """An ``InMemoryReporter`` that also notes when each report arrives (``.times``, epoch seconds)."""
+    from trainers.reporting import InMemoryReporter
+
+    class TimedReporter(InMemoryReporter):
+        times: list[float]
+
+        def report(self, metrics, step, checkpoint_dir=None, artifacts=()):  # type: ignore[no-untyped-def]
+            self.times.append(time.time())
+            super().report(metrics, step, checkpoint_dir, artifacts)
+
+    reporter = TimedReporter(root=root)
+    reporter.times = []
+    return reporter
+
+
 def _baseline_main(space: Path, out: Path) -> None:
     """Child-process body: expand ``space`` and train every trial in turn; timings as JSON to ``out``."""
     from experiments import spaces
@@ -285,7 +305,6 @@ def _baseline_main(space: Path, out: Path) -> None:
     from trainers.data import data_fingerprint, generate_sample
     from trainers.detection import DetectionConfig
     from trainers.detection import train as finetune
-    from trainers.reporting import InMemoryReporter
     from trainers.swav import SwAVConfig
     from trainers.swav import train as pretrain
 
@@ -301,16 +320,18 @@ def _baseline_main(space: Path, out: Path) -> None:
         backbones: dict[str, str] = {}
         for t in plan.pretrain:
             t0 = time.time()
-            reporter = InMemoryReporter(root=Path(tmp) / "pre" / t.config_hash)
+            reporter = _timed_reporter(Path(tmp) / "pre" / t.config_hash)
             pretrain(config_from_dict(SwAVConfig, t.config), reporter)
             backbones[t.config_hash] = str(reporter.last_checkpoint)
-            timings.append({"stage": "pretrain", "name": t.name, "start_s": t0, "end_s": time.time()})
+            timings.append({"stage": "pretrain", "name": t.name, "start_s": t0, "end_s": time.time(),
+                            "reports_s": reporter.times})
         for t in plan.finetune:
             t0 = time.time()
             backbone = backbones[t.upstream_hash] if t.upstream_hash else spaces.BACKBONE_SCRATCH
-            reporter = InMemoryReporter(root=Path(tmp) / "ft" / t.config_hash)
+            reporter = _timed_reporter(Path(tmp) / "ft" / t.config_hash)
             finetune(config_from_dict(DetectionConfig, {**t.config, "backbone": backbone}), reporter)
-            timings.append({"stage": "finetune", "name": t.name, "start_s": t0, "end_s": time.time()})
+            timings.append({"stage": "finetune", "name": t.name, "start_s": t0, "end_s": time.time(),
+                            "reports_s": reporter.times})
     out.write_text(json.dumps({"trials": timings}))
 
 
@@ -320,7 +341,7 @@ class BaselineRecord:
 
     started_s: float  # when the child process was started (parent's clock)
     ended_s: float  # when it exited
-    trials: list[dict[str, Any]]  # stage, name, start_s, end_s
+    trials: list[dict[str, Any]]  # stage, name, start_s, end_s, reports_s
 
     @property
     def wall_s(self) -> float:
@@ -455,6 +476,28 @@ class Comparison:
             ("after the last trial", self.launch.ended_s - self.launch.finish_s, self.base.after_s),
         ]
 
+    def phases(self) -> list[tuple[str, float, float]]:
+        """(phase, launch seconds, baseline seconds), each averaged over the trials; they add up to a trial.
+
+        Phases: the trial's start to its first epoch's report; first to last report (the later
+        epochs); last report to the next trial's start (launch) or to the trainer's return (baseline).
+        """
+        base = {(t["stage"], t["name"]): t for t in self.base.trials}
+        sums = [[0.0, 0.0] for _ in range(3)]
+        for t, seg in self.launch.segments():
+            b = base[(t.stage, t.name)]
+            if not t.reports_s or not b.get("reports_s"):
+                raise RuntimeError(f"trial {t.name} reported no epoch")
+            lr, br = t.reports_s, b["reports_s"]
+            launch = (lr[0] - t.start_s, lr[-1] - lr[0], t.start_s + seg - lr[-1])
+            baseline = (br[0] - b["start_s"], br[-1] - br[0], b["end_s"] - br[-1])
+            for i in range(3):
+                sums[i][0] += launch[i]
+                sums[i][1] += baseline[i]
+        names = ("start to the first epoch's report", "first to last report (later epochs)",
+                 "last report to the next trial's start")
+        return [(name, lv / self.n, bv / self.n) for name, (lv, bv) in zip(names, sums)]
+
     def per_trial(self) -> list[tuple[TrialRecord, float, float]]:
         """(trial, launch segment, baseline seconds) in start order."""
         base = {(t["stage"], t["name"]): t["end_s"] - t["start_s"] for t in self.base.trials}
@@ -533,17 +576,30 @@ def run(quick: bool = False) -> str:
     for (stage, name), pairs in by_trial.items():
         lines.append(f"| {stage} {name} | {fmt([a for a, _ in pairs])} | {fmt([b for _, b in pairs])} | "
                      f"{fmt([a - b for a, b in pairs])} |")
+    phases = [c.phases() for c in comparisons]
+    lines += [
+        "",
+        "| per trial, average over the trials (s) | launch | baseline | overhead |",
+        "|---|---|---|---|",
+    ]
+    for i, (name, _, _) in enumerate(phases[0]):
+        lv = [p[i][1] for p in phases]
+        bv = [p[i][2] for p in phases]
+        lines.append(f"| {name} | {fmt(lv, 2)} | {fmt(bv, 2)} | {fmt([a - b for a, b in zip(lv, bv)], 2)} |")
     lines += [
         "",
         f"**Per-trial overhead: {per_trial_med:.2f} s**; goal <= 2 s: {verdict_trial}. For a "
         f"{TRIAL_SECONDS:.0f} s trial that is **{100 * share_60:.1f} %** (goal <= 10 %): {verdict_share}. "
-        "A trial's launch figure runs from its MLflow run's creation (when Ray starts the trial) to the next "
-        "trial's (the last one's: to the end of the stages, when the launch logs its counts). It holds Ray's "
-        "actor start and tear-down, each epoch's `tune.report` with the checkpoint copied into Ray's storage, "
-        "the driver's MLflow writes and artifact uploads (backbone, detector, evaluation files) and, for the "
-        "last pretraining trial, the backbone download and the second stage's Tuner. The part that scales "
-        "with epochs (checkpoint copy, one MLflow request) grows with the model: resnet18's checkpoint with "
-        "optimizer state is about 90 MB.",
+        "A trial's launch time runs from its MLflow run's creation (when Ray starts the trial) to the next "
+        "trial's (the last one's: to the end of the stages, when the launch logs its counts); the phases "
+        "split it at the driver's timestamps of each epoch's metrics (the baseline's: when its reporter is "
+        "called). What each phase holds beyond the trainer's own work: start to first report: Ray starting "
+        "the trial's worker process, which imports torch and the trainers afresh (the baseline's process "
+        "has them already), and the result's trip to the driver; between reports: per epoch, the checkpoint "
+        "copied into Ray's storage and one MLflow write; last report to the next start: the trial's "
+        "tear-down, the driver uploading the exported backbone or detector and the evaluation files and "
+        "ending the run, then scheduling the next trial and creating its run (params, config artifact, data "
+        "set input) - for the last pretraining trial also the backbone download and the second stage's Tuner.",
         "",
         f"Start-up: {fmt(startup)} s once per launch. Its parts, timed one by one in a fresh interpreter "
         f"(s): import Ray {fmt(probe['import_ray'], 2)}, import MLflow + the tracking module "

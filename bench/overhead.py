@@ -154,6 +154,13 @@ def time_checkpoint(config: SwAVConfig) -> float:
         return time.perf_counter() - start
 
 
+def time_build(config: SwAVConfig) -> float:
+    """Seconds to build the model and optimizer, as train() does first."""
+    start = time.perf_counter()
+    fresh_model(config)
+    return time.perf_counter() - start
+
+
 def measure(setup: Setup, data: str | Path) -> dict[str, list[float]]:
     """Seconds per candidate, ``setup.repeats`` interleaved repeats each."""
     config = make_config(data, setup)
@@ -163,7 +170,7 @@ def measure(setup: Setup, data: str | Path) -> dict[str, list[float]]:
     crops = [augment(b, generator=generator) for b in batches]
     bare_loop(config, crops[:1])  # warm-up: allocator, kernels, lazy imports
     times: dict[str, list[float]] = {k: [] for k in ("bare", "predecoded", "train", "train_loop", "augment",
-                                                       "decode", "checkpoint")}
+                                                       "decode", "checkpoint", "build")}
     for _ in range(setup.repeats):
         times["bare"].append(bare_loop(config, crops))
         times["predecoded"].append(loop_predecoded(config, batches))
@@ -173,6 +180,7 @@ def measure(setup: Setup, data: str | Path) -> dict[str, list[float]]:
         times["augment"].append(time_augment(config, batches))
         times["decode"].append(time_decode(config))
         times["checkpoint"].append(time_checkpoint(config))
+        times["build"].append(time_build(config))
     return times
 
 
@@ -239,8 +247,8 @@ def run(quick: bool = False) -> str:
         f"normalisation and finiteness check; (2) decoding adds {per['train_loop'] - per['predecoded']:+.1f} ms "
         f"(timed alone: {per['decode']:.1f} ms), which makes the trainer's loop {ratio_loop:.2f}x; (3) outside "
         f"the loop {1000 * outside / n:.1f} ms ({outside:.2f} s for the epoch): building the model and "
-        "optimizer, scanning the folder, the checkpoint (one write plus the reporter's copy takes "
-        f"{med['checkpoint']:.2f} s timed alone) and the backbone export of the last epoch.",
+        f"optimizer ({med['build']:.2f} s timed alone), the checkpoint (one write plus the reporter's copy: "
+        f"{med['checkpoint']:.2f} s timed alone), scanning the folder and the backbone export of the last epoch.",
         f"The outside-the-loop part is paid per epoch (checkpoint) or per run (build, export), so it shrinks "
         f"with longer epochs: with {n} images it is {outside / med['train']:.0%} of the epoch. The loop's own "
         f"ratio ({ratio_loop:.2f}x) is what a long epoch approaches on this CPU, where the augmentation runs on "

@@ -523,7 +523,8 @@ class Launcher:
                 raise LaunchError(f"the Ray cluster at {address} has {len(nodes)} nodes: pass --storage-path on a "
                                   "shared file system or an s3:// URI so every node can read the checkpoints")
         else:
-            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+            # "local": a new Ray of our own, never a cluster someone started on this machine
+            ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
         # Trial tracebacks go to the MLflow run (tag ablate.error) and one FAILED/retry line here,
         # not as pages of Ray log output in the terminal.
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)

@@ -388,7 +388,7 @@ def _log_model(tracking_uri: str, client: Any, run: Any, spec: ModelKind, folder
                 )
         finally:
             # start_run set RUNNING, and a failure inside it FAILED: the trial's own outcome stays as it was
-            client.set_terminated(run.info.run_id, status)
+            client.set_terminated(run.info.run_id, status, end_time=run.info.end_time)
     return info
 
 

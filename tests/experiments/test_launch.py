@@ -235,6 +235,7 @@ def test_collapsed_pretraining_is_pruned_and_gets_no_finetuning(tmp_path):
 def test_launch_against_a_ray_head_by_address(tmp_path):
     """`ablate launch --address` on a cluster started with `ray start --head` (loopback, token auth)."""
     import socket
+    import tempfile
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -242,16 +243,28 @@ def test_launch_against_a_ray_head_by_address(tmp_path):
     ray_bin = str(Path(sys.executable).with_name("ray"))
     env = {**os.environ}
     env.pop("RAY_ADDRESS", None)
-    start = subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-                            "--node-ip-address=127.0.0.1", "--disable-usage-stats"],
-                           capture_output=True, text=True, timeout=180, env=env)
-    assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
+    # --block keeps the head in this process group, so the test stops exactly the cluster it started
+    head = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+                             "--include-dashboard=false", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
+                             f"--temp-dir={tempfile.mkdtemp(prefix='ray')}"],  # short: Ray's socket paths
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert head.poll() is None, "ray start --head exited"
+            time.sleep(1)
         space = tiny_space(tmp_path, "head_study", pretrain_epochs=1)
         proc = run_cli(["launch", str(space), "--address", f"127.0.0.1:{port}"], tmp_path)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, timeout=120)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     runs = runs_of(client, "head_study")
     assert {r.data.tags[T.TAG_STAGE] for r in runs} == {"launch", "pretrain", "finetune"}

@@ -1,0 +1,307 @@
+"""GPU throughput: SwAV ResNet-50 pretraining and Faster R-CNN R50-FPN training, in images/s.
+
+Only where CUDA is available; elsewhere the section says it was skipped and why.
+
+SwAV: ResNet-50, 3000 prototypes, projection 2048 -> 128, the paper's crops (2 x 224 + 6 x 96),
+batch 64 per GPU (the reference's), SGD step with the SwAV loss (Sinkhorn), bf16 autocast and
+channels_last. Three ways: synthetic crops already on the GPU (the ceiling without any data
+pipeline); end to end from the image folder (DataLoader workers decoding the sample images,
+``MultiCropAugment`` on the GPU); and ``trainers.swav.train`` itself for one epoch (its own
+settings: fp16 autocast with a GradScaler, default memory format; loop rate from its
+``swav/images_per_s``). Faster R-CNN: the project's detector (``assemble_detector``: ResNet-50
+trunk with FrozenBatchNorm, FPN, two-FC box head, torchvision's 800 / 1333 resizing) training on
+synthetic 480 x 640 images with five boxes each, batch 2 per GPU as torchvision's reference, in
+fp32 and with bf16 autocast.
+
+Anchors printed beside them (other hardware, so ratios are a rough guide only): the reference
+SwAV run trained at about 100 images/s per V100 at batch 256; torchvision's Faster R-CNN
+R50-FPN recipe trains at about 9 images/s per V100.
+
+Run: ``make bench`` or ``python -m bench gpu``; this file alone: ``python -m bench.gpu [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, ContextManager, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from trainers.swav import DEFAULT_CROPS, CropGroup
+
+SWAV_ANCHOR = 100.0  # images/s per V100, reference SwAV run at batch 256
+DETECTION_ANCHOR = 9.0  # images/s per V100, torchvision's Faster R-CNN R50-FPN recipe
+
+
+@dataclass(frozen=True)
+class SwAVSetup:
+    """Network and batch of the SwAV measurements."""
+
+    arch: str = "resnet50"
+    crops: tuple[CropGroup, ...] = DEFAULT_CROPS
+    batch: int = 64
+    prototypes: int = 3000
+    feat_dim: int = 128
+    hidden_dim: int = 2048
+
+
+@dataclass(frozen=True)
+class DetectionSetup:
+    """Network and batch of the Faster R-CNN measurement."""
+
+    arch: str = "resnet50"
+    batch: int = 2
+    image_hw: tuple[int, int] = (480, 640)  # a typical COCO image; the model resizes it to 800 x 1066
+    min_size: int = 800
+    max_size: int = 1333
+    boxes: int = 5
+    classes: int = 80
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _autocast(device: torch.device, bf16: bool) -> ContextManager[object]:
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def _memory_format(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def timed_rates(step: Callable[[], int], device: torch.device, warmup: int, steps: int, repeats: int) -> list[float]:
+    """Images/s of ``repeats`` runs of ``steps`` calls of ``step`` (which returns its image count), after ``warmup`` calls."""
+    for _ in range(warmup):  # cuDNN autotuning, allocator, lazy initialisation
+        step()
+    _sync(device)
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        images = sum(step() for _ in range(steps))
+        _sync(device)
+        rates.append(images / (time.perf_counter() - start))
+    return rates
+
+
+def swav_step(setup: SwAVSetup, device: torch.device, bf16: bool, channels_last: bool) -> Callable[[list[Tensor]], int]:
+    """A function doing one SwAV training step on a list of crops (returns the batch size)."""
+    from trainers.swav import SwAVModel, normalize_prototypes, swav_loss
+
+    model = SwAVModel(setup.arch, "bn", setup.prototypes, setup.feat_dim, setup.hidden_dim).to(device)
+    model = model.to(memory_format=_memory_format(channels_last))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-6)
+    n_crops = sum(g.count for g in setup.crops)
+    fmt = _memory_format(channels_last)
+
+    def step(crops: list[Tensor]) -> int:
+        crops = [c.contiguous(memory_format=fmt) for c in crops]
+        normalize_prototypes(model)
+        with _autocast(device, bf16):
+            _, scores = model(crops)
+        loss = swav_loss(scores.float(), n_crops, (0, 1), 0.1, 0.05, 3, None)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return crops[0].shape[0]
+
+    return step
+
+
+def swav_synthetic(setup: SwAVSetup, device: torch.device, bf16: bool = True, channels_last: bool = True,
+                   warmup: int = 3, steps: int = 10, repeats: int = 3) -> list[float]:
+    """Images/s of SwAV steps on random crops already on ``device`` (no data pipeline at all)."""
+    generator = torch.Generator(device=device).manual_seed(0)
+    crops = [torch.randn(setup.batch, 3, g.size, g.size, device=device, generator=generator)
+             for g in setup.crops for _ in range(g.count)]
+    step = swav_step(setup, device, bf16, channels_last)
+    return timed_rates(lambda: step(crops), device, warmup, steps, repeats)
+
+
+def swav_end_to_end(setup: SwAVSetup, device: torch.device, folder: str | Path, workers: int, bf16: bool = True,
+                    channels_last: bool = True, warmup: int = 3, steps: int = 10, repeats: int = 3) -> list[float]:
+    """Images/s of SwAV steps fed from ``folder``: DataLoader decoding, multi-crop on ``device``, the step."""
+    from torch.utils.data import DataLoader
+
+    from trainers.data import UnlabeledImages, collate_images
+    from trainers.swav import MultiCropAugment
+
+    dataset = UnlabeledImages(folder)
+    total = setup.batch * (warmup + steps * repeats)
+    loader = DataLoader(dataset, batch_size=setup.batch, sampler=[i % len(dataset) for i in range(total)],
+                        num_workers=workers, collate_fn=collate_images, drop_last=True,
+                        pin_memory=device.type == "cuda", persistent_workers=False)
+    batches: Iterator[tuple[list[Tensor], int]] = iter(loader)
+    augment = MultiCropAugment(setup.crops)
+    generator = torch.Generator().manual_seed(0)
+    step = swav_step(setup, device, bf16, channels_last)
+
+    def one() -> int:
+        images, _ = next(batches)
+        images = [im.to(device, non_blocking=True) for im in images]
+        return step(augment(images, generator=generator))
+
+    return timed_rates(one, device, warmup, steps, repeats)
+
+
+def swav_trainer_epoch(folder: str | Path, workers: int, setup: SwAVSetup, amp: bool = True) -> float:
+    """``swav/images_per_s`` of one epoch of ``trainers.swav.train`` over ``folder`` (its own settings)."""
+    from trainers.reporting import InMemoryReporter
+    from trainers.swav import SwAVConfig, train
+
+    config = SwAVConfig(arch=setup.arch, crops=setup.crops, batch_size=setup.batch, prototypes=setup.prototypes,
+                        feat_dim=setup.feat_dim, hidden_dim=setup.hidden_dim, epochs=1, amp=amp,
+                        workers=workers, data=str(folder), freeze_prototypes_iters=0)
+    with tempfile.TemporaryDirectory(prefix="bench-gpu-swav-") as tmp:
+        return train(config, InMemoryReporter(root=Path(tmp)))["swav/images_per_s"]
+
+
+def detection_step(setup: DetectionSetup, device: torch.device, bf16: bool) -> Callable[[], int]:
+    """A function doing one Faster R-CNN training step on a synthetic batch (returns the batch size)."""
+    from trainers.detection import assemble_detector
+    from trainers.detection.config import MODEL_FIELDS, DetectionConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(DetectionConfig) if f.name in MODEL_FIELDS}
+    options = {**defaults, "arch": setup.arch, "norm": "frozen_bn", "head": "mlp",
+               "min_size": setup.min_size, "max_size": setup.max_size}
+    model = assemble_detector(setup.classes, **options).to(device)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=0.02, momentum=0.9, weight_decay=1e-4)  # torchvision's recipe
+    generator = torch.Generator().manual_seed(0)
+    h, w = setup.image_hw
+    images = [torch.rand(3, h, w, generator=generator).to(device) for _ in range(setup.batch)]
+    targets = []
+    for _ in range(setup.batch):
+        xy = torch.rand(setup.boxes, 2, generator=generator) * torch.tensor([w * 0.7, h * 0.7])
+        wh = 16 + torch.rand(setup.boxes, 2, generator=generator) * torch.tensor([w * 0.3, h * 0.3])
+        targets.append({"boxes": torch.cat([xy, xy + wh], dim=1).to(device),
+                        "labels": torch.randint(1, setup.classes + 1, (setup.boxes,), generator=generator).to(device)})
+
+    def step() -> int:
+        with _autocast(device, bf16):
+            losses = model(images, targets)
+            loss = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 10.0)  # as the trainer: random data must not blow up the run
+        optimizer.step()
+        return setup.batch
+
+    return step
+
+
+def detection_rates(setup: DetectionSetup, device: torch.device, bf16: bool = False,
+                    warmup: int = 3, steps: int = 10, repeats: int = 3) -> list[float]:
+    """Images/s of Faster R-CNN training steps on synthetic images."""
+    return timed_rates(detection_step(setup, device, bf16), device, warmup, steps, repeats)
+
+
+def _fmt(rates: Sequence[float]) -> str:
+    if len(rates) == 1:
+        return f"{rates[0]:.1f}"
+    return f"{statistics.median(rates):.1f} ({min(rates):.1f}-{max(rates):.1f})"
+
+
+def skipped_section(reason: str) -> str:
+    """The section written where there is no GPU."""
+    return "\n".join([
+        "## GPU throughput (SwAV ResNet-50, Faster R-CNN R50-FPN)",
+        "",
+        f"Command: `make bench` / `python -m bench gpu`. Machine: {os.cpu_count()} CPUs ({platform.machine()}), "
+        f"torch {torch.__version__} (CUDA build {torch.version.cuda or 'none'}).",
+        f"**Skipped on this machine: {reason}.** On a CUDA machine this section measures SwAV ResNet-50 "
+        "(2 x 224 + 6 x 96 crops, batch 64, bf16 autocast, channels_last) images/s end to end and on "
+        "synthetic in-memory crops, one epoch of `trainers.swav.train`, and Faster R-CNN R50-FPN training "
+        f"images/s (fp32 and bf16), beside the anchors: the reference SwAV run, ~{SWAV_ANCHOR:.0f} images/s per "
+        f"V100 at batch 256; torchvision's Faster R-CNN R50-FPN, ~{DETECTION_ANCHOR:.0f} images/s per V100.",
+        "",
+    ])
+
+
+def run(quick: bool = False) -> str:
+    """Measure on the GPU, or say why not; return the markdown section.
+
+    Args:
+        quick: fewer steps and one repeat.
+    """
+    if not torch.cuda.is_available():
+        why = "no CUDA device (`torch.cuda.is_available()` is False)"
+        return skipped_section(why)
+    device = torch.device("cuda")
+    torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
+    warmup, steps, repeats = (2, 3, 1) if quick else (5, 10, 3)
+    workers = max(1, min(10, (os.cpu_count() or 2) - 2))  # the reference uses 10 per GPU
+    swav = SwAVSetup()
+    det = DetectionSetup()
+    from trainers.data import SAMPLE_SIZES, generate_sample
+
+    with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp:
+        paths = generate_sample(Path(tmp) / "data", seed=0, size="medium")
+        synthetic = swav_synthetic(swav, device, warmup=warmup, steps=steps, repeats=repeats)
+        synthetic_fp32 = swav_synthetic(swav, device, bf16=False, channels_last=False, warmup=warmup, steps=steps,
+                                        repeats=repeats)
+        end_to_end = swav_end_to_end(swav, device, paths.unlabeled, workers, warmup=warmup, steps=steps,
+                                     repeats=repeats)
+        trainer = [swav_trainer_epoch(paths.unlabeled, workers, swav)]
+    det_fp32 = detection_rates(det, device, bf16=False, warmup=warmup, steps=steps, repeats=repeats)
+    det_bf16 = detection_rates(det, device, bf16=True, warmup=warmup, steps=steps, repeats=repeats)
+    name = torch.cuda.get_device_name(device)
+
+    def vs(rates: Sequence[float], anchor: float) -> str:
+        return f"{statistics.median(rates) / anchor:.1f}x"
+
+    crops = " + ".join(f"{g.count} x {g.size}" for g in swav.crops)
+    lines = [
+        "## GPU throughput (SwAV ResNet-50, Faster R-CNN R50-FPN)",
+        "",
+        f"Command: `make bench` / `python -m bench gpu`{' (quick)' if quick else ''}. Machine: {name}, "
+        f"{os.cpu_count()} CPUs, torch {torch.__version__} (CUDA {torch.version.cuda}), cuDNN benchmark on; "
+        f"{workers} DataLoader workers. Images/s, median of {repeats} runs of {steps} steps after {warmup} "
+        "warm-up steps (min-max). Anchors are V100 figures from other code: a guide, not a baseline.",
+        "",
+        "| what | images/s | anchor (per V100) | vs anchor |",
+        "|---|---|---|---|",
+        f"| SwAV R50 {crops}, batch {swav.batch}, bf16 + channels_last, synthetic crops on the GPU (ceiling) | "
+        f"{_fmt(synthetic)} | {SWAV_ANCHOR:.0f} | {vs(synthetic, SWAV_ANCHOR)} |",
+        f"| the same in fp32, default memory format | {_fmt(synthetic_fp32)} | {SWAV_ANCHOR:.0f} | "
+        f"{vs(synthetic_fp32, SWAV_ANCHOR)} |",
+        f"| SwAV end to end: decode in workers, `MultiCropAugment` on the GPU, bf16 + channels_last | "
+        f"{_fmt(end_to_end)} | {SWAV_ANCHOR:.0f} | {vs(end_to_end, SWAV_ANCHOR)} |",
+        f"| `trainers.swav.train`, one epoch of the {SAMPLE_SIZES['medium']['unlabeled']}-image sample set "
+        "(fp16 + GradScaler; first steps "
+        f"included) | {_fmt(trainer)} | {SWAV_ANCHOR:.0f} | {vs(trainer, SWAV_ANCHOR)} |",
+        f"| Faster R-CNN R50-FPN training, batch {det.batch}, {det.image_hw[0]} x {det.image_hw[1]} -> "
+        f"{det.min_size} px, fp32 | {_fmt(det_fp32)} | {DETECTION_ANCHOR:.0f} | {vs(det_fp32, DETECTION_ANCHOR)} |",
+        f"| the same with bf16 autocast | {_fmt(det_bf16)} | {DETECTION_ANCHOR:.0f} | "
+        f"{vs(det_bf16, DETECTION_ANCHOR)} |",
+        "",
+        f"End to end reaches {statistics.median(end_to_end) / statistics.median(synthetic):.0%} of the synthetic "
+        "ceiling; the rest is decoding and augmentation that the GPU step does not hide (the sample images are "
+        "256 x 256 JPEGs and PNGs, smaller than ImageNet's, so real data decodes slower per image).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Print the table (``--quick`` for fewer steps)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps, one repeat")
+    args = parser.parse_args(argv)
+    print(run(quick=args.quick))
+
+
+if __name__ == "__main__":
+    main()

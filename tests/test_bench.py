@@ -1,0 +1,228 @@
+"""The benchmarks' cheapest paths: each must run and return a section with its figures.
+
+Timings are never asserted (STYLE.md: they live in bench/); counts and the structure are.
+Launch-based paths start a local Ray and are marked slow.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import dedup, gpu, orchestration, overhead, pruning_saved, tracking_cost
+from bench.orchestration import BaselineRecord, Comparison, LaunchRecord, TrialRecord
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _table_rows(section: str) -> list[str]:
+    return [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("|---")]
+
+
+# ---------------------------------------------------------------------------
+# overhead
+# ---------------------------------------------------------------------------
+
+
+def test_overhead_quick_section():
+    section = overhead.run(quick=True)
+    assert section.startswith("## SwAV trainer overhead")
+    rows = _table_rows(section)
+    assert len(rows) == 5  # header + 4 candidates
+    ratios = [float(m) for m in re.findall(r"\| (\d+\.\d\d)x \(", section)]
+    assert len(ratios) == 4 and ratios[0] == 1.0  # the baseline against itself
+    assert all(r > 0 for r in ratios)
+    assert "misses the goal" in section or "meets the goal" in section
+
+
+def test_overhead_candidates_train_the_same_images(sample_data):
+    setup = overhead.Setup(images=16, batch_size=8, crop_sizes=(32, 16), repeats=1)
+    config = overhead.make_config(sample_data.unlabeled, setup)
+    batches = overhead.decoded_batches(config)
+    assert [len(b) for b in batches] == [8, 8]
+    seconds, loop = overhead.full_train(config)
+    assert 0 < loop < seconds  # the epoch loop is part of the whole run
+
+
+# ---------------------------------------------------------------------------
+# orchestration functions (the launch itself: slow test below)
+# ---------------------------------------------------------------------------
+
+
+def test_tiny_space_expands_to_two_by_one(tmp_path):
+    from experiments import spaces
+    from trainers.data import data_fingerprint, generate_sample
+
+    space = orchestration.tiny_space("t", pretrain_grid={"prototypes": [20, 30]})
+    path = orchestration.write_space(tmp_path, space)
+    spec = spaces.load_space(path)
+    sample = generate_sample(tmp_path / "data", seed=0, size="small")
+    paths = {k: str(getattr(sample, k)) for k in spaces.DATA_PATH_KEYS}
+    plan = spaces.expand(spec, data_fingerprint(*paths.values()), paths)
+    assert len(plan.pretrain) == 2 and len(plan.finetune) == 2
+    assert {t.config["prototypes"] for t in plan.pretrain} == {20, 30}
+
+
+def _trial(stage: str, name: str, start: float) -> TrialRecord:
+    return TrialRecord(stage, name, f"run-{name}", start, start + 1.0, "FINISHED", {}, {}, {}, 1)
+
+
+def test_comparison_splits_the_launch_timeline():
+    # Trials start at 10, 15 and 22 s; the stages end at 30 s; the process ran 0-35 s.
+    trials = [_trial("finetune", "c", 22.0), _trial("pretrain", "a", 10.0), _trial("pretrain", "b", 15.0)]
+    launch = LaunchRecord("s", 0.0, 35.0, 0, "", 5.0, 30.0, {}, trials)
+    assert [(t.name, seg) for t, seg in launch.segments()] == [("a", 5.0), ("b", 7.0), ("c", 8.0)]
+    base = BaselineRecord(100.0, 112.0, [
+        {"stage": "pretrain", "name": "a", "start_s": 103.0, "end_s": 105.0},
+        {"stage": "pretrain", "name": "b", "start_s": 105.0, "end_s": 108.0},
+        {"stage": "finetune", "name": "c", "start_s": 108.0, "end_s": 111.0},
+    ])
+    cmp = Comparison(launch, base)
+    rows = {what: (lv, bv) for what, lv, bv in cmp.rows()}
+    assert rows["whole run (process start to exit)"] == (35.0, 12.0)
+    assert rows["before the first trial"] == (10.0, 3.0)
+    assert rows["the 3 trials"] == (20.0, 8.0)
+    assert rows["after the last trial"] == (5.0, 1.0)
+    assert [(t.name, seg - b) for t, seg, b in cmp.per_trial()] == [("a", 3.0), ("b", 4.0), ("c", 5.0)]
+
+
+def test_comparison_refuses_different_trials():
+    launch = LaunchRecord("s", 0.0, 10.0, 0, "", 1.0, 9.0, {}, [_trial("pretrain", "a", 2.0)])
+    base = BaselineRecord(0.0, 5.0, [{"stage": "pretrain", "name": "z", "start_s": 1.0, "end_s": 2.0}])
+    with pytest.raises(RuntimeError, match="different trials"):
+        Comparison(launch, base)
+
+
+def test_child_env_isolates_ray_and_tracking(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://elsewhere:5000")
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    env = orchestration.child_env(tmp_path)
+    assert "MLFLOW_TRACKING_URI" not in env and "RAY_ADDRESS" not in env
+    assert env["RAY_TMPDIR"] == str(tmp_path) and env["OMP_NUM_THREADS"] == "1"
+
+
+@pytest.mark.slow
+def test_orchestration_quick_section():
+    section = orchestration.run(quick=True)
+    assert section.startswith("## Orchestration overhead")
+    assert "Per-trial overhead:" in section
+    assert "2 pretraining runs executed for 2 fine-tuning trials" in section
+    assert len(_table_rows(section)) == 6 + 5 + 4  # three tables: 5, 4 and 3 rows under their headers
+
+
+# ---------------------------------------------------------------------------
+# pruning_saved
+# ---------------------------------------------------------------------------
+
+
+def test_outcome_finds_healthy_and_collapsed_runs():
+    def pre(t: float, pruned: str, epochs: int) -> TrialRecord:
+        return TrialRecord("pretrain", f"p{t}", f"r{t}", t, t + 1, "FINISHED", {"pretrain.temperature": str(t)},
+                           {"ablate.pruned": pruned}, {}, epochs)
+
+    launch = LaunchRecord("s", 0.0, 60.0, 0, "", 1.0, 50.0, {"launch/pruned_epochs_saved": 10.0},
+                          [pre(0.1, "false", 16), pre(100.0, "true", 6)])
+    out = pruning_saved.outcome(launch)
+    assert out.healthy.epochs == 16 and out.collapsed.epochs == 6 and out.epochs_run == 22
+    assert not out.pruned(out.healthy) and out.pruned(out.collapsed)
+    assert out.metric("launch/pruned_epochs_saved") == 10.0 and math.isnan(out.metric("launch/missing"))
+
+
+@pytest.mark.slow
+def test_planted_collapse_launch_is_read_back(tmp_path):
+    # One launch (pruning on) of the benchmark's grid, 7 epochs: the default pruner stops the
+    # planted collapse at epoch 6 (warm-up 2 + patience 4) and leaves the control alone.
+    space = orchestration.tiny_space("bench_prune_test", pretrain_epochs=7,
+                                     pretrain_cases=[{"temperature": pruning_saved.HEALTHY},
+                                                     {"temperature": pruning_saved.COLLAPSED}],
+                                     pruning={"enabled": True}, pretrain_fixed=pruning_saved.CONTROL_LR)
+    record = orchestration.run_launch(orchestration.write_space(tmp_path, space), tmp_path, space["name"])
+    out = pruning_saved.outcome(record)
+    assert out.pruned(out.collapsed) and out.collapsed.epochs == 6
+    assert not out.pruned(out.healthy) and out.healthy.epochs == 7
+    assert out.metric("launch/pruned_epochs_budgeted") == 7 and out.metric("launch/pruned_epochs_saved") == 1
+    assert out.finetunes == 1 and out.metric("launch/finetune_skipped") == 1
+
+
+# ---------------------------------------------------------------------------
+# tracking_cost
+# ---------------------------------------------------------------------------
+
+
+def test_tracking_counts_requests_against_a_real_server(tmp_path):
+    from experiments.tracking import Tracker
+
+    steps = tracking_cost.history(3, 4)
+    with tracking_cost.mlflow_server(tmp_path) as server:
+        tracker = Tracker(server.url, "bench_test")
+        counter = tracking_cost.RequestCounter()
+        counts = {}
+        for name, fn in [*tracking_cost.candidates(tracker, steps).items(),
+                         ("per_value", lambda run_id: tracking_cost.per_value(tracker.client, run_id, steps))]:
+            run_id = tracker.create_run(name, {})
+            counter.count = 0
+            with counter.counting():
+                fn(run_id)
+            counts[name] = counter.count
+            assert len(tracker.client.get_metric_history(run_id, "bench/metric_03")) == 3
+        assert server.access_lines() > sum(counts.values())  # plus the runs' creation and the reads
+    assert counts == {"per_value": 12, "per_epoch": 3, "per_epoch_tag": 6, "history": 1}
+    assert server.process.poll() is not None  # stopped on leaving the block
+
+
+@pytest.mark.slow
+def test_tracking_quick_section():
+    section = tracking_cost.run(quick=True)
+    assert section.startswith("## Tracking cost")
+    assert "| 200 (200) |" in section and "| 10 (10) |" in section and "| 1 (1) |" in section
+
+
+# ---------------------------------------------------------------------------
+# dedup
+# ---------------------------------------------------------------------------
+
+
+def test_dedup_quick_counts():
+    section = dedup.run(quick=True)
+    assert "| paper_full | 9 | 9 | 48 (45) | 45 | **5.0x** |" in section
+    assert "| smoke | 2 | 2 | 5 (4) | 4 | **2.0x** |" in section
+    assert "skipped in the quick run" in section
+
+
+def test_tiny_smoke_keeps_smoke_structure():
+    import yaml
+
+    smoke = yaml.safe_load((ROOT / "search_spaces" / "smoke.yaml").read_text())
+    tiny = dedup.tiny_smoke()
+    assert tiny["pretrain"]["grid"] == smoke["pretrain"]["grid"]
+    assert tiny["finetune"]["cases"] == smoke["finetune"]["cases"]
+    assert tiny["seeds"] == smoke["seeds"]
+
+
+# ---------------------------------------------------------------------------
+# gpu: the skip path here, the measuring functions on the CPU with tiny sizes
+# ---------------------------------------------------------------------------
+
+
+def test_gpu_section_skips_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    section = gpu.run(quick=True)
+    assert "Skipped on this machine" in section and "100 images/s per V100" in section
+
+
+def test_gpu_measurements_run_on_cpu(sample_data):
+    from trainers.swav import CropGroup
+
+    cpu = torch.device("cpu")
+    swav = gpu.SwAVSetup(arch="resnet18", crops=(CropGroup(2, 32, 0.14, 1.0), CropGroup(2, 16, 0.05, 0.14)),
+                         batch=4, prototypes=10, feat_dim=8, hidden_dim=16)
+    for rates in (gpu.swav_synthetic(swav, cpu, warmup=1, steps=1, repeats=2),
+                  gpu.swav_end_to_end(swav, cpu, sample_data.unlabeled, workers=0, warmup=1, steps=1, repeats=1)):
+        assert rates and all(r > 0 for r in rates)
+    det = gpu.DetectionSetup(arch="resnet18", batch=1, image_hw=(96, 128), min_size=128, max_size=128, boxes=2,
+                             classes=3)
+    assert gpu.detection_rates(det, cpu, bf16=True, warmup=1, steps=1, repeats=1)[0] > 0
