@@ -186,12 +186,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     uri = args.tracking_uri or default_tracking_uri()
     print(f"ablate demo: launching {space} (tracking store {redact(uri)})", flush=True)
     result = launch(space, LaunchOptions(tracking_uri=uri))
+    exe = Path(sys.executable).with_name("ablate")
+    cmd = os.path.relpath(exe) if exe.is_file() and not os.path.relpath(exe).startswith("..") else "ablate"
     print()
     print("next steps:")
-    print("  ablate ui                                   # open http://127.0.0.1:5000 and pick the experiment "
+    print(f"  {cmd} ui                                   # open http://127.0.0.1:5000 and pick the experiment "
           f"'{result.study}'")
-    print(f"  ablate report {result.study}")
-    print(f"  ablate pull {result.study}-detector@champion --dest pulled_model")
+    print(f"  {cmd} report {result.study}")
+    print(f"  {cmd} pull {result.study}-detector@champion --dest pulled_model")
     return result.exit_code
 
 
