@@ -88,6 +88,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace what --dest already holds")
     _add_tracking(p)
 
+    p = sub.add_parser("detect", help="run a pulled detector on images: print its boxes, optionally draw them")
+    p.add_argument("model", type=Path, help="folder from `ablate pull STUDY-detector@champion --dest DIR`")
+    p.add_argument("images", type=Path, nargs="+", help="PNG/JPEG files")
+    p.add_argument("--threshold", type=float, default=0.5, help="lowest score to show (default 0.5)")
+    p.add_argument("--out", type=Path, default=None, help="PNG to write with the images and their boxes")
+
     p = sub.add_parser("ui", help="start the MLflow UI on the local store (127.0.0.1)")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--host", default="127.0.0.1")
@@ -194,6 +200,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"'{result.study}'")
     print(f"  {cmd} report {result.study}")
     print(f"  {cmd} pull {result.study}-detector@champion --dest pulled_model")
+    from trainers.data import find_images
+
+    val = find_images(result.data["val_images"])[:2] if result.data else []
+    if val:
+        images = " ".join(os.path.relpath(v) for v in val)
+        print(f"  {cmd} detect pulled_model {images} --out detections.png")
     return result.exit_code
 
 
@@ -220,6 +232,42 @@ def cmd_results(args: argparse.Namespace) -> int:
     else:
         dest = registry.pull(args.name, args.dest, uri, overwrite=args.overwrite)
         print(f"pulled {args.name} into {dest}")
+    return 0
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    """Load a pulled detector (safetensors only), print each image's boxes, draw them with --out."""
+    import torch
+
+    from trainers.data import decode_rgb
+    from trainers.detection import detect, draw_detections, load_detector, read_detector_config
+
+    if not 0.0 <= args.threshold <= 1.0:
+        return _fail(f"--threshold {args.threshold}: expected a score between 0 and 1")
+    model = load_detector(args.model)
+    record = read_detector_config(args.model)
+    images, found = [], []
+    for path in args.images:
+        try:
+            image = decode_rgb(path)
+        except (OSError, RuntimeError) as exc:
+            return _fail(f"{path}: not a readable PNG/JPEG image ({exc})")
+        boxes = detect(model, image, record["class_names"], record["label_to_cat_id"], score_threshold=args.threshold)
+        images.append(image)
+        found.append(boxes)
+        print(f"{path}: {len(boxes)} object{'s' if len(boxes) != 1 else ''} scoring >= {args.threshold:g}")
+        for b in boxes:
+            print(f"  {b['category_name']:10} {b['score']:.2f}  "
+                  f"[{b['x_min']:.0f}, {b['y_min']:.0f}, {b['x_max']:.0f}, {b['y_max']:.0f}]")
+    if args.out is not None:
+        empty = {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)}
+        preds = [{"boxes": torch.tensor([[b["x_min"], b["y_min"], b["x_max"], b["y_max"]] for b in boxes]).reshape(-1, 4),
+                  "scores": torch.tensor([b["score"] for b in boxes]),
+                  "labels": torch.tensor([b["label"] for b in boxes], dtype=torch.int64),
+                  "image_id": path.name} for path, boxes in zip(args.images, found)]
+        draw_detections(images, [empty] * len(images), preds, record["class_names"], args.out,
+                        score_threshold=args.threshold, title=f"detector {args.model}")
+        print(f"drawn: {args.out}")
     return 0
 
 
@@ -276,6 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_demo(args)
         if args.command == "ui":
             return cmd_ui(args)
+        if args.command == "detect":
+            return cmd_detect(args)
         if args.command in ("report", "register", "models", "pull"):
             return cmd_results(args)
         if args.command == "server":

@@ -93,6 +93,7 @@ class LaunchResult:
     outcomes: list[TrialOutcome]
     exit_code: int
     plan: Plan | None = None
+    data: dict[str, str] | None = None  # the data set's resolved paths (DATA_PATH_KEYS -> path)
 
 
 # ---------------------------------------------------------------------------
@@ -455,7 +456,7 @@ class Launcher:
         if self.options.dry_run:
             print(spaces.format_plan(plan, reused, pruned_before), file=self.options.out)
             print(f"\n(dry run: nothing trained; tracking store {redact(self.tracking_uri)})", file=self.options.out)
-            return LaunchResult(self.spec.name, None, [], 0, plan)
+            return LaunchResult(self.spec.name, None, [], 0, plan, dict(self.data_paths))
 
         self.parent_run_id = self._parent_run(plan)
         monitor = self._system_metrics()
@@ -596,7 +597,7 @@ class Launcher:
             param_space=param_space,
             tune_config=tune.TuneConfig(
                 max_concurrent_trials=self.max_concurrent, scheduler=scheduler, search_alg=search_alg,
-                num_samples=num_samples,
+                num_samples=num_samples, reuse_actors=True,
                 trial_name_creator=lambda t: f"{stage}_{t.trial_id}",
                 trial_dirname_creator=lambda t: f"{stage}_{t.trial_id}",
             ),
@@ -839,7 +840,8 @@ class Launcher:
         self.tracker.finish(self.parent_run_id, "FAILED" if all_failed else "FINISHED")
         if self.options.register and not all_failed:
             self._register()
-        return LaunchResult(self.spec.name, self.parent_run_id, outs, 1 if all_failed else 0, plan)
+        return LaunchResult(self.spec.name, self.parent_run_id, outs, 1 if all_failed else 0, plan,
+                            dict(self.data_paths))
 
     def _register(self) -> None:
         try:

@@ -132,20 +132,8 @@ def test_outcome_finds_healthy_and_collapsed_runs():
     assert out.metric("launch/pruned_epochs_saved") == 10.0 and math.isnan(out.metric("launch/missing"))
 
 
-@pytest.mark.slow
-def test_planted_collapse_launch_is_read_back(tmp_path):
-    # One launch (pruning on) of the benchmark's grid, 7 epochs: the default pruner stops the
-    # planted collapse at epoch 6 (warm-up 2 + patience 4) and leaves the control alone.
-    space = orchestration.tiny_space("bench_prune_test", pretrain_epochs=7,
-                                     pretrain_cases=[{"temperature": pruning_saved.HEALTHY},
-                                                     {"temperature": pruning_saved.COLLAPSED}],
-                                     pruning={"enabled": True}, pretrain_fixed=pruning_saved.CONTROL_LR)
-    record = orchestration.run_launch(orchestration.write_space(tmp_path, space), tmp_path, space["name"])
-    out = pruning_saved.outcome(record)
-    assert out.pruned(out.collapsed) and out.collapsed.epochs == 6
-    assert not out.pruned(out.healthy) and out.healthy.epochs == 7
-    assert out.metric("launch/pruned_epochs_budgeted") == 7 and out.metric("launch/pruned_epochs_saved") == 1
-    assert out.finetunes == 1 and out.metric("launch/finetune_skipped") == 1
+# The planted-collapse launch itself is read back through `pruning_saved.outcome` in
+# tests/experiments/test_launch.py::test_collapsed_pretraining_is_pruned_and_gets_no_finetuning.
 
 
 # ---------------------------------------------------------------------------

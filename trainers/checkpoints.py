@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 STATE_TENSORS = "state.safetensors"
@@ -28,6 +29,17 @@ BACKBONE_FORMAT = "torchvision-resnet-trunk/v1"
 
 class CheckpointError(ValueError):
     """A checkpoint or export that is missing, incomplete or of the wrong kind."""
+
+
+def read_tensors(path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a corrupt, truncated or foreign file is a CheckpointError naming it."""
+    try:
+        return load_file(str(path), device=device)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc}); "
+            "re-export it, or pull the model again with `ablate pull`"
+        ) from exc
 
 
 def _flatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
@@ -81,7 +93,7 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
     for name in (STATE_TENSORS, STATE_JSON):
         if not (directory / name).is_file():
             raise CheckpointError(f"{directory}: not a checkpoint (missing {name})")
-    tensors = load_file(str(directory / STATE_TENSORS), device=str(map_location))
+    tensors = read_tensors(directory / STATE_TENSORS, device=str(map_location))
     return _unflatten(json.loads((directory / STATE_JSON).read_text()), tensors)
 
 
@@ -138,4 +150,4 @@ def load_backbone_weights(directory: str | Path, verify: bool = True) -> tuple[d
     path = directory / BACKBONE_WEIGHTS
     if verify and config.get("sha256") and sha256_file(path) != config["sha256"]:
         raise CheckpointError(f"{path}: sha256 does not match {BACKBONE_CONFIG} (file corrupted or replaced)")
-    return load_file(str(path)), config
+    return read_tensors(path), config

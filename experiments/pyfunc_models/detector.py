@@ -30,9 +30,8 @@ from typing import Any
 
 import mlflow
 import pandas as pd
-import torch
-
 from trainers.data import decode_base64_image  # shipped with the model as code
+from trainers.detection.export import detect
 
 IMAGE_COLUMN = "image"
 ARTIFACT_KEY = "detector"
@@ -63,21 +62,12 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
             raise ValueError(f"expected a DataFrame with a column {IMAGE_COLUMN!r} of base64 PNG/JPEG text")
         threshold = float((params or {}).get("score_threshold", 0.0) or 0.0)
         rows: list[dict[str, Any]] = []
-        with torch.no_grad():
-            # One image per forward pass: images differ in size, and batching would not change the
-            # result (the transform resizes and pads each image on its own).
-            for index, value in enumerate(model_input[IMAGE_COLUMN].tolist()):
-                image = decode_base64_image(value, index).float().div_(255.0)
-                det = self.model([image])[0]
-                for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
-                    if score < threshold:
-                        continue
-                    label = int(label)
-                    rows.append({
-                        "image": index, "x_min": box[0], "y_min": box[1], "x_max": box[2], "y_max": box[3],
-                        "score": score, "label": label, "category_id": int(self.label_to_cat_id.get(label, -1)),
-                        "category_name": self.class_names[label - 1] if 0 < label <= len(self.class_names) else "",
-                    })
+        # One image per forward pass: images differ in size, and batching would not change the
+        # result (the transform resizes and pads each image on its own).
+        for index, value in enumerate(model_input[IMAGE_COLUMN].tolist()):
+            found = detect(self.model, decode_base64_image(value, index), self.class_names, self.label_to_cat_id,
+                           score_threshold=threshold)
+            rows += [{"image": index, **record} for record in found]
         frame = pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
         return frame.astype({k: (object if v == "str" else v) for k, v in OUTPUT_COLUMNS.items()})
 

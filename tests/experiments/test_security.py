@@ -6,21 +6,26 @@
   live: ``torch.load(weights_only=False)`` creates the marker, so the refusals are real.
 * No module calls an unpickling loader (AST scan of trainers/ and experiments/).
 * ``redact`` / ``scrub_mapping`` blank credentials in URIs, key=value text, headers, mappings.
-* End to end: ``ablate launch`` against a basic-auth server, the password in the tracking URI
-  and in ``MLFLOW_TRACKING_PASSWORD``; the password is nowhere in the backend database or the
-  artifact store afterwards.
+* End to end, in team mode: ``ablate launch --address`` on a ``ray start --head`` cluster,
+  tracking to a basic-auth server, the password in the tracking URI and in
+  ``MLFLOW_TRACKING_PASSWORD``; the password is nowhere in the backend database, the artifact
+  store, the launch's storage or Ray's temp dir afterwards.
 """
 
 from __future__ import annotations
 
 import ast
 import base64
+import contextlib
 import json
 import os
 import pickle
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -30,7 +35,7 @@ import torch
 from experiments import redaction as R
 from experiments import server as S
 from trainers.checkpoints import (
-    BACKBONE_CONFIG, BACKBONE_FORMAT, BACKBONE_WEIGHTS, STATE_JSON, STATE_TENSORS, load_backbone_weights,
+    BACKBONE_CONFIG, BACKBONE_FORMAT, BACKBONE_WEIGHTS, STATE_JSON, STATE_TENSORS, CheckpointError, load_backbone_weights,
     load_checkpoint, sha256_file,
 )
 
@@ -90,7 +95,8 @@ def test_load_checkpoint_refuses_pickle_disguised_as_safetensors(evil, tmp_path)
     ckpt.mkdir()
     (ckpt / STATE_TENSORS).write_bytes(data)
     (ckpt / STATE_JSON).write_text(json.dumps({"__dict__": {"model": {"__tensor__": "t0"}}}))
-    _refused(lambda: load_checkpoint(ckpt), marker)
+    err = _refused(lambda: load_checkpoint(ckpt), marker)
+    assert isinstance(err, CheckpointError) and str(ckpt / STATE_TENSORS) in str(err)
 
 
 def _fake_backbone(folder: Path, data: bytes) -> Path:
@@ -107,8 +113,10 @@ def test_backbone_loaders_refuse_the_payload(evil, tmp_path):
 
     data, marker = evil
     folder = _fake_backbone(tmp_path / "backbone", data)
-    _refused(lambda: load_backbone_weights(folder), marker)
-    _refused(lambda: load_backbone(folder), marker)
+    for load in (load_backbone_weights, load_backbone):
+        err = _refused(lambda: load(folder), marker)
+        # one clear error that names the file, not the safetensors library's own
+        assert isinstance(err, CheckpointError) and str(folder / BACKBONE_WEIGHTS) in str(err)
 
 
 def test_load_detector_refuses_the_payload(evil, tmp_path):
@@ -126,7 +134,8 @@ def test_load_detector_refuses_the_payload(evil, tmp_path):
     record = {"format": DETECTOR_FORMAT, "model": model, "num_classes": 2, "class_names": ["a", "b"],
               "label_to_cat_id": {"1": 1, "2": 2}, "sha256": sha256_file(folder / DETECTOR_WEIGHTS)}
     (folder / DETECTOR_CONFIG).write_text(json.dumps(record))
-    _refused(lambda: load_detector(folder), marker)
+    err = _refused(lambda: load_detector(folder), marker)
+    assert isinstance(err, CheckpointError) and str(folder / DETECTOR_WEIGHTS) in str(err)
 
 
 # ---------------------------------------------------------------------------
@@ -245,8 +254,43 @@ def _files_containing(root: Path, needles: dict[str, bytes]) -> list[str]:
     return hits
 
 
+@contextlib.contextmanager
+def ray_head(env: dict[str, str]):
+    """``ray start --head`` on loopback (token auth, Ray's default); yields (address, its temp dir).
+
+    ``--block`` keeps the head in its own process group, so exactly this cluster is stopped.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    temp = Path(tempfile.mkdtemp(prefix="ray"))  # short: Ray's socket paths
+    head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
+                             f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                             "--node-ip-address=127.0.0.1", "--disable-usage-stats", f"--temp-dir={temp}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert head.poll() is None, "ray start --head exited"
+            time.sleep(1)
+        yield f"127.0.0.1:{port}", temp
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+
+
 @pytest.mark.slow
-def test_launch_leaves_no_password_in_the_store(tmp_path, monkeypatch):
+def test_team_launch_leaves_no_password_anywhere(tmp_path, monkeypatch):
+    """Team mode end to end, in one launch: `ablate launch --address` on a cluster started with
+    `ray start --head` (loopback, token auth), tracking to an `ablate server --auth`. Runs of every
+    stage arrive, and the password is in no file of the store, the launch's storage or Ray's temp
+    dir, in nothing printed, and not in the server log."""
     try:
         import flask_wtf  # noqa: F401
     except ImportError:
@@ -254,6 +298,8 @@ def test_launch_leaves_no_password_in_the_store(tmp_path, monkeypatch):
         if IN_CI:
             pytest.fail(msg + " (CI=true: this must be available)")
         pytest.skip(msg)
+    from mlflow.tracking import MlflowClient
+
     from tests.experiments.test_launch import tiny_space
 
     password = "SECRETPW-" + uuid.uuid4().hex[:12]
@@ -263,29 +309,29 @@ def test_launch_leaves_no_password_in_the_store(tmp_path, monkeypatch):
     work = tmp_path / "work"
     work.mkdir()
     space = tiny_space(tmp_path, "secrets", pretrain_epochs=1)
+    head_env = {k: v for k, v in os.environ.items() if k not in (S.ENV_ADMIN_PASSWORD, "RAY_ADDRESS")}
     with S.start_server(f"sqlite:///{store}/mlflow.db", port=_free_port(), workers=1, auth=True,
-                        log_path=tmp_path / "server.log") as server:
+                        log_path=tmp_path / "server.log") as server, ray_head(head_env) as (address, ray_temp):
         uri = server.url.replace("http://", f"http://admin:{password}@")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_TRACKING_PASSWORD": password,
+        env = {**head_env, "PYTHONUNBUFFERED": "1", "MLFLOW_TRACKING_PASSWORD": password,
                "MLFLOW_TRACKING_USERNAME": "admin"}
-        env.pop("MLFLOW_TRACKING_URI", None)
-        env.pop(S.ENV_ADMIN_PASSWORD, None)  # the launch is a client: only the tracking credentials
-        proc = subprocess.run([sys.executable, "-m", "experiments.cli", "launch", str(space), "--tracking-uri", uri],
-                              cwd=work, env=env, capture_output=True, text=True, timeout=900)
+        env.pop("MLFLOW_TRACKING_URI", None)  # the launch is a client: only the tracking credentials
+        proc = subprocess.run([sys.executable, "-m", "experiments.cli", "launch", str(space), "--tracking-uri", uri,
+                               "--address", address], cwd=work, env=env, capture_output=True, text=True, timeout=900)
         out = proc.stdout + proc.stderr
         assert proc.returncode == 0, out[-6000:]
-        from mlflow.tracking import MlflowClient
-
         monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
         client = MlflowClient(tracking_uri=server.url)
         exp = client.get_experiment_by_name("secrets")
         runs = client.search_runs([exp.experiment_id])
-        assert len(runs) >= 2  # the launch's parent run and at least one trial reached the server
-    needles = {"the password": password.encode(),
-               "a Basic auth header": base64.b64encode(f"admin:{password}".encode())}
+        assert {r.data.tags["ablate.stage"] for r in runs} == {"launch", "pretrain", "finetune"}
+        assert all(r.info.status == "FINISHED" for r in runs)
+        needles = {"the password": password.encode(),
+                   "a Basic auth header": base64.b64encode(f"admin:{password}".encode())}
+        # Ray's temp dir while the head still runs: session logs, job and worker records
+        problems = [f"Ray temp dir: {hit}" for hit in _files_containing(ray_temp, needles)]
     assert (store / "mlflow.db").is_file() and any((store / "artifacts").rglob("*"))
-    problems = []
     # the tracking store: the backend database (+ WAL) and every artifact
     problems += [f"tracking store: {hit}" for hit in _files_containing(store, needles)]
     # the launch's own files: Ray storage (tuner.pkl, trial configs, checkpoints), the Optuna database

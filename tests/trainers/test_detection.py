@@ -25,7 +25,8 @@ from trainers.common import NonFiniteLossError, config_from_dict, config_to_dict
 from trainers.data import CocoDetection, detection_collate
 from trainers.detection import (
     DETECTOR_CONFIG, DETECTOR_WEIGHTS, FIGURE_FILE, METRIC_NAMES, PER_CLASS_FILE, SUMMARY_FILE, BackboneLoadError,
-    DetectionConfig, build_box_head, build_detector, coco_eval, convert_norm, draw_detections, evaluate, load_detector, lr_factor,
+    DetectionConfig, build_box_head, build_detector, coco_eval, convert_norm, detect, draw_detections, evaluate,
+    load_detector, lr_factor,
     param_groups, read_detector_config, train, train_one_epoch,
 )
 from trainers.reporting import InMemoryReporter
@@ -475,7 +476,8 @@ def test_non_finite_loss_names_epoch_and_step(sample_data: Any) -> None:
 
 
 @pytest.mark.slow
-def test_train_evaluate_export_and_reload(sample_data: Any, backbones: dict[str, Path], tmp_path: Path) -> None:
+def test_train_evaluate_export_and_reload(sample_data: Any, backbones: dict[str, Path], tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
     backbone = tmp_path / "backbone"
     shutil.copytree(backbones["bn"], backbone)
     config = tiny_config(sample_data, backbone=str(backbone), arch=None, epochs=1, max_iters_per_epoch=2, figure_images=2)
@@ -531,6 +533,34 @@ def test_train_evaluate_export_and_reload(sample_data: Any, backbones: dict[str,
     metrics = evaluate(loaded, val, out_dir=tmp_path / "eval", figure_images=1)
     assert set(metrics) == set(METRIC_NAMES)
     assert (tmp_path / "eval" / PER_CLASS_FILE).is_file() and (tmp_path / "eval" / FIGURE_FILE).is_file()
+
+    # detect(): the same boxes as plain records, best first, named by the detector's class table.
+    records = detect(loaded, val[0][0], record["class_names"], record["label_to_cat_id"])
+    torch.testing.assert_close(torch.tensor([r["score"] for r in records]), want["scores"])
+    torch.testing.assert_close(torch.tensor([[r["x_min"], r["y_min"], r["x_max"], r["y_max"]] for r in records]),
+                               want["boxes"])
+    for r in records:
+        assert r["category_id"] == record["label_to_cat_id"][r["label"]]
+        assert r["category_name"] == record["class_names"][r["label"] - 1]
+    top = records[0]["score"]
+    assert all(r["score"] >= top for r in detect(loaded, val[0][0], record["class_names"], record["label_to_cat_id"],
+                                                  score_threshold=top))
+
+    # `ablate detect` on the export: boxes printed, the figure drawn; bad input is exit code 2 naming it.
+    from experiments.cli import main
+
+    image_path = sorted(Path(sample_data.val_images).glob("*.jpg"))[0]
+    assert main(["detect", str(checkpoint), str(image_path), "--threshold", "0", "--out", str(tmp_path / "d.png")]) == 0
+    with Image.open(tmp_path / "d.png") as png:
+        assert png.format == "PNG"
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    for args, needle in [([str(checkpoint), str(broken)], str(broken)),
+                         ([str(tmp_path), str(image_path)], str(tmp_path)),
+                         ([str(checkpoint), str(image_path), "--threshold", "2"], "--threshold")]:
+        capsys.readouterr()
+        assert main(["detect", *args]) == 2
+        assert needle in capsys.readouterr().err
 
 
 @pytest.mark.slow

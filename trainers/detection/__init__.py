@@ -21,7 +21,7 @@ from trainers.detection.evaluation import (
     predict, to_coco_results, write_per_class,
 )
 from trainers.detection.export import (
-    DETECTOR_CONFIG, DETECTOR_FORMAT, DETECTOR_WEIGHTS, export_detector, load_detector, read_detector_config,
+    DETECTOR_CONFIG, DETECTOR_FORMAT, DETECTOR_WEIGHTS, detect, export_detector, load_detector, read_detector_config,
 )
 from trainers.detection.model import (
     BackboneLoadError, Res5Head, TwoMLPLayerNormHead, assemble_detector, build_box_head, build_detector, convert_norm,
@@ -32,7 +32,7 @@ __all__ = [
     "DEFAULT_MULTIPLIERS", "GROUP_NAMES", "HEADS", "LR_SCHEDULES", "LR_SCHEMES", "NORMS", "SCRATCH", "DetectionConfig",
     "config_fields", "iters_per_epoch", "lr_factor", "train", "train_one_epoch", "FIGURE_FILE", "METRIC_NAMES",
     "PER_CLASS_FILE", "SUMMARY_FILE", "CocoEvaluation", "coco_eval", "draw_detections", "evaluate", "predict",
-    "to_coco_results", "write_per_class", "DETECTOR_CONFIG", "DETECTOR_FORMAT", "DETECTOR_WEIGHTS", "export_detector",
+    "to_coco_results", "write_per_class", "DETECTOR_CONFIG", "DETECTOR_FORMAT", "DETECTOR_WEIGHTS", "detect", "export_detector",
     "load_detector", "read_detector_config", "BackboneLoadError", "Res5Head", "TwoMLPLayerNormHead",
     "assemble_detector", "build_box_head", "build_detector", "convert_norm", "detection_trunk", "infer_arch",
     "load_backbone", "param_groups", "parameter_stage",

@@ -277,6 +277,7 @@ def draw_detections(
         index = int(label) - 1
         return class_names[index] if 0 <= index < len(class_names) else f"label {int(label)}"
 
+    has_truth = any(len(target["boxes"]) for target in targets)
     for ax, image, target, pred in zip(axes, images, targets, predictions):
         ax.imshow(image.permute(1, 2, 0).cpu().numpy())
         for box, label in zip(torch.as_tensor(target["boxes"]).tolist(), torch.as_tensor(target["labels"]).tolist()):
@@ -295,9 +296,10 @@ def draw_detections(
             ax.text(box[0], box[1], f"{name(label)} {score:.2f}", color="white", fontsize=7, va="bottom",
                     bbox={"facecolor": PRED_COLOUR, "alpha": 0.7, "pad": 1, "linewidth": 0})
         image_id = target.get("image_id", pred.get("image_id", "?"))
-        ax.set_title(f"image {image_id}: {len(target['boxes'])} GT, {shown} pred >= {score_threshold:g}", fontsize=9)
+        truth = f"{len(target['boxes'])} GT, " if has_truth else ""
+        ax.set_title(f"image {image_id}: {truth}{shown} pred >= {score_threshold:g}", fontsize=9)
         ax.axis("off")
-    legend = "green: ground truth, red: predictions"
+    legend = "green: ground truth, red: predictions" if has_truth else "red: predictions"
     fig.suptitle(f"{title} ({legend})" if title else legend, fontsize=11)
     fig.tight_layout()
     path = Path(path)

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torchvision.models.detection import FasterRCNN
 
-from trainers.checkpoints import CheckpointError, sha256_file
+from trainers.checkpoints import CheckpointError, read_tensors, sha256_file
 from trainers.common import config_to_dict, git_sha
 from trainers.detection.config import MODEL_FIELDS, DetectionConfig
 from trainers.detection.model import assemble_detector
@@ -107,7 +107,36 @@ def load_detector(directory: str | Path, device: str | torch.device = "cpu", ver
         raise CheckpointError(f"{path}: sha256 does not match {DETECTOR_CONFIG} (file corrupted or replaced)")
     model = assemble_detector(int(record["num_classes"]), **{k: record["model"][k] for k in MODEL_FIELDS})
     try:
-        model.load_state_dict(load_file(str(path)), strict=True)
+        model.load_state_dict(read_tensors(path), strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit the model described in {DETECTOR_CONFIG}: {exc}") from exc
     return model.to(device).eval()
+
+
+@torch.no_grad()
+def detect(model: FasterRCNN, image: torch.Tensor, class_names: Sequence[str],
+           label_to_cat_id: Mapping[int, int], score_threshold: float = 0.0) -> list[dict[str, Any]]:
+    """The detections of one image, best first, as plain records.
+
+    Args:
+        model: a loaded detector (eval mode, e.g. from :func:`load_detector`).
+        image: uint8 3xHxW RGB tensor, any size (the detector resizes it itself).
+        class_names: the detector's class names (``label`` 1..C is ``class_names[label - 1]``).
+        label_to_cat_id: the detector's label -> COCO category id table.
+        score_threshold: boxes scoring below it are dropped (the detector itself keeps >= 0.05).
+
+    Returns:
+        One dict per box: ``x_min``, ``y_min``, ``x_max``, ``y_max`` (pixels of ``image``), ``score``,
+        ``label``, ``category_id`` and ``category_name``.
+    """
+    device = next(model.parameters()).device
+    det = model([image.to(device).float().div_(255.0)])[0]
+    out = []
+    for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
+        if score < score_threshold:
+            continue
+        label = int(label)
+        out.append({"x_min": box[0], "y_min": box[1], "x_max": box[2], "y_max": box[3], "score": float(score),
+                    "label": label, "category_id": int(label_to_cat_id.get(label, -1)),
+                    "category_name": class_names[label - 1] if 0 < label <= len(class_names) else ""})
+    return sorted(out, key=lambda d: -d["score"])
