@@ -80,7 +80,9 @@ def tiny_smoke() -> dict[str, Any]:
     from bench.orchestration import tiny_space
 
     smoke = yaml.safe_load((ROOT / "search_spaces" / "smoke.yaml").read_text())
-    tiny = tiny_space("bench_dedup_smoke", pretrain_epochs=1, pretrain_grid=smoke["pretrain"]["grid"],
+    # smoke.yaml's epochs: its cases name a backbone (res18_ep2_p100), and the name holds the epochs
+    tiny = tiny_space("bench_dedup_smoke", pretrain_epochs=smoke["pretrain"]["fixed"]["epochs"],
+                      pretrain_grid=smoke["pretrain"]["grid"],
                       finetune_cases=smoke["finetune"]["cases"], pruning=smoke.get("pruning"))
     tiny["seeds"] = smoke["seeds"]
     # The scratch case names resnet18 like smoke.yaml; the other fine-tuning choices come from smoke.

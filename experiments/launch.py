@@ -597,6 +597,9 @@ class Launcher:
             param_space=param_space,
             tune_config=tune.TuneConfig(
                 max_concurrent_trials=self.max_concurrent, scheduler=scheduler, search_alg=search_alg,
+                # One worker process serves the stage's trials in turn: a new Ray actor per trial
+                # re-imports torch and the trainers (~8 s each on a 2-core CPU). Every trial seeds its
+                # RNGs and builds its model, data and optimizer afresh, so reuse carries nothing over.
                 num_samples=num_samples, reuse_actors=True,
                 trial_name_creator=lambda t: f"{stage}_{t.trial_id}",
                 trial_dirname_creator=lambda t: f"{stage}_{t.trial_id}",

@@ -141,32 +141,14 @@ def test_outcome_finds_healthy_and_collapsed_runs():
 # ---------------------------------------------------------------------------
 
 
-def test_tracking_counts_requests_against_a_real_server(tmp_path):
-    from experiments.tracking import Tracker
-
-    steps = tracking_cost.history(3, 4)
-    with tracking_cost.mlflow_server(tmp_path) as server:
-        tracker = Tracker(server.url, "bench_test")
-        counter = tracking_cost.RequestCounter()
-        counts = {}
-        for name, fn in [*tracking_cost.candidates(tracker, steps).items(),
-                         ("per_value", lambda run_id: tracking_cost.per_value(tracker.client, run_id, steps))]:
-            run_id = tracker.create_run(name, {})
-            counter.count = 0
-            with counter.counting():
-                fn(run_id)
-            counts[name] = counter.count
-            assert len(tracker.client.get_metric_history(run_id, "bench/metric_03")) == 3
-        assert server.access_lines() > sum(counts.values())  # plus the runs' creation and the reads
-    assert counts == {"per_value": 12, "per_epoch": 3, "per_epoch_tag": 6, "history": 1}
-    assert server.process.poll() is not None  # stopped on leaving the block
-
-
 @pytest.mark.slow
 def test_tracking_quick_section():
     section = tracking_cost.run(quick=True)
     assert section.startswith("## Tracking cost")
-    assert "| 200 (200) |" in section and "| 10 (10) |" in section and "| 1 (1) |" in section
+    # requests counted in the client (the server's access log in brackets) for 10 epochs x 20 metrics:
+    # one per value, one per epoch, one per epoch plus the checkpoint tag, one for the whole history
+    for cell in ("| 200 (200) |", "| 10 (10) |", "| 20 (20) |", "| 1 (1) |"):
+        assert cell in section, cell
 
 
 # ---------------------------------------------------------------------------
@@ -177,11 +159,11 @@ def test_tracking_quick_section():
 def test_dedup_quick_counts():
     section = dedup.run(quick=True)
     assert "| paper_full | 9 | 9 | 48 (45) | 45 | **5.0x** |" in section
-    assert "| smoke | 2 | 2 | 5 (4) | 4 | **2.0x** |" in section
+    assert "| smoke | 2 | 2 | 4 (3) | 3 | **1.5x** |" in section
     assert "skipped in the quick run" in section
 
 
-def test_tiny_smoke_keeps_smoke_structure():
+def test_tiny_smoke_keeps_smoke_structure(tmp_path):
     import yaml
 
     smoke = yaml.safe_load((ROOT / "search_spaces" / "smoke.yaml").read_text())
@@ -189,6 +171,11 @@ def test_tiny_smoke_keeps_smoke_structure():
     assert tiny["pretrain"]["grid"] == smoke["pretrain"]["grid"]
     assert tiny["finetune"]["cases"] == smoke["finetune"]["cases"]
     assert tiny["seeds"] == smoke["seeds"]
+    # it expands to the same plan shape (a case that names a backbone still finds it)
+    got = dedup.expand_space(orchestration.write_space(tmp_path, tiny), tmp_path)
+    want = dedup.expand_space(ROOT / "search_spaces" / "smoke.yaml", tmp_path)
+    assert (got.pretrain_runs, got.finetune_trials, got.naive_runs) == (want.pretrain_runs, want.finetune_trials,
+                                                                        want.naive_runs)
 
 
 # ---------------------------------------------------------------------------
@@ -213,4 +200,6 @@ def test_gpu_measurements_run_on_cpu(sample_data):
         assert rates and all(r > 0 for r in rates)
     det = gpu.DetectionSetup(arch="resnet18", batch=1, image_hw=(96, 128), min_size=128, max_size=128, boxes=2,
                              classes=3)
-    assert gpu.detection_rates(det, cpu, bf16=True, warmup=1, steps=1, repeats=1)[0] > 0
+    # fp32 here: a bf16 Faster R-CNN backward takes ~20 s per step on a CPU; the bf16 autocast path
+    # itself is shared with the SwAV measurements above, which run under it.
+    assert gpu.detection_rates(det, cpu, bf16=False, warmup=1, steps=1, repeats=1)[0] > 0
