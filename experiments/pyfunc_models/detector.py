@@ -30,6 +30,7 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+
 from trainers.data import decode_base64_image  # shipped with the model as code
 from trainers.detection.export import detect
 
