@@ -144,3 +144,25 @@ def test_cli_dry_run_and_exit_code_2(tmp_path, sample_data):
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2
     assert "did you mean 'prototypes'" in proc.stderr and str(bad) in proc.stderr
+
+
+def test_demo_runs_smoke_and_prints_the_next_steps(sample_data, monkeypatch, capsys):
+    """`ablate demo` launches the shipped smoke.yaml and ends with the commands of the three flows,
+    `ablate detect` on two of the launch's own validation images included (the launch is stubbed
+    here; tests/experiments/test_launch.py runs smoke.yaml for real)."""
+    from experiments import cli, launch
+
+    seen = {}
+
+    def fake_launch(space, options):
+        seen["space"] = Path(space)
+        return launch.LaunchResult("smoke", "run0", [], 0, None, {"val_images": str(sample_data.val_images)})
+
+    monkeypatch.setattr(launch, "launch", fake_launch)
+    assert cli.main(["demo", "--tracking-uri", "sqlite:///unused.db"]) == 0
+    out = capsys.readouterr().out
+    assert seen["space"].name == "smoke.yaml" and seen["space"].is_file()
+    assert "report smoke" in out and "pull smoke-detector@champion --dest pulled_model" in out
+    detect_line = next(line for line in out.splitlines() if " detect pulled_model " in line)
+    images = detect_line.split(" detect pulled_model ")[1].split(" --out")[0].split()
+    assert len(images) == 2 and all(Path(i).is_file() for i in images)
