@@ -84,8 +84,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pull", help="download a registered model: weights, config, model card")
     p.add_argument("name", help="NAME@ALIAS or NAME/VERSION, e.g. smoke-detector@champion")
-    p.add_argument("--dest", type=Path, required=True, help="folder to create (must not hold other files)")
-    p.add_argument("--overwrite", action="store_true", help="replace what --dest already holds")
+    p.add_argument("--dest", type=Path, required=True,
+                   help="folder for the model: new or empty (with --overwrite: an earlier pull)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --dest only if it holds an earlier pull and nothing else (MODEL_CARD.md plus "
+                        "config.json, config.yaml and the detector/backbone .safetensors and .json files); a folder "
+                        "with any other content, the current, home or root folder, and a folder containing the "
+                        "working directory or the local store are never replaced")
     _add_tracking(p)
 
     p = sub.add_parser("detect", help="run a pulled detector on images: print its boxes, optionally draw them")
@@ -95,8 +100,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="PNG to write with the images and their boxes")
 
     p = sub.add_parser("ui", help="start the MLflow UI on the local store (127.0.0.1)")
-    p.add_argument("--port", type=int, default=5000)
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000, help="TCP port (default 5000; 0: any free port, printed)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="bind address (default 127.0.0.1: this machine only); the UI has no auth, so an address off "
+                        "loopback needs --insecure-no-auth (a team server: `ablate server --auth`)")
+    p.add_argument("--insecure-no-auth", action="store_true",
+                   help="allow --host off loopback: anyone who reaches the port can create, change and delete runs "
+                        "and models (only on a network you trust)")
     _add_tracking(p)
 
     from experiments.server import add_server_parser
@@ -272,17 +282,30 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    """``ablate ui``: exec ``mlflow ui`` on the local store, after the checks it cannot do itself.
+
+    Refused with exit 2 before anything starts: an ``http(s)://`` store (already a server), a
+    bind off loopback without ``--insecure-no-auth`` (the UI has no auth), a port outside
+    0..65535, a port in use. ``--port 0`` picks a free port and prints it.
+    """
     from experiments.redaction import redact
+    from experiments.server import ServerConfigError, check_bind, check_port
     from experiments.tracking import artifact_root_for, default_tracking_uri
 
     uri = args.tracking_uri or default_tracking_uri()
     if uri.startswith("http"):
         return _fail(f"--tracking-uri {redact(uri)} is already a server: open it in a browser")
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    try:
+        check_bind(args.host, auth=False, insecure_no_auth=args.insecure_no_auth, command="ablate ui")
+        bind = args.host if args.host.strip() not in ("", "::", "[::]") else "0.0.0.0"
+        port = check_port(bind, args.port, allow_any=True)
+    except ServerConfigError as exc:
+        return _fail(str(exc))
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(port)]
     root = artifact_root_for(uri)
     if root:
         cmd += ["--default-artifact-root", root]
-    print(f"MLflow UI on http://{args.host}:{args.port} (store {redact(uri)}; Ctrl-C to stop)", flush=True)
+    print(f"MLflow UI on http://{args.host}:{port} (store {redact(uri)}; Ctrl-C to stop)", flush=True)
     os.execv(sys.executable, cmd)
     return 0  # not reached
 

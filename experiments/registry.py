@@ -23,7 +23,10 @@ backbone champion is left alone.
 (or, for a backbone, ``DetectionConfig(backbone=DEST)`` and ``trainers.swav.load_backbone``)
 reads directly, checks the weights' sha256 against the one recorded at registration, and
 writes a ``MODEL_CARD.md``. It downloads into a temporary folder beside ``dest`` and moves it
-into place only when everything checked out, so a failed pull leaves nothing behind.
+into place only when everything checked out, so a failed pull leaves nothing behind. It
+replaces an existing folder only with ``overwrite`` and only when that folder holds an earlier
+pull and nothing else; the current, home and root folders, and any folder containing the working
+directory or the local tracking store, are never replaced.
 
 Errors the user can act on (unknown study / model / alias / version, a store that cannot be
 reached, a destination that cannot be written, a corrupted or unsafe artifact) raise
@@ -749,16 +752,132 @@ def model_card(name: str, version: Any, aliases: Sequence[str], kind: str, dest:
     lines += ["```", "", "Served or loaded through MLflow (input: a DataFrame column `image` of base64 PNG/JPEG text):",
               "", "```python", "import mlflow, pandas as pd", "from experiments.registry import encode_image", "",
               f'model = mlflow.pyfunc.load_model("models:/{name}/{version.version}")',
-              'model.predict(pd.DataFrame({"image": [encode_image("photo.jpg")]}))', "```", ""]
+              'model.predict(pd.DataFrame({"image": [encode_image("photo.jpg")]}))', "```", "",
+              "Written by `ablate pull`: `ablate pull --overwrite` replaces this folder only while it holds "
+              "nothing but the pulled files.", ""]
     return "\n".join(lines)
 
 
-def _prepare_dest(dest: Path, overwrite: bool) -> Path:
-    """Check that ``dest`` can be written; returns a fresh staging folder beside it."""
+# Folders a pull replaces: exactly the files it writes, nothing else.
+PULL_FILES = frozenset({MODEL_CARD, CONFIG_JSON, CONFIG_YAML, *(k.weights for k in KINDS.values()),
+                        *(k.config for k in KINDS.values())})
+CARD_TITLE_RE = re.compile(r"^# [A-Za-z0-9][A-Za-z0-9_.\-]* v\d+\b")  # model_card's first line
+CARD_MARK = "(verified on pull)"  # in model_card's lineage section, in every card a pull has written
+LISTED_ENTRIES = 5  # how many of a refused folder's entries an error names
+
+
+def _entry_label(path: Path) -> str:
+    return path.name + ("/" if path.is_dir() and not path.is_symlink() else "")
+
+
+def _describe_entries(labels: Sequence[str]) -> str:
+    """``a.txt, mlruns/, src/ and 9 more (12 entries)``: a few names and the count."""
+    shown = ", ".join(labels[:LISTED_ENTRIES])
+    more = f" and {len(labels) - LISTED_ENTRIES} more" if len(labels) > LISTED_ENTRIES else ""
+    return f"{shown}{more} ({len(labels)} entr{'y' if len(labels) == 1 else 'ies'})"
+
+
+def _not_an_earlier_pull(folder: Path) -> str | None:
+    """What keeps the non-empty ``folder`` from counting as an earlier pull; None when it is one.
+
+    An earlier pull holds nothing but plain files named like those :func:`pull` writes, among
+    them a ``MODEL_CARD.md`` that :func:`model_card` wrote (its title line and its "verified on
+    pull" note). A folder, a symlink or any other name is foreign.
+    """
+    entries = sorted(folder.iterdir(), key=lambda p: p.name)
+    foreign = [_entry_label(p) for p in entries if p.name not in PULL_FILES or p.is_symlink() or not p.is_file()]
+    if foreign:
+        return f"it holds {_describe_entries(foreign)} that `ablate pull` does not write"
+    card = folder / MODEL_CARD
+    if not card.is_file():
+        return f"it holds {_describe_entries([p.name for p in entries])} but no {MODEL_CARD} of an earlier pull"
+    with card.open("r", encoding="utf-8", errors="replace") as fh:
+        text = fh.read(64 * 1024)  # a card is a few KiB; a huge file is not ours anyway
+    if not CARD_TITLE_RE.match(text) or CARD_MARK not in text:
+        return f"its {MODEL_CARD} was not written by `ablate pull`"
+    return None
+
+
+def _store_folders(tracking_uri: str) -> list[tuple[Path, str]]:
+    """The local folders of the tracking store, each with what it is: the sqlite file's folder and
+    its artifact root, or a file store; none for a server."""
+    from experiments.tracking import artifact_root_for
+
+    out: list[tuple[Path, str]] = []
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):].split("?", 1)[0])
+        out.append((db.parent, f"the MLflow store {db}"))
+        root = artifact_root_for(tracking_uri)
+        local = _local_root(root) if root else None
+        if local is not None:
+            out.append((local, f"the artifact root {local} (every checkpoint and registered model)"))
+    elif tracking_uri.startswith("file:") or ("://" not in tracking_uri and tracking_uri.strip()):
+        local = _local_root(tracking_uri)
+        if local is not None:
+            out.append((local, f"the MLflow file store {local}"))
+    return out
+
+
+def _protected_reason(dest: Path, tracking_uri: str) -> str | None:
+    """Why ``dest`` must never be replaced by a pull (None when it may): the current folder, the
+    home folder, the filesystem root, an ancestor of the working directory or of the local store."""
+    real = Path(os.path.realpath(dest))
+    if real == Path(real.anchor):
+        return "is the filesystem root"
+    try:
+        cwd = Path(os.path.realpath(Path.cwd()))
+    except OSError:  # the working directory was deleted: nothing to protect there
+        cwd = None
+    if cwd is not None and real == cwd:
+        return "is the current folder"
+    if real == Path(os.path.realpath(Path.home())):
+        return "is your home folder"
+    if cwd is not None and real in cwd.parents:
+        return f"contains the working directory {cwd}"
+    for folder, what in _store_folders(tracking_uri):
+        store = Path(os.path.realpath(folder))
+        if real == store or real in store.parents:
+            return f"contains {what}"
+    return None
+
+
+def _check_dest(dest: Path, overwrite: bool, tracking_uri: str) -> None:
+    """Refuse a destination a pull must not write or replace; see :func:`pull` for the rules.
+
+    Raises:
+        RegistryError: naming the folder, what is in the way and the fix; nothing is deleted.
+    """
+    fix = "pull into a folder of its own, e.g. --dest pulled_model"
+    if dest.is_symlink():
+        raise RegistryError(f"destination {dest} is a symlink (to {os.readlink(dest)}); pass the folder itself, "
+                            f"or {fix}")
     if dest.exists() and not dest.is_dir():
         raise RegistryError(f"destination {dest} exists and is not a folder; choose another --dest")
-    if dest.is_dir() and any(dest.iterdir()) and not overwrite:
-        raise RegistryError(f"destination {dest} is not empty; choose another --dest or pass --overwrite")
+    reason = _protected_reason(dest, tracking_uri)
+    if reason is not None:
+        raise RegistryError(f"destination {dest} {reason}: a pull never replaces it (nothing was deleted); {fix}")
+    if not dest.is_dir():
+        return
+    try:
+        empty = not any(dest.iterdir())
+        problem = None if empty else _not_an_earlier_pull(dest)
+    except OSError as exc:
+        raise RegistryError(f"destination {dest} cannot be read ({exc.strerror or exc}); choose another --dest") from exc
+    if empty:
+        return
+    if problem is not None:
+        why = ("--overwrite only replaces an earlier pull (MODEL_CARD.md and the model files, nothing else), so "
+               "nothing was deleted" if overwrite else "nothing was written")
+        raise RegistryError(f"destination {dest} is not empty and not an earlier pull: {problem}; {why}; {fix} "
+                            "(a new or empty folder)")
+    if not overwrite:
+        raise RegistryError(f"destination {dest} is not empty: it holds an earlier pull; pass --overwrite to "
+                            "replace it, or choose another --dest")
+
+
+def _prepare_dest(dest: Path, overwrite: bool, tracking_uri: str = "") -> Path:
+    """Check that ``dest`` can be written (:func:`_check_dest`); returns a fresh staging folder beside it."""
+    _check_dest(dest, overwrite, tracking_uri)
     parent = dest.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -767,10 +886,30 @@ def _prepare_dest(dest: Path, overwrite: bool) -> Path:
         raise RegistryError(f"destination {dest} is not writable ({exc.strerror or exc}); choose another --dest") from exc
 
 
+def _remove_earlier_pull(folder: Path) -> None:
+    """Delete the files an earlier pull wrote, then the folder; anything else found there is left alone."""
+    for entry in folder.iterdir():
+        if entry.name in PULL_FILES and entry.is_file() and not entry.is_symlink():
+            with contextlib.suppress(OSError):
+                entry.unlink()
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # fails, and keeps the folder, if something else appeared in it
+
+
 def _move_into_place(staging: Path, dest: Path) -> None:
-    """Replace ``dest`` by ``staging`` with renames in the same folder (no half-written state visible)."""
+    """Replace ``dest`` by ``staging`` with renames in the same folder (no half-written state visible).
+
+    A non-empty ``dest`` is checked again right before (it may have changed during the download):
+    only an earlier pull is replaced, and only its own files are deleted.
+    """
     old = None
     if dest.exists():
+        if dest.is_symlink() or not dest.is_dir():
+            raise RegistryError(f"destination {dest} changed during the pull (now a file or symlink); nothing replaced")
+        problem = _not_an_earlier_pull(dest) if any(dest.iterdir()) else None
+        if problem is not None:
+            raise RegistryError(f"destination {dest} changed during the pull: {problem}; nothing replaced, "
+                                "choose another --dest")
         old = dest.with_name(f".{dest.name}.old-{os.getpid()}-{time.time_ns()}")
         dest.rename(old)
     try:
@@ -780,7 +919,7 @@ def _move_into_place(staging: Path, dest: Path) -> None:
             old.rename(dest)
         raise
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove_earlier_pull(old)
 
 
 def pull(spec: str, dest: str | Path, tracking_uri: str, overwrite: bool = False) -> Path:
@@ -791,25 +930,32 @@ def pull(spec: str, dest: str | Path, tracking_uri: str, overwrite: bool = False
     ``config.yaml``) — the same files as ``mlflow artifacts download -u models:/SPEC`` puts
     under ``artifacts/<kind>/`` — and ``MODEL_CARD.md``.
 
+    ``dest`` must be new or empty, or — with ``overwrite`` — hold an earlier pull and nothing
+    else (plain files with the names above, the model card among them). Never replaced, even
+    empty or with ``overwrite``: the current folder, the home folder, the filesystem root, an
+    ancestor of the working directory, and the local tracking store's folders (the sqlite
+    file's folder, its artifact root, a file store) and their ancestors.
+
     Args:
         spec: ``NAME``, ``NAME@ALIAS`` or ``NAME/VERSION`` (a bare name means ``@champion``).
-        dest: target folder; must not exist or be empty unless ``overwrite``.
+        dest: target folder (see above).
         tracking_uri: the MLflow store.
-        overwrite: replace a non-empty ``dest``.
+        overwrite: replace an earlier pull in ``dest``.
 
     Returns:
         ``dest`` as a Path.
 
     Raises:
         RegistryError: bad spec, unknown model / alias / version, unreachable store, destination
-            not writable or not empty, checksum mismatch, unsafe artifact paths.
+            protected, not writable, or holding anything but an earlier pull (that one too
+            without ``overwrite``), checksum mismatch, unsafe artifact paths.
     """
     name, alias, version_id = parse_spec(spec)
     dest = Path(dest).expanduser().absolute()
     client = _client(tracking_uri)
     with store_errors(tracking_uri, f"looking up {spec}"):
         version = _resolve_version(client, name, alias, version_id)
-    staging = _prepare_dest(dest, overwrite)
+    staging = _prepare_dest(dest, overwrite, tracking_uri)
     try:
         with store_errors(tracking_uri, f"downloading {name} v{version.version}"):
             kind = _download_version(client, tracking_uri, name, version, staging)

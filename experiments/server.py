@@ -2,7 +2,8 @@
 
 What it adds to a bare ``mlflow server``:
 
-* safe network defaults: loopback bind unless ``--host`` is given; ``--allowed-hosts`` always set
+* safe network defaults: loopback bind unless ``--host`` is given, and a bind off loopback only
+  with ``--auth`` (or an explicit ``--insecure-no-auth``, see :func:`check_bind`); ``--allowed-hosts`` always set
   (loopback names + the bind host + ``--allowed-hosts`` extras, each with and without the port) so
   a DNS-rebinding page cannot reach the API, and the matching CORS origins for the browser UI;
 * artifact proxying on (``--serve-artifacts --artifacts-destination``): clients never need
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import errno
 import ipaddress
 import os
 import secrets
@@ -227,6 +229,97 @@ def _connect_host(host: str) -> str:
     return _bracket_ipv6(host)
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether a bind to ``host`` is reachable from this machine only: 127.0.0.0/8, ``::1`` or ``localhost``.
+
+    Anything else counts as open to the network: ``0.0.0.0`` / ``::`` (every interface), a LAN
+    address, or a host name (it may resolve to any interface; only ``localhost`` is trusted).
+    """
+    name = host.strip().strip("[]").rstrip(".").lower()
+    if name == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def check_bind(host: str, auth: bool, insecure_no_auth: bool, command: str = "ablate server") -> None:
+    """Refuse to open an unauthenticated tracking server or UI to the network.
+
+    Anyone who reaches an MLflow server without auth can create, change and delete runs,
+    experiments and registered models. A loopback bind (:func:`is_loopback_host`) is always
+    allowed; any other needs ``auth`` or the explicit ``insecure_no_auth``. Shared by
+    ``ablate server`` and ``ablate ui`` (which has no auth).
+
+    Raises:
+        ServerConfigError: ``host`` is off loopback, without auth and without ``insecure_no_auth``.
+    """
+    if auth or insecure_no_auth or is_loopback_host(host):
+        return
+    shown = host if host.strip() else "''"
+    risk = "anyone who can reach this machine could create, change and delete runs, experiments and models"
+    if command == "ablate server":
+        raise ServerConfigError(f"{command} --host {shown} without --auth: {risk}; add --auth (admin password in "
+                                f"${ENV_ADMIN_PASSWORD}), bind --host 127.0.0.1, or pass --insecure-no-auth on a "
+                                "network you trust")
+    raise ServerConfigError(f"{command} --host {shown}: {command} has no auth, so {risk}; keep --host 127.0.0.1 "
+                            "(reach it from elsewhere through an SSH tunnel), run `ablate server --auth` for a team, "
+                            "or pass --insecure-no-auth on a network you trust")
+
+
+def _bind_error(host: str, port: int) -> OSError | None:
+    """Why ``host:port`` cannot be bound right now (None when it can); an unspecified host binds every interface."""
+    name = host.strip().strip("[]")
+    family = socket.AF_INET6 if ":" in name else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no obstacle
+            s.bind((name or "0.0.0.0", port))
+    except OSError as exc:  # socket.gaierror (an unknown host name) included
+        return exc
+    return None
+
+
+def _port_free(host: str, port: int) -> bool:
+    return _bind_error(host, port) is None
+
+
+def check_port(host: str, port: int, allow_any: bool = False) -> int:
+    """The port a server on ``host`` will listen on, checked free now; ``0`` (with ``allow_any``) picks a free one.
+
+    Raises:
+        ServerConfigError: ``port`` outside 1..65535 (0..65535 with ``allow_any``), already in
+            use, or ``host`` not an address of this machine.
+    """
+    lowest = 0 if allow_any else 1
+    if isinstance(port, bool) or not isinstance(port, int) or not lowest <= port <= 65535:
+        hint = " (0: any free port)" if allow_any else ""
+        raise ServerConfigError(f"--port {port}: must be an integer in {lowest}..65535{hint}; e.g. --port {DEFAULT_PORT}")
+    name = host.strip().strip("[]")
+    if port == 0:
+        family = socket.AF_INET6 if ":" in name else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                s.bind((name or "0.0.0.0", 0))
+                return int(s.getsockname()[1])
+        except OSError as exc:
+            raise ServerConfigError(f"--host {host}: cannot bind it ({exc.strerror or exc}); use an address of this "
+                                    "machine, e.g. --host 127.0.0.1") from exc
+    error = _bind_error(host, port)
+    if error is None:
+        return port
+    if error.errno in (errno.EADDRINUSE, errno.EACCES):
+        what = "is in use (another server?)" if error.errno == errno.EADDRINUSE else "needs root (ports below 1024)"
+        any_port = " (--port 0: any free port)" if allow_any else ""
+        raise ServerConfigError(f"port {port} on {host or '0.0.0.0'} {what}; pick another with --port N{any_port} "
+                                "or stop the other process")
+    raise ServerConfigError(f"--host {host}: cannot bind {host}:{port} ({error.strerror or error}); use an address of "
+                            "this machine, e.g. --host 127.0.0.1")
+
+
 @dataclasses.dataclass(frozen=True)
 class ServerSettings:
     """Validated options of one tracking server.
@@ -243,6 +336,7 @@ class ServerSettings:
         auth_db_uri: database of the auth users; defaults to ``basic_auth.db`` beside a sqlite
             backend, required otherwise (never the tracking database: MLflow treats a database
             with foreign tables as non-empty and would try to migrate it).
+        insecure_no_auth: allow a bind off loopback without ``auth`` (see :func:`check_bind`).
     """
 
     backend_store_uri: str
@@ -253,6 +347,7 @@ class ServerSettings:
     workers: int = DEFAULT_WORKERS
     allowed_hosts: tuple[str, ...] = ()
     auth_db_uri: str | None = None
+    insecure_no_auth: bool = False
 
     def __post_init__(self) -> None:
         uri = self.backend_store_uri
@@ -265,6 +360,7 @@ class ServerSettings:
             raise ServerConfigError(f"--port {self.port}: must be an integer in 1..65535")
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
             raise ServerConfigError(f"--workers {self.workers}: must be an integer >= 1")
+        check_bind(self.host, self.auth, self.insecure_no_auth)
         object.__setattr__(self, "allowed_hosts", tuple(h.strip() for h in self.allowed_hosts if h.strip()))
         for name in self.allowed_hosts:
             if name == "*":
@@ -380,17 +476,6 @@ def upgrade_database(uri: str) -> None:
                           f"see docker/README.md): {redact(str(exc))}") from None
     finally:
         engine.dispose()
-
-
-def _port_free(host: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no obstacle
-        try:
-            s.bind((host.strip("[]") or "0.0.0.0", port))
-        except OSError:
-            return False
-    return True
 
 
 def build_command(settings: ServerSettings, auth_config: Path | None = None,
@@ -558,7 +643,8 @@ def start_server(backend_store_uri: str, artifacts_destination: str | None = Non
                  port: int = DEFAULT_PORT, auth: bool = False, workers: int = DEFAULT_WORKERS,
                  allowed_hosts: Sequence[str] = (), auth_db_uri: str | None = None,
                  ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S, log_path: str | Path | None = None,
-                 echo: TextIO | None = None, environ: Mapping[str, str] | None = None) -> ServerHandle:
+                 echo: TextIO | None = None, environ: Mapping[str, str] | None = None,
+                 insecure_no_auth: bool = False) -> ServerHandle:
     """Start ``mlflow server`` in the background and return once ``/health`` answers.
 
     Order: validate options (and, with ``auth``, the admin password) -> check the port is free ->
@@ -578,19 +664,20 @@ def start_server(backend_store_uri: str, artifacts_destination: str | None = Non
         log_path: append the server's (redacted) output to this file.
         echo: also print the output there (``sys.stdout`` for a foreground server).
         environ: environment to read the admin password from and pass on (default: ``os.environ``).
+        insecure_no_auth: allow a bind off loopback without ``auth`` (see :func:`check_bind`).
 
     Raises:
-        ServerConfigError: bad options, no admin password, port in use — nothing was started.
+        ServerConfigError: bad options (a bind off loopback without auth included), no admin
+            password, port in use — nothing was started.
         ServerError: migrations failed, or the server died / did not become healthy in time.
     """
     env_in = dict(os.environ if environ is None else environ)
     settings = ServerSettings(backend_store_uri, artifacts_destination, host, port, auth, workers,
-                              tuple(allowed_hosts), auth_db_uri if auth_db_uri is not None else env_in.get(ENV_AUTH_DB_URI))
+                              tuple(allowed_hosts), auth_db_uri if auth_db_uri is not None else env_in.get(ENV_AUTH_DB_URI),
+                              insecure_no_auth)
     admin = admin_credentials(env_in) if settings.auth else None
     bind = settings.host if settings.host not in ("", "::", "[::]") else "0.0.0.0"
-    if not _port_free(bind, settings.port):
-        raise ServerConfigError(f"port {settings.port} on {settings.host} is in use (another server?); pick another "
-                                "with --port or stop the other process")
+    check_port(bind, settings.port)
     if _is_local(str(settings.artifacts_destination)):
         Path(str(settings.artifacts_destination)).mkdir(parents=True, exist_ok=True)
     upgrade_database(settings.backend_store_uri)
@@ -624,7 +711,8 @@ def start_server(backend_store_uri: str, artifacts_destination: str | None = Non
 def run_server(backend_store_uri: str, artifacts_destination: str | None = None, host: str = DEFAULT_HOST,
                port: int = DEFAULT_PORT, auth: bool = False, workers: int = DEFAULT_WORKERS,
                allowed_hosts: Sequence[str] = (), auth_db_uri: str | None = None,
-               ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S, out: TextIO = sys.stdout) -> int:
+               ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S, out: TextIO = sys.stdout,
+               insecure_no_auth: bool = False) -> int:
     """Run the server in the foreground until it exits or this process gets SIGINT / SIGTERM.
 
     The server's log goes to ``out``; once ``/health`` answers, one line says where it listens.
@@ -641,8 +729,11 @@ def run_server(backend_store_uri: str, artifacts_destination: str | None = None,
     handle: ServerHandle | None = None
     try:
         handle = start_server(backend_store_uri, artifacts_destination, host, port, auth, workers, allowed_hosts,
-                              auth_db_uri, ready_timeout_s, echo=out)
+                              auth_db_uri, ready_timeout_s, echo=out, insecure_no_auth=insecure_no_auth)
         s = handle.settings
+        if not s.auth and not is_loopback_host(s.host):
+            print(f"ablate server: WARNING: --insecure-no-auth: anyone who can reach port {s.port} can create, change "
+                  "and delete runs and models", file=out, flush=True)
         print(f"ablate server: ready on http://{s.host}:{s.port} (store {redact(s.backend_store_uri)}, artifacts "
               f"{redact(str(s.artifacts_destination))}, auth {'on' if s.auth else 'off'}); Ctrl-C to stop",
               file=out, flush=True)
@@ -681,12 +772,16 @@ def add_server_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="where proxied artifacts are stored: folder or s3://... (default: artifacts/ beside a "
                         "sqlite database; required for PostgreSQL)")
     p.add_argument("--host", default=DEFAULT_HOST,
-                   help="bind address (default 127.0.0.1: this machine only; 0.0.0.0 for a team server)")
+                   help="bind address (default 127.0.0.1: this machine only; 0.0.0.0 for a team server, which "
+                        "needs --auth or --insecure-no-auth)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (default 5000)")
     p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="uvicorn worker processes (default 4)")
     p.add_argument("--auth", action="store_true",
                    help=f"MLflow basic auth; the admin password comes from ${ENV_ADMIN_PASSWORD} (required), the "
                         f"username from ${ENV_ADMIN_USERNAME} (default admin)")
+    p.add_argument("--insecure-no-auth", action="store_true",
+                   help="allow a --host off loopback without --auth: anyone who reaches the port can create, "
+                        "change and delete runs and models (only on a network you trust)")
     p.add_argument("--auth-db-uri", default=None, metavar="URI",
                    help=f"database of the auth users (default: ${ENV_AUTH_DB_URI}, else basic_auth.db beside a "
                         "sqlite backend; required with PostgreSQL)")
@@ -704,7 +799,7 @@ def cmd_server(args: argparse.Namespace) -> int:
     try:
         return run_server(args.backend_store_uri or default_backend_store_uri(), args.artifacts_destination,
                           args.host, args.port, args.auth, args.workers, _csv(hosts), args.auth_db_uri,
-                          args.ready_timeout)
+                          args.ready_timeout, insecure_no_auth=args.insecure_no_auth)
     except ServerConfigError as exc:
         print(f"ablate: error: {exc}", file=sys.stderr)
         return 2

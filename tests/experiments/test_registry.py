@@ -278,8 +278,52 @@ def test_pull_destination_problems(store: dict[str, Any], tmp_path: Path) -> Non
     with pytest.raises(RegistryError, match="not empty"):
         registry.pull(f"{DET}@champion", full, store["uri"])
     assert [p.name for p in full.iterdir()] == ["mine.txt"]
-    registry.pull(f"{DET}@champion", full, store["uri"], overwrite=True)
-    assert (full / "detector.safetensors").is_file() and not (full / "mine.txt").exists()
+    # --overwrite replaces an earlier pull only: a folder holding anything else is left as it was
+    with pytest.raises(RegistryError, match=r"not an earlier pull: it holds mine\.txt \(1 entry\).*nothing was deleted"):
+        registry.pull(f"{DET}@champion", full, store["uri"], overwrite=True)
+    assert [p.name for p in full.iterdir()] == ["mine.txt"] and (full / "mine.txt").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "full"]  # no staging folder left
+
+
+def test_pull_overwrite_replaces_an_earlier_pull(store: dict[str, Any], tmp_path: Path) -> None:
+    dest = registry.pull(f"{DET}/1", tmp_path / "model", store["uri"])
+    with pytest.raises(RegistryError, match="holds an earlier pull; pass --overwrite"):
+        registry.pull(f"{DET}/2", dest, store["uri"])
+    assert registry.pull(f"{DET}/2", dest, store["uri"], overwrite=True) == dest
+    assert sha256_file(dest / "detector.safetensors") == sha256_file(store["exports"]["det_b"] / "detector.safetensors")
+    assert (dest / "MODEL_CARD.md").read_text().startswith(f"# {DET} v2")
+    # a backbone pull over the detector pull: both are earlier pulls, nothing of the detector is left
+    registry.pull(f"{BB}@champion", dest, store["uri"], overwrite=True)
+    assert {p.name for p in dest.iterdir()} == {"backbone.safetensors", "backbone.json", "config.json", "config.yaml",
+                                                "MODEL_CARD.md"}
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no staging or old folder left behind
+
+
+@pytest.mark.parametrize("where", ["dest is cwd", "dest contains the store"])
+def test_pull_overwrite_never_replaces_a_project_folder(store: dict[str, Any], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """`ablate pull X --dest . --overwrite` in a project folder: the store, sources and notes all stay."""
+    import sqlite3
+
+    project = tmp_path / "project"
+    (project / "mlruns").mkdir(parents=True)
+    db = project / "mlruns" / "mlflow.db"
+    with sqlite3.connect(Path(store["uri"][len("sqlite:///"):])) as src, sqlite3.connect(db) as copy:
+        src.backup(copy)  # the same registry; the artifacts stay where the fixture logged them
+    (project / "notes.md").write_text("notes")
+    (project / "train.py").write_text("print()")
+    before = sorted(str(p.relative_to(project)) for p in project.rglob("*"))
+    if where == "dest is cwd":
+        monkeypatch.chdir(project)
+        dest, message = ".", "is the current folder"
+    else:
+        (tmp_path / "elsewhere").mkdir()
+        monkeypatch.chdir(tmp_path / "elsewhere")
+        dest, message = str(project), "contains the MLflow store"
+    with pytest.raises(RegistryError, match=f"{message}.*: a pull never replaces it .*--dest pulled_model"):
+        registry.pull(f"{DET}@champion", dest, f"sqlite:///{db}", overwrite=True)
+    assert sorted(str(p.relative_to(project)) for p in project.rglob("*")) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_store_unreachable(tmp_path: Path) -> None:

@@ -340,3 +340,100 @@ def test_team_launch_leaves_no_password_anywhere(tmp_path, monkeypatch):
     if password in (tmp_path / "server.log").read_text():
         problems.append("the server log holds the password")
     assert not problems, "the password leaked:\n" + "\n".join(problems)
+
+
+# ---------------------------------------------------------------------------
+# `ablate pull --overwrite` replaces an earlier pull, never a folder of other files
+# ---------------------------------------------------------------------------
+
+
+def _offline_pull(monkeypatch, tmp_path) -> str:
+    """Make ``registry.pull`` run without a store: a fake ``detector`` v3 whose download writes the
+    four model files. Everything about the destination (checks, staging, the final rename) is real.
+    Returns a tracking URI of a (never opened) sqlite store, ``tmp_path/lab/mlruns/mlflow.db``."""
+    from types import SimpleNamespace
+
+    from experiments import registry
+
+    version = SimpleNamespace(version="3", run_id="0" * 32, aliases=["champion"],
+                              tags={registry.TAG_KIND: "detector", registry.TAG_WEIGHTS_SHA: "0" * 64})
+
+    def download(client, uri, name, version, staging):
+        for name in ("detector.safetensors", "detector.json", "config.json", "config.yaml"):
+            (staging / name).write_text(name)
+        return "detector"
+
+    monkeypatch.setattr(registry, "_client", lambda uri: object())
+    monkeypatch.setattr(registry, "_resolve_version", lambda client, name, alias, version_id: version)
+    monkeypatch.setattr(registry, "_download_version", download)
+    monkeypatch.setattr(registry, "_verify", lambda *args: None)
+    return f"sqlite:///{tmp_path}/lab/mlruns/mlflow.db"
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): p.read_text() if p.is_file() else "/" for p in sorted(root.rglob("*"))}
+
+
+def test_pull_overwrite_does_not_delete_foreign_files(tmp_path, monkeypatch):
+    from experiments.registry import RegistryError, pull
+
+    uri = _offline_pull(monkeypatch, tmp_path)
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "train.py").write_text("print('mine')")
+    (project / "notes.md").write_text("results so far")
+    (project / "config.json").write_text("{}")  # a pull's file name, but no model card: still not a pull
+    before = _tree(project)
+    with pytest.raises(RegistryError, match=r"not an earlier pull: it holds notes\.md, src/ \(2 entries\)"
+                                            r".*nothing was deleted.*--dest pulled_model"):
+        pull("x-detector@champion", project, uri, overwrite=True)
+    assert _tree(project) == before
+    # an earlier pull with a file added by hand: the file is foreign, so the folder is kept whole
+    model = pull("x-detector@champion", tmp_path / "model", uri)
+    (model / "my-eval.csv").write_text("AP50,0.5")
+    before = _tree(model)
+    with pytest.raises(RegistryError, match=r"it holds my-eval\.csv \(1 entry\)"):
+        pull("x-detector@champion", model, uri, overwrite=True)
+    assert _tree(model) == before
+    # a MODEL_CARD.md that `ablate pull` did not write does not make a folder replaceable
+    (model / "my-eval.csv").unlink()
+    (model / "MODEL_CARD.md").write_text("# my own notes\n")
+    with pytest.raises(RegistryError, match="MODEL_CARD.md was not written by `ablate pull`"):
+        pull("x-detector@champion", model, uri, overwrite=True)
+    assert (model / "MODEL_CARD.md").read_text() == "# my own notes\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "project"]  # no staging or old folder left
+
+
+@pytest.mark.parametrize("case", ["current folder", "working directory's parent", "home folder", "store folder",
+                                  "store's parent"])
+def test_pull_overwrite_refuses_protected_folders(tmp_path, monkeypatch, case):
+    from experiments.registry import RegistryError, pull
+
+    uri = _offline_pull(monkeypatch, tmp_path)
+    work = tmp_path / "work" / "sub"
+    work.mkdir(parents=True)
+    home = tmp_path / "home"
+    home.mkdir()
+    (tmp_path / "lab" / "mlruns").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    dest, message = {
+        "current folder": (".", "is the current folder"),
+        "working directory's parent": ("..", "contains the working directory"),
+        "home folder": (str(home), "is your home folder"),
+        "store folder": (str(tmp_path / "lab" / "mlruns"), "contains the MLflow store"),
+        "store's parent": (str(tmp_path / "lab"), "contains the MLflow store"),
+    }[case]
+    before = _tree(tmp_path)
+    # empty or not, with --overwrite or without: these folders are never replaced
+    for overwrite in (True, False):
+        with pytest.raises(RegistryError, match=f"{message}.*a pull never replaces it"):
+            pull("x-detector@champion", dest, uri, overwrite=overwrite)
+    assert _tree(tmp_path) == before
+
+
+def test_pull_never_replaces_the_filesystem_root(tmp_path):
+    from experiments.registry import RegistryError, _prepare_dest
+
+    with pytest.raises(RegistryError, match="is the filesystem root"):
+        _prepare_dest(Path("/"), True, f"sqlite:///{tmp_path}/mlflow.db")

@@ -199,6 +199,96 @@ def test_port_in_use_is_refused(tmp_path):
             S.start_server(f"sqlite:///{tmp_path}/mlflow.db", port=busy.getsockname()[1])
 
 
+@pytest.mark.parametrize("host, loopback", [
+    ("127.0.0.1", True), ("127.8.9.10", True), ("::1", True), ("[::1]", True), ("localhost", True),
+    ("LocalHost", True), ("0.0.0.0", False), ("::", False), ("", False), ("192.168.1.20", False),
+    ("gpu-box.lab", False), ("localhost.evil.example", False),
+])
+def test_is_loopback_host(host, loopback):
+    assert S.is_loopback_host(host) is loopback
+
+
+def test_bind_off_loopback_needs_auth_or_explicit_insecure(tmp_path):
+    db = f"sqlite:///{tmp_path}/mlflow.db"
+    for host in ("0.0.0.0", "::", "192.168.1.20"):
+        with pytest.raises(S.ServerConfigError, match=r"without --auth: anyone who can reach this machine could "
+                                                      r"create, change and delete runs.*--auth.*--insecure-no-auth"):
+            S.ServerSettings(db, host=host)
+    assert S.ServerSettings(db, host="0.0.0.0", auth=True).host == "0.0.0.0"
+    assert S.ServerSettings(db, host="0.0.0.0", insecure_no_auth=True).host == "0.0.0.0"
+    assert S.ServerSettings(db, host="127.0.0.1").host == "127.0.0.1"
+    assert S.ServerSettings(db, host="::1").host == "::1"
+
+
+def test_ablate_server_open_bind_without_auth_starts_nothing(tmp_path, capsys):
+    """`ablate server --host 0.0.0.0` without --auth: exit 2, the reason and the fixes, no files."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="ablate")
+    S.add_server_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["server", "--backend-store-uri", f"sqlite:///{tmp_path}/db/mlflow.db", "--port",
+                              str(free_port()), "--host", "0.0.0.0"])
+    assert args.insecure_no_auth is False
+    assert S.cmd_server(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--host 0.0.0.0 without --auth" in err and "--insecure-no-auth" in err
+    assert not (tmp_path / "db").exists()  # refused before migrations or anything else
+    assert parser.parse_args(["server", "--host", "0.0.0.0", "--insecure-no-auth"]).insecure_no_auth is True
+
+
+@pytest.fixture
+def ui(monkeypatch, tmp_path):
+    """Run `ablate ui ARGS` through experiments.cli.main on a store in tmp_path, with os.execv recorded, not run.
+
+    Returns a function of the extra arguments -> (exit code, stdout, stderr, the exec'd argv or None).
+    """
+    from experiments import cli
+
+    execs: list[list[str]] = []
+    monkeypatch.setattr(os, "execv", lambda path, argv: execs.append(list(argv)))
+    monkeypatch.setattr(cli, "quiet_libraries", lambda: None)  # it sets process-wide variables
+
+    def run(capsys, *extra: str):
+        execs.clear()
+        code = cli.main(["ui", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", *extra])
+        out = capsys.readouterr()
+        return code, out.out, out.err, (execs[0] if execs else None)
+
+    return run
+
+
+def test_ui_off_loopback_needs_insecure_no_auth(ui, capsys):
+    port = str(free_port())
+    code, out, err, argv = ui(capsys, "--host", "0.0.0.0", "--port", port)
+    assert code == 2 and argv is None and out == ""
+    assert "ablate ui --host 0.0.0.0: ablate ui has no auth" in err and "--insecure-no-auth" in err
+    code, out, err, argv = ui(capsys, "--host", "0.0.0.0", "--port", port, "--insecure-no-auth")
+    assert code == 0 and argv[argv.index("--host") + 1] == "0.0.0.0" and argv[argv.index("--port") + 1] == port
+    code, out, err, argv = ui(capsys, "--port", port)  # the default: loopback, no flag needed
+    assert code == 0 and argv[argv.index("--host") + 1] == "127.0.0.1"
+    assert f"MLflow UI on http://127.0.0.1:{port} " in out
+
+
+def test_ui_refuses_a_taken_or_invalid_port(ui, capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, out, err, argv = ui(capsys, "--port", str(port))
+    assert code == 2 and argv is None and out == ""  # no ready banner for a server that cannot start
+    assert f"port {port} on 127.0.0.1 is in use" in err and "--port N" in err
+    for bad in ("70000", "-1"):
+        code, out, err, argv = ui(capsys, "--port", bad)
+        assert code == 2 and argv is None and f"--port {bad}: must be an integer in 0..65535" in err
+
+
+def test_ui_port_zero_picks_a_free_port_and_prints_it(ui, capsys):
+    code, out, err, argv = ui(capsys, "--port", "0")
+    assert code == 0, err
+    port = int(argv[argv.index("--port") + 1])
+    assert port > 0 and f"MLflow UI on http://127.0.0.1:{port} " in out and ":0 " not in out
+
+
 def _fake_server(tmp_path, code: str) -> S.ServerHandle:
     """A ServerHandle around a stand-in process (no MLflow): exercises readiness, logs and stopping."""
     import subprocess
