@@ -8,6 +8,7 @@
     ablate ui                                     the MLflow UI on the local store
     ablate report STUDY                           ablation tables and plots
     ablate register STUDY / models / pull NAME@champion --dest DIR
+    ablate gc STUDY [--dry-run]                   delete training states no launch can resume from
     ablate server [--auth]                        the team's MLflow tracking server
 
 Bad input exits with code 2 and one line naming the file, the field and the fix.
@@ -66,6 +67,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--optuna-storage", default=None,
                    help="SQLAlchemy URL of the Optuna study (default: $ABLATE_OPTUNA_STORAGE or sqlite:///mlruns/optuna.db)")
     p.add_argument("--no-register", action="store_true", help="do not register the best model at the end")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep finished trials' training states (model + optimizer) on the storage path; by default a "
+                        "finished trial keeps only its exported model, in the tracking store")
+
+    p = sub.add_parser("gc", help="delete training states no launch of a study can resume from (never registered models)")
+    p.add_argument("study", help="study name")
+    p.add_argument("--dry-run", action="store_true", help="list what would be deleted and how much it frees")
+    p.add_argument("--storage-path", default=None,
+                   help="Ray storage of launches that recorded none (default: $ABLATE_STORAGE_PATH or mlruns/ray)")
+    _add_tracking(p)
 
     p = sub.add_parser("report", help="ablation tables (the paper's Table 1 layout + one per axis) and plots")
     p.add_argument("study", help="study name (= MLflow experiment)")
@@ -181,8 +192,17 @@ def cmd_launch(args: argparse.Namespace) -> int:
     result = launch(args.space, LaunchOptions(
         tracking_uri=args.tracking_uri, storage_path=args.storage_path, name=args.name, dry_run=args.dry_run,
         resume=args.resume, max_concurrent=args.max_concurrent, address=args.address,
-        optuna_storage=args.optuna_storage, register=not args.no_register))
+        optuna_storage=args.optuna_storage, register=not args.no_register, keep_checkpoints=args.keep_checkpoints))
     return result.exit_code
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from experiments.gc import gc
+    from experiments.tracking import DEFAULT_STORE_DIR
+
+    storage = Path(args.storage_path or os.environ.get("ABLATE_STORAGE_PATH") or DEFAULT_STORE_DIR / "ray")
+    print(gc(tracking_uri_of(args), args.study, storage.resolve(), dry_run=args.dry_run))
+    return 0
 
 
 def default_space(name: str) -> Path:
@@ -320,6 +340,8 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # MLflow logs each SQL error with its traceback and then raises it; main() reports it in one line
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def keep_credentials_out_of_uris(args: argparse.Namespace) -> None:
@@ -343,6 +365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_single(args, args.command)
         if args.command == "launch":
             return cmd_launch(args)
+        if args.command == "gc":
+            return cmd_gc(args)
         if args.command == "demo":
             return cmd_demo(args)
         if args.command == "ui":
@@ -358,8 +382,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nablate: interrupted; run the same command again (or `ablate launch --resume`) to continue", file=sys.stderr)
         return 130
+    except RuntimeError as exc:
+        from experiments.launch import LaunchError
+
+        if not isinstance(exc, LaunchError):
+            raise
+        print(f"ablate: error: {exc}", file=sys.stderr)
+        return 1
     except ValueError as exc:  # config, space and data errors name the file, the field and the fix
         return _fail(str(exc))
+    except Exception as exc:
+        # a tracking store that refuses a write or cannot be reached: one line, not MLflow's traceback
+        from experiments.redaction import redact
+        from experiments.tracking import store_failure
+
+        cause = store_failure(exc)
+        if cause is None:
+            raise
+        text = " ".join(str(getattr(cause, "message", cause)).split("[SQL:")[0].split())
+        print(f"ablate: error: the tracking store failed ({type(cause).__name__}: {redact(text)[:500]}); check "
+              "that it is writable and reachable, then run the same command again", file=sys.stderr)
+        return 1
     return _fail(f"unknown command {args.command}")
 
 

@@ -34,10 +34,13 @@ from typing import Any, Callable, Mapping, Sequence, TextIO
 from experiments import spaces
 from experiments.spaces import DATA_PATH_KEYS, Plan, SpaceError, StudySpec
 from experiments.tracking import (
-    DEFAULT_STORE_DIR, TAG_CHECKPOINT, TAG_ERROR, TAG_GIT, TAG_HASH, TAG_LAUNCH, TAG_NAME, TAG_PRUNE_REASON,
-    TAG_PRUNED, TAG_SEED, TAG_STAGE, TAG_TRIAL, TAG_UPSTREAM, Tracker, default_tracking_uri, flatten_params,
+    DEFAULT_STORE_DIR, HEARTBEAT_EVERY_S, PARENT_TAG, TAG_CHECKPOINT, TAG_DRIVER, TAG_ERROR, TAG_GIT, TAG_HASH,
+    TAG_HEARTBEAT, TAG_LAUNCH, TAG_NAME, TAG_PREVIOUS_PARENT, TAG_PRUNE_REASON, TAG_PRUNED, TAG_RESUMED_FROM, TAG_SEED,
+    TAG_STAGE, TAG_SUPERSEDED_BY, TAG_TRIAL, TAG_UPSTREAM, Tracker, default_tracking_uri, driver_id, flatten_params,
+    launch_alive, store_failure,
 )
-from experiments.redaction import redact, use_uri_credentials
+from experiments.redaction import OPTUNA_STORAGE_ENV, redact, use_uri_credentials
+from experiments.registry import check_store, one_line
 from experiments.server import configure_client_retries
 from trainers.common import git_sha
 
@@ -50,6 +53,10 @@ CANDIDATE_KEY = "candidate"  # in `tpe` mode: which backbone x cell x seed a sam
 
 class LaunchError(RuntimeError):
     """The launch itself broke (not a single trial)."""
+
+
+class LaunchSetupError(ValueError):
+    """The launch cannot start as asked (unreachable store, a cluster too small); the CLI exits 2."""
 
 
 @dataclass
@@ -66,6 +73,7 @@ class LaunchOptions:
     optuna_storage: str | None = None
     max_failures: int = 2
     register: bool = True
+    keep_checkpoints: bool = False  # keep finished trials' training states (default: exported model only)
     out: TextIO = field(default_factory=lambda: sys.stdout)
 
 
@@ -321,6 +329,11 @@ def _make_callback_class():
             self.epoch_time: list[float] = []
             self.last_epoch_at: dict[str, float] = {}
 
+        def __getstate__(self) -> dict[str, Any]:
+            # Tune pickles its callbacks into tuner.pkl on the storage path; the launcher (store
+            # clients, URLs, options) stays out of it. Resuming goes through MLflow, not tuner.pkl.
+            return {**self.__dict__, "launcher": None}
+
         def _payload(self, trial: Any) -> dict[str, Any]:
             if "trial" in trial.config:
                 return trial.config["trial"]
@@ -353,11 +366,13 @@ def _make_callback_class():
                 shown += f"  {loss_key} {metrics[loss_key]:.4f}"
             self.launcher.say(f"{self.stage:8} epoch {step}/{p['epochs']}  {p['name']}  {shown}")
             self._status(trials)
+            self.launcher.beat()
 
         def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
             p = self._payload(trial)
             self.launcher.tracker.set_tags(self.launcher.run_id_for(p["config_hash"]), {TAG_CHECKPOINT: checkpoint.path})
             self.launcher.checkpoints[p["config_hash"]] = checkpoint
+            self.launcher.drop_superseded(p)
             with checkpoint.as_directory() as d:
                 art = Path(d) / ARTIFACTS_SUBDIR
                 if art.is_dir() and any(art.iterdir()):
@@ -410,13 +425,17 @@ class Launcher:
         _ray_token_mode(options.address or os.environ.get("RAY_ADDRESS"))  # before anything imports ray
         self.spec = spaces.load_space(space, name=options.name)
         self.store_dir = DEFAULT_STORE_DIR.resolve()
-        configure_client_retries()  # ride out a tracking-server restart instead of losing metrics
         self.tracking_uri = use_uri_credentials(options.tracking_uri or default_tracking_uri(DEFAULT_STORE_DIR))
+        if self.tracking_uri.startswith(("http://", "https://")):
+            # within seconds, before the retries below would wait minutes on a server that is not there
+            check_store(self.tracking_uri, LaunchSetupError)
+        configure_client_retries()  # ride out a tracking-server restart (one that answered at the start)
         storage = options.storage_path or os.environ.get("ABLATE_STORAGE_PATH") or str(self.store_dir / "ray")
         self.storage = storage
         self.local_storage = Path(storage) if "://" not in storage else self.store_dir / "cache"
-        self.optuna_storage = (options.optuna_storage or os.environ.get("ABLATE_OPTUNA_STORAGE")
+        self.optuna_storage = (options.optuna_storage or os.environ.get(OPTUNA_STORAGE_ENV)
                                or f"sqlite:///{self.store_dir / 'optuna.db'}")
+        os.environ[OPTUNA_STORAGE_ENV] = self.optuna_storage  # pickles refer to it, never hold it (a password)
         self.max_concurrent = options.max_concurrent or self.spec.max_concurrent
         self.launch_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
         self.git_sha = git_sha()
@@ -427,10 +446,14 @@ class Launcher:
         self.pending_runs: dict[str, Callable[[], str]] = {}  # runs created when their trial starts
         self.tracker: Tracker
         self.parent_run_id: str | None = None
+        self.t0 = time.time()
+        self.last_beat = 0.0
+        self.resumed_from: set[str] = set()  # earlier launch runs whose trials this launch continues
+        self.superseded: set[str] = set()  # earlier launches' checkpoints already deleted (their trial resumed)
 
     def say(self, text: str) -> None:
         """One progress line, with the seconds since the launch started."""
-        elapsed = time.time() - self._t0 if hasattr(self, "_t0") else 0.0
+        elapsed = time.time() - self.t0
         print(f"[{elapsed:6.0f}s] {text}", file=self.options.out, flush=True)
 
     # -- planning ----------------------------------------------------------
@@ -447,47 +470,90 @@ class Launcher:
     # -- the launch ----------------------------------------------------------
 
     def run(self) -> LaunchResult:
-        self._t0 = time.time()
+        self.t0 = time.time()
         plan = self.plan()
         self.tracker = Tracker(self.tracking_uri, self.spec.name, create=not self.options.dry_run)
         pre_runs, ft_runs = self.earlier_runs()
         reused = {h: r.info.run_id for h, r in pre_runs.items() if _usable_backbone_run(r)}
         pruned_before = [h for h, r in pre_runs.items() if r.data.tags.get(TAG_PRUNED) == "true"]
+        too_big = [] if self.options.address or os.environ.get("RAY_ADDRESS") else oversized_requests(self.spec, *local_size(self.spec))
         if self.options.dry_run:
             print(spaces.format_plan(plan, reused, pruned_before), file=self.options.out)
+            for line in too_big:
+                print(f"warning: {line}", file=self.options.out)
             print(f"\n(dry run: nothing trained; tracking store {redact(self.tracking_uri)})", file=self.options.out)
             return LaunchResult(self.spec.name, None, [], 0, plan, dict(self.data_paths))
 
+        if too_big:
+            raise LaunchSetupError("; ".join(too_big))
+        self._init_ray()  # a cluster too small for one trial is refused here, before anything is recorded
         self.parent_run_id = self._parent_run(plan)
         monitor = self._system_metrics()
         try:
-            self._init_ray()
             survivors = self._stage_pretrain(plan, pre_runs)
             self._stage_finetune(plan, ft_runs, survivors)
             result = self._finish(plan)
         except BaseException as exc:
-            if self.parent_run_id:
+            store_exc = store_failure(exc)
+            status = "KILLED" if isinstance(exc, KeyboardInterrupt) or store_exc else "FAILED"
+            with contextlib.suppress(Exception):  # the store itself may be what failed
                 self.tracker.set_tags(self.parent_run_id, {TAG_ERROR: f"{type(exc).__name__}: {exc}"[:5000]})
-                self.tracker.finish(self.parent_run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-            raise
+                self.tracker.finish(self.parent_run_id, status)
+            if store_exc is None:
+                raise
+            # Ray's trials were stopped when the exception left tuner.fit(). The runs this launch
+            # had open are ended if the store takes the write; if not, the next launch of the study
+            # takes them over (a dead launch's trials resume from their checkpoints).
+            for run_id in self.run_ids.values():
+                with contextlib.suppress(Exception):
+                    if self.tracker.client.get_run(run_id).info.status == "RUNNING":
+                        self.tracker.finish(run_id, "KILLED")
+            raise LaunchError(one_line(
+                f"the tracking store {redact(self.tracking_uri)} stopped accepting writes "
+                f"({type(store_exc).__name__}: {getattr(store_exc, 'message', store_exc)}); the launch stopped its "
+                "trials. Make the store writable again (file permissions, disk space, the server), then run the same "
+                "command: it resumes from the trials' checkpoints")) from exc
         finally:
             if monitor is not None:
                 monitor.finish()
         return result
 
     def _parent_run(self, plan: Plan) -> str:
+        """This launch's run: a new one, or (``--resume``) the study's last unfinished one.
+
+        Launch runs left RUNNING by a driver that died (``kill -9``, a lost machine) are ended as
+        KILLED with ``ablate.superseded_by`` naming the run that takes over; their unfinished
+        trials move under it when they resume (``ablate.previous_parent_run_id`` keeps the link).
+        A launch of the same study whose driver is still alive is left alone, and ``--resume``
+        refuses to take its run over.
+        """
+        launches = self.tracker.find_runs(extra_filter=f"tags.`{TAG_STAGE}` = 'launch'")
+        alive = {r.info.run_id for r in launches if launch_alive(r)}
         parent = None
         if self.options.resume:
-            candidates = [r for r in self.tracker.find_runs(extra_filter=f"tags.`{TAG_STAGE}` = 'launch'")
-                          if r.info.status != "FINISHED"]
+            candidates = [r for r in launches if r.info.status != "FINISHED"]
+            if candidates and launch_alive(candidates[0]):
+                r = candidates[0]
+                raise LaunchSetupError(
+                    f"launch run {r.info.run_id} of study {self.spec.name!r} is still running (driver "
+                    f"{r.data.tags.get(TAG_DRIVER, 'unknown')}); stop it before resuming it, or launch without --resume")
             parent = candidates[0].info.run_id if candidates else None
+        driver = {TAG_DRIVER: driver_id(), TAG_HEARTBEAT: f"{time.time():.0f}"}
         if parent:
             self.tracker.reopen(parent)
+            self.tracker.set_tags(parent, driver)
             self.say(f"resuming launch run {parent}")
         else:
             parent = self.tracker.create_run(f"launch {self.launch_id}", {
                 TAG_STAGE: "launch", TAG_LAUNCH: self.launch_id, TAG_GIT: self.git_sha,
-                "mlflow.source.git.commit": self.git_sha})
+                "mlflow.source.git.commit": self.git_sha, **driver})
+        dead = [r.info.run_id for r in launches if r.info.status == "RUNNING" and r.info.run_id != parent
+                and r.info.run_id not in alive]
+        for run_id in dead:
+            self.tracker.set_tags(run_id, {TAG_SUPERSEDED_BY: parent})
+            self.tracker.finish(run_id, "KILLED")
+            self.say(f"launch run {run_id[:8]} had lost its driver: ended as KILLED, taken over by {parent[:8]}")
+        self.last_beat = time.time()
         self.tracker.log_text(parent, self.spec.text, f"space/{self.spec.path.name}")
         self.tracker.log_params_tags(parent, params={
             "space": str(self.spec.path), "search": self.spec.search["kind"], "seeds": str(list(self.spec.seeds)),
@@ -499,6 +565,13 @@ class Launcher:
         self.tracker.log_metrics(parent, {"launch/pretrain_planned": len(plan.pretrain),
                                           "launch/finetune_planned": len(plan.finetune)}, 0)
         return parent
+
+    def beat(self, force: bool = False) -> None:
+        """Refresh the launch run's heartbeat (at most every HEARTBEAT_EVERY_S): a driver that stops beating is dead."""
+        now = time.time()
+        if self.parent_run_id and (force or now - self.last_beat >= HEARTBEAT_EVERY_S):
+            self.last_beat = now
+            self.tracker.set_tags(self.parent_run_id, {TAG_HEARTBEAT: f"{now:.0f}"})
 
     def _system_metrics(self) -> Any:
         try:
@@ -524,8 +597,17 @@ class Launcher:
                 raise LaunchError(f"the Ray cluster at {address} has {len(nodes)} nodes: pass --storage-path on a "
                                   "shared file system or an s3:// URI so every node can read the checkpoints")
         else:
-            # "local": a new Ray of our own, never a cluster someone started on this machine
+            # "local": a new Ray of our own, never a cluster someone started on this machine, and
+            # reachable from this machine only (see loopback_only_ray)
+            loopback_only_ray()
             ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
+        if address:
+            nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+            largest = (max((n.get("CPU", 0.0) for n in nodes), default=0.0),
+                       max((n.get("GPU", 0.0) for n in nodes), default=0.0))
+            too_big = oversized_requests(self.spec, *largest, where=f"the largest node of the Ray cluster at {address}")
+            if too_big:
+                raise LaunchSetupError("; ".join(too_big))
         # Trial tracebacks go to the MLflow run (tag ablate.error) and one FAILED/retry line here,
         # not as pages of Ray log output in the terminal.
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
@@ -537,6 +619,11 @@ class Launcher:
             run_id = existing.info.run_id
             restore = existing.data.tags.get(TAG_CHECKPOINT)
             self.tracker.reopen(run_id)
+            old_parent = existing.data.tags.get(PARENT_TAG)
+            if old_parent and old_parent != self.parent_run_id:  # it now belongs to the launch that runs it
+                self.tracker.set_tags(run_id, {PARENT_TAG: self.parent_run_id, TAG_PREVIOUS_PARENT: old_parent})
+                self.resumed_from.add(old_parent)
+                self.tracker.set_tags(self.parent_run_id, {TAG_RESUMED_FROM: ",".join(sorted(self.resumed_from))})
             self.say(f"{stage:8} resume  {name} into run {run_id[:8]}" + (f" from {restore}" if restore else ""))
         else:
             run_id = self.tracker.create_run(name, {TAG_STAGE: stage, TAG_HASH: h, TAG_NAME: name, TAG_GIT: self.git_sha,
@@ -607,7 +694,8 @@ class Launcher:
             run_config=tune.RunConfig(
                 name=f"{self.spec.name}-{stage}-{self.launch_id}", storage_path=self.storage,
                 failure_config=tune.FailureConfig(max_failures=self.options.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                # the newest state only: an exact resume needs no more (DESIGN: a launch leaves little disk)
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 callbacks=[callback], verbose=0,
             ),
         )
@@ -619,6 +707,8 @@ class Launcher:
         from ray import tune
         from ray.tune.search.optuna import OptunaSearch
 
+        from experiments.pruning import EnvRDBStorage
+
         space: dict[str, Any] = {CANDIDATE_KEY: tune.choice(list(range(len(candidates))))}
         for name, dist in self.spec.finetune.distributions.items():
             lo_hi = dist.args
@@ -628,7 +718,7 @@ class Launcher:
         search = OptunaSearch(
             metric=self.spec.search["metric"], mode=self.spec.search["mode"],
             sampler=optuna.samplers.TPESampler(seed=self.spec.seeds[0]),
-            storage=optuna.storages.RDBStorage(self.optuna_storage), study_name=self._optuna_study(STAGE_FINETUNE),
+            storage=EnvRDBStorage(self.optuna_storage), study_name=self._optuna_study(STAGE_FINETUNE),
         )
         return space, search
 
@@ -772,6 +862,7 @@ class Launcher:
         epochs_run = self.epochs_of(trial)
         if record is not None:
             self.tracker.set_tags(run_id, {TAG_PRUNED: "true", TAG_PRUNE_REASON: record.reason[:5000]})
+            self.drop_checkpoints(run_id, trial.checkpoint)
             self.tracker.finish(run_id, "FINISHED")
             self.outcomes[h] = TrialOutcome(stage, p["name"], h, run_id, "pruned", metrics, epochs_run, p["epochs"],
                                             record.reason)
@@ -799,6 +890,7 @@ class Launcher:
             self.outcomes[h] = TrialOutcome(stage, p["name"], h, run_id, "failed", metrics, epochs_run, p["epochs"],
                                             "no exported backbone")
             return
+        self.drop_checkpoints(run_id, ckpt)
         self.tracker.finish(run_id, "FINISHED")
         self.outcomes[h] = TrialOutcome(stage, p["name"], h, run_id, "done", metrics, epochs_run, p["epochs"])
         self.say(f"{stage:8} done    {p['name']}")
@@ -814,6 +906,27 @@ class Launcher:
         self.outcomes[h] = TrialOutcome(stage, p["name"], h, run_id, "failed", self.metrics.get(h, {}),
                                         self.epochs_of(trial), p["epochs"], last)
         self.say(f"{stage:8} FAILED  {p['name']}: {redact(last)}")
+
+    def drop_checkpoints(self, run_id: str, checkpoint: Any) -> None:
+        """A finished trial's training states: deleted (its exported model is in the artifact store) unless kept.
+
+        Every ``checkpoint_*`` folder of the trial goes, and the run's ``ablate.checkpoint`` tag
+        with them: a FINISHED run is never resumed. ``--keep-checkpoints`` keeps them all.
+        """
+        if checkpoint is None or self.options.keep_checkpoints:
+            return
+        delete_trial_checkpoints(checkpoint.filesystem, checkpoint.path.rsplit("/", 1)[0])
+        self.tracker.delete_tag(run_id, TAG_CHECKPOINT)
+
+    def drop_superseded(self, p: Mapping[str, Any]) -> None:
+        """Once a trial resumed from an earlier launch's checkpoint has saved its own, delete the earlier ones."""
+        restore = p.get("restore")
+        if self.options.keep_checkpoints or not restore or restore in self.superseded or not Path(restore).is_dir():
+            return
+        self.superseded.add(restore)
+        from pyarrow import fs as pafs
+
+        delete_trial_checkpoints(pafs.LocalFileSystem(), str(Path(restore).parent))
 
     @staticmethod
     def epochs_of(trial: Any) -> int:
@@ -838,6 +951,8 @@ class Launcher:
         summary = format_summary(outs, saved)
         print(summary, file=self.options.out, flush=True)
         self.tracker.log_text(self.parent_run_id, summary, "summary.txt")
+        if not self.options.keep_checkpoints:  # copies of artifacts, fetched again when a later launch needs them
+            shutil.rmtree(self.local_storage / "backbones", ignore_errors=True)
         ran_trials = [o for o in outs if o.status in ("done", "pruned", "failed")]
         all_failed = bool(ran_trials) and all(o.status == "failed" for o in ran_trials)
         self.tracker.finish(self.parent_run_id, "FAILED" if all_failed else "FINISHED")
@@ -856,6 +971,58 @@ class Launcher:
             self.say(message)
         except Exception as exc:  # noqa: BLE001 - a registry problem must not hide the results
             self.say(f"registry: could not register the best model: {exc}")
+
+
+def delete_trial_checkpoints(filesystem: Any, trial_dir: str) -> list[str]:
+    """Delete every ``checkpoint_*`` folder of a Ray trial folder (local or remote, via pyarrow); returns their paths."""
+    from pyarrow.fs import FileSelector, FileType
+
+    gone = []
+    for info in filesystem.get_file_info(FileSelector(trial_dir, allow_not_found=True)):
+        if info.type == FileType.Directory and info.base_name.startswith("checkpoint_"):
+            filesystem.delete_dir(info.path)
+            gone.append(info.path)
+    return gone
+
+
+def loopback_only_ray() -> None:
+    """Make the local Ray this launch starts bind to 127.0.0.1 only.
+
+    Ray resolves "127.0.0.1" to the machine's network address unless it believes it is on a
+    single-machine platform; ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is that switch (read by the
+    Ray processes this starts) and ``ray_constants.ENABLE_RAY_CLUSTER`` its already-imported copy.
+    tests/experiments/test_launch.py checks the addresses the Ray processes listen on, so a Ray
+    release that changes this fails there.
+    """
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def local_size(spec: StudySpec) -> tuple[float, float]:
+    """CPUs and GPUs of this machine (GPUs counted only when the space asks for some: torch is slow to import)."""
+    gpus = 0.0
+    if spec.pretrain.resources.gpu > 0 or spec.finetune.resources.gpu > 0:
+        import torch
+
+        gpus = float(torch.cuda.device_count())
+    return float(os.cpu_count() or 1), gpus
+
+
+def oversized_requests(spec: StudySpec, cpus: float, gpus: float, where: str = "this machine") -> list[str]:
+    """One message per resource a single trial asks for beyond what one node has (Ray would wait forever)."""
+    problems = []
+    for stage, sec in ((STAGE_PRETRAIN, spec.pretrain), (STAGE_FINETUNE, spec.finetune)):
+        r = sec.resources
+        for key, per_worker, have in (("cpu", r.cpu, cpus), ("gpu", r.gpu, gpus)):
+            need = per_worker * r.workers
+            if need > have:
+                workers = f" ({per_worker:g} x {r.workers} workers)" if r.workers > 1 else ""
+                problems.append(f"{spec.path}: {stage}.resources.{key}: one trial asks for {need:g} {key.upper()}s"
+                                f"{workers} but {where} has {have:g}; set {stage}.resources.{key} to at most "
+                                f"{have / r.workers:g}, or launch on a bigger cluster with --address")
+    return problems
 
 
 def _ray_token_mode(address: str | None) -> None:

@@ -47,6 +47,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ray.tune.experiment import Trial as RayTrial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from experiments.redaction import OPTUNA_STORAGE_ENV, picklable_url, redact, url_from_state
 from trainers.common import closest, unknown_key_message
 
 METRIC_KEY = "swav/loss_over_ln_k"
@@ -66,6 +67,24 @@ SIGNALS_ATTR_PREFIX = "ablate.signals@"
 
 RAY_TRIAL_ATTR = "ablate.ray_trial_id"
 PRUNE_REASON_ATTR = "ablate.prune_reason"
+
+
+
+class EnvRDBStorage(optuna.storages.RDBStorage):
+    """Optuna's RDBStorage whose pickled state never holds a password of its URL (see :func:`picklable_url`)."""
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = super().__getstate__()
+        state["url"] = picklable_url(state["url"])
+        return state
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        url = url_from_state(state["url"])
+        if url is None:
+            raise RuntimeError(f"the Optuna storage URL holds a password and is kept out of pickles: set "
+                               f"${OPTUNA_STORAGE_ENV} to it in the process that restores this state")
+        super().__setstate__({**state, "url": url})
+
 
 STAGE_OBJECTIVES: dict[str, tuple[str, str]] = {
     "pretrain": (METRIC_KEY, "minimize"),
@@ -616,11 +635,12 @@ class OptunaPruningScheduler(FIFOScheduler):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_storage=None, _study=None, _handles={})
+        state.update(_storage=None, _study=None, _handles={}, storage_url=picklable_url(self.storage_url))
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.storage_url = url_from_state(self.storage_url)
 
     # -- Optuna side ------------------------------------------------------------------------
 
@@ -628,7 +648,10 @@ class OptunaPruningScheduler(FIFOScheduler):
     def study(self) -> optuna.Study:
         """The Optuna study, opened on first use (with this scheduler's pruner)."""
         if self._study is None:
-            self._storage = optuna.storages.RDBStorage(self.storage_url)
+            if self.storage_url is None:
+                raise RuntimeError(f"the Optuna storage URL holds a password and is kept out of pickles: set "
+                                   f"${OPTUNA_STORAGE_ENV} to it in the process that restores this scheduler")
+            self._storage = EnvRDBStorage(self.storage_url)
             # The sampler is never asked for a real value (the only params are fixed ones),
             # so the cheapest one avoids TPE's per-trial search-space bookkeeping.
             sampler = optuna.samplers.RandomSampler(seed=0)
@@ -639,9 +662,9 @@ class OptunaPruningScheduler(FIFOScheduler):
                     )
                 except KeyError:
                     raise RuntimeError(
-                        f"no Optuna study {self.study_name!r} in {self.storage_url}: with share_optuna_search=True, "
+                        f"no Optuna study {self.study_name!r} in {redact(self.storage_url)}: with share_optuna_search=True, "
                         f"give OptunaSearch study_name={self.study_name!r} and "
-                        f"storage=optuna.storages.RDBStorage({self.storage_url!r})"
+                        f"storage=optuna.storages.RDBStorage({redact(self.storage_url)!r})"
                     ) from None
             else:
                 self._study = optuna.create_study(
@@ -747,7 +770,7 @@ class OptunaPruningScheduler(FIFOScheduler):
         if stored is None or any(stored.get(k, object()) != v for k, v in ot_trial.params.items()):
             raise RuntimeError(
                 f"Optuna trial {ot_trial.number} of study {self.study_name!r} is not the one OptunaSearch opened: "
-                f"give OptunaSearch storage=optuna.storages.RDBStorage({self.storage_url!r})"
+                f"give OptunaSearch storage=optuna.storages.RDBStorage({redact(self.storage_url)!r})"
             )
         return ot_trial.number
 

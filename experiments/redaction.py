@@ -146,3 +146,31 @@ def use_uri_credentials(uri: str, environ: dict[str, str] | None = None) -> str:
     if password is not None:
         env["MLFLOW_TRACKING_PASSWORD"] = password
     return clean
+
+
+# ---------------------------------------------------------------------------
+# Pickles: what Ray writes to the storage path never holds a database password
+# ---------------------------------------------------------------------------
+
+OPTUNA_STORAGE_ENV = "ABLATE_OPTUNA_STORAGE"
+"""Environment variable holding the Optuna storage URL; pickles refer to it instead of a URL with a password."""
+
+
+def picklable_url(url: str | None) -> str | None:
+    """``url`` as it may be written into a pickle (Ray's ``tuner.pkl``, searcher state).
+
+    A URL without credentials comes back unchanged. One with a password comes back as None, and
+    ``$ABLATE_OPTUNA_STORAGE`` is made to hold it: the process that unpickles (this driver, or one
+    it started) reads it back from there with :func:`url_from_state`, so the password is never
+    written to the storage path.
+    """
+    if url is None or redact(url, use_env=False) == url:
+        return url
+    os.environ[OPTUNA_STORAGE_ENV] = url
+    return None
+
+
+def url_from_state(url: str | None) -> str | None:
+    """The inverse of :func:`picklable_url`: the URL, or ``$ABLATE_OPTUNA_STORAGE`` when it was kept out."""
+    return url if url is not None else os.environ.get(OPTUNA_STORAGE_ENV)
+

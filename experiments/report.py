@@ -46,7 +46,8 @@ from experiments.registry import check_store, finite_or_none, store_errors
 from experiments.redaction import redact
 from experiments.spaces import NON_RESULT_FIELDS
 from experiments.tracking import (
-    TAG_ERROR, TAG_HASH, TAG_NAME, TAG_PRUNE_REASON, TAG_PRUNED, TAG_SEED, TAG_STAGE, TAG_UPSTREAM, flatten_params,
+    PARENT_TAG, TAG_ERROR, TAG_HASH, TAG_NAME, TAG_PRUNE_REASON, TAG_PRUNED, TAG_SEED, TAG_STAGE, TAG_UPSTREAM,
+    flatten_params, launch_alive,
 )
 
 FORMATS = ("table", "md", "csv", "json")
@@ -85,6 +86,8 @@ class TrialRun:
     params: dict[str, str]
     tags: dict[str, str]
     metrics: dict[str, float]  # final values (the last step's)
+    interrupted: bool = False  # left RUNNING by a launch whose driver is gone
+
 
     @property
     def pruned(self) -> bool:
@@ -105,6 +108,8 @@ class TrialRun:
         if TAG_ERROR in self.tags or self.status == "FAILED":
             lines = [ln.strip() for ln in self.tags.get(TAG_ERROR, "").strip().splitlines() if ln.strip()]
             return "failed: " + (lines[-1][:300] if lines else "no error recorded")
+        if self.interrupted:
+            return "interrupted: its launch ended without finishing it; run the launch command again to resume it"
         if self.status != "FINISHED":
             return f"unfinished (status {self.status})"
         if self.stage == "finetune" and finite_or_none(self.metrics.get(KEY_METRIC)) is None:
@@ -201,6 +206,7 @@ def collect(tracking_uri: str, study: str) -> StudyRuns:
             raise ReportError(f"no study {study!r} in {redact(tracking_uri)}; studies: {', '.join(names) or 'none'}")
         found = _search_all(client, experiment.experiment_id)
     trials, launches = [], []
+    alive = {r.info.run_id for r in found if r.data.tags.get(TAG_STAGE) == "launch" and launch_alive(r)}
     for r in found:
         stage = r.data.tags.get(TAG_STAGE, "")
         if stage == "launch":
@@ -209,7 +215,8 @@ def collect(tracking_uri: str, study: str) -> StudyRuns:
             trials.append(TrialRun(
                 run_id=r.info.run_id, stage=stage, name=r.data.tags.get(TAG_NAME) or r.info.run_name or r.info.run_id,
                 status=r.info.status, start_time=r.info.start_time or 0, params=dict(r.data.params),
-                tags=dict(r.data.tags), metrics=dict(r.data.metrics)))
+                tags=dict(r.data.tags), metrics=dict(r.data.metrics),
+                interrupted=r.info.status == "RUNNING" and r.data.tags.get(PARENT_TAG) not in alive))
     if not trials:
         raise ReportError(f"study {study!r} has no trial runs yet (nothing to report); run `ablate launch SPACE.yaml`")
     parent = launches[0] if launches else None  # newest first
@@ -431,7 +438,8 @@ def excluded_table(runs: StudyRuns) -> Table:
         for r in runs.stage(stage):
             if r.usable:
                 continue
-            status = "pruned" if r.pruned else ("failed" if r.status == "FAILED" or TAG_ERROR in r.tags else r.status.lower())
+            status = "pruned" if r.pruned else ("failed" if r.status == "FAILED" or TAG_ERROR in r.tags else
+                                                "interrupted" if r.interrupted else r.status.lower())
             rows.append(Row(r.name, [stage, status, r.reason.split(": ", 1)[-1], r.run_id[:8]], 1, run_ids=[r.run_id]))
     notes = []
     if runs.superseded():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -41,7 +42,14 @@ TAG_CHECKPOINT = "ablate.checkpoint"
 TAG_LAUNCH = "ablate.launch_id"
 TAG_GIT = "ablate.git_sha"
 TAG_NAME = "ablate.name"
+TAG_DRIVER = "ablate.driver"  # host:pid of the launch driver (launch runs)
+TAG_HEARTBEAT = "ablate.heartbeat"  # unix seconds, refreshed by a running driver (launch runs)
+TAG_SUPERSEDED_BY = "ablate.superseded_by"  # a dead launch run -> the launch run that took over
+TAG_RESUMED_FROM = "ablate.resumed_from"  # a launch run -> the dead launch runs whose trials it continued
+TAG_PREVIOUS_PARENT = "ablate.previous_parent_run_id"  # a trial run moved under the launch that resumed it
 PARENT_TAG = "mlflow.parentRunId"
+HEARTBEAT_EVERY_S = 60
+HEARTBEAT_STALE_S = 900  # a driver on another host that has not beaten for this long is taken as dead
 RUN_NAME_TAG = "mlflow.runName"
 
 
@@ -196,6 +204,11 @@ class Tracker:
         """Set tags (batched)."""
         self.log_params_tags(run_id, tags={k: str(v) for k, v in tags.items()})
 
+    def delete_tag(self, run_id: str, key: str) -> None:
+        """Remove a tag if the run has it."""
+        if key in self.client.get_run(run_id).data.tags:
+            self.client.delete_tag(run_id, key)
+
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         """End a run: FINISHED, FAILED or KILLED."""
         self.client.set_terminated(run_id, status)
@@ -207,6 +220,53 @@ class Tracker:
     def metric_history(self, run_id: str, key: str) -> list[Any]:
         """Every logged value of a metric, by step."""
         return sorted(self.client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+
+
+def store_failure(exc: BaseException) -> BaseException | None:
+    """The tracking-store error (MLflow, SQL, HTTP) behind ``exc``, following its causes; None if there is none."""
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import RequestException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, (MlflowException, SQLAlchemyError, RequestException)):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def driver_id() -> str:
+    """``host:pid`` of this process, as recorded on the launch runs it drives."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def launch_alive(run: Any, now: float | None = None) -> bool:
+    """Whether a launch run's driver is still at work.
+
+    Only a RUNNING run can be. On this host the recorded driver process must still exist (and be
+    older than its heartbeats: a reused pid is not the driver); elsewhere its heartbeat must be fresher
+    than :data:`HEARTBEAT_STALE_S`. A run from before drivers were recorded counts as alive while
+    its start is that recent.
+    """
+    import psutil
+
+    if run.info.status != "RUNNING":
+        return False
+    tags = run.data.tags
+    host, _, pid = tags.get(TAG_DRIVER, "").rpartition(":")
+    try:
+        beat = float(tags.get(TAG_HEARTBEAT, (run.info.start_time or 0) / 1000))
+    except ValueError:
+        beat = 0.0
+    if host == socket.gethostname() and pid.isdigit():
+        try:  # the driver beats from its start on, so it is older than every heartbeat it wrote
+            return psutil.Process(int(pid)).create_time() <= beat + 1
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return False
+    return (now if now is not None else time.time()) - beat < HEARTBEAT_STALE_S
 
 
 def _exp_location(tracking_uri: str, study: str) -> str | None:

@@ -1,0 +1,146 @@
+"""``ablate gc STUDY``: delete the training states that no launch of a study can resume from.
+
+A launch keeps, per trial, only its newest training state (model + optimizer, for an exact
+resume) while the trial runs, and deletes it when the trial finishes (its exported model is in
+the artifact store). What a killed launch leaves, and what launches before that rule left, stays
+on the Ray storage path until this command removes it:
+
+- every ``checkpoint_*`` folder under the study's Ray experiment folders
+  (``<storage>/<study>-<stage>-<launch id>/<trial>/``), except the one an unfinished trial run
+  names in its ``ablate.checkpoint`` tag (the state ``ablate launch`` resumes from);
+- an experiment folder left with no such state at all (its ``tuner.pkl``, trial logs);
+- the launch's cache of downloaded backbones (``<storage>/backbones``), fetched again on demand.
+
+It never touches the tracking store or its artifacts, so registered models, exported models
+and metrics stay as they are. While a launch of the study is running it refuses (that launch
+still writes its states).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from experiments.tracking import TAG_CHECKPOINT, TAG_DRIVER, TAG_STAGE, Tracker, launch_alive
+
+STAGES = ("pretrain", "finetune")
+
+
+class GcError(ValueError):
+    """gc cannot run as asked (no such study, a launch still running)."""
+
+
+@dataclass
+class GcPlan:
+    """What :func:`collect` found: folders to delete, states kept (with the run that needs each), storage skipped."""
+
+    study: str
+    remove: list[Path] = field(default_factory=list)
+    keep: dict[Path, str] = field(default_factory=dict)  # checkpoint folder -> run id that resumes from it
+    skipped: list[str] = field(default_factory=list)  # storage paths gc cannot walk (remote)
+
+    def size(self) -> int:
+        """Bytes the removal frees."""
+        return sum(_du(p) for p in self.remove)
+
+
+def _du(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def collect(tracking_uri: str, study: str, default_storage: Path) -> GcPlan:
+    """The folders gc would delete for ``study`` (nothing is deleted here).
+
+    Args:
+        tracking_uri: the study's tracking store.
+        study: the study (MLflow experiment) name.
+        default_storage: the Ray storage path of launches that recorded none.
+
+    Raises:
+        GcError: no such study, or one of its launches is still running.
+    """
+    from experiments.registry import check_store, store_errors
+
+    check_store(tracking_uri, GcError)
+    with store_errors(tracking_uri, f"reading study {study!r}", GcError):
+        tracker = Tracker(tracking_uri, study, create=False)
+        if tracker.experiment_id is None:
+            raise GcError(f"no study {study!r} in the tracking store; `ablate report` lists what is there")
+        launches = tracker.find_runs(extra_filter=f"tags.`{TAG_STAGE}` = 'launch'")
+        trials = [r for r in tracker.find_runs() if r.data.tags.get(TAG_STAGE) in STAGES]
+    running = [r for r in launches if launch_alive(r)]
+    if running:
+        r = running[0]
+        raise GcError(f"launch run {r.info.run_id} of study {study!r} is still running (driver "
+                      f"{r.data.tags.get(TAG_DRIVER, 'unknown')}); run `ablate gc {study}` after it has ended")
+    plan = GcPlan(study)
+    for r in trials:
+        ckpt = r.data.tags.get(TAG_CHECKPOINT)
+        if ckpt and r.info.status != "FINISHED":
+            plan.keep[Path(ckpt)] = r.info.run_id
+    roots = {r.data.params.get("storage_path") or str(default_storage) for r in launches} or {str(default_storage)}
+    for root in sorted(roots):
+        if "://" in root:
+            plan.skipped.append(root)
+            continue
+        base = Path(root)
+        for stage in STAGES:
+            for exp_dir in sorted(base.glob(f"{_glob_escape(study)}-{stage}-*")):
+                if not exp_dir.is_dir():
+                    continue
+                kept = [k for k in plan.keep if _inside(k, exp_dir)]
+                if not kept:
+                    plan.remove.append(exp_dir)
+                    continue
+                for ckpt in sorted(exp_dir.glob("*/checkpoint_*")):
+                    if ckpt.is_dir() and ckpt.resolve() not in {k.resolve() for k in kept}:
+                        plan.remove.append(ckpt)
+        cache = base / "backbones"
+        if cache.is_dir():
+            plan.remove.append(cache)
+    return plan
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def gc(tracking_uri: str, study: str, default_storage: Path, dry_run: bool = False) -> str:
+    """Delete (or, ``dry_run``, list) what :func:`collect` finds; returns the report printed by the CLI."""
+    plan = collect(tracking_uri, study, default_storage)
+    verb = "would free" if dry_run else "freed"
+    lines = []
+    size = plan.size()
+    for path in plan.remove:
+        lines.append(f"  {'would delete' if dry_run else 'deleted'} {path}")
+        if not dry_run:
+            shutil.rmtree(path, ignore_errors=True)
+    for path, run_id in sorted(plan.keep.items()):
+        lines.append(f"  kept {path} (run {run_id[:8]} resumes from it)")
+    for root in plan.skipped:
+        lines.append(f"  skipped {root}: remote storage; delete its checkpoint_* folders with the storage's own tools")
+    head = (f"gc {study}: {verb} {_human(size)} in {len(plan.remove)} folder(s); registered models and the "
+            "tracking store are untouched")
+    if not plan.remove:
+        head = f"gc {study}: nothing to delete; registered models and the tracking store are untouched"
+    return "\n".join([head, *lines])
+
