@@ -94,22 +94,51 @@ def find_images(root: str | Path) -> list[Path]:
 # ---------------------------------------------------------------------------
 
 
+UNREADABLE = "unreadable"  # SkippedImage.reason: no decoder can read the file
+TOO_SMALL = "too small"  # SkippedImage.reason: a side is shorter than the smallest crop
+SKIPPED_SHOWN = 5  # files named in a warning or error; the rest are counted
+
+
+@dataclass(frozen=True)
+class SkippedImage:
+    """A file of the unlabeled folder that is not trained on, and why.
+
+    Attributes:
+        path: the file, or None when the data set gave only ``None`` (it does not name its files).
+        reason: :data:`UNREADABLE` or :data:`TOO_SMALL`.
+        detail: the decoder's message, or the image size (``"1x1 px"``).
+    """
+
+    path: Path | None
+    reason: str
+    detail: str = ""
+
+
 class UnlabeledImages(Dataset):
     """A folder of images, searched recursively, each decoded once to a uint8 RGB tensor.
 
-    Unreadable files do not stop a multi-hour pretraining run: ``__getitem__`` returns
-    ``None`` for them, ``collate_images`` drops and counts them and the trainer logs one
-    warning per epoch with ``warn_skipped``.
+    Unreadable files, and images with a side shorter than ``min_size`` (a multi-crop view
+    would be upsampled from a few pixels: noise, not data), do not stop a multi-hour
+    pretraining run: ``__getitem__`` returns ``None`` for them (or a :class:`SkippedImage`
+    naming the file and the reason, with ``mark_skipped=True``), ``collate_images`` drops and
+    lists them and the trainer logs one warning per epoch with ``warn_skipped``.
 
     Args:
         root: the image folder.
+        min_size: the shortest side, in pixels, of an image that is trained on (the trainer
+            passes its smallest crop size).
+        mark_skipped: return a :class:`SkippedImage` instead of ``None`` for a skipped file.
 
     Raises:
         DatasetError: when ``root`` does not exist, is not a folder or holds no images.
+        ValueError: when ``min_size`` is not an integer >= 1.
     """
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, min_size: int = 1, mark_skipped: bool = False) -> None:
+        require(_is_int(min_size) and min_size >= 1, "min_size", min_size, "an integer >= 1 (pixels)")
         self.root = Path(root)
+        self.min_size = min_size
+        self.mark_skipped = mark_skipped
         if not self.root.exists():
             raise DatasetError(
                 f"unlabeled image folder {self.root} does not exist; point the config at a folder of "
@@ -127,39 +156,104 @@ class UnlabeledImages(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> torch.Tensor | None:
-        """The image as uint8 3xHxW RGB, or None when the file cannot be decoded."""
+    def load(self, index: int) -> torch.Tensor | SkippedImage:
+        """The image as uint8 3xHxW RGB, or why it is skipped (unreadable, or under ``min_size``)."""
+        path = self.paths[index]
         try:
-            return decode_rgb(self.paths[index])
+            image = decode_rgb(path)
         except Exception as exc:  # noqa: BLE001 - any decoder failure means "skip this file", never crash a worker
             # Per-file detail at debug level only; the trainer logs one summary warning per epoch.
-            logger.debug("cannot decode %s: %s", self.paths[index], exc)
+            logger.debug("cannot decode %s: %s", path, exc)
+            return SkippedImage(path, UNREADABLE, str(exc))
+        height, width = image.shape[1:]
+        if min(height, width) < self.min_size:
+            logger.debug("%s is %dx%d px, under min_size=%d", path, width, height, self.min_size)
+            return SkippedImage(path, TOO_SMALL, f"{width}x{height} px")
+        return image
+
+    def __getitem__(self, index: int) -> torch.Tensor | SkippedImage | None:
+        """The image as uint8 3xHxW RGB; for a skipped file None, or a SkippedImage with ``mark_skipped``."""
+        item = self.load(index)
+        if isinstance(item, SkippedImage) and not self.mark_skipped:
             return None
+        return item
 
 
-def collate_images(batch: Sequence[torch.Tensor | None]) -> tuple[list[torch.Tensor], int]:
-    """Collate for ``UnlabeledImages``: drop unreadable entries (None).
+def collate_images(
+    batch: Sequence[torch.Tensor | SkippedImage | None],
+) -> tuple[list[torch.Tensor], tuple[SkippedImage, ...]]:
+    """Collate for ``UnlabeledImages``: drop the skipped entries (None or SkippedImage).
 
     Returns:
-        The images (a list, since multi-crop resizes them later and sizes may differ) and
-        the number of entries skipped.
+        The images (a list, since multi-crop resizes them later and sizes may differ) and the
+        skipped entries; a ``None`` becomes an unnamed unreadable :class:`SkippedImage`.
     """
-    images = [image for image in batch if image is not None]
-    return images, len(batch) - len(images)
+    images = [item for item in batch if isinstance(item, torch.Tensor)]
+    skipped = tuple(
+        item if isinstance(item, SkippedImage) else SkippedImage(None, UNREADABLE)
+        for item in batch
+        if not isinstance(item, torch.Tensor)
+    )
+    return images, skipped
 
 
-def warn_skipped(count: int, root: str | Path) -> None:
-    """Log one warning naming the folder and how many unreadable images were skipped.
+def describe_skipped(skipped: Sequence[SkippedImage], root: str | Path, total: int | None = None) -> str:
+    """``'a.jpg (unreadable), b.png (1x1 px), ... (12 in all)'``: a few named files and the count.
 
-    Does nothing when ``count`` is 0, so a trainer can call it unconditionally at epoch end.
+    Paths are shown relative to ``root``; unnamed entries are only counted.
     """
+    total = len(skipped) if total is None else total
+    named = [item for item in skipped if item.path is not None]
+    shown = []
+    for item in named[:SKIPPED_SHOWN]:
+        try:
+            name = item.path.relative_to(root).as_posix()  # type: ignore[union-attr]
+        except ValueError:
+            name = str(item.path)
+        shown.append(f"{name} ({item.detail})" if item.reason == TOO_SMALL else f"{name} ({UNREADABLE})")
+    text = ", ".join(shown)
+    if total > len(shown):
+        text += f", ... ({total} in all)" if shown else f"{total} unnamed"
+    return text
+
+
+def warn_skipped(
+    count: int,
+    root: str | Path,
+    too_small: int = 0,
+    examples: Sequence[SkippedImage] = (),
+    min_size: int | None = None,
+) -> None:
+    """Log one warning naming the folder, how many files were skipped and a few of them.
+
+    Does nothing when nothing was skipped, so a trainer can call it unconditionally at epoch end.
+
+    Args:
+        count: unreadable files.
+        root: the image folder.
+        too_small: images with a side under ``min_size``.
+        examples: some of the skipped files (named in the warning).
+        min_size: the smallest crop size, for the message.
+    """
+    if count <= 0 and too_small <= 0:
+        return
+    parts = []
+    fixes = []
     if count > 0:
-        logger.warning(
-            "skipped %d unreadable image%s in %s (corrupt or not an image); remove or re-encode them",
-            count,
-            "" if count == 1 else "s",
-            root,
-        )
+        parts.append(f"{count} unreadable image{'' if count == 1 else 's'} (corrupt or not an image)")
+        fixes.append("remove or re-encode the unreadable ones")
+    if too_small > 0:
+        under = f" ({min_size} px)" if min_size is not None else ""
+        parts.append(f"{too_small} image{'' if too_small == 1 else 's'} smaller than the smallest crop{under}")
+        fixes.append("remove the small ones or lower the crop sizes")
+    named = describe_skipped(examples, root, count + too_small) if examples else ""
+    logger.warning(
+        "skipped %s in %s%s; %s",
+        " and ".join(parts),
+        root,
+        f": {named}" if named else "",
+        ", ".join(fixes),
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -174,6 +268,8 @@ _REQUIRED_KEYS = {
 }
 _SINGULAR = {"images": "image", "annotations": "annotation", "categories": "category"}
 BOX_TOLERANCE = 1.0  # pixels a box may stick out of its image (rounding in exporters) before it is an error
+EMPTY_BOX = "zero or negative width or height"  # reasons a box is dropped, as the warning states them
+THIN_BOX = "under 1 px wide or high after clipping to the image"
 
 
 def _is_int(value: Any) -> bool:
@@ -234,11 +330,14 @@ def _load_coco_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _validate_and_clean(path: Path, images_dir: Path, data: dict[str, Any]) -> tuple[dict[str, Any], int]:
-    """Check a parsed COCO dict; return a cleaned copy and the number of degenerate boxes dropped.
+def _validate_and_clean(
+    path: Path, images_dir: Path, data: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, list[int]]]:
+    """Check a parsed COCO dict; return a cleaned copy and the ids of the boxes dropped, by reason.
 
-    Cleaning: boxes inside the tolerance are clipped to the image, degenerate boxes are dropped,
-    a missing ``area`` becomes the box area and a missing ``iscrowd`` becomes 0.
+    Cleaning: boxes inside the tolerance are clipped to the image; degenerate boxes are dropped
+    (a zero or negative width or height wherever the box lies, or under 1 px once clipped); a
+    missing ``area`` becomes the box area and a missing ``iscrowd`` becomes 0.
     """
     seen: dict[str, dict[int, int]] = {section: {} for section in _REQUIRED_TOP}
     for section in _REQUIRED_TOP:
@@ -276,7 +375,7 @@ def _validate_and_clean(path: Path, images_dir: Path, data: dict[str, Any]) -> t
 
     cat_ids = sorted(seen["categories"])
     annotations = []
-    degenerate = 0
+    dropped: dict[str, list[int]] = {EMPTY_BOX: [], THIN_BOX: []}
     for index, ann in enumerate(data["annotations"]):
         where = _entry("annotations", index, ann)
         if not _is_int(ann["image_id"]) or ann["image_id"] not in images:
@@ -292,23 +391,27 @@ def _validate_and_clean(path: Path, images_dir: Path, data: dict[str, Any]) -> t
         img = images[ann["image_id"]]
         x, y, w, h = (float(v) for v in bbox)
         width, height = img["width"], img["height"]
-        # Only a box that lies outside by more than the tolerance is an error; negative sizes are
-        # degenerate (dropped below), not out-of-image, so they are judged on their extent.
-        x0, y0, x1, y1 = min(x, x + w), min(y, y + h), max(x, x + w), max(y, y + h)
-        if x0 < -BOX_TOLERANCE or y0 < -BOX_TOLERANCE or x1 > width + BOX_TOLERANCE or y1 > height + BOX_TOLERANCE:
-            raise DatasetError(
-                f"{path}: {where}: bbox {bbox} lies outside image {img['id']} ({width}x{height}) by more than "
-                f"{BOX_TOLERANCE:g} px; bbox is [x, y, width, height] in pixels"
-            )
         if "area" in ann and not _is_number(ann["area"]):
             raise DatasetError(f"{path}: {where}: area must be a finite number, got {ann['area']!r}")
         iscrowd = ann.get("iscrowd", 0)
         if iscrowd not in (0, 1) or isinstance(iscrowd, bool):
             raise DatasetError(f"{path}: {where}: iscrowd must be 0 or 1, got {iscrowd!r}")
+        if w <= 0 or h <= 0:
+            # No box at all, wherever it lies (an exporter's sign or corner-format slip): dropped
+            # and named in the warning, neither trained on nor judged on its extent.
+            dropped[EMPTY_BOX].append(ann["id"])
+            continue
+        # Only a box that lies outside by more than the tolerance is an error.
+        x0, y0, x1, y1 = x, y, x + w, y + h
+        if x0 < -BOX_TOLERANCE or y0 < -BOX_TOLERANCE or x1 > width + BOX_TOLERANCE or y1 > height + BOX_TOLERANCE:
+            raise DatasetError(
+                f"{path}: {where}: bbox {bbox} lies outside image {img['id']} ({width}x{height}) by more than "
+                f"{BOX_TOLERANCE:g} px; bbox is [x, y, width, height] in pixels"
+            )
         cx0, cy0 = max(x, 0.0), max(y, 0.0)
         cx1, cy1 = min(x + w, float(width)), min(y + h, float(height))
         if cx1 - cx0 < 1.0 or cy1 - cy0 < 1.0:
-            degenerate += 1
+            dropped[THIN_BOX].append(ann["id"])
             continue
         clean = dict(ann)
         clean["bbox"] = [cx0, cy0, cx1 - cx0, cy1 - cy0]
@@ -323,15 +426,16 @@ def _validate_and_clean(path: Path, images_dir: Path, data: dict[str, Any]) -> t
         "annotations": annotations,
         "categories": categories,
     }
-    return cleaned, degenerate
+    return cleaned, dropped
 
 
 class CocoDetection(Dataset):
     """A COCO instances data set for torchvision's detection models.
 
     The annotation file is validated on load (see ``DatasetError`` messages); boxes within
-    ``BOX_TOLERANCE`` of the image are clipped, degenerate ones (under 1 px wide or high after
-    clipping) are dropped with one counted warning. Crowd annotations (``iscrowd=1``) stay in
+    ``BOX_TOLERANCE`` of the image are clipped, degenerate ones (a zero or negative width or
+    height, or under 1 px wide or high after clipping) are dropped with one warning that counts
+    them and names their annotation ids. Crowd annotations (``iscrowd=1``) stay in
     ``coco`` for evaluation, where COCOeval treats them as ignore regions, but are left out of
     the training targets — the same choice as torchvision's detection references.
 
@@ -345,6 +449,7 @@ class CocoDetection(Dataset):
         label_to_cat_id / cat_id_to_label: contiguous labels 1..C <-> COCO category ids.
         class_names: category names, index = label - 1.
         num_classes: C, not counting background.
+        num_dropped / dropped_ids: how many degenerate boxes were dropped; their annotation ids by reason.
         image_ids: COCO image ids in dataset order (sorted).
         path: the annotation file.
     """
@@ -359,15 +464,23 @@ class CocoDetection(Dataset):
             raise DatasetError(
                 f"image folder {self.images_dir} (for {self.path}) does not exist or is not a folder; {SAMPLE_HINT}"
             )
-        cleaned, degenerate = _validate_and_clean(self.path, self.images_dir, _load_coco_json(self.path))
+        cleaned, dropped = _validate_and_clean(self.path, self.images_dir, _load_coco_json(self.path))
+        degenerate = sum(len(ids) for ids in dropped.values())
         if degenerate:
+            reasons = "; ".join(
+                f"{reason}: annotation id{'' if len(ids) == 1 else 's'} {_format_ids(ids)}"
+                for reason, ids in dropped.items()
+                if ids
+            )
             logger.warning(
-                "dropped %d degenerate box%s from %s (under 1 px wide or high after clipping to the image)",
+                "dropped %d degenerate box%s from %s (%s); fix or delete these annotations",
                 degenerate,
                 "" if degenerate == 1 else "es",
                 self.path,
+                reasons,
             )
         self.num_dropped = degenerate
+        self.dropped_ids: dict[str, list[int]] = dropped  # annotation ids of the dropped boxes, by reason
 
         self.coco = COCO()
         self.coco.dataset = cleaned

@@ -20,12 +20,16 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from trainers.data import (
+    TOO_SMALL,
+    UNREADABLE,
     CocoDetection,
     DatasetError,
     SamplePaths,
+    SkippedImage,
     UnlabeledImages,
     collate_images,
     data_fingerprint,
+    describe_skipped,
     detection_collate,
     generate_sample,
     warn_skipped,
@@ -222,16 +226,55 @@ def test_unlabeled_corrupt_file_is_none_and_counted(
     batch = [dataset[i] for i in range(len(dataset))]
     assert sum(item is None for item in batch) == 3
     images, skipped = collate_images(batch)
-    assert skipped == 3
+    assert len(skipped) == 3 and all(item.reason == UNREADABLE for item in skipped)
     assert len(images) == len(dataset) - 3
     assert all(image.shape == (3, 256, 256) and image.dtype == torch.uint8 for image in images)
 
     with caplog.at_level(logging.WARNING, logger="trainers.data"):
         warn_skipped(0, folder)
         assert not caplog.records
-        warn_skipped(skipped, folder)
+        warn_skipped(len(skipped), folder)
     assert len(caplog.records) == 1
     assert "3" in caplog.text and str(folder) in caplog.text
+
+
+def test_unlabeled_images_under_min_size_are_skipped_and_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 1x1 PNG (or any image with a side under the smallest crop) is skipped like an unreadable file."""
+    for name, (height, width) in {"ok.png": (16, 24), "dot.png": (1, 1), "strip.png": (4, 40)}.items():
+        Image.fromarray(np.full((height, width, 3), 90, dtype=np.uint8)).save(tmp_path / name)
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+
+    assert UnlabeledImages(tmp_path)[1] is not None  # min_size=1 (the default) keeps every readable image
+    dataset = UnlabeledImages(tmp_path, min_size=16, mark_skipped=True)
+    names = [p.name for p in dataset.paths]
+    assert names == ["broken.jpg", "dot.png", "ok.png", "strip.png"]
+    images, skipped = collate_images([dataset[i] for i in range(len(dataset))])
+    assert [tuple(im.shape) for im in images] == [(3, 16, 24)]
+    assert [(item.path.name, item.reason) for item in skipped] == [
+        ("broken.jpg", UNREADABLE), ("dot.png", TOO_SMALL), ("strip.png", TOO_SMALL)]
+    assert skipped[1].detail == "1x1 px" and skipped[2].detail == "40x4 px"
+    assert UnlabeledImages(tmp_path, min_size=16)[1] is None  # without mark_skipped: None, as for unreadable files
+
+    with caplog.at_level(logging.WARNING, logger="trainers.data"):
+        warn_skipped(1, tmp_path, too_small=2, examples=skipped, min_size=16)
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert message.startswith(f"skipped 1 unreadable image (corrupt or not an image) and 2 images smaller than "
+                              f"the smallest crop (16 px) in {tmp_path}: ")
+    assert "broken.jpg (unreadable), dot.png (1x1 px), strip.png (40x4 px)" in message
+    assert "lower the crop sizes" in message
+    with pytest.raises(ValueError, match="min_size=0 is invalid"):
+        UnlabeledImages(tmp_path, min_size=0)
+
+
+def test_describe_skipped_names_a_few_and_counts_all(tmp_path: Path) -> None:
+    skipped = [SkippedImage(tmp_path / "sub" / f"{i}.jpg", UNREADABLE) for i in range(8)]
+    text = describe_skipped(skipped, tmp_path, total=30)
+    assert text == "sub/0.jpg (unreadable), sub/1.jpg (unreadable), sub/2.jpg (unreadable), " \
+                   "sub/3.jpg (unreadable), sub/4.jpg (unreadable), ... (30 in all)"
+    assert describe_skipped([SkippedImage(None, UNREADABLE)] * 2, tmp_path) == "2 unnamed"
 
 
 def test_unlabeled_through_a_dataloader(sample_data: SamplePaths) -> None:
@@ -239,7 +282,7 @@ def test_unlabeled_through_a_dataloader(sample_data: SamplePaths) -> None:
     loader = torch.utils.data.DataLoader(dataset, batch_size=40, collate_fn=collate_images)
     total = 0
     for images, skipped in loader:
-        assert skipped == 0
+        assert skipped == ()
         total += len(images)
     assert total == len(dataset)
 
@@ -384,11 +427,43 @@ def test_coco_degenerate_boxes_dropped_with_one_counted_warning(
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert f"dropped 4 degenerate boxes from {path}" in warnings[0].getMessage()
+    # Each dropped box is named by its annotation id, under its reason.
+    assert "zero or negative width or height: annotation ids 1000, 1003" in warnings[0].getMessage()
+    assert "under 1 px wide or high after clipping to the image: annotation ids 1001, 1002" in warnings[0].getMessage()
+    assert dataset.dropped_ids == {"zero or negative width or height": [1000, 1003],
+                                   "under 1 px wide or high after clipping to the image": [1001, 1002]}
     assert len(dataset.coco.dataset["annotations"]) == n_valid + 1
     assert sum(len(dataset[i][1]["boxes"]) for i in range(len(dataset))) == n_valid + 1
     clipped = dataset.coco.anns[5000]["bbox"]
     assert clipped == pytest.approx([0.0, 250.0, 20.0, 6.0])
     assert dataset.coco.anns[5000]["area"] == 99.0  # the file's area is kept, not recomputed
+
+
+@pytest.mark.parametrize(
+    "bbox",
+    [
+        pytest.param([30, 30, -40, 8], id="negative-width-reaching-left-of-the-image"),
+        pytest.param([30, 250, 8, -300], id="negative-height-spanning-the-image"),
+        pytest.param([300, 30, 0, 8], id="zero-width-right-of-the-image"),
+        pytest.param([20, 20, -5, -5], id="both-negative-inside"),
+    ],
+)
+def test_coco_box_with_negative_or_zero_size_is_dropped_naming_its_id(
+    sample_data: SamplePaths, tmp_path: Path, caplog: pytest.LogCaptureFixture, bbox: list[float]
+) -> None:
+    """Such a box is no box, wherever its corners lie: dropped with its id named, never trained on nor an error."""
+    data = load_json(sample_data.val_annotations)
+    n_valid = len(data["annotations"])
+    data["annotations"].append({"id": 4242, "image_id": 1, "category_id": 3, "bbox": bbox, "iscrowd": 0})
+    path = tmp_path / "negative.json"
+    path.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING, logger="trainers.data"):
+        dataset = CocoDetection(sample_data.val_images, path)
+    (record,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert record.getMessage() == (f"dropped 1 degenerate box from {path} (zero or negative width or height: "
+                                   f"annotation id 4242); fix or delete these annotations")
+    assert 4242 not in dataset.coco.anns and len(dataset.coco.anns) == n_valid
+    assert dataset.num_dropped == 1 and all(a["bbox"][2] >= 1 and a["bbox"][3] >= 1 for a in dataset.coco.anns.values())
 
 
 # ---------------------------------------------------------------------------

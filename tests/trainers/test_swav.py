@@ -4,6 +4,7 @@ prototype freezing, optimiser. Tiny tensors and property checks; no data set nee
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 
 from trainers.checkpoints import CheckpointError
+from trainers.data import TOO_SMALL, UNREADABLE, SkippedImage
 from trainers.common import NonFiniteLossError, config_from_dict, config_to_dict
 from trainers.swav import (
     IMAGENET_MEAN,
@@ -32,6 +34,7 @@ from trainers.swav import (
     swav_loss,
     train_one_epoch,
 )
+from trainers.swav import augment as augment_module
 from trainers.swav.augment import (
     JITTER_ORDERS,
     adjust_brightness,
@@ -443,6 +446,58 @@ def test_cpu_windows_and_whole_batch_paths_agree(crops) -> None:
         torch.testing.assert_close(a, b, atol=1e-3, rtol=0)  # float rounding (x / 255 vs x * (1 / 255))
 
 
+PROBABILITIES = {  # (GRAYSCALE_P, BLUR_P, JITTER_P)
+    "reference": (0.2, 0.5, 0.8),
+    "all-gray-some-blur": (1.0, 0.5, 0.8),  # a whole window grayscale, then only its tail blurred
+    "all-gray-all-blur": (1.0, 1.0, 1.0),
+    "all-blur": (0.0, 1.0, 0.8),
+    "none": (0.0, 0.0, 0.0),
+}
+
+
+@pytest.mark.parametrize("probabilities", PROBABILITIES.values(), ids=PROBABILITIES.keys())
+def test_windowed_view_equals_whole_batch_view_for_any_draws(
+    monkeypatch: pytest.MonkeyPatch, probabilities: tuple[float, float, float]
+) -> None:
+    """Property: from the same crop boxes and draws, ``_view_chunked`` == ``_view_batched``.
+
+    Over seeds and window sizes (1, 2, 3 images, or the whole batch). Covers windows that are
+    wholly grayscale with a partly blurred tail, which used to write into an ``expand()`` view
+    of the luma and raise "more than one element of the written-to tensor refers to a single
+    memory location".
+    """
+    gray_p, blur_p, jitter_p = probabilities
+    size = 32
+    monkeypatch.setattr(augment_module, "GRAYSCALE_P", gray_p)
+    monkeypatch.setattr(augment_module, "BLUR_P", blur_p)
+    monkeypatch.setattr(augment_module, "JITTER_P", jitter_p)
+    augment = MultiCropAugment([{"count": 1, "size": size, "min_scale": 0.14, "max_scale": 1.0}])
+    images = sample_images(6, seed=1)
+    heights = torch.tensor([im.shape[1] for im in images])
+    widths = torch.tensor([im.shape[2] for im in images])
+    for seed in range(8):
+        images_per_window = (1, 2, 3, 64)[seed % 4]
+        monkeypatch.setattr(augment_module, "CPU_CHUNK_ELEMENTS", images_per_window * 3 * size * size)
+        generator = torch.Generator().manual_seed(seed)
+        boxes = random_resized_crop_boxes(heights, widths, (0.14, 1.0), generator)
+        draws = augment_module._Draws.sample(len(images), generator)
+        windowed = augment._view_chunked(images, boxes, size, draws)
+        batched = augment._view_batched(images, boxes, size, draws)
+        # Not bit-exact: each path cuts its blur kernels at 3 sigma of the largest sigma among
+        # the rows it blurs together (measured up to 1.4e-3 here); a wrong op is off by > 0.1.
+        torch.testing.assert_close(windowed, batched, atol=5e-3, rtol=0,
+                                   msg=lambda m: f"seed {seed}, {images_per_window} image(s) per window: {m}")
+
+
+def test_multicrop_survives_all_grayscale_windows() -> None:
+    """The reported crash: 16 images of 200 px, one 160-px view, generator seed 18."""
+    g = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (3, 200, 200), generator=g, dtype=torch.uint8) for _ in range(16)]
+    augment = MultiCropAugment([{"count": 1, "size": 160, "min_scale": 0.14, "max_scale": 1.0}], chunked=True)
+    (view,) = augment(images, generator=torch.Generator().manual_seed(18))
+    assert view.shape == (16, 3, 160, 160) and torch.isfinite(view).all()
+
+
 def test_multicrop_rejects_non_uint8_images() -> None:
     with pytest.raises(ValueError, match="uint8"):
         MultiCropAugment(TINY_CROPS)([torch.rand(3, 20, 20)])
@@ -490,9 +545,9 @@ def test_load_backbone_refuses_a_folder_without_an_export(tmp_path) -> None:
         load_backbone(tmp_path)
 
 
-def fake_batches(n_batches: int, batch: int, seed: int = 0) -> list[tuple[list[torch.Tensor], int]]:
+def fake_batches(n_batches: int, batch: int, seed: int = 0) -> list[tuple[list[torch.Tensor], tuple]]:
     g = torch.Generator().manual_seed(seed)
-    return [([torch.randint(0, 256, (3, 40, 40), generator=g, dtype=torch.uint8) for _ in range(batch)], 0)
+    return [([torch.randint(0, 256, (3, 40, 40), generator=g, dtype=torch.uint8) for _ in range(batch)], ())
             for _ in range(n_batches)]
 
 
@@ -525,11 +580,14 @@ def test_small_batches_after_unreadable_images_are_skipped() -> None:
     config = tiny_config()
     model = SwAVModel("resnet18", "bn", 16, 16, 32)
     batches = fake_batches(3, 4)
-    batches[0] = (batches[0][0][:1], 3)  # one readable image left: skipped
-    batches[1] = (batches[1][0][:2], 2)  # two left: trained on
+    unreadable, small = SkippedImage(Path("bad.jpg"), UNREADABLE), SkippedImage(Path("dot.png"), TOO_SMALL, "1x1 px")
+    batches[0] = (batches[0][0][:1], (unreadable, unreadable, small))  # one usable image left: skipped
+    batches[1] = (batches[1][0][:2], (unreadable, small))  # two left: trained on
+    batches[2] = (batches[2][0], 2)  # a loader that only counts its skipped files (bench/overhead.py)
     stats, iteration = run_epoch(config, model, batches)
     assert iteration == 3  # the schedule still counts every loader batch
-    assert stats.unreadable == 5 and stats.images == 6
+    assert stats.unreadable == 5 and stats.too_small == 2 and stats.images == 6 and stats.readable == 7
+    assert stats.skipped == [unreadable, unreadable, small, unreadable, small]  # the first few, to name them
     assert float(stats.sums[3]) == 2  # two optimisation steps
 
 

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torchvision
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from trainers.checkpoints import CheckpointError, load_checkpoint
@@ -164,6 +165,58 @@ def test_too_few_images_for_a_batch_is_a_clear_error(sample_data, tmp_path: Path
         shutil.copy(path, folder / path.name)
     with pytest.raises(ValueError, match="3 images .* no full batch of batch_size=4"):
         train(tiny(folder, epochs=1), InMemoryReporter(root=tmp_path / "run"))
+
+
+def _folder(sample_data, tmp_path: Path, good: int, broken: int = 0, dots: int = 0) -> Path:
+    """``good`` sample images, ``broken`` corrupt files and ``dots`` 1x1 PNGs (under any crop size)."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for path in sorted(sample_data.unlabeled.rglob("*.jpg"))[:good]:
+        shutil.copy(path, folder / path.name)
+    for i in range(broken):
+        (folder / f"broken{i}.jpg").write_bytes(b"not a jpeg")
+    for i in range(dots):
+        Image.new("RGB", (1, 1)).save(folder / f"dot{i}.png")
+    return folder
+
+
+def test_one_usable_image_says_two_are_needed_not_lower_batch_size(sample_data, tmp_path: Path) -> None:
+    """Too few usable files for one batch: the error counts them, names the skipped ones and never
+    suggests a batch_size below 2, which the config refuses."""
+    folder = _folder(sample_data, tmp_path, good=1, broken=1, dots=1)
+    with pytest.raises(ValueError) as info:
+        train(tiny(folder, epochs=1), InMemoryReporter(root=tmp_path / "run"))
+    message = str(info.value)
+    assert message.startswith(f"{folder}: 3 images give no full batch of batch_size=4 on each of 1 process(es); "
+                              "1 usable image, 2 skipped (unreadable, or smaller than the smallest crop of 16 px): ")
+    assert "broken0.jpg (unreadable)" in message and "dot0.png (1x1 px)" in message
+    assert "batch_size must be at least 2 (BatchNorm and the Sinkhorn equipartition" in message
+    assert "training needs at least 2 usable images" in message
+    assert "at most" not in message and "lower batch_size" not in message
+    with pytest.raises(ValueError, match="batch_size=1 is invalid: an integer >= 2 .BatchNorm"):
+        tiny(folder, batch_size=1)
+
+
+def test_too_few_files_suggests_a_batch_size_that_works(sample_data, tmp_path: Path) -> None:
+    folder = _folder(sample_data, tmp_path, good=3, broken=1)
+    with pytest.raises(ValueError) as info:
+        train(tiny(folder, epochs=1, batch_size=8), InMemoryReporter(root=tmp_path / "run"))
+    message = str(info.value)
+    assert "4 images give no full batch of batch_size=8" in message and "3 usable images, 1 skipped" in message
+    assert "Fix: remove or fix the skipped files and set batch_size to at most 3, or add images" in message
+
+
+def test_epoch_without_a_usable_batch_names_the_skipped_files(sample_data, tmp_path: Path) -> None:
+    """Enough files for the batches, too few usable ones in any batch (one good image among 1x1 and
+    corrupt files): the error after the epoch says how many were usable and which were skipped."""
+    folder = _folder(sample_data, tmp_path, good=1, broken=2, dots=1)
+    with pytest.raises(ValueError) as info:
+        train(tiny(folder, epochs=1, batch_size=2), InMemoryReporter(root=tmp_path / "run"))
+    message = str(info.value)
+    assert message.startswith(f"{folder}: no batch of epoch 1 had 2 usable images (it read 4 of 4 files); "
+                              "1 usable image, 3 skipped")
+    assert "broken0.jpg (unreadable)" in message and "dot0.png (1x1 px)" in message
+    assert "training needs at least 2 usable images" in message
 
 
 # ---------------------------------------------------------------------------

@@ -366,7 +366,10 @@ class MultiCropAugment:
                     chunk[start:stop] = jittered
             gray_rows = torch.nonzero(gray[lo:hi]).squeeze(1)
             if gray_rows.numel() == hi - lo:
-                chunk = _gray(chunk).expand(-1, 3, -1, -1)
+                # Written back into the chunk, not kept as an expand() view of the luma: the blur
+                # below writes into the chunk's tail, and a view whose three channels share memory
+                # cannot be written to. No allocation (the luma is a new tensor, read before the copy).
+                chunk.copy_(_gray(chunk).expand_as(chunk))
             elif gray_rows.numel():
                 gray_rows = gray_rows.to(device)
                 chunk.index_copy_(0, gray_rows, _gray(chunk.index_select(0, gray_rows)).expand(-1, 3, -1, -1))

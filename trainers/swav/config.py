@@ -17,6 +17,7 @@ from trainers.common import config_from_dict, require, require_choice
 from trainers.resnet import ARCHS, TRUNK_NORMS
 
 OPTIMIZERS = ("sgd", "lars")
+MIN_BATCH = 2  # images per batch: BatchNorm and the Sinkhorn equipartition need at least two
 
 
 def _is_int(value: Any) -> bool:
@@ -154,7 +155,9 @@ class SwAVConfig:
         _require_number("epsilon", self.epsilon, 0, strict=True)
         _require_int("sinkhorn_iterations", self.sinkhorn_iterations, 1)
         _require_int("epochs", self.epochs, 1)
-        _require_int("batch_size", self.batch_size, 2)  # BatchNorm and equipartition need >= 2 images
+        require(_is_int(self.batch_size) and self.batch_size >= MIN_BATCH, "batch_size", self.batch_size,
+                f"an integer >= {MIN_BATCH} (BatchNorm and the Sinkhorn equipartition need at least "
+                f"{MIN_BATCH} images per batch)")
         _require_int("queue_length", self.queue_length, 0)
         _require_int("queue_start_epoch", self.queue_start_epoch, 0)
         if self.queue_length > 0:
@@ -188,4 +191,4 @@ class SwAVConfig:
             _require_int("max_images", self.max_images, self.batch_size)
 
 
-__all__ = ["CropGroup", "DEFAULT_CROPS", "OPTIMIZERS", "SwAVConfig"]
+__all__ = ["CropGroup", "DEFAULT_CROPS", "MIN_BATCH", "OPTIMIZERS", "SwAVConfig"]

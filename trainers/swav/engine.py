@@ -37,10 +37,19 @@ from trainers.common import (
     seed_everything,
     set_rng_state,
 )
-from trainers.data import DatasetError, UnlabeledImages, collate_images, warn_skipped
+from trainers.data import (
+    SKIPPED_SHOWN,
+    TOO_SMALL,
+    DatasetError,
+    SkippedImage,
+    UnlabeledImages,
+    collate_images,
+    describe_skipped,
+    warn_skipped,
+)
 from trainers.reporting import Reporter
 from trainers.swav.augment import MultiCropAugment
-from trainers.swav.config import SwAVConfig
+from trainers.swav.config import MIN_BATCH, SwAVConfig
 from trainers.swav.loss import (
     EmbeddingQueue,
     assignment_entropy,
@@ -67,7 +76,6 @@ METRIC_NAMES = (
     "swav/images_per_s",
     "lr",
 )
-MIN_BATCH = 2  # BatchNorm and the equipartition need at least two images
 
 
 # ---------------------------------------------------------------------------
@@ -101,7 +109,7 @@ def epoch_indices(
 def make_loader(
     dataset: UnlabeledImages, indices: Sequence[int], config: SwAVConfig, epoch: int, pin_memory: bool
 ) -> DataLoader:
-    """Batches of decoded images (``(list[uint8 tensor], n_skipped)``) over ``indices``, last partial batch dropped."""
+    """Batches ``(list[uint8 tensor], skipped files)`` over ``indices``, last partial batch dropped."""
     return DataLoader(
         dataset,
         batch_size=config.batch_size,
@@ -121,16 +129,41 @@ def make_loader(
 # ---------------------------------------------------------------------------
 
 
+class EmptyEpochError(DatasetError):
+    """No batch of the epoch had enough usable images to train on (the trainer says why and what to do)."""
+
+
 class EpochStats:
     """Running sums for the epoch's metrics, kept on the device (no sync per step)."""
 
     def __init__(self, prototypes: int, device: torch.device) -> None:
         self.sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, std, entropy, steps
         self.counts = torch.zeros(prototypes, device=device, dtype=torch.int64)
-        self.images = 0
+        self.images = 0  # trained on
+        self.readable = 0  # returned by the loader, also those in batches too small to train on
         self.unreadable = 0
+        self.too_small = 0  # a side under the smallest crop
+        self.skipped: list[SkippedImage] = []  # the first few skipped files of this process, to name them
         self.amp_skipped = 0
-        self.unreadable_total = 0  # over all processes, set by metrics()
+        # Over all processes, set by metrics():
+        self.readable_total = self.unreadable_total = self.too_small_total = 0
+
+    def add_skipped(self, skipped: Sequence[SkippedImage] | int) -> None:
+        """Count a batch's skipped files (unreadable or too small) and keep the first few.
+
+        A plain count (loaders that do not name their files, e.g. ``bench/overhead.py``) is taken
+        as that many unnamed unreadable files.
+        """
+        if isinstance(skipped, int):
+            self.unreadable += skipped
+            return
+        for item in skipped:
+            if item.reason == TOO_SMALL:
+                self.too_small += 1
+            else:
+                self.unreadable += 1
+            if item.path is not None and len(self.skipped) < SKIPPED_SHOWN:
+                self.skipped.append(item)
 
     @torch.no_grad()
     def update(self, loss: Tensor, embeddings: Tensor, scores: Tensor, n_crops: int, temperature: float) -> None:
@@ -147,7 +180,8 @@ class EpochStats:
     def metrics(self, seconds: float, lr: float) -> dict[str, float]:
         """The epoch's metrics, summed over processes when distributed."""
         sums, counts = self.sums.clone(), self.counts.clone()
-        totals = torch.tensor([float(self.images), float(self.unreadable)], device=sums.device, dtype=torch.float64)
+        totals = torch.tensor([float(self.images), float(self.unreadable), float(self.too_small), float(self.readable)],
+                              device=sums.device, dtype=torch.float64)
         # Every process skips the same AMP steps (gradients are all-reduced); the epoch lasts as
         # long as its slowest process.
         maxima = torch.tensor([float(self.amp_skipped), seconds], device=sums.device, dtype=torch.float64)
@@ -155,12 +189,15 @@ class EpochStats:
             for tensor in (sums, counts, totals):
                 dist.all_reduce(tensor)
             dist.all_reduce(maxima, op=dist.ReduceOp.MAX)
+        self.unreadable_total, self.too_small_total, self.readable_total = (int(v) for v in totals[1:].tolist())
         steps = float(sums[3])
         if steps == 0:
-            raise DatasetError("no usable batch in this epoch (every batch had fewer than 2 readable images)")
+            raise EmptyEpochError(
+                f"no usable batch in this epoch (every batch had fewer than {MIN_BATCH} usable images: "
+                f"{self.readable_total} usable, {self.unreadable_total + self.too_small_total} skipped)"
+            )
         ln_k = math.log(counts.numel())
         loss = float(sums[0]) / steps
-        self.unreadable_total = int(totals[1])
         return {
             "swav/loss": loss,
             "swav/ln_k": ln_k,
@@ -200,7 +237,7 @@ def _smallest_batch(size: int, device: torch.device) -> int:
 
 def train_one_epoch(
     model: nn.Module,
-    loader: Iterable[tuple[list[Tensor], int]],
+    loader: Iterable[tuple[list[Tensor], Sequence[SkippedImage] | int]],
     augment: MultiCropAugment,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
@@ -217,7 +254,8 @@ def train_one_epoch(
 
     Args:
         model: a :class:`SwAVModel`, possibly wrapped in DistributedDataParallel.
-        loader: batches ``(list of uint8 images, number of unreadable files)``.
+        loader: batches ``(list of uint8 images, skipped files)``, as ``collate_images`` gives (or
+            a count of skipped files in place of the list).
         augment: the multi-crop augmentation (runs on ``device``).
         optimizer: from :func:`build_optimizer`.
         scaler: gradient scaler (inactive unless fp16 on CUDA).
@@ -237,15 +275,16 @@ def train_one_epoch(
     model.train()
     n_crops = config.total_crops
     stats = EpochStats(config.prototypes, device)
-    batches: Iterable[tuple[list[Tensor], int]] = loader
+    batches: Iterable[tuple[list[Tensor], Sequence[SkippedImage] | int]] = loader
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", total=iters_per_epoch, leave=False)
         batches = bar
-    for step, (images, unreadable) in enumerate(batches):
-        stats.unreadable += int(unreadable)
+    for step, (images, skipped) in enumerate(batches):
+        stats.add_skipped(skipped)
+        stats.readable += len(images)
         lr = learning_rate(config, iteration, iters_per_epoch)
         set_learning_rate(optimizer, lr)
         if _smallest_batch(len(images), device) < MIN_BATCH:
@@ -385,6 +424,53 @@ def _restore(
     return int(state["epoch"]), int(state["iteration"]), queue, metrics
 
 
+def _too_few_images(
+    config: SwAVConfig,
+    world_size: int,
+    folder_files: int,
+    usable: int,
+    skipped: Sequence[SkippedImage],
+    skipped_count: int,
+    problem: str,
+) -> str:
+    """The error for too few usable images: what was found, what was skipped, and what would work.
+
+    Args:
+        config: the run's configuration (folder, batch size, crops, max_images).
+        world_size: training processes.
+        folder_files: image files in the folder.
+        usable: images read and at least the smallest crop in size.
+        skipped: some or all of the skipped files (the first few are named).
+        skipped_count: how many files were skipped in all.
+        problem: what went wrong, e.g. "5 image files give no full batch of batch_size=8 ...".
+    """
+    min_size = min(group.size for group in config.crops)
+    capped = config.max_images is not None and config.max_images < folder_files
+    text = f"{config.data}: {problem}; {usable} usable image{'' if usable == 1 else 's'}"
+    if capped:
+        text += f" (max_images={config.max_images} of {folder_files} files)"
+    if skipped_count:
+        text += (f", {skipped_count} skipped (unreadable, or smaller than the smallest crop of {min_size} px): "
+                 f"{describe_skipped(skipped, config.data, skipped_count)}")
+    per_process = usable // world_size
+    options = []
+    if per_process >= MIN_BATCH:
+        options.append(("remove or fix the skipped files and " if skipped_count else "")
+                       + f"set batch_size to at most {per_process}"
+                       + (f" ({usable} usable images over {world_size} processes)" if world_size > 1 else ""))
+    elif skipped_count:
+        options.append("replace the skipped files")
+    if capped:
+        options.append("raise max_images")
+    options.append("add images")
+    fix = ", or ".join(options)
+    need = (f"batch_size must be at least {MIN_BATCH} (BatchNorm and the Sinkhorn equipartition need "
+            f"{MIN_BATCH} images per batch)")
+    if per_process < MIN_BATCH:
+        need += f", so training needs at least {MIN_BATCH * world_size} usable images on {world_size} process(es)"
+    return f"{text}. Fix: {fix}; {need}"
+
+
 def train(config: SwAVConfig, reporter: Reporter, progress: bool = False) -> dict[str, float]:
     """Pretrain a ResNet with SwAV on the unlabeled images in ``config.data``.
 
@@ -415,14 +501,19 @@ def _train(config: SwAVConfig, reporter: Reporter, progress: bool, rank: int, wo
     if device.type == "cuda":
         torch.cuda.set_device(device)
     seed_everything(config.seed)  # same initial weights on every process (DDP also broadcasts them)
-    dataset = UnlabeledImages(config.data)
+    min_size = min(group.size for group in config.crops)
+    dataset = UnlabeledImages(config.data, min_size=min_size, mark_skipped=True)
     per_process = len(epoch_indices(len(dataset), config.seed, 0, rank, world_size, config.max_images))
     iters_per_epoch = per_process // config.batch_size
     if iters_per_epoch == 0:
-        raise DatasetError(
-            f"{config.data}: {len(dataset)} images (max_images={config.max_images}) give no full batch of "
-            f"batch_size={config.batch_size} on each of {world_size} process(es); lower batch_size or add images"
-        )
+        # Fewer files than one batch per process: few enough to read them all and say what is usable.
+        files = epoch_indices(len(dataset), config.seed, 0, max_images=config.max_images)
+        skipped = [item for item in map(dataset.load, files) if isinstance(item, SkippedImage)]
+        raise DatasetError(_too_few_images(
+            config, world_size, len(dataset), len(files) - len(skipped), skipped, len(skipped),
+            f"{len(files)} image{' gives' if len(files) == 1 else 's give'} no full batch of "
+            f"batch_size={config.batch_size} on each of {world_size} process(es)",
+        ))
 
     core = SwAVModel(config.arch, config.norm, config.prototypes, config.feat_dim, config.hidden_dim)
     if config.sync_bn and device.type == "cuda" and world_size > 1:
@@ -456,9 +547,17 @@ def _train(config: SwAVConfig, reporter: Reporter, progress: bool, rank: int, wo
             model, loader, augment, optimizer, scaler, queue, config, epoch, iteration,
             iters_per_epoch, device, generator, progress=progress and rank == 0,
         )
-        metrics = stats.metrics(time.perf_counter() - started, optimizer.param_groups[0]["lr"])
-        if stats.unreadable_total > 0 and rank == 0:
-            warn_skipped(stats.unreadable_total, config.data)
+        try:
+            metrics = stats.metrics(time.perf_counter() - started, optimizer.param_groups[0]["lr"])
+        except EmptyEpochError:
+            raise DatasetError(_too_few_images(
+                config, world_size, len(dataset), stats.readable_total, stats.skipped,
+                stats.unreadable_total + stats.too_small_total,
+                f"no batch of epoch {epoch + 1} had {MIN_BATCH} usable images (it read "
+                f"{stats.readable_total + stats.unreadable_total + stats.too_small_total} of {len(dataset)} files)",
+            )) from None
+        if rank == 0:
+            warn_skipped(stats.unreadable_total, config.data, stats.too_small_total, stats.skipped, min_size)
 
         gathered_queue = _gather_queue(queue, world_size)
         with tempfile.TemporaryDirectory(prefix="swav-ckpt-") as tmp:
@@ -491,5 +590,5 @@ def _train(config: SwAVConfig, reporter: Reporter, progress: bool, rank: int, wo
     return metrics
 
 
-__all__ = ["CHECKPOINT_FORMAT", "METRIC_NAMES", "EpochStats", "derive_seed", "epoch_indices", "make_loader",
-           "train", "train_one_epoch"]
+__all__ = ["CHECKPOINT_FORMAT", "METRIC_NAMES", "MIN_BATCH", "EmptyEpochError", "EpochStats", "derive_seed",
+           "epoch_indices", "make_loader", "train", "train_one_epoch"]
