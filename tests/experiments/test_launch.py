@@ -210,6 +210,13 @@ def test_interrupted_launch_resumes_without_duplicates(tmp_path):
     assert sorted(steps) == sorted(set(steps)) == [1, 2, 3, 4], steps  # continued, not restarted
     assert len(runs_of(client, "resume_study", "finetune")) == 1
     assert len(runs_of(client, "resume_study", "launch")) == 1  # --resume continued the same launch run
+    # disk: the killed launch's state was superseded by the resumed trial's, and a finished trial
+    # keeps no training state (its exported model is in the artifact store)
+    assert T.TAG_CHECKPOINT not in client.get_run(run.info.run_id).data.tags
+    assert not list((tmp_path / "mlruns" / "ray").glob("resume_study-*/*/checkpoint_*"))
+    assert client.list_artifacts(run.info.run_id, "backbone")
+    gc = run_cli(["gc", "resume_study", "--dry-run"], tmp_path)
+    assert gc.returncode == 0 and "registered models and the tracking store are untouched" in gc.stdout
 
 
 # The planted collapse of the pruning benchmark (one launch serves both): temperature 100 (vs
