@@ -107,8 +107,10 @@ KINDS = {
 
 
 def model_name(study: str, kind: str) -> str:
-    """``<study>-detector`` or ``<study>-backbone``."""
-    return f"{study}-{kind}"
+    """``<study>-detector`` or ``<study>-backbone``; the study name must pass the launch's rule, so `pull` parses it."""
+    from experiments.spaces import validate_study_name  # lazy: spaces imports the trainers (torch)
+
+    return f"{validate_study_name(study, RegistryError)}-{kind}"
 
 
 # ---------------------------------------------------------------------------

@@ -29,13 +29,15 @@ import itertools
 import json
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
-from trainers.common import closest, config_from_dict, config_hash, config_to_dict, unknown_key_message
+from trainers.common import (DuplicateKeyError, closest, config_from_dict, config_hash, config_to_dict, load_yaml,
+                             unknown_key_message)
 
 TOP_KEYS = ("name", "description", "data", "seeds", "search", "pretrain", "finetune", "max_concurrent", "pruning")
 SECTION_KEYS = ("fixed", "grid", "cases", "resources")
@@ -48,6 +50,15 @@ DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int")
 BACKBONE_SWAV, BACKBONE_SCRATCH = "swav", "scratch"
 # Which pretraining norm each fine-tuning norm can load: GN weights need GN layers, BN statistics need BN.
 PAIRING = {"bn": "bn", "frozen_bn": "bn", "frozen_affine": "bn", "gn": "gn"}
+# A study name becomes the MLflow experiment, the registered models `<name>-detector` and `<name>-backbone`
+# (which `ablate pull NAME@ALIAS` / `NAME/VERSION` must parse back, so no '@', '/', ':' or spaces), the Optuna
+# studies and the Ray run folder `<name>-<stage>-<launch id>` (one 255-byte file name). Letters, digits, '_',
+# '.' and '-', starting with a letter or digit, at most 100 characters: well inside MLflow's 256-character
+# model names and the file-name limit once the suffixes are added.
+STUDY_NAME_MAX = 100
+STUDY_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+STUDY_NAME_RULE = (f"a study name is 1-{STUDY_NAME_MAX} letters, digits, '_', '.' or '-', starting with a letter "
+                   "or digit (it names the MLflow experiment and the registered models <name>-detector/-backbone)")
 # Fields that never change a run's result, so they stay out of the config hash.
 NON_RESULT_FIELDS = {"workers", "data", "train_images", "train_annotations", "val_images", "val_annotations", "backbone"}
 
@@ -323,6 +334,41 @@ def sample_layout(root: Path) -> tuple[Path, Path, Path, Path, Path]:
             root / "val", root / "annotations" / "val.json")
 
 
+def study_name_problem(name: str) -> str | None:
+    """What makes ``name`` unusable as a study name (see :data:`STUDY_NAME_RULE`), or None when it is fine."""
+    if not name:
+        return "the name is empty"
+    if len(name) > STUDY_NAME_MAX:
+        return f"{name[:40]!r}... is {len(name)} characters long"
+    if STUDY_NAME_RE.fullmatch(name):
+        return None
+    bad = sorted({c for c in name if not re.fullmatch(r"[A-Za-z0-9_.\-]", c)})
+    if bad:
+        return f"{name!r} may not contain {', '.join(map(repr, bad))}"
+    return f"{name!r} may not start with {name[0]!r}"
+
+
+def suggest_study_name(name: str) -> str:
+    """A valid study name close to ``name``: other characters become '_', the length is capped."""
+    fixed = re.sub(r"[^A-Za-z0-9_.\-]+", "_", name).lstrip("_.-")[:STUDY_NAME_MAX].rstrip("_.-")
+    return fixed or "my_study"
+
+
+def validate_study_name(name: str, error: type[ValueError] = SpaceError) -> str:
+    """Return ``name`` if it can name a study (the MLflow experiment and its registered models), else raise.
+
+    The one rule for study names: ``load_space`` applies it to a space's ``name`` and to ``--name``;
+    the registry applies it before deriving ``<name>-detector``, so whatever launches can be pulled.
+
+    Raises:
+        error: naming the value, the allowed characters and length, and a suggested name.
+    """
+    problem = study_name_problem(name) if isinstance(name, str) else f"{name!r} is not a string"
+    if problem:
+        raise error(f"study name {problem}: {STUDY_NAME_RULE} — e.g. {suggest_study_name(str(name))}")
+    return name
+
+
 def load_space(path: str | Path, name: str | None = None) -> StudySpec:
     """Read and validate a search-space file. Raises :class:`SpaceError` naming file, key path and fix."""
     from experiments.pruning import validate_pruning_settings
@@ -332,18 +378,21 @@ def load_space(path: str | Path, name: str | None = None) -> StudySpec:
         raise SpaceError(f"{path}: search space file not found")
     text = path.read_text()
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text, path)  # a key written twice is an error, not "the later one wins"
+    except DuplicateKeyError as exc:
+        raise SpaceError(f"{path}: {exc.describe()}") from exc
     except yaml.YAMLError as exc:
         raise SpaceError(f"{path}: not valid YAML: {exc}") from exc
     raw = _mapping(path, "<top level>", raw)
     _check_keys(path, "<top level>", raw, TOP_KEYS)
 
     study = name or raw.get("name")
+    where = "name (given by --name)" if name else "name"
     if not isinstance(study, str) or not study.strip():
-        raise _err(path, "name", "missing or not a string", "add `name: my_study` (the MLflow experiment name)")
-    if any(c in study for c in "/\\@ ") or study.startswith("."):
-        raise _err(path, "name", f"{study!r} may not contain '/', '\\', '@', spaces or start with '.'",
-                   "it names the MLflow experiment and the registered models, e.g. norm_type")
+        raise _err(path, where, "missing or not a string", "add `name: my_study` (the MLflow experiment name)")
+    problem = study_name_problem(study)
+    if problem:
+        raise _err(path, where, f"{problem}: {STUDY_NAME_RULE}", f"e.g. {suggest_study_name(study)}")
 
     seeds = raw.get("seeds", [0])
     if isinstance(seeds, int) and not isinstance(seeds, bool):
@@ -379,7 +428,7 @@ def load_space(path: str | Path, name: str | None = None) -> StudySpec:
         pruning = validate_pruning_settings({"finetune": {"kind": "median"}})
 
     spec = StudySpec(
-        name=study.strip(), path=path, data=_parse_data(path, raw.get("data")), seeds=tuple(seeds), search=search,
+        name=study, path=path, data=_parse_data(path, raw.get("data")), seeds=tuple(seeds), search=search,
         pretrain=_parse_section(path, "pretrain", raw.get("pretrain"), kind),
         finetune=_parse_section(path, "finetune", raw.get("finetune"), kind),
         max_concurrent=max_conc, pruning=pruning, text=text,
@@ -448,9 +497,9 @@ def expand(spec: StudySpec, data_fingerprint: str, data_paths: Mapping[str, str]
     finetune: list[FinetuneTrial] = []
     excluded: list[str] = []
     seen: set[str] = set()
+    names = {b.name for b in backbones}
     for cell in spec.finetune.cells:
         choice = cell.values.get("backbone", BACKBONE_SWAV)
-        names = {b.name for b in backbones}
         if choice not in (BACKBONE_SWAV, BACKBONE_SCRATCH) and choice not in names:
             where = cell.origin.get("backbone", "finetune")
             hint = closest(str(choice), names)
@@ -475,6 +524,7 @@ def expand(spec: StudySpec, data_fingerprint: str, data_paths: Mapping[str, str]
                 raise SpaceError(f"{path}: {where}: norm={norm} has no backbone to pair with — it needs a "
                                  f"{PAIRING.get(norm, '?')}-pretrained backbone; add one to pretrain (norm: "
                                  f"{PAIRING.get(norm, '?')}) or use backbone: scratch")
+        built: dict[str, dict[str, Any]] = {}  # arch -> resolved config: backbones of one arch share it
         for target in targets:
             extra = dict(ft_extra)
             if target is None:
@@ -486,8 +536,10 @@ def expand(spec: StudySpec, data_fingerprint: str, data_paths: Mapping[str, str]
                     excluded.append(f"finetune arch={cell.values['arch']} x backbone {target.name}: architectures differ")
                     continue
                 extra["arch"] = target.config["arch"]
-            cfg = _build(path, "finetune", cell, extra)
-            cfg.pop("backbone", None)
+            if extra["arch"] not in built:
+                built[extra["arch"]] = _build(path, "finetune", cell, extra)
+                built[extra["arch"]].pop("backbone", None)
+            cfg = built[extra["arch"]]
             bname = target.name if target else f"scratch_{str(cfg.get('arch')).replace('resnet', 'res')}"
             for seed in spec.seeds:
                 cfg_s = {**cfg, "seed": seed}
@@ -515,8 +567,21 @@ def _suffix(key: str, value: Any) -> str:
     return f"{_ABBREV.get(key, key)}{fmt_value(value)}"
 
 
+def _comparable(value: Any) -> Any:
+    """A hashable stand-in for a config value that tells 1, 1.0 and true apart (as their JSON does)."""
+    if value is None or isinstance(value, (str, int)) or (isinstance(value, float) and value == value):
+        return (type(value).__name__, value)  # the type keeps true, 1 and 1.0 apart (bool is an int)
+    return json.dumps(value, sort_keys=True, default=str)  # lists, mappings and NaN (which != itself)
+
+
 def _unique_names(trials: list[PretrainTrial]) -> list[PretrainTrial]:
-    """Give pretraining runs that share a Table-1 name a suffix of what differs (``res50_ep100_p3000_q30``)."""
+    """Give pretraining runs that share a Table-1 name a suffix of what differs (``res50_ep100_p3000_q30``).
+
+    Within a group of runs that share a name, the run that agrees with the group's most common value
+    on every differing field keeps the plain name (the reference row); the others name only where they
+    depart from it. On a tie, the value listed first in the space wins, so names do not depend on
+    Python's per-process hash seed. Linear in the number of runs (grids reach 10,000).
+    """
     groups: dict[str, list[int]] = {}
     for i, t in enumerate(trials):
         groups.setdefault(t.name, []).append(i)
@@ -524,25 +589,19 @@ def _unique_names(trials: list[PretrainTrial]) -> list[PretrainTrial]:
     for name, idx in groups.items():
         if len(idx) < 2:
             continue
-        keys = sorted(k for k in trials[idx[0]].config
-                      if k not in NON_RESULT_FIELDS and len({json.dumps(trials[i].config.get(k), sort_keys=True, default=str)
-                                                             for i in idx}) > 1)
-        # The run that agrees with the group's most common value on every differing field keeps the
-        # plain name (the reference row); the others name only where they depart from it.
-        common = {}
-        for k in keys:
-            vals = [json.dumps(trials[i].config.get(k), sort_keys=True, default=str) for i in idx]
-            common[k] = max(set(vals), key=vals.count)
-        for i in idx:
-            t = trials[i]
-            diff = [k for k in keys if json.dumps(t.config.get(k), sort_keys=True, default=str) != common[k]]
+        fields = [k for k in trials[idx[0]].config if k not in NON_RESULT_FIELDS]
+        column = {k: [_comparable(trials[i].config.get(k)) for i in idx] for k in fields}
+        counts = {k: Counter(column[k]) for k in fields}
+        keys = sorted(k for k in fields if len(counts[k]) > 1)
+        # most_common keeps first-seen order among equal counts: a tie goes to the first-listed value
+        common = {k: counts[k].most_common(1)[0][0] for k in keys}
+        for j, i in enumerate(idx):
+            diff = [k for k in keys if column[k][j] != common[k]]
             if diff:
+                t = trials[i]
                 out[i] = dataclasses.replace(t, name=f"{name}_" + "_".join(_suffix(k, t.config.get(k)) for k in diff))
-    seen: dict[str, int] = {}
-    for i, t in enumerate(out):  # still equal (two runs depart in the same way): the hash decides
-        seen[t.name] = seen.get(t.name, 0) + 1
-    out = [dataclasses.replace(t, name=f"{t.name}_{t.config_hash[:6]}") if seen[t.name] > 1 else t for t in out]
-    return out
+    seen = Counter(t.name for t in out)  # still equal (two runs depart in the same way): the hash decides
+    return [dataclasses.replace(t, name=f"{t.name}_{t.config_hash[:6]}") if seen[t.name] > 1 else t for t in out]
 
 
 def finetune_hash(config: Mapping[str, Any], data_fingerprint: str, upstream_hash: str | None) -> str:
@@ -597,6 +656,7 @@ def format_plan(plan: Plan, reused: Mapping[str, str] | None = None, pruned: Seq
     reused = reused or {}
     spec = plan.spec
     naive = len(plan.finetune)
+    scratch = len(plan.finetune_for(None))
     lines = [
         f"study {spec.name}  ({spec.path})",
         f"  search: {spec.search['kind']}" + (f", {spec.search['num_samples']} samples" if spec.search["kind"] == "tpe" else ""),
@@ -604,9 +664,8 @@ def format_plan(plan: Plan, reused: Mapping[str, str] | None = None, pruned: Seq
         f"  (fingerprint {plan.data_fingerprint})",
         f"  pretraining: {len(plan.pretrain)} unique runs from {plan.requested_pretrain} cells"
         f" ({len(reused)} reused from earlier launches, {len(plan.pretrain) - len(reused)} to train)",
-        f"  fine-tuning: {len(plan.finetune)} trials ({len(spec.seeds)} seed(s); "
-        f"{len(plan.finetune_for(None))} on scratch)",
-        f"  a naive grid would pretrain once per fine-tuning trial: {naive - len(plan.finetune_for(None))} runs",
+        f"  fine-tuning: {len(plan.finetune)} trials ({len(spec.seeds)} seed(s); {scratch} on scratch)",
+        f"  a naive grid would pretrain once per fine-tuning trial: {naive - scratch} runs",
         f"  resources per trial: pretrain {spec.pretrain.resources}, finetune {spec.finetune.resources}; "
         f"max_concurrent {spec.max_concurrent}",
     ]
@@ -616,11 +675,14 @@ def format_plan(plan: Plan, reused: Mapping[str, str] | None = None, pruned: Seq
     lines.append("")
     lines.append("pretraining runs:")
     lines.append(f"  {'hash':16}  {'name':24}  {'status':10}  fine-tunes  config")
+    # Computed once, not per row: per row they made the printout quadratic in the grid (1,600 runs: 40 s).
+    axes = axes_of(spec)["pretrain"]
+    pruned_set = set(pruned)
+    fine_tunes = Counter(t.upstream_hash for t in plan.finetune)
     for t in plan.pretrain:
-        status = "pruned" if t.config_hash in pruned else ("reused" if t.config_hash in reused else "to train")
-        keys = [k for k in axes_of(spec)["pretrain"] if k in t.config]
-        shown = ", ".join(f"{k}={fmt_value(t.config[k])}" for k in keys) or "-"
-        lines.append(f"  {t.config_hash}  {t.name:24}  {status:10}  {len(plan.finetune_for(t.config_hash)):10}  {shown}")
+        status = "pruned" if t.config_hash in pruned_set else ("reused" if t.config_hash in reused else "to train")
+        shown = ", ".join(f"{k}={fmt_value(t.config[k])}" for k in axes if k in t.config) or "-"
+        lines.append(f"  {t.config_hash}  {t.name:24}  {status:10}  {fine_tunes[t.config_hash]:10}  {shown}")
     lines.append("")
     lines.append("fine-tuning trials:")
     for t in plan.finetune:

@@ -166,3 +166,130 @@ def test_demo_runs_smoke_and_prints_the_next_steps(sample_data, monkeypatch, cap
     detect_line = next(line for line in out.splitlines() if " detect pulled_model " in line)
     images = detect_line.split(" detect pulled_model ")[1].split(" --out")[0].split()
     assert len(images) == 2 and all(Path(i).is_file() for i in images)
+
+
+# ---------------------------------------------------------------------------
+# Hostile input: keys given twice, study names, large grids
+# ---------------------------------------------------------------------------
+
+SPACE_HEAD = "name: dup\ndata: {root: /nowhere}\n"
+
+
+@pytest.mark.parametrize("body,key_path,lines", [
+    ("pretrain:\n  fixed:\n    epochs: 1\n    arch: resnet18\n    epochs: 500\n", "pretrain.fixed.epochs", (5, 7)),
+    ("name: other\n", "name", (1, 3)),
+    ("pretrain:\n  cases:\n    - {prototypes: 10}\n    - prototypes: 20\n      prototypes: 30\n",
+     "pretrain.cases[1].prototypes", (6, 7)),
+    ("finetune: {grid: {norm: [bn], head: [mlp], norm: [gn]}}\n", "finetune.grid.norm", (3, 3)),
+], ids=["pretrain.fixed.epochs", "name", "cases[1].prototypes", "flow mapping"])
+def test_space_with_a_key_given_twice_names_file_lines_key_and_fix(tmp_path, body, key_path, lines):
+    path = tmp_path / "dup.yaml"
+    path.write_text(SPACE_HEAD + body)
+    with pytest.raises(SpaceError) as err:
+        load_space(path)
+    msg = str(err.value)
+    key = key_path.rsplit(".", 1)[-1].split("]")[-1].lstrip(".")
+    assert msg.startswith(f"{path}: {key_path}: key '{key}' is given twice ("), msg
+    first, second = lines
+    assert (f"lines {first} and {second}" if first != second else f"line {first}, columns") in msg, msg
+    assert "delete one of them" in msg
+
+
+BAD_NAMES = ["my+study", "it's", 'say"hi"', "x" * 300, "-lead", "_lead", "two words", "a/b", "a@b", "a:b", "tab\there",
+             "ünï"]
+
+
+@pytest.mark.parametrize("bad", BAD_NAMES, ids=range(len(BAD_NAMES)))
+def test_study_name_that_the_registry_cannot_parse_is_refused_at_load(tmp_path, sample_data, bad):
+    from experiments.registry import RegistryError, model_name
+
+    path = _write(tmp_path, {"name": bad}, sample_data)
+    with pytest.raises(SpaceError) as err:
+        load_space(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: name: "), msg
+    assert (repr(bad) if len(bad) < 40 else "300 characters") in msg, msg
+    assert "letters, digits, '_', '.' or '-'" in msg and "1-100" in msg
+    suggestion = msg.rsplit("e.g. ", 1)[1]
+    assert spaces.validate_study_name(suggestion) == suggestion  # the suggested name is itself valid
+
+    # the same value given as `--name` (the override argument) is refused the same way, saying so
+    good = _write(tmp_path, {"name": "fine"}, sample_data)
+    with pytest.raises(SpaceError, match=r"name \(given by --name\): "):
+        load_space(good, name=bad)
+    # and the registry uses the same rule rather than creating a model `pull` cannot parse back
+    with pytest.raises(RegistryError, match="study name"):
+        model_name(bad, "detector")
+
+
+@pytest.mark.parametrize("good", ["norm_type", "paper.v2-run_3", "A", "x" * 100])
+def test_every_accepted_study_name_gives_model_names_pull_can_parse(tmp_path, sample_data, good):
+    from experiments.registry import model_name, parse_spec
+
+    assert load_space(_write(tmp_path, {"name": "fine"}, sample_data), name=good).name == good
+    for kind in ("detector", "backbone"):
+        name = model_name(good, kind)
+        assert parse_spec(name) == (name, "champion", None)
+        assert parse_spec(f"{name}/3") == (name, None, "3")
+
+
+def test_backbones_that_tie_name_the_first_listed_one_plainly(tmp_path, sample_data):
+    """Equal counts of each value: the first-listed run is the reference row, whatever the hash seed."""
+    def names(body: dict) -> list[str]:
+        plan = expand(load_space(_write(tmp_path, body, sample_data)), "fp", _paths(sample_data))
+        return [t.name for t in plan.pretrain]
+
+    assert names({"pretrain": {"cases": [{"amp": True}, {"amp": False}]}}) == ["res18_ep2_p3000",
+                                                                                "res18_ep2_p3000_ampfalse"]
+    assert names({"pretrain": {"cases": [{"amp": False}, {"amp": True}]}}) == ["res18_ep2_p3000",
+                                                                                "res18_ep2_p3000_amptrue"]
+    temps = [round(0.05 + 0.01 * i, 2) for i in range(12)]
+    got = names({"pretrain": {"grid": {"temperature": temps}}})
+    assert got == ["res18_ep2_p3000"] + [f"res18_ep2_p3000_t{t:g}" for t in temps[1:]]
+
+
+def _grid(tmp_path: Path, sample_data, n: int) -> Path:
+    """A space whose pretraining grid has ``n`` cells (10 x 10 x n/100), one fine-tuning trial per backbone."""
+    return _write(tmp_path, {"name": f"grid{n}", "pretrain": {"grid": {
+        "prototypes": [100 * (i + 1) for i in range(10)],
+        "queue_start_epoch": list(range(10)),
+        "temperature": [round(0.01 * (i + 1), 2) for i in range(n // 100)],
+    }}}, sample_data)
+
+
+def test_dry_run_plan_work_is_linear_in_the_grid(tmp_path, sample_data, monkeypatch):
+    """The printout used to redo the whole-grid axis scan and the fine-tuning scan for every row.
+
+    Work is counted, not timed: JSON encodings plus fine-tuning trials scanned while formatting.
+    Twice the grid must cost about twice the work (it was four times).
+    """
+    import json
+
+    work = {"n": 0}
+    real_dumps, real_finetune_for = json.dumps, spaces.Plan.finetune_for
+
+    def dumps(*args, **kwargs):
+        work["n"] += 1
+        return real_dumps(*args, **kwargs)
+
+    def finetune_for(self, upstream_hash):
+        work["n"] += len(self.finetune)
+        return real_finetune_for(self, upstream_hash)
+
+    cost = {}
+    for n in (1000, 2000):
+        plan = expand(load_space(_grid(tmp_path, sample_data, n)), "fp", _paths(sample_data))
+        assert len(plan.pretrain) == len(plan.finetune) == n
+        work["n"] = 0
+        with monkeypatch.context() as m:
+            m.setattr(json, "dumps", dumps)
+            m.setattr(spaces.Plan, "finetune_for", finetune_for)
+            text = spaces.format_plan(plan)
+        cost[n] = work["n"]
+        names = {t.name for t in plan.pretrain}
+        assert len(names) == n  # every backbone has its own name ...
+        rows = text.split("pretraining runs:")[1].split("fine-tuning trials:")
+        assert {line.split()[1] for line in rows[0].splitlines()[2:] if line.strip()} == names  # ... and a row
+        assert {line.strip().split("  ", 1)[1] for line in rows[1].splitlines() if line.strip()} == {
+            t.name for t in plan.finetune}
+    assert cost[2000] <= 2.2 * cost[1000], cost
