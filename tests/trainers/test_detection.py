@@ -24,10 +24,11 @@ from trainers.checkpoints import export_backbone, load_checkpoint, sha256_file
 from trainers.common import NonFiniteLossError, config_from_dict, config_to_dict
 from trainers.data import CocoDetection, detection_collate
 from trainers.detection import (
-    DETECTOR_CONFIG, DETECTOR_WEIGHTS, FIGURE_FILE, METRIC_NAMES, PER_CLASS_FILE, SUMMARY_FILE, BackboneLoadError,
-    DetectionConfig, build_box_head, build_detector, coco_eval, convert_norm, detect, draw_detections, evaluate,
-    load_detector, lr_factor,
-    param_groups, read_detector_config, train, train_one_epoch,
+    DETECTOR_CONFIG, DETECTOR_FORMAT, DETECTOR_WEIGHTS, FIGURE_FILE, METRIC_NAMES, PER_CLASS_FILE, SUMMARY_FILE,
+    BackboneLoadError, C4Backbone, DetectionConfig, EpochFlips, Res5FPNHead, Res5ROIHead, assemble_detector,
+    build_box_head, build_detector, coco_eval, convert_norm, detect, draw_detections, evaluate, export_detector,
+    flip_decisions, load_detector, lr_factor, param_groups, read_detector_config, scratch_warnings, train,
+    train_loader, train_one_epoch,
 )
 from trainers.reporting import InMemoryReporter
 from trainers.resnet import build_trunk
@@ -51,7 +52,9 @@ def data_paths(sample: Any) -> dict[str, str]:
 
 
 def tiny_config(sample: Any, **overrides: Any) -> DetectionConfig:
-    values = {"arch": "resnet18", "norm": "frozen_bn", "head": "mlp", "lr_scheme": "357", **TINY, **data_paths(sample)}
+    # frozen_bn (the default norm) for a pretrained backbone; a scratch trunk cannot take it.
+    norm = "bn" if overrides.get("backbone", "scratch") == "scratch" else "frozen_bn"
+    values = {"arch": "resnet18", "norm": norm, "head": "mlp", "lr_scheme": "357", **TINY, **data_paths(sample)}
     values.update(overrides)
     return DetectionConfig(**values)
 
@@ -110,7 +113,7 @@ def prediction(image_id: int, boxes: list[list[float]], scores: list[float], lab
 
 
 def test_config_resolves_arch_and_multipliers(sample_data: Any, backbones: dict[str, Path]) -> None:
-    scratch = DetectionConfig(**data_paths(sample_data))
+    scratch = DetectionConfig(norm="bn", **data_paths(sample_data))
     assert scratch.arch == "resnet50" and scratch.lr_scheme == "357"
     assert scratch.lr_multipliers == {"detector": 1e-3, "late_backbone": 1e-5, "early_backbone": 1e-7}
     # The default base_lr makes the 357 detector rate a working SGD rate.
@@ -118,10 +121,10 @@ def test_config_resolves_arch_and_multipliers(sample_data: Any, backbones: dict[
 
     pretrained = DetectionConfig(backbone=str(backbones["bn"]), **data_paths(sample_data))
     assert pretrained.arch == "resnet18"
-    uniform = DetectionConfig(lr_scheme="uniform", lr_multipliers={"detector": 5e-4}, **data_paths(sample_data))
+    uniform = DetectionConfig(lr_scheme="uniform", norm="bn", lr_multipliers={"detector": 5e-4}, **data_paths(sample_data))
     assert uniform.lr_multipliers == {"detector": 5e-4}
     # YAML reads `lr_scheme: 357` as an integer.
-    assert DetectionConfig(lr_scheme=357, **data_paths(sample_data)).lr_scheme == "357"
+    assert DetectionConfig(lr_scheme=357, norm="bn", **data_paths(sample_data)).lr_scheme == "357"
     # The resolved config round-trips through its dict form unchanged.
     assert config_from_dict(DetectionConfig, config_to_dict(pretrained)) == pretrained
 
@@ -140,9 +143,11 @@ def test_config_resolves_arch_and_multipliers(sample_data: Any, backbones: dict[
     ({"train_images": "/no/such/images"}, "train_images='/no/such/images'"),
     ({"val_annotations": "/no/such/val.json"}, "val_annotations='/no/such/val.json'"),
     ({"train_annotations": ""}, "train_annotations='' is invalid: required"),
+    ({"norm": "frozen_bn"}, "norm='frozen_bn' is invalid with backbone='scratch'"),
+    ({"head": "res6"}, "head='res6'"),
 ])
 def test_config_rejects_bad_values(sample_data: Any, overrides: dict[str, Any], message: str) -> None:
-    values = {**data_paths(sample_data), **overrides}
+    values = {"norm": "bn", **data_paths(sample_data), **overrides}  # the default norm, frozen_bn, needs a backbone
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         DetectionConfig(**values)
 
@@ -155,6 +160,27 @@ def test_config_norm_must_match_backbone(sample_data: Any, backbones: dict[str, 
             DetectionConfig(backbone=str(backbones["gn"]), norm=norm, **data_paths(sample_data))
     with pytest.raises(ValueError, match=r"arch='resnet50' conflicts with backbone=.*resnet18"):
         DetectionConfig(backbone=str(backbones["bn"]), arch="resnet50", **data_paths(sample_data))
+
+
+def test_scratch_trunk_refuses_frozen_bn_and_warns_about_untrained_choices(sample_data: Any,
+                                                                          backbones: dict[str, Path]) -> None:
+    # FrozenBatchNorm2d on a random trunk is the identity: refused, naming field, value and the fix.
+    with pytest.raises(ValueError) as info:
+        DetectionConfig(**data_paths(sample_data))  # scratch with the default norm
+    message = str(info.value)
+    assert "norm='frozen_bn'" in message and "backbone='scratch'" in message
+    assert "norm: bn (or gn) with lr_scheme: uniform" in message
+    # The same norm on a pretrained backbone is unchanged (the default there).
+    assert DetectionConfig(backbone=str(backbones["bn"]), **data_paths(sample_data)).norm == "frozen_bn"
+    for norm in ("bn", "frozen_affine", "gn"):
+        DetectionConfig(norm=norm, **data_paths(sample_data))
+    # The ordinary scratch recipe warns about nothing; each near-untrained choice is named.
+    assert scratch_warnings("bn", "uniform") == [] and scratch_warnings("gn", "uniform") == []
+    assert [len(scratch_warnings(n, s)) for n, s in [("frozen_affine", "uniform"), ("bn", "frozen"), ("bn", 357),
+                                                       ("frozen_affine", "357")]] == [1, 1, 1, 2]
+    assert "frozen_affine" in scratch_warnings("frozen_affine", "uniform")[0]
+    assert "lr_scheme: frozen" in scratch_warnings("gn", "frozen")[0]
+    assert all("lr_scheme: uniform" in w for w in scratch_warnings("frozen_affine", "357"))
 
 
 def test_config_rejects_folder_without_backbone(sample_data: Any, tmp_path: Path) -> None:
@@ -239,21 +265,117 @@ def test_gn_norm_and_mismatches(sample_data: Any, backbones: dict[str, Path]) ->
 
 
 @pytest.mark.parametrize("arch, width", [("resnet18", 512), ("resnet34", 512), ("resnet50", 2048)])
-@pytest.mark.parametrize("head", ["mlp", "mlp_ln", "res5"])
+@pytest.mark.parametrize("head", ["mlp", "mlp_ln", "res5", "res5_fpn"])
 def test_box_head_shapes(head: str, arch: str, width: int) -> None:
     num_classes, rois = 3, 5
-    roi_pool, box_head, predictor = build_box_head(head, arch, num_classes)
+    layer4 = build_trunk(arch, "bn").layer4 if head == "res5" else None
+    roi_pool, box_head, predictor = build_box_head(head, arch, num_classes, layer4=layer4)
     size = roi_pool.output_size[0]
-    assert size == (14 if head == "res5" else 7)
-    features = box_head.eval()(torch.randn(rois, 256, size, size))
-    assert features.shape == (rois, width if head == "res5" else 1024)
+    assert size == (14 if head.startswith("res5") else 7)
+    assert roi_pool.featmap_names == (["0"] if head == "res5" else ["0", "1", "2", "3"])
+    channels = {"resnet18": 256, "resnet34": 256, "resnet50": 1024}[arch] if head == "res5" else 256  # C4 or FPN
+    features = box_head.eval()(torch.randn(rois, channels, size, size))
+    assert features.shape == (rois, width if head.startswith("res5") else 1024)
     scores, deltas = predictor(features)
     assert scores.shape == (rois, num_classes + 1) and deltas.shape == (rois, 4 * (num_classes + 1))
     if head == "res5":
+        assert box_head.layer4 is layer4 and isinstance(box_head.norm, nn.BatchNorm2d)
+    if head == "res5_fpn":
         block = box_head.stage[0]
         assert block.downsample[0].in_channels == 256 and block.downsample[0].out_channels == width
         assert isinstance(box_head.norm, nn.BatchNorm2d)
         assert len(box_head.stage) == {"resnet18": 2, "resnet34": 3, "resnet50": 3}[arch]
+
+
+def test_res5_needs_the_trunk_stage() -> None:
+    with pytest.raises(ValueError, match="pass layer4"):
+        build_box_head("res5", "resnet18", 3)
+
+
+def test_res5_is_the_c4_detector_with_the_pretrained_stage5(sample_data: Any, backbones: dict[str, Path]) -> None:
+    from trainers.checkpoints import load_backbone_weights
+
+    weights, _ = load_backbone_weights(backbones["bn"])
+    config = tiny_config(sample_data, backbone=str(backbones["bn"]), arch=None, norm="bn", head="res5")
+    model = build_detector(config, 3)
+    # Trunk to stage 4: the backbone is stem..layer3 and yields the single C4 map.
+    assert isinstance(model.backbone, C4Backbone) and model.backbone.out_channels == 256
+    assert list(model.backbone.body) == ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3"]
+    assert model.rpn.anchor_generator.num_anchors_per_location() == [15]  # 5 sizes x 3 ratios on one map
+    assert model.roi_heads.box_roi_pool.featmap_names == ["0"] and model.roi_heads.box_roi_pool.output_size == (14, 14)
+    head = model.roi_heads.box_head
+    assert isinstance(head, Res5ROIHead) and model.roi_heads.box_predictor.cls_score.in_features == 512
+    # The head's stage 5 is the backbone's layer4, loaded (not random); the extra BN is new and trainable.
+    loaded = {k[len("layer4."):]: v for k, v in weights.items() if k.startswith("layer4.")}
+    assert loaded and head.layer4.state_dict().keys() == loaded.keys()
+    for key, value in head.layer4.state_dict().items():
+        assert torch.equal(value, loaded[key]), key
+    for key, value in model.backbone.body.state_dict().items():
+        assert torch.equal(value, weights[key]), key
+    assert isinstance(head.norm, nn.BatchNorm2d) and head.norm.weight.requires_grad
+    # The norm choice reaches the head's layer4 as the trunk's: frozen_bn freezes both, with the exported stats.
+    frozen = build_detector(dataclasses.replace(config, norm="frozen_bn"), 3).roi_heads.box_head
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in frozen.layer4.modules())
+    assert torch.equal(frozen.layer4[0].bn1.running_var, weights["layer4.0.bn1.running_var"])
+    assert isinstance(frozen.norm, nn.BatchNorm2d)  # the extra BN stays trainable BatchNorm
+    # lr groups: layer4-as-head trains at the detector rate, under 357 and even under frozen.
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = {g["name"]: {names[id(p)] for p in g["params"]} for g in param_groups(model, config)}
+    assert any(n.startswith("roi_heads.box_head.layer4.") for n in groups["detector"])
+    assert {n.split(".")[2] for n in groups["late_backbone"]} == {"layer2", "layer3"}
+    fmodel = build_detector(tiny_config(sample_data, backbone=str(backbones["bn"]), arch=None, norm="bn", head="res5",
+                                        lr_scheme="frozen"), 3)
+    assert not any(p.requires_grad for p in fmodel.backbone.body.parameters())
+    assert all(p.requires_grad for p in fmodel.roi_heads.box_head.parameters())
+    with torch.no_grad():
+        assert list(model.eval().backbone(torch.rand(1, 3, 64, 64))) == ["0"]
+
+
+@pytest.mark.parametrize("head", ["res5", "res5_fpn"])
+def test_res5_heads_train_export_and_reload(sample_data: Any, backbones: dict[str, Path], tmp_path: Path,
+                                            head: str) -> None:
+    config = tiny_config(sample_data, backbone=str(backbones["bn"]), arch=None, head=head, min_size=64, max_size=64,
+                         rpn_pre_nms_top_n_train=30, rpn_post_nms_top_n_train=15, rpn_pre_nms_top_n_test=30,
+                         rpn_post_nms_top_n_test=15, box_batch_size_per_image=16)
+    torch.manual_seed(0)
+    model = build_detector(config, 3)
+    optimizer = torch.optim.SGD(param_groups(model, config), lr=0.01, momentum=0.9)
+    head_before = model.roi_heads.box_head.norm.weight.clone()
+    model.train()
+    images = [torch.rand(3, 64, 64), torch.rand(3, 64, 80)]
+    targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 40.0]]), "labels": torch.tensor([2])},
+               {"boxes": torch.tensor([[20.0, 10.0, 60.0, 50.0]]), "labels": torch.tensor([1])}]
+    losses = model(images, targets)
+    loss = sum(losses.values())
+    assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
+    assert math.isfinite(float(loss.detach()))
+    loss.backward()
+    optimizer.step()
+    assert not torch.equal(model.roi_heads.box_head.norm.weight, head_before)  # the head trained
+
+    export_detector(tmp_path / "det", model, config, ["disc", "square", "triangle"], {1: 1, 2: 3, 3: 7})
+    record = read_detector_config(tmp_path / "det")
+    assert record["format"] == DETECTOR_FORMAT and record["head"] == record["model"]["head"] == head
+    if head == "res5_fpn":  # written as a v1 export, whose "res5" was this FPN head: it loads as res5_fpn
+        meta = json.loads((tmp_path / "det" / DETECTOR_CONFIG).read_text())
+        meta.update(format="ablate-faster-rcnn-fpn/v1", head="res5")
+        meta["model"]["head"] = meta["config"]["head"] = "res5"
+        (tmp_path / "det" / DETECTOR_CONFIG).write_text(json.dumps(meta))
+        assert read_detector_config(tmp_path / "det")["model"]["head"] == "res5_fpn"
+    loaded = load_detector(tmp_path / "det")
+    assert isinstance(loaded.roi_heads.box_head, Res5ROIHead if head == "res5" else Res5FPNHead)
+    model.eval()
+    for m in (model, loaded):
+        m.roi_heads.score_thresh = 0.0
+    val = CocoDetection(sample_data.val_images, sample_data.val_annotations)
+    image = val[0][0].float() / 255
+    with torch.no_grad():
+        got, want = loaded([image])[0], model([image])[0]
+    assert len(want["boxes"]) > 0
+    for key in ("boxes", "scores", "labels"):
+        torch.testing.assert_close(got[key], want[key])
+    if head == "res5":  # evaluate() runs on the reloaded C4 detector
+        assert set(evaluate(loaded, val, batch_size=4)) == set(METRIC_NAMES)
 
 
 def test_mlp_ln_normalises_fc7_input() -> None:
@@ -471,6 +593,58 @@ def test_non_finite_loss_names_epoch_and_step(sample_data: Any) -> None:
 
 
 # ---------------------------------------------------------------------------
+# Augmentation randomness
+# ---------------------------------------------------------------------------
+
+
+class IndexImages(torch.utils.data.Dataset):
+    """Un-augmented items whose image says its index and is left-right asymmetric (so a flip is visible)."""
+
+    train = False
+
+    def __len__(self) -> int:
+        return 12
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        image = torch.zeros(3, 2, 4, dtype=torch.uint8)
+        image[0, 0, 0] = index + 1  # top-left pixel holds the index; after a flip it is top-right
+        return image, {"boxes": torch.tensor([[0.0, 0.0, 1.0, 2.0]]), "labels": torch.tensor([1]), "image_id": index}
+
+
+def _seen_flips(workers: int, epoch: int) -> dict[int, bool]:
+    config = SimpleNamespace(seed=3, batch_size=2, workers=workers)
+    seen = {}
+    for images, targets in train_loader(IndexImages(), config, epoch):  # type: ignore[arg-type]
+        for image, target in zip(images, targets):
+            flipped = bool(image[0, 0, -1] > 0)
+            assert int(image[0, 0, -1 if flipped else 0]) == target["image_id"] + 1
+            assert target["boxes"].tolist() == ([[3.0, 0.0, 4.0, 2.0]] if flipped else [[0.0, 0.0, 1.0, 2.0]])
+            seen[target["image_id"]] = flipped
+    return seen
+
+
+def test_flips_depend_on_seed_epoch_and_index_not_on_workers() -> None:
+    flips = flip_decisions(3, 1, 12)
+    assert flips.dtype == torch.bool and torch.equal(flips, flip_decisions(3, 1, 12))
+    assert torch.equal(flip_decisions(3, 1, 6), flips[:6])  # per index: the length does not reshuffle them
+    assert not torch.equal(flip_decisions(3, 2, 64), flip_decisions(3, 1, 64))  # a new draw each epoch
+    assert not torch.equal(flip_decisions(4, 1, 64), flip_decisions(3, 1, 64))
+    assert 0.3 < flip_decisions(0, 1, 1000).float().mean() < 0.7
+    # Through the DataLoader: every image of the epoch, the same flips in-process and in 2 workers.
+    in_process = _seen_flips(0, epoch=1)
+    assert sorted(in_process) == list(range(12))
+    assert in_process == {i: bool(f) for i, f in enumerate(flips)}
+    torch.manual_seed(123)  # the global RNG plays no part either
+    assert _seen_flips(2, epoch=1) == in_process
+    # A data set that flips by itself (CocoDetection(train=True)) is refused rather than flipped twice.
+    flipping = IndexImages()
+    flipping.train = True  # type: ignore[misc]
+    with pytest.raises(ValueError, match="train=False"):
+        train_loader(flipping, SimpleNamespace(seed=0, batch_size=1, workers=0), 1)  # type: ignore[arg-type]
+    assert len(EpochFlips(IndexImages(), 0, 1)) == 12
+
+
+# ---------------------------------------------------------------------------
 # End to end on the sample data
 # ---------------------------------------------------------------------------
 
@@ -517,7 +691,7 @@ def test_train_evaluate_export_and_reload(sample_data: Any, backbones: dict[str,
     shutil.rmtree(backbone)
     loaded = load_detector(checkpoint)
     assert not loaded.training
-    reference = build_detector(dataclasses.replace(config, backbone="scratch", arch="resnet18"), 3)
+    reference = assemble_detector(3, **config.model_options())  # rebuilt without the backbone folder
     reference.load_state_dict(state["model"])
     reference.eval()
     for model in (loaded, reference):

@@ -1,8 +1,10 @@
-"""Faster R-CNN + FPN fine-tuning on a SwAV-pretrained (or scratch) ResNet trunk.
+"""Faster R-CNN fine-tuning (FPN, or the paper's C4 for the res5 head) on a SwAV-pretrained (or scratch) ResNet trunk.
 
 Public names, importable from ``trainers.detection``:
 
-* :class:`DetectionConfig` — the run's frozen, validated config (``config.py``).
+* :class:`DetectionConfig` — the run's frozen, validated config; :func:`scratch_warnings` — what a
+  scratch trunk's norm / lr scheme leave untrained (``config.py``).
+* :func:`flip_decisions`, :class:`EpochFlips` — augmentation drawn per (seed, epoch, index) (``augment.py``).
 * :func:`build_detector`, :func:`convert_norm`, :func:`build_box_head`, :func:`param_groups`
   — the network, the norm swap, the RoI box heads and the lr-scheme groups (``model.py``).
 * :func:`train`, :func:`train_one_epoch`, :func:`lr_factor` — the loop (``engine.py``).
@@ -12,10 +14,12 @@ Public names, importable from ``trainers.detection``:
   detector (``export.py``).
 """
 
+from trainers.detection.augment import EpochFlips, flip_decisions
 from trainers.detection.config import (
     DEFAULT_MULTIPLIERS, GROUP_NAMES, HEADS, LR_SCHEDULES, LR_SCHEMES, NORMS, SCRATCH, DetectionConfig, config_fields,
+    scratch_warnings,
 )
-from trainers.detection.engine import iters_per_epoch, lr_factor, train, train_one_epoch
+from trainers.detection.engine import iters_per_epoch, lr_factor, train, train_loader, train_one_epoch
 from trainers.detection.evaluation import (
     FIGURE_FILE, METRIC_NAMES, PER_CLASS_FILE, SUMMARY_FILE, CocoEvaluation, coco_eval, draw_detections, evaluate,
     predict, to_coco_results, write_per_class,
@@ -24,16 +28,17 @@ from trainers.detection.export import (
     DETECTOR_CONFIG, DETECTOR_FORMAT, DETECTOR_WEIGHTS, detect, export_detector, load_detector, read_detector_config,
 )
 from trainers.detection.model import (
-    BackboneLoadError, Res5Head, TwoMLPLayerNormHead, assemble_detector, build_box_head, build_detector, convert_norm,
-    detection_trunk, infer_arch, load_backbone, param_groups, parameter_stage,
+    BackboneLoadError, C4Backbone, Res5FPNHead, Res5ROIHead, TwoMLPLayerNormHead, assemble_detector, build_box_head,
+    build_detector, convert_norm, detection_trunk, infer_arch, load_backbone, param_groups, parameter_stage,
 )
 
 __all__ = [
     "DEFAULT_MULTIPLIERS", "GROUP_NAMES", "HEADS", "LR_SCHEDULES", "LR_SCHEMES", "NORMS", "SCRATCH", "DetectionConfig",
-    "config_fields", "iters_per_epoch", "lr_factor", "train", "train_one_epoch", "FIGURE_FILE", "METRIC_NAMES",
+    "config_fields", "scratch_warnings", "EpochFlips", "flip_decisions", "iters_per_epoch", "lr_factor", "train",
+    "train_loader", "train_one_epoch", "FIGURE_FILE", "METRIC_NAMES",
     "PER_CLASS_FILE", "SUMMARY_FILE", "CocoEvaluation", "coco_eval", "draw_detections", "evaluate", "predict",
-    "to_coco_results", "write_per_class", "DETECTOR_CONFIG", "DETECTOR_FORMAT", "DETECTOR_WEIGHTS", "detect", "export_detector",
-    "load_detector", "read_detector_config", "BackboneLoadError", "Res5Head", "TwoMLPLayerNormHead",
-    "assemble_detector", "build_box_head", "build_detector", "convert_norm", "detection_trunk", "infer_arch",
-    "load_backbone", "param_groups", "parameter_stage",
+    "to_coco_results", "write_per_class", "DETECTOR_CONFIG", "DETECTOR_FORMAT", "DETECTOR_WEIGHTS", "detect",
+    "export_detector", "load_detector", "read_detector_config", "BackboneLoadError", "C4Backbone", "Res5FPNHead",
+    "Res5ROIHead", "TwoMLPLayerNormHead", "assemble_detector", "build_box_head", "build_detector", "convert_norm",
+    "detection_trunk", "infer_arch", "load_backbone", "param_groups", "parameter_stage",
 ]

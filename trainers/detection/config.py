@@ -17,6 +17,17 @@ the early backbone at 2e-6. The other schemes keep the detector at the same
   stay independent in an ablation grid.
 * ``357``     — three groups: detector, late backbone (layer2-4), early backbone (stem + layer1).
 * ``uniform`` — everything at one rate, ``base_lr x detector`` (0.02 by default).
+
+Under ``head: res5`` (the paper's C4 detector) the pretrained stage 5 is the RoI box head, not
+part of the trunk: it trains at the detector's rate under every scheme, as Detectron2 and
+MoCo/SwAV train their ``Res5ROIHeads`` (``FREEZE_AT`` only ever freezes backbone stages), so the
+late backbone is layer2-3 there and ``frozen`` freezes stem..layer3 only.
+
+A scratch trunk (``backbone: scratch``) is the no-pretraining baseline, which the paper and
+torchvision's references train the ordinary way: trainable ``bn`` (or ``gn``) and one rate for all
+(``lr_scheme: uniform``). ``frozen_bn`` is refused there (on random init FrozenBatchNorm2d is the
+identity: no normalisation at all); :func:`scratch_warnings` names the other choices that leave a
+random trunk nearly untrained.
 """
 
 from __future__ import annotations
@@ -33,7 +44,8 @@ from trainers.resnet import ARCHS
 
 SCRATCH = "scratch"
 NORMS = ("bn", "frozen_bn", "frozen_affine", "gn")
-HEADS = ("mlp", "mlp_ln", "res5")
+# mlp, mlp_ln and res5_fpn read the FPN; res5 is the paper's C4 detector (see model.py).
+HEADS = ("mlp", "mlp_ln", "res5", "res5_fpn")
 LR_SCHEMES = ("frozen", "357", "uniform")
 LR_SCHEDULES = ("step", "cosine")
 GROUP_NAMES = ("detector", "late_backbone", "early_backbone")
@@ -55,6 +67,38 @@ MODEL_FIELDS = (
 )
 
 
+def scratch_warnings(norm: str, lr_scheme: str) -> list[str]:
+    """Warnings for fine-tuning a randomly initialised (``backbone: scratch``) trunk with ``norm`` and ``lr_scheme``.
+
+    ``frozen_bn`` is not here: :class:`DetectionConfig` refuses it outright. What is here is allowed
+    but leaves a random trunk nearly untrained, so a launch's dry run should show it:
+
+    * ``norm: frozen_affine`` — the random trunk's BatchNorm affine weights (1 and 0) never train;
+    * ``lr_scheme: frozen`` — the random trunk gets no gradient at all (a detector on random features);
+    * ``lr_scheme: 357`` — the trunk trains at ``x 1e-5`` / ``x 1e-7`` of the reference rate, which
+      barely moves random weights in a fine-tuning schedule.
+
+    The no-pretraining baseline the paper compares against is ``norm: bn`` (or ``gn``) with
+    ``lr_scheme: uniform``, as torchvision's references train a detector from scratch.
+
+    Returns:
+        One sentence per problem (empty when the combination is the ordinary scratch recipe).
+    """
+    lr_scheme = str(lr_scheme)  # YAML reads 357 as an integer
+    fix = "for the no-pretraining baseline use norm: bn (or gn) with lr_scheme: uniform"
+    out = []
+    if norm == "frozen_affine":
+        out.append(f"backbone: scratch with norm: frozen_affine keeps the random trunk's BatchNorm weights at 1 and "
+                   f"biases at 0 for the whole run; {fix}")
+    if lr_scheme == "frozen":
+        out.append(f"backbone: scratch with lr_scheme: frozen never trains the random trunk (the detector learns on "
+                   f"random features); {fix}")
+    elif lr_scheme == "357":
+        out.append(f"backbone: scratch with lr_scheme: 357 trains the random trunk at the backbone rates (x1e-5 / x1e-7 "
+                   f"of the reference rate by default), which leave it nearly untrained; {fix}")
+    return out
+
+
 def _int(name: str, value: Any, minimum: int) -> None:
     ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
     require(ok, name, value, f"an integer >= {minimum}")
@@ -70,61 +114,80 @@ def _float(name: str, value: Any, low: float, high: float = math.inf, low_open: 
 
 @dataclass(frozen=True)
 class DetectionConfig:
-    """One Faster R-CNN + FPN fine-tuning run. Values are validated (and resolved) on construction.
+    """One Faster R-CNN fine-tuning run (FPN, or the paper's C4 for ``head: res5``), validated on construction.
 
     After construction ``arch`` holds the backbone's architecture and ``lr_multipliers`` the
     complete mapping for the chosen scheme, so :func:`trainers.common.config_to_dict` gives the
     resolved config that checkpoints and MLflow record.
+
+    The comment beside each default names the setting it follows: the paper this project
+    reproduces (the SwAV -> Faster R-CNN study: 3-5-7 rates, FBN/LN/res5 ablations), the SwAV
+    paper's detection protocol (Detectron2 R50-C4 with MoCo's ``Res5ROIHeadsExtraNorm``), Detectron2's
+    defaults (``Base-RCNN-*.yaml``, the 1x schedule) or torchvision's ``references/detection``.
     """
 
     # Exported SwAV backbone folder (backbone.safetensors + backbone.json), or "scratch" for the
-    # no-pretraining baseline (random Kaiming init).
+    # no-pretraining baseline (random Kaiming init; the paper's "without SwAV" row, AP50 0.22).
     backbone: str = SCRATCH
     # Taken from backbone.json when a backbone is given (an explicit different value is an error);
-    # resnet50 for scratch unless set.
+    # resnet50 for scratch unless set (the paper's and the SwAV paper's R50).
     arch: str | None = None
     # Trunk normalisation: bn (trainable BatchNorm), frozen_bn (FrozenBatchNorm2d: affine and stats
-    # fixed), frozen_affine (BatchNorm2d, affine fixed, stats adapt), gn (GroupNorm; GN backbone only).
-    norm: str = "frozen_bn"  # Detectron's default for fine-tuning with a few images per GPU
-    head: str = "mlp"  # RoI box head: mlp (TwoMLPHead), mlp_ln (LayerNorm between FCs), res5
-    lr_scheme: str = "357"  # the paper's scheme; see the module docstring
+    # fixed), frozen_affine (BatchNorm2d, affine fixed, stats adapt; the paper's "FBN"), gn (GroupNorm;
+    # GN backbone only). Default: Detectron2's RESNETS.NORM "FrozenBN" and torchvision's FrozenBatchNorm2d
+    # for a pretrained trunk with a few images per GPU. Refused with backbone: scratch (identity there).
+    norm: str = "frozen_bn"
+    # RoI box head: mlp (torchvision's TwoMLPHead, Detectron2's 2fc FPN head), mlp_ln (LayerNorm between
+    # the FCs, the paper's variant), res5 (the paper's and the SwAV paper's C4 head: pretrained stage 5 +
+    # extra BN, Detectron2 R50-C4 / MoCo Res5ROIHeadsExtraNorm), res5_fpn (a scratch stage 5 on FPN RoIs).
+    head: str = "mlp"
+    lr_scheme: str = "357"  # the paper's 3-5-7 scheme; see the module docstring
     # {detector, late_backbone, early_backbone} -> multiplier of base_lr; missing keys take the
-    # scheme's defaults (DEFAULT_MULTIPLIERS). Only `detector` applies to frozen and uniform.
+    # scheme's defaults (DEFAULT_MULTIPLIERS: the paper's 1e-3 / 1e-5 / 1e-7). Only `detector`
+    # applies to frozen and uniform.
     lr_multipliers: Mapping[str, float] | None = None
-    base_lr: float = 20.0  # reference rate: detector lr = 20 x 1e-3 = 0.02 (see module docstring)
-    momentum: float = 0.9  # torchvision detection reference
-    weight_decay: float = 1e-4  # torchvision detection reference
-    warmup_iters: int = 100  # linear warmup from 0.1% of the rate; fewer than the reference's 1000: small data
-    lr_schedule: str = "step"  # step: x lr_gamma at each of lr_steps; cosine: to 0 at the end
-    lr_steps: tuple[float, ...] = (0.67, 0.89)  # fractions of training, the 1x schedule's 8/12 and 11/12 epochs
-    lr_gamma: float = 0.1  # the reference's step decay
-    epochs: int = 12  # the "1x" schedule
-    batch_size: int = 2  # images per step (the reference's per-GPU batch)
-    min_size: int = 800  # shorter image side after resizing (COCO standard)
-    max_size: int = 1333  # longer side cap (COCO standard)
-    amp: bool = False  # fp16 on CUDA / bf16 on CPU; off by default as in torchvision's reference
-    seed: int = 0
-    eval_every: int = 1  # epochs between COCO evaluations; the last epoch is always evaluated
+    # Reference rate: detector lr = 20 x 1e-3 = 0.02, Detectron2's and torchvision's BASE_LR for 16
+    # images per step (see the module docstring).
+    base_lr: float = 20.0
+    momentum: float = 0.9  # Detectron2 and torchvision references
+    weight_decay: float = 1e-4  # Detectron2 and torchvision references
+    # Linear warmup from 0.1% of the rate (both references' factor); 100 iterations instead of their
+    # 1000 because the labeled sets here are small.
+    warmup_iters: int = 100
+    lr_schedule: str = "step"  # step: x lr_gamma at each of lr_steps (both references); cosine: to 0 at the end
+    lr_steps: tuple[float, ...] = (0.67, 0.89)  # Detectron2's 1x: steps at 60k and 80k of 90k iterations
+    lr_gamma: float = 0.1  # Detectron2 and torchvision references
+    epochs: int = 12  # Detectron2's "1x" (90k x 16 images, about 12 COCO epochs)
+    batch_size: int = 2  # images per step: both references' images per GPU (16 over 8 GPUs there)
+    min_size: int = 800  # shorter side after resizing: Detectron2's INPUT.MIN_SIZE_TEST and torchvision's default
+    max_size: int = 1333  # longer side cap: Detectron2 and torchvision
+    amp: bool = False  # fp16 on CUDA / bf16 on CPU; off by default as torchvision's --amp
+    seed: int = 0  # decides init of the new layers, batch order and flips (see engine.train_loader)
+    eval_every: int = 1  # epochs between COCO evaluations (torchvision evaluates every epoch); the last always
     train_images: str = ""  # folder of training images
     train_annotations: str = ""  # COCO instances JSON for train_images
     val_images: str = ""  # folder of validation images
     val_annotations: str = ""  # COCO instances JSON for val_images
-    workers: int = 2  # DataLoader worker processes (0 = load in the training process)
-    # RPN proposals kept per FPN level before NMS and in total after NMS. torchvision's FPN values;
-    # small values (e.g. 100 / 50) make CPU smoke runs fast.
+    # DataLoader worker processes (0 = load in the training process). Changes speed only: batch order
+    # and flips depend on seed, epoch and image index, never on the worker count.
+    workers: int = 2
+    # RPN proposals kept per feature level before NMS and in total after NMS: torchvision's FasterRCNN
+    # values (Detectron2's FPN: 2000/1000 pre-NMS per level too). The C4 detector (head res5) has one
+    # level; Detectron2's R50-C4 keeps 12000/6000 there, set the pre-NMS values to match it if wanted.
+    # Small values (e.g. 100 / 50) make CPU smoke runs fast.
     rpn_pre_nms_top_n_train: int = 2000
     rpn_pre_nms_top_n_test: int = 1000
     rpn_post_nms_top_n_train: int = 2000
     rpn_post_nms_top_n_test: int = 1000
-    box_batch_size_per_image: int = 512  # RoIs sampled per image for the box head loss (reference value)
-    detections_per_img: int = 100  # COCO evaluates up to 100 detections per image
-    score_threshold: float = 0.5  # predictions drawn in the evaluation figure (does not affect AP)
-    figure_images: int = 4  # validation images drawn per evaluation (0 = no figure)
+    box_batch_size_per_image: int = 512  # RoIs sampled per image for the box loss: Detectron2 and torchvision
+    detections_per_img: int = 100  # COCO evaluates up to 100 detections per image (both references)
+    score_threshold: float = 0.5  # predictions drawn in the evaluation figure (Detectron2 demo's; not AP)
+    figure_images: int = 4  # validation images drawn per evaluation (0 = no figure); ours
     # Optional cap on steps per epoch for smoke runs and debugging; None = one pass over the data.
     max_iters_per_epoch: int | None = None
-    # Gradient-norm clip (0 = off, as torchvision's reference). On by default: a scratch or briefly
-    # pretrained trunk under frozen statistics feeds the new FPN activations in the hundreds, and at
-    # the reference rate the first steps overflow to NaN without it (measured on the sample data).
+    # Gradient-norm clip (0 = off, as in both references). On by default: a briefly pretrained trunk
+    # under frozen statistics feeds the new FPN activations in the hundreds, and at the reference rate
+    # the first steps overflow to NaN without it (measured on the sample data).
     clip_grad_norm: float = 10.0
 
     def __post_init__(self) -> None:
@@ -190,6 +253,12 @@ class DetectionConfig:
                 f"the path of an exported SwAV backbone folder, or '{SCRATCH}'")
         set_("backbone", str(self.backbone))
         if self.backbone == SCRATCH:
+            if self.norm == "frozen_bn":
+                raise ValueError(
+                    "norm='frozen_bn' is invalid with backbone='scratch' (frozen_bn is also the default norm): "
+                    "FrozenBatchNorm2d on a random trunk is the identity (mean 0, var 1, weight 1, bias 0), so the "
+                    "network would have no normalisation at all; train the no-pretraining baseline the ordinary "
+                    "way: norm: bn (or gn) with lr_scheme: uniform")
             if self.arch is None:
                 set_("arch", DEFAULT_SCRATCH_ARCH)
             return
@@ -247,5 +316,5 @@ def config_fields() -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(DetectionConfig))
 
 
-__all__ = ["DetectionConfig", "SCRATCH", "NORMS", "HEADS", "LR_SCHEMES", "LR_SCHEDULES", "GROUP_NAMES",
+__all__ = ["DetectionConfig", "scratch_warnings", "SCRATCH", "NORMS", "HEADS", "LR_SCHEMES", "LR_SCHEDULES", "GROUP_NAMES",
            "DEFAULT_MULTIPLIERS", "MODEL_FIELDS", "config_fields"]

@@ -25,6 +25,7 @@ from trainers.common import (
     set_rng_state, warmup_cosine,
 )
 from trainers.data import CocoDetection, detection_collate
+from trainers.detection.augment import EpochFlips
 from trainers.detection.config import MODEL_FIELDS, DetectionConfig
 from trainers.detection.evaluation import FIGURE_FILE, PER_CLASS_FILE, SUMMARY_FILE, evaluate
 from trainers.detection.export import export_detector
@@ -63,10 +64,18 @@ def reported_lr(optimizer: torch.optim.Optimizer) -> float:
 
 
 def train_loader(dataset: CocoDetection, config: DetectionConfig, epoch: int) -> DataLoader:
-    """Shuffled training batches; the order (and worker seeds) depend only on seed and epoch,
-    so a resumed run sees the same batches as an uninterrupted one."""
+    """Shuffled, randomly flipped training batches of an un-augmented ``dataset`` (``train=False``).
+
+    The order comes from a generator seeded by (seed, epoch) in this process, the flips from
+    :func:`~trainers.detection.augment.flip_decisions` (seed, epoch, image index): neither depends
+    on ``config.workers``, and a resumed run sees the same batches as an uninterrupted one.
+    """
+    if getattr(dataset, "train", False):
+        raise ValueError("train_loader flips the images itself (per seed, epoch and index); give it the data set "
+                         "built with train=False, not one that flips with the workers' RNG")
     generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-    return DataLoader(dataset, batch_size=config.batch_size, shuffle=True, num_workers=config.workers,
+    flipped = EpochFlips(dataset, config.seed, epoch)
+    return DataLoader(flipped, batch_size=config.batch_size, shuffle=True, num_workers=config.workers,
                       collate_fn=detection_collate, generator=generator, drop_last=False,
                       persistent_workers=False)
 
@@ -150,7 +159,7 @@ def _check_resumable(state: dict[str, Any], config: DetectionConfig, restore: Pa
 
 
 def train(config: DetectionConfig, reporter: Reporter, progress: bool = False) -> dict[str, float]:
-    """Fine-tune Faster R-CNN + FPN as ``config`` says, reporting every epoch.
+    """Fine-tune Faster R-CNN (FPN, or C4 for ``head='res5'``) as ``config`` says, reporting every epoch.
 
     Per epoch: ``det/loss``, ``det/images_per_s``, ``lr`` (the detector group's); at eval epochs
     also ``det/AP``, ``det/AP50``, ``det/AP75``, ``det/AP_small``, ``det/AP_medium``,
@@ -166,7 +175,8 @@ def train(config: DetectionConfig, reporter: Reporter, progress: bool = False) -
     """
     seed_everything(config.seed)
     device = default_device()
-    train_set = CocoDetection(config.train_images, config.train_annotations, train=True)
+    # Un-augmented: train_loader applies the flips, drawn per (seed, epoch, index), not per worker.
+    train_set = CocoDetection(config.train_images, config.train_annotations, train=False)
     val_set = CocoDetection(config.val_images, config.val_annotations, train=False)
     if train_set.label_to_cat_id != val_set.label_to_cat_id or train_set.class_names != val_set.class_names:
         raise ValueError(

@@ -1,36 +1,52 @@
-"""Faster R-CNN + FPN on an explicitly built ResNet trunk: norm swap, box heads, lr groups.
+"""Faster R-CNN on an explicitly built ResNet trunk: norm swap, box heads, lr groups.
 
 The trunk comes from :func:`trainers.resnet.build_trunk` rather than torchvision's
 ``resnet_fpn_backbone``, which silently replaces the norm layers and freezes stages when it
-is given no weights. The FPN (torchvision ``BackboneWithFPN``) reads layer1..layer4, has 256
-channels and a max-pooled extra level; RPN and RoI heads are torchvision's.
+is given no weights. Every detector is torchvision's ``FasterRCNN`` (its RPN, RoI heads and
+transform); only the backbone, RoI pooler, box head and predictor handed to it differ by ``head``.
 
-Box heads (``head``), all fed by ``MultiScaleRoIAlign`` over the four FPN levels:
+Two detector layouts:
+
+* **FPN** (``mlp``, ``mlp_ln``, ``res5_fpn``): torchvision's ``BackboneWithFPN`` reads
+  layer1..layer4, has 256 channels and a max-pooled extra level; ``MultiScaleRoIAlign`` pools
+  RoIs over the four FPN levels; anchors are torchvision's FPN default (one size per level).
+* **C4** (``res5``): the paper's res5 head, which is the SwAV paper's detection setup
+  (Detectron2's R50-C4 with MoCo/SwAV's ``Res5ROIHeadsExtraNorm``). The trunk stops at stage 4
+  (stem..layer3, stride 16); the RPN runs on that single C4 map with Detectron2's C4 anchors
+  (sizes 32..512 x ratios 0.5/1/2, 15 per location); RoIs are pooled from C4 to 14x14
+  (``MultiScaleRoIAlign(["0"], 14, 2)``; 1024 channels for resnet50, 256 for resnet18/34); the
+  box head is the *pretrained* stage 5 (the trunk's own ``layer4``, loaded from the SwAV backbone,
+  its stride 2 taking 14x14 to 7x7), then an extra trainable BatchNorm2d, global average pooling
+  and flatten, feeding ``FastRCNNPredictor`` on 2048 (resnet50) / 512 (resnet18/34) features.
+  The ``norm`` choice applies to that layer4 as to the rest of the trunk (Detectron2 builds res5
+  with ``RESNETS.NORM`` as well); the extra BatchNorm is always a trainable BatchNorm2d, as in
+  ``Res5ROIHeadsExtraNorm``.
+
+Box heads (``head``):
 
 * ``mlp``: torchvision's ``TwoMLPHead`` (7x7x256 -> 1024 -> 1024).
 * ``mlp_ln``: the same with a LayerNorm between the FCs: fc6 -> ReLU -> LayerNorm -> fc7 -> ReLU.
   The norm sits after the ReLU so that fc6's output means what it does in ``mlp`` (the only
   change is that fc7 sees normalised inputs, the pre-norm placement of transformer blocks),
   and fc7's output stays a ReLU feature like ``mlp``'s, which the predictor expects.
-* ``res5``: a ResNet stage 5 on the RoI features, as in the C4 detectors, wired to the
-  256-channel FPN: RoIs are pooled to 14x14 (the stage's stride 2 brings them to 7x7, as in
-  Detectron's C4 head); the first block reads the 256 channels directly, its 3x3 (BasicBlock)
-  or 1x1 (Bottleneck) conv takes 256 inputs and its downsample shortcut is a strided 1x1
-  projection 256 -> the stage's output width (2048 for resnet50's Bottlenecks, 512 for the
-  BasicBlocks of resnet18/34); block counts follow the arch (3, 3, 2 for 50, 34, 18). Then the
-  extra BatchNorm2d, global average pooling, flatten and ``FastRCNNPredictor``.
-  Initialisation: from scratch (Kaiming, as torchvision's ResNet), not copied from the trunk's
-  layer4. Its input is the FPN's output, itself newly initialised, so pretrained layer4
-  weights would see features unlike those they were trained on, and for resnet50 the first
-  block's shapes do not even match (the trunk's layer4 reads 1024 channels); a scratch head
-  also keeps the head ablation about architecture, not about extra pretrained parameters.
-  The head's own norms are ordinary BatchNorm2d for every ``norm``: the RoI batch (hundreds of
-  RoIs) gives well-defined statistics, and ``norm`` is an ablation of the *backbone*.
+* ``res5``: the paper's C4 head described above (:class:`Res5ROIHead`).
+* ``res5_fpn``: not the paper's design — a ResNet stage 5 *initialised from scratch* on the
+  256-channel FPN RoIs (:class:`Res5FPNHead`; this project's earlier ``res5``). RoIs are pooled
+  to 14x14 over the FPN levels (the stage's stride 2 brings them to 7x7); the first block reads
+  the 256 channels directly, its downsample shortcut a strided 1x1 projection 256 -> the stage's
+  output width (2048 for resnet50's Bottlenecks, 512 for resnet18/34's BasicBlocks); block
+  counts follow the arch (3, 3, 2 for 50, 34, 18). Then the extra BatchNorm2d, global average
+  pooling, flatten and ``FastRCNNPredictor``. Kaiming init as torchvision's ResNet; its norms are
+  ordinary BatchNorm2d for every ``norm``. Pretrained layer4 weights cannot serve here: they
+  read 1024 (resnet50) channels of C4, not 256 of a new FPN.
 
 Learning-rate groups (see :mod:`trainers.detection.config` for the multipliers): the
 "detector" is everything outside the trunk (FPN, RPN, RoI heads); the "early backbone" is the
 stem (conv1, bn1) and layer1, the "late backbone" layer2..layer4 — the paper's x1e-7 for "the
-stem and first stage" and x1e-5 for the rest of the backbone.
+stem and first stage" and x1e-5 for the rest of the backbone. In the C4 detector layer4 is the
+RoI box head (``roi_heads.box_head.layer4``), so it is in the detector group and the late
+backbone is layer2..layer3: Detectron2 and MoCo/SwAV train ``Res5ROIHeads`` at the detector's
+rate, and ``FREEZE_AT`` (our ``lr_scheme: frozen``) never freezes it.
 """
 
 from __future__ import annotations
@@ -42,6 +58,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 from torchvision.models.detection import FasterRCNN
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
@@ -54,12 +72,20 @@ from trainers.resnet import ARCHS, GN_GROUPS, build_trunk
 
 FPN_CHANNELS = 256  # FPN width of torchvision's (and Detectron's) Faster R-CNN
 REPRESENTATION_SIZE = 1024  # width of the MLP heads, as in TwoMLPHead's use in torchvision
-ROI_SIZE = {"mlp": 7, "mlp_ln": 7, "res5": 14}  # res5 halves 14x14 to 7x7 with its stride
+# res5 and res5_fpn halve 14x14 to 7x7 with their stride (Detectron2 C4's POOLER_RESOLUTION 14).
+ROI_SIZE = {"mlp": 7, "mlp_ln": 7, "res5": 14, "res5_fpn": 14}
 RES5_BLOCKS = {"resnet18": 2, "resnet34": 3, "resnet50": 3}  # layer4 depth of each arch
+# The C4 detector's anchors on its one stride-16 map: Detectron2's R50-C4 (ANCHOR_GENERATOR.SIZES
+# [[32, 64, 128, 256, 512]], ASPECT_RATIOS [[0.5, 1.0, 2.0]]).
+C4_ANCHOR_SIZES = (32, 64, 128, 256, 512)
+C4_ASPECT_RATIOS = (0.5, 1.0, 2.0)
+C4_HEADS = ("res5",)  # heads whose detector is the C4 layout (the others read the FPN)
 # torchvision's value for COCO evaluation: keep low-scoring boxes, AP integrates over scores.
 BOX_SCORE_THRESH = 0.05
 # Input channels of layer1..layer4 outputs, which the FPN reads.
 STAGE_CHANNELS = {"resnet18": [64, 128, 256, 512], "resnet34": [64, 128, 256, 512], "resnet50": [256, 512, 1024, 2048]}
+# Channels of C4 (layer3's output), which the C4 detector's RPN and RoI pooler read.
+C4_CHANNELS = {arch: channels[2] for arch, channels in STAGE_CHANNELS.items()}
 EARLY_STAGES = ("conv1", "bn1", "layer1")
 TRUNK_PREFIX = "backbone.body."
 
@@ -156,10 +182,11 @@ class TwoMLPLayerNormHead(nn.Module):
         return torch.relu(self.fc7(self.norm(x)))
 
 
-class Res5Head(nn.Module):
-    """A ResNet stage 5 (scratch-initialised) on 256-channel RoI features, then BatchNorm and pooling.
+class Res5FPNHead(nn.Module):
+    """Not the paper's res5 head: a ResNet stage 5 *from scratch* on 256-channel FPN RoIs, then BatchNorm and pooling.
 
-    See the module docstring for the wiring. Input ``[R, 256, 14, 14]``, output ``[R, out_channels]``.
+    ``head: res5_fpn`` (see the module docstring; the paper's head is :class:`Res5ROIHead`).
+    Input ``[R, 256, 14, 14]``, output ``[R, out_channels]``.
     """
 
     def __init__(self, arch: str, in_channels: int = FPN_CHANNELS) -> None:
@@ -173,7 +200,7 @@ class Res5Head(nn.Module):
         blocks: list[nn.Module] = [block(in_channels, planes, stride=2, downsample=downsample)]
         blocks += [block(self.out_channels, planes) for _ in range(RES5_BLOCKS[arch] - 1)]
         self.stage = nn.Sequential(*blocks)
-        self.norm = nn.BatchNorm2d(self.out_channels)  # the "extra BatchNorm" of the paper's res5 head
+        self.norm = nn.BatchNorm2d(self.out_channels)  # the extra BatchNorm, as in the C4 head
         self.pool = nn.AdaptiveAvgPool2d(1)
         for m in self.modules():  # torchvision ResNet's initialisation
             if isinstance(m, nn.Conv2d):
@@ -186,31 +213,82 @@ class Res5Head(nn.Module):
         return self.pool(self.norm(self.stage(x))).flatten(start_dim=1)
 
 
-def build_box_head(head: str, arch: str, num_classes: int) -> tuple[MultiScaleRoIAlign, nn.Module, FastRCNNPredictor]:
+class Res5ROIHead(nn.Module):
+    """The paper's res5 box head (the C4 design): the trunk's pretrained stage 5, an extra BatchNorm, pooling.
+
+    As Detectron2's ``Res5ROIHeads`` with MoCo/SwAV's ``Res5ROIHeadsExtraNorm``: ``layer4`` is the
+    trunk's own stage 5 (loaded from the SwAV backbone, its norms converted like the trunk's), then
+    a trainable ``BatchNorm2d`` on its output, then global average pooling and flatten.
+    Input ``[R, C4, 14, 14]`` (C4 = 1024 for resnet50, 256 for resnet18/34), output ``[R, out_channels]``.
+
+    Args:
+        layer4: the stage 5 to use (a torchvision ResNet ``layer4``).
+    """
+
+    def __init__(self, layer4: nn.Sequential) -> None:
+        super().__init__()
+        self.layer4 = layer4
+        last = layer4[-1]
+        self.out_channels = (last.conv3 if isinstance(last, Bottleneck) else last.conv2).out_channels
+        self.norm = nn.BatchNorm2d(self.out_channels)  # Res5ROIHeadsExtraNorm's extra norm (weight 1, bias 0)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.norm(self.layer4(x))).flatten(start_dim=1)
+
+
+def build_box_head(
+    head: str, arch: str, num_classes: int, layer4: nn.Sequential | None = None,
+) -> tuple[MultiScaleRoIAlign, nn.Module, FastRCNNPredictor]:
     """RoI pooler, box head and predictor for ``head``.
 
     Args:
-        head: mlp | mlp_ln | res5.
-        arch: the trunk's arch (decides res5's block type and depth).
+        head: mlp | mlp_ln | res5 | res5_fpn.
+        arch: the trunk's arch (decides res5_fpn's block type and depth).
         num_classes: foreground classes; the predictor has ``num_classes + 1`` outputs (background 0).
+        layer4: for ``res5`` only, the trunk's stage 5 that becomes the head (required there).
 
     Returns:
-        ``(roi_pool, box_head, box_predictor)``; the head maps pooled ``[R, 256, S, S]`` features
-        (S = 7, or 14 for res5) to ``[R, D]``, the predictor to scores ``[R, C+1]`` and boxes ``[R, 4(C+1)]``.
+        ``(roi_pool, box_head, box_predictor)``; the head maps pooled ``[R, C, S, S]`` features to
+        ``[R, D]``, the predictor to scores ``[R, C+1]`` and boxes ``[R, 4(C+1)]``. C is 256 (FPN)
+        for every head but ``res5``, which pools the single C4 map (``"0"``); S is 7, or 14 for
+        res5 and res5_fpn.
     """
     if head not in HEADS:
         raise ValueError(f"head={head!r} is invalid: choose one of {', '.join(HEADS)}")
     size = ROI_SIZE[head]
-    roi_pool = MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"], output_size=size, sampling_ratio=2)
+    levels = ["0"] if head in C4_HEADS else ["0", "1", "2", "3"]
+    roi_pool = MultiScaleRoIAlign(featmap_names=levels, output_size=size, sampling_ratio=2)
     box_head: nn.Module
     if head == "mlp":
         box_head, width = TwoMLPHead(FPN_CHANNELS * size * size, REPRESENTATION_SIZE), REPRESENTATION_SIZE
     elif head == "mlp_ln":
         box_head, width = TwoMLPLayerNormHead(FPN_CHANNELS * size * size, REPRESENTATION_SIZE), REPRESENTATION_SIZE
+    elif head == "res5_fpn":
+        box_head = Res5FPNHead(arch)
+        width = box_head.out_channels
     else:
-        box_head = Res5Head(arch)
+        if layer4 is None:
+            raise ValueError("head='res5' takes the trunk's stage 5 as its box head: pass layer4 (build_detector does)")
+        box_head = Res5ROIHead(layer4)
         width = box_head.out_channels
     return roi_pool, box_head, FastRCNNPredictor(width, num_classes + 1)
+
+
+class C4Backbone(nn.Module):
+    """The C4 detector's backbone: the trunk's stem..layer3 as ``body``, returning ``{"0": C4}``.
+
+    ``out_channels`` is C4's width, what torchvision's ``FasterRCNN`` reads to build the RPN head.
+    Parameter names stay ``body.conv1.*`` .. ``body.layer3.*``, as in the FPN layout.
+    """
+
+    def __init__(self, trunk: nn.Module, out_channels: int) -> None:
+        super().__init__()
+        self.body = IntermediateLayerGetter(trunk, return_layers={"layer3": "0"})
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.body(x)
 
 
 # ---------------------------------------------------------------------------
@@ -273,7 +351,10 @@ def assemble_detector(
     box_batch_size_per_image: int,
     detections_per_img: int,
 ) -> FasterRCNN:
-    """Faster R-CNN + FPN from the network-shape options (``DetectionConfig.model_options()``).
+    """torchvision's Faster R-CNN from the network-shape options (``DetectionConfig.model_options()``).
+
+    FPN layout for mlp / mlp_ln / res5_fpn, C4 layout for res5 (see the module docstring): there the
+    trunk's stem..layer3 is the backbone and its ``layer4`` moves into the box head.
 
     Args:
         num_classes: foreground classes.
@@ -282,18 +363,25 @@ def assemble_detector(
     """
     if trunk is None:
         trunk = detection_trunk(arch, norm)
-    return_layers = {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}
-    backbone = BackboneWithFPN(
-        trunk, return_layers=return_layers, in_channels_list=STAGE_CHANNELS[arch],
-        out_channels=FPN_CHANNELS, extra_blocks=LastLevelMaxPool(),
-    )
-    roi_pool, box_head, box_predictor = build_box_head(head, arch, num_classes)
-    # Anchors: torchvision's FPN default (one size per level, 32..512, ratios 0.5/1/2).
+    backbone: nn.Module
+    anchors: AnchorGenerator | None = None  # None: torchvision's FPN default (one size per level, 32..512)
+    if head in C4_HEADS:
+        backbone = C4Backbone(trunk, C4_CHANNELS[arch])
+        anchors = AnchorGenerator(sizes=(C4_ANCHOR_SIZES,), aspect_ratios=(C4_ASPECT_RATIOS,))
+        roi_pool, box_head, box_predictor = build_box_head(head, arch, num_classes, layer4=trunk.layer4)
+    else:
+        return_layers = {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}
+        backbone = BackboneWithFPN(
+            trunk, return_layers=return_layers, in_channels_list=STAGE_CHANNELS[arch],
+            out_channels=FPN_CHANNELS, extra_blocks=LastLevelMaxPool(),
+        )
+        roi_pool, box_head, box_predictor = build_box_head(head, arch, num_classes)
     return FasterRCNN(
         backbone,
         num_classes=None,  # the predictor is given
         min_size=min_size,
         max_size=max_size,
+        rpn_anchor_generator=anchors,  # FasterRCNN sizes its RPNHead from the anchors per location
         rpn_pre_nms_top_n_train=rpn_pre_nms_top_n_train,
         rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test,
         rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
@@ -308,8 +396,10 @@ def assemble_detector(
 
 
 def build_detector(config: DetectionConfig, num_classes: int) -> FasterRCNN:
-    """Faster R-CNN + FPN for ``config``: trunk (loaded from ``config.backbone`` unless scratch),
-    norm swap, box head; under ``lr_scheme='frozen'`` the trunk's parameters get ``requires_grad=False``.
+    """Faster R-CNN for ``config``: trunk (loaded from ``config.backbone`` unless scratch), norm swap,
+    FPN or C4 layout and box head; under ``lr_scheme='frozen'`` the trunk's parameters in the
+    backbone (``backbone.body``) get ``requires_grad=False`` — for ``head='res5'`` that is stem..layer3,
+    the pretrained layer4 being the RoI head, which trains at the detector's rate.
 
     Raises:
         BackboneLoadError: the backbone's weights do not fit ``config.arch``.
@@ -348,8 +438,9 @@ def param_groups(model: FasterRCNN, config: DetectionConfig) -> list[dict[str, A
     * ``357``: ``detector``, ``late_backbone``, ``early_backbone``.
     * ``uniform``: one group ``all`` at the detector's rate.
 
-    Parameters with ``requires_grad=False`` (frozen_affine's BatchNorm affine) are left out.
-    Empty groups are omitted.
+    The C4 detector's box head, pretrained layer4 included (``roi_heads.box_head.layer4.*``), is in
+    ``detector`` under every scheme (see the module docstring). Parameters with
+    ``requires_grad=False`` (frozen_affine's BatchNorm affine) are left out. Empty groups are omitted.
     """
     buckets: dict[str, list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
@@ -373,5 +464,5 @@ def param_groups(model: FasterRCNN, config: DetectionConfig) -> list[dict[str, A
 
 
 def trunk_parameters(model: FasterRCNN) -> list[tuple[str, nn.Parameter]]:
-    """The trunk's named parameters (``backbone.body.*``)."""
+    """The trunk's named parameters (``backbone.body.*``; for ``head='res5'`` stem..layer3, layer4 being the head)."""
     return [(n, p) for n, p in model.named_parameters() if n.startswith(TRUNK_PREFIX)]
