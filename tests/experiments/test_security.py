@@ -38,6 +38,7 @@ from trainers.checkpoints import (
     BACKBONE_CONFIG, BACKBONE_FORMAT, BACKBONE_WEIGHTS, STATE_JSON, STATE_TENSORS, CheckpointError, load_backbone_weights,
     load_checkpoint, sha256_file,
 )
+from tests.experiments.test_server import make_pg_database  # noqa: F401 - fixture
 
 ROOT = Path(__file__).resolve().parents[2]
 IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
@@ -286,7 +287,7 @@ def ray_head(env: dict[str, str]):
 
 
 @pytest.mark.slow
-def test_team_launch_leaves_no_password_anywhere(tmp_path, monkeypatch):
+def test_team_launch_leaves_no_password_anywhere(tmp_path, monkeypatch, make_pg_database):
     """Team mode end to end, in one launch: `ablate launch --address` on a cluster started with
     `ray start --head` (loopback, token auth), tracking to an `ablate server --auth`. Runs of every
     stage arrive, and the password is in no file of the store, the launch's storage or Ray's temp
@@ -309,6 +310,9 @@ def test_team_launch_leaves_no_password_anywhere(tmp_path, monkeypatch):
     work = tmp_path / "work"
     work.mkdir()
     space = tiny_space(tmp_path, "secrets", pretrain_epochs=1)
+    # the Optuna study in PostgreSQL, its URL with the same password (trust auth ignores it): the
+    # scheduler and the launch's callback are pickled into tuner.pkl, which must not hold it
+    optuna_url = make_pg_database().replace("postgres@", f"postgres:{password}@")
     head_env = {k: v for k, v in os.environ.items() if k not in (S.ENV_ADMIN_PASSWORD, "RAY_ADDRESS")}
     with S.start_server(f"sqlite:///{store}/mlflow.db", port=_free_port(), workers=1, auth=True,
                         log_path=tmp_path / "server.log") as server, ray_head(head_env) as (address, ray_temp):
@@ -316,6 +320,7 @@ def test_team_launch_leaves_no_password_anywhere(tmp_path, monkeypatch):
         env = {**head_env, "PYTHONUNBUFFERED": "1", "MLFLOW_TRACKING_PASSWORD": password,
                "MLFLOW_TRACKING_USERNAME": "admin"}
         env.pop("MLFLOW_TRACKING_URI", None)  # the launch is a client: only the tracking credentials
+        env["ABLATE_OPTUNA_STORAGE"] = optuna_url  # by environment, never on the command line
         proc = subprocess.run([sys.executable, "-m", "experiments.cli", "launch", str(space), "--tracking-uri", uri,
                                "--address", address], cwd=work, env=env, capture_output=True, text=True, timeout=900)
         out = proc.stdout + proc.stderr
@@ -335,6 +340,7 @@ def test_team_launch_leaves_no_password_anywhere(tmp_path, monkeypatch):
     # the tracking store: the backend database (+ WAL) and every artifact
     problems += [f"tracking store: {hit}" for hit in _files_containing(store, needles)]
     # the launch's own files: Ray storage (tuner.pkl, trial configs, checkpoints), the Optuna database
+    assert list(work.rglob("tuner.pkl")), "no tuner.pkl under the launch's storage path"
     problems += [f"launch storage: {hit}" for hit in _files_containing(work, needles)]
     problems += [f"printed: {line.replace(password, '<PASSWORD>')}" for line in out.splitlines() if password in line][:5]
     if password in (tmp_path / "server.log").read_text():
