@@ -162,7 +162,7 @@ def swav_trainer_epoch(folder: str | Path, workers: int, setup: SwAVSetup, amp: 
 
     config = SwAVConfig(arch=setup.arch, crops=setup.crops, batch_size=setup.batch, prototypes=setup.prototypes,
                         feat_dim=setup.feat_dim, hidden_dim=setup.hidden_dim, epochs=1, amp=amp,
-                        workers=workers, data=str(folder), freeze_prototypes_iters=0)
+                        workers=workers, data=str(folder), freeze_prototypes_epochs=0)
     with tempfile.TemporaryDirectory(prefix="bench-gpu-swav-") as tmp:
         return train(config, InMemoryReporter(root=Path(tmp)))["swav/images_per_s"]
 

@@ -63,7 +63,7 @@ def make_config(data: str | Path, setup: Setup) -> SwAVConfig:
         crops=[{"count": 2, "size": big, "min_scale": 0.14, "max_scale": 1.0},
                {"count": 2, "size": small, "min_scale": 0.05, "max_scale": 0.14}],
         feat_dim=32, hidden_dim=256, prototypes=100, optimizer="sgd", base_lr=0.1, final_lr=0.001,
-        freeze_prototypes_iters=2, amp=False, workers=0, data=str(data),
+        freeze_prototypes_epochs=0.5, amp=False, workers=0, data=str(data),
     )
 
 

@@ -488,6 +488,8 @@ class Launcher:
             raise LaunchSetupError("; ".join(too_big))
         self._init_ray()  # a cluster too small for one trial is refused here, before anything is recorded
         self.parent_run_id = self._parent_run(plan)
+        for warning in plan.warnings:
+            self.say(f"warning: {warning}")
         monitor = self._system_metrics()
         try:
             survivors = self._stage_pretrain(plan, pre_runs)
@@ -630,7 +632,8 @@ class Launcher:
                                                     TAG_LAUNCH: self.launch_id, TAG_PRUNED: "false",
                                                     "mlflow.source.git.commit": self.git_sha, **tags},
                                              parent_run_id=self.parent_run_id)
-        params = {**flatten_params(stage, config), **extra_params}
+        workers = (self.spec.pretrain if stage == STAGE_PRETRAIN else self.spec.finetune).resources.workers
+        params = {**flatten_params(stage, config), f"{stage}.world_size": str(workers), **extra_params}
         self.tracker.log_params_tags(run_id, params=params)
         self.tracker.log_text(run_id, _yaml(config), f"config/{stage}.yaml")
         return run_id
@@ -735,7 +738,7 @@ class Launcher:
             return cached
         p = sampled_payload(trial.config, self._candidates)
         cfg = {k: v for k, v in p["config"].items() if k != "backbone"}
-        h = spaces.finetune_hash(cfg, self._fingerprint, p["upstream_hash"])
+        h = spaces.finetune_hash(cfg, self._fingerprint, p["upstream_hash"], self.spec.finetune.resources)
         # the name shows the values actually trained (a sampled head or norm replaces the cell's)
         in_name = {"norm", "head", "lr_scheme", "seed"}
         shown = ", ".join(f"{k}={spaces.fmt_value(v)}" for k, v in sorted(p["sampled"].items()) if k not in in_name)
@@ -810,7 +813,8 @@ class Launcher:
             config = {**t.config, "backbone": survivors[t.upstream_hash] if t.upstream_hash else spaces.BACKBONE_SCRATCH}
             extra, tags = {}, {TAG_SEED: str(t.seed)}
             if t.upstream_hash:
-                extra = flatten_params(STAGE_PRETRAIN, pre_by_hash[t.upstream_hash].config)
+                extra = {**flatten_params(STAGE_PRETRAIN, pre_by_hash[t.upstream_hash].config),
+                         f"{STAGE_PRETRAIN}.world_size": str(self.spec.pretrain.resources.workers)}
                 tags[TAG_UPSTREAM] = upstream.run_id if upstream else ""
             else:
                 tags[TAG_UPSTREAM] = "scratch"
@@ -948,7 +952,7 @@ class Launcher:
                  "launch/pruned_epochs_budgeted": budget, "launch/pruned_epochs_saved": budget - ran,
                  "launch/pruned_fraction_saved": (budget - ran) / budget if budget else 0.0}
         self.tracker.log_metrics(self.parent_run_id, saved, 0)
-        summary = format_summary(outs, saved)
+        summary = format_summary(outs, saved, plan.warnings)
         print(summary, file=self.options.out, flush=True)
         self.tracker.log_text(self.parent_run_id, summary, "summary.txt")
         if not self.options.keep_checkpoints:  # copies of artifacts, fetched again when a later launch needs them
@@ -1038,8 +1042,8 @@ def _ray_token_mode(address: str | None) -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
-def format_summary(outcomes: Sequence[TrialOutcome], counts: Mapping[str, float]) -> str:
-    """The table printed at the end of a launch."""
+def format_summary(outcomes: Sequence[TrialOutcome], counts: Mapping[str, float], warnings: Sequence[str] = ()) -> str:
+    """The table printed at the end of a launch (with the plan's warnings, which the results carry)."""
     lines = ["", "summary", f"  {'stage':8}  {'status':8}  {'epochs':>7}  {'key metric':>18}  name / reason"]
     order = {"done": 0, "reused": 1, "pruned": 2, "failed": 3, "skipped": 4}
     for o in sorted(outcomes, key=lambda o: (o.stage != STAGE_PRETRAIN, order.get(o.status, 9), o.name)):
@@ -1058,6 +1062,7 @@ def format_summary(outcomes: Sequence[TrialOutcome], counts: Mapping[str, float]
                      "trials".format(saved=counts["launch/pruned_epochs_saved"],
                                      budget=counts["launch/pruned_epochs_budgeted"],
                                      frac=counts["launch/pruned_fraction_saved"], skip=counts["launch/finetune_skipped"]))
+    lines += [f"  warning: {w}" for w in warnings]
     return "\n".join(lines)
 
 

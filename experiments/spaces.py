@@ -167,6 +167,7 @@ class Plan:
     finetune: list[FinetuneTrial]
     excluded: list[str]  # human-readable pairing exclusions
     requested_pretrain: int  # pretraining cells before deduplication
+    warnings: list[str] = field(default_factory=list)  # allowed but suspect choices (a scratch trunk left untrained)
 
     def finetune_for(self, upstream_hash: str | None) -> list[FinetuneTrial]:
         """The fine-tuning trials that use a given backbone (None: the scratch rows)."""
@@ -456,13 +457,22 @@ def finetune_name(cfg: Mapping[str, Any], backbone: str, seed: int) -> str:
     return f"{backbone} · {cfg.get('norm')} · {cfg.get('head')} · {cfg.get('lr_scheme')} · seed{seed}"
 
 
-def _build(path: Path, stage: str, cell: Cell, extra: Mapping[str, Any]) -> dict[str, Any]:
-    """Resolve a cell through the trainer's config class; map its ValueError to the key path."""
+def _build(path: Path, stage: str, cell: Cell, extra: Mapping[str, Any], pretrained: bool = False) -> dict[str, Any]:
+    """Resolve a cell through the trainer's config class; map its ValueError to the key path.
+
+    ``pretrained``: a fine-tuning cell for a pretrained backbone, validated before that backbone
+    exists (as ``backbone: scratch``, the real folder is set at launch); the rule that only a
+    scratch trunk has, no ``frozen_bn`` on random weights, is then not applied.
+    """
     cls = _config_class(stage)
     values = {k: v for k, v in cell.values.items() if k != "backbone"}
     values.update(extra)
+    frozen = pretrained and values.get("norm", _default(stage, "norm")) == "frozen_bn"
+    if frozen:
+        values["norm"] = "bn"  # the same pairing (a BN-pretrained backbone); put back below
     try:
-        return config_to_dict(config_from_dict(cls, values, where=stage))
+        resolved = config_to_dict(config_from_dict(cls, values, where=stage))
+        return {**resolved, "norm": "frozen_bn"} if frozen else resolved
     except (ValueError, TypeError) as exc:
         msg = str(exc)
         lead = re.match(r"[A-Za-z_][A-Za-z0-9_]*", msg)
@@ -480,6 +490,8 @@ def expand(spec: StudySpec, data_fingerprint: str, data_paths: Mapping[str, str]
         data_fingerprint: digest of the data set (part of every config hash).
         data_paths: the real data paths (a generated sample set's folder, or the spec's paths).
     """
+    from trainers.detection.config import scratch_warnings
+
     paths = dict(data_paths)
     path = spec.path
     pre_extra = {"data": paths["unlabeled"]}
@@ -490,12 +502,13 @@ def expand(spec: StudySpec, data_fingerprint: str, data_paths: Mapping[str, str]
     for cell in spec.pretrain.cells:
         requested += 1
         cfg = _build(path, "pretrain", cell, pre_extra)
-        h = config_hash({k: v for k, v in cfg.items() if k not in NON_RESULT_FIELDS}, data_fingerprint, "pretrain")
+        h = config_hash(identity(cfg, spec.pretrain.resources), data_fingerprint, "pretrain")
         pretrain.setdefault(h, PretrainTrial(cfg, h, pretrain_name(cfg)))
     backbones = _unique_names(list(pretrain.values()))
 
     finetune: list[FinetuneTrial] = []
     excluded: list[str] = []
+    warnings: list[str] = []
     seen: set[str] = set()
     names = {b.name for b in backbones}
     for cell in spec.finetune.cells:
@@ -537,23 +550,27 @@ def expand(spec: StudySpec, data_fingerprint: str, data_paths: Mapping[str, str]
                     continue
                 extra["arch"] = target.config["arch"]
             if extra["arch"] not in built:
-                built[extra["arch"]] = _build(path, "finetune", cell, extra)
+                built[extra["arch"]] = _build(path, "finetune", cell, extra, pretrained=target is not None)
                 built[extra["arch"]].pop("backbone", None)
             cfg = built[extra["arch"]]
             bname = target.name if target else f"scratch_{str(cfg.get('arch')).replace('resnet', 'res')}"
+            if target is None:
+                warnings += [f"{path}: {cell.origin.get('backbone', 'finetune')}: {w}"
+                             for w in scratch_warnings(cfg["norm"], cfg["lr_scheme"])]
             for seed in spec.seeds:
                 cfg_s = {**cfg, "seed": seed}
-                h = finetune_hash(cfg_s, data_fingerprint, target.config_hash if target else None)
+                h = finetune_hash(cfg_s, data_fingerprint, target.config_hash if target else None,
+                                  spec.finetune.resources)
                 if h in seen:
                     continue
                 seen.add(h)
                 finetune.append(FinetuneTrial(cfg_s, target.config_hash if target else None, seed, h,
                                               finetune_name(cfg_s, bname, seed), bname))
-    return Plan(spec, data_fingerprint, backbones, finetune, excluded, requested)
+    return Plan(spec, data_fingerprint, backbones, finetune, excluded, requested, list(dict.fromkeys(warnings)))
 
 
 _ABBREV = {"queue_start_epoch": "q", "queue_length": "ql", "amp": "amp", "temperature": "t", "epsilon": "eps",
-           "batch_size": "bs", "base_lr": "lr", "freeze_prototypes_iters": "fp", "seed": "s", "optimizer": "",
+           "batch_size": "bs", "base_lr": "lr", "freeze_prototypes_epochs": "fp", "seed": "s", "optimizer": "",
            "weight_decay": "wd", "hidden_dim": "h", "feat_dim": "d", "sinkhorn_iterations": "it"}
 
 
@@ -604,10 +621,25 @@ def _unique_names(trials: list[PretrainTrial]) -> list[PretrainTrial]:
     return [dataclasses.replace(t, name=f"{t.name}_{t.config_hash[:6]}") if seen[t.name] > 1 else t for t in out]
 
 
-def finetune_hash(config: Mapping[str, Any], data_fingerprint: str, upstream_hash: str | None) -> str:
+def identity(config: Mapping[str, Any], resources: Resources | None = None) -> dict[str, Any]:
+    """What makes a run's result: its config fields minus the non-result ones, plus the DDP world size.
+
+    The world size (``resources.workers``) changes the global batch, the Sinkhorn batch and the
+    queue per process, so a run trained at another world size is another run. At 1 it is left
+    out, so single-process runs keep the hashes they always had.
+    """
+    out = {k: v for k, v in config.items() if k not in NON_RESULT_FIELDS}
+    if resources is not None and resources.workers != 1:
+        out["world_size"] = resources.workers
+    if out.get("head") == "res5":  # the C4 detector; earlier versions named a stage 5 on FPN RoIs so
+        out["head"] = "res5-c4"
+    return out
+
+
+def finetune_hash(config: Mapping[str, Any], data_fingerprint: str, upstream_hash: str | None,
+                  resources: Resources | None = None) -> str:
     """The identity of a fine-tuning run: its resolved config, the data, and its backbone's identity."""
-    return config_hash({k: v for k, v in config.items() if k not in NON_RESULT_FIELDS}, data_fingerprint,
-                       upstream_hash or BACKBONE_SCRATCH, "finetune")
+    return config_hash(identity(config, resources), data_fingerprint, upstream_hash or BACKBONE_SCRATCH, "finetune")
 
 
 def _default(stage: str, name: str) -> Any:
@@ -669,6 +701,9 @@ def format_plan(plan: Plan, reused: Mapping[str, str] | None = None, pruned: Seq
         f"  resources per trial: pretrain {spec.pretrain.resources}, finetune {spec.finetune.resources}; "
         f"max_concurrent {spec.max_concurrent}",
     ]
+    if plan.warnings:
+        lines.append(f"  warnings ({len(plan.warnings)}):")
+        lines += [f"    - {w}" for w in plan.warnings]
     if plan.excluded:
         lines.append(f"  excluded pairings ({len(plan.excluded)}):")
         lines += [f"    - {e}" for e in sorted(set(plan.excluded))]

@@ -36,7 +36,7 @@ def _export_detector(root: Path, name: str, seed: int) -> Path:
     (data / "images").mkdir(parents=True, exist_ok=True)
     (data / "ann.json").write_text("{}")
     cfg = DetectionConfig(
-        backbone="scratch", arch="resnet18", norm="frozen_bn", head="mlp", min_size=64, max_size=96,
+        backbone="scratch", arch="resnet18", norm="bn", head="mlp", min_size=64, max_size=96,
         rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=20, detections_per_img=10, seed=seed,
         train_images=str(data / "images"), train_annotations=str(data / "ann.json"),
         val_images=str(data / "images"), val_annotations=str(data / "ann.json"),

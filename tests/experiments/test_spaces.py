@@ -60,10 +60,10 @@ def test_paper_full_names_and_pairing(sample_data):
     plan = expand(load_space(SPACES / "paper_full.yaml"), "fp", _paths(sample_data))
     names = {t.name for t in plan.pretrain}
     assert {"res18_ep70_p1000", "res34_ep100_p3000", "res50_ep200_p3000", "res50_ep200_p3000_gn",
-            "res50_ep200_p3000_q30", "res50_ep200_p3000_ampfalse"} <= names
+            "res50_ep200_p3000_q15", "res50_ep200_p3000_ampfalse"} <= names
     gn = [t for t in plan.finetune if t.config["norm"] == "gn"]
     assert len(gn) == 3 and all("res50_ep200_p3000_gn" in t.name for t in gn)
-    # the GN backbone is excluded from the frozen_bn sweep over every backbone, and says why
+    # the GN backbone is excluded from the frozen_affine sweep over every backbone, and says why
     assert any("res50_ep200_p3000_gn" in e and "bn-pretrained" in e for e in plan.excluded)
 
 
@@ -293,3 +293,90 @@ def test_dry_run_plan_work_is_linear_in_the_grid(tmp_path, sample_data, monkeypa
         assert {line.strip().split("  ", 1)[1] for line in rows[1].splitlines() if line.strip()} == {
             t.name for t in plan.finetune}
     assert cost[2000] <= 2.2 * cost[1000], cost
+
+
+# ---------------------------------------------------------------------------
+# The paper's recipe and a fair no-pretraining baseline in the shipped spaces
+# ---------------------------------------------------------------------------
+
+PAPER_SPACES = sorted(n for n in EXPECTED if n != "smoke.yaml")
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_scratch_baseline_trains_the_ordinary_way(name, sample_data):
+    """No frozen random trunk: trainable norm and one learning rate for every scratch trial."""
+    plan = expand(load_space(SPACES / name), "fp", _paths(sample_data))
+    scratch = [t for t in plan.finetune if t.upstream_hash is None]
+    for t in scratch:
+        assert t.config["norm"] in ("bn", "gn") and t.config["lr_scheme"] == "uniform", t.name
+    assert plan.warnings == []
+    if name in ("paper_table1.yaml", "paper_full.yaml", "smoke.yaml"):
+        assert scratch, f"{name} has no no-pretraining baseline"
+        pretrained_epochs = {t.config["epochs"] for t in plan.finetune if t.upstream_hash is not None}
+        assert all(t.config["epochs"] >= max(pretrained_epochs) for t in scratch)
+
+
+@pytest.mark.parametrize("name", PAPER_SPACES)
+def test_paper_spaces_follow_the_paper_recipe(name, sample_data):
+    spec = load_space(SPACES / name)
+    plan = expand(spec, "fp", _paths(sample_data))
+    queue = {t.config["queue_start_epoch"] for t in plan.pretrain}
+    assert queue == ({15, 30} if name in ("queue_start.yaml", "paper_full.yaml") else {30})
+    # DDP on 4 GPUs at 64 per GPU: the global batch of 256
+    assert spec.pretrain.resources.workers == 4
+    assert {t.config["batch_size"] for t in plan.pretrain} == {64}
+    norms = {t.config["norm"] for t in plan.finetune if t.upstream_hash is not None}
+    if name == "norm_type.yaml":
+        assert norms == {"bn", "frozen_bn", "frozen_affine", "gn"}
+    elif name == "paper_full.yaml":
+        assert {"frozen_affine", "frozen_bn", "bn", "gn"} <= norms
+        others = {t.config["norm"] for t in plan.finetune if t.upstream_hash is not None
+                  and t.backbone_name not in ("res50_ep200_p3000", "res50_ep200_p3000_gn")}
+        assert others == {"frozen_affine"}, others  # every other backbone gets the paper's FBN
+    else:
+        assert norms == {"frozen_affine"}  # the paper's FBN: affine frozen, statistics adapt
+
+
+def _space_with(tmp_path: Path, edit, name: str = "space.yaml") -> Path:
+    data = yaml.safe_load((SPACES / "smoke.yaml").read_text())
+    edit(data)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_scratch_with_frozen_bn_is_refused_naming_the_field(tmp_path, sample_data, capsys):
+    from experiments import cli
+
+    def edit(d):
+        d["finetune"]["cases"][2]["norm"] = "frozen_bn"
+    path = _space_with(tmp_path, edit)
+    with pytest.raises(SpaceError, match=r"finetune\.cases\[2\]\.norm: norm='frozen_bn'.*identity.*norm: bn"):
+        expand(load_space(path), "fp", _paths(sample_data))
+    assert cli.main(["launch", str(path), "--dry-run", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 2
+    assert "finetune.cases[2].norm" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"norm": "frozen_affine"}, "frozen_affine"),
+    ({"lr_scheme": "357"}, "357"),
+    ({"lr_scheme": "frozen"}, "lr_scheme: frozen"),
+])
+def test_dry_run_warns_when_a_scratch_trunk_would_stay_untrained(tmp_path, sample_data, change, words):
+    def edit(d):
+        d["finetune"]["cases"][2].update(change)
+    plan = expand(load_space(_space_with(tmp_path, edit)), "fp", _paths(sample_data))
+    assert len(plan.warnings) == 1 and words in plan.warnings[0] and "finetune.cases[2]" in plan.warnings[0]
+    assert "warnings (1):" in spaces.format_plan(plan)
+
+
+def test_world_size_is_part_of_a_run_s_identity(tmp_path, sample_data):
+    def more_workers(d):
+        d["pretrain"]["resources"]["workers"] = 2
+        d["pretrain"]["resources"]["cpu"] = 1
+    one = expand(load_space(SPACES / "smoke.yaml"), "fp", _paths(sample_data))
+    two = expand(load_space(_space_with(tmp_path, more_workers)), "fp", _paths(sample_data))
+    assert {t.config_hash for t in one.pretrain}.isdisjoint(t.config_hash for t in two.pretrain)
+    # the fine-tuning runs on those backbones differ with them; the scratch ones stay the same
+    scratch = lambda plan: {t.config_hash for t in plan.finetune if t.upstream_hash is None}  # noqa: E731
+    assert scratch(one) == scratch(two)
