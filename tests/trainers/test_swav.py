@@ -1,9 +1,12 @@
 """Unit tests of the SwAV pieces: config, multi-crop, Sinkhorn, loss, queue, statistics,
-prototype freezing, optimiser. Tiny tensors and property checks; no data set needed."""
+prototype freezing, optimiser, learning-rate scaling, loss scaling. Tiny tensors and property
+checks; no data set needed."""
 
 from __future__ import annotations
 
+import copy
 import math
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -24,17 +27,22 @@ from trainers.swav import (
     MultiCropAugment,
     SwAVConfig,
     SwAVModel,
+    backward_and_step,
     build_optimizer,
     embedding_std,
     epoch_indices,
+    frozen_prototype_iterations,
+    grad_scaler,
     learning_rate,
     load_backbone,
     queue_rows_per_process,
+    scaled_lr,
     sinkhorn,
     swav_loss,
     train_one_epoch,
 )
 from trainers.swav import augment as augment_module
+from trainers.swav.optim import set_learning_rate
 from trainers.swav.augment import (
     JITTER_ORDERS,
     adjust_brightness,
@@ -79,6 +87,8 @@ def test_defaults_follow_the_paper() -> None:
     assert config.epsilon == 0.05 and config.sinkhorn_iterations == 3 and config.crops_for_assign == (0, 1)
     assert config.crops == (CropGroup(2, 224, 0.14, 1.0), CropGroup(6, 96, 0.05, 0.14))
     assert config.total_crops == 8 and config.crop_sizes == (224, 224) + (96,) * 6
+    assert config.base_lr == 0.6 and config.freeze_prototypes_epochs == 1.0  # the reference's batch-256 recipe
+    assert config.amp and config.amp_dtype == "float16"  # the reference's fp16 with loss scaling
 
 
 def test_crops_from_yaml_lists_are_normalised() -> None:
@@ -114,6 +124,11 @@ def test_crops_from_yaml_lists_are_normalised() -> None:
         ({"epochs": 0}, "epochs"),
         ({"warmup_epochs": 200, "epochs": 100}, "warmup_epochs"),
         ({"amp": "yes"}, "amp"),
+        ({"amp_dtype": "fp16"}, "amp_dtype"),
+        ({"freeze_prototypes_epochs": -1}, "freeze_prototypes_epochs"),
+        ({"freeze_prototypes_epochs": 313, "epochs": 100}, "freeze_prototypes_epochs"),
+        ({"freeze_prototypes_epochs": "1"}, "freeze_prototypes_epochs"),
+        ({"freeze_prototypes_epochs": float("nan")}, "freeze_prototypes_epochs"),
         ({"max_images": 3, "batch_size": 4}, "max_images"),
         ({"workers": -1}, "workers"),
     ],
@@ -133,6 +148,15 @@ def test_unknown_keys_suggest_the_closest_name() -> None:
         config_from_dict(SwAVConfig, {"crops": [{"count": 2, "sise": 32, "min_scale": 0.1, "max_scale": 1.0}]})
     with pytest.raises(ValueError, match="crops\\[1\\]: missing key"):
         config_from_dict(SwAVConfig, {"crops": [TINY_CROPS[0], {"count": 2, "size": 16}]})
+    # The iteration count it replaced (and the reference's flag) point at the new field.
+    for old in ("freeze_prototypes_iters", "freeze_prototypes_niters"):
+        with pytest.raises(ValueError, match=f"unknown key '{old}'.*did you mean 'freeze_prototypes_epochs'"):
+            config_from_dict(SwAVConfig, {old: 313})
+
+
+def test_freeze_prototypes_error_gives_the_reference_value() -> None:
+    with pytest.raises(ValueError, match="313 is invalid: .*about 1 epoch: 5005 iterations at batch 256"):
+        config_from_dict(SwAVConfig, {"freeze_prototypes_epochs": 313})
 
 
 # ---------------------------------------------------------------------------
@@ -551,9 +575,9 @@ def fake_batches(n_batches: int, batch: int, seed: int = 0) -> list[tuple[list[t
             for _ in range(n_batches)]
 
 
-def run_epoch(config: SwAVConfig, model: SwAVModel, batches, iteration: int = 0, queue=None):
+def run_epoch(config: SwAVConfig, model: SwAVModel, batches, iteration: int = 0, queue=None, scaler=None):
     optimizer = build_optimizer(model, config)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    scaler = scaler or torch.amp.GradScaler("cpu", enabled=False)
     return train_one_epoch(model, batches, MultiCropAugment(config.crops), optimizer, scaler, queue, config,
                            epoch=0, iteration=iteration, iters_per_epoch=4, device=torch.device("cpu"),
                            generator=torch.Generator().manual_seed(0))
@@ -561,7 +585,8 @@ def run_epoch(config: SwAVConfig, model: SwAVModel, batches, iteration: int = 0,
 
 def test_prototypes_are_frozen_for_the_first_iterations() -> None:
     torch.manual_seed(0)
-    config = tiny_config(freeze_prototypes_iters=2, optimizer="sgd", base_lr=0.5, start_warmup_lr=0.5)
+    # Half of an epoch of 4 iterations: the first 2 iterations.
+    config = tiny_config(freeze_prototypes_epochs=0.5, optimizer="sgd", base_lr=0.5, start_warmup_lr=0.5)
     model = SwAVModel("resnet18", "bn", 16, 16, 32)
     before = F.normalize(model.prototypes.weight.detach().clone(), dim=1)
     stats, iteration = run_epoch(config, model, fake_batches(1, 4), iteration=0)
@@ -611,17 +636,100 @@ def test_non_finite_loss_raises_naming_epoch_and_step() -> None:
         run_epoch(tiny_config(), model, fake_batches(1, 4))
 
 
+def _trained_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters an optimiser step changes (prototypes are re-normalised before each step anyway)."""
+    return {k: v.detach().clone() for k, v in model.named_parameters() if k != "prototypes.weight"}
+
+
 def test_bf16_steps_with_non_finite_gradients_are_skipped_and_counted() -> None:
     torch.manual_seed(0)
     model = SwAVModel("resnet18", "bn", 16, 16, 32)
     model.trunk.conv1.weight.register_hook(lambda grad: grad * float("nan"))
-    before = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
-    stats, _ = run_epoch(tiny_config(amp=True, freeze_prototypes_iters=0), model, fake_batches(2, 4))
+    before = _trained_weights(model)
+    config = tiny_config(amp=True, amp_dtype="bfloat16", freeze_prototypes_epochs=0)
+    assert not grad_scaler(torch.device("cpu"), config.amp, config.amp_dtype).is_enabled()  # bf16 needs none
+    stats, _ = run_epoch(config, model, fake_batches(2, 4))
     assert stats.amp_skipped == 2
-    after = model.state_dict()
-    for key, value in before.items():
-        if key != "prototypes.weight":  # re-normalised before each step, not updated
-            torch.testing.assert_close(after[key], value, rtol=0, atol=0, msg=key)
+    for key, value in _trained_weights(model).items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0, msg=key)
+
+
+def test_loss_scaler_skips_planted_inf_steps_in_the_loop_then_steps() -> None:
+    """The training loop with an enabled float16 GradScaler: a step whose gradients hold inf is
+    skipped (weights unchanged), counted in ``amp_skipped`` and halves the scale; a clean step updates.
+
+    The forward runs in float32 here (amp off, scaler passed in): float16 convolution backward is
+    ~30x slower on CPUs. test_swav_train.py runs real float16 autocast end to end.
+    """
+    torch.manual_seed(0)
+    model = SwAVModel("resnet18", "bn", 16, 16, 32)
+    small_crops = [{"count": 2, "size": 16, "min_scale": 0.14, "max_scale": 1.0}]
+    config = tiny_config(amp=False, freeze_prototypes_epochs=0, optimizer="lars", crops=small_crops, batch_size=2)
+    scaler = grad_scaler(torch.device("cpu"), True, "float16")
+    assert scaler.is_enabled() and scaler.get_scale() == 2.0 ** 16
+    hook = model.trunk.conv1.weight.register_hook(lambda grad: torch.full_like(grad, float("inf")))
+    before = _trained_weights(model)
+    stats, _ = run_epoch(config, model, fake_batches(2, 2), scaler=scaler)
+    assert stats.amp_skipped == 2 and float(stats.sums[3]) == 2  # both steps skipped, both counted
+    assert scaler.get_scale() == 2.0 ** 14
+    for key, value in _trained_weights(model).items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0, msg=key)
+
+    hook.remove()
+    stats, _ = run_epoch(config, model, fake_batches(1, 2, seed=1), iteration=2, scaler=scaler)
+    assert stats.amp_skipped == 0 and scaler.get_scale() == 2.0 ** 14  # grows only after 2000 clean steps
+    after = _trained_weights(model)
+    assert not torch.equal(after["trunk.conv1.weight"], before["trunk.conv1.weight"])
+
+
+@pytest.mark.parametrize("optimizer", ["lars", "sgd"])
+def test_float16_loss_scaling_unscales_before_the_optimizer(optimizer: str) -> None:
+    """``backward_and_step`` under float16 autocast: a planted inf gradient skips the step (no
+    weight or momentum change) and halves the scale; the next step equals an unscaled step, so
+    LARS's trust ratio and weight decay (large here, so a scaled gradient would show) see the true
+    gradients."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    reference = copy.deepcopy(model)
+    config = tiny_config(optimizer=optimizer, weight_decay=0.5)
+    opt, ref_opt = build_optimizer(model, config), build_optimizer(reference, config)
+    set_learning_rate(opt, 0.1)
+    set_learning_rate(ref_opt, 0.1)
+    scaler = grad_scaler(torch.device("cpu"), True, "float16")
+    x = torch.randn(6, 8)
+
+    def loss_of(net: torch.nn.Module) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.float16):
+            out = net(x)
+        assert out.dtype == torch.float16
+        return out.float().pow(2).mean()
+
+    start = [p.detach().clone() for p in model.parameters()]
+    hook = model[0].weight.register_hook(lambda grad: torch.full_like(grad, float("inf")))
+    assert backward_and_step(loss_of(model), opt, scaler) is False
+    hook.remove()
+    assert scaler.get_scale() == 2.0 ** 15 and not opt.state  # no momentum buffer either
+    for p, p0 in zip(model.parameters(), start):
+        assert torch.equal(p.detach(), p0)
+
+    assert backward_and_step(loss_of(model), opt, scaler) is True
+    assert scaler.get_scale() == 2.0 ** 15
+    ref_opt.zero_grad()
+    loss_of(reference).backward()  # no scaling at all
+    ref_opt.step()
+    for p, q, p0 in zip(model.parameters(), reference.parameters(), start):
+        # Equal up to float16 rounding of the gradients; a scaled gradient would be off by far more.
+        torch.testing.assert_close(p.detach() - p0, q.detach() - p0, rtol=2e-2, atol=1e-6)
+        assert not torch.equal(p.detach(), p0)
+
+
+def test_frozen_gradients_are_dropped_before_the_step() -> None:
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bias = model.bias.detach().clone()
+    assert backward_and_step(model(torch.randn(4, 3)).sum(), opt, grad_scaler(torch.device("cpu"), True, "float16"),
+                             drop_grads=[model.bias])
+    assert model.bias.grad is None and torch.equal(model.bias.detach(), bias)
 
 
 def test_lars_step_uses_the_trust_ratio() -> None:
@@ -652,14 +760,61 @@ def test_optimizer_groups_exclude_biases_and_norms_from_lars() -> None:
 
 
 def test_learning_rate_warms_up_then_follows_a_cosine() -> None:
-    config = tiny_config(epochs=10, warmup_epochs=2, base_lr=1.0, final_lr=0.01, start_warmup_lr=0.1)
-    assert learning_rate(config, 0, 5) == pytest.approx(0.1)
-    assert learning_rate(config, 5, 5) == pytest.approx(0.55)
-    assert learning_rate(config, 10, 5) == pytest.approx(1.0)
-    assert learning_rate(config, 30, 5) == pytest.approx(0.01 + 0.5 * 0.99)
-    assert learning_rate(config, 50, 5) == pytest.approx(0.01)
-    values = [learning_rate(config, i, 5) for i in range(10, 50)]
+    # 64 images x 4 processes: the global batch of 256 the rates are given for.
+    config = tiny_config(epochs=10, warmup_epochs=2, base_lr=1.0, final_lr=0.01, start_warmup_lr=0.1, batch_size=64)
+    lr = partial(learning_rate, config, iters_per_epoch=5, world_size=4)
+    assert lr(0) == pytest.approx(0.1)
+    assert lr(5) == pytest.approx(0.55)
+    assert lr(10) == pytest.approx(1.0)
+    assert lr(30) == pytest.approx(0.01 + 0.5 * 0.99)
+    assert lr(50) == pytest.approx(0.01)
+    values = [lr(i) for i in range(10, 50)]
     assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "world_size", "expected"),
+    [(64, 4, 0.6), (64, 1, 0.15), (256, 1, 0.6), (64, 64, 9.6), (4, 1, 0.6 * 4 / 256)],
+)
+def test_learning_rate_scales_linearly_with_the_global_batch(batch_size: int, world_size: int, expected: float) -> None:
+    assert scaled_lr(0.6, batch_size, world_size) == pytest.approx(expected)
+    # The whole schedule scales: warmup start, peak and final rate alike.
+    config = tiny_config(epochs=4, warmup_epochs=1, base_lr=0.6, final_lr=0.0006, start_warmup_lr=0.06,
+                         batch_size=batch_size)
+    ratio = expected / 0.6
+    assert learning_rate(config, 0, 10, world_size) == pytest.approx(0.06 * ratio)
+    assert learning_rate(config, 10, 10, world_size) == pytest.approx(expected)
+    assert learning_rate(config, 40, 10, world_size) == pytest.approx(0.0006 * ratio)
+    assert learning_rate(config, 10, 10) == pytest.approx(scaled_lr(0.6, batch_size, 1))  # one process by default
+
+
+def test_scaled_lr_rejects_an_empty_batch() -> None:
+    with pytest.raises(ValueError, match="world_size=0"):
+        scaled_lr(0.6, 64, 0)
+
+
+@pytest.mark.parametrize(
+    ("epochs", "iters_per_epoch", "expected"),
+    [
+        (1.0, 1_281_167 // 256, 5004),  # ImageNet at batch 256 (the reference: 5005, the epoch rounded up)
+        (1.0, 1_281_167 // 4096, 312),  # at batch 4096 (the reference's default: 313)
+        (1.0, 3, 3),
+        (0.5, 4, 2),
+        (0.5, 3, 2),  # rounded up
+        (0.7, 10, 7),  # not 8: 0.7 * 10 is 7.000000000000001 in floating point
+        (0.01, 10, 1),  # any positive fraction freezes at least one iteration
+        (2.5, 100, 250),
+        (0, 100, 0),
+        (1.0, 0, 0),
+    ],
+)
+def test_frozen_prototype_iterations_follow_the_epochs(epochs: float, iters_per_epoch: int, expected: int) -> None:
+    assert frozen_prototype_iterations(epochs, iters_per_epoch) == expected
+
+
+def test_frozen_prototype_iterations_reject_negative_values() -> None:
+    with pytest.raises(ValueError, match="epochs=-1"):
+        frozen_prototype_iterations(-1, 10)
 
 
 def test_epoch_indices_are_reproducible_disjoint_shards() -> None:

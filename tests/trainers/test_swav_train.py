@@ -1,6 +1,7 @@
 """End-to-end tests of SwAV training on CPU: a smoke run with export and unreadable files,
-exact resume, early stop, bf16 autocast, and the 2-process (gloo) equivalence of the
-Sinkhorn assignments and the loss."""
+exact resume (loss-scaler state included), early stop, float16 autocast with loss scaling,
+bf16 autocast, the learning rate scaled to the global batch, and the 2-process (gloo)
+equivalence of the Sinkhorn assignments and the loss."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from safetensors.torch import load_file, save_file
 from trainers.checkpoints import CheckpointError, load_checkpoint
 from trainers.common import config_from_dict
 from trainers.reporting import InMemoryReporter
-from trainers.swav import METRIC_NAMES, SwAVConfig, load_backbone, sinkhorn, swav_loss, train
+from trainers.swav import METRIC_NAMES, SwAVConfig, learning_rate, load_backbone, sinkhorn, swav_loss, train
+from trainers.swav import engine as swav_engine
 
 TINY = dict(
     arch="resnet18", prototypes=16, feat_dim=16, hidden_dim=32, batch_size=4, workers=0, amp=False, seed=0,
@@ -73,6 +75,9 @@ def test_smoke_run_reports_metrics_and_exports_a_torchvision_backbone(
     assert final["swav/ln_k"] == pytest.approx(math.log(16))
     assert 1 <= final["swav/prototypes_used"] <= 16
     assert final["swav/amp_skipped_steps"] == 0 and final["swav/images_per_s"] > 0
+    # lr: the effective rate of the last of 2 x 3 iterations, scaled to the global batch of 4 x 1 process.
+    assert final["lr"] == pytest.approx(learning_rate(config, 5, 3, world_size=1))
+    assert final["lr"] == pytest.approx(learning_rate(config, 5, 3, world_size=64) * 4 / 256)  # 4 x 64 = 256
     # Two unreadable files per epoch, one warning per epoch.
     warnings = [r for r in caplog.records if "unreadable" in r.getMessage()]
     assert len(warnings) == 2 and all("skipped 2 unreadable" in r.getMessage() for r in warnings)
@@ -99,9 +104,19 @@ def test_smoke_run_reports_metrics_and_exports_a_torchvision_backbone(
     assert trunk(x).shape == (2, 512)
 
 
-def test_resume_continues_exactly(sample_data, tmp_path: Path, deterministic) -> None:
+def test_resume_continues_exactly(sample_data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                  deterministic) -> None:
+    """Stop after epoch 1, resume: the same weights, momentum, queue, loss-scaler state and metrics.
+
+    The run has an enabled GradScaler that starts at 2**126, so that the gradients overflow for
+    the first steps of epoch 1 and the scale the resumed epoch starts from is not a fresh one's: a
+    resume that lost it would skip epoch 2's steps. (Float32 forward: float16 convolution backward
+    is ~30x slower on CPUs; test_fp16_autocast_with_loss_scaling_on_cpu runs float16.)
+    """
+    monkeypatch.setattr(swav_engine, "grad_scaler",
+                        lambda device, amp, amp_dtype: torch.amp.GradScaler(device.type, init_scale=2.0 ** 126))
     config = tiny(sample_data.unlabeled, epochs=2, max_images=8, queue_length=4, queue_start_epoch=0,
-                  freeze_prototypes_iters=1, warmup_epochs=1, start_warmup_lr=0.01)
+                  freeze_prototypes_epochs=0.5, warmup_epochs=1, start_warmup_lr=0.01)
     straight = InMemoryReporter(root=tmp_path / "straight")
     train(config, straight)
 
@@ -122,6 +137,10 @@ def test_resume_continues_exactly(sample_data, tmp_path: Path, deterministic) ->
 
     expected, got = load_checkpoint(straight.last_checkpoint), load_checkpoint(resumed.last_checkpoint)
     assert got["epoch"] == expected["epoch"] == 2 and got["iteration"] == expected["iteration"] == 4
+    skipped = [r.metrics["swav/amp_skipped_steps"] for r in straight.reports]
+    assert skipped[0] > 0 and sum(skipped) < 4  # overflowing steps skipped, the others trained
+    assert expected["scaler"]["scale"] == 2.0 ** (126 - sum(skipped))
+    assert got["scaler"] == expected["scaler"]
     for key, value in expected["model"].items():
         torch.testing.assert_close(got["model"][key], value, rtol=0, atol=0, msg=key)
     for index, state in expected["optimizer"]["state"].items():
@@ -136,15 +155,32 @@ def test_resume_continues_exactly(sample_data, tmp_path: Path, deterministic) ->
     assert (resumed.last_checkpoint / "backbone.safetensors").exists()
 
 
+def test_fp16_autocast_with_loss_scaling_on_cpu(sample_data, tmp_path: Path) -> None:
+    """amp=true means float16 + GradScaler on the CPU too: steps that overflow at the initial
+    scale of 2**16 are skipped and counted, and the scaler state lands in the checkpoint."""
+    small = [{"count": 2, "size": 16, "min_scale": 0.14, "max_scale": 1.0}]
+    config = tiny(sample_data.unlabeled, epochs=1, max_images=2, batch_size=2, crops=small, amp=True)
+    assert config.amp_dtype == "float16"
+    reporter = InMemoryReporter(root=tmp_path / "fp16")
+    metrics = train(config, reporter)
+    assert all(math.isfinite(metrics[name]) for name in METRIC_NAMES)
+    skipped = metrics["swav/amp_skipped_steps"]
+    assert skipped in (0, 1)  # one step
+    scaler = load_checkpoint(reporter.last_checkpoint)["scaler"]
+    assert scaler["scale"] == 2.0 ** (16 - skipped) and scaler["_growth_tracker"] == 1 - skipped
+
+
 def test_bf16_autocast_on_cpu_with_groupnorm(sample_data, tmp_path: Path) -> None:
     # 24-px local crops: CPU bf16 gives nan weight gradients for a strided 3x3 conv on 1x1 maps
     # (what 16-px crops reach in layer4); such steps would be skipped, see test_swav.py.
     crops = [TINY["crops"][0], {"count": 2, "size": 24, "min_scale": 0.05, "max_scale": 0.14}]
-    config = tiny(sample_data.unlabeled, epochs=1, max_images=8, amp=True, norm="gn", crops=crops)
+    config = tiny(sample_data.unlabeled, epochs=1, max_images=8, amp=True, amp_dtype="bfloat16", norm="gn",
+                  crops=crops)
     reporter = InMemoryReporter(root=tmp_path / "amp")
     metrics = train(config, reporter)
     assert all(math.isfinite(metrics[name]) for name in METRIC_NAMES)
     assert metrics["swav/amp_skipped_steps"] == 0  # no loss scaling with bfloat16
+    assert load_checkpoint(reporter.last_checkpoint)["scaler"] == {}  # no scaler either
     model = torchvision.models.resnet18(norm_layer=partial(torch.nn.GroupNorm, 32))
     model.fc = torch.nn.Identity()
     model.load_state_dict(load_file(str(reporter.last_checkpoint / "backbone.safetensors")), strict=True)
@@ -286,12 +322,16 @@ def _ddp_train_worker(rank: int, world: int, port: int, data: str, root: str) ->
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
+    # An enabled loss scaler whose first steps overflow (float32 forward, see test_resume_continues_exactly).
+    swav_engine.grad_scaler = lambda device, amp, amp_dtype: torch.amp.GradScaler(device.type, init_scale=2.0 ** 127)
     config = tiny(Path(data), epochs=2, max_images=16, queue_length=8, queue_start_epoch=0)
     reporter = InMemoryReporter(root=Path(root) / f"rank{rank}")
     metrics = train(config, reporter)  # joins the gloo group from the environment, leaves it at the end
     assert not dist.is_initialized()
     checkpoints = [str(r.checkpoint) if r.checkpoint else None for r in reporter.reports]
-    (Path(root) / f"rank{rank}.json").write_text(json.dumps({"metrics": metrics, "checkpoints": checkpoints}))
+    skipped = [r.metrics["swav/amp_skipped_steps"] for r in reporter.reports]
+    (Path(root) / f"rank{rank}.json").write_text(json.dumps({"metrics": metrics, "checkpoints": checkpoints,
+                                                             "skipped": skipped}))
 
 
 @pytest.mark.timeout(300)
@@ -301,8 +341,15 @@ def test_two_process_ddp_training_on_cpu(sample_data, tmp_path: Path) -> None:
     # Metrics are reduced over both processes: every rank reports the same numbers.
     assert rank0["metrics"] == rank1["metrics"]
     assert all(math.isfinite(v) for v in rank0["metrics"].values())
+    # The learning rate is scaled to the global batch of 4 images x 2 processes (2 iterations per epoch).
+    config = tiny(sample_data.unlabeled, epochs=2, max_images=16)
+    assert rank0["metrics"]["lr"] == pytest.approx(learning_rate(config, 3, 2, world_size=2))
+    assert rank0["metrics"]["lr"] == pytest.approx(2 * learning_rate(config, 3, 2, world_size=1))
     # Only rank 0 writes checkpoints; they hold both processes' queues (8 rows = 2 x 4).
     assert rank1["checkpoints"] == [None, None] and all(rank0["checkpoints"])
     state = load_checkpoint(rank0["checkpoints"][-1])
     assert state["world_size"] == 2 and tuple(state["queue"].shape) == (2, 2, 4, 16)
+    # Skipped steps (the loss alone overflows at 2**127) are counted, and the saved scale follows them.
+    assert rank0["skipped"] == rank1["skipped"] and sum(rank0["skipped"]) > 0
+    assert state["scaler"]["scale"] == 2.0 ** (127 - sum(rank0["skipped"]))
     assert (Path(rank0["checkpoints"][-1]) / "backbone.safetensors").exists()

@@ -3,7 +3,8 @@
 Public names live here; the package splits them by concern: ``config`` (SwAVConfig,
 CropGroup), ``augment`` (multi-crop), ``model`` (network, backbone loading), ``loss``
 (Sinkhorn, swapped prediction, queue, collapse statistics), ``optim`` (SGD/LARS, lr
-schedule) and ``engine`` (``train`` and ``train_one_epoch``).
+schedule scaled to the global batch, prototype freezing), ``precision`` (float16 autocast with
+loss scaling, or bfloat16) and ``engine`` (``train`` and ``train_one_epoch``).
 """
 
 from trainers.swav.augment import IMAGENET_MEAN, IMAGENET_STD, MultiCropAugment
@@ -19,7 +20,8 @@ from trainers.swav.loss import (
     swav_loss,
 )
 from trainers.swav.model import SwAVModel, load_backbone, normalize_prototypes
-from trainers.swav.optim import LARS, build_optimizer, learning_rate
+from trainers.swav.optim import LARS, build_optimizer, frozen_prototype_iterations, learning_rate, scaled_lr
+from trainers.swav.precision import backward_and_step, grad_scaler
 from trainers.swav.engine import METRIC_NAMES, EpochStats, derive_seed, epoch_indices, train, train_one_epoch
 
 __all__ = [
@@ -35,15 +37,19 @@ __all__ = [
     "SwAVConfig",
     "SwAVModel",
     "assignment_entropy",
+    "backward_and_step",
     "build_optimizer",
     "derive_seed",
     "embedding_std",
     "epoch_indices",
+    "frozen_prototype_iterations",
+    "grad_scaler",
     "learning_rate",
     "load_backbone",
     "normalize_prototypes",
     "prototype_counts",
     "queue_rows_per_process",
+    "scaled_lr",
     "sinkhorn",
     "swapped_prediction",
     "swav_loss",

@@ -17,6 +17,7 @@ from trainers.common import config_from_dict, require, require_choice
 from trainers.resnet import ARCHS, TRUNK_NORMS
 
 OPTIMIZERS = ("sgd", "lars")
+AMP_DTYPES = ("float16", "bfloat16")  # float16 with loss scaling; bfloat16 without (see precision.py)
 MIN_BATCH = 2  # images per batch: BatchNorm and the Sinkhorn equipartition need at least two
 
 
@@ -93,32 +94,45 @@ def as_crop_group(value: Any, index: int) -> CropGroup:
 class SwAVConfig:
     """Everything one SwAV pretraining run depends on (see DESIGN.md for the method)."""
 
-    arch: str = "resnet50"  # the paper's backbone
+    # Where a default comes from: "SwAV paper" = Caron et al. 2020; "reference" = facebookresearch/swav
+    # main_swav.py (its argparse default, or its batch-256 recipe scripts/swav_400ep_bs256_pretrain.sh:
+    # 4 GPUs x 64 images); "the study" = the paper this project reproduces (DESIGN.md).
+    arch: str = "resnet50"  # the SwAV paper's and the reference's backbone; the study's AP50 0.444 run is res50
     norm: str = "bn"  # the reference trunk uses BatchNorm; 'gn' gives a GroupNorm backbone for GN detectors
-    prototypes: int = 3000  # K; the paper's ImageNet setting
-    feat_dim: int = 128  # projection output, as the paper
-    hidden_dim: int = 2048  # projection MLP width (0 = a single linear layer), reference --hidden_mlp
-    temperature: float = 0.1  # softmax temperature of the swapped prediction, as the paper
-    epsilon: float = 0.05  # Sinkhorn entropy regularisation; the paper finds 0.05 stable
-    sinkhorn_iterations: int = 3  # the paper: 3 iterations suffice
+    prototypes: int = 3000  # K: SwAV paper ImageNet setting, reference --nmb_prototypes; the study's 0.444 run
+    feat_dim: int = 128  # projection output: SwAV paper, reference --feat_dim
+    hidden_dim: int = 2048  # projection MLP width (0 = one linear layer): reference hidden_mlp for resnet50
+    temperature: float = 0.1  # swapped-prediction softmax temperature: SwAV paper, reference --temperature
+    epsilon: float = 0.05  # Sinkhorn entropy regularisation: SwAV paper, reference --epsilon
+    sinkhorn_iterations: int = 3  # SwAV paper (3 suffice), reference --sinkhorn_iterations
     queue_length: int = 0  # reference default (no queue); its batch-256 recipe uses 3840
     queue_start_epoch: int = 15  # reference --epoch_queue_starts: let the features settle first
-    freeze_prototypes_iters: int = 313  # reference default: one ImageNet epoch at batch 4096
-    crops: tuple[CropGroup, ...] = DEFAULT_CROPS  # multi-crop: 2x224 @ 0.14-1 + 6x96 @ 0.05-0.14
-    crops_for_assign: tuple[int, ...] = (0, 1)  # codes come from the two global views, as the paper
-    epochs: int = 100  # reference default; the paper's ablations run 100-400
-    batch_size: int = 64  # per process, the reference's per-GPU default
-    optimizer: str = "lars"  # the reference wraps SGD in LARC
-    base_lr: float = 0.6  # reference batch-256 recipe; scale linearly with the global batch
-    final_lr: float = 0.0006  # base_lr / 1000 as that recipe
-    warmup_epochs: int = 0  # that recipe has no warmup (the batch-4096 one uses 10)
-    start_warmup_lr: float = 0.0  # reference --start_warmup
+    # How long the prototypes stay frozen, in epochs of this run: x its real iterations per epoch, rounded up.
+    # Reference: --freeze_prototypes_niters 5005 in the batch-256 recipe and 313 (its default) at batch
+    # 4096 -- both about one ImageNet epoch (1.28M images), so 1.0 follows it at any batch and data size.
+    freeze_prototypes_epochs: float = 1.0
+    crops: tuple[CropGroup, ...] = DEFAULT_CROPS  # SwAV paper multi-crop 2x224 + 6x96, reference scales
+    crops_for_assign: tuple[int, ...] = (0, 1)  # codes from the two global views: SwAV paper, reference default
+    epochs: int = 100  # reference default --epochs (the study's AP50 0.444 run pretrains 200)
+    batch_size: int = 64  # images per process: reference --batch_size (per GPU); the global batch is x processes
+    optimizer: str = "lars"  # the reference wraps SGD in apex LARC
+    # Learning rates are for a global batch of 256; train() scales the whole schedule linearly to the real
+    # global batch (batch_size x processes; 64 x 1 process -> base_lr / 4) and reports that rate as `lr`.
+    # Note the reference's batch-4096 recipe uses 4.8, half the linear rule's 9.6 (base_lr 0.3 here).
+    base_lr: float = 0.6  # reference batch-256 recipe (its argparse default 4.8 is for batch 4096)
+    final_lr: float = 0.0006  # base_lr / 1000, as that recipe
+    warmup_epochs: int = 0  # that recipe has no warmup (the batch-4096 one, and the argparse default, use 10)
+    start_warmup_lr: float = 0.0  # reference --start_warmup default
     weight_decay: float = 1e-6  # reference --wd
-    amp: bool = True  # the reference trains in fp16 (bf16 autocast on CPU)
-    seed: int = 31  # reference default seed
+    amp: bool = True  # mixed precision: reference --use_fp16 true (apex O1); the study credits its loss scaling
+    # 'float16': autocast with dynamic loss scaling (GradScaler: 2**16 start, halved and the step skipped on
+    # overflow, as apex O1) on every device, CPU included -- the mechanism the study tests. 'bfloat16': no
+    # scaler (float32's range needs none); much faster than float16 on CPUs. Ignored when amp is false.
+    amp_dtype: str = "float16"
+    seed: int = 31  # reference --seed default
     data: str = "data/sample/unlabeled"  # where `ablate data sample --out data/sample` puts the unlabeled images
-    workers: int = 4  # decoding processes per training process
-    sync_bn: bool = True  # the reference syncs BatchNorm across GPUs; only used with several CUDA processes
+    workers: int = 4  # decoding processes per training process (reference --workers 10; fewer suit a lab machine)
+    sync_bn: bool = True  # reference --sync_bn pytorch; only used with several CUDA processes
     max_images: int | None = None  # cap on images per epoch (quick runs); None = the whole folder
 
     def __post_init__(self) -> None:
@@ -166,7 +180,10 @@ class SwAVConfig:
             require(self.queue_length >= self.batch_size, "queue_length", self.queue_length,
                     f"0 (no queue) or at least batch_size ({self.batch_size}); it is rounded down to a "
                     "multiple of the global batch size")
-        _require_int("freeze_prototypes_iters", self.freeze_prototypes_iters, 0)
+        require(_is_number(self.freeze_prototypes_epochs) and 0 <= self.freeze_prototypes_epochs <= self.epochs,
+                "freeze_prototypes_epochs", self.freeze_prototypes_epochs,
+                f"a number of epochs in [0, epochs={self.epochs}] (the reference freezes the prototypes for about "
+                "1 epoch: 5005 iterations at batch 256, 313 at batch 4096)")
         require(len(self.crops) >= 1, "crops", self.crops, "at least one crop group")
         require(self.total_crops >= 2, "crops", [dataclasses.asdict(g) for g in self.crops],
                 "at least 2 crops in total (the loss predicts one view's code from another)")
@@ -183,6 +200,7 @@ class SwAVConfig:
         require(self.warmup_epochs <= self.epochs, "warmup_epochs", self.warmup_epochs,
                 f"at most epochs ({self.epochs})")
         require(isinstance(self.amp, bool), "amp", self.amp, "true or false")
+        require_choice("amp_dtype", self.amp_dtype, AMP_DTYPES)
         require(isinstance(self.sync_bn, bool), "sync_bn", self.sync_bn, "true or false")
         require(_is_int(self.seed), "seed", self.seed, "an integer")
         require(isinstance(self.data, str) and self.data != "", "data", self.data, "a folder of unlabeled images")
@@ -191,4 +209,4 @@ class SwAVConfig:
             _require_int("max_images", self.max_images, self.batch_size)
 
 
-__all__ = ["CropGroup", "DEFAULT_CROPS", "MIN_BATCH", "OPTIMIZERS", "SwAVConfig"]
+__all__ = ["AMP_DTYPES", "CropGroup", "DEFAULT_CROPS", "MIN_BATCH", "OPTIMIZERS", "SwAVConfig"]

@@ -2,10 +2,11 @@
 
 Follows facebookresearch/swav ``main_swav.py``: per-iteration learning rate, prototypes
 normalised before each forward, queue switched on at ``queue_start_epoch``, prototype
-gradients dropped for the first ``freeze_prototypes_iters`` iterations, mixed precision with
-loss scaling. Differences: augmentation runs on the training device on decoded uint8 images
-(see augment.py), and the data order and augmentation of an epoch derive from
-``(seed, epoch)`` so that a resumed run continues exactly.
+gradients dropped for the first ``freeze_prototypes_epochs`` of iterations, float16 mixed
+precision with dynamic loss scaling (precision.py). Differences: augmentation runs on the
+training device on decoded uint8 images (see augment.py); the data order and augmentation of
+an epoch derive from ``(seed, epoch)`` so that a resumed run continues exactly; the learning
+rates are given for a global batch of 256 and scaled linearly to the real one (optim.py).
 """
 
 from __future__ import annotations
@@ -27,12 +28,10 @@ from torch.utils.data import DataLoader
 
 from trainers.checkpoints import CheckpointError, export_backbone, load_checkpoint, save_checkpoint
 from trainers.common import (
-    autocast,
     check_finite,
     config_to_dict,
     default_device,
     git_sha,
-    grad_scaler,
     rng_state,
     seed_everything,
     set_rng_state,
@@ -60,7 +59,8 @@ from trainers.swav.loss import (
     swav_loss,
 )
 from trainers.swav.model import SwAVModel, normalize_prototypes
-from trainers.swav.optim import build_optimizer, learning_rate, set_learning_rate
+from trainers.swav.optim import build_optimizer, frozen_prototype_iterations, learning_rate, set_learning_rate
+from trainers.swav.precision import autocast, backward_and_step, grad_scaler
 
 log = logging.getLogger(__name__)
 
@@ -220,12 +220,6 @@ def _unwrap(model: nn.Module) -> SwAVModel:
     return model.module if isinstance(model, DistributedDataParallel) else model  # type: ignore[return-value]
 
 
-def _gradients_finite(model: nn.Module) -> bool:
-    """True when no gradient holds inf or nan (one device sync)."""
-    checks = [torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None]
-    return bool(torch.stack(checks).all()) if checks else True
-
-
 def _smallest_batch(size: int, device: torch.device) -> int:
     """The smallest batch over all processes (all must skip a batch together)."""
     if not distributed_ready():
@@ -249,6 +243,7 @@ def train_one_epoch(
     device: torch.device,
     generator: torch.Generator,
     progress: bool = False,
+    world_size: int | None = None,
 ) -> tuple[EpochStats, int]:
     """Train ``model`` for one pass over ``loader``.
 
@@ -258,21 +253,27 @@ def train_one_epoch(
             a count of skipped files in place of the list).
         augment: the multi-crop augmentation (runs on ``device``).
         optimizer: from :func:`build_optimizer`.
-        scaler: gradient scaler (inactive unless fp16 on CUDA).
+        scaler: gradient scaler, from :func:`trainers.swav.precision.grad_scaler` (enabled for
+            float16 mixed precision on any device).
         queue: the embedding queue, or None before ``queue_start_epoch`` / without one.
         config: the run's configuration.
         epoch: 0-based epoch (errors and the progress bar show it 1-based).
         iteration: global iteration at the start of the epoch (drives lr and prototype freezing).
-        iters_per_epoch: batches per epoch, for the lr schedule.
+        iters_per_epoch: batches per epoch, for the lr schedule and the prototype freezing.
         device: the training device.
         generator: CPU generator for the augmentation (derived from seed and epoch).
         progress: show a tqdm bar.
+        world_size: training processes, for the global batch the learning rate is scaled to;
+            None = the process group's size (1 without one).
 
     Returns:
         The epoch's statistics and the global iteration after it.
     """
     core = _unwrap(model)
     model.train()
+    if world_size is None:
+        world_size = dist.get_world_size() if distributed_ready() else 1
+    frozen_iters = frozen_prototype_iterations(config.freeze_prototypes_epochs, iters_per_epoch)
     n_crops = config.total_crops
     stats = EpochStats(config.prototypes, device)
     batches: Iterable[tuple[list[Tensor], Sequence[SkippedImage] | int]] = loader
@@ -285,7 +286,7 @@ def train_one_epoch(
     for step, (images, skipped) in enumerate(batches):
         stats.add_skipped(skipped)
         stats.readable += len(images)
-        lr = learning_rate(config, iteration, iters_per_epoch)
+        lr = learning_rate(config, iteration, iters_per_epoch, world_size)
         set_learning_rate(optimizer, lr)
         if _smallest_batch(len(images), device) < MIN_BATCH:
             iteration += 1  # the schedule counts loader batches, as the reference
@@ -295,7 +296,7 @@ def train_one_epoch(
         batch = len(images)
 
         normalize_prototypes(core)
-        with autocast(device, config.amp):
+        with autocast(device, config.amp, config.amp_dtype):
             embeddings, scores = model(crops)
         embeddings = embeddings.detach()
         scores = scores.float()
@@ -310,24 +311,13 @@ def train_one_epoch(
         )
         check_finite(loss, epoch + 1, step)
 
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if iteration < config.freeze_prototypes_iters:
-            # As the reference: the prototypes stay fixed while the features settle.
-            for param in core.prototypes.parameters():
-                param.grad = None
-        if scaler.is_enabled():  # float16: the scaler skips steps with inf/nan gradients
-            scale_before = scaler.get_scale()
-            scaler.step(optimizer)
-            scaler.update()
-            if scaler.get_scale() < scale_before:
-                stats.amp_skipped += 1
-        elif config.amp and not _gradients_finite(core):
-            # bfloat16 needs no loss scaling, but a step with inf/nan gradients is skipped all the
-            # same (seen on CPU: bf16 weight gradients of a strided 3x3 conv on 1x1 maps).
+        # As the reference: the prototypes stay fixed while the features settle.
+        frozen = core.prototypes.parameters() if iteration < frozen_iters else ()
+        # float16: the scaler skips steps whose gradients overflowed. bfloat16 needs no loss
+        # scaling, but a step with inf/nan gradients is skipped all the same (seen on CPU: bf16
+        # weight gradients of a strided 3x3 conv on 1x1 maps).
+        if not backward_and_step(loss, optimizer, scaler, drop_grads=frozen, skip_non_finite=config.amp):
             stats.amp_skipped += 1
-        else:
-            optimizer.step()
 
         stats.update(loss, embeddings, scores.detach(), n_crops, config.temperature)
         stats.images += batch
@@ -475,7 +465,9 @@ def train(config: SwAVConfig, reporter: Reporter, progress: bool = False) -> dic
     """Pretrain a ResNet with SwAV on the unlabeled images in ``config.data``.
 
     Every epoch writes a checkpoint (model, optimizer, scaler, queue, epoch, iteration, RNG
-    states, resolved config, git sha) and reports the metrics in :data:`METRIC_NAMES`; the last
+    states, resolved config, git sha) and reports the metrics in :data:`METRIC_NAMES` (``lr``: the
+    effective rate of the epoch's last iteration, scaled to the global batch ``batch_size x world
+    size``; ``swav/amp_skipped_steps``: steps the loss scaler skipped for inf/nan gradients); the last
     epoch's checkpoint also holds the exported backbone (``backbone.safetensors`` + ``.json``).
     Resumes from ``reporter.restore_dir()`` when set; stops after a report when
     ``reporter.should_stop()``.
@@ -521,7 +513,7 @@ def _train(config: SwAVConfig, reporter: Reporter, progress: bool, rank: int, wo
         core = nn.SyncBatchNorm.convert_sync_batchnorm(core)  # type: ignore[assignment]
     core.to(device)
     optimizer = build_optimizer(core, config)
-    scaler = grad_scaler(device, config.amp)
+    scaler = grad_scaler(device, config.amp, config.amp_dtype)
     augment = MultiCropAugment(config.crops)
     resolved = config_to_dict(config)
     sha = git_sha()
@@ -545,7 +537,7 @@ def _train(config: SwAVConfig, reporter: Reporter, progress: bool, rank: int, wo
         started = time.perf_counter()
         stats, iteration = train_one_epoch(
             model, loader, augment, optimizer, scaler, queue, config, epoch, iteration,
-            iters_per_epoch, device, generator, progress=progress and rank == 0,
+            iters_per_epoch, device, generator, progress=progress and rank == 0, world_size=world_size,
         )
         try:
             metrics = stats.metrics(time.perf_counter() - started, optimizer.param_groups[0]["lr"])

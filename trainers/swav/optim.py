@@ -1,4 +1,5 @@
-"""Optimisers for SwAV: SGD with momentum or LARS, and the per-iteration learning rate.
+"""Optimisers for SwAV: SGD with momentum or LARS, the per-iteration learning rate, and how long
+the prototypes stay frozen.
 
 The reference wraps SGD in apex's LARC (``clip=False``, trust coefficient 0.001). The LARS
 here follows LARC's arithmetic, except that biases and normalisation parameters (every
@@ -8,6 +9,7 @@ the usual LARS practice (You et al. 2017; the SimCLR/BYOL recipes).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Iterable
 
 import torch
@@ -18,6 +20,7 @@ from trainers.swav.config import SwAVConfig
 
 MOMENTUM = 0.9  # as the reference
 LARS_ETA = 0.001  # LARC trust coefficient in the reference
+REFERENCE_BATCH = 256  # the global batch the configured learning rates are given for
 
 
 class LARS(torch.optim.Optimizer):
@@ -95,8 +98,8 @@ def parameter_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Para
 def build_optimizer(model: nn.Module, config: SwAVConfig) -> torch.optim.Optimizer:
     """SGD (momentum 0.9, weight decay on every parameter, as the reference) or LARS.
 
-    The learning rate is set every iteration by :func:`learning_rate`; the one given here is
-    the warmup start.
+    The learning rate is set before every step to :func:`learning_rate` (scaled to the global
+    batch); the one given here is only a placeholder.
     """
     weights, others = parameter_groups(model)
     if config.optimizer == "sgd":
@@ -112,9 +115,26 @@ def build_optimizer(model: nn.Module, config: SwAVConfig) -> torch.optim.Optimiz
     raise ValueError(f"optimizer={config.optimizer!r} is invalid: choose one of sgd, lars")
 
 
-def learning_rate(config: SwAVConfig, iteration: int, iters_per_epoch: int) -> float:
-    """Per-iteration linear warmup from ``start_warmup_lr`` then cosine to ``final_lr``."""
-    return warmup_cosine(
+def scaled_lr(lr: float, batch_size: int, world_size: int) -> float:
+    """A learning rate given for a global batch of :data:`REFERENCE_BATCH` (256), scaled linearly.
+
+    The linear scaling rule (Goyal et al. 2017): the real global batch is ``batch_size`` images
+    per process times ``world_size`` processes, so 64 x 4 = 256 keeps ``lr`` and 64 x 1 gives
+    ``lr / 4``.
+    """
+    if batch_size < 1 or world_size < 1:
+        raise ValueError(f"scaled_lr: batch_size={batch_size} and world_size={world_size} must be >= 1")
+    return lr * batch_size * world_size / REFERENCE_BATCH
+
+
+def learning_rate(config: SwAVConfig, iteration: int, iters_per_epoch: int, world_size: int = 1) -> float:
+    """The effective learning rate at ``iteration``: what the optimiser uses and ``lr`` reports.
+
+    Per-iteration linear warmup from ``start_warmup_lr`` then cosine to ``final_lr``, as the
+    reference; all three rates are for a global batch of 256 and the whole schedule is scaled by
+    :func:`scaled_lr` to the real global batch ``config.batch_size * world_size``.
+    """
+    schedule = warmup_cosine(
         iteration,
         total_iters=config.epochs * iters_per_epoch,
         warmup_iters=config.warmup_epochs * iters_per_epoch,
@@ -122,6 +142,27 @@ def learning_rate(config: SwAVConfig, iteration: int, iters_per_epoch: int) -> f
         final_lr=config.final_lr,
         start_lr=config.start_warmup_lr,
     )
+    return scaled_lr(schedule, config.batch_size, world_size)
+
+
+def frozen_prototype_iterations(epochs: float, iters_per_epoch: int) -> int:
+    """How many first iterations keep the prototypes frozen: ``epochs`` of the run's real epochs.
+
+    Rounded up, so that any positive fraction freezes at least one iteration. The reference's
+    ``--freeze_prototypes_niters`` values are one ImageNet epoch (1,281,167 images) rounded up:
+    5005 iterations at batch 256 and 313 at batch 4096. ``epochs=1`` here gives 5004 and 312 on
+    ImageNet, since an epoch drops its last partial batch (as the reference's loader does).
+
+    Args:
+        epochs: ``SwAVConfig.freeze_prototypes_epochs`` (>= 0).
+        iters_per_epoch: optimiser iterations per epoch of this run (images per process,
+            capped by ``max_images``, over ``batch_size``).
+    """
+    if epochs < 0 or iters_per_epoch < 0:
+        raise ValueError(f"frozen_prototype_iterations: epochs={epochs} and iters_per_epoch={iters_per_epoch} "
+                         "must be >= 0")
+    # round() first: 0.7 * 10 is 7.000000000000001 in floating point, which must stay 7.
+    return math.ceil(round(epochs * iters_per_epoch, 6))
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -130,4 +171,5 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-__all__ = ["LARS", "LARS_ETA", "MOMENTUM", "build_optimizer", "learning_rate", "parameter_groups", "set_learning_rate"]
+__all__ = ["LARS", "LARS_ETA", "MOMENTUM", "REFERENCE_BATCH", "build_optimizer", "frozen_prototype_iterations",
+           "learning_rate", "parameter_groups", "scaled_lr", "set_learning_rate"]
