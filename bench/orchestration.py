@@ -85,8 +85,8 @@ def tiny_space(
         "arch": "resnet18", "epochs": pretrain_epochs, "batch_size": 8, "max_images": 16,
         "crops": [{"count": 2, "size": 32, "min_scale": 0.14, "max_scale": 1.0},
                   {"count": 2, "size": 16, "min_scale": 0.05, "max_scale": 0.14}],
-        "feat_dim": 16, "hidden_dim": 32, "prototypes": 20, "optimizer": "sgd", "base_lr": 0.05,
-        "final_lr": 0.0005, "freeze_prototypes_epochs": 0.5, "amp": False, "workers": 0,
+        "feat_dim": 16, "hidden_dim": 32, "prototypes": 20, "optimizer": "sgd", "base_lr": 1.6,
+        "final_lr": 0.016, "freeze_prototypes_epochs": 0.5, "amp": False, "workers": 0,
         **(pretrain_fixed or {}),
     }
     pretrain: dict[str, Any] = {"fixed": pre_fixed, "resources": {"cpu": 2}}

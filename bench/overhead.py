@@ -28,12 +28,12 @@ from typing import Sequence
 import torch
 
 from trainers.checkpoints import save_checkpoint
-from trainers.common import config_to_dict, default_device, grad_scaler, seed_everything
+from trainers.common import config_to_dict, default_device, seed_everything
 from trainers.data import UnlabeledImages, generate_sample
 from trainers.reporting import InMemoryReporter
 from trainers.swav import (
-    MultiCropAugment, SwAVConfig, SwAVModel, build_optimizer, derive_seed, epoch_indices, swav_loss, train,
-    train_one_epoch,
+    MultiCropAugment, SwAVConfig, SwAVModel, build_optimizer, derive_seed, epoch_indices, grad_scaler, swav_loss,
+    train, train_one_epoch,
 )
 
 # One torch thread for every candidate: on two cores shared with other work, torch's threads wait
@@ -62,7 +62,8 @@ def make_config(data: str | Path, setup: Setup) -> SwAVConfig:
         arch="resnet18", epochs=1, batch_size=setup.batch_size, max_images=setup.images,
         crops=[{"count": 2, "size": big, "min_scale": 0.14, "max_scale": 1.0},
                {"count": 2, "size": small, "min_scale": 0.05, "max_scale": 0.14}],
-        feat_dim=32, hidden_dim=256, prototypes=100, optimizer="sgd", base_lr=0.1, final_lr=0.001,
+        feat_dim=32, hidden_dim=256, prototypes=100, optimizer="sgd",
+        base_lr=0.1 * 256 / setup.batch_size, final_lr=0.001 * 256 / setup.batch_size,  # 0.1 per batch (rates are per 256)
         freeze_prototypes_epochs=0.5, amp=False, workers=0, data=str(data),
     )
 
@@ -107,7 +108,7 @@ def loop_predecoded(config: SwAVConfig, batches: Sequence[list[torch.Tensor]]) -
     generator = torch.Generator().manual_seed(derive_seed(config.seed, 0, 2, 0))  # as train() derives it
     start = time.perf_counter()
     train_one_epoch(model, [(list(b), 0) for b in batches], MultiCropAugment(config.crops), optimizer,
-                    grad_scaler(device, config.amp), None, config, 0, 0, len(batches), device, generator)
+                    grad_scaler(device, config.amp, config.amp_dtype), None, config, 0, 0, len(batches), device, generator)
     return time.perf_counter() - start
 
 

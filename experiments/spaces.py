@@ -570,7 +570,7 @@ def expand(spec: StudySpec, data_fingerprint: str, data_paths: Mapping[str, str]
 
 
 _ABBREV = {"queue_start_epoch": "q", "queue_length": "ql", "amp": "amp", "temperature": "t", "epsilon": "eps",
-           "batch_size": "bs", "base_lr": "lr", "freeze_prototypes_epochs": "fp", "seed": "s", "optimizer": "",
+           "batch_size": "bs", "base_lr": "lr", "freeze_prototypes_epochs": "fp", "amp_dtype": "", "seed": "s", "optimizer": "",
            "weight_decay": "wd", "hidden_dim": "h", "feat_dim": "d", "sinkhorn_iterations": "it"}
 
 

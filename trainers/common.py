@@ -320,7 +320,11 @@ def default_device() -> torch.device:
 
 
 def autocast(device: torch.device, enabled: bool) -> ContextManager[Any]:
-    """Mixed-precision context: float16 on CUDA (with a GradScaler), bfloat16 on CPU (no scaler needed)."""
+    """Detection's mixed-precision context: float16 on CUDA (with a GradScaler), bfloat16 on CPU (no scaler needed).
+
+    SwAV pretraining has its own (trainers/swav/precision.py): float16 with loss scaling on every
+    device, since the loss scaling is what its mixed-precision ablation tests.
+    """
     if not enabled:
         return nullcontext()
     dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
@@ -328,7 +332,7 @@ def autocast(device: torch.device, enabled: bool) -> ContextManager[Any]:
 
 
 def grad_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:
-    """A GradScaler that is active only for float16 on CUDA (bfloat16 has float32's range)."""
+    """Detection's GradScaler: active only for float16 on CUDA (bfloat16 has float32's range)."""
     return torch.amp.GradScaler(device.type, enabled=enabled and device.type == "cuda")
 
 

@@ -442,7 +442,9 @@ class CocoDetection(Dataset):
     Args:
         images_dir: folder that ``file_name`` entries are relative to.
         annotation_file: the COCO instances JSON.
-        train: apply a random horizontal flip (p=0.5, drawn from torch's RNG so seeding fixes it).
+        train: apply a random horizontal flip (p=0.5, drawn from torch's RNG: reproducible with
+            ``workers=0`` only). The detection trainer loads with ``train=False`` and flips with
+            :mod:`trainers.detection.augment`, whose draws depend on the seed and epoch alone.
 
     Attributes:
         coco: pycocotools ``COCO`` built from the cleaned annotations (for ``COCOeval``).
