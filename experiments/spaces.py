@@ -36,8 +36,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
-from trainers.common import (DuplicateKeyError, closest, config_from_dict, config_hash, config_to_dict, load_yaml,
-                             unknown_key_message)
+from trainers.common import (ConfigError, DuplicateKeyError, closest, config_from_dict, config_hash, config_to_dict,
+                             load_yaml, unknown_key_message)
 
 TOP_KEYS = ("name", "description", "data", "seeds", "search", "pretrain", "finetune", "max_concurrent", "pruning")
 SECTION_KEYS = ("fixed", "grid", "cases", "resources")
@@ -475,9 +475,14 @@ def _build(path: Path, stage: str, cell: Cell, extra: Mapping[str, Any], pretrai
         return {**resolved, "norm": "frozen_bn"} if frozen else resolved
     except (ValueError, TypeError) as exc:
         msg = str(exc)
-        lead = re.match(r"[A-Za-z_][A-Za-z0-9_]*", msg)
-        field_name = lead.group(0) if lead and lead.group(0) in cell.origin else next(
-            (k for k in sorted(cell.origin, key=len, reverse=True) if f"'{k}'" in msg or f" {k}=" in msg), None)
+        if isinstance(exc, ConfigError):
+            field_name: str | None = exc.top_field
+        else:  # a missing field (TypeError) or an unknown key: the message leads with what it is about
+            lead = re.match(r"[A-Za-z_][A-Za-z0-9_]*", msg)
+            field_name = lead.group(0) if lead else None
+        if field_name not in cell.origin:  # a default's error that names the field the cell set (norm x backbone)
+            field_name = next((k for k in sorted(cell.origin, key=len, reverse=True)
+                               if f"'{k}'" in msg or f" {k}=" in msg), None)
         where = cell.origin.get(field_name, stage) if field_name else stage
         raise SpaceError(f"{path}: {where}: {msg}") from exc
 

@@ -29,7 +29,7 @@ import torch
 from PIL import Image, ImageDraw, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from trainers.common import require, require_choice
+from trainers.common import is_int, is_number, require_choice, require_int
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class UnlabeledImages(Dataset):
     """
 
     def __init__(self, root: str | Path, min_size: int = 1, mark_skipped: bool = False) -> None:
-        require(_is_int(min_size) and min_size >= 1, "min_size", min_size, "an integer >= 1 (pixels)")
+        require_int("min_size", min_size, 1, "an integer >= 1 (pixels)")
         self.root = Path(root)
         self.min_size = min_size
         self.mark_skipped = mark_skipped
@@ -272,14 +272,6 @@ EMPTY_BOX = "zero or negative width or height"  # reasons a box is dropped, as t
 THIN_BOX = "under 1 px wide or high after clipping to the image"
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _entry(section: str, index: int, entry: Any) -> str:
     """'annotations[12] (id 57)' — how errors point at an entry."""
     if isinstance(entry, dict) and "id" in entry:
@@ -323,7 +315,7 @@ def _load_coco_json(path: Path) -> dict[str, Any]:
                     raise DatasetError(
                         f"{path}: {_entry(section, index, entry)}: missing key '{key}' (required: {', '.join(keys)})"
                     )
-            if not _is_int(entry["id"]):
+            if not is_int(entry["id"]):
                 raise DatasetError(
                     f"{path}: {_entry(section, index, entry)}: id must be an integer, got {entry['id']!r}"
                 )
@@ -361,7 +353,7 @@ def _validate_and_clean(
     for index, img in enumerate(data["images"]):
         where = _entry("images", index, img)
         for key in ("width", "height"):
-            if not _is_int(img[key]) or img[key] <= 0:
+            if not is_int(img[key]) or img[key] <= 0:
                 raise DatasetError(f"{path}: {where}: {key} must be a positive integer, got {img[key]!r}")
         name = img["file_name"]
         if not isinstance(name, str) or not name:
@@ -378,20 +370,20 @@ def _validate_and_clean(
     dropped: dict[str, list[int]] = {EMPTY_BOX: [], THIN_BOX: []}
     for index, ann in enumerate(data["annotations"]):
         where = _entry("annotations", index, ann)
-        if not _is_int(ann["image_id"]) or ann["image_id"] not in images:
+        if not is_int(ann["image_id"]) or ann["image_id"] not in images:
             raise DatasetError(f"{path}: {where}: image_id {ann['image_id']!r} is not in images")
-        if not _is_int(ann["category_id"]) or ann["category_id"] not in seen["categories"]:
+        if not is_int(ann["category_id"]) or ann["category_id"] not in seen["categories"]:
             raise DatasetError(
                 f"{path}: {where}: category_id {ann['category_id']!r} is not in categories "
                 f"(valid: {_format_ids(cat_ids)})"
             )
         bbox = ann["bbox"]
-        if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(is_number(v) for v in bbox):
             raise DatasetError(f"{path}: {where}: bbox must be 4 finite numbers [x, y, width, height], got {bbox!r}")
         img = images[ann["image_id"]]
         x, y, w, h = (float(v) for v in bbox)
         width, height = img["width"], img["height"]
-        if "area" in ann and not _is_number(ann["area"]):
+        if "area" in ann and not is_number(ann["area"]):
             raise DatasetError(f"{path}: {where}: area must be a finite number, got {ann['area']!r}")
         iscrowd = ann.get("iscrowd", 0)
         if iscrowd not in (0, 1) or isinstance(iscrowd, bool):
@@ -928,7 +920,7 @@ def generate_sample(out: str | Path, seed: int = 0, size: str = "small") -> Samp
         DatasetError: ``out`` holds folders of the same names that a previous run did not write.
     """
     require_choice("size", size, list(SAMPLE_SIZES))
-    require(_is_int(seed) and seed >= 0, "seed", seed, "a non-negative integer")
+    require_int("seed", seed, 0, "a non-negative integer")
     root = Path(out)
     paths = _sample_paths(root)
     manifest = _manifest(seed, size)

@@ -32,14 +32,12 @@ random trunk nearly untrained.
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from trainers.checkpoints import CheckpointError, read_backbone_config
-from trainers.common import require, require_choice
+from trainers.common import ConfigError, is_number, require, require_choice, require_int, require_number
 from trainers.resnet import ARCHS
 
 SCRATCH = "scratch"
@@ -97,19 +95,6 @@ def scratch_warnings(norm: str, lr_scheme: str) -> list[str]:
         out.append(f"backbone: scratch with lr_scheme: 357 trains the random trunk at the backbone rates (x1e-5 / x1e-7 "
                    f"of the reference rate by default), which leave it nearly untrained; {fix}")
     return out
-
-
-def _int(name: str, value: Any, minimum: int) -> None:
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-    require(ok, name, value, f"an integer >= {minimum}")
-
-
-def _float(name: str, value: Any, low: float, high: float = math.inf, low_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low) and value <= high
-    bound = f"> {low}" if low_open else f">= {low}"
-    limit = "" if high == math.inf else f" and <= {high}"
-    require(ok, name, value, f"a finite number {bound}{limit}")
 
 
 @dataclass(frozen=True)
@@ -206,35 +191,34 @@ class DetectionConfig:
         self._resolve_backbone(set_)
         self._resolve_multipliers(set_)
 
-        _float("base_lr", self.base_lr, 0.0, low_open=True)
-        _float("momentum", self.momentum, 0.0, 1.0)
+        require_number("base_lr", self.base_lr, 0.0, low_open=True)
+        require_number("momentum", self.momentum, 0.0, 1.0)
         require(self.momentum < 1.0, "momentum", self.momentum, "a number in [0, 1)")
-        _float("weight_decay", self.weight_decay, 0.0)
-        _int("warmup_iters", self.warmup_iters, 0)
+        require_number("weight_decay", self.weight_decay, 0.0)
+        require_int("warmup_iters", self.warmup_iters, 0)
         steps = tuple(self.lr_steps) if isinstance(self.lr_steps, (list, tuple)) else self.lr_steps
-        ok = isinstance(steps, tuple) and all(
-            isinstance(s, (int, float)) and not isinstance(s, bool) and 0.0 < s < 1.0 for s in steps
-        ) and list(steps) == sorted(steps)
+        ok = isinstance(steps, tuple) and all(is_number(s) and 0.0 < s < 1.0 for s in steps)
+        ok = ok and list(steps) == sorted(steps)
         require(ok, "lr_steps", self.lr_steps, "increasing fractions of training in (0, 1), e.g. [0.67, 0.89]")
         set_("lr_steps", tuple(float(s) for s in steps))
-        _float("lr_gamma", self.lr_gamma, 0.0, 1.0, low_open=True)
-        _int("epochs", self.epochs, 1)
-        _int("batch_size", self.batch_size, 1)
-        _int("min_size", self.min_size, 32)
-        _int("max_size", self.max_size, 32)
+        require_number("lr_gamma", self.lr_gamma, 0.0, 1.0, low_open=True)
+        require_int("epochs", self.epochs, 1)
+        require_int("batch_size", self.batch_size, 1)
+        require_int("min_size", self.min_size, 32)
+        require_int("max_size", self.max_size, 32)
         require(self.max_size >= self.min_size, "max_size", self.max_size, f"at least min_size ({self.min_size})")
         require(isinstance(self.amp, bool), "amp", self.amp, "true or false")
-        _int("seed", self.seed, 0)
-        _int("eval_every", self.eval_every, 1)
-        _int("workers", self.workers, 0)
+        require_int("seed", self.seed, 0)
+        require_int("eval_every", self.eval_every, 1)
+        require_int("workers", self.workers, 0)
         for name in ("rpn_pre_nms_top_n_train", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_train",
                      "rpn_post_nms_top_n_test", "box_batch_size_per_image", "detections_per_img"):
-            _int(name, getattr(self, name), 1)
-        _float("score_threshold", self.score_threshold, 0.0, 1.0)
-        _int("figure_images", self.figure_images, 0)
+            require_int(name, getattr(self, name), 1)
+        require_number("score_threshold", self.score_threshold, 0.0, 1.0)
+        require_int("figure_images", self.figure_images, 0)
         if self.max_iters_per_epoch is not None:
-            _int("max_iters_per_epoch", self.max_iters_per_epoch, 1)
-        _float("clip_grad_norm", self.clip_grad_norm, 0.0)
+            require_int("max_iters_per_epoch", self.max_iters_per_epoch, 1)
+        require_number("clip_grad_norm", self.clip_grad_norm, 0.0)
 
         for name, kind in (("train_images", "dir"), ("train_annotations", "file"),
                            ("val_images", "dir"), ("val_annotations", "file")):
@@ -243,8 +227,7 @@ class DetectionConfig:
                     "required: the path of a " + ("folder of images" if kind == "dir" else "COCO instances JSON file"))
             path = Path(value)
             exists = path.is_dir() if kind == "dir" else path.is_file()
-            if not exists:
-                raise ValueError(f"{name}={str(value)!r} is invalid: no such {'folder' if kind == 'dir' else 'file'} {path}")
+            require(exists, name, str(value), f"no such {'folder' if kind == 'dir' else 'file'} {path}")
             set_(name, str(value))
 
     def _resolve_backbone(self, set_: Any) -> None:
@@ -254,52 +237,47 @@ class DetectionConfig:
         set_("backbone", str(self.backbone))
         if self.backbone == SCRATCH:
             if self.norm == "frozen_bn":
-                raise ValueError(
+                raise ConfigError(
                     "norm='frozen_bn' is invalid with backbone='scratch' (frozen_bn is also the default norm): "
                     "FrozenBatchNorm2d on a random trunk is the identity (mean 0, var 1, weight 1, bias 0), so the "
                     "network would have no normalisation at all; train the no-pretraining baseline the ordinary "
-                    "way: norm: bn (or gn) with lr_scheme: uniform")
+                    "way: norm: bn (or gn) with lr_scheme: uniform", "norm", self.norm)
             if self.arch is None:
                 set_("arch", DEFAULT_SCRATCH_ARCH)
             return
         folder = Path(self.backbone)
-        if not folder.is_dir():
-            raise ValueError(f"backbone={self.backbone!r} is invalid: no such folder {folder} "
-                             f"(give an exported SwAV backbone folder or '{SCRATCH}')")
+        require(folder.is_dir(), "backbone", self.backbone,
+                f"no such folder {folder} (give an exported SwAV backbone folder or '{SCRATCH}')")
         try:
             meta = read_backbone_config(folder)
         except CheckpointError as exc:
-            raise ValueError(f"backbone={self.backbone!r} is invalid: {exc}") from exc
+            raise ConfigError(f"backbone={self.backbone!r} is invalid: {exc}", "backbone", self.backbone) from exc
         found_arch, found_norm = meta.get("arch"), meta.get("norm")
-        if found_arch not in ARCHS:
-            raise ValueError(f"backbone={self.backbone!r} is invalid: its backbone.json names arch={found_arch!r}, "
-                             f"not one of {', '.join(ARCHS)}")
+        require(found_arch in ARCHS, "backbone", self.backbone,
+                f"its backbone.json names arch={found_arch!r}, not one of {', '.join(ARCHS)}")
         if self.arch is not None and self.arch != found_arch:
-            raise ValueError(f"arch={self.arch!r} conflicts with backbone={self.backbone!r}, which is a {found_arch}; "
-                             "leave arch unset to take it from the backbone")
+            raise ConfigError(f"arch={self.arch!r} conflicts with backbone={self.backbone!r}, which is a {found_arch}; "
+                              "leave arch unset to take it from the backbone", "arch", self.arch)
         set_("arch", found_arch)
         if self.norm == "gn" and found_norm != "gn":
-            raise ValueError(f"norm='gn' needs a GroupNorm-pretrained backbone, but backbone={self.backbone!r} was "
-                             f"pretrained with norm={found_norm!r}; choose bn, frozen_bn or frozen_affine, "
-                             "or pretrain with norm=gn")
+            raise ConfigError(f"norm='gn' needs a GroupNorm-pretrained backbone, but backbone={self.backbone!r} was "
+                              f"pretrained with norm={found_norm!r}; choose bn, frozen_bn or frozen_affine, "
+                              "or pretrain with norm=gn", "norm", self.norm)
         if self.norm != "gn" and found_norm != "bn":
-            raise ValueError(f"norm={self.norm!r} needs a BatchNorm-pretrained backbone, but backbone={self.backbone!r} "
-                             f"was pretrained with norm={found_norm!r}; use norm=gn with this backbone")
+            raise ConfigError(f"norm={self.norm!r} needs a BatchNorm-pretrained backbone, but backbone={self.backbone!r} "
+                              f"was pretrained with norm={found_norm!r}; use norm=gn with this backbone", "norm", self.norm)
 
     def _resolve_multipliers(self, set_: Any) -> None:
         """Fill ``lr_multipliers`` from the scheme's defaults; reject keys the scheme cannot use."""
         given = self.lr_multipliers if self.lr_multipliers is not None else {}
-        if not isinstance(given, Mapping):
-            raise ValueError(f"lr_multipliers={given!r} is invalid: a mapping such as "
-                             "{detector: 1.0e-3, late_backbone: 1.0e-5, early_backbone: 1.0e-7}")
+        require(isinstance(given, Mapping), "lr_multipliers", given,
+                "a mapping such as {detector: 1.0e-3, late_backbone: 1.0e-5, early_backbone: 1.0e-7}")
         defaults = DEFAULT_MULTIPLIERS[self.lr_scheme]
         for key, value in given.items():
-            if key not in GROUP_NAMES:
-                require_choice("lr_multipliers key", key, GROUP_NAMES)
-            if key not in defaults:
-                raise ValueError(f"lr_multipliers.{key}={value!r} is invalid: lr_scheme={self.lr_scheme!r} has no "
-                                 f"{key} group (only {', '.join(defaults)}); use lr_scheme='357' for per-stage rates")
-            _float(f"lr_multipliers.{key}", value, 0.0, low_open=True)
+            require_choice("lr_multipliers key", key, GROUP_NAMES)
+            require(key in defaults, f"lr_multipliers.{key}", value, f"lr_scheme={self.lr_scheme!r} has no {key} "
+                    f"group (only {', '.join(defaults)}); use lr_scheme='357' for per-stage rates")
+            require_number(f"lr_multipliers.{key}", value, 0.0, low_open=True)
         set_("lr_multipliers", {key: float(given.get(key, default)) for key, default in defaults.items()})
 
     def model_options(self) -> dict[str, Any]:
@@ -311,10 +289,5 @@ class DetectionConfig:
         return self.base_lr * self.lr_multipliers[group]  # type: ignore[index]
 
 
-def config_fields() -> tuple[str, ...]:
-    """Names of every DetectionConfig field (for search-space validation and docs)."""
-    return tuple(f.name for f in dataclasses.fields(DetectionConfig))
-
-
 __all__ = ["DetectionConfig", "scratch_warnings", "SCRATCH", "NORMS", "HEADS", "LR_SCHEMES", "LR_SCHEDULES", "GROUP_NAMES",
-           "DEFAULT_MULTIPLIERS", "MODEL_FIELDS", "config_fields"]
+           "DEFAULT_MULTIPLIERS", "MODEL_FIELDS"]

@@ -13,29 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from trainers.common import config_from_dict, require, require_choice
+from trainers.common import (ConfigError, config_from_dict, is_int, require, require_choice, require_int,
+                             require_number)
 from trainers.resnet import ARCHS, TRUNK_NORMS
 
 OPTIMIZERS = ("sgd", "lars")
 AMP_DTYPES = ("float16", "bfloat16")  # float16 with loss scaling; bfloat16 without (see precision.py)
 MIN_BATCH = 2  # images per batch: BatchNorm and the Sinkhorn equipartition need at least two
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _require_int(field_name: str, value: Any, minimum: int) -> None:
-    require(_is_int(value) and value >= minimum, field_name, value, f"an integer >= {minimum}")
-
-
-def _require_number(field_name: str, value: Any, minimum: float, strict: bool = False) -> None:
-    ok = _is_number(value) and (value > minimum if strict else value >= minimum)
-    require(ok, field_name, value, f"a number {'>' if strict else '>='} {minimum}")
 
 
 @dataclass(frozen=True)
@@ -51,13 +35,12 @@ class CropGroup:
         self.validate("crop")
 
     def validate(self, where: str) -> None:
-        """Raise ``ValueError`` naming ``where.<field>`` for the first invalid value."""
-        _require_int(f"{where}.count", self.count, 1)
-        _require_int(f"{where}.size", self.size, 1)
+        """Raise :class:`ConfigError` naming ``where.<field>`` for the first invalid value."""
+        require_int(f"{where}.count", self.count, 1)
+        require_int(f"{where}.size", self.size, 1)
         for name in ("min_scale", "max_scale"):
-            value = getattr(self, name)
-            require(_is_number(value) and 0 < value <= 1, f"{where}.{name}", value,
-                    "a fraction of the image area in (0, 1]")
+            require_number(f"{where}.{name}", getattr(self, name), 0, 1, low_open=True, finite=False,
+                           allowed="a fraction of the image area in (0, 1]")
         require(
             self.min_scale <= self.max_scale,
             f"{where}.min_scale",
@@ -81,13 +64,16 @@ def as_crop_group(value: Any, index: int) -> CropGroup:
             group = config_from_dict(CropGroup, value, where=where)
         except TypeError as exc:  # a missing key
             missing = [f.name for f in dataclasses.fields(CropGroup) if f.name not in value]
-            raise ValueError(f"{where}: missing key(s) {', '.join(missing)} (each crop group needs "
-                             "count, size, min_scale, max_scale)") from exc
-        except ValueError as exc:
+            raise ConfigError(f"{where}: missing key(s) {', '.join(missing)} (each crop group needs "
+                              "count, size, min_scale, max_scale)", where, dict(value)) from exc
+        except ConfigError as exc:
             # CropGroup.__post_init__ names the field 'crop.<name>'; point at the group instead.
-            raise ValueError(str(exc).replace("crop.", f"{where}.", 1)) from exc
+            field = exc.field.replace("crop.", f"{where}.", 1)
+            raise ConfigError(str(exc).replace("crop.", f"{where}.", 1), field, exc.value) from exc
+        except ValueError as exc:  # an unknown key (config_from_dict names the group already)
+            raise ConfigError(str(exc), where, dict(value)) from exc
         return group
-    raise ValueError(f"{where}={value!r} is invalid: a mapping with count, size, min_scale, max_scale")
+    raise ConfigError(f"{where}={value!r} is invalid: a mapping with count, size, min_scale, max_scale", where, value)
 
 
 @dataclass(frozen=True)
@@ -139,7 +125,8 @@ class SwAVConfig:
         # Normalise YAML shapes (lists of dicts, lists, Paths) before validating.
         crops = self.crops
         if isinstance(crops, (Mapping, CropGroup)) or not isinstance(crops, Sequence) or isinstance(crops, str):
-            raise ValueError(f"crops={crops!r} is invalid: a list of groups {{count, size, min_scale, max_scale}}")
+            raise ConfigError(f"crops={crops!r} is invalid: a list of groups {{count, size, min_scale, max_scale}}",
+                              "crops", crops)
         object.__setattr__(self, "crops", tuple(as_crop_group(g, i) for i, g in enumerate(crops)))
         assign = self.crops_for_assign
         if isinstance(assign, Sequence) and not isinstance(assign, str):
@@ -162,28 +149,28 @@ class SwAVConfig:
         require_choice("arch", self.arch, tuple(ARCHS))
         require_choice("norm", self.norm, TRUNK_NORMS)
         require_choice("optimizer", self.optimizer, OPTIMIZERS)
-        _require_int("prototypes", self.prototypes, 1)
-        _require_int("feat_dim", self.feat_dim, 1)
-        _require_int("hidden_dim", self.hidden_dim, 0)
-        _require_number("temperature", self.temperature, 0, strict=True)
-        _require_number("epsilon", self.epsilon, 0, strict=True)
-        _require_int("sinkhorn_iterations", self.sinkhorn_iterations, 1)
-        _require_int("epochs", self.epochs, 1)
-        require(_is_int(self.batch_size) and self.batch_size >= MIN_BATCH, "batch_size", self.batch_size,
-                f"an integer >= {MIN_BATCH} (BatchNorm and the Sinkhorn equipartition need at least "
-                f"{MIN_BATCH} images per batch)")
-        _require_int("queue_length", self.queue_length, 0)
-        _require_int("queue_start_epoch", self.queue_start_epoch, 0)
+        require_int("prototypes", self.prototypes, 1)
+        require_int("feat_dim", self.feat_dim, 1)
+        require_int("hidden_dim", self.hidden_dim, 0)
+        # finite=False keeps what these fields have always accepted (infinity passes; detection refuses it).
+        require_number("temperature", self.temperature, 0, low_open=True, finite=False)
+        require_number("epsilon", self.epsilon, 0, low_open=True, finite=False)
+        require_int("sinkhorn_iterations", self.sinkhorn_iterations, 1)
+        require_int("epochs", self.epochs, 1)
+        require_int("batch_size", self.batch_size, MIN_BATCH,
+                    f"an integer >= {MIN_BATCH} (BatchNorm and the Sinkhorn equipartition need at least "
+                    f"{MIN_BATCH} images per batch)")
+        require_int("queue_length", self.queue_length, 0)
+        require_int("queue_start_epoch", self.queue_start_epoch, 0)
         if self.queue_length > 0:
             require(self.queue_start_epoch <= self.epochs, "queue_start_epoch", self.queue_start_epoch,
                     f"at most epochs ({self.epochs}) when queue_length > 0 (or set queue_length=0)")
             require(self.queue_length >= self.batch_size, "queue_length", self.queue_length,
                     f"0 (no queue) or at least batch_size ({self.batch_size}); it is rounded down to a "
                     "multiple of the global batch size")
-        require(_is_number(self.freeze_prototypes_epochs) and 0 <= self.freeze_prototypes_epochs <= self.epochs,
-                "freeze_prototypes_epochs", self.freeze_prototypes_epochs,
-                f"a number of epochs in [0, epochs={self.epochs}] (the reference freezes the prototypes for about "
-                "1 epoch: 5005 iterations at batch 256, 313 at batch 4096)")
+        require_number("freeze_prototypes_epochs", self.freeze_prototypes_epochs, 0, self.epochs, finite=False,
+                       allowed=f"a number of epochs in [0, epochs={self.epochs}] (the reference freezes the "
+                       "prototypes for about 1 epoch: 5005 iterations at batch 256, 313 at batch 4096)")
         require(len(self.crops) >= 1, "crops", self.crops, "at least one crop group")
         require(self.total_crops >= 2, "crops", [dataclasses.asdict(g) for g in self.crops],
                 "at least 2 crops in total (the loss predicts one view's code from another)")
@@ -191,22 +178,22 @@ class SwAVConfig:
         require(isinstance(assign, tuple) and len(assign) >= 1, "crops_for_assign", assign,
                 "a non-empty list of crop indices")
         for index in assign:
-            require(_is_int(index) and 0 <= index < self.total_crops, "crops_for_assign", assign,
+            require(is_int(index) and 0 <= index < self.total_crops, "crops_for_assign", assign,
                     f"crop indices in 0..{self.total_crops - 1} (there are {self.total_crops} crops)")
         require(len(set(assign)) == len(assign), "crops_for_assign", assign, "distinct crop indices")
         for name in ("base_lr", "final_lr", "start_warmup_lr", "weight_decay"):
-            _require_number(name, getattr(self, name), 0)
-        _require_int("warmup_epochs", self.warmup_epochs, 0)
+            require_number(name, getattr(self, name), 0, finite=False)
+        require_int("warmup_epochs", self.warmup_epochs, 0)
         require(self.warmup_epochs <= self.epochs, "warmup_epochs", self.warmup_epochs,
                 f"at most epochs ({self.epochs})")
         require(isinstance(self.amp, bool), "amp", self.amp, "true or false")
         require_choice("amp_dtype", self.amp_dtype, AMP_DTYPES)
         require(isinstance(self.sync_bn, bool), "sync_bn", self.sync_bn, "true or false")
-        require(_is_int(self.seed), "seed", self.seed, "an integer")
+        require_int("seed", self.seed)
         require(isinstance(self.data, str) and self.data != "", "data", self.data, "a folder of unlabeled images")
-        _require_int("workers", self.workers, 0)
+        require_int("workers", self.workers, 0)
         if self.max_images is not None:
-            _require_int("max_images", self.max_images, self.batch_size)
+            require_int("max_images", self.max_images, self.batch_size)
 
 
 __all__ = ["AMP_DTYPES", "CropGroup", "DEFAULT_CROPS", "MIN_BATCH", "OPTIMIZERS", "SwAVConfig"]
