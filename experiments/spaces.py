@@ -329,10 +329,12 @@ def _parse_data(path: Path, raw: Any) -> DataSpec:
     return DataSpec(*(Path(str(data[k])).expanduser() for k in DATA_PATH_KEYS))
 
 
-def sample_layout(root: Path) -> tuple[Path, Path, Path, Path, Path]:
-    """The folder layout of `ablate data sample` (and of `data: {root: DIR}`)."""
-    return (root / "unlabeled", root / "train", root / "annotations" / "train.json",
-            root / "val", root / "annotations" / "val.json")
+def sample_layout(root: Path) -> tuple[Path, ...]:
+    """The folder layout of `ablate data sample` (and of `data: {root: DIR}`), in :data:`DATA_PATH_KEYS` order."""
+    from trainers.data import sample_paths  # the one definition of the layout
+
+    paths = sample_paths(root)
+    return tuple(getattr(paths, key) for key in DATA_PATH_KEYS)
 
 
 def study_name_problem(name: str) -> str | None:
