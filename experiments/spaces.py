@@ -38,6 +38,7 @@ import yaml
 
 from trainers.common import (ConfigError, DuplicateKeyError, closest, config_from_dict, config_hash, config_to_dict,
                              load_yaml, unknown_key_message)
+from trainers.pairing import PRETRAINED_NORM, SCRATCH
 
 TOP_KEYS = ("name", "description", "data", "seeds", "search", "pretrain", "finetune", "max_concurrent", "pruning")
 SECTION_KEYS = ("fixed", "grid", "cases", "resources")
@@ -47,9 +48,10 @@ RESOURCE_KEYS = ("cpu", "gpu", "workers")
 SEARCH_KEYS = ("kind", "num_samples", "metric", "mode")
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int")
 # Fine-tuning `backbone` values in a space: every surviving SwAV backbone, or none (the baseline row).
-BACKBONE_SWAV, BACKBONE_SCRATCH = "swav", "scratch"
-# Which pretraining norm each fine-tuning norm can load: GN weights need GN layers, BN statistics need BN.
-PAIRING = {"bn": "bn", "frozen_bn": "bn", "frozen_affine": "bn", "gn": "gn"}
+BACKBONE_SWAV, BACKBONE_SCRATCH = "swav", SCRATCH
+# Which pretraining norm each fine-tuning norm can load (the trainers' rule: GN weights need GN layers,
+# BN statistics need BN).
+PAIRING = PRETRAINED_NORM
 # A study name becomes the MLflow experiment, the registered models `<name>-detector` and `<name>-backbone`
 # (which `ablate pull NAME@ALIAS` / `NAME/VERSION` must parse back, so no '@', '/', ':' or spaces), the Optuna
 # studies and the Ray run folder `<name>-<stage>-<launch id>` (one 255-byte file name). Letters, digits, '_',

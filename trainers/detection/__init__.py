@@ -16,7 +16,7 @@ Public names, importable from ``trainers.detection``:
 
 from trainers.detection.augment import EpochFlips, flip_decisions
 from trainers.detection.config import (
-    DEFAULT_MULTIPLIERS, GROUP_NAMES, HEADS, LR_SCHEDULES, LR_SCHEMES, NORMS, SCRATCH, DetectionConfig,
+    DEFAULT_MULTIPLIERS, GROUP_NAMES, HEADS, LR_SCHEDULES, LR_SCHEMES, NORMS, PRETRAINED_NORM, SCRATCH, DetectionConfig,
     scratch_warnings,
 )
 from trainers.detection.engine import iters_per_epoch, lr_factor, train, train_loader, train_one_epoch
@@ -33,7 +33,7 @@ from trainers.detection.model import (
 )
 
 __all__ = [
-    "DEFAULT_MULTIPLIERS", "GROUP_NAMES", "HEADS", "LR_SCHEDULES", "LR_SCHEMES", "NORMS", "SCRATCH", "DetectionConfig",
+    "DEFAULT_MULTIPLIERS", "GROUP_NAMES", "HEADS", "LR_SCHEDULES", "LR_SCHEMES", "NORMS", "PRETRAINED_NORM", "SCRATCH", "DetectionConfig",
     "scratch_warnings", "EpochFlips", "flip_decisions", "iters_per_epoch", "lr_factor", "train",
     "train_loader", "train_one_epoch", "FIGURE_FILE", "METRIC_NAMES",
     "PER_CLASS_FILE", "SUMMARY_FILE", "CocoEvaluation", "coco_eval", "draw_detections", "evaluate", "predict",

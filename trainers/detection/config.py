@@ -38,10 +38,9 @@ from typing import Any, Mapping
 
 from trainers.checkpoints import CheckpointError, read_backbone_config
 from trainers.common import ConfigError, is_number, require, require_choice, require_int, require_number
+from trainers.pairing import NORMS, PRETRAINED_NORM, SCRATCH
 from trainers.resnet import ARCHS
 
-SCRATCH = "scratch"
-NORMS = ("bn", "frozen_bn", "frozen_affine", "gn")
 # mlp, mlp_ln and res5_fpn read the FPN; res5 is the paper's C4 detector (see model.py).
 HEADS = ("mlp", "mlp_ln", "res5", "res5_fpn")
 LR_SCHEMES = ("frozen", "357", "uniform")
@@ -259,13 +258,14 @@ class DetectionConfig:
             raise ConfigError(f"arch={self.arch!r} conflicts with backbone={self.backbone!r}, which is a {found_arch}; "
                               "leave arch unset to take it from the backbone", "arch", self.arch)
         set_("arch", found_arch)
-        if self.norm == "gn" and found_norm != "gn":
+        if found_norm == PRETRAINED_NORM[self.norm]:
+            return
+        if self.norm == "gn":
             raise ConfigError(f"norm='gn' needs a GroupNorm-pretrained backbone, but backbone={self.backbone!r} was "
                               f"pretrained with norm={found_norm!r}; choose bn, frozen_bn or frozen_affine, "
                               "or pretrain with norm=gn", "norm", self.norm)
-        if self.norm != "gn" and found_norm != "bn":
-            raise ConfigError(f"norm={self.norm!r} needs a BatchNorm-pretrained backbone, but backbone={self.backbone!r} "
-                              f"was pretrained with norm={found_norm!r}; use norm=gn with this backbone", "norm", self.norm)
+        raise ConfigError(f"norm={self.norm!r} needs a BatchNorm-pretrained backbone, but backbone={self.backbone!r} "
+                          f"was pretrained with norm={found_norm!r}; use norm=gn with this backbone", "norm", self.norm)
 
     def _resolve_multipliers(self, set_: Any) -> None:
         """Fill ``lr_multipliers`` from the scheme's defaults; reject keys the scheme cannot use."""
@@ -289,5 +289,5 @@ class DetectionConfig:
         return self.base_lr * self.lr_multipliers[group]  # type: ignore[index]
 
 
-__all__ = ["DetectionConfig", "scratch_warnings", "SCRATCH", "NORMS", "HEADS", "LR_SCHEMES", "LR_SCHEDULES", "GROUP_NAMES",
-           "DEFAULT_MULTIPLIERS", "MODEL_FIELDS"]
+__all__ = ["DetectionConfig", "scratch_warnings", "SCRATCH", "NORMS", "PRETRAINED_NORM", "HEADS", "LR_SCHEMES",
+           "LR_SCHEDULES", "GROUP_NAMES", "DEFAULT_MULTIPLIERS", "MODEL_FIELDS"]

@@ -67,7 +67,8 @@ from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from trainers.checkpoints import load_backbone_weights
-from trainers.detection.config import HEADS, NORMS, SCRATCH, DetectionConfig
+from trainers.detection.config import HEADS, SCRATCH, DetectionConfig
+from trainers.pairing import pretrained_norm
 from trainers.resnet import ARCHS, GN_GROUPS, build_trunk
 
 FPN_CHANNELS = 256  # FPN width of torchvision's (and Detectron's) Faster R-CNN
@@ -115,8 +116,7 @@ def convert_norm(module: nn.Module, norm: str) -> nn.Module:
         ValueError: unknown ``norm``, or ``frozen_bn``/``frozen_affine`` asked of a module whose
             trunk norm is GroupNorm (there are no statistics to freeze).
     """
-    if norm not in NORMS:
-        raise ValueError(f"norm={norm!r} is invalid: choose one of {', '.join(NORMS)}")
+    pretrained_norm(norm)  # refuses an unknown norm
     converted = copy.deepcopy(module)
     if norm in ("frozen_bn", "frozen_affine") and any(isinstance(m, nn.GroupNorm) for m in converted.modules()):
         raise ValueError(f"norm={norm!r} needs BatchNorm layers, but the module uses GroupNorm; use norm='gn'")
@@ -329,7 +329,7 @@ def load_backbone(trunk: nn.Module, folder: str | Path, arch: str) -> nn.Module:
 
 def detection_trunk(arch: str, norm: str, backbone: str | Path | None = None) -> nn.Module:
     """The ResNet trunk for ``norm``: built with BN (or GN), optionally loaded from ``backbone``, converted."""
-    trunk = build_trunk(arch, "gn" if norm == "gn" else "bn")
+    trunk = build_trunk(arch, pretrained_norm(norm))
     if backbone is not None:
         load_backbone(trunk, backbone, arch)
     return convert_norm(trunk, norm)
