@@ -106,6 +106,12 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def check_sha256(path: Path, record: Mapping[str, Any], record_name: str) -> None:
+    """Raise :class:`CheckpointError` when ``record`` (read from ``record_name``) holds a sha256 ``path`` does not match."""
+    if record.get("sha256") and sha256_file(path) != record["sha256"]:
+        raise CheckpointError(f"{path}: sha256 does not match {record_name} (file corrupted or replaced)")
+
+
 def export_backbone(directory: str | Path, trunk_state: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> Path:
     """Export a ResNet trunk (torchvision key names, ``fc`` excluded) with its config.
 
@@ -148,6 +154,6 @@ def load_backbone_weights(directory: str | Path, verify: bool = True) -> tuple[d
     directory = Path(directory)
     config = read_backbone_config(directory)
     path = directory / BACKBONE_WEIGHTS
-    if verify and config.get("sha256") and sha256_file(path) != config["sha256"]:
-        raise CheckpointError(f"{path}: sha256 does not match {BACKBONE_CONFIG} (file corrupted or replaced)")
+    if verify:
+        check_sha256(path, config, BACKBONE_CONFIG)
     return read_tensors(path), config

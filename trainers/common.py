@@ -278,6 +278,11 @@ def require(ok: bool, field: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{field}={value!r} is invalid: {allowed}", field, value)
 
 
+def require_bool(field: str, value: Any) -> None:
+    """Config validation for a switch: ``true`` or ``false`` only (not 0, 1 or "yes")."""
+    require(isinstance(value, bool), field, value, "true or false")
+
+
 def require_int(field: str, value: Any, minimum: int | None = None, allowed: str | None = None) -> None:
     """Config validation for an integer field, at least ``minimum`` when given.
 

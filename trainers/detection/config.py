@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from trainers.checkpoints import CheckpointError, read_backbone_config
-from trainers.common import ConfigError, is_number, require, require_choice, require_int, require_number
+from trainers.common import (ConfigError, is_int, is_number, require, require_bool, require_choice, require_int,
+                             require_number)
 from trainers.pairing import NORMS, PRETRAINED_NORM, SCRATCH
 from trainers.resnet import ARCHS
 
@@ -178,7 +179,7 @@ class DetectionConfig:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
 
         # YAML reads `lr_scheme: 357` as an integer; accept it as the scheme's name.
-        if isinstance(self.lr_scheme, int) and not isinstance(self.lr_scheme, bool):
+        if is_int(self.lr_scheme):
             set_("lr_scheme", str(self.lr_scheme))
         require_choice("norm", self.norm, NORMS)
         require_choice("head", self.head, HEADS)
@@ -206,7 +207,7 @@ class DetectionConfig:
         require_int("min_size", self.min_size, 32)
         require_int("max_size", self.max_size, 32)
         require(self.max_size >= self.min_size, "max_size", self.max_size, f"at least min_size ({self.min_size})")
-        require(isinstance(self.amp, bool), "amp", self.amp, "true or false")
+        require_bool("amp", self.amp)
         require_int("seed", self.seed, 0)
         require_int("eval_every", self.eval_every, 1)
         require_int("workers", self.workers, 0)

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 from torchvision.models.detection import FasterRCNN
 
-from trainers.checkpoints import CheckpointError, read_tensors, sha256_file
+from trainers.checkpoints import CheckpointError, check_sha256, read_tensors, sha256_file
 from trainers.common import config_to_dict, git_sha
 from trainers.detection.config import MODEL_FIELDS, DetectionConfig
 from trainers.detection.model import assemble_detector
@@ -113,8 +113,8 @@ def load_detector(directory: str | Path, device: str | torch.device = "cpu", ver
     directory = Path(directory)
     record = read_detector_config(directory)
     path = directory / DETECTOR_WEIGHTS
-    if verify and record.get("sha256") and sha256_file(path) != record["sha256"]:
-        raise CheckpointError(f"{path}: sha256 does not match {DETECTOR_CONFIG} (file corrupted or replaced)")
+    if verify:
+        check_sha256(path, record, DETECTOR_CONFIG)
     model = assemble_detector(int(record["num_classes"]), **{k: record["model"][k] for k in MODEL_FIELDS})
     try:
         model.load_state_dict(read_tensors(path), strict=True)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from trainers.common import (ConfigError, config_from_dict, is_int, require, require_choice, require_int,
-                             require_number)
+from trainers.common import (ConfigError, config_from_dict, is_int, require, require_bool, require_choice,
+                             require_int, require_number)
 from trainers.resnet import ARCHS, TRUNK_NORMS
 
 OPTIMIZERS = ("sgd", "lars")
@@ -186,9 +186,9 @@ class SwAVConfig:
         require_int("warmup_epochs", self.warmup_epochs, 0)
         require(self.warmup_epochs <= self.epochs, "warmup_epochs", self.warmup_epochs,
                 f"at most epochs ({self.epochs})")
-        require(isinstance(self.amp, bool), "amp", self.amp, "true or false")
+        require_bool("amp", self.amp)
         require_choice("amp_dtype", self.amp_dtype, AMP_DTYPES)
-        require(isinstance(self.sync_bn, bool), "sync_bn", self.sync_bn, "true or false")
+        require_bool("sync_bn", self.sync_bn)
         require_int("seed", self.seed)
         require(isinstance(self.data, str) and self.data != "", "data", self.data, "a folder of unlabeled images")
         require_int("workers", self.workers, 0)
