@@ -227,7 +227,8 @@ def test_scheduler_and_callback_pickles_hold_no_storage_password(tmp_path, monke
     from experiments.pruning import OptunaPruningScheduler, make_pruner
     from experiments.redaction import OPTUNA_STORAGE_ENV
 
-    monkeypatch.delenv(OPTUNA_STORAGE_ENV, raising=False)
+    monkeypatch.setenv(OPTUNA_STORAGE_ENV, "")  # recorded, so that what the code under test sets is undone
+    monkeypatch.delenv(OPTUNA_STORAGE_ENV)
     url = "postgresql+psycopg://ablate:Pw-in-url-93847@127.0.0.1:5432/optuna"
     sched = OptunaPruningScheduler(storage_url=url, study_name="s", pruner=make_pruner("pretrain", {"enabled": True}))
     data = pickle.dumps(sched)
@@ -249,7 +250,8 @@ def test_optuna_storage_pickle_holds_no_password(make_pg_database, monkeypatch):
     from experiments.pruning import EnvRDBStorage
     from experiments.redaction import OPTUNA_STORAGE_ENV
 
-    monkeypatch.delenv(OPTUNA_STORAGE_ENV, raising=False)
+    monkeypatch.setenv(OPTUNA_STORAGE_ENV, "")  # recorded, so that what the code under test sets is undone
+    monkeypatch.delenv(OPTUNA_STORAGE_ENV)
     url = make_pg_database().replace("postgres@", "postgres:Trust-ignores-this-4711@")  # trust auth
     storage = EnvRDBStorage(url)
     data = pickle.dumps(storage)
