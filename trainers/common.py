@@ -1,7 +1,7 @@
 """Pieces both trainers share: config loading and validation, hashing, seeding,
 mixed precision, learning-rate schedules and the non-finite-loss guard.
 
-Kept free of ray, mlflow and optuna (see DESIGN.md: trainers are pure PyTorch).
+Kept free of ray, mlflow and optuna (docs/ARCHITECTURE.md: trainers are pure PyTorch).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Data for both trainers: the unlabeled image folder, the COCO detection data set and the
 deterministic sample-data generator behind ``ablate data sample``.
 
-Formats (DESIGN.md): unlabeled = a folder of .jpg/.png images searched recursively;
+Formats (docs/ARCHITECTURE.md): unlabeled = a folder of .jpg/.png images searched recursively;
 labeled = COCO instances JSON + an image folder, one pair for train and one for val.
 
 Everything a user points us at is validated when it is opened, and errors name the file,

@@ -78,11 +78,11 @@ def as_crop_group(value: Any, index: int) -> CropGroup:
 
 @dataclass(frozen=True)
 class SwAVConfig:
-    """Everything one SwAV pretraining run depends on (see DESIGN.md for the method)."""
+    """Everything one SwAV pretraining run depends on (the recipe: search_spaces/README.md)."""
 
     # Where a default comes from: "SwAV paper" = Caron et al. 2020; "reference" = facebookresearch/swav
     # main_swav.py (its argparse default, or its batch-256 recipe scripts/swav_400ep_bs256_pretrain.sh:
-    # 4 GPUs x 64 images); "the study" = the paper this project reproduces (DESIGN.md).
+    # 4 GPUs x 64 images); "the study" = the paper this project reproduces (README.md).
     arch: str = "resnet50"  # the SwAV paper's and the reference's backbone; the study's AP50 0.444 run is res50
     norm: str = "bn"  # the reference trunk uses BatchNorm; 'gn' gives a GroupNorm backbone for GN detectors
     prototypes: int = 3000  # K: SwAV paper ImageNet setting, reference --nmb_prototypes; the study's 0.444 run
