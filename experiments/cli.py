@@ -254,13 +254,14 @@ def cmd_results(args: argparse.Namespace) -> int:
         print(report(uri, args.study, fmt=args.format, out_dir=args.out, log_to_parent=not args.no_log))
         return 0
     from experiments import registry
+    from experiments.pull import pull
 
     if args.command == "register":
         print(registry.register_best(uri, args.study, metric=args.metric))
     elif args.command == "models":
         print(registry.list_models(uri))
     else:
-        dest = registry.pull(args.name, args.dest, uri, overwrite=args.overwrite)
+        dest = pull(args.name, args.dest, uri, overwrite=args.overwrite)
         print(f"pulled {args.name} into {dest}")
     return 0
 
@@ -394,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         # a tracking store that refuses a write or cannot be reached: one line, not MLflow's traceback
         from experiments.redaction import redact
-        from experiments.tracking import store_failure
+        from experiments.store import store_failure
 
         cause = store_failure(exc)
         if cause is None:

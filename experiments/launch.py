@@ -37,11 +37,10 @@ from experiments.tracking import (
     DEFAULT_STORE_DIR, HEARTBEAT_EVERY_S, PARENT_TAG, TAG_CHECKPOINT, TAG_DRIVER, TAG_ERROR, TAG_GIT, TAG_HASH,
     TAG_HEARTBEAT, TAG_LAUNCH, TAG_NAME, TAG_PREVIOUS_PARENT, TAG_PRUNE_REASON, TAG_PRUNED, TAG_RESUMED_FROM, TAG_SEED,
     TAG_STAGE, TAG_SUPERSEDED_BY, TAG_TRIAL, TAG_UPSTREAM, Tracker, default_tracking_uri, driver_id, flatten_params,
-    launch_alive, store_failure,
+    configure_client_retries, launch_alive,
 )
 from experiments.redaction import OPTUNA_STORAGE_ENV, redact, use_uri_credentials
-from experiments.registry import check_store, one_line
-from experiments.server import configure_client_retries
+from experiments.store import check_store, one_line, store_failure
 from trainers.common import git_sha
 
 STAGE_PRETRAIN, STAGE_FINETUNE = "pretrain", "finetune"

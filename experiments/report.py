@@ -42,9 +42,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from experiments.registry import check_store, finite_or_none, store_errors
 from experiments.redaction import redact
 from experiments.spaces import NON_RESULT_FIELDS
+from experiments.store import check_store, finite_or_none, store_errors
 from experiments.tracking import (
     PARENT_TAG, TAG_ERROR, TAG_HASH, TAG_NAME, TAG_PRUNE_REASON, TAG_PRUNED, TAG_SEED, TAG_STAGE, TAG_UPSTREAM,
     flatten_params, launch_alive,

@@ -224,7 +224,8 @@ def test_study_name_that_the_registry_cannot_parse_is_refused_at_load(tmp_path, 
 
 @pytest.mark.parametrize("good", ["norm_type", "paper.v2-run_3", "A", "x" * 100])
 def test_every_accepted_study_name_gives_model_names_pull_can_parse(tmp_path, sample_data, good):
-    from experiments.registry import model_name, parse_spec
+    from experiments.pull import parse_spec
+    from experiments.registry import model_name
 
     assert load_space(_write(tmp_path, {"name": "fine"}, sample_data), name=good).name == good
     for kind in ("detector", "backbone"):
