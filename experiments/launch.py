@@ -833,7 +833,8 @@ class Launcher:
     def _scheduler(self, stage: str) -> Any:
         from optuna.pruners import NopPruner
 
-        from experiments.pruning import STAGE_OBJECTIVES, OptunaPruningScheduler, make_pruner
+        from experiments.pruning import STAGE_OBJECTIVES, make_pruner
+        from experiments.scheduler import OptunaPruningScheduler
 
         pruner = make_pruner(stage, self.spec.pruning)
         if isinstance(pruner, NopPruner):

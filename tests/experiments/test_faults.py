@@ -224,7 +224,8 @@ def test_scheduler_and_callback_pickles_hold_no_storage_password(tmp_path, monke
     import cloudpickle
 
     from experiments.launch import _make_callback_class
-    from experiments.pruning import OptunaPruningScheduler, make_pruner
+    from experiments.pruning import make_pruner
+    from experiments.scheduler import OptunaPruningScheduler
     from experiments.redaction import OPTUNA_STORAGE_ENV
 
     monkeypatch.delenv(OPTUNA_STORAGE_ENV, raising=False)
