@@ -48,10 +48,11 @@ import optuna
 from optuna.pruners import BasePruner, MedianPruner, NopPruner, PercentilePruner
 from optuna.trial import FrozenTrial
 from experiments.redaction import OPTUNA_STORAGE_ENV, picklable_url, url_from_state
+from experiments.trial import KEY_METRIC, STAGE_FINETUNE, STAGE_PRETRAIN
 from trainers.common import closest, unknown_key_message
 
-METRIC_KEY = "swav/loss_over_ln_k"
-"""The intermediate value reported to Optuna for pretraining trials."""
+METRIC_KEY = KEY_METRIC[STAGE_PRETRAIN]
+"""The intermediate value reported to Optuna for pretraining trials (``swav/loss_over_ln_k``)."""
 
 SIGNAL_KEYS: tuple[str, ...] = (
     "swav/loss",
@@ -83,8 +84,8 @@ class EnvRDBStorage(optuna.storages.RDBStorage):
 
 
 STAGE_OBJECTIVES: dict[str, tuple[str, str]] = {
-    "pretrain": (METRIC_KEY, "minimize"),
-    "finetune": ("det/AP50", "maximize"),
+    STAGE_PRETRAIN: (KEY_METRIC[STAGE_PRETRAIN], "minimize"),
+    STAGE_FINETUNE: (KEY_METRIC[STAGE_FINETUNE], "maximize"),
 }
 """Per stage: the metric reported as Optuna's intermediate value and the study direction."""
 
@@ -181,6 +182,16 @@ def _trial_param(trial: FrozenTrial, names: Sequence[str]) -> float | None:
 # ---------------------------------------------------------------------------
 
 
+COLLAPSE_DEFAULTS: dict[str, Any] = {
+    "warmup_epochs": 2,
+    "patience": 4,
+    "delta": 0.01,
+    "std_floor": 0.1,
+    "min_prototypes_used": 1,
+}
+"""The :class:`CollapsePruner` defaults, also those of the ``pruning:`` section (why each: the class docstring)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class CollapseDecision:
     """What :meth:`CollapsePruner.decide` concluded from a trial's history.
@@ -259,11 +270,11 @@ class CollapsePruner(BasePruner):
 
     def __init__(
         self,
-        warmup_epochs: int = 2,
-        patience: int = 4,
-        delta: float = 0.01,
-        std_floor: float = 0.1,
-        min_prototypes_used: int = 1,
+        warmup_epochs: int = COLLAPSE_DEFAULTS["warmup_epochs"],
+        patience: int = COLLAPSE_DEFAULTS["patience"],
+        delta: float = COLLAPSE_DEFAULTS["delta"],
+        std_floor: float = COLLAPSE_DEFAULTS["std_floor"],
+        min_prototypes_used: int = COLLAPSE_DEFAULTS["min_prototypes_used"],
     ) -> None:
         _check_int("warmup_epochs", warmup_epochs, 0)
         _check_int("patience", patience, 1)
@@ -379,11 +390,7 @@ def _check_number(name: str, value: Any) -> None:
 
 PRUNING_DEFAULTS: dict[str, Any] = {
     "enabled": True,  # collapse pruning only ever stops runs that waste their budget
-    "warmup_epochs": 2,  # see CollapsePruner for the reasoning behind these five
-    "patience": 4,
-    "delta": 0.01,
-    "std_floor": 0.1,
-    "min_prototypes_used": 1,
+    **COLLAPSE_DEFAULTS,  # the CollapsePruner's own defaults (the reasons are in its docstring)
     "finetune": {
         # Off: pruning detectors by AP50 biases an ablation table toward early bloomers.
         "kind": "none",
@@ -395,7 +402,7 @@ PRUNING_DEFAULTS: dict[str, Any] = {
 """The ``pruning:`` section's keys and defaults."""
 
 _FINETUNE_KINDS = ("none", "median", "percentile")
-_COLLAPSE_KEYS = ("warmup_epochs", "patience", "delta", "std_floor", "min_prototypes_used")
+_COLLAPSE_KEYS = tuple(COLLAPSE_DEFAULTS)
 
 
 def validate_pruning_settings(settings: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -471,7 +478,7 @@ def make_pruner(stage: str, settings: Mapping[str, Any] | None = None) -> BasePr
     s = validate_pruning_settings(settings)
     if not s["enabled"]:
         return NopPruner()
-    if stage == "pretrain":
+    if stage == STAGE_PRETRAIN:
         return CollapsePruner(**{k: s[k] for k in _COLLAPSE_KEYS})
     ft = s["finetune"]
     if ft["kind"] == "median":

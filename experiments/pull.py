@@ -29,7 +29,7 @@ from experiments.registry import (
     TAG_KIND, TAG_RUN, TAG_STUDY, TAG_WEIGHTS_SHA, ModelKind, RegistryError, fmt_score, model_versions, open_registry,
 )
 from experiments.store import is_missing, one_line, store_errors
-from experiments.tracking import TAG_GIT, TAG_HASH, TAG_NAME, TAG_SEED, TAG_UPSTREAM, artifact_root_for
+from experiments.tracking import TAG_GIT, TAG_HASH, TAG_NAME, TAG_SEED, TAG_UPSTREAM, UPSTREAM_SCRATCH, artifact_root_for
 
 MODEL_CARD = "MODEL_CARD.md"
 SPEC_RE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.\-]*)(?:@(?P<alias>[A-Za-z0-9_\-]+)|/(?P<version>\d+))?$")
@@ -193,7 +193,7 @@ def model_card(name: str, version: Any, aliases: Sequence[str], kind: str, dest:
               f"- git sha: `{tags.get(TAG_GIT, '?')}`",
               f"- weights: `{KINDS[kind].weights}`, sha256 `{tags.get(TAG_WEIGHTS_SHA, '?')}` (verified on pull)"]
     if kind == DETECTOR:
-        lines.append("- upstream backbone: " + ("none (scratch baseline)" if upstream in ("", "scratch")
+        lines.append("- upstream backbone: " + ("none (scratch baseline)" if upstream in ("", UPSTREAM_SCRATCH)
                                                 else f"pretraining run `{upstream}`"))
     if tags.get(TAG_SEED):
         lines.append(f"- seed: {tags[TAG_SEED]}")

@@ -46,11 +46,12 @@ from experiments.pyfunc_models import BACKBONE_CODE, DETECTOR_CODE
 from experiments.redaction import redact
 from experiments.store import check_store, finite_or_none, fluent_store, is_missing, store_errors
 from experiments.tracking import (
-    TAG_ERROR, TAG_GIT, TAG_HASH, TAG_NAME, TAG_PRUNED, TAG_SEED, TAG_STAGE, TAG_UPSTREAM,
+    TAG_GIT, TAG_HASH, TAG_NAME, TAG_SEED, TAG_STAGE, TAG_UPSTREAM, UPSTREAM_SCRATCH, usable_run,
 )
+from experiments.trial import AP50, STAGE_FINETUNE, STAGE_PRETRAIN
 
 CHAMPION = "champion"
-DEFAULT_METRIC = "det/AP50"
+DEFAULT_METRIC = AP50
 TIE_BREAK_METRIC = "det/AP"
 DETECTOR, BACKBONE = "detector", "backbone"
 CONFIG_JSON, CONFIG_YAML = "config.json", "config.yaml"
@@ -86,8 +87,8 @@ class ModelKind:
 
 
 KINDS = {
-    DETECTOR: ModelKind(DETECTOR, "finetune", "detector.safetensors", "detector.json", DETECTOR_CODE),
-    BACKBONE: ModelKind(BACKBONE, "pretrain", "backbone.safetensors", "backbone.json", BACKBONE_CODE),
+    DETECTOR: ModelKind(DETECTOR, STAGE_FINETUNE, "detector.safetensors", "detector.json", DETECTOR_CODE),
+    BACKBONE: ModelKind(BACKBONE, STAGE_PRETRAIN, "backbone.safetensors", "backbone.json", BACKBONE_CODE),
 }
 
 
@@ -137,16 +138,15 @@ def _check_metric(metric: str) -> None:
 def eligible_runs(client: Any, experiment_id: str, metric: str = DEFAULT_METRIC) -> list[Any]:
     """Fine-tuning runs that may be registered, best first.
 
-    A run qualifies when it is FINISHED, not pruned, has no ``ablate.error`` tag and a finite
-    final ``metric`` (``run.data.metrics`` holds the value of the last step). Ordered by
+    A run qualifies when it is usable (:func:`~experiments.tracking.usable_run`: FINISHED, not
+    pruned, no ``ablate.error`` tag, a finite final ``metric``). Ordered by
     ``metric``, then ``det/AP``, then the earlier run first (stable across calls).
     """
     from mlflow.entities import ViewType
 
     runs = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_STAGE}` = 'finetune'",
                               run_view_type=ViewType.ACTIVE_ONLY, max_results=50000)
-    ok = [r for r in runs if r.info.status == "FINISHED" and r.data.tags.get(TAG_PRUNED) != "true"
-          and TAG_ERROR not in r.data.tags and finite_or_none(r.data.metrics.get(metric)) is not None]
+    ok = [r for r in runs if usable_run(r.info.status, r.data.tags, r.data.metrics, STAGE_FINETUNE, metric)]
     ok.sort(key=lambda r: r.info.start_time or 0)
     ok.sort(key=lambda r: _score(r.data.metrics, metric), reverse=True)  # stable: ties keep the earlier run
     return ok
@@ -406,7 +406,7 @@ def register_best(tracking_uri: str, study: str, metric: str = DEFAULT_METRIC) -
                  f"{best.data.tags.get(TAG_NAME, '')}, {metric} {fmt_score(best.data.metrics.get(metric))}); "
                  + _promote(client, det_name, detector, metric)]
         upstream = best.data.tags.get(TAG_UPSTREAM, "")
-        if upstream and upstream != "scratch":
+        if upstream and upstream != UPSTREAM_SCRATCH:
             parts.append(_register_backbone(tracking_uri, client, study, best, upstream, metric))
         else:
             parts.append("no backbone to register (scratch baseline)")

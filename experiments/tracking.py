@@ -27,6 +27,8 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunT
 from mlflow.tracking import MlflowClient
 
 from experiments.redaction import redact, scrub_mapping
+from experiments.store import finite_or_none
+from experiments.trial import AP50, STAGE_FINETUNE
 
 DEFAULT_STORE_DIR = Path("mlruns")
 MAX_METRICS_PER_BATCH = 1000  # mlflow.utils.validation limits
@@ -51,6 +53,8 @@ TAG_SUPERSEDED_BY = "ablate.superseded_by"  # a dead launch run -> the launch ru
 TAG_RESUMED_FROM = "ablate.resumed_from"  # a launch run -> the dead launch runs whose trials it continued
 TAG_PREVIOUS_PARENT = "ablate.previous_parent_run_id"  # a trial run moved under the launch that resumed it
 PARENT_TAG = "mlflow.parentRunId"
+# ablate.upstream_run_id of a detector trained without pretraining (trainers.detection.config.SCRATCH)
+UPSTREAM_SCRATCH = "scratch"
 HEARTBEAT_EVERY_S = 60
 HEARTBEAT_STALE_S = 900  # a driver on another host that has not beaten for this long is taken as dead
 RUN_NAME_TAG = "mlflow.runName"
@@ -269,6 +273,17 @@ def configure_client_retries(max_retries: int = CLIENT_MAX_RETRIES, backoff_fact
     applied = {k: v for k, v in wanted.items() if k not in os.environ}
     os.environ.update(applied)
     return applied
+
+
+def usable_run(status: str, tags: Mapping[str, str], metrics: Mapping[str, Any], stage: str, metric: str = AP50) -> bool:
+    """Whether a trial run's result counts (reused, reported, registered).
+
+    It must be FINISHED, not pruned, without an ``ablate.error``, and, for fine-tuning, have a
+    finite final ``metric`` (``det/AP50`` by default; ``run.data.metrics`` holds the last step's value).
+    """
+    if status != "FINISHED" or tags.get(TAG_PRUNED) == "true" or TAG_ERROR in tags:
+        return False
+    return stage != STAGE_FINETUNE or finite_or_none(metrics.get(metric)) is not None
 
 
 def driver_id() -> str:

@@ -223,7 +223,7 @@ def test_gc_refuses_while_a_launch_runs(tmp_path):
 def test_scheduler_and_callback_pickles_hold_no_storage_password(tmp_path, monkeypatch):
     import cloudpickle
 
-    from experiments.launch import _make_callback_class
+    from experiments.progress import DriverCallback
     from experiments.pruning import make_pruner
     from experiments.scheduler import OptunaPruningScheduler
     from experiments.redaction import OPTUNA_STORAGE_ENV
@@ -241,7 +241,7 @@ def test_scheduler_and_callback_pickles_hold_no_storage_password(tmp_path, monke
 
     monkeypatch.chdir(tmp_path)
     launcher = Launcher(tiny_space(tmp_path, "pickles"), LaunchOptions(optuna_storage=url))
-    callback = _make_callback_class()(launcher, "pretrain", {}, 1)
+    callback = DriverCallback(launcher, "pretrain", {}, 1)
     assert b"Pw-in-url-93847" not in cloudpickle.dumps(callback)
 
 
