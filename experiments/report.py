@@ -26,6 +26,10 @@ row. A NaN AP (no ground truth in that size range) is left out of its cell, whos
 shows. ``*`` marks the best mean of each column. When a config was run more than once (a
 failed trial re-run in a later launch), the newest finished run counts and the superseded
 attempts are only counted in a note.
+
+Size: about 750 lines in four sections (collecting, tables, rendering, plots) over one model of
+the runs (:class:`TrialRun`, :class:`StudyRuns`, :class:`Table`); the plots read the tables' model,
+so splitting them off would make a module that imports this one back for its types.
 """
 
 from __future__ import annotations

@@ -22,6 +22,9 @@ What it adds to a bare ``mlflow server``:
 The client side lives elsewhere: :func:`experiments.tracking.configure_client_retries` makes
 MLflow's REST client ride out a server restart, and :mod:`experiments.redaction` keeps credentials
 out of params, tags, text artifacts and error messages.
+
+Size: about 770 lines, past the ~600 aimed for: the three sections (the options and their checks,
+running and watching the process, the command) are one server's life cycle and share its config.
 """
 
 from __future__ import annotations

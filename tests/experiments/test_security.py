@@ -301,7 +301,7 @@ def test_team_launch_leaves_no_password_anywhere(tmp_path, monkeypatch, make_pg_
         pytest.skip(msg)
     from mlflow.tracking import MlflowClient
 
-    from tests.experiments.test_launch import tiny_space
+    from tests.spaces import tiny_space_file
 
     password = "SECRETPW-" + uuid.uuid4().hex[:12]
     monkeypatch.setenv(S.ENV_ADMIN_PASSWORD, password)
@@ -309,7 +309,7 @@ def test_team_launch_leaves_no_password_anywhere(tmp_path, monkeypatch, make_pg_
     store = tmp_path / "store"
     work = tmp_path / "work"
     work.mkdir()
-    space = tiny_space(tmp_path, "secrets", pretrain_epochs=1)
+    space = tiny_space_file(tmp_path, "secrets", pretrain_epochs=1)
     # the Optuna study in PostgreSQL, its URL with the same password (trust auth ignores it): the
     # scheduler and the launch's callback are pickled into tuner.pkl, which must not hold it
     optuna_url = make_pg_database().replace("postgres@", f"postgres:{password}@")
