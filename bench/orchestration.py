@@ -19,7 +19,8 @@ instance started with ``ray start`` on the machine (Ray's address auto-detection
 instance's owner may stop it mid-launch. ``ray stop`` elsewhere on the machine still kills every
 Ray instance; a launch that lost its Ray that way is retried once in a fresh store.
 
-The module also holds the launch functions that ``bench.pruning_saved`` and ``bench.dedup`` use.
+The module also holds the launch functions that ``bench.pruning_saved`` and ``bench.dedup`` use; the tiny
+spaces themselves (``tiny_space``, ``write_space``) come from ``tests/spaces.py``, shared with the tests.
 
 Run: ``make bench`` or ``python -m bench orchestration``; this file alone:
 ``python -m bench.orchestration [--quick]``.
@@ -40,9 +41,9 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
-import yaml
+from tests.spaces import tiny_space, write_space
 
 ROOT = Path(__file__).resolve().parent.parent
 TRIAL_SECONDS = 60.0  # the trial length the per-trial goal is stated for
@@ -51,76 +52,6 @@ TRIAL_SECONDS = 60.0  # the trial length the per-trial goal is stated for
 # 0.6 s or 10 s from one run to the next (measured here); one thread keeps the trials' own time
 # steady, so that the difference between the two sides is the orchestration's.
 TORCH_THREADS = 1
-
-
-# ---------------------------------------------------------------------------
-# Tiny spaces (the structure of tests/experiments/test_launch.py::tiny_space)
-# ---------------------------------------------------------------------------
-
-
-def tiny_space(
-    name: str,
-    pretrain_epochs: int = 2,
-    pretrain_grid: Mapping[str, Sequence[Any]] | None = None,
-    pretrain_cases: Sequence[Mapping[str, Any]] | None = None,
-    finetune_cases: Sequence[Mapping[str, Any]] | None = None,
-    pruning: Mapping[str, Any] | None = None,
-    pretrain_fixed: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """A study small enough to launch in seconds on a CPU: the `small` sample set, 32/16 px crops.
-
-    Args:
-        name: the study (MLflow experiment) name.
-        pretrain_epochs: SwAV epochs per pretraining trial.
-        pretrain_grid: ``pretrain.grid`` axes (e.g. ``{"prototypes": [20, 30]}``).
-        pretrain_cases: ``pretrain.cases`` cells.
-        finetune_cases: ``finetune.cases`` cells (default: one cell per backbone).
-        pruning: the ``pruning:`` section (default: off).
-        pretrain_fixed: values that replace or add to the fixed pretraining fields.
-
-    Returns:
-        The space as a mapping, ready for :func:`write_space`.
-    """
-    pre_fixed: dict[str, Any] = {
-        "arch": "resnet18", "epochs": pretrain_epochs, "batch_size": 8, "max_images": 16,
-        "crops": [{"count": 2, "size": 32, "min_scale": 0.14, "max_scale": 1.0},
-                  {"count": 2, "size": 16, "min_scale": 0.05, "max_scale": 0.14}],
-        "feat_dim": 16, "hidden_dim": 32, "prototypes": 20, "optimizer": "sgd", "base_lr": 1.6,
-        "final_lr": 0.016, "freeze_prototypes_epochs": 0.5, "amp": False, "workers": 0,
-        **(pretrain_fixed or {}),
-    }
-    pretrain: dict[str, Any] = {"fixed": pre_fixed, "resources": {"cpu": 2}}
-    if pretrain_grid:
-        pretrain["grid"] = {k: list(v) for k, v in pretrain_grid.items()}
-        for key in pretrain_grid:
-            pre_fixed.pop(key, None)
-    if pretrain_cases:
-        pretrain["cases"] = [dict(c) for c in pretrain_cases]
-    finetune: dict[str, Any] = {
-        "fixed": {"epochs": 1, "batch_size": 2, "max_iters_per_epoch": 2, "warmup_iters": 1, "min_size": 128,
-                  "max_size": 128, "rpn_pre_nms_top_n_train": 100, "rpn_post_nms_top_n_train": 50,
-                  "rpn_pre_nms_top_n_test": 50, "rpn_post_nms_top_n_test": 25, "box_batch_size_per_image": 32,
-                  "workers": 0, "figure_images": 2},
-        "resources": {"cpu": 2},
-    }
-    if finetune_cases:
-        finetune["cases"] = [dict(c) for c in finetune_cases]
-    return {
-        "name": name,
-        "data": {"sample": {"size": "small", "seed": 0}},
-        "seeds": [0],
-        "max_concurrent": 1,  # one trial at a time, as the baseline runs them
-        "pretrain": pretrain,
-        "finetune": finetune,
-        "pruning": dict(pruning) if pruning is not None else {"enabled": False},
-    }
-
-
-def write_space(folder: Path, space: Mapping[str, Any]) -> Path:
-    """Write ``space`` as ``<folder>/<name>.yaml`` and return the path."""
-    path = Path(folder) / f"{space['name']}.yaml"
-    path.write_text(yaml.safe_dump(dict(space), sort_keys=False))
-    return path
 
 
 # ---------------------------------------------------------------------------

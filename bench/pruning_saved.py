@@ -22,14 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from bench.orchestration import LaunchRecord, TrialRecord, machine_line, run_launch, tiny_space, write_space
+from bench.orchestration import LaunchRecord, TrialRecord, machine_line, run_launch, write_space
+from tests.spaces import COLLAPSED, CONTROL_LR, HEALTHY, planted_collapse_space
 
-HEALTHY, COLLAPSED = 0.1, 100.0  # temperatures
-# A slower rate than the tiny test spaces' 0.05: at 0.05 on 16 images the temperature-0.1 run
-# itself collapses after about ten epochs (embedding std under the pruner's floor, loss into the
-# ln K band; measured while sizing this benchmark) and is rightly pruned. At 0.01 it stays out of
-# the band and above the floor for the whole 16-epoch budget, so it is a healthy control.
-CONTROL_LR = {"base_lr": 0.32, "final_lr": 0.0032}  # per global batch of 256: 0.01 at the tiny batch of 8
+# HEALTHY, COLLAPSED (the two temperatures) and CONTROL_LR: tests/spaces.py, shared with the tests.
 PAPER_EPOCHS = (100, 200)  # the paper's pretraining budgets, for the computed savings
 
 
@@ -75,9 +71,7 @@ def launch_pair(epochs: int, folder: Path) -> tuple[Outcome, Outcome]:
     out = []
     for enabled in (True, False):
         name = f"bench_prune_{'on' if enabled else 'off'}"
-        space = tiny_space(name, pretrain_epochs=epochs,
-                           pretrain_cases=[{"temperature": HEALTHY}, {"temperature": COLLAPSED}],
-                           pruning={"enabled": enabled}, pretrain_fixed=CONTROL_LR)
+        space = planted_collapse_space(name, epochs, pruning=enabled)
         cwd = folder / name
         cwd.mkdir()
         out.append(outcome(run_launch(write_space(cwd, space), cwd, name)))

@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from experiments.trial import AP50
+
 EXIT_USAGE = 2
 
 
@@ -87,7 +89,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("register", help="register the study's best fine-tuning run (and its backbone)")
     p.add_argument("study", help="study name")
-    p.add_argument("--metric", default="det/AP50", help="what 'best' means (ties broken by det/AP)")
+    p.add_argument("--metric", default=AP50, help="what 'best' means (ties broken by det/AP)")
     _add_tracking(p)
 
     p = sub.add_parser("models", help="registered models, versions, aliases and their metrics")
@@ -179,7 +181,7 @@ def cmd_single(args: argparse.Namespace, stage: str) -> int:
 
 def format_ap_table(metrics: dict[str, float]) -> str:
     """The COCO numbers a researcher reads first, one per line (NaN: no ground truth in that size range)."""
-    rows = [("AP@0.5 [all]", "det/AP50"), ("AP@[.5:.95] [all]", "det/AP"), ("AP@0.75 [all]", "det/AP75"),
+    rows = [("AP@0.5 [all]", AP50), ("AP@[.5:.95] [all]", "det/AP"), ("AP@0.75 [all]", "det/AP75"),
             ("AP [small]", "det/AP_small"), ("AP [medium]", "det/AP_medium"), ("AP [large]", "det/AP_large")]
     return "\n".join(f"{label:18} {metrics.get(key, float('nan')):.4f}" for label, key in rows)
 
@@ -254,13 +256,14 @@ def cmd_results(args: argparse.Namespace) -> int:
         print(report(uri, args.study, fmt=args.format, out_dir=args.out, log_to_parent=not args.no_log))
         return 0
     from experiments import registry
+    from experiments.pull import pull
 
     if args.command == "register":
         print(registry.register_best(uri, args.study, metric=args.metric))
     elif args.command == "models":
         print(registry.list_models(uri))
     else:
-        dest = registry.pull(args.name, args.dest, uri, overwrite=args.overwrite)
+        dest = pull(args.name, args.dest, uri, overwrite=args.overwrite)
         print(f"pulled {args.name} into {dest}")
     return 0
 
@@ -394,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         # a tracking store that refuses a write or cannot be reached: one line, not MLflow's traceback
         from experiments.redaction import redact
-        from experiments.tracking import store_failure
+        from experiments.store import store_failure
 
         cause = store_failure(exc)
         if cause is None:

@@ -22,6 +22,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from experiments.store import check_store, store_errors
 from experiments.tracking import TAG_CHECKPOINT, TAG_DRIVER, TAG_STAGE, Tracker, launch_alive
 
 STAGES = ("pretrain", "finetune")
@@ -70,8 +71,6 @@ def collect(tracking_uri: str, study: str, default_storage: Path) -> GcPlan:
     Raises:
         GcError: no such study, or one of its launches is still running.
     """
-    from experiments.registry import check_store, store_errors
-
     check_store(tracking_uri, GcError)
     with store_errors(tracking_uri, f"reading study {study!r}", GcError):
         tracker = Tracker(tracking_uri, study, create=False)

@@ -26,6 +26,10 @@ row. A NaN AP (no ground truth in that size range) is left out of its cell, whos
 shows. ``*`` marks the best mean of each column. When a config was run more than once (a
 failed trial re-run in a later launch), the newest finished run counts and the superseded
 attempts are only counted in a note.
+
+Size: about 750 lines in four sections (collecting, tables, rendering, plots) over one model of
+the runs (:class:`TrialRun`, :class:`StudyRuns`, :class:`Table`); the plots read the tables' model,
+so splitting them off would make a module that imports this one back for its types.
 """
 
 from __future__ import annotations
@@ -42,20 +46,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from experiments.registry import check_store, finite_or_none, store_errors
 from experiments.redaction import redact
 from experiments.spaces import NON_RESULT_FIELDS
+from experiments.store import check_store, finite_or_none, store_errors
 from experiments.tracking import (
     PARENT_TAG, TAG_ERROR, TAG_HASH, TAG_NAME, TAG_PRUNE_REASON, TAG_PRUNED, TAG_SEED, TAG_STAGE, TAG_UPSTREAM,
-    flatten_params, launch_alive,
+    UPSTREAM_SCRATCH, flatten_params, launch_alive, usable_run,
 )
+from experiments.trial import AP50, STAGE_FINETUNE, STAGES
 
 FORMATS = ("table", "md", "csv", "json")
-STAGES = ("pretrain", "finetune")
-KEY_METRIC = "det/AP50"
-TABLE1_COLUMNS = (("AP@0.5 [all]", "det/AP50"), ("AP[small]", "det/AP_small"), ("AP[medium]", "det/AP_medium"),
+TABLE1_COLUMNS = (("AP@0.5 [all]", AP50), ("AP[small]", "det/AP_small"), ("AP[medium]", "det/AP_medium"),
                   ("AP[large]", "det/AP_large"))
-AXIS_COLUMNS = (("AP@0.5", "det/AP50"), ("AP", "det/AP"), ("AP[small]", "det/AP_small"),
+AXIS_COLUMNS = (("AP@0.5", AP50), ("AP", "det/AP"), ("AP[small]", "det/AP_small"),
                 ("AP[medium]", "det/AP_medium"), ("AP[large]", "det/AP_large"))
 # Params that are not detector *settings*: the seed (averaged over), the arch (a property of
 # the backbone, i.e. of the row) and fields that never change a result.
@@ -95,10 +98,8 @@ class TrialRun:
 
     @property
     def usable(self) -> bool:
-        """FINISHED, not pruned, no error, and (fine-tuning) a finite final det/AP50."""
-        if self.status != "FINISHED" or self.pruned or TAG_ERROR in self.tags:
-            return False
-        return self.stage != "finetune" or finite_or_none(self.metrics.get(KEY_METRIC)) is not None
+        """FINISHED, not pruned, no error, and (fine-tuning) a finite final det/AP50 (:func:`usable_run`)."""
+        return usable_run(self.status, self.tags, self.metrics, self.stage)
 
     @property
     def reason(self) -> str:
@@ -112,8 +113,8 @@ class TrialRun:
             return "interrupted: its launch ended without finishing it; run the launch command again to resume it"
         if self.status != "FINISHED":
             return f"unfinished (status {self.status})"
-        if self.stage == "finetune" and finite_or_none(self.metrics.get(KEY_METRIC)) is None:
-            return f"no finite {KEY_METRIC} recorded"
+        if self.stage == STAGE_FINETUNE and finite_or_none(self.metrics.get(AP50)) is None:
+            return f"no finite {AP50} recorded"
         return ""
 
     @property
@@ -161,14 +162,14 @@ class StudyRuns:
     def backbone_name(self, run: TrialRun) -> str:
         """The Table 1 row of a fine-tuning run: its pretraining run's name, or ``scratch_<arch>``."""
         upstream = run.tags.get(TAG_UPSTREAM, "")
-        if upstream and upstream != "scratch":
+        if upstream and upstream != UPSTREAM_SCRATCH:
             for pre in self.runs:
                 if pre.run_id == upstream:
                     return pre.name
         if " · " in run.name:
             return run.name.split(" · ")[0]
-        if upstream == "scratch":
-            return "scratch_" + run.params.get("finetune.arch", "?").replace("resnet", "res")
+        if upstream == UPSTREAM_SCRATCH:
+            return f"{UPSTREAM_SCRATCH}_" + run.params.get("finetune.arch", "?").replace("resnet", "res")
         return upstream[:8] or "unknown backbone"
 
 
@@ -245,7 +246,7 @@ def varying_axes(runs: StudyRuns) -> dict[str, list[str]]:
             continue
         if len({r.params.get(key) for r in ft if key in r.params}) > 1:
             out[stage].append(name)
-    if len({r.tags.get(TAG_UPSTREAM) == "scratch" for r in ft}) > 1:
+    if len({r.tags.get(TAG_UPSTREAM) == UPSTREAM_SCRATCH for r in ft}) > 1:
         out["finetune"].append("backbone")
     return out
 
@@ -376,7 +377,7 @@ def table1(runs: StudyRuns) -> Table:
     groups: dict[str, list[TrialRun]] = {}
     for r in chosen:
         groups.setdefault(runs.backbone_name(r), []).append(r)
-    order = sorted(groups, key=lambda name: (name.startswith("scratch"), name))  # the paper puts the baseline last
+    order = sorted(groups, key=lambda name: (name.startswith(UPSTREAM_SCRATCH), name))  # the paper puts the baseline last
     rows = [Row(name, _stat_cells(groups[name], TABLE1_COLUMNS), len(groups[name]),
                 run_ids=[r.run_id for r in groups[name]]) for name in order]
     varying = {k for k, _ in settings if len({dict(_settings(r)).get(k) for r in ft}) > 1}
@@ -389,7 +390,7 @@ def table1(runs: StudyRuns) -> Table:
 
 def _axis_value(run: TrialRun, axis: str) -> str | None:
     if axis == BACKBONE_AXIS:
-        return "scratch" if run.tags.get(TAG_UPSTREAM) == "scratch" else "swav"
+        return UPSTREAM_SCRATCH if run.tags.get(TAG_UPSTREAM) == UPSTREAM_SCRATCH else "swav"
     return run.params.get(axis)
 
 
@@ -637,7 +638,7 @@ def plot_ap50_curves(runs: StudyRuns, path: Path) -> Path | None:
 
     ft = [r for r in runs.stage("finetune") if r.usable]
     panels = [name for name in CURVE_PANELS if any(f"finetune.{name}" in r.params for r in ft)]
-    histories = {r.run_id: runs.history(r.run_id, KEY_METRIC) for r in ft}
+    histories = {r.run_id: runs.history(r.run_id, AP50) for r in ft}
     if not panels or not any(histories.values()):
         return None
     fig = _figure(5.2 * len(panels), 4.6)
@@ -663,7 +664,7 @@ def plot_ap50_curves(runs: StudyRuns, path: Path) -> Path | None:
         ax.set_title(f"by {name}")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel("AP@0.5 (det/AP50)")
+        ax.set_ylabel(f"AP@0.5 ({AP50})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
     fig.suptitle(f"{runs.study}: fine-tuning AP@0.5 per evaluation epoch (thin: runs, thick: mean)")

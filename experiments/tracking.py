@@ -8,6 +8,9 @@ experiment = study name; one parent run per launch; one child run per trial
 
 Only the launch driver writes (one writer: no "database is locked" on the default sqlite store).
 Everything goes through ``MlflowClient.log_batch`` in chunks that respect MLflow's limits.
+
+Client settings live here too: :func:`configure_client_retries` lets every MLflow client of the
+process ride out a tracking-server restart.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunT
 from mlflow.tracking import MlflowClient
 
 from experiments.redaction import redact, scrub_mapping
+from experiments.store import finite_or_none
+from experiments.trial import AP50, STAGE_FINETUNE
 
 DEFAULT_STORE_DIR = Path("mlruns")
 MAX_METRICS_PER_BATCH = 1000  # mlflow.utils.validation limits
@@ -48,9 +53,20 @@ TAG_SUPERSEDED_BY = "ablate.superseded_by"  # a dead launch run -> the launch ru
 TAG_RESUMED_FROM = "ablate.resumed_from"  # a launch run -> the dead launch runs whose trials it continued
 TAG_PREVIOUS_PARENT = "ablate.previous_parent_run_id"  # a trial run moved under the launch that resumed it
 PARENT_TAG = "mlflow.parentRunId"
+# ablate.upstream_run_id of a detector trained without pretraining (trainers.detection.config.SCRATCH)
+UPSTREAM_SCRATCH = "scratch"
 HEARTBEAT_EVERY_S = 60
 HEARTBEAT_STALE_S = 900  # a driver on another host that has not beaten for this long is taken as dead
 RUN_NAME_TAG = "mlflow.runName"
+
+# Client retries: with urllib3's backoff (factor x 2^(n-1) after the 2nd error, capped at 120 s)
+# factor 1 and 10 retries wait 0, 2, 4, 8, ... s: a restart of ~10 s costs one or two retries,
+# and a client keeps trying for ~8 minutes (a compose restart with migrations) before it fails.
+# 10 is MLflow's ceiling (_MLFLOW_HTTP_REQUEST_MAX_RETRIES_LIMIT).
+CLIENT_MAX_RETRIES = 10
+CLIENT_BACKOFF_FACTOR = 1
+CLIENT_BACKOFF_JITTER = 1.0
+CLIENT_TIMEOUT_S = 120
 
 
 def default_tracking_uri(store_dir: Path = DEFAULT_STORE_DIR) -> str:
@@ -222,20 +238,52 @@ class Tracker:
         return sorted(self.client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
 
 
-def store_failure(exc: BaseException) -> BaseException | None:
-    """The tracking-store error (MLflow, SQL, HTTP) behind ``exc``, following its causes; None if there is none."""
-    from mlflow.exceptions import MlflowException
-    from requests.exceptions import RequestException
-    from sqlalchemy.exc import SQLAlchemyError
+def configure_client_retries(max_retries: int = CLIENT_MAX_RETRIES, backoff_factor: int = CLIENT_BACKOFF_FACTOR,
+                             backoff_jitter: float = CLIENT_BACKOFF_JITTER,
+                             timeout_s: int = CLIENT_TIMEOUT_S) -> dict[str, str]:
+    """Let MLflow's REST client ride out a tracking-server restart without losing metrics.
 
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, (MlflowException, SQLAlchemyError, RequestException)):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
+    Sets ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, ``..._BACKOFF_FACTOR``, ``..._BACKOFF_JITTER`` and
+    ``..._TIMEOUT`` in ``os.environ`` — only those the user has not set — so that refused
+    connections, resets and 429/5xx answers are retried with exponential backoff (MLflow retries
+    every method, POST included; a retried ``log_batch`` cannot duplicate a metric because the
+    store's primary key covers key, step, timestamp and value). The defaults survive an outage of
+    several minutes. MLflow reads these variables on every request, so calling this once at start
+    covers every client of the process and the child processes it spawns afterwards.
+
+    Args:
+        max_retries: retries per request (MLflow allows at most 10).
+        backoff_factor: seconds; the n-th wait is ``factor * 2**(n-1)`` (capped at 120 s by urllib3).
+        backoff_jitter: up to this many random seconds added to each wait.
+        timeout_s: per-request connect/read timeout.
+
+    Returns:
+        The variables this call set (name -> value); empty when the user had set them all.
+    """
+    if not 0 <= max_retries <= 10:
+        raise ValueError(f"max_retries={max_retries}: MLflow accepts 0..10")
+    if backoff_factor < 0 or backoff_jitter < 0 or timeout_s <= 0:
+        raise ValueError("backoff_factor and backoff_jitter must be >= 0 and timeout_s > 0")
+    wanted = {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(int(max_retries)),
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(int(backoff_factor)),  # MLflow parses it as int
+        "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": str(float(backoff_jitter)),
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(timeout_s)),
+    }
+    applied = {k: v for k, v in wanted.items() if k not in os.environ}
+    os.environ.update(applied)
+    return applied
+
+
+def usable_run(status: str, tags: Mapping[str, str], metrics: Mapping[str, Any], stage: str, metric: str = AP50) -> bool:
+    """Whether a trial run's result counts (reused, reported, registered).
+
+    It must be FINISHED, not pruned, without an ``ablate.error``, and, for fine-tuning, have a
+    finite final ``metric`` (``det/AP50`` by default; ``run.data.metrics`` holds the last step's value).
+    """
+    if status != "FINISHED" or tags.get(TAG_PRUNED) == "true" or TAG_ERROR in tags:
+        return False
+    return stage != STAGE_FINETUNE or finite_or_none(metrics.get(metric)) is not None
 
 
 def driver_id() -> str:

@@ -1,8 +1,10 @@
-"""Shared fixtures: the generated `small` sample data set, built once per test session."""
+"""Shared fixtures: the generated `small` sample data set and the planted-collapse launch, each built once per session."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,3 +21,23 @@ def sample_data(tmp_path_factory: pytest.TempPathFactory):
 
     root: Path = tmp_path_factory.mktemp("sample")
     return generate_sample(root, seed=0, size="small")
+
+
+@pytest.fixture(scope="session")
+def planted_collapse(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    """``ablate launch`` of the planted-collapse grid (tests/spaces.py: 7 epochs, pruning on) in a fresh folder.
+
+    One launch serves test_launch (what the launch records) and test_bench (the pruning benchmark
+    reads the same store). Returns (the folder, with its own ``mlruns/``; the study; the launch's stdout).
+    """
+    from tests.spaces import planted_collapse_space, write_space
+
+    cwd = tmp_path_factory.mktemp("planted_collapse")
+    space = planted_collapse_space("prune_study", epochs=7, pruning=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}  # one torch thread, as in bench/
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-m", "experiments.cli", "launch", str(write_space(cwd, space))], cwd=cwd,
+                          capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return cwd, space["name"], proc.stdout

@@ -132,8 +132,18 @@ def test_outcome_finds_healthy_and_collapsed_runs():
     assert out.metric("launch/pruned_epochs_saved") == 10.0 and math.isnan(out.metric("launch/missing"))
 
 
-# The planted-collapse launch itself is read back through `pruning_saved.outcome` in
-# tests/experiments/test_launch.py::test_collapsed_pretraining_is_pruned_and_gets_no_finetuning.
+@pytest.mark.slow
+def test_outcome_reads_the_planted_collapse_launch(planted_collapse):
+    """The benchmark reads the store of the planted-collapse launch (tests/conftest.py; the launch is
+    shared with tests/experiments/test_launch.py::test_collapsed_pretraining_is_pruned_and_gets_no_finetuning)."""
+    cwd, study, stdout = planted_collapse
+    parent, trials = orchestration.read_store(cwd / "mlruns", study)
+    record = LaunchRecord(study, math.nan, math.nan, 0, stdout, parent["start_s"], parent["finish_s"],
+                          parent["metrics"], trials)
+    out = pruning_saved.outcome(record)
+    assert out.pruned(out.collapsed) and out.collapsed.epochs == 6
+    assert not out.pruned(out.healthy) and out.healthy.epochs == 7
+    assert out.finetunes == 1 and out.metric("launch/finetune_skipped") == 1
 
 
 # ---------------------------------------------------------------------------

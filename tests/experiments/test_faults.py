@@ -21,7 +21,7 @@ from experiments import cli
 from experiments import tracking as T
 from experiments.gc import collect, gc
 from experiments.launch import Launcher, LaunchOptions, oversized_requests
-from tests.experiments.test_launch import tiny_space
+from tests.spaces import tiny_space_file
 from tests.experiments.test_server import make_pg_database  # noqa: F401 - fixture
 
 
@@ -37,7 +37,7 @@ def _run(status: str, tags: dict[str, str], start_s: float) -> SimpleNamespace:
 
 def test_dead_tracking_server_fails_fast_with_exit_2(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    space = tiny_space(tmp_path, "dead_server")
+    space = tiny_space_file(tmp_path, "dead_server")
     t0 = time.time()
     code = cli.main(["launch", str(space), "--dry-run", "--tracking-uri", "http://127.0.0.1:1"])
     err = capsys.readouterr().err
@@ -49,7 +49,7 @@ def test_read_only_store_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     db = tmp_path / "mlflow.db"
     MlflowClient(f"sqlite:///{db}").search_experiments()  # creates the schema
-    space = tiny_space(tmp_path, "readonly")
+    space = tiny_space_file(tmp_path, "readonly")
     code = cli.main(["launch", str(space), "--tracking-uri", f"sqlite:///file:{db}?mode=ro&uri=true"])
     err = capsys.readouterr().err
     assert code == 1
@@ -64,7 +64,7 @@ def test_read_only_store_is_one_line(tmp_path, capsys, monkeypatch):
 
 def test_resources_beyond_the_machine_are_refused_at_plan_time(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    space = tiny_space(tmp_path, "too_big")
+    space = tiny_space_file(tmp_path, "too_big")
     data = yaml.safe_load(space.read_text())
     data["pretrain"]["resources"] = {"cpu": 64}
     space.write_text(yaml.safe_dump(data))
@@ -120,7 +120,7 @@ def _dead_launch(tracker: T.Tracker, space_name: str) -> tuple[str, str]:
 
 def test_a_new_launch_ends_a_dead_launch_and_adopts_its_trials(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    space = tiny_space(tmp_path, "takeover")
+    space = tiny_space_file(tmp_path, "takeover")
     launcher = Launcher(space, LaunchOptions())
     plan = launcher.plan()
     launcher.tracker = T.Tracker(launcher.tracking_uri, launcher.spec.name)
@@ -142,7 +142,7 @@ def test_a_new_launch_ends_a_dead_launch_and_adopts_its_trials(tmp_path, monkeyp
 
 def test_resume_refuses_a_launch_whose_driver_lives(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    space = tiny_space(tmp_path, "alive")
+    space = tiny_space_file(tmp_path, "alive")
     launcher = Launcher(space, LaunchOptions(resume=True))
     plan = launcher.plan()
     launcher.tracker = T.Tracker(launcher.tracking_uri, launcher.spec.name)
@@ -223,8 +223,9 @@ def test_gc_refuses_while_a_launch_runs(tmp_path):
 def test_scheduler_and_callback_pickles_hold_no_storage_password(tmp_path, monkeypatch):
     import cloudpickle
 
-    from experiments.launch import _make_callback_class
-    from experiments.pruning import OptunaPruningScheduler, make_pruner
+    from experiments.progress import DriverCallback
+    from experiments.pruning import make_pruner
+    from experiments.scheduler import OptunaPruningScheduler
     from experiments.redaction import OPTUNA_STORAGE_ENV
 
     monkeypatch.setenv(OPTUNA_STORAGE_ENV, "")  # recorded, so that what the code under test sets is undone
@@ -240,8 +241,8 @@ def test_scheduler_and_callback_pickles_hold_no_storage_password(tmp_path, monke
     assert pickle.loads(pickle.dumps(plain)).storage_url == "sqlite:///x.db"
 
     monkeypatch.chdir(tmp_path)
-    launcher = Launcher(tiny_space(tmp_path, "pickles"), LaunchOptions(optuna_storage=url))
-    callback = _make_callback_class()(launcher, "pretrain", {}, 1)
+    launcher = Launcher(tiny_space_file(tmp_path, "pickles"), LaunchOptions(optuna_storage=url))
+    callback = DriverCallback(launcher, "pretrain", {}, 1)
     assert b"Pw-in-url-93847" not in cloudpickle.dumps(callback)
 
 

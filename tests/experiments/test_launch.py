@@ -18,6 +18,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from experiments import tracking as T
+from tests.spaces import COLLAPSED, HEALTHY, tiny_space_file
 
 ROOT = Path(__file__).resolve().parents[2]
 METRICS_PRE = {"swav/loss", "swav/ln_k", "swav/loss_over_ln_k", "swav/embedding_std", "swav/assignment_entropy",
@@ -37,18 +38,6 @@ def runs_of(client: MlflowClient, study: str, stage: str | None = None) -> list:
     exp = client.get_experiment_by_name(study)
     flt = f"tags.`{T.TAG_STAGE}` = '{stage}'" if stage else ""
     return list(client.search_runs([exp.experiment_id], filter_string=flt, max_results=1000))
-
-
-def tiny_space(tmp: Path, name: str, pretrain_epochs: int = 2, workers: int = 1, **pre_fixed) -> Path:
-    """A study small enough for a test (the benchmarks' tiny grid: the `small` sample set, 32/16 px
-    crops, one 2-step fine-tuning epoch), written to ``tmp``; ``workers`` > 1 makes the pretraining
-    trial a DDP job of that many one-CPU processes."""
-    from bench.orchestration import tiny_space as bench_tiny_space
-    from bench.orchestration import write_space
-
-    space = bench_tiny_space(name, pretrain_epochs=pretrain_epochs, pretrain_fixed=pre_fixed)
-    space["pretrain"]["resources"] = {"cpu": 1 if workers > 1 else 2, "workers": workers}
-    return write_space(tmp, space)
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +171,7 @@ def _checkpoint_tagged(db: Path) -> bool:
 
 @pytest.mark.slow
 def test_interrupted_launch_resumes_without_duplicates(tmp_path):
-    space = tiny_space(tmp_path, "resume_study", pretrain_epochs=4)
+    space = tiny_space_file(tmp_path, "resume_study", pretrain_epochs=4)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     # output to a file: a pipe nobody reads would stall the launch once its buffer is full
@@ -219,23 +208,20 @@ def test_interrupted_launch_resumes_without_duplicates(tmp_path):
     assert gc.returncode == 0 and "registered models and the tracking store are untouched" in gc.stdout
 
 
-# The planted collapse of the pruning benchmark (one launch serves both): temperature 100 (vs
-    # 0.1) flattens every prediction to uniform, so the swapped-prediction loss sits at ln K from the
-    # first step (loss/ln K = 1.0000 +- 1e-4 measured on the sample data) and the encoder gets no
-    # training signal: the dead run the pruner is for. The shipped pruning defaults (warm-up 2,
-    # patience 4) stop it after epoch 6 of 7 and leave the healthy control alone.
-    from bench import orchestration, pruning_saved
-
-    space = orchestration.tiny_space("prune_study", pretrain_epochs=7,
-                                     pretrain_cases=[{"temperature": pruning_saved.HEALTHY},
-                                                     {"temperature": pruning_saved.COLLAPSED}],
-                                     pruning={"enabled": True}, pretrain_fixed=pruning_saved.CONTROL_LR)
-    record = orchestration.run_launch(orchestration.write_space(tmp_path, space), tmp_path, space["name"])
-    assert "PRUNED" in record.stdout and "pruning saved" in record.stdout
+@pytest.mark.slow
+def test_collapsed_pretraining_is_pruned_and_gets_no_finetuning(planted_collapse):
+    """The planted collapse of the pruning benchmark (tests/spaces.py; the launch is shared with
+    tests/test_bench.py): temperature 100 (vs 0.1) flattens every prediction to uniform, so the
+    swapped-prediction loss sits at ln K from the first step (loss/ln K = 1.0000 +- 1e-4 measured on
+    the sample data) and the encoder gets no training signal: the dead run the pruner is for. The
+    shipped pruning defaults (warm-up 2, patience 4) stop it after epoch 6 of 7 and leave the healthy
+    control alone."""
+    tmp_path, study, stdout = planted_collapse
+    assert "PRUNED" in stdout and "pruning saved" in stdout
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
-    pre = {float(r.data.params["pretrain.temperature"]): r for r in runs_of(client, "prune_study", "pretrain")}
-    dead, healthy = pre[pruning_saved.COLLAPSED], pre[pruning_saved.HEALTHY]
+    pre = {float(r.data.params["pretrain.temperature"]): r for r in runs_of(client, study, "pretrain")}
+    dead, healthy = pre[COLLAPSED], pre[HEALTHY]
     assert dead.info.status == "FINISHED" and dead.data.tags[T.TAG_PRUNED] == "true"
     assert "loss/ln K" in dead.data.tags[T.TAG_PRUNE_REASON]
     steps = sorted(m.step for m in client.get_metric_history(dead.info.run_id, "swav/loss"))
@@ -243,19 +229,13 @@ def test_interrupted_launch_resumes_without_duplicates(tmp_path):
     assert not client.list_artifacts(dead.info.run_id, "backbone")  # not exported
     assert healthy.data.tags[T.TAG_PRUNED] == "false"
     assert len(client.get_metric_history(healthy.info.run_id, "swav/loss")) == 7
-    ft = runs_of(client, "prune_study", "finetune")
+    ft = runs_of(client, study, "finetune")
     assert [r.data.tags[T.TAG_UPSTREAM] for r in ft] == [healthy.info.run_id]
-    parent = runs_of(client, "prune_study", "launch")[0]
+    parent = runs_of(client, study, "launch")[0]
     assert parent.data.metrics["launch/trials_pruned"] == 1
     assert parent.data.metrics["launch/finetune_skipped"] == 1
     assert parent.data.metrics["launch/pruned_epochs_budgeted"] == 7
     assert parent.data.metrics["launch/pruned_epochs_saved"] == 1
-
-    # the benchmark reads the same store the same way
-    out = pruning_saved.outcome(record)
-    assert out.pruned(out.collapsed) and out.collapsed.epochs == 6
-    assert not out.pruned(out.healthy) and out.healthy.epochs == 7
-    assert out.finetunes == 1 and out.metric("launch/finetune_skipped") == 1
 
 
 # `ablate launch --address` on a `ray start --head` cluster: tests/experiments/test_security.py::
@@ -268,7 +248,7 @@ def test_ddp_pretraining_then_tpe_finetuning(tmp_path):
     fine-tuning sampled by Optuna's TPE through Ray's OptunaSearch (the GN backbone pairs with gn)."""
     import optuna
 
-    space = tiny_space(tmp_path, "ddp_tpe_study", pretrain_epochs=1, workers=2, norm="gn")
+    space = tiny_space_file(tmp_path, "ddp_tpe_study", pretrain_epochs=1, workers=2, norm="gn")
     data = yaml.safe_load(space.read_text())
     data["finetune"]["fixed"]["norm"] = "gn"
     data["search"] = {"kind": "tpe", "num_samples": 2}

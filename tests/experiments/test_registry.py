@@ -16,7 +16,9 @@ from mlflow.entities import FileInfo
 from mlflow.tracking import MlflowClient
 
 from experiments import registry
+from experiments.pull import pull
 from experiments.registry import RegistryError
+from experiments.store import fluent_store
 from experiments.tracking import (
     TAG_ERROR, TAG_GIT, TAG_HASH, TAG_NAME, TAG_PRUNE_REASON, TAG_PRUNED, TAG_SEED, TAG_STAGE, TAG_UPSTREAM, Tracker,
 )
@@ -161,9 +163,9 @@ def test_model_is_logged_to_the_run_without_pickles(store: dict[str, Any]) -> No
 
 def test_pull_alias_and_version(store: dict[str, Any], tmp_path: Path) -> None:
     uri = store["uri"]
-    champion = registry.pull(f"{DET}@champion", tmp_path / "champ", uri)
-    first = registry.pull(f"{DET}/1", tmp_path / "v1", uri)
-    bare = registry.pull(DET, tmp_path / "bare", uri)  # a bare name means @champion
+    champion = pull(f"{DET}@champion", tmp_path / "champ", uri)
+    first = pull(f"{DET}/1", tmp_path / "v1", uri)
+    bare = pull(DET, tmp_path / "bare", uri)  # a bare name means @champion
     for folder in (champion, first, bare):
         assert {p.name for p in folder.iterdir()} == {"detector.safetensors", "detector.json", "config.json",
                                                        "config.yaml", "MODEL_CARD.md"}
@@ -176,7 +178,7 @@ def test_pull_alias_and_version(store: dict[str, Any], tmp_path: Path) -> None:
     assert json.loads((first / "config.json").read_text())["arch"] == "resnet18"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left behind
 
-    backbone = registry.pull(f"{BB}@champion", tmp_path / "bb", uri)
+    backbone = pull(f"{BB}@champion", tmp_path / "bb", uri)
     trunk = load_backbone(backbone)
     reference, _ = load_backbone_weights(store["bb_dir"])
     assert all(torch.equal(trunk.state_dict()[k], v) for k, v in reference.items())
@@ -189,7 +191,7 @@ def test_pull_matches_plain_mlflow_download(store: dict[str, Any], tmp_path: Pat
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store["uri"])
     plain = Path(mlflow.artifacts.download_artifacts(f"models:/{DET}@champion", dst_path=str(tmp_path / "plain")))
-    pulled = registry.pull(f"{DET}@champion", tmp_path / "pulled", store["uri"])
+    pulled = pull(f"{DET}@champion", tmp_path / "pulled", store["uri"])
     for name in ("detector.safetensors", "detector.json", "config.json", "config.yaml"):
         assert (plain / "artifacts" / "detector" / name).read_bytes() == (pulled / name).read_bytes()
 
@@ -203,7 +205,7 @@ def test_pyfunc_predict_equals_load_detector(store: dict[str, Any], tmp_path: Pa
     frame = pd.DataFrame({"image": [registry.encode_image(image)]})
     out = mlflow.pyfunc.load_model(f"models:/{DET}@champion").predict(frame)
 
-    model = load_detector(registry.pull(f"{DET}@champion", tmp_path / "d", store["uri"]))
+    model = load_detector(pull(f"{DET}@champion", tmp_path / "d", store["uri"]))
     with torch.no_grad():
         ref = model([torch.from_numpy(image).permute(2, 0, 1).float() / 255.0])[0]
     assert len(ref["boxes"]) > 0 and len(out) == len(ref["boxes"])
@@ -247,7 +249,7 @@ def test_fluent_store_restores_the_environment(monkeypatch: pytest.MonkeyPatch) 
     import mlflow
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///somewhere-else.db")
-    with registry._fluent_store("sqlite:///inside.db"):
+    with fluent_store("sqlite:///inside.db"):
         assert mlflow.get_tracking_uri() == "sqlite:///inside.db"
     import os
 
@@ -263,7 +265,7 @@ def test_fluent_store_restores_the_environment(monkeypatch: pytest.MonkeyPatch) 
 ])
 def test_pull_unknown_model_alias_version(store: dict[str, Any], tmp_path: Path, spec: str, message: str) -> None:
     with pytest.raises(RegistryError, match=message.replace("(", r"\(")):
-        registry.pull(spec, tmp_path / "out", store["uri"])
+        pull(spec, tmp_path / "out", store["uri"])
     assert not (tmp_path / "out").exists()
 
 
@@ -271,29 +273,29 @@ def test_pull_destination_problems(store: dict[str, Any], tmp_path: Path) -> Non
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
     with pytest.raises(RegistryError, match="not writable|not a folder"):
-        registry.pull(f"{DET}@champion", blocker / "sub", store["uri"])
+        pull(f"{DET}@champion", blocker / "sub", store["uri"])
     full = tmp_path / "full"
     full.mkdir()
     (full / "mine.txt").write_text("keep")
     with pytest.raises(RegistryError, match="not empty"):
-        registry.pull(f"{DET}@champion", full, store["uri"])
+        pull(f"{DET}@champion", full, store["uri"])
     assert [p.name for p in full.iterdir()] == ["mine.txt"]
     # --overwrite replaces an earlier pull only: a folder holding anything else is left as it was
     with pytest.raises(RegistryError, match=r"not an earlier pull: it holds mine\.txt \(1 entry\).*nothing was deleted"):
-        registry.pull(f"{DET}@champion", full, store["uri"], overwrite=True)
+        pull(f"{DET}@champion", full, store["uri"], overwrite=True)
     assert [p.name for p in full.iterdir()] == ["mine.txt"] and (full / "mine.txt").read_text() == "keep"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "full"]  # no staging folder left
 
 
 def test_pull_overwrite_replaces_an_earlier_pull(store: dict[str, Any], tmp_path: Path) -> None:
-    dest = registry.pull(f"{DET}/1", tmp_path / "model", store["uri"])
+    dest = pull(f"{DET}/1", tmp_path / "model", store["uri"])
     with pytest.raises(RegistryError, match="holds an earlier pull; pass --overwrite"):
-        registry.pull(f"{DET}/2", dest, store["uri"])
-    assert registry.pull(f"{DET}/2", dest, store["uri"], overwrite=True) == dest
+        pull(f"{DET}/2", dest, store["uri"])
+    assert pull(f"{DET}/2", dest, store["uri"], overwrite=True) == dest
     assert sha256_file(dest / "detector.safetensors") == sha256_file(store["exports"]["det_b"] / "detector.safetensors")
     assert (dest / "MODEL_CARD.md").read_text().startswith(f"# {DET} v2")
     # a backbone pull over the detector pull: both are earlier pulls, nothing of the detector is left
-    registry.pull(f"{BB}@champion", dest, store["uri"], overwrite=True)
+    pull(f"{BB}@champion", dest, store["uri"], overwrite=True)
     assert {p.name for p in dest.iterdir()} == {"backbone.safetensors", "backbone.json", "config.json", "config.yaml",
                                                 "MODEL_CARD.md"}
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no staging or old folder left behind
@@ -321,14 +323,14 @@ def test_pull_overwrite_never_replaces_a_project_folder(store: dict[str, Any], t
         monkeypatch.chdir(tmp_path / "elsewhere")
         dest, message = str(project), "contains the MLflow store"
     with pytest.raises(RegistryError, match=f"{message}.*: a pull never replaces it .*--dest pulled_model"):
-        registry.pull(f"{DET}@champion", dest, f"sqlite:///{db}", overwrite=True)
+        pull(f"{DET}@champion", dest, f"sqlite:///{db}", overwrite=True)
     assert sorted(str(p.relative_to(project)) for p in project.rglob("*")) == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_store_unreachable(tmp_path: Path) -> None:
     with pytest.raises(RegistryError, match="unreachable"):
-        registry.pull(f"{DET}@champion", tmp_path / "out", "http://127.0.0.1:9")
+        pull(f"{DET}@champion", tmp_path / "out", "http://127.0.0.1:9")
     with pytest.raises(RegistryError, match="no MLflow store"):
         registry.list_models(f"sqlite:///{tmp_path}/missing/mlflow.db")
     assert not (tmp_path / "out").exists()
@@ -347,7 +349,7 @@ def test_checksum_mismatch_is_refused(store: dict[str, Any], tmp_path: Path) -> 
     try:
         weights.write_bytes(original[:-8] + bytes(8))  # corrupt the stored weights
         with pytest.raises(RegistryError, match="sha256"):
-            registry.pull(f"{DET}/1", tmp_path / "out", store["uri"])
+            pull(f"{DET}/1", tmp_path / "out", store["uri"])
     finally:
         weights.write_bytes(original)
     assert not (tmp_path / "out").exists() and not list(tmp_path.iterdir())
@@ -365,7 +367,7 @@ def test_path_traversal_refused(store: dict[str, Any], tmp_path: Path, monkeypat
 
     monkeypatch.setattr(LocalArtifactRepository, "list_artifacts", listing)
     with pytest.raises(RegistryError, match="refusing artifact path"):
-        registry.pull(f"{DET}/1", tmp_path / "out", store["uri"])
+        pull(f"{DET}/1", tmp_path / "out", store["uri"])
     assert not list(tmp_path.iterdir())
 
 
@@ -376,7 +378,7 @@ def test_symlink_out_of_the_store_refused(store: dict[str, Any], tmp_path: Path)
     link.symlink_to(secret)
     try:
         with pytest.raises(RegistryError, match="symlink"):
-            registry.pull(f"{DET}/1", tmp_path / "out", store["uri"])
+            pull(f"{DET}/1", tmp_path / "out", store["uri"])
     finally:
         link.unlink()
     assert not (tmp_path / "out").exists()

@@ -301,7 +301,7 @@ def test_team_launch_leaves_no_password_anywhere(tmp_path, monkeypatch, make_pg_
         pytest.skip(msg)
     from mlflow.tracking import MlflowClient
 
-    from tests.experiments.test_launch import tiny_space
+    from tests.spaces import tiny_space_file
 
     password = "SECRETPW-" + uuid.uuid4().hex[:12]
     monkeypatch.setenv(S.ENV_ADMIN_PASSWORD, password)
@@ -309,7 +309,7 @@ def test_team_launch_leaves_no_password_anywhere(tmp_path, monkeypatch, make_pg_
     store = tmp_path / "store"
     work = tmp_path / "work"
     work.mkdir()
-    space = tiny_space(tmp_path, "secrets", pretrain_epochs=1)
+    space = tiny_space_file(tmp_path, "secrets", pretrain_epochs=1)
     # the Optuna study in PostgreSQL, its URL with the same password (trust auth ignores it): the
     # scheduler and the launch's callback are pickled into tuner.pkl, which must not hold it
     optuna_url = make_pg_database().replace("postgres@", f"postgres:{password}@")
@@ -354,11 +354,12 @@ def test_team_launch_leaves_no_password_anywhere(tmp_path, monkeypatch, make_pg_
 
 
 def _offline_pull(monkeypatch, tmp_path) -> str:
-    """Make ``registry.pull`` run without a store: a fake ``detector`` v3 whose download writes the
+    """Make ``pull`` run without a store: a fake ``detector`` v3 whose download writes the
     four model files. Everything about the destination (checks, staging, the final rename) is real.
     Returns a tracking URI of a (never opened) sqlite store, ``tmp_path/lab/mlruns/mlflow.db``."""
     from types import SimpleNamespace
 
+    from experiments import pull as pulling
     from experiments import registry
 
     version = SimpleNamespace(version="3", run_id="0" * 32, aliases=["champion"],
@@ -369,10 +370,10 @@ def _offline_pull(monkeypatch, tmp_path) -> str:
             (staging / name).write_text(name)
         return "detector"
 
-    monkeypatch.setattr(registry, "_client", lambda uri: object())
-    monkeypatch.setattr(registry, "_resolve_version", lambda client, name, alias, version_id: version)
-    monkeypatch.setattr(registry, "_download_version", download)
-    monkeypatch.setattr(registry, "_verify", lambda *args: None)
+    monkeypatch.setattr(pulling, "open_registry", lambda uri: object())
+    monkeypatch.setattr(pulling, "_resolve_version", lambda client, name, alias, version_id: version)
+    monkeypatch.setattr(pulling, "_download_version", download)
+    monkeypatch.setattr(pulling, "_verify", lambda *args: None)
     return f"sqlite:///{tmp_path}/lab/mlruns/mlflow.db"
 
 
@@ -381,7 +382,8 @@ def _tree(root: Path) -> dict[str, str]:
 
 
 def test_pull_overwrite_does_not_delete_foreign_files(tmp_path, monkeypatch):
-    from experiments.registry import RegistryError, pull
+    from experiments.pull import pull
+    from experiments.registry import RegistryError
 
     uri = _offline_pull(monkeypatch, tmp_path)
     project = tmp_path / "project"
@@ -413,7 +415,8 @@ def test_pull_overwrite_does_not_delete_foreign_files(tmp_path, monkeypatch):
 @pytest.mark.parametrize("case", ["current folder", "working directory's parent", "home folder", "store folder",
                                   "store's parent"])
 def test_pull_overwrite_refuses_protected_folders(tmp_path, monkeypatch, case):
-    from experiments.registry import RegistryError, pull
+    from experiments.pull import pull
+    from experiments.registry import RegistryError
 
     uri = _offline_pull(monkeypatch, tmp_path)
     work = tmp_path / "work" / "sub"
@@ -439,7 +442,8 @@ def test_pull_overwrite_refuses_protected_folders(tmp_path, monkeypatch, case):
 
 
 def test_pull_never_replaces_the_filesystem_root(tmp_path):
-    from experiments.registry import RegistryError, _prepare_dest
+    from experiments.pull import _prepare_dest
+    from experiments.registry import RegistryError
 
     with pytest.raises(RegistryError, match="is the filesystem root"):
         _prepare_dest(Path("/"), True, f"sqlite:///{tmp_path}/mlflow.db")

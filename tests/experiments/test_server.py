@@ -28,6 +28,7 @@ from mlflow.tracking import MlflowClient
 
 from experiments import redaction as R
 from experiments import server as S
+from experiments.tracking import configure_client_retries
 
 PG_ADMIN_URL = os.environ.get("ABLATE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
@@ -321,7 +322,7 @@ def test_configure_client_retries_keeps_user_values(monkeypatch):
                  "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "33")
-    applied = S.configure_client_retries()
+    applied = configure_client_retries()
     assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in applied and os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "33"
     from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR, MLFLOW_HTTP_REQUEST_MAX_RETRIES
 
@@ -330,9 +331,9 @@ def test_configure_client_retries_keeps_user_values(monkeypatch):
     # well past a 10 s restart.
     waited = sum(min(120, factor * 2 ** (n - 1)) for n in range(2, retries + 1))
     assert waited > 60
-    assert S.configure_client_retries() == {}  # everything set now: a second call changes nothing
+    assert configure_client_retries() == {}  # everything set now: a second call changes nothing
     with pytest.raises(ValueError, match="0..10"):
-        S.configure_client_retries(max_retries=11)
+        configure_client_retries(max_retries=11)
 
 
 # ---------------------------------------------------------------------------
@@ -416,7 +417,7 @@ RESTART_STEPS = 24
 
 def _slow_writer(url: str, run_id: str, sent, errors) -> None:
     try:
-        S.configure_client_retries()
+        configure_client_retries()
         client = MlflowClient(tracking_uri=url)
         for step in range(RESTART_STEPS):
             client.log_batch(run_id, metrics=[Metric("loss", 1.0 / (step + 1), 1_000_000 + step, step),

@@ -146,6 +146,19 @@ def test_cli_dry_run_and_exit_code_2(tmp_path, sample_data):
     assert "did you mean 'prototypes'" in proc.stderr and str(bad) in proc.stderr
 
 
+def test_dry_run_imports_no_ray(tmp_path):
+    """Validating a space (`ablate launch --dry-run`) reads the Optuna pruning settings but never loads Ray."""
+    smoke = Path(__file__).resolve().parents[2] / "search_spaces" / "smoke.yaml"
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "experiments.cli", "launch", str(smoke), "--dry-run",
+                           "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "dry run: nothing trained" in proc.stdout
+    imported = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    assert "experiments.pruning" in imported  # the space's pruning section was validated
+    assert [m for m in imported if m == "ray" or m.startswith("ray.")] == []
+
+
 def test_demo_runs_smoke_and_prints_the_next_steps(sample_data, monkeypatch, capsys):
     """`ablate demo` launches the shipped smoke.yaml and ends with the commands of the three flows,
     `ablate detect` on two of the launch's own validation images included (the launch is stubbed
@@ -224,7 +237,8 @@ def test_study_name_that_the_registry_cannot_parse_is_refused_at_load(tmp_path, 
 
 @pytest.mark.parametrize("good", ["norm_type", "paper.v2-run_3", "A", "x" * 100])
 def test_every_accepted_study_name_gives_model_names_pull_can_parse(tmp_path, sample_data, good):
-    from experiments.registry import model_name, parse_spec
+    from experiments.pull import parse_spec
+    from experiments.registry import model_name
 
     assert load_space(_write(tmp_path, {"name": "fine"}, sample_data), name=good).name == good
     for kind in ("detector", "backbone"):

@@ -1,0 +1,129 @@
+"""The tracking store seen from its clients: reachability, failures as one-line errors, plain values.
+
+Shared by ``report``, ``registry``, ``pull``, ``gc``, ``launch`` and the CLI. Each caller passes the
+error class its users see (``ReportError``, ``RegistryError``, ``GcError``, ``LaunchSetupError``):
+the store only knows that something failed, the caller knows what the user was doing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+from experiments.redaction import redact
+
+PROBE_TIMEOUT_S = 5.0  # an unreachable server fails in seconds, not after MLflow's minutes of retries
+
+
+def check_store(tracking_uri: str, error: type[ValueError]) -> None:
+    """Fail fast, with one line, when the tracking store cannot be reached.
+
+    A sqlite store must exist (a typo would otherwise create an empty database); an
+    ``http(s)://`` server must answer its ``/health`` endpoint within a few seconds (MLflow's
+    own client would retry for minutes before giving up).
+
+    Raises:
+        error: naming the store and what to do.
+    """
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):])
+        if not db.is_file():
+            raise error(f"no MLflow store at {db} (tracking URI {redact(tracking_uri)}); "
+                        "run `ablate launch` first or pass --tracking-uri")
+    elif tracking_uri.startswith(("http://", "https://")):
+        url = tracking_uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S):  # noqa: S310 - the user's own server
+                pass
+        except urllib.error.HTTPError:
+            return  # it answered: a proxy or auth layer may refuse /health, the API calls will tell
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise error(f"tracking server {redact(tracking_uri)} is unreachable ({reason}); "
+                        "start it (docker compose up) or check --tracking-uri") from exc
+
+
+def one_line(text: Any) -> str:
+    """``text`` with its whitespace runs (newlines included) collapsed: error messages stay one line."""
+    return " ".join(str(text).split())
+
+
+@contextlib.contextmanager
+def store_errors(tracking_uri: str, what: str, error: type[ValueError]) -> Iterator[None]:
+    """Turn store failures inside the block (MLflow, SQL, HTTP, disk) into a one-line ``error`` naming ``what``.
+
+    Our own errors (``error`` and its subclasses) pass through unchanged.
+    """
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import RequestException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        yield
+    except error:
+        raise
+    except MlflowException as exc:
+        raise error(one_line(f"{what} ({redact(tracking_uri)}) failed: {exc.message}")) from exc
+    except (SQLAlchemyError, RequestException, OSError) as exc:  # a database or server that went away, a full disk
+        raise error(one_line(f"{what} ({redact(tracking_uri)}) failed: {type(exc).__name__}: {exc}")) from exc
+
+
+def store_failure(exc: BaseException) -> BaseException | None:
+    """The tracking-store error (MLflow, SQL, HTTP) behind ``exc``, following its causes; None if there is none."""
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import RequestException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, (MlflowException, SQLAlchemyError, RequestException)):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def is_missing(exc: Exception) -> bool:
+    """Whether an MLflow error says the requested entity (run, model, version, alias) does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(exc, MlflowException) and exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
+
+
+@contextlib.contextmanager
+def fluent_store(tracking_uri: str) -> Iterator[None]:
+    """Point MLflow's process-wide tracking URI at ``tracking_uri`` for a block, then restore it.
+
+    ``log_model`` has no tracking-URI argument, and the SQL registry store looks logged models
+    up through the process-wide URI. ``mlflow.set_tracking_uri`` also writes (or, given None,
+    deletes) ``MLFLOW_TRACKING_URI`` in the environment, so both are put back exactly as found.
+    """
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    saved_uri = tracking_utils._tracking_uri
+    saved_env = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved_uri)
+        if saved_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env
+
+
+def finite_or_none(value: Any) -> float | None:
+    """``float(value)`` when that is a finite number, else None (missing, NaN, text)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None

@@ -1,0 +1,248 @@
+"""What runs inside a Ray worker: the trial's payload, the Reporter adapters, the trainable, DDP start-up.
+
+The driver (:mod:`experiments.launch`) hands every trial a :class:`TrialPayload`; Ray pickles it
+into the trial's config and :func:`run_trial` unpacks it in the worker, builds the trainer's
+config and calls ``trainers.swav.train`` or ``trainers.detection.train`` with a
+:class:`TuneReporter`. A trial with ``workers > 1`` runs the trainer in that many processes
+(DDP) and forwards rank 0's reports.
+
+Only the worker imports Ray here, and only inside the functions that call it, so the driver can
+import the stage names and key metrics without loading Ray.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shutil
+import socket
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+STAGE_PRETRAIN, STAGE_FINETUNE = "pretrain", "finetune"
+STAGES = (STAGE_PRETRAIN, STAGE_FINETUNE)
+LOSS_OVER_LN_K = "swav/loss_over_ln_k"  # 1.0 when SwAV has collapsed, comparable across K
+AP50 = "det/AP50"  # COCO AP@0.5: ranks detectors (progress, reports, the registry's champion)
+# The key metric shown in progress lines and summaries, per stage.
+KEY_METRIC = {STAGE_PRETRAIN: LOSS_OVER_LN_K, STAGE_FINETUNE: AP50}
+ARTIFACTS_SUBDIR = "artifacts"  # files a trainer passed to report(), carried inside the checkpoint
+CANDIDATE_KEY = "candidate"  # in `tpe` mode: which backbone x cell x seed a sampled trial fine-tunes
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialPayload:
+    """One trial as the driver hands it to Ray: what to train, and how the driver tracks it.
+
+    Grid trials carry their payload in the Ray config (``{"trial": payload}``). In `tpe` mode each
+    payload is a *candidate* (a backbone x fine-tuning cell x seed) and Optuna samples which one
+    a trial fine-tunes and with which values (:func:`sampled_payload`); the candidate fields below
+    tell the driver how to name and record the sampled trial.
+
+    Attributes:
+        stage: ``pretrain`` or ``finetune``.
+        config: the trainer's resolved config (fine-tuning: ``backbone`` is the exported backbone's folder).
+        config_hash: the trial's identity (the MLflow run it writes to).
+        name: the trial's display name.
+        epochs: the trial's budget.
+        workers: DDP processes (1: no DDP).
+        restore: a checkpoint folder of an earlier launch to resume from.
+        upstream_hash: (candidates) the pretraining config hash of the backbone, None for scratch.
+        extra_params: (candidates) further MLflow params (the backbone's ``pretrain.*``).
+        tags: (candidates) MLflow tags of the run (seed, upstream run).
+        dataset: (candidates) the MLflow dataset input: name suffix, digest, source, context.
+        backbone_name: (candidates) the backbone's name, for the trial's name.
+        seed: (candidates) the seed of the cell.
+        sampled: (sampled trials) the values Optuna chose.
+    """
+
+    stage: str
+    config: dict[str, Any]
+    config_hash: str
+    name: str
+    epochs: int
+    workers: int = 1
+    restore: str | None = None
+    upstream_hash: str | None = None
+    extra_params: dict[str, str] = dataclasses.field(default_factory=dict)
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)
+    dataset: tuple[str, str, str, str] | None = None
+    backbone_name: str = ""
+    seed: int | None = None
+    sampled: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class TuneReporter:
+    """Reporter for a trainer running inside a Ray Tune trial.
+
+    Artifacts travel inside the checkpoint (``artifacts/``), so they reach the driver through
+    Ray's storage even when the trial runs on another node.
+    """
+
+    def __init__(self, restore_from: str | None = None) -> None:
+        self._restore_from = restore_from
+        self._restored: Path | None = None
+
+    def report(self, metrics: dict[str, float], step: int, checkpoint_dir: Path | None = None,
+               artifacts: Sequence[Path] = ()) -> None:
+        from ray import tune
+
+        with contextlib.ExitStack() as stack:
+            ckpt_dir = checkpoint_dir
+            if artifacts:
+                if ckpt_dir is None:
+                    ckpt_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ablate-art-")))
+                dest = Path(ckpt_dir) / ARTIFACTS_SUBDIR
+                dest.mkdir(parents=True, exist_ok=True)
+                for a in artifacts:
+                    shutil.copy2(a, dest / Path(a).name)
+            payload = {**{k: float(v) for k, v in metrics.items()}, "epoch": int(step)}
+            checkpoint = tune.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir is not None else None
+            tune.report(payload, checkpoint=checkpoint)
+
+    def should_stop(self) -> bool:
+        # Ray stops a trial itself when the scheduler says STOP; nothing to poll here.
+        return False
+
+    def restore_dir(self) -> Path | None:
+        from ray import tune
+
+        if self._restored is not None:
+            return self._restored
+        ckpt = tune.get_checkpoint()  # set when Ray retries this trial after a crash
+        if ckpt is not None:
+            self._restored = Path(ckpt.to_directory())
+        elif self._restore_from and Path(self._restore_from).is_dir():
+            self._restored = Path(self._restore_from)  # an earlier launch's checkpoint
+        return self._restored
+
+
+class _QueueReporter:
+    """Rank 0's reporter inside a multi-process (DDP) trial: hands each report to the trial process."""
+
+    def __init__(self, queue: Any, ack: Any, restore: str | None) -> None:
+        self.queue, self.ack, self.restore = queue, ack, restore
+
+    def report(self, metrics: dict[str, float], step: int, checkpoint_dir: Path | None = None,
+               artifacts: Sequence[Path] = ()) -> None:
+        self.queue.put(("report", dict(metrics), int(step), str(checkpoint_dir) if checkpoint_dir else None,
+                        [str(a) for a in artifacts]))
+        self.ack.get()  # the trial process has copied the checkpoint; the trainer may now delete it
+
+    def should_stop(self) -> bool:
+        return False
+
+    def restore_dir(self) -> Path | None:
+        return Path(self.restore) if self.restore else None
+
+
+class _SilentReporter(_QueueReporter):
+    """Ranks > 0: they train in lock-step but never report."""
+
+    def report(self, metrics: dict[str, float], step: int, checkpoint_dir: Path | None = None,
+               artifacts: Sequence[Path] = ()) -> None:
+        return None
+
+
+def _train_fn(stage: str) -> tuple[Callable[..., dict[str, float]], type]:
+    if stage == STAGE_PRETRAIN:
+        from trainers.swav import SwAVConfig, train
+
+        return train, SwAVConfig
+    from trainers.detection import DetectionConfig, train
+
+    return train, DetectionConfig
+
+
+def _ddp_worker(rank: int, world: int, port: int, stage: str, cfg: dict[str, Any], queue: Any, ack: Any,
+                restore: str | None) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from trainers.common import config_from_dict
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend, rank=rank, world_size=world)
+    try:
+        train, cls = _train_fn(stage)
+        reporter = _QueueReporter(queue, ack, restore) if rank == 0 else _SilentReporter(queue, ack, restore)
+        result = train(config_from_dict(cls, cfg), reporter)
+        if rank == 0:
+            queue.put(("done", result))
+    except BaseException:  # noqa: BLE001 - forwarded to the trial process, which re-raises
+        if rank == 0:
+            queue.put(("error", traceback.format_exc()))
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_ddp(stage: str, cfg: dict[str, Any], workers: int, reporter: TuneReporter) -> dict[str, float]:
+    """Run the trainer in ``workers`` processes (DDP: gloo on CPU, NCCL on GPU); rank 0's reports go to Tune."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue, ack = ctx.Queue(), ctx.Queue()
+    restore = reporter.restore_dir()
+    port = _free_port()
+    procs = [ctx.Process(target=_ddp_worker, args=(r, workers, port, stage, cfg, queue, ack,
+                                                   str(restore) if restore else None), daemon=True)
+             for r in range(workers)]
+    for p in procs:
+        p.start()
+    try:
+        while True:
+            try:
+                msg = queue.get(timeout=5)
+            except Exception:  # queue.Empty: check the workers are still alive
+                dead = [p for p in procs if p.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(f"DDP worker exited with code {dead[0].exitcode}") from None
+                continue
+            if msg[0] == "report":
+                _, metrics, step, ckpt, artifacts = msg
+                reporter.report(metrics, step, Path(ckpt) if ckpt else None, [Path(a) for a in artifacts])
+                ack.put(True)
+            elif msg[0] == "done":
+                return msg[1]
+            else:
+                raise RuntimeError(f"DDP trial failed on rank 0:\n{msg[1]}")
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.terminate()
+
+
+def sampled_payload(config: Mapping[str, Any], candidates: Sequence[TrialPayload]) -> TrialPayload:
+    """A `tpe` trial: the candidate cell (backbone x fine-tuning cell x seed) Optuna picked, with its sampled values."""
+    base = candidates[int(config[CANDIDATE_KEY])]
+    sampled = {k: v for k, v in config.items() if k != CANDIDATE_KEY}
+    return dataclasses.replace(base, config={**base.config, **sampled}, sampled=sampled)
+
+
+def run_trial(config: dict[str, Any], candidates: Sequence[TrialPayload] = ()) -> None:
+    """The Ray Tune function trainable of both stages.
+
+    Grid trials carry their payload (``config = {"trial": TrialPayload(...)}``); `tpe` trials carry
+    the candidate index and the sampled values, resolved with :func:`sampled_payload`.
+    """
+    from trainers.common import config_from_dict
+
+    trial = config["trial"] if "trial" in config else sampled_payload(config, candidates)
+    reporter = TuneReporter(trial.restore)
+    if trial.workers > 1:
+        _run_ddp(trial.stage, trial.config, trial.workers, reporter)
+        return
+    train, cls = _train_fn(trial.stage)
+    train(config_from_dict(cls, trial.config), reporter)

@@ -1,0 +1,35 @@
+"""The MLflow layout rules shared by the launch, the report and the registry (no store needed)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from experiments import tracking as T
+from experiments.trial import AP50, STAGE_FINETUNE, STAGE_PRETRAIN
+
+
+@pytest.mark.parametrize(("status", "tags", "metrics", "stage", "usable"), [
+    ("FINISHED", {T.TAG_PRUNED: "false"}, {}, STAGE_PRETRAIN, True),
+    ("FINISHED", {T.TAG_PRUNED: "true"}, {}, STAGE_PRETRAIN, False),
+    ("FINISHED", {T.TAG_ERROR: "boom"}, {}, STAGE_PRETRAIN, False),
+    ("FAILED", {}, {}, STAGE_PRETRAIN, False),
+    ("RUNNING", {}, {AP50: 0.4}, STAGE_FINETUNE, False),
+    ("FINISHED", {}, {AP50: 0.4}, STAGE_FINETUNE, True),
+    ("FINISHED", {}, {AP50: math.nan}, STAGE_FINETUNE, False),  # no ground truth matched: not rankable
+    ("FINISHED", {}, {"det/AP": 0.2}, STAGE_FINETUNE, False),
+])
+def test_usable_run(status, tags, metrics, stage, usable):
+    assert T.usable_run(status, tags, metrics, stage) is usable
+
+
+def test_usable_run_ranks_by_the_metric_asked_for():
+    assert T.usable_run("FINISHED", {}, {"det/AP": 0.2}, STAGE_FINETUNE, metric="det/AP")
+
+
+def test_scratch_is_one_value_from_the_trainer_to_the_tag():
+    from experiments.spaces import BACKBONE_SCRATCH
+    from trainers.detection.config import SCRATCH
+
+    assert T.UPSTREAM_SCRATCH == SCRATCH == BACKBONE_SCRATCH
