@@ -396,14 +396,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc))
     except Exception as exc:
         # a tracking store that refuses a write or cannot be reached: one line, not MLflow's traceback
-        from experiments.redaction import redact
-        from experiments.store import store_failure
+        from experiments.store import failure_text, store_failure
 
         cause = store_failure(exc)
         if cause is None:
             raise
-        text = " ".join(str(getattr(cause, "message", cause)).split("[SQL:")[0].split())
-        print(f"ablate: error: the tracking store failed ({type(cause).__name__}: {redact(text)[:500]}); check "
+        print(f"ablate: error: the tracking store failed ({failure_text(cause)}); check "
               "that it is writable and reachable, then run the same command again", file=sys.stderr)
         return 1
     return _fail(f"unknown command {args.command}")

@@ -1,6 +1,6 @@
 """The two-stage launch: unique SwAV pretraining runs, then fine-tuning on the survivors.
 
-Data flow (DESIGN.md)::
+Data flow (docs/ARCHITECTURE.md)::
 
     space.yaml -> StudySpec -> pretrain configs (unique by config hash, minus those already
     FINISHED in MLflow) -> Ray Tune stage 1 -> per epoch: trainers.swav.train -> TuneReporter ->
@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TextIO
 from experiments import spaces
 from experiments.redaction import OPTUNA_STORAGE_ENV, redact, use_uri_credentials
 from experiments.spaces import DATA_PATH_KEYS, Plan, SpaceError, StudySpec
-from experiments.store import check_store, one_line, store_failure
+from experiments.store import check_store, failure_text, one_line, store_failure
 from experiments.tracking import (
     DEFAULT_STORE_DIR, HEARTBEAT_EVERY_S, PARENT_TAG, TAG_CHECKPOINT, TAG_DRIVER, TAG_ERROR, TAG_GIT, TAG_HASH,
     TAG_HEARTBEAT, TAG_LAUNCH, TAG_NAME, TAG_PREVIOUS_PARENT, TAG_PRUNE_REASON, TAG_PRUNED, TAG_RESUMED_FROM, TAG_SEED,
@@ -158,7 +158,6 @@ class Launcher:
         self.local_storage = Path(storage) if "://" not in storage else self.store_dir / "cache"
         self.optuna_storage = (options.optuna_storage or os.environ.get(OPTUNA_STORAGE_ENV)
                                or f"sqlite:///{self.store_dir / 'optuna.db'}")
-        os.environ[OPTUNA_STORAGE_ENV] = self.optuna_storage  # pickles refer to it, never hold it (a password)
         self.max_concurrent = options.max_concurrent or self.spec.max_concurrent
         self.launch_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
         self.git_sha = git_sha()
@@ -253,7 +252,7 @@ class Launcher:
                         self.tracker.finish(run_id, "KILLED")
             raise LaunchError(one_line(
                 f"the tracking store {redact(self.tracking_uri)} stopped accepting writes "
-                f"({type(store_exc).__name__}: {getattr(store_exc, 'message', store_exc)}); the launch stopped its "
+                f"({failure_text(store_exc)}); the launch stopped its "
                 "trials. Make the store writable again (file permissions, disk space, the server), then run the same "
                 "command: it resumes from the trials' checkpoints")) from exc
         finally:

@@ -89,6 +89,12 @@ def store_failure(exc: BaseException) -> BaseException | None:
     return None
 
 
+def failure_text(exc: BaseException) -> str:
+    """``Type: message`` of a store error on one line, without the SQL statement and parameters SQLAlchemy appends."""
+    text = str(getattr(exc, "message", exc)).split("[SQL:")[0]
+    return redact(one_line(f"{type(exc).__name__}: {text}"))[:500]
+
+
 def is_missing(exc: Exception) -> bool:
     """Whether an MLflow error says the requested entity (run, model, version, alias) does not exist."""
     from mlflow.exceptions import MlflowException

@@ -1,4 +1,4 @@
-"""MLflow tracking in the layout of DESIGN.md.
+"""MLflow tracking in the layout of docs/ARCHITECTURE.md.
 
 experiment = study name; one parent run per launch; one child run per trial
 (``mlflow.parentRunId``) whose params are every resolved config field prefixed ``pretrain.`` or

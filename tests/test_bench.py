@@ -1,6 +1,6 @@
 """The benchmarks' cheapest paths: each must run and return a section with its figures.
 
-Timings are never asserted (STYLE.md: they live in bench/); counts and the structure are.
+Timings are never asserted (they live in bench/, results in BENCHMARKS.md); counts and the structure are.
 Launch-based paths start a local Ray and are marked slow.
 """
 

@@ -57,6 +57,31 @@ def test_read_only_store_is_one_line(tmp_path, capsys, monkeypatch):
     assert "readonly database" in err and "[SQL:" not in err and "Traceback" not in err
 
 
+def test_a_store_that_stops_accepting_writes_ends_the_launch_in_one_line(tmp_path, monkeypatch, capsys):
+    """Mid-launch, a store failure (here raised where stage 1 would log) stops the launch cleanly:
+    one line that says how to resume, the launch run ended as KILLED while the store still takes it."""
+    from mlflow.exceptions import MlflowException
+
+    from experiments.launch import LaunchError
+
+    monkeypatch.chdir(tmp_path)
+    launcher = Launcher(tiny_space_file(tmp_path, "store_dies"), LaunchOptions(register=False))
+    monkeypatch.setattr(Launcher, "_init_ray", lambda self: None)
+
+    def store_goes_read_only(self, plan, existing):
+        raise MlflowException("(sqlite3.OperationalError) attempt to write a readonly database\n[SQL: INSERT ...]")
+
+    monkeypatch.setattr(Launcher, "_stage_pretrain", store_goes_read_only)
+    with pytest.raises(LaunchError) as info:
+        launcher.run()
+    message = str(info.value)
+    assert "\n" not in message and "stopped accepting writes" in message and "readonly database" in message
+    assert "[SQL:" not in message
+    assert "run the same command" in message and "resumes" in message
+    parent = MlflowClient(launcher.tracking_uri).get_run(launcher.parent_run_id)
+    assert parent.info.status == "KILLED"
+
+
 # ---------------------------------------------------------------------------
 # Resources beyond the cluster
 # ---------------------------------------------------------------------------
