@@ -350,8 +350,8 @@ class Launcher:
                                                     TAG_LAUNCH: self.launch_id, TAG_PRUNED: "false",
                                                     "mlflow.source.git.commit": self.git_sha, **tags},
                                              parent_run_id=self.parent_run_id)
-        workers = (self.spec.pretrain if stage == STAGE_PRETRAIN else self.spec.finetune).resources.workers
-        params = {**flatten_params(stage, config), f"{stage}.world_size": str(workers), **extra_params}
+        processes = (self.spec.pretrain if stage == STAGE_PRETRAIN else self.spec.finetune).resources.processes
+        params = {**flatten_params(stage, config), f"{stage}.world_size": str(processes), **extra_params}
         self.tracker.log_params_tags(run_id, params=params)
         self.tracker.log_text(run_id, _yaml(config), f"config/{stage}.yaml")
         return run_id
@@ -515,7 +515,7 @@ class Launcher:
                 self.say(f"pretrain {status:7} {t.name} (run {run.info.run_id[:8]} of an earlier launch)")
                 continue
             p = TrialPayload(STAGE_PRETRAIN, t.config, t.config_hash, t.name, int(t.config["epochs"]),
-                             self.spec.pretrain.resources.workers, dataset=dataset)
+                             self.spec.pretrain.resources.processes, dataset=dataset)
             payloads[t.config_hash] = dataclasses.replace(p, restore=self._plan_child(p, t.config, run))
         self._tune(STAGE_PRETRAIN, payloads, self._scheduler(STAGE_PRETRAIN))
         survivors: dict[str, str] = {}
@@ -549,12 +549,12 @@ class Launcher:
             extra, tags = {}, {TAG_SEED: str(t.seed)}
             if t.upstream_hash:
                 extra = {**flatten_params(STAGE_PRETRAIN, pre_by_hash[t.upstream_hash].config),
-                         f"{STAGE_PRETRAIN}.world_size": str(self.spec.pretrain.resources.workers)}
+                         f"{STAGE_PRETRAIN}.world_size": str(self.spec.pretrain.resources.processes)}
                 tags[TAG_UPSTREAM] = upstream.run_id if upstream else ""
             else:
                 tags[TAG_UPSTREAM] = UPSTREAM_SCRATCH
             p = TrialPayload(STAGE_FINETUNE, config, t.config_hash, t.name, int(t.config["epochs"]),
-                             self.spec.finetune.resources.workers, upstream_hash=t.upstream_hash, extra_params=extra,
+                             self.spec.finetune.resources.processes, upstream_hash=t.upstream_hash, extra_params=extra,
                              tags=tags, dataset=dataset, backbone_name=t.backbone_name, seed=t.seed)
             if tpe:  # sampled later: the run is made when Optuna has chosen the values
                 self.candidates.append(p)
@@ -574,7 +574,7 @@ class Launcher:
             return
         res = self.spec.pretrain.resources if stage == STAGE_PRETRAIN else self.spec.finetune.resources
         # A DDP trial's processes all live in the trial's bundle: ask for the CPUs/GPUs of every worker.
-        resources = {"cpu": res.cpu * res.workers, "gpu": res.gpu * res.workers}
+        resources = {"cpu": res.cpu * res.processes, "gpu": res.gpu * res.processes}
         search_alg, num_samples = None, 1
         if candidates:
             param_space, search_alg = tpe_search(self.spec, candidates, self.optuna_storage,
@@ -799,12 +799,12 @@ def oversized_requests(spec: StudySpec, cpus: float, gpus: float, where: str = "
     for stage, sec in ((STAGE_PRETRAIN, spec.pretrain), (STAGE_FINETUNE, spec.finetune)):
         r = sec.resources
         for key, per_worker, have in (("cpu", r.cpu, cpus), ("gpu", r.gpu, gpus)):
-            need = per_worker * r.workers
+            need = per_worker * r.processes
             if need > have:
-                workers = f" ({per_worker:g} x {r.workers} workers)" if r.workers > 1 else ""
+                workers = f" ({per_worker:g} x {r.processes} processes)" if r.processes > 1 else ""
                 problems.append(f"{spec.path}: {stage}.resources.{key}: one trial asks for {need:g} {key.upper()}s"
                                 f"{workers} but {where} has {have:g}; set {stage}.resources.{key} to at most "
-                                f"{have / r.workers:g}, or launch on a bigger cluster with --address")
+                                f"{have / r.processes:g}, or launch on a bigger cluster with --address")
     return problems
 
 

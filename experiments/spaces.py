@@ -11,7 +11,7 @@ The schema is documented in ``search_spaces/README.md``. In short::
       fixed: {arch: resnet50, epochs: 100}
       cases: [{prototypes: 1000}, {prototypes: 3000}]   # explicit cells (union)
       grid: {norm: [bn, gn]}                            # Cartesian axes, crossed with every case
-      resources: {cpu: 8, gpu: 1, workers: 1}
+      resources: {cpu: 8, gpu: 1, processes: 1}
     finetune:
       fixed: {epochs: 12}
       grid: {norm: [bn, frozen_bn, gn], backbone: [swav, scratch]}
@@ -29,6 +29,7 @@ import itertools
 import json
 import math
 import re
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +45,7 @@ TOP_KEYS = ("name", "description", "data", "seeds", "search", "pretrain", "finet
 SECTION_KEYS = ("fixed", "grid", "cases", "resources")
 DATA_PATH_KEYS = ("unlabeled", "train_images", "train_annotations", "val_images", "val_annotations")
 DATA_KEYS = ("sample", "root", *DATA_PATH_KEYS)
-RESOURCE_KEYS = ("cpu", "gpu", "workers")
+RESOURCE_KEYS = ("cpu", "gpu", "processes", "workers")  # workers: the old name of processes
 SEARCH_KEYS = ("kind", "num_samples", "metric", "mode")
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int")
 # Fine-tuning `backbone` values in a space: every surviving SwAV backbone, or none (the baseline row).
@@ -75,7 +76,7 @@ class Resources:
 
     cpu: float = 1.0
     gpu: float = 0.0
-    workers: int = 1  # >1: DDP across this many processes inside the trial
+    processes: int = 1  # >1: DDP across this many processes inside the trial (the world size)
 
 
 @dataclass(frozen=True)
@@ -293,12 +294,21 @@ def _parse_section(path: Path, stage: str, raw: Any, search_kind: str) -> StageS
         v = res.get(key, 1.0 if key == "cpu" else 0.0)
         if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
             raise _err(path, f"{stage}.resources.{key}", f"expected a number >= 0 (fractions allowed), got {v!r}")
-    workers = res.get("workers", 1)
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise _err(path, f"{stage}.resources.workers", f"expected an integer >= 1, got {workers!r}")
+    key = "processes"
+    if "workers" in res:  # the old name, easy to confuse with the DataLoader's `workers` in `fixed`
+        if "processes" in res:
+            raise _err(path, f"{stage}.resources", "both processes and workers are given",
+                       "keep processes (the DDP world size) and delete workers")
+        key = "workers"
+        warnings.warn(f"{path}: {stage}.resources.workers is now {stage}.resources.processes (the DDP processes "
+                      f"of a trial; `workers` in {stage}.fixed is the DataLoader's); the old key is read for now",
+                      FutureWarning, stacklevel=2)
+    processes = res.get(key, 1)
+    if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
+        raise _err(path, f"{stage}.resources.{key}", f"expected an integer >= 1, got {processes!r}")
     if res.get("cpu", 1.0) == 0 and res.get("gpu", 0.0) == 0:
         raise _err(path, f"{stage}.resources", "a trial needs some cpu or gpu", "set cpu: 1")
-    resources = Resources(float(res.get("cpu", 1.0)), float(res.get("gpu", 0.0)), workers)
+    resources = Resources(float(res.get("cpu", 1.0)), float(res.get("gpu", 0.0)), processes)
     return StageSpec(fixed, tuple(cells), resources, dists)
 
 
@@ -633,13 +643,13 @@ def _unique_names(trials: list[PretrainTrial]) -> list[PretrainTrial]:
 def identity(config: Mapping[str, Any], resources: Resources | None = None) -> dict[str, Any]:
     """What makes a run's result: its config fields minus the non-result ones, plus the DDP world size.
 
-    The world size (``resources.workers``) changes the global batch, the Sinkhorn batch and the
+    The world size (``resources.processes``) changes the global batch, the Sinkhorn batch and the
     queue per process, so a run trained at another world size is another run. At 1 it is left
     out, so single-process runs keep the hashes they always had.
     """
     out = {k: v for k, v in config.items() if k not in NON_RESULT_FIELDS}
-    if resources is not None and resources.workers != 1:
-        out["world_size"] = resources.workers
+    if resources is not None and resources.processes != 1:
+        out["world_size"] = resources.processes
     if out.get("head") == "res5":  # the C4 detector; earlier versions named a stage 5 on FPN RoIs so
         out["head"] = "res5-c4"
     return out

@@ -3,7 +3,7 @@
 The driver (:mod:`experiments.launch`) hands every trial a :class:`TrialPayload`; Ray pickles it
 into the trial's config and :func:`run_trial` unpacks it in the worker, builds the trainer's
 config and calls ``trainers.swav.train`` or ``trainers.detection.train`` with a
-:class:`TuneReporter`. A trial with ``workers > 1`` runs the trainer in that many processes
+:class:`TuneReporter`. A trial with ``processes > 1`` runs the trainer in that many processes
 (DDP) and forwards rank 0's reports.
 
 Only the worker imports Ray here, and only inside the functions that call it, so the driver can
@@ -47,7 +47,7 @@ class TrialPayload:
         config_hash: the trial's identity (the MLflow run it writes to).
         name: the trial's display name.
         epochs: the trial's budget.
-        workers: DDP processes (1: no DDP).
+        processes: DDP processes (1: no DDP), the space's ``resources.processes``.
         restore: a checkpoint folder of an earlier launch to resume from.
         upstream_hash: (candidates) the pretraining config hash of the backbone, None for scratch.
         extra_params: (candidates) further MLflow params (the backbone's ``pretrain.*``).
@@ -63,7 +63,7 @@ class TrialPayload:
     config_hash: str
     name: str
     epochs: int
-    workers: int = 1
+    processes: int = 1
     restore: str | None = None
     upstream_hash: str | None = None
     extra_params: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -241,8 +241,8 @@ def run_trial(config: dict[str, Any], candidates: Sequence[TrialPayload] = ()) -
 
     trial = config["trial"] if "trial" in config else sampled_payload(config, candidates)
     reporter = TuneReporter(trial.restore)
-    if trial.workers > 1:
-        _run_ddp(trial.stage, trial.config, trial.workers, reporter)
+    if trial.processes > 1:
+        _run_ddp(trial.stage, trial.config, trial.processes, reporter)
         return
     train, cls = _train_fn(trial.stage)
     train(config_from_dict(cls, trial.config), reporter)

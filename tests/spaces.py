@@ -93,12 +93,12 @@ def write_space(folder: Path, space: Mapping[str, Any]) -> Path:
     return path
 
 
-def tiny_space_file(folder: Path, name: str, pretrain_epochs: int = 2, workers: int = 1, **pre_fixed: Any) -> Path:
+def tiny_space_file(folder: Path, name: str, pretrain_epochs: int = 2, processes: int = 1, **pre_fixed: Any) -> Path:
     """A study small enough for a test (the benchmarks' tiny grid: the `small` sample set, 32/16 px
-    crops, one 2-step fine-tuning epoch), written to ``folder``; ``workers`` > 1 makes the pretraining
+    crops, one 2-step fine-tuning epoch), written to ``folder``; ``processes`` > 1 makes the pretraining
     trial a DDP job of that many one-CPU processes."""
     space = tiny_space(name, pretrain_epochs=pretrain_epochs, pretrain_fixed=pre_fixed)
-    space["pretrain"]["resources"] = {"cpu": 1 if workers > 1 else 2, "workers": workers}
+    space["pretrain"]["resources"] = {"cpu": 1 if processes > 1 else 2, "processes": processes}
     return write_space(folder, space)
 
 

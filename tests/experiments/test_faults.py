@@ -106,10 +106,10 @@ def test_resources_beyond_the_machine_are_refused_at_plan_time(tmp_path, capsys,
 
 def test_oversized_requests_count_every_worker():
     spec = SimpleNamespace(path=Path("s.yaml"),
-                           pretrain=SimpleNamespace(resources=SimpleNamespace(cpu=1.0, gpu=1.0, workers=4)),
-                           finetune=SimpleNamespace(resources=SimpleNamespace(cpu=2.0, gpu=0.0, workers=1)))
+                           pretrain=SimpleNamespace(resources=SimpleNamespace(cpu=1.0, gpu=1.0, processes=4)),
+                           finetune=SimpleNamespace(resources=SimpleNamespace(cpu=2.0, gpu=0.0, processes=1)))
     problems = oversized_requests(spec, cpus=8, gpus=2)
-    assert len(problems) == 1 and "pretrain.resources.gpu" in problems[0] and "4 GPUs (1 x 4 workers)" in problems[0]
+    assert len(problems) == 1 and "pretrain.resources.gpu" in problems[0] and "4 GPUs (1 x 4 processes)" in problems[0]
     assert oversized_requests(spec, cpus=8, gpus=4) == []
 
 

@@ -248,7 +248,7 @@ def test_ddp_pretraining_then_tpe_finetuning(tmp_path):
     fine-tuning sampled by Optuna's TPE through Ray's OptunaSearch (the GN backbone pairs with gn)."""
     import optuna
 
-    space = tiny_space_file(tmp_path, "ddp_tpe_study", pretrain_epochs=1, workers=2, norm="gn")
+    space = tiny_space_file(tmp_path, "ddp_tpe_study", pretrain_epochs=1, processes=2, norm="gn")
     data = yaml.safe_load(space.read_text())
     data["finetune"]["fixed"]["norm"] = "gn"
     data["search"] = {"kind": "tpe", "num_samples": 2}

@@ -337,7 +337,7 @@ def test_paper_spaces_follow_the_paper_recipe(name, sample_data):
     queue = {t.config["queue_start_epoch"] for t in plan.pretrain}
     assert queue == ({15, 30} if name in ("queue_start.yaml", "paper_full.yaml") else {30})
     # DDP on 4 GPUs at 64 per GPU: the global batch of 256
-    assert spec.pretrain.resources.workers == 4
+    assert spec.pretrain.resources.processes == 4
     assert {t.config["batch_size"] for t in plan.pretrain} == {64}
     norms = {t.config["norm"] for t in plan.finetune if t.upstream_hash is not None}
     if name == "norm_type.yaml":
@@ -386,7 +386,7 @@ def test_dry_run_warns_when_a_scratch_trunk_would_stay_untrained(tmp_path, sampl
 
 def test_world_size_is_part_of_a_run_s_identity(tmp_path, sample_data):
     def more_workers(d):
-        d["pretrain"]["resources"]["workers"] = 2
+        d["pretrain"]["resources"]["processes"] = 2
         d["pretrain"]["resources"]["cpu"] = 1
     one = expand(load_space(SPACES / "smoke.yaml"), "fp", _paths(sample_data))
     two = expand(load_space(_space_with(tmp_path, more_workers)), "fp", _paths(sample_data))
@@ -394,3 +394,16 @@ def test_world_size_is_part_of_a_run_s_identity(tmp_path, sample_data):
     # the fine-tuning runs on those backbones differ with them; the scratch ones stay the same
     scratch = lambda plan: {t.config_hash for t in plan.finetune if t.upstream_hash is None}  # noqa: E731
     assert scratch(one) == scratch(two)
+
+
+def test_resources_workers_is_read_as_processes_with_a_warning(tmp_path):
+    data = yaml.safe_load((SPACES / "smoke.yaml").read_text())
+    data["pretrain"]["resources"] = {"cpu": 1, "workers": 2}
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.warns(FutureWarning, match=r"pretrain\.resources\.workers is now pretrain\.resources\.processes"):
+        assert load_space(path).pretrain.resources.processes == 2
+    data["pretrain"]["resources"]["processes"] = 2
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(SpaceError, match="both processes and workers"):
+        load_space(path)
