@@ -37,6 +37,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
+from experiments.trial import AP50
 from trainers.common import (ConfigError, DuplicateKeyError, closest, config_from_dict, config_hash, config_to_dict,
                              load_yaml, unknown_key_message)
 from trainers.pairing import PRETRAINED_NORM, SCRATCH
@@ -422,7 +423,7 @@ def load_space(path: str | Path, name: str | None = None) -> StudySpec:
     kind = search.get("kind", "grid")
     if kind not in ("grid", "tpe"):
         raise _err(path, "search.kind", f"{kind!r} is not a search kind", "use grid or tpe")
-    search = {"kind": kind, "num_samples": search.get("num_samples", 1), "metric": search.get("metric", "det/AP50"),
+    search = {"kind": kind, "num_samples": search.get("num_samples", 1), "metric": search.get("metric", AP50),
               "mode": search.get("mode", "max")}
     if not isinstance(search["num_samples"], int) or search["num_samples"] < 1:
         raise _err(path, "search.num_samples", f"expected an integer >= 1, got {search['num_samples']!r}")
