@@ -1,7 +1,7 @@
 """The ``ablate`` command.
 
     ablate demo                                   the whole flow on generated sample data
-    ablate data sample --out DIR                  write the sample data set
+    ablate data sample --out DIR [--kind digits]  write the sample data set
     ablate pretrain CONFIG.yaml [--set k=v]       one SwAV pretraining, no Ray / MLflow
     ablate finetune CONFIG.yaml [--set k=v]       one Faster R-CNN fine-tuning, no Ray / MLflow
     ablate launch SPACE.yaml [--dry-run]          an ablation grid through Ray Tune + MLflow
@@ -46,6 +46,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, type=Path, help="output folder")
     s.add_argument("--seed", type=int, default=0, help="generator seed (same seed -> identical files)")
     s.add_argument("--size", default="small", choices=["small", "medium"], help="small: tests; medium: the demo")
+    s.add_argument("--kind", default="shapes", choices=["shapes", "digits"],
+                   help="shapes: coloured shapes on clutter; digits: real handwritten digits on real photographs")
 
     for stage in ("pretrain", "finetune"):
         what = "SwAV pretraining" if stage == "pretrain" else "Faster R-CNN fine-tuning"
@@ -136,8 +138,8 @@ def _fail(msg: str) -> int:
 def cmd_data_sample(args: argparse.Namespace) -> int:
     from trainers.data import generate_sample
 
-    paths = generate_sample(args.out, seed=args.seed, size=args.size)
-    print(f"sample data ({args.size}, seed {args.seed}) in {paths.root}")
+    paths = generate_sample(args.out, seed=args.seed, size=args.size, kind=args.kind)
+    print(f"sample data ({args.kind}, {args.size}, seed {args.seed}) in {paths.root}")
     for name in ("unlabeled", "train_images", "train_annotations", "val_images", "val_annotations"):
         print(f"  {name:18} {getattr(paths, name)}")
     return 0

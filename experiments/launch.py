@@ -117,8 +117,9 @@ def resolve_data(spec: StudySpec, storage: Path) -> tuple[dict[str, str], str]:
     from trainers.data import data_fingerprint, generate_sample
 
     if spec.data.sample is not None:
-        size, seed = spec.data.sample
-        sample = generate_sample(storage / "data" / f"sample-{size}-{seed}", seed=seed, size=size)
+        size, seed, kind = spec.data.sample
+        sample = generate_sample(storage / "data" / spaces.sample_folder(size, seed, kind), seed=seed, size=size,
+                                 kind=kind)
         paths = {k: str(getattr(sample, k)) for k in DATA_PATH_KEYS}
     else:
         paths = {k: str(getattr(spec.data, k)) for k in DATA_PATH_KEYS}

@@ -138,6 +138,42 @@ def test_broken_space_names_file_key_and_fix(tmp_path, sample_data, body, expect
     assert expected in msg, msg
 
 
+def _write_sample(tmp_path: Path, sample: dict, sample_data) -> Path:
+    path = _write(tmp_path, {}, sample_data)
+    body = yaml.safe_load(path.read_text())
+    body["data"] = {"sample": sample}  # replaces `root` (`_write` would merge the two)
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+@pytest.mark.parametrize("sample,expected", [
+    ({"size": "small"}, ("small", 0, "shapes")),
+    ({"kind": "digits", "size": "medium", "seed": 3}, ("medium", 3, "digits")),
+])
+def test_data_sample_kind(tmp_path, sample_data, sample, expected):
+    spec = load_space(_write_sample(tmp_path, sample, sample_data))
+    assert spec.data.sample == expected
+    # shapes keep their storage folder name; other kinds are named in it
+    assert spaces.sample_folder(*expected) == ("sample-small-0" if expected[2] == "shapes" else "sample-digits-medium-3")
+
+
+def test_resolve_data_generates_digits_in_their_own_folder(tmp_path, sample_data):
+    from experiments.launch import resolve_data
+
+    spec = load_space(_write_sample(tmp_path, {"kind": "digits"}, sample_data))
+    paths, fingerprint = resolve_data(spec, tmp_path / "storage")
+    assert Path(paths["val_annotations"]).is_relative_to(tmp_path / "storage" / "data" / "sample-digits-small-0")
+    assert fingerprint and "sample small/0 (digits)" in spaces._describe_data(spec.data)
+
+
+def test_data_sample_kind_invalid_names_the_key(tmp_path, sample_data):
+    path = _write_sample(tmp_path, {"kind": "letters"}, sample_data)
+    with pytest.raises(SpaceError) as err:
+        load_space(path)
+    msg = str(err.value)
+    assert msg.startswith(str(path)) and "data.sample.kind" in msg and "shapes or digits" in msg, msg
+
+
 def test_cli_dry_run_and_exit_code_2(tmp_path, sample_data):
     bad = _write(tmp_path, {"pretrain": {"grid": {"prototype": [10]}}}, sample_data)
     proc = subprocess.run([sys.executable, "-m", "experiments.cli", "launch", str(bad), "--dry-run"],

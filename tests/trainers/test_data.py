@@ -188,6 +188,79 @@ def test_sample_rejects_bad_arguments(tmp_path: Path, kwargs: dict[str, Any], fi
 
 
 # ---------------------------------------------------------------------------
+# Sample generator: the digits kind
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits_data(tmp_path_factory: pytest.TempPathFactory) -> SamplePaths:
+    return generate_sample(tmp_path_factory.mktemp("digits"), seed=0, size="small", kind="digits")
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_digits_split_is_a_coco_set_with_ten_digits_in_all_area_ranges(digits_data: SamplePaths, split: str) -> None:
+    annotations = getattr(digits_data, f"{split}_annotations")
+    data = load_json(annotations)
+    assert [(c["id"], c["name"]) for c in data["categories"]] == [(d + 1, str(d)) for d in range(10)]
+    assert {a["category_id"] for a in data["annotations"]} == set(range(1, 11))
+    assert {area_range(a["area"]) for a in data["annotations"]} == set(AREA_RANGES)
+    per_image = {img["id"]: 0 for img in data["images"]}
+    for ann in data["annotations"]:
+        per_image[ann["image_id"]] += 1
+        x, y, w, h = ann["bbox"]
+        assert 0 <= x and 0 <= y and x + w <= 256 and y + h <= 256 and ann["area"] == w * h
+    assert min(per_image.values()) >= 2  # several objects per labeled scene
+    dataset = CocoDetection(getattr(digits_data, f"{split}_images"), annotations)  # validates the file
+    image, target = dataset[0]
+    assert image.shape == (3, 256, 256) and len(target["boxes"]) == per_image[data["images"][0]["id"]]
+    assert int(target["labels"].max()) <= 10
+
+
+def test_digits_unlabeled_outnumber_labeled_and_val_digits_are_unseen(digits_data: SamplePaths) -> None:
+    from trainers.data.digits import digit_pools
+
+    manifest = load_json(digits_data.root / "sample.json")
+    assert manifest["kind"] == "digits"
+    counts = manifest["counts"]
+    assert len(UnlabeledImages(digits_data.unlabeled)) == counts["unlabeled"] > counts["train"] + counts["val"]
+    pools = {split: set(pool.tolist()) for split, pool in digit_pools(0).items()}
+    assert not pools["train"] & pools["val"] and not pools["unlabeled"] & (pools["train"] | pools["val"])
+    assert sum(map(len, pools.values())) == 1797
+    for split in ("train", "val"):
+        used = {a["digit_index"] for a in load_json(getattr(digits_data, f"{split}_annotations"))["annotations"]}
+        assert used <= pools[split], f"{split} uses digits outside its pool"
+
+
+def test_digits_are_deterministic_idempotent_and_fingerprinted(digits_data: SamplePaths, tmp_path: Path) -> None:
+    before = {p: p.stat().st_mtime_ns for p in digits_data.root.rglob("*") if p.is_file()}
+    assert generate_sample(digits_data.root, seed=0, size="small", kind="digits") == digits_data
+    assert {p: p.stat().st_mtime_ns for p in digits_data.root.rglob("*") if p.is_file()} == before
+    again = generate_sample(tmp_path / "again", seed=0, size="small", kind="digits")
+    assert tree_hashes(again.root) == tree_hashes(digits_data.root)
+    fingerprint = data_fingerprint(digits_data.unlabeled, digits_data.train_annotations, digits_data.val_annotations)
+    assert fingerprint == data_fingerprint(again.unlabeled, again.train_annotations, again.val_annotations)
+    # Same folder, other kind: the set is replaced, and the shapes set is the one `kind` left out gives.
+    generate_sample(tmp_path / "again", seed=0, size="small", kind="shapes")
+    assert tree_hashes(again.root) == tree_hashes(generate_sample(tmp_path / "plain", seed=0, size="small").root)
+    assert "kind" not in load_json(again.root / "sample.json")  # shapes manifests are as before digits
+
+
+def test_sample_rejects_unknown_kind(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"^kind='digit' is invalid.*did you mean 'digits'"):
+        generate_sample(tmp_path / "x", kind="digit")
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_writes_the_digits_sample(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from experiments import cli
+
+    assert cli.main(["data", "sample", "--kind", "digits", "--out", str(tmp_path / "d")]) == 0
+    assert "sample data (digits, small, seed 0)" in capsys.readouterr().out
+    assert load_json(tmp_path / "d" / "sample.json")["kind"] == "digits"
+    assert len(load_json(tmp_path / "d" / "annotations" / "val.json")["categories"]) == 10
+
+
+# ---------------------------------------------------------------------------
 # UnlabeledImages
 # ---------------------------------------------------------------------------
 

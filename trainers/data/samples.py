@@ -2,6 +2,7 @@
 
 Shapes (disc, square, triangle) on cluttered backgrounds, labeled in COCO format with every
 category in every COCO area range, plus unlabeled images in nested folders for pretraining.
+``kind="digits"`` writes the same layout from real digits and photographs (trainers.data.digits).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ SAMPLE_SIZES: dict[str, dict[str, int]] = {
 AREA_RANGES = {"small": (120.0, 800.0), "medium": (1400.0, 7000.0), "large": (9800.0, 14000.0)}
 TRIANGLE_ASPECT = 0.87  # height / base, about equilateral
 MAX_OBJECTS = 6
+SAMPLE_KINDS = ("shapes", "digits")  # shapes: this module; digits: trainers.data.digits
 
 
 @dataclass(frozen=True)
@@ -294,16 +296,48 @@ def _write_unlabeled(root: Path, seed: int, count: int) -> None:
         _save(_render_image(rng, _plan_objects(rng, [])), folder / f"u{index:06d}{suffix}")
 
 
-def _manifest(seed: int, size: str) -> dict[str, Any]:
-    counts = SAMPLE_SIZES[size]
+def _manifest(seed: int, size: str, kind: str = "shapes") -> dict[str, Any]:
+    if kind == "shapes":  # no `kind` key: shapes manifests stay as they were before digits existed
+        return {
+            "format": "ablate-sample",
+            "version": SAMPLE_VERSION,
+            "seed": seed,
+            "size": size,
+            "image_size": IMAGE_SIZE,
+            "counts": dict(SAMPLE_SIZES[size]),
+        }
+    from trainers.data import digits
+
     return {
         "format": "ablate-sample",
-        "version": SAMPLE_VERSION,
+        "kind": kind,
+        "version": digits.DIGITS_VERSION,
         "seed": seed,
         "size": size,
         "image_size": IMAGE_SIZE,
-        "counts": dict(counts),
+        "counts": dict(digits.DIGITS_SIZES[size]),
+        "sources": "sklearn.datasets.load_digits (digit_index in annotations), load_sample_images",
+        "digit_pools": {split: len(pool) for split, pool in digits.digit_pools(seed).items()},
     }
+
+
+def _write_digits(staging: Path, seed: int, counts: dict[str, int]) -> None:
+    """The digits set's files under ``staging``: labeled splits (JPEG) and unlabeled scenes (JPEG, every 8th PNG)."""
+    from trainers.data import digits
+
+    pools = digits.digit_pools(seed)
+    for split in ("train", "val"):
+        pixels, coco = digits.labeled_split(seed, split, counts[split], pools[split])
+        (staging / split).mkdir()
+        for image, entry in zip(pixels, coco["images"]):
+            _save(image, staging / split / entry["file_name"])
+        (staging / "annotations" / f"{split}.json").write_text(json.dumps(coco, indent=1) + "\n")
+    for index in range(counts["unlabeled"]):
+        image, _ = digits.scene(seed, "unlabeled", index, pools["unlabeled"], [])
+        folder = staging / "unlabeled" / f"part_{index // digits.UNLABELED_PER_FOLDER:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        suffix = ".png" if index % digits.PNG_EVERY == digits.PNG_EVERY - 1 else ".jpg"
+        _save(image, folder / f"u{index:06d}{suffix}")
 
 
 def _is_complete(paths: SamplePaths, manifest: dict[str, Any]) -> bool:
@@ -330,29 +364,36 @@ def _written_by_generator(root: Path) -> bool:
         return False
 
 
-def generate_sample(out: str | Path, seed: int = 0, size: str = "small") -> SamplePaths:
+def generate_sample(out: str | Path, seed: int = 0, size: str = "small", kind: str = "shapes") -> SamplePaths:
     """Write a small, deterministic sample data set in the formats the trainers read.
 
     Layout under ``out``: ``unlabeled/part_NN/*.jpg|png`` (no labels), ``train/``, ``val/``,
     ``annotations/train.json``, ``annotations/val.json`` (COCO instances, categories
     disc=1, square=3, triangle=7) and ``sample.json`` (seed, size, counts, version).
-    Each labeled split holds every category in every COCO area range. Same seed and size
+    Each labeled split holds every category in every COCO area range. Same seed, size and kind
     give byte-identical files; if ``out`` already holds that complete set, nothing is rewritten.
+
+    ``kind="digits"`` writes the same layout with real handwritten digits (categories "0".."9",
+    ids 1..10) blended on crops of two real photographs, drawn from disjoint digit pools per split
+    (see :mod:`trainers.data.digits`); its ``sample.json`` also records ``kind``.
 
     Args:
         out: target folder (created if missing; other files in it are left alone).
         seed: generator seed (a non-negative integer).
-        size: "small" (8 train, 4 val, 128 unlabeled; for tests) or "medium" (32/12/480; for the demo).
+        size: "small" (8 train, 4 val, 128 unlabeled; for tests) or "medium" (32/12/480; for the demo;
+            digits: 40/20/1000).
+        kind: "shapes" (the default) or "digits".
 
     Raises:
-        ValueError: bad ``seed`` or ``size``.
+        ValueError: bad ``seed``, ``size`` or ``kind``.
         DatasetError: ``out`` holds folders of the same names that a previous run did not write.
     """
     require_choice("size", size, list(SAMPLE_SIZES))
     require_int("seed", seed, 0, "a non-negative integer")
+    require_choice("kind", kind, list(SAMPLE_KINDS))
     root = Path(out)
     paths = sample_paths(root)
-    manifest = _manifest(seed, size)
+    manifest = _manifest(seed, size, kind)
     if _is_complete(paths, manifest):
         return paths
 
@@ -370,12 +411,15 @@ def generate_sample(out: str | Path, seed: int = 0, size: str = "small") -> Samp
     # half-written set that looks complete.
     staging = Path(tempfile.mkdtemp(prefix=".sample-staging-", dir=root))
     try:
-        counts = SAMPLE_SIZES[size]
+        counts = manifest["counts"]
         (staging / "annotations").mkdir()
-        for split in ("train", "val"):
-            coco = _write_split(staging, split, seed, counts[split])
-            (staging / "annotations" / f"{split}.json").write_text(json.dumps(coco, indent=1) + "\n")
-        _write_unlabeled(staging, seed, counts["unlabeled"])
+        if kind == "digits":
+            _write_digits(staging, seed, counts)
+        else:
+            for split in ("train", "val"):
+                coco = _write_split(staging, split, seed, counts[split])
+                (staging / "annotations" / f"{split}.json").write_text(json.dumps(coco, indent=1) + "\n")
+            _write_unlabeled(staging, seed, counts["unlabeled"])
         (root / "sample.json").unlink(missing_ok=True)  # the old set stops being "complete" first
         for name in ours:
             target = root / name
