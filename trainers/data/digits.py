@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from trainers.data.samples import AREA_RANGES, IMAGE_SIZE, MAX_OBJECTS, _Object, _place
+from trainers.data.samples import AREA_RANGES, IMAGE_SIZE, MAX_OBJECTS, _Object, _place, annotation
 
 DIGITS_VERSION = 1  # bump when this generator's output changes, so old digits folders are regenerated
 DIGITS_SIZES: dict[str, dict[str, int]] = {
@@ -182,18 +182,8 @@ def labeled_split(seed: int, split: str, count: int, pool: np.ndarray) -> tuple[
         images.append({"id": image_id, "file_name": f"{image_id:06d}.jpg", "width": IMAGE_SIZE, "height": IMAGE_SIZE})
         for obj, source in placed:
             area = float(obj.w * obj.h)  # the box: the digit's ink fills its box, edge to edge
-            low, high = {"small": (0, 32**2), "medium": (32**2, 96**2), "large": (96**2, math.inf)}[obj.area_range]
-            if not low <= area < high:  # a generator invariant the tests rely on
-                raise RuntimeError(f"digits object area {area} is outside its {obj.area_range} range")
-            annotations.append({
-                "id": len(annotations) + 1,
-                "image_id": image_id,
-                "category_id": obj.category,
-                "bbox": [obj.x, obj.y, obj.w, obj.h],
-                "area": area,
-                "iscrowd": 0,
-                "digit_index": source,  # index into sklearn's load_digits(); splits use disjoint pools
-            })
+            # digit_index: the index into sklearn's load_digits(); splits use disjoint pools
+            annotations.append(annotation(obj, len(annotations) + 1, image_id, area, "digits", digit_index=source))
     coco = {
         "info": {"description": f"ablate digits sample data set ({split})", "version": str(DIGITS_VERSION)},
         "licenses": [],

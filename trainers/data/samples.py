@@ -264,20 +264,7 @@ def _write_split(root: Path, split: str, seed: int, count: int) -> dict[str, Any
         for obj in objects:
             polygon = _polygon(obj)
             area = round(_polygon_area(polygon), 2)
-            low, high = {"small": (0, 32**2), "medium": (32**2, 96**2), "large": (96**2, math.inf)}[obj.area_range]
-            if not low <= area < high:  # a generator invariant the tests and demo rely on
-                raise RuntimeError(f"sample object area {area} is outside its {obj.area_range} range")
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": obj.category,
-                    "bbox": [obj.x, obj.y, obj.w, obj.h],
-                    "area": area,
-                    "iscrowd": 0,
-                    "segmentation": [polygon],
-                }
-            )
+            annotations.append(annotation(obj, len(annotations) + 1, image_id, area, "sample", segmentation=[polygon]))
     return {
         "info": {"description": f"ablate sample data set ({split})", "version": str(SAMPLE_VERSION)},
         "licenses": [],
@@ -362,6 +349,19 @@ def _written_by_generator(root: Path) -> bool:
         return json.loads((root / "sample.json").read_text()).get("format") == "ablate-sample"
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def annotation(obj: "_Object", ann_id: int, image_id: int, area: float, what: str, **extra: Any) -> dict[str, Any]:
+    """One COCO annotation of a generated object (``extra`` keys follow the standard ones).
+
+    Raises RuntimeError when ``area`` is outside the object's planned COCO range: a generator
+    invariant the tests and the demo rely on (every split covers small, medium and large).
+    """
+    low, high = {"small": (0, 32**2), "medium": (32**2, 96**2), "large": (96**2, math.inf)}[obj.area_range]
+    if not low <= area < high:
+        raise RuntimeError(f"{what} object area {area} is outside its {obj.area_range} range")
+    return {"id": ann_id, "image_id": image_id, "category_id": obj.category, "bbox": [obj.x, obj.y, obj.w, obj.h],
+            "area": area, "iscrowd": 0, **extra}
 
 
 def generate_sample(out: str | Path, seed: int = 0, size: str = "small", kind: str = "shapes") -> SamplePaths:
