@@ -64,7 +64,10 @@ STUDY_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 STUDY_NAME_RULE = (f"a study name is 1-{STUDY_NAME_MAX} letters, digits, '_', '.' or '-', starting with a letter "
                    "or digit (it names the MLflow experiment and the registered models <name>-detector/-backbone)")
 # Fields that never change a run's result, so they stay out of the config hash.
-NON_RESULT_FIELDS = {"workers", "data", "train_images", "train_annotations", "val_images", "val_annotations", "backbone"}
+# The kNN monitor's settings only change what is reported (swav/knn_top1), never the trained weights.
+KNN_PATH_FIELDS = {f"knn_{k}": k for k in DATA_PATH_KEYS if k != "unlabeled"}  # SwAV field -> data path key
+NON_RESULT_FIELDS = {"workers", "data", "train_images", "train_annotations", "val_images", "val_annotations", "backbone",
+                     "knn_every", "knn_k", "knn_temperature", "knn_crop_size", "knn_max_objects", *KNN_PATH_FIELDS}
 
 
 class SpaceError(ValueError):
@@ -245,7 +248,7 @@ def _parse_section(path: Path, stage: str, raw: Any, search_kind: str) -> StageS
     for key in fixed:
         if key not in allowed:
             raise SpaceError(f"{path}: {unknown_key_message(key, allowed, f'{stage}.fixed')}")
-    reserved = {"data"} if stage == "pretrain" else set(DATA_PATH_KEYS) - {"unlabeled"}
+    reserved = {"data", *KNN_PATH_FIELDS} if stage == "pretrain" else set(DATA_PATH_KEYS) - {"unlabeled"}
     for key in reserved & set(fixed):
         raise _err(path, f"{stage}.fixed.{key}", "data paths come from the top-level `data` section", "remove it here")
 
@@ -528,7 +531,8 @@ def expand(spec: StudySpec, data_fingerprint: str, data_paths: Mapping[str, str]
 
     paths = dict(data_paths)
     path = spec.path
-    pre_extra = {"data": paths["unlabeled"]}
+    # The labeled set also feeds the pretraining runs' kNN monitor.
+    pre_extra = {"data": paths["unlabeled"], **{field: paths[key] for field, key in KNN_PATH_FIELDS.items()}}
     ft_extra = {k: paths[k] for k in DATA_PATH_KEYS if k != "unlabeled"}
 
     pretrain: dict[str, PretrainTrial] = {}

@@ -120,6 +120,21 @@ class SwAVConfig:
     workers: int = 4  # decoding processes per training process (reference --workers 10; fewer suit a lab machine)
     sync_bn: bool = True  # reference --sync_bn pytorch; only used with several CUDA processes
     max_images: int | None = None  # cap on images per epoch (quick runs); None = the whole folder
+    # The kNN monitor (knn.py): weighted kNN top-1 of the trunk's features on crops of the labeled boxes,
+    # reported as swav/knn_top1 (the monitor of solo-learn and lightly), read against the same figure
+    # for the run's randomly initialised trunk (swav/knn_top1_random). It never changes training.
+    # knn_every: None = every epoch up to 20 epochs, else every epochs // 20 (5 of 100, 10 of 200); the
+    # last epoch always; 0 = off. A launch fills the four paths from the space's labeled set; without
+    # them the monitor is off and the run says so once.
+    knn_every: int | None = None
+    knn_k: int = 20  # neighbours: Wu et al. 2018 (InstDisc), solo-learn and DINO eval_knn default
+    knn_temperature: float = 0.07  # vote weight exp(sim / T): DINO eval_knn, solo-learn default
+    knn_crop_size: int | None = None  # object crops' side in px; None = the smallest crop group's (cheapest)
+    knn_max_objects: int = 1000  # boxes per set (bank: train, queries: val), a seeded subset above it
+    knn_train_images: str = ""
+    knn_train_annotations: str = ""
+    knn_val_images: str = ""
+    knn_val_annotations: str = ""
 
     def __post_init__(self) -> None:
         # Normalise YAML shapes (lists of dicts, lists, Paths) before validating.
@@ -139,6 +154,18 @@ class SwAVConfig:
     def total_crops(self) -> int:
         """Number of views per image, over all crop groups."""
         return sum(g.count for g in self.crops)
+
+    @property
+    def knn_paths(self) -> tuple[str, str, str, str]:
+        """The labeled set the kNN monitor scores against: train images, train JSON, val images, val JSON."""
+        return (self.knn_train_images, self.knn_train_annotations, self.knn_val_images, self.knn_val_annotations)
+
+    def knn_due(self, epochs_done: int) -> bool:
+        """Whether the kNN monitor runs after ``epochs_done`` epochs (see ``knn_every``)."""
+        every = self.knn_every if self.knn_every is not None else max(1, self.epochs // 20)
+        if every == 0 or not all(self.knn_paths):
+            return False
+        return epochs_done % every == 0 or epochs_done == self.epochs
 
     @property
     def crop_sizes(self) -> tuple[int, ...]:
@@ -194,6 +221,21 @@ class SwAVConfig:
         require_int("workers", self.workers, 0)
         if self.max_images is not None:
             require_int("max_images", self.max_images, self.batch_size)
+        if self.knn_every is not None:
+            require_int("knn_every", self.knn_every, 0,
+                        "an integer >= 0 (epochs between kNN evaluations; 0 = off) or null (automatic)")
+        require_int("knn_k", self.knn_k, 1)
+        require_number("knn_temperature", self.knn_temperature, 0, low_open=True)
+        if self.knn_crop_size is not None:
+            require_int("knn_crop_size", self.knn_crop_size, 1)
+        require_int("knn_max_objects", self.knn_max_objects, 1)
+        names = ("knn_train_images", "knn_train_annotations", "knn_val_images", "knn_val_annotations")
+        for name, value in zip(names, self.knn_paths):
+            require(isinstance(value, str), name, value, "a path (a string)")
+        if any(self.knn_paths) and not all(self.knn_paths):
+            missing = [n for n, v in zip(names, self.knn_paths) if not v]
+            require(False, missing[0], "", f"set together with the other kNN paths ({', '.join(names)}), "
+                    "or leave all four empty (the monitor is then off)")
 
 
 __all__ = ["AMP_DTYPES", "CropGroup", "DEFAULT_CROPS", "MIN_BATCH", "OPTIMIZERS", "SwAVConfig"]

@@ -49,6 +49,7 @@ from trainers.data import (
 from trainers.reporting import Reporter
 from trainers.swav.augment import MultiCropAugment
 from trainers.swav.config import MIN_BATCH, SwAVConfig
+from trainers.swav.knn import KnnMonitor
 from trainers.swav.loss import (
     EmbeddingQueue,
     assignment_entropy,
@@ -76,6 +77,8 @@ METRIC_NAMES = (
     "swav/images_per_s",
     "lr",
 )
+KNN_TOP1 = "swav/knn_top1"  # the kNN monitor's top-1 (knn.py), at the epochs SwAVConfig.knn_due picks
+KNN_TOP1_RANDOM = "swav/knn_top1_random"  # the same for the run's initial (random) trunk, on every report
 
 
 # ---------------------------------------------------------------------------
@@ -461,6 +464,38 @@ def _too_few_images(
     return f"{text}. Fix: {fix}; {need}"
 
 
+def _knn_monitor(config: SwAVConfig, device: torch.device) -> KnnMonitor | None:
+    """The run's kNN monitor, or None (saying why once) when it is off or has no labeled set."""
+    if config.knn_every == 0:
+        return None
+    if not all(config.knn_paths):
+        log.warning("kNN monitor off: no labeled set to score against (set knn_train_images, "
+                    "knn_train_annotations, knn_val_images and knn_val_annotations; a launch sets them from "
+                    "the space's data); swav/knn_top1 is not reported")
+        return None
+    images, annotations, val_images, val_annotations = config.knn_paths
+    size = config.knn_crop_size or min(group.size for group in config.crops)
+    monitor = KnnMonitor.from_coco((images, annotations), (val_images, val_annotations), size,
+                                   config.knn_max_objects, config.seed, device, config.knn_k, config.knn_temperature)
+    log.info("kNN monitor: %d bank and %d query objects of %d px, %d categories (majority class %.1f%%)",
+             len(monitor.bank), len(monitor.queries), size, monitor.num_classes, 100 * monitor.chance)
+    return monitor
+
+
+def _random_trunk_top1(monitor: KnnMonitor, config: SwAVConfig, device: torch.device) -> float:
+    """The monitor's figure for the run's initial trunk, rebuilt aside from the seed (global RNG untouched).
+
+    For a run resumed from a checkpoint written before the monitor existed.
+    """
+    from trainers.resnet import build_trunk
+
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(config.seed)  # SwAVModel builds its trunk first, right after seeding
+        trunk = build_trunk(config.arch, config.norm).to(device)
+    return monitor(trunk)
+
+
 def train(config: SwAVConfig, reporter: Reporter, progress: bool = False) -> dict[str, float]:
     """Pretrain a ResNet with SwAV on the unlabeled images in ``config.data``.
 
@@ -524,6 +559,15 @@ def _train(config: SwAVConfig, reporter: Reporter, progress: bool, rank: int, wo
         start_epoch, iteration, queue, metrics = _restore(
             Path(restore), core, optimizer, scaler, config, rank, world_size, device)
 
+    monitor, random_top1 = None, None
+    if rank == 0:
+        monitor = _knn_monitor(config, device)
+    if monitor is not None:
+        # Scored before any step (the run's own random init) and carried through checkpoints.
+        random_top1 = metrics.get(KNN_TOP1_RANDOM)
+        if random_top1 is None:
+            random_top1 = monitor(core.trunk) if restore is None else _random_trunk_top1(monitor, config, device)
+
     model: nn.Module = core
     if world_size > 1:
         model = DistributedDataParallel(core, device_ids=[device.index] if device.type == "cuda" else None)
@@ -550,6 +594,10 @@ def _train(config: SwAVConfig, reporter: Reporter, progress: bool, rank: int, wo
             )) from None
         if rank == 0:
             warn_skipped(stats.unreadable_total, config.data, stats.too_small_total, stats.skipped, min_size)
+        if monitor is not None:
+            metrics[KNN_TOP1_RANDOM] = random_top1
+            if config.knn_due(epoch + 1):
+                metrics[KNN_TOP1] = monitor(core.trunk)
 
         gathered_queue = _gather_queue(queue, world_size)
         with tempfile.TemporaryDirectory(prefix="swav-ckpt-") as tmp:
@@ -582,5 +630,5 @@ def _train(config: SwAVConfig, reporter: Reporter, progress: bool, rank: int, wo
     return metrics
 
 
-__all__ = ["CHECKPOINT_FORMAT", "METRIC_NAMES", "MIN_BATCH", "EmptyEpochError", "EpochStats", "derive_seed",
+__all__ = ["CHECKPOINT_FORMAT", "KNN_TOP1", "KNN_TOP1_RANDOM", "METRIC_NAMES", "MIN_BATCH", "EmptyEpochError", "EpochStats", "derive_seed",
            "epoch_indices", "make_loader", "train", "train_one_epoch"]

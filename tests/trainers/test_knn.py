@@ -1,0 +1,156 @@
+"""The kNN monitor: the weighted vote, the object crops, the schedule, and its place in SwAV training
+(reported at the due epochs, read against the run's random trunk, never changing what is trained)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainers.checkpoints import load_checkpoint
+from trainers.common import ConfigError, config_from_dict, seed_everything
+from trainers.reporting import InMemoryReporter
+from trainers.resnet import build_trunk
+from trainers.swav import SwAVConfig, train
+from trainers.swav import engine as swav_engine
+from trainers.swav.knn import KnnMonitor, embed, object_crops, weighted_knn_top1
+
+from tests.trainers.test_swav_train import TINY
+
+
+def knn_paths(sample) -> dict[str, str]:
+    return {"knn_train_images": str(sample.train_images), "knn_train_annotations": str(sample.train_annotations),
+            "knn_val_images": str(sample.val_images), "knn_val_annotations": str(sample.val_annotations)}
+
+
+def reference_vote(bank, bank_labels, queries, num_classes, k, temperature) -> torch.Tensor:
+    """The weighted vote written out per query (Wu et al. 2018)."""
+    predictions = []
+    for q in queries:
+        sims = bank @ q
+        order = sorted(range(len(bank)), key=lambda i: -float(sims[i]))[:k]
+        votes = [0.0] * num_classes
+        for i in order:
+            votes[int(bank_labels[i])] += math.exp(float(sims[i]) / temperature)
+        predictions.append(max(range(num_classes), key=lambda c: votes[c]))
+    return torch.tensor(predictions)
+
+
+def test_weighted_vote_matches_the_reference_and_chunks_agree() -> None:
+    g = torch.Generator().manual_seed(0)
+    bank = torch.nn.functional.normalize(torch.randn(60, 8, generator=g), dim=1)
+    queries = torch.nn.functional.normalize(torch.randn(25, 8, generator=g), dim=1)
+    bank_labels = torch.randint(0, 4, (60,), generator=g)
+    predicted = reference_vote(bank, bank_labels, queries, 4, k=20, temperature=0.07)
+    for query_labels in (predicted, (predicted + 1) % 4):
+        expected = float((predicted == query_labels).float().mean())
+        for chunk in (1, 7, 1024):
+            got = weighted_knn_top1(bank, bank_labels, queries, query_labels, 4, k=20, temperature=0.07, chunk=chunk)
+            assert got == pytest.approx(expected)
+    assert weighted_knn_top1(bank, bank_labels, queries, predicted, 4) == 1.0
+    assert weighted_knn_top1(bank, bank_labels, queries, (predicted + 1) % 4, 4) == 0.0
+
+
+def test_weights_decide_between_near_and_many_far_neighbours() -> None:
+    # One neighbour at similarity 1 outvotes four at similarity 0.5 with T = 0.07, not with a huge T.
+    bank = torch.tensor([[1.0, 0.0]] + [[0.5, math.sqrt(0.75)]] * 4)
+    labels = torch.tensor([0, 1, 1, 1, 1])
+    query = torch.tensor([[1.0, 0.0]])
+    assert weighted_knn_top1(bank, labels, query, torch.tensor([0]), 2, k=20, temperature=0.07) == 1.0
+    assert weighted_knn_top1(bank, labels, query, torch.tensor([0]), 2, k=20, temperature=1e6) == 0.0
+    assert weighted_knn_top1(bank, labels, query, torch.tensor([0]), 2, k=1) == 1.0  # k above the bank: all used
+    with pytest.raises(ValueError, match="at least one"):
+        weighted_knn_top1(bank[:0], labels[:0], query, torch.tensor([0]), 2)
+
+
+def test_object_crops_cut_every_box_with_shared_labels(sample_data) -> None:
+    coco = json.loads(Path(sample_data.train_annotations).read_text())
+    boxes = [a for a in coco["annotations"] if not a.get("iscrowd", 0)]
+    crops, index = object_crops(sample_data.train_images, sample_data.train_annotations, 24, 10_000, seed=0)
+    assert crops.images.shape == (len(boxes), 3, 24, 24) and crops.images.dtype == torch.uint8
+    assert sorted(index) == sorted(c["id"] for c in coco["categories"])
+    counts = torch.bincount(crops.labels, minlength=len(index)).tolist()
+    by_category = [sum(a["category_id"] == cat for a in boxes) for cat in sorted(index, key=index.get)]
+    assert counts == by_category
+    assert crops.images.float().std() > 10  # image content, not an empty canvas
+
+    # Above max_objects: a subset drawn from the seed alone, the same twice, another for another seed.
+    few, _ = object_crops(sample_data.train_images, sample_data.train_annotations, 24, 5, seed=1)
+    again, _ = object_crops(sample_data.train_images, sample_data.train_annotations, 24, 5, seed=1)
+    other, _ = object_crops(sample_data.train_images, sample_data.train_annotations, 24, 5, seed=2)
+    assert len(few) == 5 and torch.equal(few.images, again.images)
+    assert not torch.equal(few.images, other.images)
+    # The queries take the bank's labelling (a category unseen in the bank gets a new index).
+    _, shared = object_crops(sample_data.val_images, sample_data.val_annotations, 24, 10, 0, {999: 0})
+    assert shared[999] == 0 and set(shared.values()) == set(range(len(shared)))
+
+
+def test_monitor_scores_queries_identical_to_the_bank_perfectly(sample_data) -> None:
+    torch.manual_seed(0)
+    trunk = build_trunk("resnet18")
+    train_set = (sample_data.train_images, sample_data.train_annotations)
+    monitor = KnnMonitor.from_coco(train_set, train_set, 24, 40, seed=0, device=torch.device("cpu"))
+    monitor.queries = monitor.bank  # every query has itself in the bank at similarity 1
+    monitor._query_labels = monitor._bank_labels
+    trunk.train()
+    assert monitor(trunk) == 1.0
+    assert trunk.training  # put back as it was
+    features = embed(trunk, monitor.bank.images[:3], torch.device("cpu"))
+    assert torch.allclose(features.norm(dim=1), torch.ones(3))
+
+
+@pytest.mark.parametrize("epochs, every, due", [
+    (7, None, [1, 2, 3, 4, 5, 6, 7]),     # short runs: every epoch
+    (100, None, list(range(5, 101, 5))),  # long runs: every epochs // 20, the last included
+    (10, 3, [3, 6, 9, 10]),               # the last epoch always
+    (10, 0, []),                          # off
+])
+def test_knn_schedule(sample_data, epochs: int, every: int | None, due: list[int]) -> None:
+    config = SwAVConfig(**{**TINY, "data": "x", "epochs": epochs, "knn_every": every, **knn_paths(sample_data)})
+    assert [e for e in range(1, epochs + 1) if config.knn_due(e)] == due
+    assert not any(SwAVConfig(**{**TINY, "data": "x", "epochs": epochs}).knn_due(e) for e in range(1, epochs + 1))
+
+
+def test_config_needs_all_four_knn_paths_or_none(sample_data) -> None:
+    paths = knn_paths(sample_data)
+    with pytest.raises(ConfigError, match="knn_val_images") as info:
+        SwAVConfig(**{**TINY, "data": "x", **paths, "knn_val_images": ""})
+    assert info.value.field == "knn_val_images"
+    with pytest.raises(ConfigError, match="knn_every"):
+        SwAVConfig(**{**TINY, "data": "x", "knn_every": -1})
+    with pytest.raises(ConfigError, match="knn_temperature"):
+        SwAVConfig(**{**TINY, "data": "x", "knn_temperature": 0})
+
+
+def test_training_reports_knn_and_is_unchanged_by_the_monitor(sample_data, tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    base = {**TINY, "data": str(sample_data.unlabeled), "epochs": 3, "max_images": 8}
+    with caplog.at_level(logging.WARNING, logger="trainers.swav"):
+        plain = InMemoryReporter(root=tmp_path / "plain")
+        train(config_from_dict(SwAVConfig, base), plain)
+    off = [r for r in caplog.records if "kNN monitor off" in r.getMessage()]
+    assert len(off) == 1  # said once per run, not per epoch
+    assert not any("swav/knn_top1" in r.metrics for r in plain.reports)
+
+    config = config_from_dict(SwAVConfig, {**base, **knn_paths(sample_data), "knn_every": 2, "knn_max_objects": 30})
+    watched = InMemoryReporter(root=tmp_path / "watched")
+    train(config, watched)
+    assert ["swav/knn_top1" in r.metrics for r in watched.reports] == [False, True, True]  # epochs 2 and 3 (last)
+    randoms = {r.metrics["swav/knn_top1_random"] for r in watched.reports}
+    assert len(randoms) == 1 and 0 < randoms.pop() <= 1
+    assert 0 <= watched.reports[-1].metrics["swav/knn_top1"] <= 1
+    # The monitor only reads the trunk (eval mode, no RNG): the trained weights are bit-identical.
+    a, b = load_checkpoint(plain.last_checkpoint)["model"], load_checkpoint(watched.last_checkpoint)["model"]
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=key)
+
+    # The random figure is the run's own initial trunk; a resume rebuilds the same one from the seed.
+    monitor = swav_engine._knn_monitor(config, torch.device("cpu"))
+    seed_everything(config.seed)
+    fresh = swav_engine.SwAVModel(config.arch, config.norm, config.prototypes, config.feat_dim, config.hidden_dim)
+    assert swav_engine._random_trunk_top1(monitor, config, torch.device("cpu")) == monitor(fresh.trunk)
+    assert watched.reports[0].metrics["swav/knn_top1_random"] == monitor(fresh.trunk)
