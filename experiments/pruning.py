@@ -60,8 +60,11 @@ SIGNAL_KEYS: tuple[str, ...] = (
     "swav/embedding_std",
     "swav/prototypes_used",
     "swav/assignment_entropy",
+    "swav/knn_top1",
+    "swav/knn_top1_random",
 )
-"""Metrics stored per step for the collapse pruner (assignment entropy only for the record)."""
+"""Metrics stored per step for the collapse pruner (assignment entropy only for the record; the kNN
+figures are judged only when ``knn_margin`` is set)."""
 
 SIGNALS_ATTR_PREFIX = "ablate.signals@"
 """User-attribute key prefix; the full key is ``ablate.signals@<step>``."""
@@ -188,6 +191,7 @@ COLLAPSE_DEFAULTS: dict[str, Any] = {
     "delta": 0.01,
     "std_floor": 0.1,
     "min_prototypes_used": 1,
+    "knn_margin": None,
 }
 """The :class:`CollapsePruner` defaults, also those of the ``pruning:`` section (why each: the class docstring)."""
 
@@ -257,12 +261,22 @@ class CollapsePruner(BasePruner):
 
     ``std_floor=0`` and ``min_prototypes_used=0`` switch those signals off.
 
+    A further signal, off by default (``knn_margin=None``): with ``knn_margin=m``, a report
+    *shows collapse* when the latest ``swav/knn_top1`` (the kNN monitor's figure, carried
+    forward between the epochs it runs) is at most ``swav/knn_top1_random + m``: after warm-up
+    the features still classify the labeled objects no better than the run's random trunk. A
+    kNN figure higher than the previous one resets the streak like a falling loss: a run whose
+    kNN improves is never pruned. It is off by default because on easy objects a random trunk
+    already scores near 100 % (the shapes sample: nothing left to beat), and because the
+    monitor's accuracy on a few hundred objects moves by a few points from noise alone.
+
     Args:
         warmup_epochs: Reports at steps <= this are not judged (except for non-finite values).
         patience: Consecutive collapsed reports needed to prune (>= 1).
         delta: Width of the band below ln K, as a fraction of ln K (0 <= delta < 1).
         std_floor: Embedding-std floor in units of ``1 / sqrt(feat_dim)`` (>= 0).
         min_prototypes_used: Prune signal when at most this many prototypes are used (>= 0).
+        knn_margin: Prune signal when kNN top-1 <= the random trunk's + this (0 <= m < 1); None: off.
 
     Raises:
         ValueError: On an invalid argument, naming it.
@@ -275,6 +289,7 @@ class CollapsePruner(BasePruner):
         delta: float = COLLAPSE_DEFAULTS["delta"],
         std_floor: float = COLLAPSE_DEFAULTS["std_floor"],
         min_prototypes_used: int = COLLAPSE_DEFAULTS["min_prototypes_used"],
+        knn_margin: float | None = COLLAPSE_DEFAULTS["knn_margin"],
     ) -> None:
         _check_int("warmup_epochs", warmup_epochs, 0)
         _check_int("patience", patience, 1)
@@ -290,6 +305,12 @@ class CollapsePruner(BasePruner):
         self._delta = float(delta)
         self._std_floor = float(std_floor)
         self._min_prototypes_used = int(min_prototypes_used)
+        if knn_margin is not None:
+            _check_number("knn_margin", knn_margin)
+            if not 0.0 <= knn_margin < 1.0:
+                raise ValueError(f"knn_margin={knn_margin!r} is invalid: a fraction of accuracy in [0, 1), "
+                                 "or null to switch the kNN signal off")
+        self._knn_margin = None if knn_margin is None else float(knn_margin)
 
     def prune(self, study: optuna.study.Study, trial: FrozenTrial) -> bool:
         """Optuna's hook (called by ``trial.should_prune()``): whether ``trial`` collapsed."""
@@ -317,6 +338,7 @@ class CollapsePruner(BasePruner):
 
         streak: list[int] = []
         previous_ratio: float | None = None
+        knn: float | None = None  # the latest kNN figure, carried forward between the epochs it runs
         step, values, fired = 0, {}, []
         for step, signals in history.items():
             values = dict(signals)
@@ -337,10 +359,19 @@ class CollapsePruner(BasePruner):
             used = signals.get("swav/prototypes_used")
             if used is not None and used <= self._min_prototypes_used:
                 fired.append(f"prototypes_used {used:g} <= {self._min_prototypes_used}")
+            knn_improved = False
+            if self._knn_margin is not None:
+                new_knn = signals.get("swav/knn_top1")
+                if new_knn is not None:
+                    knn_improved = knn is not None and new_knn > knn
+                    knn = new_knn
+                random_knn = signals.get("swav/knn_top1_random")
+                if knn is not None and random_knn is not None and knn <= random_knn + self._knn_margin:
+                    fired.append(f"kNN top-1 {knn:.3f} <= random trunk {random_knn:.3f} + {self._knn_margin:g}")
             # Progress beats every other signal: a loss falling below the band is learning, and so
             # is one still far above ln K that drops by more than the band's width in an epoch
             # (a fresh run descending from confident-but-wrong predictions, not one pinned at ln K).
-            falling = ratio is not None and previous_ratio is not None and (
+            falling = knn_improved or ratio is not None and previous_ratio is not None and (
                 (ratio < band and ratio < previous_ratio) or previous_ratio - ratio > self._delta)
             if ratio is not None:
                 previous_ratio = ratio

@@ -6,6 +6,8 @@ in memory and in a sqlite file. The Ray Tune scheduler is tested in test_schedul
 
 from __future__ import annotations
 
+from typing import Callable
+
 import optuna
 import pytest
 from optuna.pruners import MedianPruner, NopPruner, PercentilePruner
@@ -269,3 +271,42 @@ def test_make_pruner_per_stage():
     assert type(percentile) is PercentilePruner and percentile._percentile == 40.0
     with pytest.raises(ValueError, match="stage='pretraining'"):
         make_pruner("pretraining", {})
+
+
+def with_knn(epoch: int, every: int, knn: "Callable[[int], float]", random: float = 0.40, ratio: float = 0.80):
+    """A healthy-loss epoch whose kNN monitor ran at epochs divisible by ``every`` (and reports its random figure)."""
+    m = metrics(ratio)
+    m["swav/knn_top1_random"] = random
+    if epoch % every == 0:
+        m["swav/knn_top1"] = knn(epoch)
+    return m
+
+
+def test_knn_at_the_random_level_prunes_only_when_switched_on(make_study):
+    # The loss is below the band and flat; the kNN figure sits at the random trunk's (measured every 2 epochs).
+    curve = lambda e: with_knn(e, 2, lambda e: 0.41)  # noqa: E731
+    assert run_curve(make_study(), curve)[0] is None  # off by default
+    pruner = CollapsePruner(knn_margin=0.02)
+    epoch, frozen = run_curve(make_study(pruner), curve)
+    assert epoch == 6  # carried forward between measurements: epochs 3-6 all show it
+    assert "kNN top-1 0.410 <= random trunk 0.400 + 0.02" in pruner.explain(frozen)
+
+
+def test_a_run_whose_knn_improves_is_never_pruned(make_study):
+    # Still below random + margin, but climbing at each measurement: the run is learning.
+    climbing = lambda e: with_knn(e, 1, lambda e: 0.20 + 0.01 * e)  # noqa: E731
+    assert run_curve(make_study(CollapsePruner(knn_margin=0.5)), climbing)[0] is None
+    # The same once it stops climbing is pruned after patience.
+    stalled = lambda e: with_knn(e, 1, lambda e: 0.20 + 0.01 * min(e, 4))  # noqa: E731
+    assert run_curve(make_study(CollapsePruner(knn_margin=0.5)), stalled)[0] == 8
+    # Above the random level by more than the margin: no signal at all.
+    learned = lambda e: with_knn(e, 1, lambda e: 0.60)  # noqa: E731
+    assert run_curve(make_study(CollapsePruner(knn_margin=0.05)), learned)[0] is None
+
+
+@pytest.mark.parametrize("margin", [-0.1, 1.0, "0.1", True])
+def test_knn_margin_is_validated(margin):
+    with pytest.raises(ValueError, match="knn_margin"):
+        CollapsePruner(knn_margin=margin)
+    with pytest.raises(ValueError, match="pruning.knn_margin"):
+        validate_pruning_settings({"knn_margin": margin})
