@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-BENCHES = ("multicrop", "overhead", "orchestration", "tracking_cost", "pruning_saved", "dedup", "gpu")  # BENCHMARKS.md order
+BENCHES = ("multicrop", "overhead", "orchestration", "tracking_cost", "pruning_saved", "dedup", "fidelity", "gpu")  # BENCHMARKS.md order
 DOC = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 HEADER = """# Benchmarks
 

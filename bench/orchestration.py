@@ -179,8 +179,11 @@ def read_store(store: Path, study: str) -> tuple[dict[str, Any], list[TrialRecor
 RAY_STOPPED = ("Failed to connect to GCS", "Raylet is terminated", "GCS may have been killed")
 
 
-def run_launch(space: Path, cwd: Path, study: str, timeout: float = 600.0, extra_args: Sequence[str] = ()) -> LaunchRecord:
+def run_launch(space: Path, cwd: Path, study: str, timeout: float = 600.0, extra_args: Sequence[str] = (),
+               threads: int | None = TORCH_THREADS) -> LaunchRecord:
     """``python -m experiments.cli launch SPACE`` in ``cwd`` (its own ``mlruns/``), timed and read back.
+
+    ``threads``: torch threads per trial (None: torch's default, every core).
 
     Raises:
         RuntimeError: the launch exited non-zero (the output tail is in the message).
@@ -190,7 +193,8 @@ def run_launch(space: Path, cwd: Path, study: str, timeout: float = 600.0, extra
         try:
             started = time.time()
             proc = subprocess.run([sys.executable, "-m", "experiments.cli", "launch", str(space), *extra_args],
-                                  cwd=cwd, capture_output=True, text=True, timeout=timeout, env=child_env(ray_tmp))
+                                  cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                                  env=child_env(ray_tmp, threads))
             ended = time.time()
         finally:
             shutil.rmtree(ray_tmp, ignore_errors=True)

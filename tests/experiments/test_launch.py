@@ -22,9 +22,10 @@ from tests.spaces import COLLAPSED, HEALTHY, tiny_space_file
 
 ROOT = Path(__file__).resolve().parents[2]
 METRICS_PRE = {"swav/loss", "swav/ln_k", "swav/loss_over_ln_k", "swav/embedding_std", "swav/assignment_entropy",
-               "swav/prototypes_used", "swav/amp_skipped_steps", "swav/images_per_s", "lr"}
+               "swav/prototypes_used", "swav/amp_skipped_steps", "swav/images_per_s", "lr",
+               "swav/knn_top1", "swav/knn_top1_random"}  # a launch feeds the kNN monitor the labeled set
 METRICS_FT = {"det/loss", "det/AP", "det/AP50", "det/AP75", "det/AP_small", "det/AP_medium", "det/AP_large",
-              "det/images_per_s", "lr"}
+              "det/images_per_s", "det/iterations", "lr"}
 
 
 def run_cli(args: list[str], cwd: Path, timeout: int = 900, **kw) -> subprocess.CompletedProcess:

@@ -26,6 +26,7 @@ EXPECTED = {
     "crop_scales.yaml": (2, 6, 2),
     "mixed_precision.yaml": (2, 6, 2),
     "paper_full.yaml": (9, 48, 9),
+    "fidelity.yaml": (1, 6, 1),
 }
 
 
@@ -349,7 +350,7 @@ def test_dry_run_plan_work_is_linear_in_the_grid(tmp_path, sample_data, monkeypa
 # The paper's recipe and a fair no-pretraining baseline in the shipped spaces
 # ---------------------------------------------------------------------------
 
-PAPER_SPACES = sorted(n for n in EXPECTED if n != "smoke.yaml")
+PAPER_SPACES = sorted(n for n in EXPECTED if n not in ("smoke.yaml", "fidelity.yaml"))  # the two sized for a CPU
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -443,3 +444,23 @@ def test_resources_workers_is_read_as_processes_with_a_warning(tmp_path):
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(SpaceError, match="both processes and workers"):
         load_space(path)
+
+
+def test_pretraining_runs_get_the_labeled_set_for_the_knn_monitor_outside_their_identity(tmp_path, sample_data):
+    plan = expand(load_space(SPACES / "smoke.yaml"), "fp", _paths(sample_data))
+    for t in plan.pretrain:
+        assert (t.config["knn_train_images"], t.config["knn_val_annotations"]) == (
+            str(sample_data.train_images), str(sample_data.val_annotations))
+
+    def monitor_settings(d):
+        d["pretrain"]["fixed"].update(knn_every=3, knn_k=10, knn_max_objects=50)
+    changed = expand(load_space(_space_with(tmp_path, monitor_settings)), "fp", _paths(sample_data))
+    # The monitor reads the trunk and never trains it: same runs, same hashes, same fine-tuning trials.
+    assert [t.config_hash for t in changed.pretrain] == [t.config_hash for t in plan.pretrain]
+    assert [t.config_hash for t in changed.finetune] == [t.config_hash for t in plan.finetune]
+    assert changed.pretrain[0].config["knn_every"] == 3
+
+    def set_path(d):
+        d["pretrain"]["fixed"]["knn_train_images"] = "/elsewhere"
+    with pytest.raises(spaces.SpaceError, match="pretrain.fixed.knn_train_images.*top-level `data`"):
+        load_space(_space_with(tmp_path, set_path))

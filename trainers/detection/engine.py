@@ -212,6 +212,7 @@ def train(config: DetectionConfig, reporter: Reporter, progress: bool = False) -
             total_iters, config, progress,
         )
         epoch_metrics["lr"] = reported_lr(optimizer)
+        epoch_metrics["det/iterations"] = float(iteration)  # optimizer steps so far: the x of fine-tuning curves
         with tempfile.TemporaryDirectory(prefix="ablate-det-") as tmp:
             artifacts: list[Path] = []
             if epoch % config.eval_every == 0 or epoch == config.epochs:
