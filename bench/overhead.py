@@ -170,8 +170,7 @@ def time_build(config: SwAVConfig) -> float:
 
 def knn_monitor(config: SwAVConfig, labeled: tuple[Path, Path, Path, Path]) -> KnnMonitor:
     """The monitor the trainer builds for ``config`` on the labeled set (train images/JSON, val images/JSON)."""
-    size = config.knn_crop_size or min(g.size for g in config.crops)
-    return KnnMonitor.from_coco(labeled[:2], labeled[2:], size, config.knn_max_objects, config.seed,
+    return KnnMonitor.from_coco(labeled[:2], labeled[2:], config.knn_size, config.knn_max_objects, config.seed,
                                 default_device(), config.knn_k, config.knn_temperature)
 
 
@@ -201,7 +200,7 @@ def knn_share_estimates(measured_share: float, bench_config: SwAVConfig, bench_o
     from trainers.data import generate_sample
 
     root = Path(__file__).resolve().parent.parent / "search_spaces"
-    bench_work = bench_objects * (min(g.size for g in bench_config.crops) ** 2) / (bench_images * crop_pixels(bench_config))
+    bench_work = bench_objects * bench_config.knn_size ** 2 / (bench_images * crop_pixels(bench_config))
     samples: dict[tuple[str, int, str], tuple[dict[str, str], int, int]] = {}
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-knn-spaces-") as tmp:
@@ -227,7 +226,7 @@ def knn_share_estimates(measured_share: float, bench_config: SwAVConfig, bench_o
                 config = SwAVConfig(**backbone.config)
                 images = min(unlabeled, config.max_images or unlabeled)
                 objects = min(objects_all, 2 * config.knn_max_objects)
-                size = config.knn_crop_size or min(g.size for g in config.crops)
+                size = config.knn_size
                 row_key = (config.arch, images, objects, size, crop_pixels(config))
                 if row_key in seen:
                     continue
@@ -349,7 +348,7 @@ def run(quick: bool = False) -> str:
     lines += [
         "### The kNN monitor's cost",
         "",
-        f"One evaluation of the kNN monitor (`swav/knn_top1`: embed {objects} labeled object crops of {small} px, "
+        f"One evaluation of the kNN monitor (`swav/knn_top1`: embed {objects} labeled object crops of {config.knn_size} px, "
         f"the bank and the queries, with the trunk in eval mode, then the weighted 20-NN vote) takes "
         f"{1000 * med['knn']:.0f} ms, **{share:.1%}** of the trainer's epoch above (median of per-repeat ratios): it "
         f"{knn_verdict} the goal (< 5 % of an epoch). It runs every epoch up to 20 epochs and every "

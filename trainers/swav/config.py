@@ -129,7 +129,7 @@ class SwAVConfig:
     knn_every: int | None = None
     knn_k: int = 20  # neighbours: Wu et al. 2018 (InstDisc), solo-learn and DINO eval_knn default
     knn_temperature: float = 0.07  # vote weight exp(sim / T): DINO eval_knn, solo-learn default
-    knn_crop_size: int | None = None  # object crops' side in px; None = the smallest crop group's (cheapest)
+    knn_crop_size: int | None = None  # object crops' side in px; None = the smallest crop group's, >= 32 (see knn_size)
     knn_max_objects: int = 1000  # boxes per set (bank: train, queries: val), a seeded subset above it
     knn_train_images: str = ""
     knn_train_annotations: str = ""
@@ -159,6 +159,13 @@ class SwAVConfig:
     def knn_paths(self) -> tuple[str, str, str, str]:
         """The labeled set the kNN monitor scores against: train images, train JSON, val images, val JSON."""
         return (self.knn_train_images, self.knn_train_annotations, self.knn_val_images, self.knn_val_annotations)
+
+    @property
+    def knn_size(self) -> int:
+        """The kNN monitor's crop side: ``knn_crop_size``, else the smallest crop group's size (the cheapest
+        scale the trunk trains at) but at least 32 px, the trunk's total stride (a 16 px crop leaves it a 1x1 map
+        from stage 3 on)."""
+        return self.knn_crop_size or max(32, min(g.size for g in self.crops))
 
     def knn_due(self, epochs_done: int) -> bool:
         """Whether the kNN monitor runs after ``epochs_done`` epochs (see ``knn_every``)."""

@@ -474,7 +474,7 @@ def _knn_monitor(config: SwAVConfig, device: torch.device) -> KnnMonitor | None:
                     "the space's data); swav/knn_top1 is not reported")
         return None
     images, annotations, val_images, val_annotations = config.knn_paths
-    size = config.knn_crop_size or min(group.size for group in config.crops)
+    size = config.knn_size
     monitor = KnnMonitor.from_coco((images, annotations), (val_images, val_annotations), size,
                                    config.knn_max_objects, config.seed, device, config.knn_k, config.knn_temperature)
     log.info("kNN monitor: %d bank and %d query objects of %d px, %d categories (majority class %.1f%%)",
