@@ -226,17 +226,19 @@ def test_gpu_measurements_run_on_cpu(sample_data):
 # ---------------------------------------------------------------------------
 
 
-def _fidelity_store(pre_ap50, scratch_ap50, knn=0.55, knn_random=0.40):
-    """Synthetic launch records: one backbone fine-tuned per seed, and the scratch baseline per seed."""
+def _fidelity_store(pre_ap50, scratch_ap50, knn=0.55, knn_random=0.40, control_ap50=(0.25, 0.26, 0.27)):
+    """Synthetic launch records: one backbone fine-tuned per seed, the scratch baseline and the random-trunk control."""
     trials = [TrialRecord("pretrain", "res18_p30", "pre", 0, 1, "FINISHED", {}, {},
                           {"swav/knn_top1": knn, "swav/knn_top1_random": knn_random, "swav/loss_over_ln_k": 0.8}, 5)]
     history = {("pre", "swav/knn_top1"): [(1, knn_random), (5, knn)]}
-    for group, values in (("pre", pre_ap50), ("scratch", scratch_ap50)):
+    arms = (("pre", "pre", "frozen_affine", "357", pre_ap50), ("base", "scratch", "bn", "uniform", scratch_ap50),
+            ("ctrl", "scratch", "frozen_affine", "357", control_ap50))
+    for group, upstream, norm, scheme, values in arms:
         for seed, ap50 in enumerate(values):
             run = f"{group}-{seed}"
             trials.append(TrialRecord("finetune", f"{group}_s{seed}", run, 2, 3, "FINISHED",
-                                      {"finetune.arch": "resnet18"}, {"ablate.upstream_run_id": group},
-                                      {"det/AP50": ap50, "det/AP": ap50 / 2}, 2))
+                                      {"finetune.arch": "resnet18", "finetune.norm": norm, "finetune.lr_scheme": scheme},
+                                      {"ablate.upstream_run_id": upstream}, {"det/AP50": ap50, "det/AP": ap50 / 2}, 2))
             history[(run, "det/AP50")] = [(1, ap50 / 2), (2, ap50)]
             history[(run, "det/iterations")] = [(1, 20.0), (2, 40.0)]
     return trials, history
@@ -245,8 +247,9 @@ def _fidelity_store(pre_ap50, scratch_ap50, knn=0.55, knn_random=0.40):
 def test_fidelity_groups_and_goals(tmp_path):
     trials, history = _fidelity_store([0.30, 0.32, 0.34], [0.20, 0.21, 0.22])
     groups = fidelity.groups_from(trials, history)
-    assert [(g.name, g.pretrained, g.seeds) for g in groups] == [("SwAV res18_p30", True, 3),
-                                                                 ("scratch (resnet18)", False, 3)]
+    assert [(g.role, g.seeds) for g in groups] == [("pretrained", 3), ("baseline", 3), ("control", 3)]
+    assert groups[0].name == "SwAV res18_p30" and "fair baseline; bn, uniform" in groups[1].name
+    assert "control" in groups[2].name and "frozen_affine, 357" in groups[2].name
     assert groups[0].curves[0] == [(20.0, 0.15), (40.0, 0.30)] and groups[0].knn_curve == [(1, 0.40), (5, 0.55)]
     verdict = fidelity.judge(groups)
     assert verdict.ratio == pytest.approx(0.32 / 0.21) and verdict.ap_goal and verdict.knn_goal
@@ -255,6 +258,7 @@ def test_fidelity_groups_and_goals(tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 10_000
     text = fidelity.section(groups, verdict, 60.0, fidelity.SPACE, False, tmp_path / "curves.png")
     assert "| SwAV res18_p30 | 3 | 0.320 ± 0.020 |" in text and "**1.52x**" in text and "**not met**" not in text
+    assert verdict.control is groups[2] and "the SwAV trunk is above it (+0.060)" in text
 
     # A ratio above 1.2 whose gap is inside the seeds' spread is not evidence; nor is a kNN at the random level.
     noisy = fidelity.judge(fidelity.groups_from(*_fidelity_store([0.10, 0.50, 0.30], [0.20, 0.22, 0.24],
@@ -269,9 +273,13 @@ def test_fidelity_space_plans_pretrained_against_the_fair_baseline(sample_data):
     assert spec.data.sample is not None and spec.data.sample[2] == "digits" and len(spec.seeds) == 3
     plan = expand(spec, "fp", {k: str(getattr(sample_data, k)) for k in
                                ("unlabeled", "train_images", "train_annotations", "val_images", "val_annotations")})
-    scratch = [t for t in plan.finetune if t.upstream_hash is None]
+    scratch = [t for t in plan.finetune if t.upstream_hash is None and t.config["lr_scheme"] == "uniform"]
+    control = [t for t in plan.finetune if t.upstream_hash is None and t.config["lr_scheme"] != "uniform"]
     pretrained = [t for t in plan.finetune if t.upstream_hash is not None]
-    assert len(scratch) == 3 and len(pretrained) == 3 * len(plan.pretrain)
+    assert len(scratch) == len(control) == 3 and len(pretrained) == 3 * len(plan.pretrain)
+    # The control: the pretrained arm's detector exactly, on a random trunk.
+    assert {k: v for k, v in control[0].config.items() if k != "seed"} == {
+        k: v for k, v in pretrained[0].config.items() if k != "seed"}
     # The fair baseline: trainable BN, one learning rate, 3x the pretrained schedule; the detector otherwise equal.
     s, p = scratch[0].config, pretrained[0].config
     assert (s["norm"], s["lr_scheme"], s["epochs"]) == ("bn", "uniform", 3 * p["epochs"])
