@@ -5,6 +5,8 @@
     ablate pretrain CONFIG.yaml [--set k=v]       one SwAV pretraining, no Ray / MLflow
     ablate finetune CONFIG.yaml [--set k=v]       one Faster R-CNN fine-tuning, no Ray / MLflow
     ablate launch SPACE.yaml [--dry-run]          an ablation grid through Ray Tune + MLflow
+    ablate status [STUDY] [--watch]               running launches and their trials, from the tracking store
+    ablate stop STUDY [--trial NAME]              ask a running launch (or one trial) to stop, resumably
     ablate ui                                     the MLflow UI on the local store
     ablate report STUDY                           ablation tables and plots
     ablate register STUDY / models / pull NAME@champion --dest DIR
@@ -74,6 +76,26 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep finished trials' training states (model + optimizer) on the storage path; by default a "
                         "finished trial keeps only its exported model, in the tracking store")
+    p.add_argument("--notify", default=None, metavar="CMD",
+                   help="shell command run when the launch finishes, fails or is stopped, and when a trial fails; it "
+                        "gets ABLATE_EVENT, ABLATE_STUDY, ABLATE_HEADLINE, ABLATE_MESSAGE, ABLATE_SLACK_JSON (and more, "
+                        "see README) and the message on stdin. Keep secrets (webhook URLs) in environment variables")
+    p.add_argument("--quiet", action="store_true", help="print only the summary at the end, no progress lines")
+
+    p = sub.add_parser("status", help="running launches and their trials (state, epoch, key metric, ETA), headline")
+    p.add_argument("study", nargs="?", default=None,
+                   help="study name: its newest launch, running or not (default: every running launch)")
+    p.add_argument("--watch", action="store_true", help="redraw the table in place until Ctrl-C (or the launch ends)")
+    p.add_argument("--interval", type=float, default=5.0, help="seconds between redraws with --watch (default 5)")
+    p.add_argument("--format", default="table", choices=["table", "json"], help="table (terminal) or json (scripts)")
+    _add_tracking(p)
+
+    p = sub.add_parser("stop", help="ask a running launch, or one of its trials, to stop after the current epoch "
+                                    "(checkpointed; the same launch command resumes it)")
+    p.add_argument("study", help="study name")
+    p.add_argument("--trial", default=None, metavar="NAME",
+                   help="stop this trial only (its name as `ablate status` lists it, or the start of its run id)")
+    _add_tracking(p)
 
     p = sub.add_parser("gc", help="delete training states no launch of a study can resume from (never registered models)")
     p.add_argument("study", help="study name")
@@ -196,8 +218,29 @@ def cmd_launch(args: argparse.Namespace) -> int:
     result = launch(args.space, LaunchOptions(
         tracking_uri=args.tracking_uri, storage_path=args.storage_path, name=args.name, dry_run=args.dry_run,
         resume=args.resume, max_concurrent=args.max_concurrent, address=args.address,
-        optuna_storage=args.optuna_storage, register=not args.no_register, keep_checkpoints=args.keep_checkpoints))
+        optuna_storage=args.optuna_storage, register=not args.no_register, keep_checkpoints=args.keep_checkpoints,
+        notify=args.notify, quiet=args.quiet))
     return result.exit_code
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from experiments import status
+
+    if args.watch and args.format == "json":
+        return _fail("--watch redraws a terminal table; for scripts, run `ablate status --format json` at each poll")
+    if args.interval <= 0:
+        return _fail(f"--interval {args.interval}: must be > 0 seconds")
+    if args.watch:
+        return status.watch(tracking_uri_of(args), args.study, every_s=args.interval)
+    print(status.status(tracking_uri_of(args), args.study, fmt=args.format))
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from experiments.control import request_stop
+
+    print(request_stop(tracking_uri_of(args), args.study, args.trial))
+    return 0
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
@@ -372,6 +415,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_launch(args)
         if args.command == "gc":
             return cmd_gc(args)
+        if args.command == "status":
+            return cmd_status(args)
+        if args.command == "stop":
+            return cmd_stop(args)
         if args.command == "demo":
             return cmd_demo(args)
         if args.command == "ui":

@@ -35,22 +35,24 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Mapping, Sequence, TextIO
 
 from experiments import spaces
 from experiments.redaction import OPTUNA_STORAGE_ENV, redact, use_uri_credentials
 from experiments.spaces import DATA_PATH_KEYS, Plan, SpaceError, StudySpec
 from experiments.store import check_store, failure_text, one_line, store_failure
 from experiments.tracking import (
-    DEFAULT_STORE_DIR, HEARTBEAT_EVERY_S, PARENT_TAG, TAG_CHECKPOINT, TAG_DRIVER, TAG_ERROR, TAG_GIT, TAG_HASH,
-    TAG_HEARTBEAT, TAG_LAUNCH, TAG_NAME, TAG_PREVIOUS_PARENT, TAG_PRUNE_REASON, TAG_PRUNED, TAG_RESUMED_FROM, TAG_SEED,
-    TAG_STAGE, TAG_SUPERSEDED_BY, TAG_TRIAL, TAG_UPSTREAM, UPSTREAM_SCRATCH, Tracker, configure_client_retries,
-    default_tracking_uri, driver_id, flatten_params, launch_alive, usable_run,
+    DEFAULT_STORE_DIR, HEARTBEAT_EVERY_S, PARENT_TAG, TAG_BEST_RUN, TAG_CHECKPOINT, TAG_DRIVER, TAG_ERROR, TAG_GIT,
+    TAG_HASH, TAG_HEADLINE, TAG_HEARTBEAT, TAG_LAUNCH, TAG_NAME, TAG_PREVIOUS_PARENT, TAG_PRUNE_REASON, TAG_PRUNED,
+    TAG_RESUMED_FROM, TAG_SEED, TAG_STAGE, TAG_STARTED, TAG_STATE, TAG_STOP_REQUESTED, TAG_SUPERSEDED_BY, TAG_TRIAL,
+    TAG_UPSTREAM, UPSTREAM_SCRATCH, Tracker, configure_client_retries, default_tracking_uri, driver_id, flatten_params,
+    launch_alive, usable_run,
 )
 from experiments.trial import CANDIDATE_KEY, STAGE_FINETUNE, STAGE_PRETRAIN, TrialPayload, sampled_payload
 from trainers.common import git_sha
 
 if TYPE_CHECKING:  # type hints only: importing the scheduler loads Ray
+    from experiments.control import StopRequests
     from experiments.scheduler import OptunaPruningScheduler
 
 
@@ -77,6 +79,8 @@ class LaunchOptions:
     max_failures: int = 2
     register: bool = True
     keep_checkpoints: bool = False  # keep finished trials' training states (default: exported model only)
+    notify: str | None = None  # shell command run when the launch ends or a trial fails (experiments.control.notify)
+    quiet: bool = False  # print the summary only, no progress lines
     out: TextIO = field(default_factory=lambda: sys.stdout)
 
 
@@ -88,7 +92,7 @@ class TrialOutcome:
     name: str
     config_hash: str
     run_id: str
-    status: str  # done | reused | pruned | failed | skipped
+    status: str  # done | reused | pruned | failed | skipped | stopped
     metrics: dict[str, float] = field(default_factory=dict)
     epochs_run: int = 0
     epochs_budget: int = 0
@@ -146,6 +150,10 @@ class Launcher:
 
     def __init__(self, space: str | Path, options: LaunchOptions) -> None:
         self.options = options
+        if options.notify is not None:
+            from experiments.control import check_notify_command
+
+            check_notify_command(options.notify)  # before anything runs: a secret on the command line is refused
         _ray_token_mode(options.address or os.environ.get("RAY_ADDRESS"))  # before anything imports ray
         self.spec = spaces.load_space(space, name=options.name)
         self.store_dir = DEFAULT_STORE_DIR.resolve()
@@ -170,7 +178,13 @@ class Launcher:
         self.metrics: dict[str, dict[str, float]] = {}
         self.checkpoints: dict[str, Any] = {}
         self.run_ids: dict[str, str] = {}  # config hash -> MLflow run id
-        self.pending_runs: dict[str, Callable[[], str]] = {}  # runs created when their trial starts
+        self.planned: dict[str, TrialPayload] = {}  # config hash -> payload of each grid trial, its run made at the start
+        self.running: dict[str, TrialPayload] = {}  # Ray trial id -> payload of each trial running now
+        self.stops: StopRequests | None = None  # `ablate stop` requests (experiments.control), read by the stopper
+        self.stopping: dict[str, str] = {}  # Ray trial id -> the stop request it is acting on
+        self.current_plan: Plan | None = None
+        self.count_step = 0  # step of the launch run's live `launch/*` counts: one more per update
+        self.headline = ""  # the study's current best (experiments.status.current_best), one line
         self.budgets: dict[str, int] = {}  # Ray trial id -> epochs budgeted, for the compute pruning saved
         self.schedulers: dict[str, OptunaPruningScheduler] = {}  # stage -> its pruning scheduler, if any
         self.candidates: list[TrialPayload] = []  # `tpe`: the fine-tuning cells Optuna samples from
@@ -193,6 +207,8 @@ class Launcher:
 
     def say(self, text: str) -> None:
         """One progress line, with the seconds since the launch started."""
+        if self.options.quiet:
+            return
         elapsed = time.time() - self.t0
         print(f"[{elapsed:6.0f}s] {text}", file=self.options.out, flush=True)
 
@@ -233,15 +249,26 @@ class Launcher:
             self.say(f"warning: {warning}")
         monitor = self._system_metrics()
         try:
+            from experiments.control import StopRequests
+
+            self.stops = StopRequests(self.tracker, self.parent_run_id)
+            self.current_plan = plan
+            self._plan_runs(plan, pre_runs, ft_runs)  # every trial visible at once, state `planned`
+            self._update_launch(headline=True)
             survivors = self._stage_pretrain(plan, pre_runs)
-            self._stage_finetune(plan, ft_runs, survivors)
+            if self.stops.launch_requested(fresh=True) is None:
+                self._stage_finetune(plan, ft_runs, survivors)
             result = self._finish(plan)
         except BaseException as exc:
             store_exc = store_failure(exc)
-            status = "KILLED" if isinstance(exc, KeyboardInterrupt) or store_exc else "FAILED"
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            status = "KILLED" if interrupted or store_exc else "FAILED"
             with contextlib.suppress(Exception):  # the store itself may be what failed
                 self.tracker.set_tags(self.parent_run_id, {TAG_ERROR: f"{type(exc).__name__}: {exc}"[:5000]})
+                if interrupted:  # Ctrl-C: the trials keep their checkpoints; the same command resumes them
+                    self._stop_unfinished("interrupted")
                 self.tracker.finish(self.parent_run_id, status)
+            self._notify("launch_stopped" if interrupted else "launch_failed", detail=f"{type(exc).__name__}: {exc}")
             if store_exc is None:
                 raise
             # Ray's trials were stopped when the exception left tuner.fit(). The runs this launch
@@ -285,6 +312,7 @@ class Launcher:
         if parent:
             self.tracker.reopen(parent)
             self.tracker.set_tags(parent, driver)
+            self.tracker.delete_tag(parent, TAG_STOP_REQUESTED)  # the request that stopped it has been served
             self.say(f"resuming launch run {parent}")
         else:
             parent = self.tracker.create_run(f"launch {self.launch_id}", {
@@ -339,7 +367,9 @@ class Launcher:
         if existing is not None and existing.info.status != "FINISHED":
             run_id = existing.info.run_id
             restore = existing.data.tags.get(TAG_CHECKPOINT)
-            self.tracker.reopen(run_id)
+            self.tracker.reopen(run_id, "SCHEDULED")  # RUNNING again when Ray starts it
+            self.tracker.set_tags(run_id, {TAG_STATE: "planned"})
+            self.tracker.delete_tag(run_id, TAG_STOP_REQUESTED)
             old_parent = existing.data.tags.get(PARENT_TAG)
             if old_parent and old_parent != self.parent_run_id:  # it now belongs to the launch that runs it
                 self.tracker.set_tags(run_id, {PARENT_TAG: self.parent_run_id, TAG_PREVIOUS_PARENT: old_parent})
@@ -349,8 +379,10 @@ class Launcher:
         else:
             run_id = self.tracker.create_run(name, {TAG_STAGE: stage, TAG_HASH: h, TAG_NAME: name, TAG_GIT: self.git_sha,
                                                     TAG_LAUNCH: self.launch_id, TAG_PRUNED: "false",
-                                                    "mlflow.source.git.commit": self.git_sha, **tags},
+                                                    TAG_STATE: "planned", "mlflow.source.git.commit": self.git_sha,
+                                                    **tags},
                                              parent_run_id=self.parent_run_id)
+            self.tracker.reopen(run_id, "SCHEDULED")
         processes = (self.spec.pretrain if stage == STAGE_PRETRAIN else self.spec.finetune).resources.processes
         params = {**flatten_params(stage, config), f"{stage}.world_size": str(processes), **extra_params}
         self.tracker.log_params_tags(run_id, params=params)
@@ -358,29 +390,67 @@ class Launcher:
         return run_id
 
     def _plan_child(self, p: TrialPayload, params_config: Mapping[str, Any], existing: Any) -> str | None:
-        """Arrange a trial's MLflow run; returns the checkpoint to resume from, if any.
+        """A trial's MLflow run, in state ``planned`` (MLflow status SCHEDULED); returns the checkpoint to resume from.
 
-        An unfinished run of an earlier launch is reopened now (its checkpoint decides where the trial
-        starts); a new run is created when Ray starts the trial, so its start time is the trial's.
+        An unfinished run of an earlier launch is taken over (its checkpoint decides where the trial
+        starts); otherwise a new run is made. Either way it exists from the launch's start, with its
+        params, so every planned trial is visible at once; ``ablate.started`` records when Ray starts it.
         ``params_config`` is the config recorded as the run's params.
         """
-        def make() -> str:
-            run_id = self._child(p.stage, p.name, p.config_hash, params_config, existing, p.extra_params, p.tags)
-            if p.dataset is not None:
-                suffix, digest, source, context = p.dataset
-                self.tracker.log_dataset(run_id, self.spec.name + suffix, digest, source, context)
-            return run_id
-
+        run_id = self._child(p.stage, p.name, p.config_hash, params_config, existing, p.extra_params, p.tags)
+        if p.dataset is not None:
+            suffix, digest, source, context = p.dataset
+            self.tracker.log_dataset(run_id, self.spec.name + suffix, digest, source, context)
+        self.run_ids[p.config_hash] = run_id
         if existing is not None and existing.info.status != "FINISHED":
-            self.run_ids[p.config_hash] = make()
             return existing.data.tags.get(TAG_CHECKPOINT)
-        self.pending_runs[p.config_hash] = make
         return None
 
+    def _plan_runs(self, plan: Plan, pre_runs: dict[str, Any], ft_runs: dict[str, Any]) -> None:
+        """Make the run of every trial this launch will train, before any starts (`tpe` samples: when sampled).
+
+        Fine-tuning cells on a backbone already pruned or failed in an earlier launch get none (they
+        are skipped, as before); those on a backbone this launch trains are planned, and marked
+        ``skipped`` if it does not survive.
+        """
+        pre_by_hash = {t.config_hash: t for t in plan.pretrain}
+        dataset = ("-unlabeled", plan.data_fingerprint, self.data_paths["unlabeled"], "pretraining")
+        for t in plan.pretrain:
+            run = pre_runs.get(t.config_hash)
+            if run is not None and run.info.status == "FINISHED":
+                continue
+            p = TrialPayload(STAGE_PRETRAIN, t.config, t.config_hash, t.name, int(t.config["epochs"]),
+                             self.spec.pretrain.resources.processes, dataset=dataset)
+            self.planned[t.config_hash] = dataclasses.replace(p, restore=self._plan_child(p, t.config, run))
+        if self.spec.search["kind"] == "tpe":
+            return
+        for t in plan.finetune:
+            run, up = ft_runs.get(t.config_hash), pre_runs.get(t.upstream_hash) if t.upstream_hash else None
+            if (run is not None and run.info.status == "FINISHED") or (
+                    up is not None and up.info.status == "FINISHED" and not _usable_backbone_run(up)):
+                continue
+            upstream_run = self.run_ids.get(t.upstream_hash or "") or (up.info.run_id if up is not None else "")
+            p = self._finetune_payload(t, plan, pre_by_hash, upstream_run, spaces.BACKBONE_SCRATCH)
+            self.planned[t.config_hash] = dataclasses.replace(p, restore=self._plan_child(p, t.config, run))
+
+    def _finetune_payload(self, t: Any, plan: Plan, pre_by_hash: Mapping[str, Any], upstream_run: str,
+                          backbone: str) -> TrialPayload:
+        """A fine-tuning cell's payload: its config on ``backbone``, its backbone's params and lineage tags."""
+        dataset = ("-labeled", plan.data_fingerprint, self.data_paths["train_annotations"], "training")
+        extra, tags = {}, {TAG_SEED: str(t.seed)}
+        if t.upstream_hash:
+            extra = {**flatten_params(STAGE_PRETRAIN, pre_by_hash[t.upstream_hash].config),
+                     f"{STAGE_PRETRAIN}.world_size": str(self.spec.pretrain.resources.processes)}
+            tags[TAG_UPSTREAM] = upstream_run
+        else:
+            tags[TAG_UPSTREAM] = UPSTREAM_SCRATCH
+        return TrialPayload(STAGE_FINETUNE, {**t.config, "backbone": backbone}, t.config_hash, t.name,
+                            int(t.config["epochs"]), self.spec.finetune.resources.processes,
+                            upstream_hash=t.upstream_hash, extra_params=extra, tags=tags, dataset=dataset,
+                            backbone_name=t.backbone_name, seed=t.seed)
+
     def run_id_for(self, h: str) -> str:
-        """The MLflow run of a trial (created on first use)."""
-        if h not in self.run_ids:
-            self.run_ids[h] = self.pending_runs.pop(h)()
+        """The MLflow run of a trial."""
         return self.run_ids[h]
 
     def sampled_trial(self, trial: Any) -> TrialPayload:
@@ -396,7 +466,7 @@ class Launcher:
         shown = ", ".join(f"{k}={spaces.fmt_value(v)}" for k, v in sorted(p.sampled.items()) if k not in in_name)
         name = spaces.finetune_name(p.config, p.backbone_name, p.seed) + (f" · {shown}" if shown else "")
         p = dataclasses.replace(p, config_hash=h, name=name)
-        if h not in self.run_ids and h not in self.pending_runs:
+        if h not in self.run_ids:
             self._plan_child(p, cfg, None)
         self.sampled[trial.trial_id] = p
         return p
@@ -404,9 +474,106 @@ class Launcher:
     # -- trial events (called by the Tune callback) ---------------------------
 
     def trial_started(self, p: TrialPayload, trial: Any) -> None:
-        """Ray started a trial: its run (created now if new) records the Ray trial id."""
+        """Ray started a trial: its run becomes RUNNING (state ``running``) and records the Ray trial id."""
         self.budgets[trial.trial_id] = p.epochs
-        self.tracker.set_tags(self.run_id_for(p.config_hash), {TAG_TRIAL: trial.trial_id})
+        self.running[trial.trial_id] = p
+        run_id = self.run_id_for(p.config_hash)
+        self.tracker.reopen(run_id)
+        self.tracker.set_tags(run_id, {TAG_TRIAL: trial.trial_id, TAG_STATE: "running", TAG_STARTED: f"{time.time():.0f}"})
+        self._update_launch()
+
+    # -- steering (experiments.control: `ablate stop`, --notify) ----------------
+
+    def stop_due(self, trial_id: str, epoch: int) -> bool:
+        """Whether a trial must stop after the epoch it just reported and checkpointed (asked on its run or the launch).
+
+        A request that arrives with the trial's last epoch is left to the trial's normal end.
+        """
+        if trial_id in self.stopping:
+            return True
+        p = self.running.get(trial_id)
+        if p is None or self.stops is None or epoch >= p.epochs:
+            return False
+        request = self.stops.launch_requested(fresh=True) or self.stops.trial_requested(self.run_id_for(p.config_hash))
+        if request:
+            self.stopping[trial_id] = request
+        return bool(request)
+
+    def stage_stop_due(self) -> bool:
+        """Whether the running stage ends now: a launch-wide stop request, and every running trial has stopped.
+
+        Called on every step of Ray's event loop, so it also keeps the heartbeat fresh during long epochs.
+        """
+        self.beat()
+        return self.stops is not None and self.stops.launch_requested() is not None and not self.running
+
+    def _stopped(self, stage: str, p: TrialPayload, run_id: str, epochs_run: int, why: str) -> None:
+        """A trial stopped on request (or by Ctrl-C): KILLED, state ``stopped``, its checkpoint tag kept for the resume."""
+        self.tracker.set_tags(run_id, {TAG_STATE: "stopped"})
+        self.tracker.delete_tag(run_id, TAG_STOP_REQUESTED)
+        self.tracker.finish(run_id, "KILLED")
+        self.outcomes[p.config_hash] = TrialOutcome(stage, p.name, p.config_hash, run_id, "stopped",
+                                                    self.metrics.get(p.config_hash, {}), epochs_run, p.epochs, why)
+        at = f" after epoch {epochs_run}/{p.epochs}" if epochs_run else ""
+        self.say(f"{stage:8} STOPPED {p.name}{at} ({why}; the same launch command resumes it)")
+
+    def _stop_unfinished(self, why: str) -> None:
+        """Every trial of this launch with a run but no outcome yet (planned, or running at Ctrl-C) becomes ``stopped``."""
+        for h, run_id in list(self.run_ids.items()):
+            if h in self.outcomes:
+                continue
+            p = self.planned.get(h) or next((q for q in self.sampled.values() if q.config_hash == h), None)
+            if p is not None:
+                self._stopped(p.stage, p, run_id, 0, why)
+
+    def _counts(self, plan: Plan) -> dict[str, float]:
+        """The launch run's ``launch/*`` counts as they stand (live during the launch, final at its end)."""
+        from experiments.scheduler import saved_compute
+
+        outs = list(self.outcomes.values())
+        count = {s: sum(1 for o in outs if o.status == s)
+                 for s in ("done", "reused", "pruned", "failed", "skipped", "stopped")}
+        pre_scheduler = self.schedulers.get(STAGE_PRETRAIN)
+        saved = saved_compute(pre_scheduler.pruned if pre_scheduler is not None else {}, self.budgets)
+        n_finetune = int(self.spec.search["num_samples"]) if self.spec.search["kind"] == "tpe" else len(plan.finetune)
+        return {"launch/trials_planned": len(plan.pretrain) + n_finetune,
+                "launch/trials_running": len(self.running),
+                "launch/trials_run": count["done"] + count["pruned"] + count["failed"],
+                "launch/trials_reused": count["reused"], "launch/trials_pruned": count["pruned"],
+                "launch/trials_failed": count["failed"], "launch/trials_stopped": count["stopped"],
+                "launch/finetune_skipped": count["skipped"],
+                "launch/pruned_epochs_budgeted": saved["epochs_budgeted"],
+                "launch/pruned_epochs_saved": saved["epochs_saved"],
+                "launch/pruned_fraction_saved": saved["fraction_saved"]}
+
+    def _update_launch(self, headline: bool = False) -> dict[str, float]:
+        """Log the live counts on the launch run (one step further each time) and, if asked, the study's headline."""
+        if self.current_plan is None or not self.parent_run_id:
+            return {}
+        counts = self._counts(self.current_plan)
+        self.count_step += 1
+        self.tracker.log_metrics(self.parent_run_id, counts, self.count_step)
+        if headline:
+            from experiments.status import current_best, headline_text
+
+            best = current_best(self.tracker.client, self.tracker.experiment_id)
+            self.headline = headline_text(best)
+            self.tracker.set_tags(self.parent_run_id, {TAG_HEADLINE: self.headline,
+                                                       **({TAG_BEST_RUN: best.run_id} if best else {})})
+            if best is not None:
+                self.tracker.log_metrics(self.parent_run_id, {"launch/best_AP50": best.value}, self.count_step)
+        return counts
+
+    def _notify(self, event: str, trial: str = "", detail: str = "") -> None:
+        """Run the ``--notify`` command for an event; a failing command is reported, never fatal."""
+        if not self.options.notify:
+            return
+        from experiments.control import Notice, notify
+
+        problem = notify(self.options.notify, Notice(event, self.spec.name, self.headline, self.parent_run_id or "",
+                                                     trial, redact(detail), self.tracking_uri))
+        if problem:
+            print(f"warning: {problem}", file=self.options.out, flush=True)
 
     def checkpointed(self, p: TrialPayload, checkpoint: Any) -> None:
         """A trial saved a checkpoint: its run names it (the state a later launch resumes from)."""
@@ -419,23 +586,32 @@ class Launcher:
         return sched.pruned.get(trial.trial_id) if sched is not None else None
 
     def complete(self, stage: str, p: TrialPayload, trial: Any) -> None:
-        """A trial ended without error: finished, or stopped by the pruner."""
+        """A trial ended without error: finished, stopped by the pruner, or stopped on request."""
+        self.running.pop(trial.trial_id, None)
+        self._complete(stage, p, trial)
+        self._update_launch(headline=stage == STAGE_FINETUNE)
+
+    def _complete(self, stage: str, p: TrialPayload, trial: Any) -> None:
         h = p.config_hash
         run_id = self.run_id_for(h)
         metrics = self.metrics.get(h, {})
         record = self._prune_record(stage, trial)
         epochs_run = self.epochs_of(trial)
         if record is not None:
-            self.tracker.set_tags(run_id, {TAG_PRUNED: "true", TAG_PRUNE_REASON: record.reason[:5000]})
+            self.tracker.set_tags(run_id, {TAG_PRUNED: "true", TAG_PRUNE_REASON: record.reason[:5000],
+                                           TAG_STATE: "pruned"})
             self.drop_checkpoints(run_id, trial.checkpoint)
             self.tracker.finish(run_id, "FINISHED")
             self.outcomes[h] = TrialOutcome(stage, p.name, h, run_id, "pruned", metrics, epochs_run, p.epochs,
                                             record.reason)
             self.say(f"{stage:8} PRUNED  {p.name}: {record.reason}")
             return
+        if trial.trial_id in self.stopping:
+            self._stopped(stage, p, run_id, epochs_run, "stopped by `ablate stop`")
+            return
         ckpt = trial.checkpoint
         if ckpt is None:
-            self.tracker.set_tags(run_id, {TAG_ERROR: "trial ended without a checkpoint"})
+            self.tracker.set_tags(run_id, {TAG_ERROR: "trial ended without a checkpoint", TAG_STATE: "failed"})
             self.tracker.finish(run_id, "FAILED")
             self.outcomes[h] = TrialOutcome(stage, p.name, h, run_id, "failed", metrics, epochs_run, p.epochs,
                                             "ended without a checkpoint")
@@ -450,12 +626,15 @@ class Launcher:
                         shutil.copy2(f, Path(tmp) / f.name)
                     self.tracker.log_artifacts(run_id, tmp, export)
         if stage == STAGE_PRETRAIN and not files:
-            self.tracker.set_tags(run_id, {TAG_ERROR: "pretraining ended without an exported backbone"})
+            self.tracker.set_tags(run_id, {TAG_ERROR: "pretraining ended without an exported backbone",
+                                           TAG_STATE: "failed"})
             self.tracker.finish(run_id, "FAILED")
             self.outcomes[h] = TrialOutcome(stage, p.name, h, run_id, "failed", metrics, epochs_run, p.epochs,
                                             "no exported backbone")
             return
         self.drop_checkpoints(run_id, ckpt)
+        self.tracker.set_tags(run_id, {TAG_STATE: "finished"})
+        self.tracker.delete_tag(run_id, TAG_STOP_REQUESTED)  # a request that came with the last epoch
         self.tracker.finish(run_id, "FINISHED")
         self.outcomes[h] = TrialOutcome(stage, p.name, h, run_id, "done", metrics, epochs_run, p.epochs)
         self.say(f"{stage:8} done    {p.name}")
@@ -464,15 +643,18 @@ class Launcher:
         """A trial failed after its retries; the grid goes on."""
         from experiments.progress import trial_error
 
+        self.running.pop(trial.trial_id, None)
         error = trial_error(trial)
         h = p.config_hash
         run_id = self.run_id_for(h)
-        self.tracker.set_tags(run_id, {TAG_ERROR: error[-5000:]})
+        self.tracker.set_tags(run_id, {TAG_ERROR: error[-5000:], TAG_STATE: "failed"})
         self.tracker.finish(run_id, "FAILED")
         last = error.strip().splitlines()[-1] if error.strip() else "unknown error"
         self.outcomes[h] = TrialOutcome(stage, p.name, h, run_id, "failed", self.metrics.get(h, {}),
                                         self.epochs_of(trial), p.epochs, last)
         self.say(f"{stage:8} FAILED  {p.name}: {redact(last)}")
+        self._update_launch()
+        self._notify("trial_failed", trial=p.name, detail=last)
 
     def drop_checkpoints(self, run_id: str, checkpoint: Any) -> None:
         """A finished trial's training states: deleted (its exported model is in the artifact store) unless kept.
@@ -504,7 +686,6 @@ class Launcher:
     def _stage_pretrain(self, plan: Plan, existing: dict[str, Any]) -> dict[str, str]:
         """Stage 1. Returns config hash -> local folder of the exported backbone, for every survivor."""
         payloads: dict[str, TrialPayload] = {}
-        dataset = ("-unlabeled", plan.data_fingerprint, self.data_paths["unlabeled"], "pretraining")
         for t in plan.pretrain:
             run = existing.get(t.config_hash)
             if run is not None and run.info.status == "FINISHED":
@@ -515,9 +696,7 @@ class Launcher:
                     reason=run.data.tags.get(TAG_PRUNE_REASON, "") if pruned else "finished in an earlier launch")
                 self.say(f"pretrain {status:7} {t.name} (run {run.info.run_id[:8]} of an earlier launch)")
                 continue
-            p = TrialPayload(STAGE_PRETRAIN, t.config, t.config_hash, t.name, int(t.config["epochs"]),
-                             self.spec.pretrain.resources.processes, dataset=dataset)
-            payloads[t.config_hash] = dataclasses.replace(p, restore=self._plan_child(p, t.config, run))
+            payloads[t.config_hash] = self.planned[t.config_hash]  # its run was made by _plan_runs
         self._tune(STAGE_PRETRAIN, payloads, self._scheduler(STAGE_PRETRAIN))
         survivors: dict[str, str] = {}
         for t in plan.pretrain:
@@ -531,13 +710,16 @@ class Launcher:
         """Stage 2: every fine-tuning cell x seed on a surviving backbone (or scratch); `tpe` samples them."""
         payloads: dict[str, TrialPayload] = {}
         tpe = self.spec.search["kind"] == "tpe"
-        dataset = ("-labeled", plan.data_fingerprint, self.data_paths["train_annotations"], "training")
         pre_by_hash = {t.config_hash: t for t in plan.pretrain}
         for t in plan.finetune:
             upstream = self.outcomes.get(t.upstream_hash) if t.upstream_hash else None
             if t.upstream_hash and t.upstream_hash not in survivors:
                 why = upstream.status if upstream else "missing"
-                self.outcomes[t.config_hash] = TrialOutcome(STAGE_FINETUNE, t.name, t.config_hash, "", "skipped",
+                run_id = self.run_ids.get(t.config_hash, "")
+                if run_id:  # planned at the start: it stays, KILLED, and a later launch takes it over
+                    self.tracker.set_tags(run_id, {TAG_STATE: "skipped"})
+                    self.tracker.finish(run_id, "KILLED")
+                self.outcomes[t.config_hash] = TrialOutcome(STAGE_FINETUNE, t.name, t.config_hash, run_id, "skipped",
                                                             reason=f"backbone {why}")
                 continue
             run = existing.get(t.config_hash)
@@ -546,21 +728,13 @@ class Launcher:
                                                             "reused", _last_metrics(run), reason="finished earlier")
                 self.say(f"finetune reused  {t.name} (run {run.info.run_id[:8]})")
                 continue
-            config = {**t.config, "backbone": survivors[t.upstream_hash] if t.upstream_hash else spaces.BACKBONE_SCRATCH}
-            extra, tags = {}, {TAG_SEED: str(t.seed)}
-            if t.upstream_hash:
-                extra = {**flatten_params(STAGE_PRETRAIN, pre_by_hash[t.upstream_hash].config),
-                         f"{STAGE_PRETRAIN}.world_size": str(self.spec.pretrain.resources.processes)}
-                tags[TAG_UPSTREAM] = upstream.run_id if upstream else ""
-            else:
-                tags[TAG_UPSTREAM] = UPSTREAM_SCRATCH
-            p = TrialPayload(STAGE_FINETUNE, config, t.config_hash, t.name, int(t.config["epochs"]),
-                             self.spec.finetune.resources.processes, upstream_hash=t.upstream_hash, extra_params=extra,
-                             tags=tags, dataset=dataset, backbone_name=t.backbone_name, seed=t.seed)
+            backbone = survivors[t.upstream_hash] if t.upstream_hash else spaces.BACKBONE_SCRATCH
             if tpe:  # sampled later: the run is made when Optuna has chosen the values
-                self.candidates.append(p)
+                self.candidates.append(self._finetune_payload(t, plan, pre_by_hash, upstream.run_id if upstream else "",
+                                                              backbone))
                 continue
-            payloads[t.config_hash] = dataclasses.replace(p, restore=self._plan_child(p, t.config, run))
+            p = self.planned[t.config_hash]  # its run was made by _plan_runs
+            payloads[t.config_hash] = dataclasses.replace(p, config={**p.config, "backbone": backbone})
         self._tune(STAGE_FINETUNE, payloads, self._scheduler(STAGE_FINETUNE), self.candidates)
 
     def _tune(self, stage: str, payloads: dict[str, TrialPayload], scheduler: Any,
@@ -585,6 +759,8 @@ class Launcher:
         else:
             param_space = {"trial": tune.grid_search(list(payloads.values()))}
             trainable = run_trial
+        from experiments.stopping import StopRequestStopper
+
         callback = DriverCallback(self, stage, dict(payloads), len(payloads) or num_samples)
         tuner = tune.Tuner(
             tune.with_resources(trainable, resources),
@@ -604,6 +780,7 @@ class Launcher:
                 # the newest state only: an exact resume needs no more (DESIGN: a launch leaves little disk)
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 callbacks=[callback], verbose=0,
+                stop=StopRequestStopper(self, stage),  # `ablate stop`, read from the tracking store once per epoch
             ),
         )
         tuner.fit()
@@ -638,21 +815,12 @@ class Launcher:
 
     def _finish(self, plan: Plan) -> LaunchResult:
         from experiments.progress import format_summary
-        from experiments.scheduler import saved_compute
 
+        stopped = self.stops is not None and self.stops.launch_requested(fresh=True) is not None
+        if stopped:  # trials that never started: stopped too, resumed by the same command
+            self._stop_unfinished("the launch was stopped by `ablate stop`")
+        counts = self._update_launch(headline=True)
         outs = list(self.outcomes.values())
-        count = {s: sum(1 for o in outs if o.status == s) for s in ("done", "reused", "pruned", "failed", "skipped")}
-        pre_scheduler = self.schedulers.get(STAGE_PRETRAIN)
-        saved = saved_compute(pre_scheduler.pruned if pre_scheduler is not None else {}, self.budgets)
-        n_finetune = int(self.spec.search["num_samples"]) if self.spec.search["kind"] == "tpe" else len(plan.finetune)
-        counts = {"launch/trials_planned": len(plan.pretrain) + n_finetune,
-                  "launch/trials_run": count["done"] + count["pruned"] + count["failed"],
-                  "launch/trials_reused": count["reused"], "launch/trials_pruned": count["pruned"],
-                  "launch/trials_failed": count["failed"], "launch/finetune_skipped": count["skipped"],
-                  "launch/pruned_epochs_budgeted": saved["epochs_budgeted"],
-                  "launch/pruned_epochs_saved": saved["epochs_saved"],
-                  "launch/pruned_fraction_saved": saved["fraction_saved"]}
-        self.tracker.log_metrics(self.parent_run_id, counts, 0)
         summary = format_summary(outs, counts, plan.warnings)
         print(summary, file=self.options.out, flush=True)
         self.tracker.log_text(self.parent_run_id, summary, "summary.txt")
@@ -660,9 +828,11 @@ class Launcher:
             shutil.rmtree(self.local_storage / "backbones", ignore_errors=True)
         ran_trials = [o for o in outs if o.status in ("done", "pruned", "failed")]
         all_failed = bool(ran_trials) and all(o.status == "failed" for o in ran_trials)
-        self.tracker.finish(self.parent_run_id, "FAILED" if all_failed else "FINISHED")
+        self.tracker.finish(self.parent_run_id, "KILLED" if stopped else "FAILED" if all_failed else "FINISHED")
         if self.options.register and not all_failed:
             self._register()
+        event = "launch_stopped" if stopped else "launch_failed" if all_failed else "launch_finished"
+        self._notify(event, detail=next((ln.strip() for ln in summary.splitlines() if "trials planned" in ln), ""))
         return LaunchResult(self.spec.name, self.parent_run_id, outs, 1 if all_failed else 0, plan,
                             dict(self.data_paths))
 

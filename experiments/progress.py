@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # type hints only: the launch imports this module, not the ot
     from experiments.launch import Launcher, TrialOutcome
 
 STATUS_EVERY_S = 15  # a status line at most this often, besides one at every trial's end
-STATES = ("running", "done", "pruned", "failed")
+STATES = ("running", "done", "pruned", "failed", "stopped")
 
 
 class DriverCallback(tune.Callback):
@@ -143,8 +143,9 @@ def status_line(stage: str, states: Iterable[str], total: int, remaining_epochs:
     conc = max(1, min(max_concurrent, counts["running"] + pending))
     eta = remaining_epochs * per_epoch_s / conc
     eta_s = f"{eta / 60:.1f} min" if math.isfinite(eta) else "?"
+    stopped = f"  stopped {counts['stopped']}" if counts["stopped"] else ""
     return (f"{stage:8} status  running {counts['running']}  pending {pending}  done {counts['done']}"
-            f"  pruned {counts['pruned']}  failed {counts['failed']}  of {total}  ETA {eta_s}")
+            f"  pruned {counts['pruned']}  failed {counts['failed']}{stopped}  of {total}  ETA {eta_s}")
 
 
 def format_summary(outcomes: Sequence[TrialOutcome], counts: Mapping[str, float], warnings: Sequence[str] = ()) -> str:
@@ -161,7 +162,9 @@ def format_summary(outcomes: Sequence[TrialOutcome], counts: Mapping[str, float]
     lines.append("")
     lines.append("  trials planned {launch/trials_planned:.0f}, run {launch/trials_run:.0f}, reused "
                  "{launch/trials_reused:.0f}, pruned {launch/trials_pruned:.0f}, failed {launch/trials_failed:.0f}, "
-                 "fine-tunes skipped {launch/finetune_skipped:.0f}".format_map(counts))
+                 "fine-tunes skipped {launch/finetune_skipped:.0f}".format_map(counts)
+                 + (", stopped {:.0f} (the same launch command resumes them)".format(counts["launch/trials_stopped"])
+                    if counts.get("launch/trials_stopped") else ""))
     if counts.get("launch/pruned_epochs_budgeted"):
         lines.append("  pruning saved {saved:.0f} of {budget:.0f} budgeted epochs ({frac:.0%}) and {skip:.0f} fine-tuning "
                      "trials".format(saved=counts["launch/pruned_epochs_saved"],

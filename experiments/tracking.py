@@ -52,7 +52,16 @@ TAG_HEARTBEAT = "ablate.heartbeat"  # unix seconds, refreshed by a running drive
 TAG_SUPERSEDED_BY = "ablate.superseded_by"  # a dead launch run -> the launch run that took over
 TAG_RESUMED_FROM = "ablate.resumed_from"  # a launch run -> the dead launch runs whose trials it continued
 TAG_PREVIOUS_PARENT = "ablate.previous_parent_run_id"  # a trial run moved under the launch that resumed it
+TAG_STATE = "ablate.state"  # a trial run's state, one of TRIAL_STATES, updated as it moves
+TAG_STARTED = "ablate.started"  # unix seconds when Ray last started the trial (its run exists from planning on)
+TAG_STOP_REQUESTED = "ablate.stop_requested"  # `ablate stop`: "<unix seconds> <host:pid>" on a launch or trial run
+TAG_HEADLINE = "ablate.headline"  # a launch run's current best, one line, updated at every trial's end
+TAG_BEST_RUN = "ablate.best_run_id"  # the run behind the headline
 PARENT_TAG = "mlflow.parentRunId"
+# ablate.state values. planned: its run exists, Ray has not started it (MLflow status SCHEDULED);
+# running; finished; pruned (stopped by the pruner, FINISHED); failed (FAILED); skipped (its backbone
+# did not survive, KILLED); stopped (by `ablate stop` or Ctrl-C, KILLED, checkpoint kept: resumable).
+TRIAL_STATES = ("planned", "running", "finished", "pruned", "failed", "skipped", "stopped")
 # ablate.upstream_run_id of a detector trained without pretraining (trainers.detection.config.SCRATCH)
 UPSTREAM_SCRATCH = "scratch"
 HEARTBEAT_EVERY_S = 60
@@ -229,9 +238,9 @@ class Tracker:
         """End a run: FINISHED, FAILED or KILLED."""
         self.client.set_terminated(run_id, status)
 
-    def reopen(self, run_id: str) -> None:
-        """Mark an unfinished run as running again (resume continues into the same run)."""
-        self.client.update_run(run_id, status="RUNNING")
+    def reopen(self, run_id: str, status: str = "RUNNING") -> None:
+        """Mark an unfinished run as running again (resume continues into the same run), or SCHEDULED (planned)."""
+        self.client.update_run(run_id, status=status)
 
     def metric_history(self, run_id: str, key: str) -> list[Any]:
         """Every logged value of a metric, by step."""

@@ -1,0 +1,336 @@
+"""``ablate status``: a running launch seen from any machine that reaches the tracking store.
+
+Everything comes from the store (sqlite or an MLflow server, through ``MlflowClient``): the launch
+runs (driver, start, heartbeat age), every trial of the launch with its ``ablate.state``, the
+epoch it reached against its budget, its key metric and an ETA, and the study's headline
+(:func:`current_best`). :func:`render_table` draws it for a terminal (``--watch`` redraws it in
+place); :func:`render_json` is the same data for scripts. This module imports no Ray.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence, TextIO
+
+from mlflow.entities import ViewType
+from mlflow.tracking import MlflowClient
+
+from experiments.redaction import redact
+from experiments.store import check_store, finite_or_none, store_errors
+from experiments.tracking import (
+    PARENT_TAG, TAG_DRIVER, TAG_HEARTBEAT, TAG_NAME, TAG_STAGE, TAG_STARTED, TAG_STATE, TAG_STOP_REQUESTED,
+    TAG_UPSTREAM, UPSTREAM_SCRATCH, launch_alive, usable_run,
+)
+from experiments.trial import AP50, KEY_METRIC, STAGE_FINETUNE, STAGES
+
+WATCH_EVERY_S = 5.0
+CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen: --watch redraws the table in place
+
+
+class StatusError(ValueError):
+    """``ablate status`` cannot show what was asked (no store, no such study); the CLI exits 2."""
+
+
+# ---------------------------------------------------------------------------
+# The headline: the study's current best
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Best:
+    """The study's best usable fine-tuning run by ``det/AP50`` so far."""
+
+    run_id: str
+    name: str
+    value: float
+    metric: str = AP50
+    scratch: bool = False
+    finished: int = 0  # usable fine-tuning runs it was chosen from
+
+    @property
+    def text(self) -> str:
+        """One line: ``best det/AP50 0.3120: res18_ep2 · frozen_bn · mlp · seed0 (run 1a2b3c4d, of 4 finished)``."""
+        base = " (no pretraining)" if self.scratch else ""
+        return (f"best {self.metric} {self.value:.4f}: {self.name}{base} (run {self.run_id[:8]}, of {self.finished} "
+                "finished)")
+
+
+def current_best(client: MlflowClient, experiment_id: str, metric: str = AP50) -> Best | None:
+    """The best usable fine-tuning run of a study (FINISHED, not pruned, finite ``metric``), or None yet.
+
+    Used by the launch (the ``ablate.headline`` tag, updated at every trial's end) and by ``ablate status``.
+    """
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_STAGE}` = '{STAGE_FINETUNE}'",
+                              run_view_type=ViewType.ACTIVE_ONLY, max_results=5000)
+    ok = [r for r in runs if usable_run(r.info.status, r.data.tags, r.data.metrics, STAGE_FINETUNE, metric)]
+    if not ok:
+        return None
+    best = max(ok, key=lambda r: (float(r.data.metrics[metric]), -(r.info.start_time or 0)))
+    return Best(best.info.run_id, best.data.tags.get(TAG_NAME, best.info.run_name or ""), float(best.data.metrics[metric]),
+                metric, best.data.tags.get(TAG_UPSTREAM) == UPSTREAM_SCRATCH, len(ok))
+
+
+def headline_text(best: Best | None) -> str:
+    """The headline line of a study (what the launch tags and notifies, and status prints)."""
+    return best.text if best is not None else f"no finished fine-tuning trial with a {AP50} yet"
+
+
+# ---------------------------------------------------------------------------
+# What the store says about a launch
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class TrialStatus:
+    """One trial of a launch, as the status table shows it."""
+
+    name: str
+    stage: str
+    state: str
+    run_id: str
+    epoch: int | None  # the last epoch logged (None before the first)
+    epochs: int | None  # the budget
+    metric: str
+    value: float | None
+    eta_s: float | None  # running trials: remaining epochs x seconds per epoch of this run so far
+    seconds_per_epoch: float | None = None
+    stop_requested: bool = False
+
+
+@dataclass
+class LaunchStatus:
+    """One launch run and its trials."""
+
+    study: str
+    run_id: str
+    status: str  # the MLflow status: RUNNING, FINISHED, FAILED, KILLED
+    alive: bool
+    driver: str
+    started: float  # unix seconds
+    heartbeat_age_s: float | None
+    stop_requested: bool
+    counts: dict[str, float]
+    headline: str
+    best_run_id: str | None
+    max_concurrent: int
+    trials: list[TrialStatus] = field(default_factory=list)
+
+    @property
+    def host(self) -> str:
+        return self.driver.rpartition(":")[0] or self.driver
+
+    def eta_s(self) -> float | None:
+        """Seconds until every running and planned trial is done, from each stage's measured seconds per epoch.
+
+        None while a stage with work left has no measured epoch yet (its trials cost differently).
+        """
+        left = [t for t in self.trials if t.state in ("running", "planned")]
+        if not left:
+            return 0.0
+        total = 0.0
+        for stage in STAGES:
+            rates = [t.seconds_per_epoch for t in self.trials if t.stage == stage and t.seconds_per_epoch]
+            todo = sum(max(0, (t.epochs or 0) - (t.epoch or 0)) for t in left if t.stage == stage)
+            if todo and not rates:
+                return None
+            if todo:
+                total += todo * sum(rates) / len(rates)
+        return total / max(1, self.max_concurrent)
+
+
+def _float_tag(tags: dict[str, str], key: str) -> float | None:
+    return finite_or_none(tags.get(key))
+
+
+def _trial_status(client: MlflowClient, run: Any, now: float) -> TrialStatus:
+    tags, stage = run.data.tags, run.data.tags.get(TAG_STAGE, "")
+    state = tags.get(TAG_STATE) or {"RUNNING": "running", "FINISHED": "finished", "FAILED": "failed",
+                                    "KILLED": "stopped", "SCHEDULED": "planned"}.get(run.info.status, "?")
+    key = KEY_METRIC.get(stage, AP50)
+    epochs = finite_or_none(run.data.params.get(f"{stage}.epochs"))
+    epoch, per_epoch, eta = None, None, None
+    if state != "planned":
+        # the step of the last value logged is the epoch reached (a resumed run's history includes earlier launches')
+        history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: (m.step, m.timestamp))
+        if history:
+            epoch = int(history[-1].step)
+            started = _float_tag(tags, TAG_STARTED)
+            fresh = [m for m in history if started is not None and m.timestamp / 1000 >= started]
+            if started is not None and fresh:
+                per_epoch = (fresh[-1].timestamp / 1000 - started) / len(fresh)
+    if state == "running" and epochs is not None:
+        started = _float_tag(tags, TAG_STARTED)
+        if per_epoch is not None:
+            eta = max(0.0, (epochs - (epoch or 0)) * per_epoch - (now - fresh[-1].timestamp / 1000))
+        elif started is not None:
+            eta = None  # first epoch still running: no rate yet
+    return TrialStatus(tags.get(TAG_NAME, run.info.run_name or ""), stage, state, run.info.run_id, epoch,
+                       int(epochs) if epochs is not None else None, key, finite_or_none(run.data.metrics.get(key)),
+                       eta, per_epoch, TAG_STOP_REQUESTED in tags)
+
+
+def launch_status(client: MlflowClient, study: str, experiment_id: str, run: Any, best: Best | None,
+                  now: float | None = None) -> LaunchStatus:
+    """A launch run and its trials (the runs whose parent it is), from the store."""
+    now = time.time() if now is None else now
+    tags = run.data.tags
+    beat = _float_tag(tags, TAG_HEARTBEAT)
+    children = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{run.info.run_id}'",
+                                  run_view_type=ViewType.ACTIVE_ONLY, max_results=5000)
+    trials = [_trial_status(client, r, now) for r in children if r.data.tags.get(TAG_STAGE) in STAGES]
+    order = {"running": 0, "planned": 1, "stopped": 2, "failed": 3, "finished": 4, "pruned": 5, "skipped": 6}
+    trials.sort(key=lambda t: (order.get(t.state, 9), t.stage != "pretrain", t.name))
+    counts = {k.split("/", 1)[1]: v for k, v in run.data.metrics.items() if k.startswith("launch/")}
+    return LaunchStatus(
+        study=study, run_id=run.info.run_id, status=run.info.status, alive=launch_alive(run, now),
+        driver=tags.get(TAG_DRIVER, "unknown"), started=(run.info.start_time or 0) / 1000,
+        heartbeat_age_s=(now - beat) if beat is not None else None, stop_requested=TAG_STOP_REQUESTED in tags,
+        counts=counts, headline=headline_text(best), best_run_id=best.run_id if best else None,
+        max_concurrent=int(finite_or_none(run.data.params.get("max_concurrent")) or 1), trials=trials)
+
+
+def collect(tracking_uri: str, study: str | None = None) -> list[LaunchStatus]:
+    """The running launches of every study (``study`` None), or the newest launch of one study.
+
+    Raises:
+        StatusError: the store cannot be reached, or has no such study.
+    """
+    import difflib
+
+    check_store(tracking_uri, StatusError)
+    with store_errors(tracking_uri, "reading the launches", StatusError):
+        client = MlflowClient(tracking_uri=tracking_uri)
+        if study is not None:
+            exp = client.get_experiment_by_name(study)
+            if exp is None or exp.lifecycle_stage == "deleted":
+                known = sorted(e.name for e in client.search_experiments() if e.name != "Default")
+                close = difflib.get_close_matches(study, known, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise StatusError(f"no study {study!r} in the tracking store {redact(tracking_uri)}; {hint}"
+                                  f"studies here: {', '.join(known) or 'none'} (`ablate status` without a study "
+                                  "lists the running launches)")
+            experiments = [exp]
+        else:
+            experiments = [e for e in client.search_experiments() if e.name != "Default"]
+        out = []
+        for exp in experiments:
+            flt = f"tags.`{TAG_STAGE}` = 'launch'" + ("" if study else " and attributes.status = 'RUNNING'")
+            launches = client.search_runs([exp.experiment_id], filter_string=flt, run_view_type=ViewType.ACTIVE_ONLY,
+                                          max_results=50 if study is None else 1,
+                                          order_by=["attributes.start_time DESC"])
+            if study is None:
+                launches = [r for r in launches if launch_alive(r)]
+            if not launches:
+                continue
+            best = current_best(client, exp.experiment_id)
+            out += [launch_status(client, exp.name, exp.experiment_id, r, best) for r in launches]
+        return out
+
+
+# ---------------------------------------------------------------------------
+# Rendering
+# ---------------------------------------------------------------------------
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _when(unix_s: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(unix_s))
+
+
+def render_table(launches: Sequence[LaunchStatus], tracking_uri: str, study: str | None = None) -> str:
+    """The terminal view: one block per launch, a row per trial."""
+    if not launches:
+        return f"no running launch in the tracking store {redact(tracking_uri)}"
+    blocks = []
+    for ls in launches:
+        beat = f"heartbeat {_duration(ls.heartbeat_age_s)} ago" if ls.heartbeat_age_s is not None else "no heartbeat"
+        if ls.status == "RUNNING":
+            life = "running" if ls.alive else "driver lost (a new launch of the study takes its trials over)"
+        else:
+            life = ls.status.lower()
+        lines = [f"study {ls.study}  launch run {ls.run_id[:8]}  {life}",
+                 f"  driver {ls.driver}  started {_when(ls.started)}  {beat}"
+                 + ("  STOP REQUESTED" if ls.stop_requested and ls.status == "RUNNING" else "")]
+        states = [t.state for t in ls.trials]
+        shown = "  ".join(f"{s} {states.count(s)}" for s in ("running", "planned", "finished", "pruned", "failed",
+                                                               "stopped", "skipped") if states.count(s))
+        eta = f"  ETA {_duration(ls.eta_s())}" if ls.status == "RUNNING" else ""
+        lines.append(f"  trials {len(ls.trials)}: {shown or 'none'}{eta}")
+        lines.append(f"  {ls.headline}")
+        rows = [("stage", "state", "epoch", "key metric", "ETA", "trial")]
+        for t in ls.trials:
+            epoch = f"{t.epoch if t.epoch is not None else '-'}/{t.epochs if t.epochs is not None else '?'}"
+            value = f"{t.metric.split('/')[-1]} {t.value:.4f}" if t.value is not None else "-"
+            eta = _duration(t.eta_s) if t.state == "running" else "-"
+            state = t.state + (" (stop requested)" if t.stop_requested and t.state in ("running", "planned") else "")
+            rows.append((t.stage, state, epoch, value, eta, t.name))
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        for r in rows:
+            lines.append("  " + "  ".join(c.ljust(w) if i != 2 else c.rjust(w) for i, (c, w) in
+                                         enumerate(zip(r[:5], widths))) + "  " + r[5])
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def render_json(launches: Sequence[LaunchStatus], tracking_uri: str) -> str:
+    """The same as the table, for scripts: ``{"tracking_uri", "now", "launches": [...]}``."""
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    out = []
+    for ls in launches:
+        d = dataclasses.asdict(ls)
+        d["host"] = ls.host
+        d["eta_s"] = ls.eta_s()
+        out.append(d)
+    return json.dumps(clean({"tracking_uri": redact(tracking_uri), "now": time.time(), "launches": out}), indent=2)
+
+
+def status(tracking_uri: str, study: str | None = None, fmt: str = "table") -> str:
+    """``ablate status [STUDY] [--format json]`` once."""
+    launches = collect(tracking_uri, study)
+    return render_json(launches, tracking_uri) if fmt == "json" else render_table(launches, tracking_uri, study)
+
+
+def watch(tracking_uri: str, study: str | None, every_s: float = WATCH_EVERY_S, out: TextIO = sys.stdout,
+          rounds: int | None = None) -> int:
+    """``ablate status --watch``: redraw the table in place every ``every_s`` seconds until Ctrl-C.
+
+    It stops by itself once nothing it shows is running any more (after drawing that final state).
+    ``rounds`` bounds the redraws (tests).
+    """
+    n = 0
+    try:
+        while True:
+            launches = collect(tracking_uri, study)
+            stamp = time.strftime("%H:%M:%S")
+            out.write(f"{CLEAR}ablate status{' ' + study if study else ''}  ({stamp}, every {every_s:g} s; "
+                      f"Ctrl-C to quit)\n\n{render_table(launches, tracking_uri, study)}\n")
+            out.flush()
+            n += 1
+            if not any(ls.status == "RUNNING" and ls.alive for ls in launches) or (rounds is not None and n >= rounds):
+                return 0
+            time.sleep(every_s)
+    except KeyboardInterrupt:
+        out.write("\n")
+        return 0
