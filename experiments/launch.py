@@ -276,7 +276,8 @@ class Launcher:
             # takes them over (a dead launch's trials resume from their checkpoints).
             for run_id in self.run_ids.values():
                 with contextlib.suppress(Exception):
-                    if self.tracker.client.get_run(run_id).info.status == "RUNNING":
+                    if self.tracker.client.get_run(run_id).info.status in ("RUNNING", "SCHEDULED"):
+                        self.tracker.set_tags(run_id, {TAG_STATE: "stopped"})
                         self.tracker.finish(run_id, "KILLED")
             raise LaunchError(one_line(
                 f"the tracking store {redact(self.tracking_uri)} stopped accepting writes "

@@ -154,6 +154,7 @@ def _trial_status(client: MlflowClient, run: Any, now: float) -> TrialStatus:
     key = KEY_METRIC.get(stage, AP50)
     epochs = finite_or_none(run.data.params.get(f"{stage}.epochs"))
     epoch, per_epoch, eta = None, None, None
+    fresh: list[Any] = []
     if state != "planned":
         # the step of the last value logged is the epoch reached (a resumed run's history includes earlier launches')
         history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: (m.step, m.timestamp))
@@ -163,12 +164,8 @@ def _trial_status(client: MlflowClient, run: Any, now: float) -> TrialStatus:
             fresh = [m for m in history if started is not None and m.timestamp / 1000 >= started]
             if started is not None and fresh:
                 per_epoch = (fresh[-1].timestamp / 1000 - started) / len(fresh)
-    if state == "running" and epochs is not None:
-        started = _float_tag(tags, TAG_STARTED)
-        if per_epoch is not None:
-            eta = max(0.0, (epochs - (epoch or 0)) * per_epoch - (now - fresh[-1].timestamp / 1000))
-        elif started is not None:
-            eta = None  # first epoch still running: no rate yet
+    if state == "running" and epochs is not None and per_epoch is not None:  # no rate before its first epoch here
+        eta = max(0.0, (epochs - (epoch or 0)) * per_epoch - (now - fresh[-1].timestamp / 1000))
     return TrialStatus(tags.get(TAG_NAME, run.info.run_name or ""), stage, state, run.info.run_id, epoch,
                        int(epochs) if epochs is not None else None, key, finite_or_none(run.data.metrics.get(key)),
                        eta, per_epoch, TAG_STOP_REQUESTED in tags)
@@ -303,7 +300,8 @@ def render_json(launches: Sequence[LaunchStatus], tracking_uri: str) -> str:
         d["host"] = ls.host
         d["eta_s"] = ls.eta_s()
         out.append(d)
-    return json.dumps(clean({"tracking_uri": redact(tracking_uri), "now": time.time(), "launches": out}), indent=2)
+    return json.dumps(clean({"tracking_uri": redact(tracking_uri), "now": time.time(), "launches": out}), indent=2,
+                      ensure_ascii=False)
 
 
 def status(tracking_uri: str, study: str | None = None, fmt: str = "table") -> str:
