@@ -66,7 +66,7 @@ class TrialRecord:
     stage: str
     name: str
     run_id: str
-    start_s: float  # epoch seconds: the run is created when Ray starts the trial
+    start_s: float  # epoch seconds: when Ray started the trial (ablate.started; its run exists from the plan on)
     end_s: float  # the run's end time; registering a model re-ends its run, so do not time trials by it
     status: str
     params: dict[str, str]
@@ -150,11 +150,12 @@ def read_store(store: Path, study: str) -> tuple[dict[str, Any], list[TrialRecor
     if len(parents) != 1:
         raise RuntimeError(f"{store}: expected one launch run of {study!r}, found {len(parents)}")
     p = parents[0]
-    # The launch logs launch/trials_planned when both stages are over (Launcher._finish): the end of
-    # the trial phase. Run end times cannot serve: registering the best model re-ends its runs.
+    # The launch logs its launch/* counts live, one step further each time; the last step is logged
+    # when both stages are over (Launcher._finish): the end of the trial phase. Run end times cannot
+    # serve: registering the best model re-ends its runs.
     finished = client.get_metric_history(p.info.run_id, "launch/trials_planned")
     parent = {"start_s": p.info.start_time / 1000, "end_s": (p.info.end_time or 0) / 1000,
-              "finish_s": min(m.timestamp for m in finished) / 1000 if finished else math.nan,
+              "finish_s": max(finished, key=lambda m: (m.step, m.timestamp)).timestamp / 1000 if finished else math.nan,
               "metrics": dict(p.data.metrics)}
     trials = []
     for r in runs:
@@ -168,7 +169,8 @@ def read_store(store: Path, study: str) -> tuple[dict[str, Any], list[TrialRecor
         epochs = len(logged)
         trials.append(TrialRecord(
             stage=stage, name=r.data.tags.get("ablate.name", r.info.run_name or ""), run_id=r.info.run_id,
-            start_s=r.info.start_time / 1000, end_s=(r.info.end_time or r.info.start_time) / 1000,
+            start_s=float(r.data.tags.get("ablate.started", r.info.start_time / 1000)),
+            end_s=(r.info.end_time or r.info.start_time) / 1000,
             status=r.info.status, params=dict(r.data.params), tags=dict(r.data.tags),
             metrics=dict(r.data.metrics), epochs=epochs, reports_s=tuple(logged[k] for k in sorted(logged))))
     return parent, trials

@@ -47,7 +47,8 @@ class Outcome:
 
     @property
     def finetunes(self) -> int:
-        return len(self.launch.stage("finetune"))
+        """Fine-tuning trials that ran (the one on the pruned backbone is planned, then skipped)."""
+        return sum(1 for t in self.launch.stage("finetune") if t.tags.get("ablate.state") != "skipped")
 
     def metric(self, key: str) -> float:
         return float(self.launch.parent_metrics.get(key, math.nan))

@@ -53,6 +53,7 @@ from experiments.tracking import (
     PARENT_TAG, TAG_ERROR, TAG_HASH, TAG_NAME, TAG_PRUNE_REASON, TAG_PRUNED, TAG_SEED, TAG_STAGE, TAG_UPSTREAM,
     UPSTREAM_SCRATCH, flatten_params, launch_alive, usable_run,
 )
+from experiments.tracking import TAG_STATE
 from experiments.trial import AP50, STAGE_FINETUNE, STAGES
 
 FORMATS = ("table", "md", "csv", "json")
@@ -111,6 +112,11 @@ class TrialRun:
             return "failed: " + (lines[-1][:300] if lines else "no error recorded")
         if self.interrupted:
             return "interrupted: its launch ended without finishing it; run the launch command again to resume it"
+        why = {"skipped": "skipped: its backbone did not survive the launch",
+               "stopped": "stopped: run the launch command again to resume it",
+               "planned": "planned: its launch has not started it yet"}.get(self.tags.get(TAG_STATE, ""))
+        if self.status != "FINISHED" and why:
+            return why
         if self.status != "FINISHED":
             return f"unfinished (status {self.status})"
         if self.stage == STAGE_FINETUNE and finite_or_none(self.metrics.get(AP50)) is None:
@@ -440,7 +446,8 @@ def excluded_table(runs: StudyRuns) -> Table:
             if r.usable:
                 continue
             status = "pruned" if r.pruned else ("failed" if r.status == "FAILED" or TAG_ERROR in r.tags else
-                                                "interrupted" if r.interrupted else r.status.lower())
+                                                "interrupted" if r.interrupted else
+                                                r.tags.get(TAG_STATE, r.status.lower()))
             rows.append(Row(r.name, [stage, status, r.reason.split(": ", 1)[-1], r.run_id[:8]], 1, run_ids=[r.run_id]))
     notes = []
     if runs.superseded():

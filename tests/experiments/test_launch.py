@@ -230,8 +230,12 @@ def test_collapsed_pretraining_is_pruned_and_gets_no_finetuning(planted_collapse
     assert not client.list_artifacts(dead.info.run_id, "backbone")  # not exported
     assert healthy.data.tags[T.TAG_PRUNED] == "false"
     assert len(client.get_metric_history(healthy.info.run_id, "swav/loss")) == 7
-    ft = runs_of(client, study, "finetune")
-    assert [r.data.tags[T.TAG_UPSTREAM] for r in ft] == [healthy.info.run_id]
+    ft = {r.data.tags[T.TAG_UPSTREAM]: r for r in runs_of(client, study, "finetune")}
+    assert set(ft) == {healthy.info.run_id, dead.info.run_id}  # both planned at the start
+    assert ft[healthy.info.run_id].data.tags[T.TAG_STATE] == "finished"
+    skipped = ft[dead.info.run_id]  # the pruned backbone's fine-tune never ran
+    assert skipped.info.status == "KILLED" and skipped.data.tags[T.TAG_STATE] == "skipped"
+    assert not client.get_metric_history(skipped.info.run_id, "det/loss")
     parent = runs_of(client, study, "launch")[0]
     assert parent.data.metrics["launch/trials_pruned"] == 1
     assert parent.data.metrics["launch/finetune_skipped"] == 1
