@@ -269,7 +269,9 @@ def section(groups: Sequence[Group], verdict: Verdict, wall_s: float, space: Pat
         f"Data: the `digits` sample ({spec['data']['sample'].get('size', 'small')}), real handwritten digits on real "
         f"photographs, 10 categories. Pretraining: SwAV {pre.get('arch')} for {pre.get('epochs')} epochs. "
         f"Fine-tuning: Faster R-CNN ({ft.get('head')} head) at {ft.get('min_size')} px, the pretrained trunk with "
-        f"`norm: {ft.get('norm')}` and `lr_scheme: {ft.get('lr_scheme')}` for {ft.get('epochs')} epochs; scratch with "
+        f"`norm: {ft.get('norm')}` and `lr_scheme: {ft.get('lr_scheme')}` for {ft.get('epochs')} epochs"
+        + (f" of at most {ft['max_iters_per_epoch']} steps of {ft.get('batch_size')} images" if ft.get("max_iters_per_epoch") else "")
+        + "; scratch with "
         "the fair baseline's trainable BN, one learning rate and the 3x schedule. Seeds: fine-tuning seeds; "
         "mean ± sample std over them.",
         "",
