@@ -7,7 +7,7 @@
     ablate launch SPACE.yaml [--dry-run]          an ablation grid through Ray Tune + MLflow
     ablate status [STUDY] [--watch]               running launches and their trials, from the tracking store
     ablate stop STUDY [--trial NAME]              ask a running launch (or one trial) to stop, resumably
-    ablate ui                                     the MLflow UI on the local store
+    ablate ui [--open]                            the MLflow UI on the local store; prints each study's leaderboard link
     ablate report STUDY                           ablation tables and plots
     ablate register STUDY / models / pull NAME@champion --dest DIR
     ablate gc STUDY [--dry-run]                   delete training states no launch can resume from
@@ -36,6 +36,7 @@ def _add_tracking(p: argparse.ArgumentParser) -> None:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ablate", description="Ablation service for SwAV-pretrained object detection.")
+    parser.add_argument("--version", action="version", version=f"ablate {_version()}", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="generate sample data and run search_spaces/smoke.yaml end to end")
@@ -106,9 +107,16 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="ablation tables (the paper's Table 1 layout + one per axis) and plots")
     p.add_argument("study", help="study name (= MLflow experiment)")
-    p.add_argument("--format", default="table", choices=["table", "md", "csv", "json"], help="output format")
-    p.add_argument("--out", type=Path, default=None, help="folder for the plots (also logged to the launch run)")
-    p.add_argument("--no-log", action="store_true", help="do not log the tables and plots to the launch run")
+    p.add_argument("--format", default="table", choices=["table", "md", "csv", "json"],
+                   help="output format (default: table, aligned text)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder to write the plots and report.{txt,md,csv,json} into (default: none; they are logged "
+                        "to the launch run unless --no-log)")
+    p.add_argument("--no-log", action="store_true",
+                   help="do not log the tables and plots to the study's newest launch run (under report/)")
+    p.add_argument("--runs", action="store_true",
+                   help="instead of the tables: every trial run with all its params and final metrics, one line "
+                        "per run (--format csv or json); writes nothing")
     _add_tracking(p)
 
     p = sub.add_parser("register", help="register the study's best fine-tuning run (and its backbone)")
@@ -144,12 +152,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure-no-auth", action="store_true",
                    help="allow --host off loopback: anyone who reaches the port can create, change and delete runs "
                         "and models (only on a network you trust)")
+    p.add_argument("--open", action="store_true",
+                   help="open the newest study's leaderboard in the default web browser once the UI answers")
     _add_tracking(p)
 
     from experiments.server import add_server_parser
 
     add_server_parser(sub)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ablate")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
 
 
 def _fail(msg: str) -> int:
@@ -273,8 +292,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cmd = os.path.relpath(exe) if exe.is_file() and not os.path.relpath(exe).startswith("..") else "ablate"
     print()
     print("next steps:")
-    print(f"  {cmd} ui                                   # open http://127.0.0.1:5000 and pick the experiment "
-          f"'{result.study}'")
+    print(f"  {cmd} ui                                   # the MLflow UI; it prints the links below once it answers")
+    for line in _demo_links(uri, result.study):
+        print(f"      {line}")
     print(f"  {cmd} report {result.study}")
     print(f"  {cmd} pull {result.study}-detector@champion --dest pulled_model")
     from trainers.data import find_images
@@ -286,19 +306,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def _demo_links(uri: str, study: str) -> list[str]:
+    """The study's leaderboard and compare links on `ablate ui`'s default address."""
+    from mlflow.tracking import MlflowClient
+
+    from experiments.ui import links
+
+    exp = MlflowClient(tracking_uri=uri).get_experiment_by_name(study)
+    if exp is None:
+        return []
+    found = links("http://127.0.0.1:5000", exp.experiment_id, study, exp.tags)
+    return [f"leaderboard: {found.leaderboard}", f"compare:     {found.compare}"]
+
+
 def tracking_uri_of(args: argparse.Namespace) -> str:
+    """--tracking-uri, $MLFLOW_TRACKING_URI or the local store; never creates a folder (read-only commands)."""
     from experiments.tracking import default_tracking_uri
 
-    return args.tracking_uri or default_tracking_uri()
+    return args.tracking_uri or default_tracking_uri(create=False)
 
 
 def cmd_results(args: argparse.Namespace) -> int:
     """report / register / models / pull: the ways results leave the service."""
     uri = tracking_uri_of(args)
     if args.command == "report":
-        from experiments.report import report
+        from experiments.report import report, runs_table
 
-        print(report(uri, args.study, fmt=args.format, out_dir=args.out, log_to_parent=not args.no_log))
+        if args.runs:
+            print(runs_table(uri, args.study, fmt=args.format), end="")
+            return 0
+        print(report(uri, args.study, fmt=args.format, out_dir=args.out, log_to_parent=not args.no_log,
+                     say=lambda line: print(line, file=sys.stderr)), end="")
         return 0
     from experiments import registry
     from experiments.pull import pull
@@ -350,19 +388,24 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    """``ablate ui``: exec ``mlflow ui`` on the local store, after the checks it cannot do itself.
+    """``ablate ui``: run ``mlflow ui`` on the local store, after the checks it cannot do itself.
 
     Refused with exit 2 before anything starts: an ``http(s)://`` store (already a server), a
-    bind off loopback without ``--insecure-no-auth`` (the UI has no auth), a port outside
-    0..65535, a port in use. ``--port 0`` picks a free port and prints it.
+    sqlite store that does not exist, a bind off loopback without ``--insecure-no-auth`` (the UI
+    has no auth), a port outside 0..65535, a port in use. ``--port 0`` picks a free port. Once
+    the server answers, it says so and prints each study's leaderboard and compare links
+    (:func:`experiments.ui.serve`); ``--open`` opens the newest one.
     """
     from experiments.redaction import redact
     from experiments.server import ServerConfigError, check_bind, check_port
+    from experiments.store import check_store
     from experiments.tracking import artifact_root_for, default_tracking_uri
+    from experiments.ui import serve
 
-    uri = args.tracking_uri or default_tracking_uri()
+    uri = args.tracking_uri or default_tracking_uri(create=False)
     if uri.startswith("http"):
         return _fail(f"--tracking-uri {redact(uri)} is already a server: open it in a browser")
+    check_store(uri, ValueError)  # a missing sqlite store: one line, no empty mlruns/ made
     try:
         check_bind(args.host, auth=False, insecure_no_auth=args.insecure_no_auth, command="ablate ui")
         bind = args.host if args.host.strip() not in ("", "::", "[::]") else "0.0.0.0"
@@ -373,9 +416,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
     root = artifact_root_for(uri)
     if root:
         cmd += ["--default-artifact-root", root]
-    print(f"MLflow UI on http://{args.host}:{port} (store {redact(uri)}; Ctrl-C to stop)", flush=True)
-    os.execv(sys.executable, cmd)
-    return 0  # not reached
+    print(f"starting the MLflow UI on http://{args.host}:{port} (store {redact(uri)})", flush=True)
+    return serve(cmd, uri, args.host, port, open_browser=args.open)
 
 
 def quiet_libraries() -> None:

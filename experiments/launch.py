@@ -37,16 +37,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence, TextIO
 
-from experiments import spaces
+from experiments import spaces, ui
 from experiments.redaction import OPTUNA_STORAGE_ENV, redact, use_uri_credentials
 from experiments.spaces import DATA_PATH_KEYS, Plan, SpaceError, StudySpec
 from experiments.store import check_store, failure_text, one_line, store_failure
 from experiments.tracking import (
-    DEFAULT_STORE_DIR, HEARTBEAT_EVERY_S, PARENT_TAG, TAG_BEST_RUN, TAG_CHECKPOINT, TAG_DRIVER, TAG_ERROR, TAG_GIT,
-    TAG_HASH, TAG_HEADLINE, TAG_HEARTBEAT, TAG_LAUNCH, TAG_NAME, TAG_PREVIOUS_PARENT, TAG_PRUNE_REASON, TAG_PRUNED,
-    TAG_RESUMED_FROM, TAG_SEED, TAG_STAGE, TAG_STARTED, TAG_STATE, TAG_STOP_REQUESTED, TAG_SUPERSEDED_BY, TAG_TRIAL,
-    TAG_UPSTREAM, UPSTREAM_SCRATCH, Tracker, configure_client_retries, default_tracking_uri, driver_id, flatten_params,
-    launch_alive, usable_run,
+    DEFAULT_STORE_DIR, HEARTBEAT_EVERY_S, PARENT_TAG, TAG_BEST_RUN, TAG_CELL, TAG_CHECKPOINT, TAG_DRIVER, TAG_ERROR,
+    TAG_GIT, TAG_HASH, TAG_HEADLINE, TAG_HEARTBEAT, TAG_LAUNCH, TAG_NAME, TAG_PREVIOUS_PARENT, TAG_PRUNE_REASON,
+    TAG_PRUNED, TAG_RESUMED_FROM, TAG_SEED, TAG_STAGE, TAG_STARTED, TAG_STATE, TAG_STOP_REQUESTED, TAG_SUPERSEDED_BY,
+    TAG_TRIAL, TAG_UPSTREAM, UPSTREAM_SCRATCH, Tracker, configure_client_retries, default_tracking_uri, driver_id,
+    flatten_params, launch_alive, usable_run,
 )
 from experiments.trial import CANDIDATE_KEY, STAGE_FINETUNE, STAGE_PRETRAIN, TrialPayload, sampled_payload
 from trainers.common import git_sha
@@ -245,6 +245,7 @@ class Launcher:
             raise LaunchSetupError("; ".join(too_big))
         self._init_ray()  # a cluster too small for one trial is refused here, before anything is recorded
         self.parent_run_id = self._parent_run(plan)
+        self._experiment_view(plan)
         for warning in plan.warnings:
             self.say(f"warning: {warning}")
         monitor = self._system_metrics()
@@ -438,13 +439,16 @@ class Launcher:
                           backbone: str) -> TrialPayload:
         """A fine-tuning cell's payload: its config on ``backbone``, its backbone's params and lineage tags."""
         dataset = ("-labeled", plan.data_fingerprint, self.data_paths["train_annotations"], "training")
-        extra, tags = {}, {TAG_SEED: str(t.seed)}
+        extra = self._finetune_params(plan, t)  # the backbone's name and pretraining params ("none" for scratch)
+        tags = {TAG_SEED: str(t.seed), TAG_CELL: self._cell(t.config, t.upstream_hash)}
         if t.upstream_hash:
-            extra = {**flatten_params(STAGE_PRETRAIN, pre_by_hash[t.upstream_hash].config),
-                     f"{STAGE_PRETRAIN}.world_size": str(self.spec.pretrain.resources.processes)}
             tags[TAG_UPSTREAM] = upstream_run
+            if upstream_run:  # the backbone as a link in the run's description
+                tags[ui.NOTE_TAG] = ("Fine-tuned on the SwAV backbone "
+                                     + ui.run_link(self.tracker.experiment_id, upstream_run, t.backbone_name))
         else:
             tags[TAG_UPSTREAM] = UPSTREAM_SCRATCH
+            tags[ui.NOTE_TAG] = "No pretraining: the baseline, trained from random weights."
         return TrialPayload(STAGE_FINETUNE, {**t.config, "backbone": backbone}, t.config_hash, t.name,
                             int(t.config["epochs"]), self.spec.finetune.resources.processes,
                             upstream_hash=t.upstream_hash, extra_params=extra, tags=tags, dataset=dataset,
@@ -466,7 +470,9 @@ class Launcher:
         in_name = {"norm", "head", "lr_scheme", "seed"}
         shown = ", ".join(f"{k}={spaces.fmt_value(v)}" for k, v in sorted(p.sampled.items()) if k not in in_name)
         name = spaces.finetune_name(p.config, p.backbone_name, p.seed) + (f" · {shown}" if shown else "")
-        p = dataclasses.replace(p, config_hash=h, name=name)
+        p = dataclasses.replace(p, config_hash=h, name=name,
+                                tags={**p.tags, TAG_CELL: self._cell({k: v for k, v in cfg.items() if k != "seed"},
+                                                                     p.upstream_hash)})
         if h not in self.run_ids:
             self._plan_child(p, cfg, None)
         self.sampled[trial.trial_id] = p
@@ -738,6 +744,26 @@ class Launcher:
             payloads[t.config_hash] = dataclasses.replace(p, config={**p.config, "backbone": backbone})
         self._tune(STAGE_FINETUNE, payloads, self._scheduler(STAGE_FINETUNE), self.candidates)
 
+    def _finetune_params(self, plan: Plan, t: spaces.FinetuneTrial) -> dict[str, str]:
+        """A fine-tuning run's params besides its config: backbone name and pretraining fields (experiments.ui)."""
+        pre = next((b for b in plan.pretrain if b.config_hash == t.upstream_hash), None)
+        fields = [k for b in plan.pretrain for k in b.config]
+        return ui.finetune_extra_params(t.backbone_name, pre.config if pre else None, fields,
+                                        self.spec.pretrain.resources.processes)
+
+    def _cell(self, config: Mapping[str, Any], upstream_hash: str | None) -> str:
+        """The ``ablate.cell`` tag: the fine-tuning config hash without the seed (seeds of one cell share it)."""
+        return spaces.finetune_hash({k: v for k, v in config.items() if k != "seed"}, self.data_fingerprint,
+                                    upstream_hash, self.spec.finetune.resources)
+
+    def _experiment_view(self, plan: Plan) -> None:
+        """The experiment's kind, description and leaderboard view (experiments.ui), from the planned runs."""
+        param_sets = [{**flatten_params(STAGE_FINETUNE, t.config), **self._finetune_params(plan, t)}
+                      for t in plan.finetune]
+        declared = [f"{stage}.{a}" for stage, names in spaces.axes_of(self.spec).items() for a in names]
+        axes = ui.varying_params(param_sets, [ui.BACKBONE_PARAM, *declared])
+        self.tracker.set_experiment_tags(ui.experiment_tags(self.spec.description, axes, param_sets))
+
     def _tune(self, stage: str, payloads: dict[str, TrialPayload], scheduler: Any,
               candidates: Sequence[TrialPayload] = ()) -> None:
         """One Ray Tune stage: a grid over ``payloads``, or (`tpe`) Optuna samples over ``candidates``."""
@@ -815,6 +841,7 @@ class Launcher:
     # -- the end -------------------------------------------------------------
 
     def _finish(self, plan: Plan) -> LaunchResult:
+        from experiments.headline import study_headline
         from experiments.progress import format_summary
 
         stopped = self.stops is not None and self.stops.launch_requested(fresh=True) is not None
@@ -822,7 +849,9 @@ class Launcher:
             self._stop_unfinished("the launch was stopped by `ablate stop`")
         counts = self._update_launch(headline=True)
         outs = list(self.outcomes.values())
-        summary = format_summary(outs, counts, plan.warnings)
+        headline = study_headline(self.tracker.client, self.tracker.experiment_id)
+        summary = format_summary(outs, counts, plan.warnings) + "\n\n" + headline.text()
+        self.tracker.set_tags(self.parent_run_id, {ui.NOTE_TAG: headline.markdown()})
         print(summary, file=self.options.out, flush=True)
         self.tracker.log_text(self.parent_run_id, summary, "summary.txt")
         if not self.options.keep_checkpoints:  # copies of artifacts, fetched again when a later launch needs them

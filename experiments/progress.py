@@ -71,6 +71,8 @@ class DriverCallback(tune.Callback):
         h = p.config_hash
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         metrics = {k: v for k, v in result.items() if ("/" in k or k == "lr") and isinstance(v, (int, float))}
+        # the key metric logged first: MLflow's compare page plots a run's first metric by default
+        metrics = dict(sorted(metrics.items(), key=lambda kv: kv[0] != KEY_METRIC[self.stage]))
         self.launcher.tracker.log_metrics(self.launcher.run_id_for(h), metrics, step)
         now = time.time()
         self.epoch_time.append(now - self.last_epoch_at.get(h, now))

@@ -342,9 +342,23 @@ def _register_run(tracking_uri: str, client: Any, study: str, run: Any, spec: Mo
         version = client.create_model_version(
             name, source=info.model_uri, run_id=run.info.run_id, model_id=info.model_id,
             tags=_version_tags(run, spec, study, digest),
-            description=f"{run.data.tags.get(TAG_NAME, run.info.run_id)} (run {run.info.run_id})",
+            description=version_description(client, run),
         )
     return client.get_model_version(name, version.version), True
+
+
+def version_description(client: Any, run: Any) -> str:
+    """A model version's description (Markdown): the run, its final COCO metrics and the study's headline."""
+    from experiments.headline import study_headline
+    from experiments.trial import METRIC_LABELS
+
+    labels = {**METRIC_LABELS, "swav/loss": "swav/loss", "swav/loss_over_ln_k": "swav/loss_over_ln_k"}
+    shown = [f"{label} {run.data.metrics[key]:.3f}" for key, label in labels.items() if key in run.data.metrics]
+    lines = [f"{run.data.tags.get(TAG_NAME, run.info.run_id)} (run {run.info.run_id})", "",
+             "Final metrics: " + (", ".join(shown) or "none recorded")]
+    if run.data.tags.get(TAG_STAGE) == "finetune":
+        lines += ["", study_headline(client, run.info.experiment_id).markdown()]
+    return "\n".join(lines)
 
 
 def _champion(client: Any, name: str) -> Any | None:

@@ -44,7 +44,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from experiments.redaction import redact
 from experiments.spaces import NON_RESULT_FIELDS
@@ -54,13 +54,16 @@ from experiments.tracking import (
     UPSTREAM_SCRATCH, flatten_params, launch_alive, usable_run,
 )
 from experiments.tracking import TAG_STATE
-from experiments.trial import AP50, STAGE_FINETUNE, STAGES
+from experiments.trial import AP50, METRIC_LABELS, STAGE_FINETUNE, STAGES
+from experiments.ui import NONE_VALUE
 
 FORMATS = ("table", "md", "csv", "json")
-TABLE1_COLUMNS = (("AP@0.5 [all]", AP50), ("AP[small]", "det/AP_small"), ("AP[medium]", "det/AP_medium"),
-                  ("AP[large]", "det/AP_large"))
-AXIS_COLUMNS = (("AP@0.5", AP50), ("AP", "det/AP"), ("AP[small]", "det/AP_small"),
-                ("AP[medium]", "det/AP_medium"), ("AP[large]", "det/AP_large"))
+# The columns of every AP table, one label per metric (experiments.trial.METRIC_LABELS): the paper's
+# AP@0.5 and AP[small/medium/large], plus COCO's primary AP@[.5:.95].
+AP_KEYS = (AP50, "det/AP", "det/AP_small", "det/AP_medium", "det/AP_large")
+AXIS_COLUMNS = tuple((METRIC_LABELS[k], k) for k in AP_KEYS)
+TABLE1_COLUMNS = AXIS_COLUMNS
+KNN_TOP1 = "swav/knn_top1"  # the backbone's weighted kNN top-1 on labeled object crops (pretraining runs)
 # Params that are not detector *settings*: the seed (averaged over), the arch (a property of
 # the backbone, i.e. of the row) and fields that never change a result.
 NOT_SETTINGS = set(NON_RESULT_FIELDS) | {"seed", "arch", "figure_images", "score_threshold"}
@@ -384,20 +387,33 @@ def table1(runs: StudyRuns) -> Table:
     for r in chosen:
         groups.setdefault(runs.backbone_name(r), []).append(r)
     order = sorted(groups, key=lambda name: (name.startswith(UPSTREAM_SCRATCH), name))  # the paper puts the baseline last
-    rows = [Row(name, _stat_cells(groups[name], TABLE1_COLUMNS), len(groups[name]),
+    rows = [Row(name, [*_stat_cells(groups[name], TABLE1_COLUMNS), _knn_cell(runs, groups[name])], len(groups[name]),
                 run_ids=[r.run_id for r in groups[name]]) for name in order]
     varying = {k for k, _ in settings if len({dict(_settings(r)).get(k) for r in ft}) > 1}
     shown = ", ".join(f"{k.split('.', 1)[1]}={v}" for k, v in settings if k in varying)
     notes = [f"fine-tuning runs with the study's most common detector settings: {len(chosen)} of {len(ft)}"
              + (f" ({shown})" if shown else "")]
-    return Table("table1", f"Table 1 — {runs.study}: AP by backbone", "backbone", [c for c, _ in TABLE1_COLUMNS], rows,
-                 notes)
+    notes.append(f"{METRIC_LABELS[KNN_TOP1]}: the backbone's {KNN_TOP1} (its pretraining run; - when not measured, "
+                 "e.g. no pretraining)")
+    return Table("table1", f"Table 1 — {runs.study}: AP by backbone", "backbone",
+                 [*(c for c, _ in TABLE1_COLUMNS), METRIC_LABELS[KNN_TOP1]], rows, notes)
+
+
+def _knn_cell(runs: StudyRuns, group: Sequence[TrialRun]) -> str:
+    """The backbone's kNN top-1 as text (one value per backbone, not a mean over seeds); ``-`` when absent."""
+    upstream = {r.tags.get(TAG_UPSTREAM) for r in group}
+    for pre in runs.runs:
+        if pre.run_id in upstream and (value := finite_or_none(pre.metrics.get(KNN_TOP1))) is not None:
+            return f"{value:.3f}"
+    return "-"
 
 
 def _axis_value(run: TrialRun, axis: str) -> str | None:
     if axis == BACKBONE_AXIS:
         return UPSTREAM_SCRATCH if run.tags.get(TAG_UPSTREAM) == UPSTREAM_SCRATCH else "swav"
-    return run.params.get(axis)
+    value = run.params.get(axis)
+    # a scratch run records "none" for the pretraining fields it has no value of: not a value of the axis
+    return None if axis.startswith("pretrain.") and value == NONE_VALUE else value
 
 
 def axis_tables(runs: StudyRuns) -> list[Table]:
@@ -639,68 +655,108 @@ def plot_swav_loss(runs: StudyRuns, path: Path) -> Path | None:
     return path
 
 
+def _is_baseline(label: str) -> bool:
+    """A row of the no-pretraining baseline: Table 1's ``scratch_<arch>`` or the backbone axis' ``scratch``."""
+    return label == UPSTREAM_SCRATCH or label.startswith(f"{UPSTREAM_SCRATCH}_")
+
+
 def plot_ap50_curves(runs: StudyRuns, path: Path) -> Path | None:
-    """AP50 per evaluation epoch of the fine-tuning runs, one panel per norm / head / lr scheme grouping."""
+    """AP50 per evaluation epoch of the pretrained fine-tuning runs, one panel per norm / head / lr scheme that varies.
+
+    Each panel groups the runs by its field with the other varying fields held at their most common
+    value (named in the panel's title); the no-pretraining baseline is never mixed into a group but
+    drawn on its own, dashed, in every panel.
+    """
     from matplotlib.ticker import MaxNLocator
 
     ft = [r for r in runs.stage("finetune") if r.usable]
-    panels = [name for name in CURVE_PANELS if any(f"finetune.{name}" in r.params for r in ft)]
+    pre = [r for r in ft if r.tags.get(TAG_UPSTREAM) != UPSTREAM_SCRATCH]
+    base = [r for r in ft if r.tags.get(TAG_UPSTREAM) == UPSTREAM_SCRATCH]
+    panels = [name for name in CURVE_PANELS if len({r.params.get(f"finetune.{name}") for r in pre}) > 1]
     histories = {r.run_id: runs.history(r.run_id, AP50) for r in ft}
     if not panels or not any(histories.values()):
         return None
-    fig = _figure(5.2 * len(panels), 4.6)
+    modes = {name: _most_common((r.params.get(f"finetune.{name}", "?") for r in pre), f"finetune.{name}", None)[0]
+             for name in panels}
+    fig = _figure(5.2 * len(panels), 4.8)
     colours = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive"]
+
+    def mean_curve(group: Sequence[TrialRun]) -> tuple[list[int], list[float]]:
+        per_step: dict[int, list[float]] = {}
+        for r in group:
+            for s, v in histories[r.run_id]:
+                if math.isfinite(v):
+                    per_step.setdefault(s, []).append(v)
+        steps = sorted(per_step)
+        return steps, [statistics.fmean(per_step[s]) for s in steps]
+
     for p, name in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), p + 1)
+        held = {o: modes[o] for o in panels if o != name}
+        subset = [r for r in pre if all(r.params.get(f"finetune.{o}") == v for o, v in held.items())]
         groups: dict[str, list[TrialRun]] = {}
-        for r in ft:
+        for r in subset:
             groups.setdefault(r.params.get(f"finetune.{name}", "?"), []).append(r)
         for g, value in enumerate(sorted(groups, key=_value_key)):
             colour = colours[g % len(colours)]
-            per_step: dict[int, list[float]] = {}
             for r in groups[value]:
                 hist = [(s, v) for s, v in histories[r.run_id] if math.isfinite(v)]
                 if hist:
                     ax.plot([s for s, _ in hist], [v for _, v in hist], color=colour, alpha=0.25, linewidth=0.9)
-                for s, v in hist:
-                    per_step.setdefault(s, []).append(v)
-            steps = sorted(per_step)
+            steps, means = mean_curve(groups[value])
             if steps:
-                ax.plot(steps, [statistics.fmean(per_step[s]) for s in steps], color=colour, linewidth=2.2, marker="o",
-                        markersize=3, label=f"{value} (mean of {len(groups[value])})")
-        ax.set_title(f"by {name}")
+                ax.plot(steps, means, color=colour, linewidth=2.2, marker="o", markersize=3,
+                        label=f"{value} (mean of {len(groups[value])})")
+        steps, means = mean_curve(base)
+        if steps:
+            ax.plot(steps, means, color="0.2", linestyle="--", linewidth=1.8, marker="s", markersize=3,
+                    label=f"baseline: no pretraining (mean of {len(base)})")
+        held_text = ", ".join(f"{o}={v}" for o, v in held.items())
+        ax.set_title(f"by {name}" + (f"\n(held: {held_text})" if held_text else ""), fontsize=10)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(f"AP@0.5 ({AP50})")
+        ax.set_ylabel(f"{METRIC_LABELS[AP50]} ({AP50})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
-    fig.suptitle(f"{runs.study}: fine-tuning AP@0.5 per evaluation epoch (thin: runs, thick: mean)")
+    fig.suptitle(f"{runs.study}: fine-tuning {METRIC_LABELS[AP50]} per evaluation epoch "
+                 "(thin: runs, thick: mean over pretrained backbones and seeds, dashed: baseline)")
     fig.tight_layout()
     fig.savefig(path)
     return path
 
 
 def plot_bars(table: Table, path: Path, column: int = 0) -> Path | None:
-    """Bar chart of one statistical column of a table: mean with ± std error bars, n above each bar."""
+    """Bar chart of one statistical column of a table: mean with ± std error bars, n above each bar.
+
+    Drawn only when at least two rows have a value (one bar compares nothing); the no-pretraining
+    baseline is grey and hatched, and what the other axes were held at goes in the title.
+    """
     rows = [r for r in table.rows if isinstance(r.cells[column], Stat) and r.cells[column].n]
-    if not rows:
+    if len(rows) < 2:
         return None
     means = [r.cells[column].mean for r in rows]
     stds = [r.cells[column].std if math.isfinite(r.cells[column].std) else 0.0 for r in rows]
-    fig = _figure(max(5.0, 1.1 * len(rows) + 2.5), 4.6)
+    fig = _figure(max(5.0, 1.1 * len(rows) + 2.5), 4.8)
     ax = fig.add_subplot(1, 1, 1)
     xs = list(range(len(rows)))
-    bars = ax.bar(xs, means, yerr=stds, capsize=5, color="tab:blue", alpha=0.8, ecolor="0.2")
+    baseline = [_is_baseline(r.label) for r in rows]
+    bars = ax.bar(xs, means, yerr=stds, capsize=5, alpha=0.85, ecolor="0.2",
+                  color=["0.6" if b else "tab:blue" for b in baseline], hatch=None)
+    for bar, is_base in zip(bars, baseline):
+        if is_base:
+            bar.set_hatch("//")
     for bar, row, mean, std in zip(bars, rows, means, stds):
         ax.annotate(f"{mean:.3f}\nn={row.cells[column].n}", xy=(bar.get_x() + bar.get_width() / 2, mean + std),
                     xytext=(0, 3), textcoords="offset points", ha="center", va="bottom", fontsize=8)
+    labels = [r.label + (" (baseline)" if b else "") + (f"\n({r.note})" if r.note else "") for r, b in zip(rows, baseline)]
     ax.set_xticks(xs)
-    ax.set_xticklabels([r.label if not r.note else f"{r.label}\n({r.note})" for r in rows],
-                       rotation=20 if len(rows) > 4 else 0, ha="right" if len(rows) > 4 else "center", fontsize=8)
+    ax.set_xticklabels(labels, rotation=20 if len(rows) > 4 else 0, ha="right" if len(rows) > 4 else "center", fontsize=8)
     ax.set_xlabel(table.row_header)
     ax.set_ylabel(table.columns[column])
     ax.set_ylim(0, max(m + s for m, s in zip(means, stds)) * 1.25 or 1.0)
-    ax.set_title(f"{table.title.split(' — ')[0]}: {table.columns[column]} (mean ± std over seeds)")
+    held = next((n.split(": ", 1)[1] for n in table.notes if n.startswith("other axes held at: ")), "")
+    ax.set_title(f"{table.title.split(' — ')[0]}: {table.columns[column]} (mean ± std over seeds)"
+                 + (f"\nheld: {held}" if held else ""), fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
@@ -724,16 +780,18 @@ def write_plots(runs: StudyRuns, out_dir: str | Path) -> list[Path]:
 
 
 def report(tracking_uri: str, study: str, fmt: str = "table", out_dir: str | Path | None = None,
-           log_to_parent: bool = True) -> str:
-    """Tables of ``study`` rendered in ``fmt``; plots and the tables in every format written and logged.
+           log_to_parent: bool = True, say: Callable[[str], None] | None = None) -> str:
+    """The study's headline and tables rendered in ``fmt``; plots and the tables in every format written and logged.
 
     Args:
         tracking_uri: the MLflow store.
         study: the experiment name.
-        fmt: ``table``, ``md``, ``csv`` or ``json`` for the returned text.
+        fmt: ``table``, ``md``, ``csv`` or ``json`` for the returned text (``table`` and ``md`` begin
+            with the headline, ``json`` has it as ``headline``; ``csv`` is the cells only).
         out_dir: where the PNGs and ``report.{txt,md,csv,json}`` go (not written when None, unless
             logged — then a temporary folder is used).
         log_to_parent: also log them to the newest launch's parent run under ``report/``.
+        say: called with one line per place written to (the CLI prints them on stderr).
 
     Raises:
         ReportError: bad format, unreachable store, unknown or empty study.
@@ -742,22 +800,93 @@ def report(tracking_uri: str, study: str, fmt: str = "table", out_dir: str | Pat
         raise ReportError(f"format {fmt!r} is invalid: choose one of {', '.join(FORMATS)}")
     runs = collect(tracking_uri, study)
     with store_errors(tracking_uri, f"reporting study {study!r}", ReportError):  # histories load lazily
-        return _report(runs, fmt, out_dir, log_to_parent)
+        return _report(runs, fmt, out_dir, log_to_parent, say or (lambda line: None))
 
 
-def _report(runs: StudyRuns, fmt: str, out_dir: str | Path | None, log_to_parent: bool) -> str:
-    tables = build_tables(runs)
+def headline_axes(runs: StudyRuns) -> list[str]:
+    """The ablated params the headline compares: the experiment's ``ablate.axes`` tag (what the launch used), else
+    the report's axes (``backbone`` as ``finetune.backbone``)."""
+    from experiments.ui import AXES_TAG
+
+    tag = runs.client.get_experiment(runs.experiment_id).tags.get(AXES_TAG, "") if runs.client is not None else ""
+    if tag:
+        return [a for a in tag.split(",") if a]
+    return [f"{stage}.{name}" for stage in STAGES for name in runs.axes.get(stage, [])]
+
+
+def study_headline(runs: StudyRuns) -> Any:
+    """The study's :class:`~experiments.headline.Headline`, from the collected runs."""
+    from experiments.headline import compute_headline, trials_from_runs
+
+    axes = headline_axes(runs)
+    return compute_headline(trials_from_runs(runs.stage(STAGE_FINETUNE), axes), axes)
+
+
+def _with_headline(headline: Any, tables: Sequence[Table], fmt: str) -> str:
     text = render(tables, fmt)
+    if fmt == "table":
+        return headline.text() + "\n\n" + text
+    if fmt == "md":
+        return headline.markdown() + "\n\n" + text
+    if fmt == "json":
+        payload = json.loads(text)
+        return json.dumps({"headline": headline.lines(), **payload}, indent=2) + "\n"
+    return text
+
+
+def _report(runs: StudyRuns, fmt: str, out_dir: str | Path | None, log_to_parent: bool,
+            say: Callable[[str], None]) -> str:
+    tables = build_tables(runs)
+    headline = study_headline(runs)
+    text = _with_headline(headline, tables, fmt)
     log = log_to_parent and runs.parent_run_id is not None
     if out_dir is None and not log:
         return text
     with tempfile.TemporaryDirectory(prefix="ablate-report-") as tmp:
         folder = Path(out_dir) if out_dir is not None else Path(tmp)
-        write_plots(runs, folder)
+        plots = write_plots(runs, folder)
         for ext, kind in (("txt", "table"), ("md", "md"), ("csv", "csv"), ("json", "json")):
-            (folder / f"report.{ext}").write_text(render(tables, kind))
+            (folder / f"report.{ext}").write_text(_with_headline(headline, tables, kind))
+        if out_dir is not None:
+            say(f"wrote {folder}: report.txt, report.md, report.csv, report.json and {len(plots)} plot(s) "
+                f"({', '.join(p.name for p in plots) or 'none'})")
         if log:
             files = [p for p in folder.iterdir() if p.is_file() and (p.suffix == ".png" or p.name.startswith("report."))]
             for path in files:
                 runs.client.log_artifact(runs.parent_run_id, str(path), "report")
+            say(f"logged {len(files)} file(s) under report/ of launch run {runs.parent_run_id} (the study's newest "
+                "launch; --no-log: do not log)")
     return text
+
+
+def runs_table(tracking_uri: str, study: str, fmt: str = "csv") -> str:
+    """Every trial run of ``study``, one per line, with all its params, tags of ours and final metrics.
+
+    Columns: ``run_id, stage, name, status, usable, reason``, then every ``params.*`` and
+    ``metrics.*`` seen in the study (sorted), blank where a run has none. ``fmt``: ``csv`` or
+    ``json`` (a list of objects). Reads only; writes nothing.
+
+    Raises:
+        ReportError: another format, unreachable store, unknown or empty study.
+    """
+    if fmt not in ("csv", "json"):
+        raise ReportError(f"--runs writes one line per run: use --format csv or --format json, not {fmt!r}")
+    runs = collect(tracking_uri, study)
+    trials = sorted(runs.runs, key=lambda r: (STAGES.index(r.stage), r.name, r.start_time))
+    params = sorted({k for r in trials for k in r.params})
+    metrics = sorted({k for r in trials for k in r.metrics})
+    tags = [TAG_HASH, "ablate.cell", TAG_SEED, TAG_UPSTREAM, TAG_PRUNED, PARENT_TAG]
+    header = ["run_id", "stage", "name", "status", "usable", "reason", *(f"tags.{t}" for t in tags),
+              *(f"params.{p}" for p in params), *(f"metrics.{m}" for m in metrics)]
+    rows = []
+    for r in trials:
+        rows.append([r.run_id, r.stage, r.name, r.status, str(r.usable).lower(), r.reason,
+                     *(r.tags.get(t, "") for t in tags), *(r.params.get(p, "") for p in params),
+                     *("" if (v := r.metrics.get(m)) is None else repr(float(v)) for m in metrics)])
+    if fmt == "json":
+        return json.dumps([dict(zip(header, row)) for row in rows], indent=2) + "\n"
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()

@@ -141,6 +141,7 @@ class StudySpec:
     max_concurrent: int
     pruning: dict[str, Any]
     text: str  # the space file as written, logged as an artifact
+    description: str = ""  # the space's `description`: the MLflow experiment's description
 
 
 @dataclass(frozen=True)
@@ -402,6 +403,14 @@ def validate_study_name(name: str, error: type[ValueError] = SpaceError) -> str:
     return name
 
 
+def _description(path: Path, value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise _err(path, "description", f"expected text, got {value!r}", "e.g. description: what this study compares")
+    return value.strip()
+
+
 def load_space(path: str | Path, name: str | None = None) -> StudySpec:
     """Read and validate a search-space file. Raises :class:`SpaceError` naming file, key path and fix."""
     from experiments.pruning import validate_pruning_settings
@@ -464,7 +473,7 @@ def load_space(path: str | Path, name: str | None = None) -> StudySpec:
         name=study, path=path, data=_parse_data(path, raw.get("data")), seeds=tuple(seeds), search=search,
         pretrain=_parse_section(path, "pretrain", raw.get("pretrain"), kind),
         finetune=_parse_section(path, "finetune", raw.get("finetune"), kind),
-        max_concurrent=max_conc, pruning=pruning, text=text,
+        max_concurrent=max_conc, pruning=pruning, text=text, description=_description(path, raw.get("description")),
     )
     if kind == "tpe" and not spec.finetune.distributions and len(spec.finetune.cells) < 2:
         raise _err(path, "finetune.grid", "tpe search has nothing to sample",

@@ -37,6 +37,7 @@ MAX_PARAM_VALUE = 6000
 
 TAG_STAGE = "ablate.stage"
 TAG_HASH = "ablate.config_hash"
+TAG_CELL = "ablate.cell"  # fine-tuning runs: the config hash without the seed (MLflow's "Group by" averages seeds)
 TAG_SEED = "ablate.seed"
 TAG_TRIAL = "ablate.trial_id"
 TAG_UPSTREAM = "ablate.upstream_run_id"
@@ -78,13 +79,18 @@ CLIENT_BACKOFF_JITTER = 1.0
 CLIENT_TIMEOUT_S = 120
 
 
-def default_tracking_uri(store_dir: Path = DEFAULT_STORE_DIR) -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<cwd>/mlruns/mlflow.db``."""
+def default_tracking_uri(store_dir: Path = DEFAULT_STORE_DIR, create: bool = True) -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<cwd>/mlruns/mlflow.db``.
+
+    ``create``: make the store's folder (a launch); False for commands that only read, so one run
+    in the wrong folder leaves no empty ``mlruns/`` behind (the store check then names the path).
+    """
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
     store_dir = store_dir.resolve()
-    store_dir.mkdir(parents=True, exist_ok=True)
+    if create:
+        store_dir.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{store_dir / 'mlflow.db'}"
 
 
@@ -224,6 +230,11 @@ class Tracker:
         ds = Dataset(name=name, digest=digest, source_type="local", source=json.dumps({"uri": redact(source)}),
                      schema=None, profile=None)
         self.client.log_inputs(run_id, [DatasetInput(ds, [InputTag("mlflow.data.context", context)])])
+
+    def set_experiment_tags(self, tags: Mapping[str, str]) -> None:
+        """Set tags of the study's experiment (its kind, description and saved views: experiments.ui)."""
+        for key, value in scrub_mapping(tags).items():
+            self.client.set_experiment_tag(self.experiment_id, key, str(value))
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         """Set tags (batched)."""

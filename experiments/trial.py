@@ -26,6 +26,10 @@ STAGE_PRETRAIN, STAGE_FINETUNE = "pretrain", "finetune"
 STAGES = (STAGE_PRETRAIN, STAGE_FINETUNE)
 LOSS_OVER_LN_K = "swav/loss_over_ln_k"  # 1.0 when SwAV has collapsed, comparable across K
 AP50 = "det/AP50"  # COCO AP@0.5: ranks detectors (progress, reports, the registry's champion)
+# One label per metric wherever a table, plot or headline names it (COCO's names, as pycocotools prints them).
+METRIC_LABELS = {AP50: "AP@0.5", "det/AP": "AP@[.5:.95]", "det/AP75": "AP@0.75", "det/AP_small": "AP[small]",
+                 "det/AP_medium": "AP[medium]", "det/AP_large": "AP[large]", "swav/knn_top1": "kNN top-1",
+                 "swav/knn_top1_random": "kNN top-1 (random trunk)"}
 # The key metric shown in progress lines and summaries, per stage.
 KEY_METRIC = {STAGE_PRETRAIN: LOSS_OVER_LN_K, STAGE_FINETUNE: AP50}
 ARTIFACTS_SUBDIR = "artifacts"  # files a trainer passed to report(), carried inside the checkpoint

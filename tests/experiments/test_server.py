@@ -239,14 +239,17 @@ def test_ablate_server_open_bind_without_auth_starts_nothing(tmp_path, capsys):
 
 @pytest.fixture
 def ui(monkeypatch, tmp_path):
-    """Run `ablate ui ARGS` through experiments.cli.main on a store in tmp_path, with os.execv recorded, not run.
+    """Run `ablate ui ARGS` through experiments.cli.main on a store in tmp_path, with the server command recorded, not run.
 
-    Returns a function of the extra arguments -> (exit code, stdout, stderr, the exec'd argv or None).
+    Returns a function of the extra arguments -> (exit code, stdout, stderr, the server's argv or None).
     """
-    from experiments import cli
+    from mlflow.tracking import MlflowClient
 
+    from experiments import cli, ui as ui_module
+
+    MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db").search_experiments()  # the store exists
     execs: list[list[str]] = []
-    monkeypatch.setattr(os, "execv", lambda path, argv: execs.append(list(argv)))
+    monkeypatch.setattr(ui_module, "serve", lambda cmd, *a, **k: execs.append(list(cmd)) or 0)
     monkeypatch.setattr(cli, "quiet_libraries", lambda: None)  # it sets process-wide variables
 
     def run(capsys, *extra: str):
@@ -267,7 +270,7 @@ def test_ui_off_loopback_needs_insecure_no_auth(ui, capsys):
     assert code == 0 and argv[argv.index("--host") + 1] == "0.0.0.0" and argv[argv.index("--port") + 1] == port
     code, out, err, argv = ui(capsys, "--port", port)  # the default: loopback, no flag needed
     assert code == 0 and argv[argv.index("--host") + 1] == "127.0.0.1"
-    assert f"MLflow UI on http://127.0.0.1:{port} " in out
+    assert f"starting the MLflow UI on http://127.0.0.1:{port} " in out
 
 
 def test_ui_refuses_a_taken_or_invalid_port(ui, capsys):
@@ -287,7 +290,7 @@ def test_ui_port_zero_picks_a_free_port_and_prints_it(ui, capsys):
     code, out, err, argv = ui(capsys, "--port", "0")
     assert code == 0, err
     port = int(argv[argv.index("--port") + 1])
-    assert port > 0 and f"MLflow UI on http://127.0.0.1:{port} " in out and ":0 " not in out
+    assert port > 0 and f"starting the MLflow UI on http://127.0.0.1:{port} " in out and ":0 " not in out
 
 
 def _fake_server(tmp_path, code: str) -> S.ServerHandle:

@@ -1,0 +1,338 @@
+"""The headline of a study: which choice won, by how much, over how many seeds.
+
+:func:`compute_headline` is the one place it is computed; the launch summary, the launch run's
+``summary.txt`` and description, ``ablate report``'s first lines and the registered model
+version's description all print the :class:`Headline` it returns. Its input is a list of
+:class:`TrialResult` (one finished fine-tuning trial each), which :func:`trials_from_runs` builds
+from MLflow runs (``mlflow.entities.Run``) or from the report's ``TrialRun`` records.
+
+What it says:
+
+* the best trial (highest final metric, ``det/AP50`` by default);
+* the best pretrained cell against the best no-pretraining (scratch) cell, cells being the
+  trials of one configuration over seeds (``ablate.cell``), compared by their means;
+* for each ablated axis, the winning value over the runner-up with the margin of their means and
+  the number of seeds, counting only runs that differ in that axis alone (the other axes equal;
+  for a pretraining axis, any pretrained backbone). An axis that never varies alone (smoke's
+  ``lr_scheme``, set only on the scratch baseline) is named as not comparable.
+
+A margin is *inside the noise* when it is no larger than the seeds' spread: the pooled sample
+standard deviation of the metric among the seeds of one cell (the usual "mean ± std over seeds"
+of the paper's tables). With one seed per cell there is no spread to compare against, and the
+headline says so instead of calling a winner safe.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+from experiments.trial import AP50, METRIC_LABELS
+from experiments.ui import BACKBONE_PARAM, NONE_VALUE
+
+SCRATCH = "scratch"  # finetune.backbone of a run without pretraining (trainers.pairing.SCRATCH)
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """One finished fine-tuning trial, as the headline needs it.
+
+    Attributes:
+        name: the run's name (``res18_ep2_p30 · bn · mlp · 357 · seed0``).
+        run_id: the MLflow run id.
+        cell: the configuration without the seed (the ``ablate.cell`` tag): seeds of a cell are averaged.
+        backbone: the ``finetune.backbone`` param: a pretraining run's name, or ``scratch``.
+        axes: ablated param -> value (``finetune.norm`` -> ``bn``; ``none`` where a scratch run has no such field).
+        value: the final value of the metric.
+    """
+
+    name: str
+    run_id: str
+    cell: str
+    backbone: str
+    axes: Mapping[str, str]
+    value: float
+
+    @property
+    def pretrained(self) -> bool:
+        return self.backbone != SCRATCH
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The winner of a comparison over the runner-up: means over seeds, margin, seeds, and the noise verdict."""
+
+    what: str  # "pretrained vs baseline", or the axis (``finetune.norm``)
+    winner: str
+    loser: str
+    winner_mean: float
+    loser_mean: float
+    winner_n: int
+    loser_n: int
+    spread: float  # pooled sample std of the seeds of one cell; NaN with one seed per cell
+
+    @property
+    def margin(self) -> float:
+        return self.winner_mean - self.loser_mean
+
+    @property
+    def inside_noise(self) -> bool:
+        """True when the margin is no larger than the seeds' spread, or when there is no spread (one seed)."""
+        return not math.isfinite(self.spread) or self.margin <= self.spread
+
+    def noise_text(self) -> str:
+        seeds = (f"{self.winner_n} seed{'s' if self.winner_n != 1 else ''}" if self.winner_n == self.loser_n
+                 else f"{self.winner_n} vs {self.loser_n} seeds")
+        if not math.isfinite(self.spread):
+            return f"{seeds}; no spread over seeds to judge it: not evidence"
+        if self.margin <= self.spread:
+            return f"{seeds}; INSIDE the seeds' spread (std {self.spread:.3f}): not a safe winner"
+        return f"{seeds}; beyond the seeds' spread (std {self.spread:.3f})"
+
+
+@dataclass(frozen=True)
+class Headline:
+    """What a study found, for the metric it ranks by. Empty (``best`` None) when no trial finished."""
+
+    metric: str
+    best: TrialResult | None
+    best_cell_mean: float = math.nan
+    best_cell_n: int = 0
+    baseline: Comparison | None = None  # best pretrained cell vs best scratch cell (either may be the winner)
+    axes: list[Comparison] = field(default_factory=list)
+    not_comparable: list[str] = field(default_factory=list)  # axes that never vary alone
+
+    @property
+    def label(self) -> str:
+        return METRIC_LABELS.get(self.metric, self.metric)
+
+    def lines(self) -> list[str]:
+        """The headline as plain lines (the launch summary and the report begin with them)."""
+        if self.best is None:
+            return [f"headline: no finished fine-tuning trial with a finite {self.metric} yet"]
+        m = self.label
+        out = [f"best trial: {self.best.name}  {m} {self.best.value:.3f}"
+               + (f" (its cell: {self.best_cell_mean:.3f} mean of {self.best_cell_n} seeds)" if self.best_cell_n > 1 else "")]
+        b = self.baseline
+        if b is not None:
+            pre, scr = ((b.winner, b.winner_mean), (b.loser, b.loser_mean))
+            if b.loser.startswith("pretrained"):
+                pre, scr = scr, pre
+            diff = pre[1] - scr[1]
+            out.append(f"best pretrained vs baseline: {pre[0].split(': ', 1)[-1]} {pre[1]:.3f} vs "
+                       f"{scr[0].split(': ', 1)[-1]} {scr[1]:.3f} ({diff:+.3f} {m}; {b.noise_text()})")
+        for c in self.axes:
+            if c.margin == 0:
+                out.append(f"{_short(c.what, self.axes)}: {c.winner} = {c.loser} (tie at {c.winner_mean:.3f} {m}; "
+                           f"{c.noise_text().split(';')[0]})")
+                continue
+            out.append(f"{_short(c.what, self.axes)}: {c.winner} > {c.loser} by {c.margin:.3f} {m} "
+                       f"({c.winner_mean:.3f} vs {c.loser_mean:.3f}; {c.noise_text()})")
+        for axis in self.not_comparable:
+            out.append(f"{axis}: not compared (no two runs differ in it alone)")
+        return out
+
+    def text(self) -> str:
+        """``headline (det/AP50, means over seeds):`` and the lines, indented."""
+        return "\n".join([f"headline ({self.metric}, means over seeds):", *(f"  {ln}" for ln in self.lines())])
+
+    def markdown(self) -> str:
+        """The headline as a Markdown list (the launch run's and the model version's description)."""
+        return "\n".join([f"**Headline** ({self.metric}, means over seeds)", "", *(f"- {ln}" for ln in self.lines())])
+
+    def one_line(self) -> str:
+        """The shortest form: ``best: NAME AP50 0.369; best SwAV 0.266 (-0.103); prototypes 30 > 100; ...``."""
+        if self.best is None:
+            return self.lines()[0]
+        parts = [f"best: {self.best.name} {self.label} {self.best.value:.3f}"]
+        b = self.baseline
+        if b is not None:
+            pre_mean = b.winner_mean if b.winner.startswith("pretrained") else b.loser_mean
+            scr_mean = b.loser_mean if b.winner.startswith("pretrained") else b.winner_mean
+            parts.append(f"best SwAV {pre_mean:.3f} vs scratch {scr_mean:.3f} ({pre_mean - scr_mean:+.3f}"
+                         + (", inside noise)" if b.inside_noise else ")"))
+        for c in self.axes:
+            relation = "=" if c.margin == 0 else ">"
+            parts.append(f"{_short(c.what, self.axes)} {c.winner} {relation} {c.loser}"
+                         + (" (inside noise)" if c.inside_noise and c.margin else ""))
+        return "; ".join(parts)
+
+
+def _short(axis: str, comparisons: Sequence[Comparison]) -> str:
+    """``finetune.norm`` -> ``norm`` unless another compared axis has the same field name."""
+    name = axis.split(".", 1)[-1]
+    clash = sum(1 for c in comparisons if c.what.split(".", 1)[-1] == name) > 1
+    return axis if clash else name
+
+
+def _pooled_std(trials: Sequence[TrialResult]) -> float:
+    """Pooled sample std of the metric within cells (seeds of one config); NaN when no cell has 2 seeds."""
+    by_cell: dict[str, list[float]] = {}
+    for t in trials:
+        by_cell.setdefault(t.cell, []).append(t.value)
+    num = sum((len(v) - 1) * statistics.variance(v) for v in by_cell.values() if len(v) > 1)
+    dof = sum(len(v) - 1 for v in by_cell.values() if len(v) > 1)
+    return math.sqrt(num / dof) if dof else math.nan
+
+
+def _cells(trials: Sequence[TrialResult]) -> dict[str, list[TrialResult]]:
+    out: dict[str, list[TrialResult]] = {}
+    for t in trials:
+        out.setdefault(t.cell, []).append(t)
+    return out
+
+
+def _seeds_per_cell(trials: Sequence[TrialResult]) -> int:
+    """Seeds of the smallest cell among ``trials`` (what a mean of theirs rests on)."""
+    return min(len(v) for v in _cells(trials).values())
+
+
+def _value_order(value: str) -> tuple[int, float, str]:
+    try:
+        number = float(value)
+        return (0, number, "") if math.isfinite(number) else (1, 0.0, value)
+    except ValueError:
+        return (1, 0.0, value)
+
+
+def _axis_comparison(trials: Sequence[TrialResult], axis: str, axes: Sequence[str], spread: float) -> Comparison | None:
+    """Winner of one axis among runs that differ in it alone (the other axes equal; backbones by kind only)."""
+    others = [a for a in axes if a != axis]
+    groups: dict[tuple[str, ...], dict[str, list[TrialResult]]] = {}
+    for t in trials:
+        value = t.axes.get(axis)
+        if value is None or value == NONE_VALUE:
+            continue
+        # a pretraining axis decides the backbone: compare across backbones, but never scratch with pretrained
+        key = tuple((("pretrained" if t.pretrained else SCRATCH) if a == BACKBONE_PARAM and axis.startswith("pretrain.")
+                     else t.axes.get(a, "")) for a in others)
+        groups.setdefault(key, {}).setdefault(value, []).append(t)
+    paired: dict[str, list[TrialResult]] = {}
+    for by_value in groups.values():
+        if len(by_value) > 1:
+            for value, runs in by_value.items():
+                paired.setdefault(value, []).extend(runs)
+    if len(paired) < 2:
+        return None
+    means = {v: statistics.fmean(r.value for r in runs) for v, runs in paired.items()}
+    ranked = sorted(means, key=lambda v: (-means[v], _value_order(v)))
+    win, lose = ranked[0], ranked[1]
+    return Comparison(axis, win, lose, means[win], means[lose], _seeds_per_cell(paired[win]),
+                      _seeds_per_cell(paired[lose]), spread)
+
+
+def compute_headline(trials: Sequence[TrialResult], axes: Sequence[str], metric: str = AP50) -> Headline:
+    """The headline of a study from its finished fine-tuning trials.
+
+    Args:
+        trials: one per finished, unpruned fine-tuning run with a finite ``metric`` (others are the
+            caller's to leave out; :func:`trials_from_runs` does).
+        axes: the ablated params (``finetune.backbone``, ``finetune.norm``, ``pretrain.prototypes``),
+            e.g. the experiment's ``ablate.axes`` tag or the report's axes.
+        metric: the metric the trials' ``value`` holds (higher is better); it names the headline.
+
+    Returns:
+        The :class:`Headline`; ``best`` is None when ``trials`` is empty.
+    """
+    trials = [t for t in trials if math.isfinite(t.value)]
+    if not trials:
+        return Headline(metric, None)
+    best = max(trials, key=lambda t: (t.value, t.name))
+    cells = _cells(trials)
+    spread = _pooled_std(trials)
+    cell_means = {c: statistics.fmean(t.value for t in runs) for c, runs in cells.items()}
+    baseline = None
+    pre = [c for c, runs in cells.items() if runs[0].pretrained]
+    scr = [c for c, runs in cells.items() if not runs[0].pretrained]
+    if pre and scr:
+        bp = max(pre, key=lambda c: cell_means[c])
+        bs = max(scr, key=lambda c: cell_means[c])
+        a = (f"pretrained: {_cell_name(cells[bp])}", cell_means[bp], len(cells[bp]))
+        b = (f"baseline: {_cell_name(cells[bs])}", cell_means[bs], len(cells[bs]))
+        win, lose = (a, b) if a[1] >= b[1] else (b, a)
+        baseline = Comparison("pretrained vs baseline", win[0], lose[0], win[1], lose[1], win[2], lose[2], spread)
+    comparisons, not_comparable = [], []
+    for axis in axes:
+        if axis == BACKBONE_PARAM:
+            continue  # the backbone is the line above (scratch vs pretrained) and the pretraining axes
+        values = {t.axes.get(axis) for t in trials} - {None, NONE_VALUE}
+        if len(values) < 2:
+            continue
+        c = _axis_comparison(trials, axis, axes, spread)
+        if c is None:
+            not_comparable.append(axis)
+        else:
+            comparisons.append(c)
+    return Headline(metric, best, cell_means[best.cell], len(cells[best.cell]), baseline, comparisons, not_comparable)
+
+
+def _cell_name(runs: Sequence[TrialResult]) -> str:
+    """A cell's name: its runs' name without the seed (``res18_ep2_p30 · bn · mlp · 357``)."""
+    name = runs[0].name
+    head, sep, tail = name.rpartition(" · ")
+    return head if sep and tail.startswith("seed") else name
+
+
+def trials_from_runs(runs: Iterable[Any], axes: Sequence[str], metric: str = AP50) -> list[TrialResult]:
+    """Headline inputs from fine-tuning runs: MLflow ``Run`` objects or ``experiments.report.TrialRun`` records.
+
+    Runs that are not finished, pruned, failed, or without a finite ``metric`` are left out
+    (:func:`experiments.tracking.usable_run`). Runs launched before ``finetune.backbone`` and
+    ``ablate.cell`` were recorded get them from the upstream tag and from their params without the seed.
+    """
+    from experiments.tracking import (
+        TAG_CELL, TAG_NAME, TAG_STAGE, TAG_UPSTREAM, UPSTREAM_SCRATCH, usable_run,
+    )
+    from experiments.trial import STAGE_FINETUNE
+
+    out = []
+    for run in runs:
+        if hasattr(run, "data"):  # mlflow.entities.Run
+            run_id, status, name = run.info.run_id, run.info.status, run.info.run_name
+            params, tags, metrics = dict(run.data.params), dict(run.data.tags), dict(run.data.metrics)
+        else:  # experiments.report.TrialRun
+            run_id, status, name = run.run_id, run.status, run.name
+            params, tags, metrics = run.params, run.tags, run.metrics
+        if tags.get(TAG_STAGE) != STAGE_FINETUNE or not usable_run(status, tags, metrics, STAGE_FINETUNE, metric):
+            continue
+        name = tags.get(TAG_NAME) or name or run_id
+        upstream = tags.get(TAG_UPSTREAM, "")
+        backbone = params.get(BACKBONE_PARAM) or (SCRATCH if upstream == UPSTREAM_SCRATCH else name.split(" · ")[0])
+        values = {a: params.get(a, NONE_VALUE if a.startswith("pretrain.") and backbone == SCRATCH else None)
+                  for a in axes}
+        values[BACKBONE_PARAM] = backbone
+        cell = tags.get(TAG_CELL) or "|".join([backbone, *(f"{k}={v}" for k, v in sorted(params.items())
+                                                             if k.startswith("finetune.") and k != "finetune.seed")])
+        out.append(TrialResult(name, run_id, cell, backbone, {a: v for a, v in values.items() if v is not None},
+                               float(metrics[metric])))
+    return out
+
+
+def study_headline(client: Any, experiment_id: str, axes: Sequence[str] | None = None, metric: str = AP50) -> Headline:
+    """The headline of a study read from its store: its fine-tuning runs through :func:`compute_headline`.
+
+    Args:
+        client: an ``MlflowClient`` of the study's store.
+        experiment_id: the study's experiment.
+        axes: the ablated params; default: the experiment's ``ablate.axes`` tag (written by ``ablate launch``).
+        metric: the ranking metric.
+    """
+    from mlflow.entities import ViewType
+
+    from experiments.tracking import TAG_STAGE
+    from experiments.ui import AXES_TAG
+
+    if axes is None:
+        tag = client.get_experiment(experiment_id).tags.get(AXES_TAG, "")
+        axes = [a for a in tag.split(",") if a]
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_STAGE}` = 'finetune'",
+                                  run_view_type=ViewType.ACTIVE_ONLY, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    return compute_headline(trials_from_runs(runs, axes, metric), axes, metric)

@@ -1,0 +1,285 @@
+"""What the MLflow UI shows of a study: the experiment's kind and description, the leaderboard view, links.
+
+MLflow 3.17's UI reads all of it from the tracking store, so the launch writes it there:
+
+* ``mlflow.experimentKind = custom_model_development`` (an experiment tag): the experiment opens
+  on its runs ("Machine learning"), not on the GenAI overview of traces. The value is one of the
+  UI's ``ExperimentKind`` enum (``mlflow/server/js/src/experiment-tracking/constants.ts``).
+* ``mlflow.note.content`` on the experiment and on a run: its description, rendered as Markdown
+  (the space's ``description``; a trial's backbone as a link to its pretraining run; the launch's
+  headline).
+* ``mlflow.sharedViewState.<key>`` (an experiment tag): a saved view of the experiment page, the
+  state the UI's "Share" button stores and opens with ``?viewStateShareKey=<key>``. Ours is the
+  leaderboard: fine-tuning runs only, sorted by ``det/AP50`` (best first), the ablated axes and
+  the key metrics as the visible columns, and in the chart view a parallel-coordinates chart of
+  the axes against ``det/AP50`` plus a bar chart of ``det/AP50``. The keys are those the UI picks
+  from a shared state (``SHARED_VIEW_STATE_KEYS`` and the search facets of the experiment page in
+  MLflow 3.17's bundle); the table mode is the ``compareRunsMode`` URL parameter (``TABLE`` /
+  ``CHART``).
+
+A study launched before these tags existed still gets a working link from :func:`study_links`:
+the search filter and the sort order in the URL, which the UI also reads.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+from experiments.trial import AP50
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+KIND_MACHINE_LEARNING = "custom_model_development"  # shown as "Machine learning" by the UI
+NOTE_TAG = "mlflow.note.content"  # an experiment's or a run's Markdown description
+VIEW_STATE_PREFIX = "mlflow.sharedViewState."
+VIEW_KEY = "ablate-leaderboard"  # our shared view; rewritten by every launch of the study
+AXES_TAG = "ablate.axes"  # experiment tag: the ablated params, comma-separated, in leaderboard order
+FINETUNE_FILTER = "tags.`ablate.stage` = 'finetune'"
+# Visible metric columns besides the axes, in this order (det/AP50 ranks; the others are the paper's columns).
+KEY_METRICS = (AP50, "det/AP", "det/AP_small", "det/AP_medium", "det/AP_large")
+BACKBONE_PARAM = "finetune.backbone"
+NONE_VALUE = "none"  # a pretraining field of a run with no pretraining (the scratch baseline)
+SECTION_UUID = "ablate-ablation-section"
+
+
+def varying_params(param_sets: Sequence[Mapping[str, str]], candidates: Iterable[str]) -> list[str]:
+    """The candidate params whose value differs across the runs (a missing param counts as a value).
+
+    ``finetune.backbone`` first, then the rest as given: the order of the leaderboard's columns
+    and of the parallel-coordinates axes.
+    """
+    out = []
+    for key in dict.fromkeys(candidates):
+        if len({p.get(key) for p in param_sets}) > 1:
+            out.append(key)
+    return sorted(out, key=lambda k: k != BACKBONE_PARAM)
+
+
+def _is_number(value: str | None) -> bool:
+    try:
+        return value is not None and float(value) == float(value)
+    except ValueError:
+        return False
+
+
+def kept_by_parallel_chart(param_sets: Sequence[Mapping[str, str]], axes: Sequence[str]) -> list[int]:
+    """Which runs MLflow 3.17's parallel-coordinates chart draws for these axes (indices into ``param_sets``).
+
+    The chart's own rule (``parallelCoordinatesPlotUtils`` in the UI): a run missing an axis is
+    dropped; then axis by axis, if at least half the remaining runs have a number there, the axis
+    is numeric and runs with text there (``none``, ``uniform``) are dropped; otherwise it is
+    categorical and runs with a number there are dropped.
+    """
+    rows = [i for i, p in enumerate(param_sets) if all(p.get(a) is not None for a in axes)]
+    for axis in axes:
+        numeric = [i for i in rows if _is_number(param_sets[i].get(axis))]
+        rows = numeric if len(numeric) >= len(rows) / 2 else [i for i in rows if not _is_number(param_sets[i].get(axis))]
+    return rows
+
+
+def chart_axes(param_sets: Sequence[Mapping[str, str]], axes: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The axes of the two parallel-coordinates charts: one that keeps every run, one of the pretrained runs.
+
+    An axis whose values mix numbers and text (``pretrain.prototypes`` with ``none`` on the scratch
+    baseline, ``lr_scheme`` 357 vs uniform) would make the chart drop runs (see
+    :func:`kept_by_parallel_chart`), the baseline first; such axes go to the second chart, drawn
+    over the pretrained runs only, where they vary without text.
+    """
+    everyone: list[str] = []
+    for axis in axes:
+        if len(kept_by_parallel_chart(param_sets, [*everyone, axis])) == len(param_sets):
+            everyone.append(axis)
+    pretrained = [p for p in param_sets if p.get(BACKBONE_PARAM) not in (None, "scratch")]
+    second = [a for a in axes if len({p.get(a) for p in pretrained}) > 1]
+    if set(second) <= set(everyone) or len(kept_by_parallel_chart(pretrained, second)) < len(pretrained):
+        second = []
+    return everyone, second
+
+
+def _parallel(uuid: str, name: str, params: Sequence[str], metric: str) -> dict[str, Any]:
+    return {"uuid": uuid, "type": "PARALLEL", "runsCountToCompare": 100, "metricSectionId": SECTION_UUID,
+            "deleted": False, "isGenerated": False, "displayName": name, "selectedParams": list(params),
+            "selectedMetrics": [metric], "showAllRuns": True}
+
+
+def view_state(axes: Sequence[str], param_sets: Sequence[Mapping[str, str]] = (), metric: str = AP50) -> dict[str, Any]:
+    """The leaderboard as an MLflow shared view state (a JSON object the UI merges into its defaults).
+
+    Args:
+        axes: the ablated params (``finetune.norm``, ``pretrain.prototypes``), columns and chart axes.
+        param_sets: the fine-tuning runs' params (planned), to choose axes each chart draws every run of.
+        metric: the ranking metric, sorted best first and plotted against the axes.
+    """
+    # few metric columns, so that the axes fit the first screen beside them (the chart view has the rest)
+    metrics = [metric] + [m for m in KEY_METRICS[:2] if m != metric]
+    columns = [f"metrics.`{m}`" for m in metrics] + [f"params.`{a}`" for a in axes] + ["params.`finetune.seed`"]
+    everyone, pretrained = chart_axes(param_sets, axes) if param_sets else (list(axes), [])
+    charts = []
+    if everyone:
+        charts.append(_parallel("ablate-parallel", f"ablated axes vs {metric}", everyone, metric))
+    if pretrained:
+        charts.append(_parallel("ablate-parallel-pretrained", f"pretrained backbones: axes vs {metric}", pretrained,
+                                metric))
+    charts.append({"uuid": "ablate-bar", "type": "BAR", "runsCountToCompare": 100, "metricSectionId": SECTION_UUID,
+                   "deleted": False, "isGenerated": False, "metricKey": metric, "displayName": metric})
+    return {
+        "searchFilter": FINETUNE_FILTER, "orderByKey": f"metrics.`{metric}`", "orderByAsc": False,
+        "selectedColumns": columns, "columnOrder": columns,
+        "compareRunCharts": charts,
+        "compareRunSections": [{"uuid": SECTION_UUID, "name": "Ablation", "display": True, "isReordered": True,
+                                "deleted": False, "isGenerated": False}],
+        "isAccordionReordered": True, "runsHiddenMode": "SHOW_ALL", "hideEmptyCharts": True,
+        "useGroupedValuesInCharts": True, "groupBy": None,
+    }
+
+
+def experiment_tags(description: str, axes: Sequence[str], param_sets: Sequence[Mapping[str, str]] = (),
+                    metric: str = AP50) -> dict[str, str]:
+    """The experiment tags a launch writes: the kind (runs first), the description and the leaderboard view."""
+    state = view_state(axes, param_sets, metric)
+    tags = {EXPERIMENT_KIND_TAG: KIND_MACHINE_LEARNING, AXES_TAG: ",".join(axes),
+            VIEW_STATE_PREFIX + VIEW_KEY: json.dumps(state, separators=(",", ":"))}
+    if description:
+        tags[NOTE_TAG] = description
+    return tags
+
+
+def run_link(experiment_id: str, run_id: str, text: str) -> str:
+    """A Markdown link to a run's page, relative to the UI (works on any host the UI is served from)."""
+    return f"[{text}](#/experiments/{experiment_id}/runs/{run_id})"
+
+
+@dataclass(frozen=True)
+class StudyLinks:
+    """The UI links of one study."""
+
+    study: str
+    experiment_id: str
+    leaderboard: str  # the fine-tuning runs as a table, best det/AP50 first
+    compare: str  # the same runs as charts: the ablated axes against det/AP50
+    axes: tuple[str, ...]
+
+
+def links(base_url: str, experiment_id: str, study: str, tags: Mapping[str, str], metric: str = AP50) -> StudyLinks:
+    """The leaderboard and compare links of a study from its experiment tags.
+
+    With our shared view (written by ``ablate launch``) the links open it; without it (a study
+    launched by an older version) the search filter and sort order go in the URL instead, which
+    the UI reads too, and the columns are MLflow's defaults.
+    """
+    base = base_url.rstrip("/") + f"/#/experiments/{experiment_id}/runs"
+    axes = tuple(a for a in tags.get(AXES_TAG, "").split(",") if a)
+    if VIEW_STATE_PREFIX + VIEW_KEY in tags:
+        query = {"viewStateShareKey": VIEW_KEY}
+    else:
+        query = {"searchFilter": FINETUNE_FILTER, "orderByKey": f"metrics.`{metric}`", "orderByAsc": "false"}
+    # workflowType: the runs page of a "machine learning" experiment, whichever page the UI would open first
+    query = {"workflowType": "machine_learning", **query}
+    table = base + "?" + urllib.parse.urlencode(query, quote_via=urllib.parse.quote)
+    chart = base + "?" + urllib.parse.urlencode({**query, "compareRunsMode": "CHART"}, quote_via=urllib.parse.quote)
+    return StudyLinks(study, experiment_id, table, chart, axes)
+
+
+def study_links(tracking_uri: str, base_url: str) -> list[StudyLinks]:
+    """Links of every study in the store that has fine-tuning runs, newest experiment first (read-only)."""
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    out = []
+    for exp in client.search_experiments(view_type=ViewType.ACTIVE_ONLY, order_by=["last_update_time DESC"]):
+        if not client.search_runs([exp.experiment_id], filter_string=FINETUNE_FILTER, max_results=1):
+            continue
+        out.append(links(base_url, exp.experiment_id, exp.name, exp.tags))
+    return out
+
+
+def finetune_extra_params(backbone: str, pretrain_config: Mapping[str, Any] | None, pretrain_fields: Iterable[str],
+                          pretrain_processes: int) -> dict[str, str]:
+    """The params a fine-tuning run carries besides its own config: its backbone and the backbone's pretraining.
+
+    ``finetune.backbone`` is the pretraining run's name (``res18_ep2_p30``) or ``scratch``; a
+    scratch run gets :data:`NONE_VALUE` for every pretraining field of the study, so that every
+    ablated axis is a param of every fine-tuning run (a missing param is "unknown" in MLflow's
+    charts and cannot be filtered on).
+    """
+    from experiments.tracking import flatten_params
+
+    if pretrain_config is None:
+        fields = list(dict.fromkeys(pretrain_fields))
+        fields += ["world_size"] if fields else []
+        return {BACKBONE_PARAM: "scratch", **{f"pretrain.{f}": NONE_VALUE for f in fields}}
+    return {BACKBONE_PARAM: backbone, **flatten_params("pretrain", pretrain_config),
+            "pretrain.world_size": str(pretrain_processes)}
+
+
+def wait_until_answering(url: str, proc: Any, timeout_s: float = 120.0) -> bool:
+    """Poll ``url`` (the server's ``/health``) until it answers; False when ``proc`` exits or time runs out."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - our own server on this machine
+                return True
+        except urllib.error.HTTPError:
+            return True  # it answered
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.3)
+    return False
+
+
+def serve(cmd: Sequence[str], tracking_uri: str, host: str, port: int, open_browser: bool = False,
+          out: Any = None) -> int:
+    """Run the MLflow UI command ``cmd``; once it answers, say so and print each study's links.
+
+    Returns the server's exit code (0 after Ctrl-C). ``open_browser`` opens the newest study's
+    leaderboard (or the UI's home page) with :mod:`webbrowser` once the server answers.
+    """
+    import signal
+    import subprocess
+    import sys
+    import webbrowser
+
+    out = out or sys.stdout
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "[::]", "") else host
+    base = f"http://{shown}:{port}"
+    proc = subprocess.Popen(list(cmd))
+    try:
+        if not wait_until_answering(base + "/health", proc):
+            if proc.poll() is None:
+                print(f"ablate ui: the MLflow UI did not answer on {base} within 120 s; still waiting (Ctrl-C to stop)",
+                      file=out, flush=True)
+                return proc.wait()
+            print(f"ablate ui: the MLflow UI exited with code {proc.returncode} before answering", file=out, flush=True)
+            return proc.returncode or 1
+        print(f"MLflow UI answers on {base} (Ctrl-C to stop)", file=out, flush=True)
+        found = study_links(tracking_uri, base)
+        for link in found:
+            print(f"  {link.study}: leaderboard (fine-tuning runs, best {AP50} first)", file=out)
+            print(f"    {link.leaderboard}", file=out)
+            print(f"  {link.study}: compare (the ablated axes against {AP50})", file=out)
+            print(f"    {link.compare}", file=out)
+        if not found:
+            print("  no study with fine-tuning runs in this store yet", file=out)
+        out.flush()
+        if open_browser:
+            webbrowser.open(found[0].leaderboard if found else base)
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        return 0
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait()
