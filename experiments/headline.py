@@ -285,8 +285,10 @@ def trials_from_runs(runs: Iterable[Any], axes: Sequence[str], metric: str = AP5
     from experiments.tracking import (
         TAG_CELL, TAG_NAME, TAG_STAGE, TAG_UPSTREAM, UPSTREAM_SCRATCH, usable_run,
     )
+    from experiments.spaces import NON_RESULT_FIELDS
     from experiments.trial import STAGE_FINETUNE
 
+    NOT_A_CELL = {*NON_RESULT_FIELDS, "seed"}
     out = []
     for run in runs:
         if hasattr(run, "data"):  # mlflow.entities.Run
@@ -303,8 +305,10 @@ def trials_from_runs(runs: Iterable[Any], axes: Sequence[str], metric: str = AP5
         values = {a: params.get(a, NONE_VALUE if a.startswith("pretrain.") and backbone == SCRATCH else None)
                   for a in axes}
         values[BACKBONE_PARAM] = backbone
+        # runs from before ablate.cell: the fine-tuning params that make a result (no seed, data paths, workers)
         cell = tags.get(TAG_CELL) or "|".join([backbone, *(f"{k}={v}" for k, v in sorted(params.items())
-                                                             if k.startswith("finetune.") and k != "finetune.seed")])
+                                                             if k.startswith("finetune.")
+                                                             and k.split(".", 1)[1] not in NOT_A_CELL)])
         out.append(TrialResult(name, run_id, cell, backbone, {a: v for a, v in values.items() if v is not None},
                                float(metrics[metric])))
     return out

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
-# The MLflow assistant panel opens on a first visit and takes a quarter of the window; closed, as a
-# returning user has it (MLflow 3.17 keeps it in localStorage under this key, as JSON).
-ASSISTANT_CLOSED = {"mlflow.assistant.panelOpen_v1": "false"}
+# The MLflow assistant panel opens by itself on a first visit and takes a quarter of the window;
+# closed, as a returning user has it (MLflow 3.17 keeps both flags in localStorage, as JSON).
+ASSISTANT_CLOSED = {"mlflow.assistant.panelOpen_v1": "false", "mlflow.assistant.fab.autoOpenedOnFirstLoad_v1": "true"}
 
 
 def chromium_path() -> str | None:

@@ -1,4 +1,5 @@
-"""Shared fixtures: the generated `small` sample data set and the planted-collapse launch, each built once per session."""
+"""Shared fixtures, each built once per session: the generated `small` sample data set, the smoke launch and the
+planted-collapse launch."""
 
 from __future__ import annotations
 
@@ -41,3 +42,23 @@ def planted_collapse(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, st
                           capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return cwd, space["name"], proc.stdout
+
+
+@pytest.fixture(scope="session")
+def smoke(tmp_path_factory: pytest.TempPathFactory):
+    """`ablate launch search_spaces/smoke.yaml` (the demo's study) once, in a fresh folder with its own mlruns/.
+
+    Shared by test_launch (what the launch records) and test_ui (the MLflow UI on it, in Chromium).
+    Returns (the folder, an MlflowClient of its store, the launch's stdout).
+    """
+    from mlflow.tracking import MlflowClient
+
+    root = Path(__file__).resolve().parents[1]
+    cwd = tmp_path_factory.mktemp("smoke")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run([sys.executable, "-m", "experiments.cli", "launch", str(root / "search_spaces" / "smoke.yaml")],
+                          cwd=cwd, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    client = MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}")
+    return cwd, client, proc.stdout

@@ -41,16 +41,6 @@ def runs_of(client: MlflowClient, study: str, stage: str | None = None) -> list:
     return list(client.search_runs([exp.experiment_id], filter_string=flt, max_results=1000))
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    """`ablate launch search_spaces/smoke.yaml` once, in a fresh folder (its own mlruns/)."""
-    cwd = tmp_path_factory.mktemp("smoke")
-    proc = run_cli(["launch", str(ROOT / "search_spaces" / "smoke.yaml")], cwd)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    client = MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}")
-    return cwd, client, proc.stdout
-
-
 @pytest.mark.slow
 def test_smoke_launch_layout(smoke):
     cwd, client, out = smoke
@@ -81,18 +71,37 @@ def test_smoke_launch_layout(smoke):
         params = run.data.params
         assert {"finetune.norm", "finetune.head", "finetune.lr_scheme", "finetune.seed"} <= set(params)
         upstream = run.data.tags[T.TAG_UPSTREAM]
+        assert run.data.tags[T.TAG_CELL]  # the config hash without the seed, for MLflow's "Group by"
         if upstream == "scratch":
-            assert not any(k.startswith("pretrain.") for k in params)
+            # every ablated axis is a param of the baseline too: no pretraining says "none", not a missing param
+            assert params["finetune.backbone"] == "scratch"
+            assert params["pretrain.prototypes"] == "none"
+            assert {v for k, v in params.items() if k.startswith("pretrain.")} == {"none"}
         else:
             assert upstream in pre_ids and pre_ids[upstream].info.status == "FINISHED"
             # the fine-tuning run carries its backbone's pretraining params, for the compare view
             assert params["pretrain.prototypes"] == pre_ids[upstream].data.params["pretrain.prototypes"]
+            assert params["finetune.backbone"] == pre_ids[upstream].info.run_name
+            assert f"runs/{upstream})" in run.data.tags["mlflow.note.content"]  # the backbone as a run link
         files = {f.path for f in client.list_artifacts(run.info.run_id, "detector")}
         assert "detector/detector.safetensors" in files
         evals = client.list_artifacts(run.info.run_id, "eval")
         assert evals, "evaluation figure / per-class AP were not logged"
         inner = {Path(f.path).suffix for e in evals for f in client.list_artifacts(run.info.run_id, e.path)}
         assert {".png", ".json"} <= inner
+    # the headline: in the printed summary, in summary.txt and as the launch run's description
+    assert "headline (det/AP50, means over seeds):" in out and "best trial: " in out
+    assert "best pretrained vs baseline: " in out and "no spread over seeds" in out  # one seed: not evidence
+    assert parent.data.tags["mlflow.note.content"].startswith("**Headline**")
+    summary = client.download_artifacts(parent.info.run_id, "summary.txt", str(cwd))
+    assert "best trial: " in Path(summary).read_text()
+    # the experiment opens on its runs, with the space's description and the leaderboard view
+    exp = client.get_experiment_by_name("smoke")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert exp.tags["mlflow.note.content"].startswith("tiny end-to-end study")
+    assert exp.tags["ablate.axes"].split(",")[0] == "finetune.backbone"
+    assert {"finetune.norm", "pretrain.prototypes"} <= set(exp.tags["ablate.axes"].split(","))
+    assert "mlflow.sharedViewState.ablate-leaderboard" in exp.tags
     # the data set is recorded as an input with its digest
     assert client.get_run(ft[0].info.run_id).inputs.dataset_inputs[0].dataset.digest
 

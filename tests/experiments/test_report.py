@@ -73,7 +73,8 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         collapsed = bb == "p300"
         for epoch in (1, 2, 3):
             loss = math.log(k) if collapsed else math.log(k) * (1.0 - 0.2 * epoch)
-            tracker.log_metrics(run_id, {"swav/loss": loss, "swav/ln_k": math.log(k)}, step=epoch)
+            knn = {"swav/knn_top1": 0.512} if bb == "p30" else {}  # p100 predates the kNN monitor: "-"
+            tracker.log_metrics(run_id, {"swav/loss": loss, "swav/ln_k": math.log(k), **knn}, step=epoch)
         if collapsed:
             tracker.set_tags(run_id, {TAG_PRUNED: "true", TAG_PRUNE_REASON: "collapse: loss at ln K for 3 epochs"})
         tracker.finish(run_id)
@@ -109,12 +110,14 @@ def _table(study: dict[str, Any], key: str) -> rep.Table:
 
 def test_table1_values_by_hand(study: dict[str, Any]) -> None:
     table = _table(study, "table1")
-    assert table.columns == ["AP@0.5 [all]", "AP[small]", "AP[medium]", "AP[large]"]
+    # the paper's columns plus COCO's AP, labelled as in every other table, and the backbone's kNN top-1
+    assert table.columns == ["AP@0.5", "AP@[.5:.95]", "AP[small]", "AP[medium]", "AP[large]", "kNN top-1"]
     # bn runs are a norm ablation: not in Table 1; the scratch baseline comes last.
     assert [r.label for r in table.rows] == ["res18_ep3_p100", "res18_ep3_p30", "scratch_res18"]
     for row, bb in zip(table.rows, ("p100", "p30", "scratch")):
-        _check(row, [(bb, "frozen_bn", s) for s in (0, 1, 2)], [0, 2, 3, 4])
-    assert table.rows[1].cells[1].n == 2  # the NaN AP_small of seed 1 is left out, not averaged as 0
+        _check(row, [(bb, "frozen_bn", s) for s in (0, 1, 2)], [0, 1, 2, 3, 4])
+    assert table.rows[1].cells[2].n == 2  # the NaN AP_small of seed 1 is left out, not averaged as 0
+    assert [r.cells[5] for r in table.rows] == ["-", "0.512", "-"]  # absent on an old backbone and on scratch
     assert table.best(0) == {0} and "9 of 11" in table.notes[0]
 
 
@@ -154,20 +157,23 @@ def test_formats_parse(study: dict[str, Any]) -> None:
     md = rep.render(tables, "md")
     assert "|---|---:|" in md and md.count("### ") == len(tables)
     rows = list(csv.DictReader(io.StringIO(rep.render(tables, "csv"))))
-    cell = next(r for r in rows if r["table"] == "table1" and r["row"] == "res18_ep3_p30" and r["column"] == "AP@0.5 [all]")
+    cell = next(r for r in rows if r["table"] == "table1" and r["row"] == "res18_ep3_p30" and r["column"] == "AP@0.5")
     assert float(cell["mean"]) == pytest.approx(statistics.fmean([0.30, 0.34, 0.35]))
     assert float(cell["std"]) == pytest.approx(statistics.stdev([0.30, 0.34, 0.35])) and cell["n"] == "3"
     assert any(r["text"] == "RuntimeError: CUDA out of memory" for r in rows)
     payload = json.loads(rep.render(tables, "json"))
     first = payload["tables"][0]
-    assert first["key"] == "table1" and first["rows"][0]["cells"]["AP@0.5 [all]"]["best"] is True
+    assert first["key"] == "table1" and first["rows"][0]["cells"]["AP@0.5"]["best"] is True
     with pytest.raises(ReportError, match="format 'xml'"):
         rep.render(tables, "xml")
 
 
 def test_report_writes_plots_and_logs_to_parent(study: dict[str, Any], tmp_path: Path) -> None:
-    text = rep.report(study["uri"], STUDY, fmt="md", out_dir=tmp_path / "out")
-    assert text.startswith("### Table 1")
+    said: list[str] = []
+    text = rep.report(study["uri"], STUDY, fmt="md", out_dir=tmp_path / "out", say=said.append)
+    assert text.startswith("**Headline**") and "\n### Table 1" in text
+    assert said[0].startswith(f"wrote {tmp_path / 'out'}: report.txt") and "bars_table1.png" in said[0]
+    assert said[1].startswith("logged ") and study["parent"] in said[1] and "--no-log" in said[1]
     pngs = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
     assert pngs == ["ap50_curves.png", "bars_finetune.norm.png", "bars_pretrain.prototypes.png", "bars_table1.png",
                     "swav_loss.png"]
@@ -205,3 +211,32 @@ def test_unknown_and_empty_study(study: dict[str, Any], tmp_path: Path) -> None:
         rep.report(f"sqlite:///{tmp_path}/none/mlflow.db", STUDY)
     with pytest.raises(ReportError, match="format"):
         rep.report(study["uri"], STUDY, fmt="html")
+
+
+def test_report_begins_with_the_headline(study: dict[str, Any]) -> None:
+    said: list[str] = []
+    text = rep.report(study["uri"], STUDY, log_to_parent=False, say=said.append)
+    assert not said  # nothing written, nothing said
+    lines = text.splitlines()
+    assert lines[0] == "headline (det/AP50, means over seeds):"
+    assert lines[1].startswith("  best trial: res18_ep3_p100 · frozen_bn · mlp · 357 · seed1  AP@0.5 0.440")
+    # cells are averaged over their three seeds: p100 (0.417) beats scratch (0.210) far beyond the seeds' spread
+    assert "best pretrained vs baseline: res18_ep3_p100 · frozen_bn · mlp · 357 0.417 vs scratch_res18" in text
+    assert "+0.207 AP@0.5; 3 seeds; beyond the seeds' spread" in text
+    assert "prototypes: 100 > 30 by 0.087 AP@0.5" in text
+    payload = json.loads(rep.report(study["uri"], STUDY, fmt="json", log_to_parent=False))
+    assert payload["headline"][0].startswith("best trial: ")
+
+
+def test_runs_export_has_every_run_with_params_and_metrics(study: dict[str, Any]) -> None:
+    rows = list(csv.DictReader(io.StringIO(rep.runs_table(study["uri"], STUDY, "csv"))))
+    assert len(rows) == len(FINETUNE) + 2 + 3  # fine-tunes, the failed and the pruned one, three pretraining runs
+    failed = next(r for r in rows if r["run_id"] == study["ids"]["failed"])
+    assert failed["usable"] == "false" and "CUDA out of memory" in failed["reason"]
+    first = next(r for r in rows if r["run_id"] == study["ids"][("p30", "bn", 1)])
+    assert first["params.finetune.norm"] == "bn" and first["params.pretrain.prototypes"] == "30"
+    assert float(first["metrics.det/AP50"]) == pytest.approx(0.27)
+    assert first["tags.ablate.seed"] == "1" and first["params.finetune.seed"] == "1"
+    assert json.loads(rep.runs_table(study["uri"], STUDY, "json"))[0]["stage"] == "pretrain"
+    with pytest.raises(ReportError, match="--format csv or --format json"):
+        rep.runs_table(study["uri"], STUDY, "table")

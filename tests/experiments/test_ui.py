@@ -1,0 +1,117 @@
+"""The MLflow UI as a user meets it: `ablate ui` on the smoke launch's store, its printed links in headless Chromium.
+
+Slow (it shares the session's smoke launch and starts the MLflow UI); runs in CI, where `.ci/run`
+installs Debian's chromium. ``ABLATE_UI_SCREENSHOTS=DIR`` keeps the two screenshots (the README's
+pictures are taken this way).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.browser import ASSISTANT_CLOSED, Page, chromium_path
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(chromium_path() is None, reason="needs chromium (apt-get install chromium)")]
+
+# The leaf elements showing exactly this text, and whether one of them lies inside the first screen.
+ON_FIRST_SCREEN = """(label => Array.from(document.querySelectorAll('body *'))
+  .filter(e => e.children.length === 0 && e.textContent.trim() === label)
+  .some(e => { const r = e.getBoundingClientRect();
+               return r.width > 0 && r.height > 0 && r.left >= 0 && r.top >= 0
+                      && r.right <= window.innerWidth && r.bottom <= window.innerHeight; }))"""
+PLOT_TEXTS = "Array.from(document.querySelectorAll('.js-plotly-plot svg text')).map(t => t.textContent)"
+
+
+@pytest.fixture(scope="module")
+def ui_links(smoke):
+    """`ablate ui --port 0` in the smoke launch's folder; yields (its stdout lines up to the links, the links)."""
+    cwd, client, _ = smoke
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", "ui", "--port", "0"], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stdout], daemon=True).start()
+    seen: list[str] = []
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and not any("/runs?" in ln and "compareRunsMode=CHART" in ln for ln in seen):
+            try:
+                seen.append(lines.get(timeout=1).rstrip("\n"))
+            except queue.Empty:
+                assert proc.poll() is None, "\n".join(seen)
+        urls = [ln.strip() for ln in seen if ln.strip().startswith("http://127.0.0.1:")]
+        assert len(urls) == 2, "\n".join(seen)
+        yield seen, {"leaderboard": urls[0], "compare": urls[1]}
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _screenshot(page: Page, name: str) -> None:
+    folder = os.environ.get("ABLATE_UI_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(Path(folder) / name)
+
+
+def test_ui_says_when_it_answers_and_prints_the_study_links(ui_links):
+    lines, links = ui_links
+    answered = [ln for ln in lines if ln.startswith("MLflow UI answers on http://127.0.0.1:")]
+    assert answered and lines.index(answered[0]) < lines.index(next(ln for ln in lines if "smoke: leaderboard" in ln))
+    assert "viewStateShareKey=ablate-leaderboard" in links["leaderboard"]
+    assert "#/experiments/" in links["leaderboard"] and links["compare"].endswith("compareRunsMode=CHART")
+
+
+def test_leaderboard_lists_the_finetuning_trials_with_ap50_and_the_axes(smoke, ui_links):
+    _, client, _ = smoke
+    exp = client.get_experiment_by_name("smoke")
+    trials = client.search_runs([exp.experiment_id], "tags.`ablate.stage` = 'finetune'")
+    names = sorted(r.info.run_name for r in trials)
+    axes = exp.tags["ablate.axes"].split(",")
+    assert len(names) == 4 and "finetune.backbone" in axes
+    with Page(1600, 1000) as page:
+        page.open(ui_links[1]["leaderboard"], ASSISTANT_CLOSED)
+        page.wait_for("document.body && document.body.innerText.includes('matching runs')", 90)
+        time.sleep(2)
+        _screenshot(page, "leaderboard.png")
+        text = page.text()
+        assert "4 matching runs" in text and "Model training" in text
+        assert exp.tags["mlflow.note.content"] in text  # the space's description
+        for name in names:
+            assert name in text  # every fine-tuning trial; no launch run, no pretraining run
+        assert "launch " not in text  # the launch run is filtered out
+        for label in ["det/AP50", *axes]:
+            assert page.evaluate(f"{ON_FIRST_SCREEN}({json.dumps(label)})"), f"{label} is not on the first screen"
+        # sorted best first: the best trial's row comes first
+        best = max(trials, key=lambda r: r.data.metrics["det/AP50"]).info.run_name
+        assert min(names, key=text.index) == best
+
+
+def test_compare_view_plots_the_ablated_axes_against_ap50(smoke, ui_links):
+    with Page(1600, 1000) as page:
+        page.open(ui_links[1]["compare"], ASSISTANT_CLOSED)
+        page.wait_for(f"{PLOT_TEXTS}.includes('finetune.norm')", 90)
+        time.sleep(3)
+        _screenshot(page, "compare_view.png")
+        texts = page.evaluate(PLOT_TEXTS)
+        # the parallel coordinates name the axes (full names in their SVG titles) and the metric
+        for label in ("finetune.backbone", "finetune.norm", "pretrain.prototypes", "det/AP50"):
+            assert label in texts, texts
+        assert "scratch" in texts  # the baseline is drawn, not dropped as "unknown"
+        assert "Parallel Coordinates" in page.text()

@@ -1,0 +1,91 @@
+"""What the launch writes for the MLflow UI, checked against MLflow's own UI code (no browser: tests/experiments/test_ui.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from experiments import ui
+
+BUNDLE = Path(mlflow.__file__).parent / "server" / "js" / "build" / "static" / "js"
+SMOKE_RUNS = [  # the params of smoke's four fine-tuning runs that matter here
+    {"finetune.backbone": "res18_ep2_p30", "pretrain.prototypes": "30", "finetune.lr_scheme": "357", "finetune.norm": "bn"},
+    {"finetune.backbone": "res18_ep2_p100", "pretrain.prototypes": "100", "finetune.lr_scheme": "357", "finetune.norm": "bn"},
+    {"finetune.backbone": "res18_ep2_p100", "pretrain.prototypes": "100", "finetune.lr_scheme": "357",
+     "finetune.norm": "frozen_bn"},
+    {"finetune.backbone": "scratch", "pretrain.prototypes": "none", "finetune.lr_scheme": "uniform", "finetune.norm": "bn"},
+]
+AXES = ["finetune.backbone", "pretrain.prototypes", "finetune.lr_scheme", "finetune.norm"]
+
+
+@pytest.fixture(scope="module")
+def bundle() -> str:
+    """MLflow's built UI (all chunks), where the names below must appear."""
+    return "".join(p.read_text(errors="replace") for p in BUNDLE.glob("*.js"))
+
+
+def test_names_we_rely_on_are_in_mlflows_ui(bundle: str) -> None:
+    for text in ('"mlflow.experimentKind"', 'CUSTOM_MODEL_DEVELOPMENT="custom_model_development"',
+                 '"mlflow.sharedViewState."', '"viewStateShareKey"', '"compareRunsMode"', 'PARALLEL="PARALLEL"',
+                 '"mlflow.note.content"'):
+        assert text in bundle, f"{text} is gone from MLflow {mlflow.__version__}'s UI: experiments/ui.py needs a look"
+    state = ui.view_state(AXES, SMOKE_RUNS)
+    for key in state:  # every key of our view is one the UI takes from a shared state
+        assert f'"{key}"' in bundle, key
+
+
+def test_varying_params_put_the_backbone_first() -> None:
+    sets = [{"finetune.norm": "bn", "finetune.backbone": "a", "pretrain.k": "1"},
+            {"finetune.norm": "frozen_bn", "finetune.backbone": "b", "pretrain.k": "1"}]
+    assert ui.varying_params(sets, ["finetune.norm", "pretrain.k", "finetune.backbone"]) == \
+        ["finetune.backbone", "finetune.norm"]
+
+
+def test_parallel_chart_rule_drops_text_from_a_numeric_axis() -> None:
+    # "none" among numbers: MLflow's chart treats the axis as numeric and drops the scratch run
+    assert ui.kept_by_parallel_chart(SMOKE_RUNS, ["pretrain.prototypes"]) == [0, 1, 2]
+    assert ui.kept_by_parallel_chart(SMOKE_RUNS, ["finetune.lr_scheme"]) == [0, 1, 2]  # "357" is a number
+    assert ui.kept_by_parallel_chart(SMOKE_RUNS, ["finetune.backbone", "finetune.norm"]) == [0, 1, 2, 3]
+    assert ui.kept_by_parallel_chart(SMOKE_RUNS, ["missing"]) == []
+    everyone, pretrained = ui.chart_axes(SMOKE_RUNS, AXES)
+    assert everyone == ["finetune.backbone", "finetune.norm"]  # the baseline stays in the first chart
+    assert pretrained == ["finetune.backbone", "pretrain.prototypes", "finetune.norm"]
+
+
+def test_view_and_experiment_tags() -> None:
+    tags = ui.experiment_tags("what this study compares", AXES, SMOKE_RUNS)
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    assert tags["mlflow.note.content"] == "what this study compares" and tags["ablate.axes"] == ",".join(AXES)
+    state = json.loads(tags["mlflow.sharedViewState.ablate-leaderboard"])
+    assert state["searchFilter"] == "tags.`ablate.stage` = 'finetune'"
+    assert state["orderByKey"] == "metrics.`det/AP50`" and state["orderByAsc"] is False
+    assert state["selectedColumns"][0] == "metrics.`det/AP50`"
+    assert [f"params.`{a}`" for a in AXES] == [c for c in state["selectedColumns"] if c.startswith("params.`") and
+                                               "seed" not in c]
+    charts = state["compareRunCharts"]
+    assert [c["type"] for c in charts] == ["PARALLEL", "PARALLEL", "BAR"]
+    assert all(c["selectedMetrics"] == ["det/AP50"] for c in charts if c["type"] == "PARALLEL")
+    assert "mlflow.note.content" not in ui.experiment_tags("", AXES)
+
+
+def test_links_with_and_without_the_view() -> None:
+    tagged = ui.links("http://127.0.0.1:5000/", "7", "smoke", ui.experiment_tags("", AXES, SMOKE_RUNS))
+    assert tagged.leaderboard == ("http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
+                                  "&viewStateShareKey=ablate-leaderboard")
+    assert tagged.compare == tagged.leaderboard + "&compareRunsMode=CHART" and tagged.axes == tuple(AXES)
+    old = ui.links("http://127.0.0.1:5000", "7", "smoke", {})  # a study launched before the view existed
+    assert "searchFilter=tags.%60ablate.stage%60%20%3D%20%27finetune%27" in old.leaderboard
+    assert "orderByKey=metrics.%60det%2FAP50%60&orderByAsc=false" in old.leaderboard
+
+
+def test_scratch_gets_none_for_every_pretraining_field() -> None:
+    extra = ui.finetune_extra_params("scratch_res18", None, ["arch", "prototypes", "arch"], 1)
+    assert extra == {"finetune.backbone": "scratch", "pretrain.arch": "none", "pretrain.prototypes": "none",
+                     "pretrain.world_size": "none"}
+    pre = ui.finetune_extra_params("res18_ep2_p30", {"arch": "resnet18", "prototypes": 30}, ["arch"], 2)
+    assert pre == {"finetune.backbone": "res18_ep2_p30", "pretrain.arch": "resnet18", "pretrain.prototypes": "30",
+                   "pretrain.world_size": "2"}
+    assert ui.finetune_extra_params("scratch_res18", None, [], 1) == {"finetune.backbone": "scratch"}
