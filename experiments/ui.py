@@ -251,6 +251,8 @@ def serve(cmd: Sequence[str], tracking_uri: str, host: str, port: int, open_brow
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "[::]", "") else host
     base = f"http://{shown}:{port}"
     proc = subprocess.Popen(list(cmd))
+    # a SIGTERM (`timeout`, a service manager) stops the server too, through the finally below
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         if not wait_until_answering(base + "/health", proc):
             if proc.poll() is None:
@@ -280,6 +282,11 @@ def serve(cmd: Sequence[str], tracking_uri: str, host: str, port: int, open_brow
             proc.kill()
         return 0
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if proc.poll() is None:
             proc.terminate()
-            proc.wait()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
