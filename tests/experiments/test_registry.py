@@ -124,6 +124,11 @@ def test_champion_moves_only_on_improvement(store: dict[str, Any]) -> None:
     assert tags[TAG_HASH] == "h-res18_ep2_p30 · frozen_bn · mlp · 357 · seed0"
     assert tags[TAG_UPSTREAM] == store["pre"] and tags[TAG_GIT] == "abc123"
     assert tags[registry.TAG_WEIGHTS_SHA] == sha256_file(store["exports"]["det_a"] / "detector.safetensors")
+    # the description says what the version scored and what the study found, not just a name and an id
+    description = versions["1"].description
+    assert description.startswith(f"res18_ep2_p30 · frozen_bn · mlp · 357 · seed0 (run {store['a']})")
+    assert "Final metrics: AP@0.5 0.300, AP@[.5:.95] 0.100" in description
+    assert "**Headline** (det/AP50, means over seeds)" in description and "- best trial: " in description
 
 
 def test_registering_twice_makes_no_duplicate(store: dict[str, Any]) -> None:
