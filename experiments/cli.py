@@ -224,9 +224,10 @@ def cmd_single(args: argparse.Namespace, stage: str) -> int:
 
 def format_ap_table(metrics: dict[str, float]) -> str:
     """The COCO numbers a researcher reads first, one per line (NaN: no ground truth in that size range)."""
-    rows = [("AP@0.5 [all]", AP50), ("AP@[.5:.95] [all]", "det/AP"), ("AP@0.75 [all]", "det/AP75"),
-            ("AP [small]", "det/AP_small"), ("AP [medium]", "det/AP_medium"), ("AP [large]", "det/AP_large")]
-    return "\n".join(f"{label:18} {metrics.get(key, float('nan')):.4f}" for label, key in rows)
+    from experiments.trial import METRIC_LABELS
+
+    keys = (AP50, "det/AP", "det/AP75", "det/AP_small", "det/AP_medium", "det/AP_large")
+    return "\n".join(f"{METRIC_LABELS[key]:18} {metrics.get(key, float('nan')):.4f}" for key in keys)
 
 
 def cmd_launch(args: argparse.Namespace) -> int:

@@ -143,7 +143,7 @@ class Headline:
         return "\n".join([f"**Headline** ({self.metric}, means over seeds)", "", *(f"- {ln}" for ln in self.lines())])
 
     def one_line(self) -> str:
-        """The shortest form: ``best: NAME AP50 0.369; best SwAV 0.266 (-0.103); prototypes 30 > 100; ...``."""
+        """The shortest form: ``best: NAME AP@0.5 0.369; best SwAV 0.266 vs scratch 0.369 (-0.103); prototypes 30 > 100; ...``."""
         if self.best is None:
             return self.lines()[0]
         parts = [f"best: {self.best.name} {self.label} {self.best.value:.3f}"]

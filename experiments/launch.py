@@ -762,6 +762,8 @@ class Launcher:
                       for t in plan.finetune]
         declared = [f"{stage}.{a}" for stage, names in spaces.axes_of(self.spec).items() for a in names]
         axes = ui.varying_params(param_sets, [ui.BACKBONE_PARAM, *declared])
+        # `tpe`: the sampled fields vary only once Optuna samples them
+        axes += [f"{STAGE_FINETUNE}.{d}" for d in self.spec.finetune.distributions if f"{STAGE_FINETUNE}.{d}" not in axes]
         self.tracker.set_experiment_tags(ui.experiment_tags(self.spec.description, axes, param_sets))
 
     def _tune(self, stage: str, payloads: dict[str, TrialPayload], scheduler: Any,

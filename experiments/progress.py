@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from ray import tune
 
-from experiments.trial import ARTIFACTS_SUBDIR, KEY_METRIC, STAGE_PRETRAIN, TrialPayload
+from experiments.trial import ARTIFACTS_SUBDIR, KEY_METRIC, METRIC_LABELS, STAGE_PRETRAIN, TrialPayload
 
 if TYPE_CHECKING:  # type hints only: the launch imports this module, not the other way round
     from experiments.launch import Launcher, TrialOutcome
@@ -157,7 +157,8 @@ def format_summary(outcomes: Sequence[TrialOutcome], counts: Mapping[str, float]
     for o in sorted(outcomes, key=lambda o: (o.stage != STAGE_PRETRAIN, order.get(o.status, 9), o.name)):
         key = KEY_METRIC[o.stage]
         val = o.metrics.get(key)
-        shown = f"{key.split('/')[-1]} {val:.4f}" if isinstance(val, float) and math.isfinite(val) else "-"
+        label = METRIC_LABELS.get(key, key.split("/")[-1])  # one label per metric, as in the report
+        shown = f"{label} {val:.4f}" if isinstance(val, float) and math.isfinite(val) else "-"
         epochs = f"{o.epochs_run}/{o.epochs_budget}" if o.epochs_budget else "-"
         reason = f"  ({o.reason})" if o.reason and o.status != "done" else ""
         lines.append(f"  {o.stage:8}  {o.status:8}  {epochs:>7}  {shown:>18}  {o.name}{reason}")

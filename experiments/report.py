@@ -5,9 +5,10 @@
 :func:`write_plots`. The tables:
 
 * **Table 1** (the paper's layout): one row per backbone — each pretraining run's name
-  (``res50_ep200_p3000``) and the scratch baselines (``scratch_res50``) — and the columns
-  AP@0.5 [all], AP[small], AP[medium], AP[large] (``det/AP50``, ``det/AP_small``,
-  ``det/AP_medium``, ``det/AP_large``). Only fine-tuning runs with the study's *most common
+  (``res50_ep200_p3000``) and the scratch baselines (``scratch_res50``) — and the paper's columns
+  AP@0.5, AP[small], AP[medium], AP[large] (``det/AP50``, ``det/AP_small``, ``det/AP_medium``,
+  ``det/AP_large``) plus COCO's AP@[.5:.95] (``det/AP``), as in the axis tables, and the
+  backbone's kNN top-1 (``swav/knn_top1`` of its pretraining run; ``-`` when absent). Only fine-tuning runs with the study's *most common
   detector settings* enter it, so a norm or head ablation does not mix into the backbone
   comparison. The settings of a run are its ``finetune.*`` params except the seed, the
   backbone-derived ``arch`` and fields that never change a result (data paths, workers, figure
@@ -18,6 +19,7 @@
   other axis held at its most common value. A row with no run at that value (e.g. ``norm=gn``
   only exists on a GroupNorm-pretrained backbone) takes the most common value among its own
   runs instead, and says so in its ``differs`` column.
+* **The headline** (:mod:`experiments.headline`) comes first in the text and Markdown output.
 * **Not averaged**: pruned, failed and unfinished trials with their reasons
   (``ablate.prune_reason`` / ``ablate.error``). They never enter a mean.
 

@@ -240,3 +240,14 @@ def test_runs_export_has_every_run_with_params_and_metrics(study: dict[str, Any]
     assert json.loads(rep.runs_table(study["uri"], STUDY, "json"))[0]["stage"] == "pretrain"
     with pytest.raises(ReportError, match="--format csv or --format json"):
         rep.runs_table(study["uri"], STUDY, "table")
+
+
+def test_no_plot_for_an_axis_with_one_value(tmp_path: Path) -> None:
+    one = rep.Table("axis:finetune.arch", "finetune.arch — s: AP by value", "arch", ["AP@0.5"],
+                    [rep.Row("resnet18", [rep.Stat([0.3, 0.4])], 2)])
+    assert rep.plot_bars(one, tmp_path / "one.png") is None and not (tmp_path / "one.png").exists()
+    two = rep.Table("table1", "Table 1 — s: AP by backbone", "backbone", ["AP@0.5"],
+                    [rep.Row("res18_ep2_p30", [rep.Stat([0.3])], 1), rep.Row("scratch_res18", [rep.Stat([0.4])], 1)],
+                    notes=["other axes held at: finetune.norm=bn"])
+    assert rep.plot_bars(two, tmp_path / "two.png") == tmp_path / "two.png"
+    assert rep._is_baseline("scratch_res18") and rep._is_baseline("scratch") and not rep._is_baseline("res18_ep2_p30")

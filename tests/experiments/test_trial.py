@@ -89,6 +89,6 @@ def test_summary_shows_each_stage_s_key_metric_and_the_saved_epochs():
     lines = format_summary(outcomes, counts, ["a warning"]).splitlines()
     rows = [line for line in lines if line.startswith("  pretrain") or line.startswith("  finetune")]
     assert "loss_over_ln_k 1.0000" in rows[0] and "6/7" in rows[0] and "(collapse)" in rows[0]
-    assert "AP50 0.4000" in rows[1]
+    assert "AP@0.5 0.4000" in rows[1]  # the label the report and the headline use
     assert "  pruning saved 1 of 7 budgeted epochs (14%) and 1 fine-tuning trials" in lines
     assert lines[-1] == "  warning: a warning"
