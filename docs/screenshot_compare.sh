@@ -10,7 +10,7 @@ bin="$here/.venv/bin"
 log="$(mktemp)"
 "$bin/ablate" ui --port 0 > "$log" 2>&1 &
 ui=$!
-trap 'kill -INT $ui 2>/dev/null || true; rm -f "$log"' EXIT
+trap 'kill -TERM $ui 2>/dev/null || true; wait $ui 2>/dev/null || true; rm -f "$log"' EXIT
 for _ in $(seq 180); do grep -q "compareRunsMode=CHART" "$log" && break; sleep 1; done
 links=$(grep -A3 "^  $study: leaderboard" "$log" | grep -o 'http://[^ ]*')
 leaderboard=$(echo "$links" | sed -n 1p)

@@ -34,7 +34,8 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 KIND_MACHINE_LEARNING = "custom_model_development"  # shown as "Machine learning" by the UI
 NOTE_TAG = "mlflow.note.content"  # an experiment's or a run's Markdown description
 VIEW_STATE_PREFIX = "mlflow.sharedViewState."
-VIEW_KEY = "ablate-leaderboard"  # our shared view; rewritten by every launch of the study
+VIEW_KEY = "ablate-leaderboard"  # our shared views; rewritten by every launch of the study
+COMPARE_VIEW_KEY = "ablate-compare"  # the same, with the run list folded away so the charts get the width
 AXES_TAG = "ablate.axes"  # experiment tag: the ablated params, comma-separated, in leaderboard order
 FINETUNE_FILTER = "tags.`ablate.stage` = 'finetune'"
 # Visible metric columns besides the axes, in this order (det/AP50 ranks; the others are the paper's columns).
@@ -42,6 +43,7 @@ KEY_METRICS = (AP50, "det/AP", "det/AP_small", "det/AP_medium", "det/AP_large")
 BACKBONE_PARAM = "finetune.backbone"
 NONE_VALUE = "none"  # a pretraining field of a run with no pretraining (the scratch baseline)
 SECTION_UUID = "ablate-ablation-section"
+RUN_NAME_COLUMN = "attributes.`Run Name`"  # the runs table's column ids are "<type>.`<key>`"
 
 
 def varying_params(param_sets: Sequence[Mapping[str, str]], candidates: Iterable[str]) -> list[str]:
@@ -115,6 +117,9 @@ def view_state(axes: Sequence[str], param_sets: Sequence[Mapping[str, str]] = ()
     # few metric columns, so that the axes fit the first screen beside them (the chart view has the rest)
     metrics = [metric] + [m for m in KEY_METRICS[:2] if m != metric]
     columns = [f"metrics.`{m}`" for m in metrics] + [f"params.`{a}`" for a in axes] + ["params.`finetune.seed`"]
+    # wide enough for the full names (MLflow's default cuts "res18_ep2_p30 · bn · mlp · 357 · seed0" after
+    # 12 characters, so that two trials look the same); about 7 px per character at the UI's font size
+    widths = {RUN_NAME_COLUMN: 300, **{c: 7 * (len(c) - 10) + 28 for c in columns if c.startswith("params.")}}
     everyone, pretrained = chart_axes(param_sets, axes) if param_sets else (list(axes), [])
     charts = []
     if everyone:
@@ -126,7 +131,7 @@ def view_state(axes: Sequence[str], param_sets: Sequence[Mapping[str, str]] = ()
                    "deleted": False, "isGenerated": False, "metricKey": metric, "displayName": metric})
     return {
         "searchFilter": FINETUNE_FILTER, "orderByKey": f"metrics.`{metric}`", "orderByAsc": False,
-        "selectedColumns": columns, "columnOrder": columns,
+        "selectedColumns": columns, "columnOrder": [RUN_NAME_COLUMN, *columns], "columnWidths": widths,
         "compareRunCharts": charts,
         "compareRunSections": [{"uuid": SECTION_UUID, "name": "Ablation", "display": True, "isReordered": True,
                                 "deleted": False, "isGenerated": False}],
@@ -139,8 +144,11 @@ def experiment_tags(description: str, axes: Sequence[str], param_sets: Sequence[
                     metric: str = AP50) -> dict[str, str]:
     """The experiment tags a launch writes: the kind (runs first), the description and the leaderboard view."""
     state = view_state(axes, param_sets, metric)
+    # runListHidden folds the run list beside the charts; in the table view it would hide the rows
+    compare = {**state, "runListHidden": True}
     tags = {EXPERIMENT_KIND_TAG: KIND_MACHINE_LEARNING, AXES_TAG: ",".join(axes),
-            VIEW_STATE_PREFIX + VIEW_KEY: json.dumps(state, separators=(",", ":"))}
+            VIEW_STATE_PREFIX + VIEW_KEY: json.dumps(state, separators=(",", ":")),
+            VIEW_STATE_PREFIX + COMPARE_VIEW_KEY: json.dumps(compare, separators=(",", ":"))}
     if description:
         tags[NOTE_TAG] = description
     return tags
@@ -173,12 +181,15 @@ def links(base_url: str, experiment_id: str, study: str, tags: Mapping[str, str]
     axes = tuple(a for a in tags.get(AXES_TAG, "").split(",") if a)
     if VIEW_STATE_PREFIX + VIEW_KEY in tags:
         query = {"viewStateShareKey": VIEW_KEY}
+        compare = {"viewStateShareKey": COMPARE_VIEW_KEY if VIEW_STATE_PREFIX + COMPARE_VIEW_KEY in tags else VIEW_KEY}
     else:
         query = {"searchFilter": FINETUNE_FILTER, "orderByKey": f"metrics.`{metric}`", "orderByAsc": "false"}
+        compare = query
     # workflowType: the runs page of a "machine learning" experiment, whichever page the UI would open first
-    query = {"workflowType": "machine_learning", **query}
-    table = base + "?" + urllib.parse.urlencode(query, quote_via=urllib.parse.quote)
-    chart = base + "?" + urllib.parse.urlencode({**query, "compareRunsMode": "CHART"}, quote_via=urllib.parse.quote)
+    table = base + "?" + urllib.parse.urlencode({"workflowType": "machine_learning", **query},
+                                                quote_via=urllib.parse.quote)
+    chart = base + "?" + urllib.parse.urlencode({"workflowType": "machine_learning", **compare,
+                                                 "compareRunsMode": "CHART"}, quote_via=urllib.parse.quote)
     return StudyLinks(study, experiment_id, table, chart, axes)
 
 

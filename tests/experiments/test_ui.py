@@ -76,6 +76,7 @@ def test_ui_says_when_it_answers_and_prints_the_study_links(ui_links):
     assert answered and lines.index(answered[0]) < lines.index(next(ln for ln in lines if "smoke: leaderboard" in ln))
     assert "viewStateShareKey=ablate-leaderboard" in links["leaderboard"]
     assert "#/experiments/" in links["leaderboard"] and links["compare"].endswith("compareRunsMode=CHART")
+    assert "viewStateShareKey=ablate-compare" in links["compare"]
 
 
 def test_leaderboard_lists_the_finetuning_trials_with_ap50_and_the_axes(smoke, ui_links):

@@ -69,13 +69,16 @@ def test_view_and_experiment_tags() -> None:
     assert [c["type"] for c in charts] == ["PARALLEL", "PARALLEL", "BAR"]
     assert all(c["selectedMetrics"] == ["det/AP50"] for c in charts if c["type"] == "PARALLEL")
     assert "mlflow.note.content" not in ui.experiment_tags("", AXES)
+    compare = json.loads(tags["mlflow.sharedViewState.ablate-compare"])
+    assert compare == {**state, "runListHidden": True}  # the charts over the full width; the table keeps its rows
 
 
 def test_links_with_and_without_the_view() -> None:
     tagged = ui.links("http://127.0.0.1:5000/", "7", "smoke", ui.experiment_tags("", AXES, SMOKE_RUNS))
     assert tagged.leaderboard == ("http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
                                   "&viewStateShareKey=ablate-leaderboard")
-    assert tagged.compare == tagged.leaderboard + "&compareRunsMode=CHART" and tagged.axes == tuple(AXES)
+    assert tagged.compare == tagged.leaderboard.replace("ablate-leaderboard", "ablate-compare") + "&compareRunsMode=CHART"
+    assert tagged.axes == tuple(AXES)
     old = ui.links("http://127.0.0.1:5000", "7", "smoke", {})  # a study launched before the view existed
     assert "searchFilter=tags.%60ablate.stage%60%20%3D%20%27finetune%27" in old.leaderboard
     assert "orderByKey=metrics.%60det%2FAP50%60&orderByAsc=false" in old.leaderboard
