@@ -92,3 +92,21 @@ def test_scratch_gets_none_for_every_pretraining_field() -> None:
     assert pre == {"finetune.backbone": "res18_ep2_p30", "pretrain.arch": "resnet18", "pretrain.prototypes": "30",
                    "pretrain.world_size": "2"}
     assert ui.finetune_extra_params("scratch_res18", None, [], 1) == {"finetune.backbone": "scratch"}
+
+
+def test_space_description_is_the_experiments(tmp_path: Path) -> None:
+    import yaml
+
+    from experiments.spaces import SpaceError, load_space
+    from tests.spaces import tiny_space, write_space
+
+    space = tiny_space("described")
+    space["description"] = "  K x norm on the sample data  "
+    assert load_space(write_space(tmp_path, space)).description == "K x norm on the sample data"
+    space["description"] = ["not", "text"]
+    path = write_space(tmp_path, space)
+    with pytest.raises(SpaceError, match=rf"{path}: description: expected text.*e\.g\. description: "):
+        load_space(path)
+    del space["description"]
+    assert load_space(write_space(tmp_path, space)).description == ""
+    assert yaml.safe_load((Path(__file__).resolve().parents[2] / "search_spaces" / "smoke.yaml").read_text())["description"]
