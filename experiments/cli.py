@@ -313,6 +313,8 @@ def _demo_links(uri: str, study: str) -> list[str]:
 
     from experiments.ui import links
 
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        return []  # no store (nothing was launched): opening one would create it
     exp = MlflowClient(tracking_uri=uri).get_experiment_by_name(study)
     if exp is None:
         return []
