@@ -3,19 +3,20 @@
 MLflow 3.17's UI reads all of it from the tracking store, so the launch writes it there:
 
 * ``mlflow.experimentKind = custom_model_development`` (an experiment tag): the experiment opens
-  on its runs ("Machine learning"), not on the GenAI overview of traces. The value is one of the
-  UI's ``ExperimentKind`` enum (``mlflow/server/js/src/experiment-tracking/constants.ts``).
+  on its runs ("Model training"), not on the GenAI overview of traces. The value is one of the
+  experiment kinds the UI knows (``genai_development``, ``custom_model_development``, ...).
 * ``mlflow.note.content`` on the experiment and on a run: its description, rendered as Markdown
   (the space's ``description``; a trial's backbone as a link to its pretraining run; the launch's
   headline).
-* ``mlflow.sharedViewState.<key>`` (an experiment tag): a saved view of the experiment page, the
-  state the UI's "Share" button stores and opens with ``?viewStateShareKey=<key>``. Ours is the
-  leaderboard: fine-tuning runs only, sorted by ``det/AP50`` (best first), the ablated axes and
-  the key metrics as the visible columns, and in the chart view a parallel-coordinates chart of
-  the axes against ``det/AP50`` plus a bar chart of ``det/AP50``. The keys are those the UI picks
-  from a shared state (``SHARED_VIEW_STATE_KEYS`` and the search facets of the experiment page in
-  MLflow 3.17's bundle); the table mode is the ``compareRunsMode`` URL parameter (``TABLE`` /
-  ``CHART``).
+* ``mlflow.sharedViewState.<key>`` (experiment tags): saved views of the experiment page, the
+  state the UI's "Share" button stores and opens with ``?viewStateShareKey=<key>``. Ours are the
+  leaderboard (fine-tuning runs only, sorted by ``det/AP50``, best first, the ablated axes and
+  the key metrics as the visible columns, wide enough to read) and the compare view (the same,
+  with the run list folded so that the charts get the width): two parallel-coordinates charts of
+  the axes against ``det/AP50`` (see :func:`chart_axes`) and a bar chart of ``det/AP50``. Their
+  keys are among those the experiment page takes from a shared state in MLflow 3.17's built UI
+  (its view-state keys and search facets; tests/experiments/test_ui_state.py checks the bundle);
+  table or charts is the ``compareRunsMode`` URL parameter (``TABLE`` / ``CHART``).
 
 A study launched before these tags existed still gets a working link from :func:`study_links`:
 the search filter and the sort order in the URL, which the UI also reads.
