@@ -43,6 +43,7 @@ import json
 import math
 import statistics
 import tempfile
+import textwrap
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -714,14 +715,15 @@ def plot_ap50_curves(runs: StudyRuns, path: Path) -> Path | None:
             ax.plot(steps, means, color="0.2", linestyle="--", linewidth=1.8, marker="s", markersize=3,
                     label=f"baseline: no pretraining (mean of {len(base)})")
         held_text = ", ".join(f"{o}={v}" for o, v in held.items())
-        ax.set_title(f"by {name}" + (f"\n(held: {held_text})" if held_text else ""), fontsize=10)
+        ax.set_title(f"by {name}" + (f"\n{textwrap.fill(f'(held: {held_text})', 55)}" if held_text else ""), fontsize=9)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(f"{METRIC_LABELS[AP50]} ({AP50})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
-    fig.suptitle(f"{runs.study}: fine-tuning {METRIC_LABELS[AP50]} per evaluation epoch "
-                 "(thin: runs, thick: mean over pretrained backbones and seeds, dashed: baseline)")
+    wrap = max(50, int(11 * 5.2 * len(panels)))  # characters per title line at this figure width
+    fig.suptitle(textwrap.fill(f"{runs.study}: fine-tuning {METRIC_LABELS[AP50]} per evaluation epoch (thin: runs, "
+                               "thick: mean over pretrained backbones and seeds, dashed: baseline)", wrap), fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     return path
@@ -757,8 +759,9 @@ def plot_bars(table: Table, path: Path, column: int = 0) -> Path | None:
     ax.set_ylabel(table.columns[column])
     ax.set_ylim(0, max(m + s for m, s in zip(means, stds)) * 1.25 or 1.0)
     held = next((n.split(": ", 1)[1] for n in table.notes if n.startswith("other axes held at: ")), "")
-    ax.set_title(f"{table.title.split(' — ')[0]}: {table.columns[column]} (mean ± std over seeds)"
-                 + (f"\nheld: {held}" if held else ""), fontsize=10)
+    wrap = max(45, int(11 * fig.get_figwidth()))  # characters per title line at this figure width
+    ax.set_title(textwrap.fill(f"{table.title.split(' — ')[0]}: {table.columns[column]} (mean ± std over seeds)", wrap)
+                 + (f"\n{textwrap.fill('held: ' + held, wrap)}" if held else ""), fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
