@@ -4,7 +4,7 @@ Uses Debian's ``chromium`` (``/usr/bin/chromium``; ``.ci/run`` installs it) and 
 websocket client (a dependency of MLflow): nothing is downloaded at run time. Chromium listens
 on 127.0.0.1 only, with a throw-away profile.
 
-    python -m tests.browser URL OUT.png [--wait-text TEXT]   # a screenshot, e.g. for docs/compare_view.png
+    python -m tests.browser URL OUT.png [--wait-text REGEX]   # a screenshot, e.g. for docs/compare_view.png
 """
 
 from __future__ import annotations
@@ -166,14 +166,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="Screenshot of a page in headless Chromium (e.g. the MLflow UI).")
     parser.add_argument("url", help="the page (an `ablate ui` link)")
     parser.add_argument("out", type=Path, help="PNG to write")
-    parser.add_argument("--wait-text", default="", help="wait until the page shows this text (default: 15 s)")
+    parser.add_argument("--wait-text", default="",
+                        help="wait until the page's text matches this regular expression (default: wait 15 s)")
     parser.add_argument("--width", type=int, default=1600, help="window width in pixels")
     parser.add_argument("--height", type=int, default=1000, help="window height in pixels")
     args = parser.parse_args()
     with Page(args.width, args.height) as page:
         page.open(args.url, ASSISTANT_CLOSED)
         if args.wait_text:
-            page.wait_for(f"document.body && document.body.innerText.includes({json.dumps(args.wait_text)})", 90)
+            page.wait_for(f"document.body && new RegExp({json.dumps(args.wait_text)}).test(document.body.innerText)", 90)
         time.sleep(3 if args.wait_text else 15)  # charts draw after the data arrives
         page.screenshot(args.out)
     print(f"wrote {args.out}")

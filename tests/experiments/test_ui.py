@@ -89,7 +89,8 @@ def test_leaderboard_lists_the_finetuning_trials_with_ap50_and_the_axes(smoke, u
     assert len(names) == 4 and "finetune.backbone" in axes
     with Page(1600, 1000) as page:
         page.open(ui_links[1]["leaderboard"], ASSISTANT_CLOSED)
-        page.wait_for("document.body && document.body.innerText.includes('matching runs')", 90)
+        # the count shows "0 matching runs" until the runs have loaded
+        page.wait_for(f"document.body && document.body.innerText.includes('{len(names)} matching runs')", 90)
         time.sleep(2)
         _screenshot(page, "leaderboard.png")
         text = page.text()
