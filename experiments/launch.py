@@ -184,7 +184,7 @@ class Launcher:
         self.stopping: dict[str, str] = {}  # Ray trial id -> the stop request it is acting on
         self.current_plan: Plan | None = None
         self.count_step = 0  # step of the launch run's live `launch/*` counts: one more per update
-        self.headline = ""  # the study's current best (experiments.status.current_best), one line
+        self.headline = ""  # the study's headline so far (experiments.headline), one line
         self.budgets: dict[str, int] = {}  # Ray trial id -> epochs budgeted, for the compute pruning saved
         self.schedulers: dict[str, OptunaPruningScheduler] = {}  # stage -> its pruning scheduler, if any
         self.candidates: list[TrialPayload] = []  # `tpe`: the fine-tuning cells Optuna samples from
@@ -561,10 +561,11 @@ class Launcher:
         self.count_step += 1
         self.tracker.log_metrics(self.parent_run_id, counts, self.count_step)
         if headline:
-            from experiments.status import current_best, headline_text
+            from experiments.status import current_headline
 
-            best = current_best(self.tracker.client, self.tracker.experiment_id)
-            self.headline = headline_text(best)
+            found = current_headline(self.tracker.client, self.tracker.experiment_id)
+            best = found.best
+            self.headline = found.one_line()
             self.tracker.set_tags(self.parent_run_id, {TAG_HEADLINE: self.headline,
                                                        **({TAG_BEST_RUN: best.run_id} if best else {})})
             if best is not None:

@@ -22,9 +22,9 @@ from mlflow.tracking import MlflowClient
 
 from experiments.redaction import redact
 from experiments.store import check_store, finite_or_none, store_errors
+from experiments.headline import Headline
 from experiments.tracking import (
-    PARENT_TAG, TAG_DRIVER, TAG_HEARTBEAT, TAG_NAME, TAG_STAGE, TAG_STARTED, TAG_STATE, TAG_STOP_REQUESTED,
-    TAG_UPSTREAM, UPSTREAM_SCRATCH, launch_alive, usable_run,
+    PARENT_TAG, TAG_DRIVER, TAG_HEARTBEAT, TAG_NAME, TAG_STAGE, TAG_STARTED, TAG_STATE, TAG_STOP_REQUESTED, launch_alive,
 )
 from experiments.trial import AP50, KEY_METRIC, STAGE_FINETUNE, STAGES
 
@@ -37,47 +37,18 @@ class StatusError(ValueError):
 
 
 # ---------------------------------------------------------------------------
-# The headline: the study's current best
+# The headline: the study's current best (experiments.headline, the one headline of a study)
 # ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Best:
-    """The study's best usable fine-tuning run by ``det/AP50`` so far."""
-
-    run_id: str
-    name: str
-    value: float
-    metric: str = AP50
-    scratch: bool = False
-    finished: int = 0  # usable fine-tuning runs it was chosen from
-
-    @property
-    def text(self) -> str:
-        """One line: ``best det/AP50 0.3120: res18_ep2 · frozen_bn · mlp · seed0 (run 1a2b3c4d, of 4 finished)``."""
-        base = " (no pretraining)" if self.scratch else ""
-        return (f"best {self.metric} {self.value:.4f}: {self.name}{base} (run {self.run_id[:8]}, of {self.finished} "
-                "finished)")
-
-
-def current_best(client: MlflowClient, experiment_id: str, metric: str = AP50) -> Best | None:
-    """The best usable fine-tuning run of a study (FINISHED, not pruned, finite ``metric``), or None yet.
+def current_headline(client: MlflowClient, experiment_id: str) -> Headline:
+    """The study's headline from its finished fine-tuning runs so far (:func:`experiments.headline.study_headline`).
 
     Used by the launch (the ``ablate.headline`` tag, updated at every trial's end) and by ``ablate status``.
     """
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_STAGE}` = '{STAGE_FINETUNE}'",
-                              run_view_type=ViewType.ACTIVE_ONLY, max_results=5000)
-    ok = [r for r in runs if usable_run(r.info.status, r.data.tags, r.data.metrics, STAGE_FINETUNE, metric)]
-    if not ok:
-        return None
-    best = max(ok, key=lambda r: (float(r.data.metrics[metric]), -(r.info.start_time or 0)))
-    return Best(best.info.run_id, best.data.tags.get(TAG_NAME, best.info.run_name or ""), float(best.data.metrics[metric]),
-                metric, best.data.tags.get(TAG_UPSTREAM) == UPSTREAM_SCRATCH, len(ok))
+    from experiments.headline import study_headline  # imports experiments.ui (MLflow's UI state) only when used
 
-
-def headline_text(best: Best | None) -> str:
-    """The headline line of a study (what the launch tags and notifies, and status prints)."""
-    return best.text if best is not None else f"no finished fine-tuning trial with a {AP50} yet"
+    return study_headline(client, experiment_id)
 
 
 # ---------------------------------------------------------------------------
@@ -171,7 +142,7 @@ def _trial_status(client: MlflowClient, run: Any, now: float) -> TrialStatus:
                        eta, per_epoch, TAG_STOP_REQUESTED in tags)
 
 
-def launch_status(client: MlflowClient, study: str, experiment_id: str, run: Any, best: Best | None,
+def launch_status(client: MlflowClient, study: str, experiment_id: str, run: Any, headline: Headline,
                   now: float | None = None) -> LaunchStatus:
     """A launch run and its trials (the runs whose parent it is), from the store."""
     now = time.time() if now is None else now
@@ -187,7 +158,7 @@ def launch_status(client: MlflowClient, study: str, experiment_id: str, run: Any
         study=study, run_id=run.info.run_id, status=run.info.status, alive=launch_alive(run, now),
         driver=tags.get(TAG_DRIVER, "unknown"), started=(run.info.start_time or 0) / 1000,
         heartbeat_age_s=(now - beat) if beat is not None else None, stop_requested=TAG_STOP_REQUESTED in tags,
-        counts=counts, headline=headline_text(best), best_run_id=best.run_id if best else None,
+        counts=counts, headline=headline.one_line(), best_run_id=headline.best.run_id if headline.best else None,
         max_concurrent=int(finite_or_none(run.data.params.get("max_concurrent")) or 1), trials=trials)
 
 
@@ -224,8 +195,8 @@ def collect(tracking_uri: str, study: str | None = None) -> list[LaunchStatus]:
                 launches = [r for r in launches if launch_alive(r)]
             if not launches:
                 continue
-            best = current_best(client, exp.experiment_id)
-            out += [launch_status(client, exp.name, exp.experiment_id, r, best) for r in launches]
+            headline = current_headline(client, exp.experiment_id)
+            out += [launch_status(client, exp.name, exp.experiment_id, r, headline) for r in launches]
         return out
 
 

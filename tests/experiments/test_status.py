@@ -18,7 +18,7 @@ from experiments import server as S
 from experiments import status as ST
 from experiments import tracking as T
 from experiments.control import ControlError, request_stop
-from experiments.status import CLEAR, Best, headline_text
+from experiments.status import CLEAR
 
 def _layout(uri: str, study: str = "ops") -> dict[str, str]:
     """A running launch (driven by this process, heartbeat now) with one trial in each interesting state."""
@@ -88,7 +88,8 @@ def test_status_lists_states_epochs_eta_and_headline(store):
     assert (planned.state, planned.epoch, planned.eta_s) == ("planned", None, None)
     assert [t.state for t in launch.trials][:2] == ["running", "planned"]  # what is moving comes first
     # the headline: the best usable fine-tuning run, here a pretrained one ahead of the scratch baseline
-    assert launch.best_run_id == ids["best"] and launch.headline.startswith("best det/AP50 0.3100: res18_p10")
+    assert launch.best_run_id == ids["best"] and launch.headline.startswith("best: res18_p10")
+    assert "AP@0.5 0.310" in launch.headline
     # the launch ETA: pretraining epochs left (3 + 5) at the measured 10 s per epoch, one trial at a time
     assert launch.eta_s() == pytest.approx(80, abs=12)
     assert launch.counts["trials_planned"] == 4
@@ -162,7 +163,13 @@ def test_no_running_launch_and_a_missing_store(tmp_path):
         ST.collect(f"sqlite:///{tmp_path}/missing.db")
 
 
-def test_headline_text():
-    assert headline_text(None) == "no finished fine-tuning trial with a det/AP50 yet"
-    best = Best("0123456789abcdef", "scratch_res18 · seed0", 0.25, scratch=True, finished=3)
-    assert best.text == "best det/AP50 0.2500: scratch_res18 · seed0 (no pretraining) (run 01234567, of 3 finished)"
+def test_status_headline_is_the_study_headline(store):
+    from mlflow.tracking import MlflowClient
+
+    from experiments.headline import study_headline
+
+    uri, _ = store
+    client = MlflowClient(tracking_uri=uri)
+    [launch] = ST.collect(uri, "ops")
+    exp = client.get_experiment_by_name("ops")
+    assert launch.headline == study_headline(client, exp.experiment_id).one_line()
