@@ -28,6 +28,8 @@ set, 2 seeds, a few epochs) that checks the pipeline, not the claim.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import math
 import os
 import platform
@@ -165,7 +167,7 @@ def plot(groups: Sequence[Group], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1.6, 1]})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5.6), gridspec_kw={"width_ratios": [1.6, 1]})
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, g in enumerate(groups):
         colour = {BASELINE: "0.25", CONTROL: "0.6"}.get(g.role, colours[i % len(colours)])
@@ -178,26 +180,29 @@ def plot(groups: Sequence[Group], path: Path, title: str) -> None:
             left.plot(xs, ys, color=colour, lw=2.2, ls="--" if not g.pretrained else "-",
                       label=f"{g.name}: {m:.3f} ± {s:.3f} ({g.seeds} seeds)")
         if g.pretrained and g.knn_curve:
-            right.plot([e for e, _ in g.knn_curve], [v for _, v in g.knn_curve], color=colour, lw=2, marker="o",
-                       ms=3, label=g.name)
+            start = [(0, g.knn_random)] if g.knn_random is not None else []  # epoch 0: the random initial trunk
+            curve = start + list(g.knn_curve)
+            right.plot([e for e, _ in curve], [v for _, v in curve], color=colour, lw=2, marker="o", ms=3, label=g.name)
             if g.knn_random is not None:
                 right.axhline(g.knn_random, color=colour, ls=":", lw=1.2)
     left.set_xlabel("fine-tuning steps (optimizer iterations)")
     left.set_ylabel("val AP@0.5")
     left.set_title("Fine-tuning: AP@0.5 against steps (thin: seeds; bold: mean)")
     left.grid(alpha=0.3)
-    left.legend(fontsize=8, loc="lower right")
+    left.legend(fontsize=8, loc="upper left", bbox_to_anchor=(0.0, -0.16), frameon=False)
     right.set_xlabel("pretraining epoch")
     right.set_ylabel("kNN top-1 on val objects")
-    right.set_title("SwAV kNN monitor (dotted: random trunk)")
+    right.set_title("kNN monitor (dotted: random trunk)")
     right.grid(alpha=0.3)
     if right.lines:
-        right.legend(fontsize=8, loc="best")
+        right.legend(fontsize=8, loc="upper left", bbox_to_anchor=(0.0, -0.16), frameon=False)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
+    # The plotted numbers beside the picture, so that it can be redrawn without rerunning the study.
+    path.with_suffix(".json").write_text(json.dumps([dataclasses.asdict(g) for g in groups], indent=1) + "\n")
 
 
 def histories(store: Path, trials: Sequence[TrialRecord]) -> dict[tuple[str, str], list[tuple[int, float]]]:
@@ -256,7 +261,8 @@ def section(groups: Sequence[Group], verdict: Verdict, wall_s: float, space: Pat
                   f"+{GOAL_KNN_POINTS * 100:.0f}): {yes(v.knn_goal)}.")
         if v.control is not None:
             (b, _), (c, c_std) = mean_std(v.best.ap50), mean_std(v.control.ap50)
-            own = "above" if b - c > max(c_std, mean_std(v.best.ap50)[1]) else "not clearly above"
+            own = ("above" if b - c > max(c_std, mean_std(v.best.ap50)[1]) else
+                   "below" if b < c else "not clearly above")
             judged += (f" Against the control (the same detector on a random trunk: {c:.3f} ± {c_std:.3f}) the "
                        f"SwAV trunk is {own} it ({b - c:+.3f}): that difference is what pretraining itself adds.")
     lines = [
