@@ -142,10 +142,12 @@ def _trial_status(client: MlflowClient, run: Any, now: float) -> TrialStatus:
                        eta, per_epoch, TAG_STOP_REQUESTED in tags)
 
 
-def launch_status(client: MlflowClient, study: str, experiment_id: str, run: Any, headline: Headline,
+def launch_status(client: MlflowClient, study: str, experiment_id: str, run: Any, headline: Headline | None = None,
                   now: float | None = None) -> LaunchStatus:
-    """A launch run and its trials (the runs whose parent it is), from the store."""
+    """A launch run and its trials (the runs whose parent it is), from the store; ``headline``: the study's,
+    read from the store when not given."""
     now = time.time() if now is None else now
+    headline = current_headline(client, experiment_id) if headline is None else headline
     tags = run.data.tags
     beat = _float_tag(tags, TAG_HEARTBEAT)
     children = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{run.info.run_id}'",

@@ -95,7 +95,9 @@ def _wait(cwd: Path, study: str, proc: subprocess.Popen, log: Path, until, what:
 @pytest.mark.slow
 def test_status_stop_trial_stop_launch_notify_and_resume(tmp_path):
     study = "steer_study"
-    space = write_space(tmp_path, tiny_space(study, pretrain_epochs=4, pretrain_grid={"prototypes": [20, 30]}))
+    # Enough epochs that the trial is still running after the status and stop commands start (a few seconds each).
+    epochs = 12
+    space = write_space(tmp_path, tiny_space(study, pretrain_epochs=epochs, pretrain_grid={"prototypes": [20, 30]}))
     notify_log = tmp_path / "notify.log"
     notify_cmd = f'printf "%s|%s|%s\\n" "$ABLATE_EVENT" "$ABLATE_STUDY" "$ABLATE_HEADLINE" >> {notify_log}'
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -115,7 +117,7 @@ def test_status_stop_trial_stop_launch_notify_and_resume(tmp_path):
         assert launch["heartbeat_age_s"] < 2 * T.HEARTBEAT_EVERY_S  # fresh
         assert launch["counts"]["trials_planned"] == 4
         running = next(t for t in launch["trials"] if t["state"] == "running")
-        assert running["epochs"] == 4 and running["stage"] == "pretrain"
+        assert running["epochs"] == epochs and running["stage"] == "pretrain"
 
         # 2. stop that trial: it stops within an epoch, checkpointed, and the next trial starts
         stop = _cli(["stop", study, "--trial", running["name"]], tmp_path)
@@ -124,7 +126,7 @@ def test_status_stop_trial_stop_launch_notify_and_resume(tmp_path):
                       lambda ls: any(t.name != running["name"] and t.state == "running" and t.epoch
                                      for t in ls.trials), "the second pretraining trial to run an epoch")
         stopped = next(t for t in after.trials if t.name == running["name"])
-        assert stopped.state == "stopped" and stopped.epoch < 4
+        assert stopped.state == "stopped" and stopped.epoch < epochs
 
         # 3. stop the whole launch: the second trial stops too, no fine-tuning starts, the launch ends KILLED
         stop = _cli(["stop", study], tmp_path)
@@ -145,7 +147,7 @@ def test_status_stop_trial_stop_launch_notify_and_resume(tmp_path):
         assert run.info.status == "KILLED" and Path(run.data.tags[T.TAG_CHECKPOINT]).is_dir()
         assert T.TAG_STOP_REQUESTED not in run.data.tags
     events = notify_log.read_text().splitlines()
-    assert events == [f"launch_stopped|{study}|no finished fine-tuning trial with a det/AP50 yet"], events
+    assert events == [f"launch_stopped|{study}|headline: no finished fine-tuning trial with a finite det/AP50 yet"], events
 
     # 4. the same command resumes both trials from their checkpoints and finishes the study
     done = _cli(["launch", str(space), "--notify", notify_cmd, "--quiet", "--no-register"], tmp_path)
@@ -153,13 +155,14 @@ def test_status_stop_trial_stop_launch_notify_and_resume(tmp_path):
     assert "summary" in done.stdout and "epoch" not in done.stdout.split("summary")[0]  # --quiet: the summary only
     for name, run in pre.items():
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "swav/loss")]
-        assert sorted(steps) == sorted(set(steps)) == [1, 2, 3, 4], (name, steps)  # continued, not restarted
+        assert sorted(steps) == sorted(set(steps)) == list(range(1, epochs + 1)), (name, steps)  # continued, not restarted
         assert client.get_run(run.info.run_id).data.tags[T.TAG_STATE] == "finished"
     trials = client.search_runs([client.get_experiment_by_name(study).experiment_id],
                                 f"tags.`{T.TAG_STAGE}` != 'launch'")
     assert len(trials) == 4 and {r.data.tags[T.TAG_STATE] for r in trials} == {"finished"}  # no duplicates
     events = notify_log.read_text().splitlines()
-    assert len(events) == 2 and events[1].startswith(f"launch_finished|{study}|best det/AP50 "), events
+    assert len(events) == 2 and events[1].startswith(f"launch_finished|{study}|best: res18_ep{epochs}_p"), events
+    assert "AP@0.5 " in events[1]
 
 
 def test_the_stopper_pickles_without_the_launcher(tmp_path, monkeypatch):
