@@ -297,13 +297,13 @@ def test_demo_says_what_its_budget_can_show(smoke):
     from experiments.cli import demo_verdict
 
     cwd, client, _ = smoke
-    [parent] = runs_of(client, "smoke", "launch")
+    parent = max(runs_of(client, "smoke", "launch"), key=lambda r: r.info.start_time)  # other tests relaunch it
     outcomes = [SimpleNamespace(stage="pretrain", name=r.data.tags[T.TAG_NAME], metrics=dict(r.data.metrics))
                 for r in runs_of(client, "smoke", "pretrain")]
     assert all("swav/knn_top1" in o.metrics and "swav/knn_top1_random" in o.metrics for o in outcomes)
     result = SimpleNamespace(parent_run_id=parent.info.run_id, study="smoke", outcomes=outcomes)
     lines = demo_verdict(result, f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}")
-    assert "leads:" in lines[0] and "AP@0.5" in lines[0]
-    assert lines[1].startswith("backbones' kNN top-1 on the labeled objects: res18_ep2_p")
-    assert lines[-1].startswith("not evidence about pretraining at this budget: one seed per cell")
+    assert len(lines) == 3 and "leads:" in lines[0] and "AP@0.5" in lines[0], lines
+    assert lines[1].startswith("backbones' kNN top-1 on the labeled objects: res18_ep2_p"), lines
+    assert lines[-1].startswith("not evidence about pretraining at this budget: one seed per cell"), lines
     assert "python -m bench fidelity" in lines[-1]
