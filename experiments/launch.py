@@ -48,7 +48,7 @@ from experiments.tracking import (
     TAG_TRIAL, TAG_UPSTREAM, UPSTREAM_SCRATCH, Tracker, configure_client_retries, default_tracking_uri, driver_id,
     flatten_params, launch_alive, usable_run,
 )
-from experiments.trial import CANDIDATE_KEY, STAGE_FINETUNE, STAGE_PRETRAIN, TrialPayload, sampled_payload
+from experiments.trial import CANDIDATE_KEY, STAGE_FINETUNE, STAGE_PRETRAIN, TrialPayload, loggable_metrics, sampled_payload
 from trainers.common import git_sha
 
 if TYPE_CHECKING:  # type hints only: importing the scheduler loads Ray
@@ -137,6 +137,31 @@ def resolve_data(spec: StudySpec, storage: Path) -> tuple[dict[str, str], str]:
 # ---------------------------------------------------------------------------
 # The launcher
 # ---------------------------------------------------------------------------
+
+
+def record_checkpoint_epoch(tracker: Tracker, run_id: str, stage: str, checkpoint: str) -> int:
+    """Log the metrics of the epoch a trial resumes after, if its run lacks them; returns the count logged.
+
+    The driver logs an epoch's metrics just after it records that epoch's checkpoint; a driver killed
+    between the two leaves a run whose last checkpoint epoch has no metrics. The checkpoint holds them,
+    so a resuming launch restores them from there (once: a step already in the history is left alone).
+    A checkpoint that is not a local folder, or not readable, is left to the trainer to judge.
+    """
+    from trainers.checkpoints import CheckpointError, checkpoint_progress
+
+    if not Path(checkpoint).is_dir():
+        return 0
+    try:
+        epoch, metrics = checkpoint_progress(checkpoint)
+    except CheckpointError:
+        return 0
+    metrics = loggable_metrics(metrics, stage)
+    if not metrics:
+        return 0
+    probe = next(iter(metrics))
+    if any(m.step == epoch for m in tracker.client.get_metric_history(run_id, probe)):
+        return 0
+    return tracker.log_metrics(run_id, metrics, epoch)
 
 
 class Launcher:
@@ -405,7 +430,10 @@ class Launcher:
             self.tracker.log_dataset(run_id, self.spec.name + suffix, digest, source, context)
         self.run_ids[p.config_hash] = run_id
         if existing is not None and existing.info.status != "FINISHED":
-            return existing.data.tags.get(TAG_CHECKPOINT)
+            restore = existing.data.tags.get(TAG_CHECKPOINT)
+            if restore:
+                record_checkpoint_epoch(self.tracker, run_id, p.stage, restore)
+            return restore
         return None
 
     def _plan_runs(self, plan: Plan, pre_runs: dict[str, Any], ft_runs: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from ray import tune
 
-from experiments.trial import ARTIFACTS_SUBDIR, KEY_METRIC, METRIC_LABELS, STAGE_PRETRAIN, TrialPayload
+from experiments.trial import ARTIFACTS_SUBDIR, KEY_METRIC, METRIC_LABELS, STAGE_PRETRAIN, TrialPayload, loggable_metrics
 
 if TYPE_CHECKING:  # type hints only: the launch imports this module, not the other way round
     from experiments.launch import Launcher, TrialOutcome
@@ -46,6 +46,7 @@ class DriverCallback(tune.Callback):
         self.epochs: dict[str, int] = {}
         self.epoch_time: list[float] = []
         self.last_epoch_at: dict[str, float] = {}
+        self.pending: dict[str, tuple[int, dict[str, float]]] = {}  # config hash -> (step, metrics) awaiting a checkpoint
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks into tuner.pkl on the storage path; the launcher (store
@@ -70,10 +71,13 @@ class DriverCallback(tune.Callback):
         p = self._payload(trial)
         h = p.config_hash
         step = int(result.get("epoch", result.get("training_iteration", 0)))
-        metrics = {k: v for k, v in result.items() if ("/" in k or k == "lr") and isinstance(v, (int, float))}
-        # the key metric logged first: MLflow's compare page plots a run's first metric by default
-        metrics = dict(sorted(metrics.items(), key=lambda kv: kv[0] != KEY_METRIC[self.stage]))
-        self.launcher.tracker.log_metrics(self.launcher.run_id_for(h), metrics, step)
+        metrics = loggable_metrics(result, self.stage)
+        if result.get("should_checkpoint"):
+            # Logged once the checkpoint is recorded (on_checkpoint, which Ray calls after this): a driver
+            # killed in between leaves neither, so a resumed trial never logs this epoch twice.
+            self.pending[h] = (step, metrics)
+        else:
+            self.launcher.tracker.log_metrics(self.launcher.run_id_for(h), metrics, step)
         now = time.time()
         self.epoch_time.append(now - self.last_epoch_at.get(h, now))
         self.last_epoch_at[h] = now
@@ -91,26 +95,37 @@ class DriverCallback(tune.Callback):
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
         p = self._payload(trial)
         self.launcher.checkpointed(p, checkpoint)
+        self._flush(p.config_hash)
         with checkpoint.as_directory() as d:
             art = Path(d) / ARTIFACTS_SUBDIR
             if art.is_dir() and any(art.iterdir()):
                 step = self.epochs.get(p.config_hash, 0)
                 self.launcher.tracker.log_artifacts(self.launcher.run_id_for(p.config_hash), art, f"eval/epoch_{step:03d}")
 
+    def _flush(self, h: str) -> None:
+        """Log the metrics held back for a trial's checkpoint (see on_trial_result)."""
+        if h in self.pending:
+            step, metrics = self.pending.pop(h)
+            self.launcher.tracker.log_metrics(self.launcher.run_id_for(h), metrics, step)
+
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         p = self._payload(trial)
+        self._flush(p.config_hash)  # a checkpoint Ray could not save: the epoch's metrics are kept all the same
         self.launcher.complete(self.stage, p, trial)
         self.state[p.config_hash] = self.launcher.outcomes[p.config_hash].status
         self._status(force=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         p = self._payload(trial)
+        # an epoch whose checkpoint never landed is not part of the run: resuming trains it again
+        self.pending.pop(p.config_hash, None)
         self.launcher.fail(self.stage, p, trial)
         self.state[p.config_hash] = "failed"
         self._status(force=True)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         p = self._payload(trial)
+        self.pending.pop(p.config_hash, None)  # the retry starts from the last checkpoint that landed
         error = trial_error(trial).strip().splitlines()
         why = f": {error[-1]}" if error else ""
         self.launcher.say(f"{self.stage:8} retry   {p.name} (crashed{why}; resuming from its last checkpoint)")

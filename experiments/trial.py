@@ -78,6 +78,17 @@ class TrialPayload:
     sampled: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
+def loggable_metrics(result: Mapping[str, Any], stage: str) -> dict[str, float]:
+    """The metrics of a trial's result (or checkpoint) that go to MLflow, the stage's key metric first.
+
+    Ray's own bookkeeping (``epoch``, ``time_this_iter_s``, ...) stays out: only ``group/name`` keys and
+    ``lr``. The key metric comes first because MLflow's compare page plots a run's first metric by default.
+    """
+    metrics = {k: float(v) for k, v in result.items()
+               if ("/" in k or k == "lr") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return dict(sorted(metrics.items(), key=lambda kv: kv[0] != KEY_METRIC[stage]))
+
+
 class TuneReporter:
     """Reporter for a trainer running inside a Ray Tune trial.
 

@@ -97,6 +97,21 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
     return _unflatten(json.loads((directory / STATE_JSON).read_text()), tensors)
 
 
+def checkpoint_progress(directory: str | Path) -> tuple[int, dict[str, float]]:
+    """The epoch a training checkpoint was written after, and that epoch's metrics (as reported).
+
+    Reads ``state.json`` only (no tensors), so the driver can look into a checkpoint cheaply.
+    """
+    path = Path(directory) / STATE_JSON
+    try:
+        entries = json.loads(path.read_text())["__dict__"]
+        epoch = int(_unflatten(entries["epoch"], {}))
+        metrics = _unflatten(entries.get("metrics", {"__dict__": {}}), {})
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: not a training checkpoint's record ({type(exc).__name__}: {exc})") from exc
+    return epoch, {str(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a file, streamed."""
     digest = hashlib.sha256()

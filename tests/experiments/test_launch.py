@@ -124,10 +124,10 @@ def test_smoke_champion_is_pulled_and_finds_the_objects(smoke, tmp_path):
     ann = next(cwd.rglob("sample-medium-0/annotations/val.json"))
     val, images = json.loads(ann.read_text()), ann.parent.parent / "val"
     model, record = load_detector(dest), read_detector_config(dest)
-    correct, images_found = 0, 0
+    correct, shown, images_found = 0, 0, 0
     for img in val["images"]:
         found = detect(model, decode_rgb(images / img["file_name"]), record["class_names"], record["label_to_cat_id"],
-                       score_threshold=0.5)
+                       score_threshold=0.3)
         truth = [a for a in val["annotations"] if a["image_id"] == img["id"]]
         gt = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in truth)]).reshape(-1, 4)
         hits = 0
@@ -135,10 +135,13 @@ def test_smoke_champion_is_pulled_and_finds_the_objects(smoke, tmp_path):
             iou = box_iou(torch.tensor([[d["x_min"], d["y_min"], d["x_max"], d["y_max"]]]), gt)[0]
             hits += any(iou[i] >= 0.5 and a["category_id"] == d["category_id"] for i, a in enumerate(truth))
         correct += hits
+        shown += len(found)
         images_found += hits > 0
-    # Measured on this study: 24 of 44 boxes scoring >= 0.5 right (class and IoU >= 0.5), on 8 of 12
-    # images. A detector that learned nothing has no box above 0.5 at all.
-    assert correct >= 8 and images_found >= 4, (correct, images_found)
+    # Measured on this study (46 objects on 12 images; after 3 epochs the champion is not confident yet, and
+    # which trial wins has differed between runs): 12 of 20 boxes scoring >= 0.3 right (class and IoU >= 0.5)
+    # on 8 images with a scratch champion; 24 of 44 boxes above 0.5 on 8 images with a pretrained one. A
+    # detector that learned nothing puts its few boxes anywhere: next to none of them right.
+    assert correct >= 6 and images_found >= 4 and correct >= 0.3 * shown, (correct, shown, images_found)
 
     # the same from the command line, with the figure
     first = sorted(images.glob("*.jpg"))[:2]

@@ -251,3 +251,24 @@ def test_no_plot_for_an_axis_with_one_value(tmp_path: Path) -> None:
                     notes=["other axes held at: finetune.norm=bn"])
     assert rep.plot_bars(two, tmp_path / "two.png") == tmp_path / "two.png"
     assert rep._is_baseline("scratch_res18") and rep._is_baseline("scratch") and not rep._is_baseline("res18_ep2_p30")
+
+
+def test_table1_keeps_a_baseline_trained_with_its_own_recipe(tmp_path: Path) -> None:
+    """The fair baseline (bn, its own schedule) is a row of Table 1 next to the control at the common settings."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = Tracker(uri, "ownrecipe")
+    parent = tracker.create_run("launch", {TAG_STAGE: "launch"})
+    tracker.finish(parent)
+    pre = tracker.create_run(BACKBONES["p30"], {TAG_STAGE: "pretrain", TAG_NAME: BACKBONES["p30"], TAG_HASH: "pre",
+                                                TAG_PRUNED: "false"}, parent_run_id=parent)
+    tracker.log_params_tags(pre, params={"pretrain.prototypes": "30", "pretrain.arch": "resnet18"})
+    tracker.finish(pre)
+    for seed in (0, 1):
+        _finetune(tracker, parent, {"p30": pre}, "p30", "frozen_bn", seed, (0.30 + seed / 100,) * 5)
+        _finetune(tracker, parent, {}, "scratch", "frozen_bn", seed, (0.10,) * 5)  # the control
+        _finetune(tracker, parent, {}, "scratch", "bn", seed, (0.20 + seed / 100,) * 5)  # the fair baseline
+    table = rep.table1(rep.collect(uri, "ownrecipe"))
+    assert [r.label for r in table.rows] == ["res18_ep3_p30", "scratch_res18", "scratch_res18 (norm=bn)"]
+    assert [r.n for r in table.rows] == [2, 2, 2]
+    assert table.rows[2].cells[0].mean == pytest.approx(0.205)
+    assert "4 of 6" in table.notes[0] and "own recipe" in table.notes[1]
