@@ -348,8 +348,9 @@ def run(quick: bool = False) -> str:
     lines += [
         "### The kNN monitor's cost",
         "",
-        f"One evaluation of the kNN monitor (`swav/knn_top1`: embed {objects} labeled object crops of {config.knn_size} px, "
-        f"the bank and the queries, with the trunk in eval mode, then the weighted 20-NN vote) takes "
+        f"One evaluation of the kNN monitor (`swav/knn_top1`: {objects} labeled object crops of {config.knn_size} px, "
+        f"the bank and the queries; BatchNorm statistics re-estimated on the bank, then both embedded with the trunk "
+        f"in eval mode, then the weighted 20-NN vote) takes "
         f"{1000 * med['knn']:.0f} ms, **{share:.1%}** of the trainer's epoch above (median of per-repeat ratios): it "
         f"{knn_verdict} the goal (< 5 % of an epoch). It runs every epoch up to 20 epochs and every "
         "epochs // 20 after, plus once before training for the run's random trunk.",

@@ -361,7 +361,7 @@ def demo_verdict(result: Any, uri: str) -> list[str]:
 
 
 def _demo_links(uri: str, study: str) -> list[str]:
-    """The study's leaderboard and compare links on `ablate ui`'s default address."""
+    """The study's leaderboard, cells and compare links on `ablate ui`'s default address."""
     from mlflow.tracking import MlflowClient
 
     from experiments.ui import links
@@ -372,7 +372,8 @@ def _demo_links(uri: str, study: str) -> list[str]:
     if exp is None:
         return []
     found = links("http://127.0.0.1:5000", exp.experiment_id, study, exp.tags)
-    return [f"leaderboard: {found.leaderboard}", f"compare:     {found.compare}"]
+    return [f"leaderboard: {found.leaderboard}", *([f"cells:       {found.cells}"] if found.cells else []),
+            f"compare:     {found.compare}"]
 
 
 def tracking_uri_of(args: argparse.Namespace) -> str:

@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -468,7 +469,7 @@ class Launcher:
         """A fine-tuning cell's payload: its config on ``backbone``, its backbone's params and lineage tags."""
         dataset = ("-labeled", plan.data_fingerprint, self.data_paths["train_annotations"], "training")
         extra = self._finetune_params(plan, t)  # the backbone's name and pretraining params ("none" for scratch)
-        tags = {TAG_SEED: str(t.seed), TAG_CELL: self._cell(t.config, t.upstream_hash)}
+        tags = {TAG_SEED: str(t.seed), TAG_CELL: self._cell(t.config, t.upstream_hash, t.name)}
         if t.upstream_hash:
             tags[TAG_UPSTREAM] = upstream_run
             if upstream_run:  # the backbone as a link in the run's description
@@ -499,8 +500,7 @@ class Launcher:
         shown = ", ".join(f"{k}={spaces.fmt_value(v)}" for k, v in sorted(p.sampled.items()) if k not in in_name)
         name = spaces.finetune_name(p.config, p.backbone_name, p.seed) + (f" · {shown}" if shown else "")
         p = dataclasses.replace(p, config_hash=h, name=name,
-                                tags={**p.tags, TAG_CELL: self._cell({k: v for k, v in cfg.items() if k != "seed"},
-                                                                     p.upstream_hash)})
+                                tags={**p.tags, TAG_CELL: self._cell(cfg, p.upstream_hash, name)})
         if h not in self.run_ids:
             self._plan_child(p, cfg, None)
         self.sampled[trial.trial_id] = p
@@ -780,10 +780,16 @@ class Launcher:
         return ui.finetune_extra_params(t.backbone_name, pre.config if pre else None, fields,
                                         self.spec.pretrain.resources.processes)
 
-    def _cell(self, config: Mapping[str, Any], upstream_hash: str | None) -> str:
-        """The ``ablate.cell`` tag: the fine-tuning config hash without the seed (seeds of one cell share it)."""
-        return spaces.finetune_hash({k: v for k, v in config.items() if k != "seed"}, self.data_fingerprint,
-                                    upstream_hash, self.spec.finetune.resources)
+    def _cell(self, config: Mapping[str, Any], upstream_hash: str | None, name: str) -> str:
+        """The ``ablate.cell`` tag: the trial's name without its seed and the config hash without the seed.
+
+        Seeds of one cell share it, so MLflow's "Group by: ablate.cell" averages them; the name part is
+        what the grouped table's rows show (``res18_ep2_p30 · bn · mlp · 357 · 1c2d3e4f``), the hash part
+        keeps cells apart whose names agree (other epochs, other fixed fields).
+        """
+        h = spaces.finetune_hash({k: v for k, v in config.items() if k != "seed"}, self.data_fingerprint,
+                                 upstream_hash, self.spec.finetune.resources)
+        return f"{re.sub(r' · seed[0-9]+', '', name)} · {h[:8]}"
 
     def _experiment_view(self, plan: Plan) -> None:
         """The experiment's kind, description and leaderboard view (experiments.ui), from the planned runs."""

@@ -13,7 +13,9 @@ MLflow 3.17's UI reads all of it from the tracking store, so the launch writes i
   leaderboard (fine-tuning runs only, sorted by ``det/AP50``, best first, the ablated axes and
   the key metrics as the visible columns, wide enough to read) and the compare view (the same,
   with the run list folded so that the charts get the width): two parallel-coordinates charts of
-  the axes against ``det/AP50`` (see :func:`chart_axes`) and a bar chart of ``det/AP50``. Their
+  the axes against ``det/AP50`` (see :func:`chart_axes`) and a bar chart of ``det/AP50``; and the
+  cells view (the leaderboard grouped by the ``ablate.cell`` tag: one row per cell with the mean of
+  its seeds, its seeds' runs folded under it). Their
   keys are among those the experiment page takes from a shared state in MLflow 3.17's built UI
   (its view-state keys and search facets; tests/experiments/test_ui_state.py checks the bundle);
   table or charts is the ``compareRunsMode`` URL parameter (``TABLE`` / ``CHART``).
@@ -37,6 +39,10 @@ NOTE_TAG = "mlflow.note.content"  # an experiment's or a run's Markdown descript
 VIEW_STATE_PREFIX = "mlflow.sharedViewState."
 VIEW_KEY = "ablate-leaderboard"  # our shared views; rewritten by every launch of the study
 COMPARE_VIEW_KEY = "ablate-compare"  # the same, with the run list folded away so the charts get the width
+CELLS_VIEW_KEY = "ablate-cells"  # the leaderboard grouped by cell: each cell's seeds averaged, best mean first
+CELL_TAG = "ablate.cell"  # a fine-tuning run's cell: its name and config hash without the seed
+# MLflow's "Group by" as its UI stores it: average over the runs that share the tag's value
+GROUP_BY_CELL = {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": CELL_TAG}]}
 AXES_TAG = "ablate.axes"  # experiment tag: the ablated params, comma-separated, in leaderboard order
 FINETUNE_FILTER = "tags.`ablate.stage` = 'finetune'"
 # Visible metric columns besides the axes, in this order (det/AP50 ranks; the others are the paper's columns).
@@ -147,9 +153,11 @@ def experiment_tags(description: str, axes: Sequence[str], param_sets: Sequence[
     state = view_state(axes, param_sets, metric)
     # runListHidden folds the run list beside the charts; in the table view it would hide the rows
     compare = {**state, "runListHidden": True}
+    cells = {**state, "groupBy": GROUP_BY_CELL}
     tags = {EXPERIMENT_KIND_TAG: KIND_MACHINE_LEARNING, AXES_TAG: ",".join(axes),
             VIEW_STATE_PREFIX + VIEW_KEY: json.dumps(state, separators=(",", ":")),
-            VIEW_STATE_PREFIX + COMPARE_VIEW_KEY: json.dumps(compare, separators=(",", ":"))}
+            VIEW_STATE_PREFIX + COMPARE_VIEW_KEY: json.dumps(compare, separators=(",", ":")),
+            VIEW_STATE_PREFIX + CELLS_VIEW_KEY: json.dumps(cells, separators=(",", ":"))}
     if description:
         tags[NOTE_TAG] = description
     return tags
@@ -169,6 +177,7 @@ class StudyLinks:
     leaderboard: str  # the fine-tuning runs as a table, best det/AP50 first
     compare: str  # the same runs as charts: the ablated axes against det/AP50
     axes: tuple[str, ...]
+    cells: str = ""  # the table grouped by cell, seeds averaged ("" for a study launched before this view)
 
 
 def links(base_url: str, experiment_id: str, study: str, tags: Mapping[str, str], metric: str = AP50) -> StudyLinks:
@@ -191,7 +200,11 @@ def links(base_url: str, experiment_id: str, study: str, tags: Mapping[str, str]
                                                 quote_via=urllib.parse.quote)
     chart = base + "?" + urllib.parse.urlencode({"workflowType": "machine_learning", **compare,
                                                  "compareRunsMode": "CHART"}, quote_via=urllib.parse.quote)
-    return StudyLinks(study, experiment_id, table, chart, axes)
+    cells = ""
+    if VIEW_STATE_PREFIX + CELLS_VIEW_KEY in tags:
+        cells = base + "?" + urllib.parse.urlencode({"workflowType": "machine_learning",
+                                                     "viewStateShareKey": CELLS_VIEW_KEY}, quote_via=urllib.parse.quote)
+    return StudyLinks(study, experiment_id, table, chart, axes, cells)
 
 
 def study_links(tracking_uri: str, base_url: str) -> list[StudyLinks]:
@@ -278,6 +291,9 @@ def serve(cmd: Sequence[str], tracking_uri: str, host: str, port: int, open_brow
         for link in found:
             print(f"  {link.study}: leaderboard (fine-tuning runs, best {AP50} first)", file=out)
             print(f"    {link.leaderboard}", file=out)
+            if link.cells:
+                print(f"  {link.study}: cells (the same grouped by cell, seeds averaged)", file=out)
+                print(f"    {link.cells}", file=out)
             print(f"  {link.study}: compare (the ablated axes against {AP50})", file=out)
             print(f"    {link.compare}", file=out)
         if not found:

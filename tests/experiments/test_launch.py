@@ -71,7 +71,9 @@ def test_smoke_launch_layout(smoke):
         params = run.data.params
         assert {"finetune.norm", "finetune.head", "finetune.lr_scheme", "finetune.seed"} <= set(params)
         upstream = run.data.tags[T.TAG_UPSTREAM]
-        assert run.data.tags[T.TAG_CELL]  # the config hash without the seed, for MLflow's "Group by"
+        # the name without the seed and the config hash without the seed, for MLflow's "Group by"
+        label, _, short = run.data.tags[T.TAG_CELL].rpartition(" · ")
+        assert label == run.info.run_name.rpartition(" · seed")[0] and len(short) == 8
         if upstream == "scratch":
             # every ablated axis is a param of the baseline too: no pretraining says "none", not a missing param
             assert params["finetune.backbone"] == "scratch"

@@ -55,8 +55,8 @@ def ui_links(smoke):
             except queue.Empty:
                 assert proc.poll() is None, "\n".join(seen)
         urls = [ln.strip() for ln in seen if ln.strip().startswith("http://127.0.0.1:")]
-        assert len(urls) == 2, "\n".join(seen)
-        yield seen, {"leaderboard": urls[0], "compare": urls[1]}
+        assert len(urls) == 3, "\n".join(seen)
+        yield seen, {"leaderboard": urls[0], "cells": urls[1], "compare": urls[2]}
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         try:
@@ -80,6 +80,7 @@ def test_ui_says_when_it_answers_and_prints_the_study_links(ui_links):
     assert "viewStateShareKey=ablate-leaderboard" in links["leaderboard"]
     assert "#/experiments/" in links["leaderboard"] and links["compare"].endswith("compareRunsMode=CHART")
     assert "viewStateShareKey=ablate-compare" in links["compare"]
+    assert "viewStateShareKey=ablate-cells" in links["cells"]
 
 
 def test_leaderboard_lists_the_finetuning_trials_with_ap50_and_the_axes(smoke, ui_links):
@@ -106,6 +107,23 @@ def test_leaderboard_lists_the_finetuning_trials_with_ap50_and_the_axes(smoke, u
         # sorted best first: the best trial's row comes first
         best = max(trials, key=lambda r: r.data.metrics["det/AP50"]).info.run_name
         assert min(names, key=text.index) == best
+
+
+def test_cells_view_groups_the_trials_by_cell(smoke, ui_links):
+    """MLflow's Group by on ablate.cell: a row per cell (its seeds averaged), named by the trial without its seed."""
+    _, client, _ = smoke
+    exp = client.get_experiment_by_name("smoke")
+    cells = sorted({r.data.tags["ablate.cell"]
+                    for r in client.search_runs([exp.experiment_id], "tags.`ablate.stage` = 'finetune'")})
+    with Page(1600, 1000) as page:
+        page.open(ui_links[1]["cells"], ASSISTANT_CLOSED)
+        page.wait_for("document.body && document.body.innerText.includes('Group: ')", 90)
+        time.sleep(2)
+        _screenshot(page, "cells.png")
+        text = page.text()
+        assert "Group by: ablate.cell" in text
+        for cell in cells:
+            assert f"Group: {cell}" in text, cell
 
 
 def test_compare_view_plots_the_ablated_axes_against_ap50(smoke, ui_links):

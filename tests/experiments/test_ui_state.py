@@ -30,7 +30,7 @@ def bundle() -> str:
 def test_names_we_rely_on_are_in_mlflows_ui(bundle: str) -> None:
     for text in ('"mlflow.experimentKind"', 'CUSTOM_MODEL_DEVELOPMENT="custom_model_development"',
                  '"mlflow.sharedViewState."', '"viewStateShareKey"', '"compareRunsMode"', 'PARALLEL="PARALLEL"',
-                 '"mlflow.note.content"'):
+                 '"mlflow.note.content"', 'e.Tag="tag"', 'e.Average="average"', "groupByKeys"):
         assert text in bundle, f"{text} is gone from MLflow {mlflow.__version__}'s UI: experiments/ui.py needs a look"
     state = ui.view_state(AXES, SMOKE_RUNS)
     for key in state:  # every key of our view is one the UI takes from a shared state
@@ -71,6 +71,9 @@ def test_view_and_experiment_tags() -> None:
     assert "mlflow.note.content" not in ui.experiment_tags("", AXES)
     compare = json.loads(tags["mlflow.sharedViewState.ablate-compare"])
     assert compare == {**state, "runListHidden": True}  # the charts over the full width; the table keeps its rows
+    cells = json.loads(tags["mlflow.sharedViewState.ablate-cells"])  # the leaderboard, seeds averaged per cell
+    assert cells == {**state, "groupBy": {"aggregateFunction": "average",
+                                          "groupByKeys": [{"mode": "tag", "groupByData": "ablate.cell"}]}}
 
 
 def test_links_with_and_without_the_view() -> None:
@@ -79,9 +82,11 @@ def test_links_with_and_without_the_view() -> None:
                                   "&viewStateShareKey=ablate-leaderboard")
     assert tagged.compare == tagged.leaderboard.replace("ablate-leaderboard", "ablate-compare") + "&compareRunsMode=CHART"
     assert tagged.axes == tuple(AXES)
+    assert tagged.cells == tagged.leaderboard.replace("ablate-leaderboard", "ablate-cells")
     old = ui.links("http://127.0.0.1:5000", "7", "smoke", {})  # a study launched before the view existed
     assert "searchFilter=tags.%60ablate.stage%60%20%3D%20%27finetune%27" in old.leaderboard
     assert "orderByKey=metrics.%60det%2FAP50%60&orderByAsc=false" in old.leaderboard
+    assert old.cells == ""  # no grouped view to open: none is printed
 
 
 def test_scratch_gets_none_for_every_pretraining_field() -> None:

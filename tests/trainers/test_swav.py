@@ -747,16 +747,32 @@ def test_lars_step_uses_the_trust_ratio() -> None:
     torch.testing.assert_close(bias.detach(), torch.tensor([1.0 - 0.1 * 0.5]))  # plain step, no decay
 
 
-def test_optimizer_groups_exclude_biases_and_norms_from_lars() -> None:
+def test_lars_adapts_and_decays_every_parameter_as_the_references_larc() -> None:
+    """facebookresearch/swav wraps SGD in apex LARC(trust 0.001, clip=False) over model.parameters()."""
     model = SwAVModel("resnet18", "bn", 8, 8, 16)
     opt = build_optimizer(model, tiny_config(optimizer="lars", weight_decay=1e-4))
-    adapted, plain = opt.param_groups
-    assert adapted["lars"] and adapted["weight_decay"] == 1e-4
-    assert not plain["lars"] and plain["weight_decay"] == 0.0
-    assert all(p.dim() >= 2 for p in adapted["params"]) and all(p.dim() < 2 for p in plain["params"])
-    assert any(p is model.prototypes.weight for p in adapted["params"])
+    assert all(g["lars"] and g["weight_decay"] == 1e-4 for g in opt.param_groups)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
     sgd = build_optimizer(model, tiny_config(optimizer="sgd", weight_decay=1e-4))
     assert isinstance(sgd, torch.optim.SGD) and all(g["momentum"] == 0.9 for g in sgd.param_groups)
+
+    # one step against LARC's arithmetic written out, biases and BatchNorm included
+    torch.manual_seed(0)
+    head = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    opt = build_optimizer(head, tiny_config(optimizer="lars", weight_decay=1e-6))
+    for group in opt.param_groups:
+        group["lr"] = 0.6
+    before = {n: p.detach().clone() for n, p in head.named_parameters()}
+    head(torch.randn(32, 8)).square().mean().backward()
+    grads = {n: p.grad.detach().clone() for n, p in head.named_parameters()}
+    opt.step()
+    for name, param in head.named_parameters():
+        w, g = before[name], grads[name]
+        if w.norm() > 0 and g.norm() > 0:
+            expected = w - 0.6 * (g + 1e-6 * w) * (0.001 * w.norm() / (g.norm() + 1e-6 * w.norm() + 1e-8))
+        else:  # LARC leaves such a gradient as it is (BatchNorm's bias starts at 0)
+            expected = w - 0.6 * g
+        torch.testing.assert_close(param.detach(), expected, msg=f"{name}: not LARC's update")
 
 
 def test_learning_rate_warms_up_then_follows_a_cosine() -> None:
