@@ -314,6 +314,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def _store_may_exist(uri: str) -> bool:
+    """False for a sqlite store whose file is missing (nothing was launched): opening it would create it."""
+    return not (uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file())
+
+
 def demo_verdict(result: Any, uri: str) -> list[str]:
     """Whether the demo's launch shows the paper's direction (pretrained > scratch), and honestly why not.
 
@@ -326,7 +331,7 @@ def demo_verdict(result: Any, uri: str) -> list[str]:
 
     from experiments.headline import study_headline
 
-    if result.parent_run_id is None:
+    if result.parent_run_id is None or not _store_may_exist(uri):
         return []
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(result.study)
@@ -366,8 +371,8 @@ def _demo_links(uri: str, study: str) -> list[str]:
 
     from experiments.ui import links
 
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        return []  # no store (nothing was launched): opening one would create it
+    if not _store_may_exist(uri):
+        return []
     exp = MlflowClient(tracking_uri=uri).get_experiment_by_name(study)
     if exp is None:
         return []

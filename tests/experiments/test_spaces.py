@@ -196,7 +196,7 @@ def test_dry_run_imports_no_ray(tmp_path):
     assert [m for m in imported if m == "ray" or m.startswith("ray.")] == []
 
 
-def test_demo_runs_smoke_and_prints_the_next_steps(sample_data, monkeypatch, capsys):
+def test_demo_runs_smoke_and_prints_the_next_steps(sample_data, monkeypatch, capsys, tmp_path):
     """`ablate demo` launches the shipped smoke.yaml and ends with the commands of the three flows,
     `ablate detect` on two of the launch's own validation images included (the launch is stubbed
     here; tests/experiments/test_launch.py runs smoke.yaml for real)."""
@@ -209,7 +209,10 @@ def test_demo_runs_smoke_and_prints_the_next_steps(sample_data, monkeypatch, cap
         return launch.LaunchResult("smoke", "run0", [], 0, None, {"val_images": str(sample_data.val_images)})
 
     monkeypatch.setattr(launch, "launch", fake_launch)
-    assert cli.main(["demo", "--tracking-uri", "sqlite:///unused.db"]) == 0
+    store = tmp_path / "unused.db"
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["demo", "--tracking-uri", f"sqlite:///{store}"]) == 0
+    assert list(tmp_path.iterdir()) == []  # the stubbed launch made no store: the demo's read-outs make none either
     out = capsys.readouterr().out
     assert seen["space"].name == "smoke.yaml" and seen["space"].is_file()
     assert "report smoke" in out and "pull smoke-detector@champion --dest pulled_model" in out
