@@ -103,28 +103,31 @@ def test_monitor_scores_queries_identical_to_the_bank_perfectly(sample_data) -> 
     assert torch.allclose(features.norm(dim=1), torch.ones(3))
 
 
-def test_recalibrated_copy_holds_the_crops_exact_statistics_and_leaves_the_trunk_alone() -> None:
+@pytest.mark.parametrize("norm", [torch.nn.BatchNorm2d, torch.nn.SyncBatchNorm])
+def test_recalibrated_holds_the_crops_exact_statistics_and_puts_the_trunks_back(norm) -> None:
     torch.manual_seed(0)
-    trunk = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.SyncBatchNorm(4), torch.nn.ReLU(),
-                                torch.nn.AdaptiveAvgPool2d(1))
+    trunk = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), norm(4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1))
+    trunk[1].running_mean.fill_(0.3)  # statistics of its own, which must come back
+    trunk.train()
     before = {k: v.clone() for k, v in trunk.state_dict().items()}
     crops = torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8)
     rng = torch.get_rng_state()
-    twin = recalibrated(trunk, crops, torch.device("cpu"), batch_size=4)  # batches of 4, 4 and 2 crops
-    assert torch.equal(torch.get_rng_state(), rng)
-    assert all(torch.equal(v, before[k]) for k, v in trunk.state_dict().items())  # the trunk is untouched
-    bn = twin[1]
-    assert type(bn) is torch.nn.BatchNorm2d and not twin.training  # one process, eval mode
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     with torch.no_grad():
         conv = trunk[0]((crops.float() / 255 - mean) / std)
-    # the running statistics are the average over the batches of each batch's mean and unbiased variance
-    means = [conv[i:i + 4].mean(dim=(0, 2, 3)) for i in (0, 4, 8)]
-    variances = [conv[i:i + 4].var(dim=(0, 2, 3), unbiased=True) for i in (0, 4, 8)]
-    assert torch.allclose(bn.running_mean, torch.stack(means).mean(0), atol=1e-5)
-    assert torch.allclose(bn.running_var, torch.stack(variances).mean(0), atol=1e-4)
-    assert torch.equal(bn.weight, trunk[1].weight)
+    with recalibrated(trunk, crops, torch.device("cpu"), batch_size=4) as calibrated:  # batches of 4, 4 and 2
+        bn = calibrated[1]
+        assert type(bn) is torch.nn.BatchNorm2d and not calibrated.training  # one process, eval mode
+        # the running statistics: the average over the batches of each batch's mean and unbiased variance
+        means = [conv[i:i + 4].mean(dim=(0, 2, 3)) for i in (0, 4, 8)]
+        variances = [conv[i:i + 4].var(dim=(0, 2, 3), unbiased=True) for i in (0, 4, 8)]
+        assert torch.allclose(bn.running_mean, torch.stack(means).mean(0), atol=1e-5)
+        assert torch.allclose(bn.running_var, torch.stack(variances).mean(0), atol=1e-4)
+        assert torch.equal(bn.weight, trunk[1].weight)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(v, before[k]) for k, v in trunk.state_dict().items())  # its own statistics, bit for bit
+    assert trunk.training and trunk[1].momentum == 0.1
 
 
 @pytest.mark.parametrize("epochs, every, due", [

@@ -21,7 +21,7 @@ study's own detection set:
   than by their weights (measured on the fidelity study's trunks: the same random trunk scores
   0.39 with its initial statistics and 0.22 with statistics of 32 px crops). Re-estimating them on
   the kNN crops for both ("precise BN", Wu & Johnson 2021) compares weights with weights, at the
-  cost of one more forward pass over the bank;
+  cost of one more forward pass over the bank (in place; the trunk's own statistics are put back);
 - the vote: the ``k`` most cosine-similar bank entries, each weighted by ``exp(sim / T)``; the
   class with the largest summed weight wins (Wu et al. 2018, "Unsupervised Feature Learning via
   Non-Parametric Instance Discrimination", with their k = 20 neighbours and DINO's T = 0.07).
@@ -34,11 +34,12 @@ categories) is the wrong reference.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -182,30 +183,48 @@ def _plain_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-@torch.no_grad()
-def recalibrated(trunk: nn.Module, crops: Tensor, device: torch.device, batch_size: int = EMBED_BATCH) -> nn.Module:
-    """A copy of ``trunk`` whose BatchNorm statistics are the exact mean and variance over ``crops``.
+@contextlib.contextmanager
+def recalibrated(trunk: nn.Module, crops: Tensor, device: torch.device,
+                 batch_size: int = EMBED_BATCH) -> Iterator[nn.Module]:
+    """The trunk in eval mode with BatchNorm statistics that are the exact mean and variance over ``crops``.
 
     The weights are the trunk's; only the running statistics change (cumulative average over the
-    batches, ``momentum=None``). The trunk itself, its statistics and the global RNG are untouched.
+    batches, ``momentum=None``), and only inside the ``with`` block: on leaving it the trunk's own
+    statistics, momentum and train/eval mode are back, bit for bit. The global RNG is not used. A
+    trunk with SyncBatchNorm (DDP) is copied with plain BatchNorm instead, since only one process
+    runs the monitor.
     """
-    import copy
+    if any(isinstance(m, nn.SyncBatchNorm) for m in trunk.modules()):
+        import copy
 
-    twin = _plain_batchnorm(copy.deepcopy(trunk))
-    norms = [m for m in twin.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not norms:
-        return twin
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    twin.train()
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-    for start in range(0, len(crops), batch_size):
-        x = crops[start:start + batch_size].to(device, non_blocking=True).float().div_(255)
-        if len(x) > 1:  # BatchNorm needs two values per channel in training mode
-            twin((x - mean) / std)
-    return twin.eval()
+        target = _plain_batchnorm(copy.deepcopy(trunk))
+    else:
+        target = trunk
+    norms = [m for m in target.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone(), m.momentum) for m in norms]
+    was_training = trunk.training
+    try:
+        with torch.no_grad():
+            for m in norms:
+                m.reset_running_stats()
+                m.momentum = None
+            target.train()
+            mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+            std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+            for start in range(0, len(crops), batch_size):
+                x = crops[start:start + batch_size].to(device, non_blocking=True).float().div_(255)
+                if len(x) > 1:  # BatchNorm needs two values per channel in training mode
+                    target((x - mean) / std)
+        target.eval()
+        yield target
+    finally:
+        with torch.no_grad():
+            for m, (running_mean, running_var, tracked, momentum) in zip(norms, saved):
+                m.running_mean.copy_(running_mean)
+                m.running_var.copy_(running_var)
+                m.num_batches_tracked.copy_(tracked)
+                m.momentum = momentum
+        trunk.train(was_training)
 
 
 class KnnMonitor:
@@ -241,9 +260,9 @@ class KnnMonitor:
 
     def __call__(self, trunk: nn.Module) -> float:
         """Top-1 accuracy of ``trunk``'s features (a fraction in [0, 1]), its BatchNorm statistics re-estimated."""
-        twin = recalibrated(trunk, self.bank.images, self.device)
-        bank = embed(twin, self.bank.images, self.device)
-        queries = embed(twin, self.queries.images, self.device)
+        with recalibrated(trunk, self.bank.images, self.device) as calibrated:
+            bank = embed(calibrated, self.bank.images, self.device)
+            queries = embed(calibrated, self.queries.images, self.device)
         accuracy = weighted_knn_top1(bank, self._bank_labels, queries, self._query_labels, self.num_classes,
                                      self.k, self.temperature)
         if not math.isfinite(accuracy):  # pragma: no cover - a ratio of counts
