@@ -8,6 +8,7 @@ resuming launch restores the metrics of the checkpoint's epoch from the checkpoi
 
 from __future__ import annotations
 
+import contextlib
 from types import SimpleNamespace
 
 from mlflow.tracking import MlflowClient
@@ -24,6 +25,8 @@ class _Recorder:
 
     def __init__(self) -> None:
         self.events: list[tuple] = []
+        self.said: list[str] = []  # progress lines; the tests here look only at the order of writes
+        self.beats = 0
         self.metrics: dict = {}
         self.max_concurrent = 1
         self.tracker = SimpleNamespace(log_metrics=lambda run_id, m, step: self.events.append(("metrics", step)))
@@ -35,7 +38,7 @@ class _Recorder:
         self.events.append(("checkpoint", checkpoint.step))
 
     def say(self, text: str) -> None:
-        pass
+        self.said.append(text)
 
     def complete(self, stage, p, trial) -> None:
         self.outcomes = {p.config_hash: SimpleNamespace(status="done")}
@@ -44,7 +47,7 @@ class _Recorder:
         self.events.append(("failed",))
 
     def beat(self, force: bool = False) -> None:
-        pass
+        self.beats += 1
 
 
 def _callback() -> tuple[DriverCallback, _Recorder, SimpleNamespace]:
@@ -59,8 +62,6 @@ class _Checkpoint:
         self.step, self.path = step, path
 
     def as_directory(self):
-        import contextlib
-
         return contextlib.nullcontext(self.path)
 
 
@@ -71,6 +72,7 @@ def test_an_epoch_with_a_checkpoint_is_logged_after_its_checkpoint_is_recorded(t
     assert rec.events == []  # held back: a driver killed now leaves neither the metrics nor the checkpoint
     cb.on_checkpoint(0, [], trial, _Checkpoint(1, str(tmp_path)))
     assert rec.events == [("checkpoint", 1), ("metrics", 1)]
+    assert rec.beats == 1 and "epoch 1/3" in rec.said[0]  # the progress line and heartbeat come at once
 
 
 def test_a_result_without_a_checkpoint_is_logged_at_once_and_held_metrics_survive_completion():
