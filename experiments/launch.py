@@ -126,6 +126,10 @@ def resolve_data(spec: StudySpec, storage: Path) -> tuple[dict[str, str], str]:
         sample = generate_sample(storage / "data" / spaces.sample_folder(size, seed, kind), seed=seed, size=size,
                                  kind=kind)
         paths = {k: str(getattr(sample, k)) for k in DATA_PATH_KEYS}
+        monitor = sample.monitor()
+        if monitor is not None:  # the digits set's own objects for the kNN monitor (keys: SwAVConfig's fields)
+            paths.update(zip(("knn_train_images", "knn_train_annotations", "knn_val_images", "knn_val_annotations"),
+                             map(str, monitor)))
     else:
         paths = {k: str(getattr(spec.data, k)) for k in DATA_PATH_KEYS}
         for key in DATA_PATH_KEYS:
@@ -887,7 +891,8 @@ class Launcher:
         counts = self._update_launch(headline=True)
         outs = list(self.outcomes.values())
         headline = study_headline(self.tracker.client, self.tracker.experiment_id)
-        summary = format_summary(outs, counts, plan.warnings) + "\n\n" + headline.text()
+        feat_dims = {t.config_hash: int(t.config.get("feat_dim", 0)) for t in plan.pretrain}
+        summary = format_summary(outs, counts, plan.warnings, feat_dims) + "\n\n" + headline.text()
         self.tracker.set_tags(self.parent_run_id, {ui.NOTE_TAG: headline.markdown()})
         print(summary, file=self.options.out, flush=True)
         self.tracker.log_text(self.parent_run_id, summary, "summary.txt")

@@ -165,8 +165,17 @@ def status_line(stage: str, states: Iterable[str], total: int, remaining_epochs:
             f"  pruned {counts['pruned']}  failed {counts['failed']}{stopped}  of {total}  ETA {eta_s}")
 
 
-def format_summary(outcomes: Sequence[TrialOutcome], counts: Mapping[str, float], warnings: Sequence[str] = ()) -> str:
-    """The table printed at the end of a launch (with the plan's warnings, which the results carry)."""
+def format_summary(outcomes: Sequence[TrialOutcome], counts: Mapping[str, float], warnings: Sequence[str] = (),
+                   feat_dims: Mapping[str, int] | None = None) -> str:
+    """The table printed at the end of a launch (with the plan's warnings, which the results carry).
+
+    A pretraining run whose last epoch reported ``swav/collapsed`` is marked "collapsed" with its reasons
+    (``feat_dims``: config hash -> the run's feat_dim, which the reasons' thresholds scale with), and its
+    kNN figure is shown beside its references (random-init spread, raw pixels).
+    """
+    from trainers.swav.collapse import collapse_label
+    from trainers.swav.knn import monitor_text
+
     lines = ["", "summary", f"  {'stage':8}  {'status':8}  {'epochs':>7}  {'key metric':>18}  name / reason"]
     order = {"done": 0, "reused": 1, "pruned": 2, "failed": 3, "skipped": 4}
     for o in sorted(outcomes, key=lambda o: (o.stage != STAGE_PRETRAIN, order.get(o.status, 9), o.name)):
@@ -176,6 +185,10 @@ def format_summary(outcomes: Sequence[TrialOutcome], counts: Mapping[str, float]
         shown = f"{label} {val:.4f}" if isinstance(val, float) and math.isfinite(val) else "-"
         epochs = f"{o.epochs_run}/{o.epochs_budget}" if o.epochs_budget else "-"
         reason = f"  ({o.reason})" if o.reason and o.status != "done" else ""
+        if o.stage == STAGE_PRETRAIN:
+            collapsed = collapse_label(o.metrics, (feat_dims or {}).get(o.config_hash))
+            reason += f"  {collapsed.replace('collapsed', 'COLLAPSED', 1)}" if collapsed else ""
+            reason += f"  kNN {monitor_text(o.metrics)}" if "swav/knn_top1" in o.metrics else ""
         lines.append(f"  {o.stage:8}  {o.status:8}  {epochs:>7}  {shown:>18}  {o.name}{reason}")
     lines.append("")
     lines.append("  trials planned {launch/trials_planned:.0f}, run {launch/trials_run:.0f}, reused "

@@ -50,6 +50,7 @@ from optuna.trial import FrozenTrial
 from experiments.redaction import OPTUNA_STORAGE_ENV, picklable_url, url_from_state
 from experiments.trial import KEY_METRIC, STAGE_FINETUNE, STAGE_PRETRAIN
 from trainers.common import closest, unknown_key_message
+from trainers.swav.collapse import COLLAPSED, collapse_label
 
 METRIC_KEY = KEY_METRIC[STAGE_PRETRAIN]
 """The intermediate value reported to Optuna for pretraining trials (``swav/loss_over_ln_k``)."""
@@ -62,9 +63,15 @@ SIGNAL_KEYS: tuple[str, ...] = (
     "swav/assignment_entropy",
     "swav/knn_top1",
     "swav/knn_top1_random",
+    "swav/score_std",
+    "swav/prototype_span",
+    "swav/trunk_rank",
+    "swav/trunk_rank_random",
+    "swav/collapsed",
 )
 """Metrics stored per step for the collapse pruner (assignment entropy only for the record; the kNN
-figures are judged only when ``knn_margin`` is set)."""
+figures are judged only when ``knn_margin`` is set; ``swav/collapsed``, the trainer's own label from the
+signals of :mod:`trainers.swav.collapse`, counts as a collapse signal with its reasons)."""
 
 SIGNALS_ATTR_PREFIX = "ablate.signals@"
 """User-attribute key prefix; the full key is ``ablate.signals@<step>``."""
@@ -359,6 +366,8 @@ class CollapsePruner(BasePruner):
             used = signals.get("swav/prototypes_used")
             if used is not None and used <= self._min_prototypes_used:
                 fired.append(f"prototypes_used {used:g} <= {self._min_prototypes_used}")
+            if signals.get(COLLAPSED, 0.0) >= 0.5:  # the trainer's label (span, score std, trunk rank, rebound)
+                fired.append(collapse_label(signals, int(feat_dim)) or "collapsed")
             knn_improved = False
             if self._knn_margin is not None:
                 new_knn = signals.get("swav/knn_top1")

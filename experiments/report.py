@@ -59,6 +59,8 @@ from experiments.tracking import (
 from experiments.tracking import TAG_STATE
 from experiments.trial import AP50, METRIC_LABELS, STAGE_FINETUNE, STAGES
 from experiments.ui import NONE_VALUE
+from trainers.swav.collapse import collapse_label
+from trainers.swav.knn import RANDOM_TRUNKS, monitor_text
 
 FORMATS = ("table", "md", "csv", "json")
 # The columns of every AP table, one label per metric (experiments.trial.METRIC_LABELS): the paper's
@@ -176,8 +178,8 @@ class StudyRuns:
         upstream = run.tags.get(TAG_UPSTREAM, "")
         if upstream and upstream != UPSTREAM_SCRATCH:
             for pre in self.runs:
-                if pre.run_id == upstream:
-                    return pre.name
+                if pre.run_id == upstream:  # a collapsed backbone is never shown without the word
+                    return pre.name + (" (collapsed)" if _collapse(pre) else "")
         if " · " in run.name:
             return run.name.split(" · ")[0]
         if upstream == UPSTREAM_SCRATCH:
@@ -411,17 +413,27 @@ def table1(runs: StudyRuns) -> Table:
         notes.append(f"{own_recipe} no-pretraining run(s) trained with their own recipe: rows named by the settings "
                      "that differ")
     notes.append(f"{METRIC_LABELS[KNN_TOP1]}: the backbone's {KNN_TOP1} (its pretraining run; - when not measured, "
-                 "e.g. no pretraining)")
+                 f"e.g. no pretraining), with the mean ± std over {RANDOM_TRUNKS} random initialisations and the raw "
+                 "pixels' figure on the same crops")
+    collapsed = sorted({f"{pre.name}: {text}" for pre in runs.stage("pretrain") if (text := _collapse(pre))})
+    notes += [f"backbone {text} (the run's last epoch; trainers/swav/collapse.py)" for text in collapsed]
     return Table("table1", f"Table 1 — {runs.study}: AP by backbone", "backbone",
                  [*(c for c, _ in TABLE1_COLUMNS), METRIC_LABELS[KNN_TOP1]], rows, notes)
 
 
+def _collapse(run: TrialRun) -> str | None:
+    """``"collapsed: <reasons>"`` for a pretraining run whose last epoch reported ``swav/collapsed``, else None."""
+    feat_dim = finite_or_none(run.params.get("pretrain.feat_dim"))
+    return collapse_label(run.metrics, int(feat_dim) if feat_dim else None)
+
+
 def _knn_cell(runs: StudyRuns, group: Sequence[TrialRun]) -> str:
-    """The backbone's kNN top-1 as text (one value per backbone, not a mean over seeds); ``-`` when absent."""
+    """The backbone's kNN top-1 with its references (random-init mean ± std, raw pixels) as text: one value per
+    backbone, not a mean over seeds; ``-`` when absent."""
     upstream = {r.tags.get(TAG_UPSTREAM) for r in group}
     for pre in runs.runs:
-        if pre.run_id in upstream and (value := finite_or_none(pre.metrics.get(KNN_TOP1))) is not None:
-            return f"{value:.3f}"
+        if pre.run_id in upstream and finite_or_none(pre.metrics.get(KNN_TOP1)) is not None:
+            return monitor_text(pre.metrics)
     return "-"
 
 

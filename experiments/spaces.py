@@ -328,12 +328,16 @@ def _parse_data(path: Path, raw: Any) -> DataSpec:
         sample = _mapping(path, "data.sample", data["sample"])
         _check_keys(path, "data.sample", sample, ("size", "seed", "kind"))
         size, seed, kind = sample.get("size", "small"), sample.get("seed", 0), sample.get("kind", "shapes")
-        if size not in ("small", "medium"):
-            raise _err(path, "data.sample.size", f"{size!r} is not a sample size", "use small or medium")
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise _err(path, "data.sample.seed", f"expected an integer, got {seed!r}")
         if kind not in ("shapes", "digits"):
             raise _err(path, "data.sample.kind", f"{kind!r} is not a sample kind", "use shapes or digits")
+        from trainers.data import sample_sizes
+
+        sizes = sample_sizes(kind)
+        if size not in sizes:
+            raise _err(path, "data.sample.size", f"{size!r} is not a sample size of the {kind} set",
+                       f"use {', '.join(sizes[:-1])} or {sizes[-1]}")
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise _err(path, "data.sample.seed", f"expected an integer, got {seed!r}")
         # Placeholders: the launcher generates the set under its storage folder and swaps the real paths in.
         root = Path(f"<{sample_folder(size, seed, kind)}>")
         return DataSpec(*sample_layout(root), sample=(size, seed, kind))
@@ -540,8 +544,10 @@ def expand(spec: StudySpec, data_fingerprint: str, data_paths: Mapping[str, str]
 
     paths = dict(data_paths)
     path = spec.path
-    # The labeled set also feeds the pretraining runs' kNN monitor.
-    pre_extra = {"data": paths["unlabeled"], **{field: paths[key] for field, key in KNN_PATH_FIELDS.items()}}
+    # The kNN monitor scores the sample set's own monitor objects when resolve_data found them (paths["knn_*"]),
+    # else the labeled set.
+    pre_extra = {"data": paths["unlabeled"],
+                 **{field: paths.get(field, paths[key]) for field, key in KNN_PATH_FIELDS.items()}}
     ft_extra = {k: paths[k] for k in DATA_PATH_KEYS if k != "unlabeled"}
 
     pretrain: dict[str, PretrainTrial] = {}

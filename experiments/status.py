@@ -27,6 +27,7 @@ from experiments.tracking import (
     PARENT_TAG, TAG_DRIVER, TAG_HEARTBEAT, TAG_NAME, TAG_STAGE, TAG_STARTED, TAG_STATE, TAG_STOP_REQUESTED, launch_alive,
 )
 from experiments.trial import AP50, KEY_METRIC, STAGE_FINETUNE, STAGES
+from trainers.swav.collapse import collapse_label
 
 WATCH_EVERY_S = 5.0
 CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen: --watch redraws the table in place
@@ -71,6 +72,7 @@ class TrialStatus:
     eta_s: float | None  # running trials: remaining epochs x seconds per epoch of this run so far
     seconds_per_epoch: float | None = None
     stop_requested: bool = False
+    collapsed: str | None = None  # pretraining: "collapsed: <reasons>" when its latest swav/collapsed is 1
 
 
 @dataclass
@@ -137,9 +139,11 @@ def _trial_status(client: MlflowClient, run: Any, now: float) -> TrialStatus:
                 per_epoch = (fresh[-1].timestamp / 1000 - started) / len(fresh)
     if state == "running" and epochs is not None and per_epoch is not None:  # no rate before its first epoch here
         eta = max(0.0, (epochs - (epoch or 0)) * per_epoch - (now - fresh[-1].timestamp / 1000))
+    feat_dim = finite_or_none(run.data.params.get(f"{stage}.feat_dim"))
+    collapsed = collapse_label(run.data.metrics, int(feat_dim) if feat_dim else None) if stage == "pretrain" else None
     return TrialStatus(tags.get(TAG_NAME, run.info.run_name or ""), stage, state, run.info.run_id, epoch,
                        int(epochs) if epochs is not None else None, key, finite_or_none(run.data.metrics.get(key)),
-                       eta, per_epoch, TAG_STOP_REQUESTED in tags)
+                       eta, per_epoch, TAG_STOP_REQUESTED in tags, collapsed)
 
 
 def launch_status(client: MlflowClient, study: str, experiment_id: str, run: Any, headline: Headline | None = None,
@@ -247,6 +251,7 @@ def render_table(launches: Sequence[LaunchStatus], tracking_uri: str, study: str
             value = f"{t.metric.split('/')[-1]} {t.value:.4f}" if t.value is not None else "-"
             eta = _duration(t.eta_s) if t.state == "running" else "-"
             state = t.state + (" (stop requested)" if t.stop_requested and t.state in ("running", "planned") else "")
+            state += " (collapsed)" if t.collapsed else ""
             rows.append((t.stage, state, epoch, value, eta, t.name))
         widths = [max(len(r[i]) for r in rows) for i in range(5)]
         for r in rows:

@@ -226,11 +226,17 @@ def test_gpu_measurements_run_on_cpu(sample_data):
 # ---------------------------------------------------------------------------
 
 
-def _fidelity_store(pre_ap50, scratch_ap50, knn=0.55, knn_random=0.40, control_ap50=(0.25, 0.26, 0.27)):
+def _fidelity_store(pre_ap50, scratch_ap50, knn=0.55, knn_random=0.40, control_ap50=(0.25, 0.26, 0.27),
+                    knn_random_std=0.02, collapsed=0.0):
     """Synthetic launch records: one backbone fine-tuned per seed, the scratch baseline and the random-trunk control."""
-    trials = [TrialRecord("pretrain", "res18_p30", "pre", 0, 1, "FINISHED", {}, {},
-                          {"swav/knn_top1": knn, "swav/knn_top1_random": knn_random, "swav/loss_over_ln_k": 0.8}, 5)]
-    history = {("pre", "swav/knn_top1"): [(1, knn_random), (5, knn)]}
+    monitor = {"swav/knn_top1": knn, "swav/knn_top1_random": knn_random, "swav/knn_top1_random_std": knn_random_std,
+               "swav/knn_top1_pixels": 0.70, "swav/probe_top1": 0.5, "swav/probe_top1_random": 0.25,
+               "swav/probe_top1_random_std": 0.01, "swav/probe_top1_pixels": 0.15, "swav/trunk_rank": 80.0,
+               "swav/trunk_rank_random": 370.0, "swav/loss_over_ln_k": 0.8, "swav/loss_over_ln_k_min": 0.8,
+               "swav/collapsed": collapsed}
+    trials = [TrialRecord("pretrain", "res18_p30", "pre", 0, 1, "FINISHED", {"pretrain.feat_dim": "32"}, {}, monitor, 5)]
+    history = {("pre", "swav/knn_top1"): [(1, knn_random), (5, knn)], ("pre", "swav/trunk_rank"): [(1, 300.0), (5, 80.0)],
+               ("pre", "swav/loss_over_ln_k"): [(1, 1.1), (5, 0.8)]}
     arms = (("pre", "pre", "frozen_affine", "357", pre_ap50), ("base", "scratch", "bn", "uniform", scratch_ap50),
             ("ctrl", "scratch", "frozen_affine", "357", control_ap50))
     for group, upstream, norm, scheme, values in arms:
@@ -248,40 +254,70 @@ def test_fidelity_groups_and_goals(tmp_path):
     trials, history = _fidelity_store([0.30, 0.32, 0.34], [0.20, 0.21, 0.22])
     groups = fidelity.groups_from(trials, history)
     assert [(g.role, g.seeds) for g in groups] == [("pretrained", 3), ("baseline", 3), ("control", 3)]
-    assert groups[0].name == "SwAV res18_p30" and "fair baseline; bn, uniform" in groups[1].name
+    assert groups[0].name == "SwAV res18_p30 (frozen_affine, 357)" and "fair baseline; bn, uniform" in groups[1].name
     assert "control" in groups[2].name and "frozen_affine, 357" in groups[2].name
-    assert groups[0].curves[0] == [(20.0, 0.15), (40.0, 0.30)] and groups[0].knn_curve == [(1, 0.40), (5, 0.55)]
+    assert groups[0].curves[0] == [(20.0, 0.15), (40.0, 0.30)]
+    assert groups[0].signals["swav/knn_top1"] == [(1, 0.40), (5, 0.55)] and groups[0].feat_dim == 32
     verdict = fidelity.judge(groups)
     assert verdict.ratio == pytest.approx(0.32 / 0.21) and verdict.ap_goal and verdict.knn_goal
     assert verdict.knn_points == pytest.approx(0.15)
     fidelity.plot(groups, tmp_path / "curves.png", "test")
     assert (tmp_path / "curves.png").stat().st_size > 10_000
-    text = fidelity.section(groups, verdict, 60.0, fidelity.SPACE, False, tmp_path / "curves.png")
-    assert "| SwAV res18_p30 | 3 | 0.320 ± 0.020 |" in text and "**1.52x**" in text and "**not met**" not in text
-    assert verdict.control is groups[2] and "the SwAV trunk is above it (+0.060)" in text
+    text = fidelity.section(groups, verdict, 60.0, fidelity.SPACE, False, tmp_path / "curves.png",
+                            {"views_holding": 0.8, "pairs_sharing": 0.7})
+    assert "| SwAV res18_p30 (frozen_affine, 357) | 3 | 0.320 ± 0.020 |" in text and "**1.52x**" in text
+    assert "**not met**" not in text and "the SwAV trunk is above it (+0.060)" in text
+    # The kNN figure is never shown without its references: the random-init spread and the raw pixels.
+    assert "0.550 (random 0.400 ± 0.020, pixels 0.700)" in text and "80.0 (random 370.0)" in text
+    assert "70% of assignment-view / other-view pairs share one" in text
 
-    # A ratio above 1.2 whose gap is inside the seeds' spread is not evidence; nor is a kNN at the random level.
+    # A ratio above 1.2 whose gap is inside the seeds' spread is not evidence; nor is a kNN at the random level,
+    # nor one 10 points above the random mean but inside two of the random initialisations' std.
     noisy = fidelity.judge(fidelity.groups_from(*_fidelity_store([0.10, 0.50, 0.30], [0.20, 0.22, 0.24],
                                                                  knn=0.42)))
     assert noisy.ratio > 1.2 and not noisy.ap_goal and not noisy.knn_goal
+    spread = fidelity.judge(fidelity.groups_from(*_fidelity_store([0.30, 0.32, 0.34], [0.20, 0.21, 0.22],
+                                                                  knn_random_std=0.08)))
+    assert spread.knn_points == pytest.approx(0.15) and not spread.knn_goal
+
+    # A collapsed backbone is called so in its row and under the verdict.
+    flat = fidelity.groups_from(*_fidelity_store([0.30, 0.32, 0.34], [0.20, 0.21, 0.22], collapsed=1.0))
+    text = fidelity.section(flat, fidelity.judge(flat), 60.0, fidelity.SPACE, False, None)
+    row = next(line for line in text.splitlines() if line.startswith("| SwAV"))
+    assert row.endswith("| **collapsed** |") and "Its backbone is **collapsed" in text
 
 
-def test_fidelity_space_plans_pretrained_against_the_fair_baseline(sample_data):
+@pytest.mark.parametrize("space", [fidelity.SPACE, fidelity.GPU_SPACE], ids=["cpu", "gpu"])
+def test_fidelity_views_share_their_digit(space):
+    """The study's views hold objects, not just backgrounds (the old scene crops: 1.7 % of pairs shared a digit)."""
+    overlap = fidelity.view_overlap(space, images=150)
+    assert overlap["pairs_sharing"] >= fidelity.GOAL_VIEW_OVERLAP
+    assert overlap["views_holding"] >= overlap["pairs_sharing"]
+
+
+@pytest.mark.parametrize("space, recipes", [(fidelity.SPACE, 1), (fidelity.GPU_SPACE, 2)], ids=["cpu", "gpu"])
+def test_fidelity_space_plans_pretrained_against_the_fair_baseline(sample_data, space, recipes):
     from experiments.spaces import expand, load_space
 
-    spec = load_space(fidelity.SPACE)
+    spec = load_space(space)
     assert spec.data.sample is not None and spec.data.sample[2] == "digits" and len(spec.seeds) == 3
     plan = expand(spec, "fp", {k: str(getattr(sample_data, k)) for k in
                                ("unlabeled", "train_images", "train_annotations", "val_images", "val_annotations")})
     scratch = [t for t in plan.finetune if t.upstream_hash is None and t.config["lr_scheme"] == "uniform"]
     control = [t for t in plan.finetune if t.upstream_hash is None and t.config["lr_scheme"] != "uniform"]
     pretrained = [t for t in plan.finetune if t.upstream_hash is not None]
-    assert len(scratch) == len(control) == 3 and len(pretrained) == 3 * len(plan.pretrain)
-    # The control: the pretrained arm's detector exactly, on a random trunk.
+    assert len(plan.pretrain) == 1 and len(scratch) == len(control) == 3 and len(pretrained) == 3 * recipes
+    # The recipe: prototypes well above the embedding's dimension, a queue, prototypes frozen at first.
+    pre = plan.pretrain[0].config
+    assert pre["prototypes"] >= 5 * pre["feat_dim"] and pre["queue_length"] >= 10 * pre["batch_size"]
+    assert pre["freeze_prototypes_epochs"] >= 1 and pre["knn_every"] >= 1
+    # The control: the paper's pretrained arm (FBN, 3-5-7) exactly, on a random trunk.
+    paper = [t for t in pretrained if (t.config["norm"], t.config["lr_scheme"]) == ("frozen_affine", "357")]
+    assert len(paper) == 3
     assert {k: v for k, v in control[0].config.items() if k != "seed"} == {
-        k: v for k, v in pretrained[0].config.items() if k != "seed"}
+        k: v for k, v in paper[0].config.items() if k != "seed"}
     # The fair baseline: trainable BN, one learning rate, 3x the pretrained schedule; the detector otherwise equal.
-    s, p = scratch[0].config, pretrained[0].config
+    s, p = scratch[0].config, paper[0].config
     assert (s["norm"], s["lr_scheme"], s["epochs"]) == ("bn", "uniform", 3 * p["epochs"])
     same = {k for k in p if k not in ("norm", "lr_scheme", "lr_multipliers", "epochs", "seed")}  # multipliers: the scheme's
     assert {k: s[k] for k in same} == {k: p[k] for k in same}

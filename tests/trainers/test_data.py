@@ -32,6 +32,7 @@ from trainers.data import (
     describe_skipped,
     detection_collate,
     generate_sample,
+    sample_paths,
     warn_skipped,
 )
 
@@ -229,6 +230,47 @@ def test_digits_unlabeled_outnumber_labeled_and_val_digits_are_unseen(digits_dat
     for split in ("train", "val"):
         used = {a["digit_index"] for a in load_json(getattr(digits_data, f"{split}_annotations"))["annotations"]}
         assert used <= pools[split], f"{split} uses digits outside its pool"
+
+
+def test_digits_monitor_sets_and_object_centric_unlabeled_images(digits_data: SamplePaths, tmp_path: Path) -> None:
+    from trainers.data import digits
+
+    pools = {split: set(pool.tolist()) for split, pool in digits.digit_pools(0).items()}
+    counts = load_json(digits_data.root / "sample.json")["counts"]
+    monitor = digits_data.monitor()
+    assert monitor is not None and sample_paths(tmp_path).monitor() is None  # only a set that has them
+    # The monitor's objects: one digit per image, the bank from the train pool, the queries from the val pool.
+    for images, annotations, pool, count in ((monitor[0], monitor[1], "train", counts["monitor_bank"]),
+                                             (monitor[2], monitor[3], "val", counts["monitor_queries"])):
+        data = load_json(annotations)
+        assert len(data["images"]) == len(data["annotations"]) == count >= 100
+        assert {a["digit_index"] for a in data["annotations"]} <= pools[pool]
+        assert {a["category_id"] for a in data["annotations"]} == set(range(1, 11))
+        CocoDetection(images, annotations)  # a valid COCO set
+    # Unlabeled: 64 px images, each centred on a digit of the unlabeled pool that fills 45-70 % of the side.
+    for index in (0, 7, 100):
+        pixels, objects = digits.object_image(0, "unlabeled", index, digits.digit_pools(0)["unlabeled"])
+        assert pixels.shape == (64, 64, 3)
+        written = np.asarray(Image.open(digits_data.unlabeled / digits.unlabeled_name(index)).convert("RGB"))
+        assert written.shape == pixels.shape
+        (source, (x, y, w, h)), *neighbours = objects
+        assert source in pools["unlabeled"] and 0.45 * 64 - 1 <= h <= 0.70 * 64 + 1 and 0 <= x and x + w <= 64
+        assert len(neighbours) <= 2 and all(s in pools["unlabeled"] for s, _ in neighbours)
+    # Fresh backgrounds: no two images share one (their corner patches differ).
+    corners = {np.asarray(Image.open(f))[:4, :4].tobytes() for f in sorted(digits_data.unlabeled.rglob("*.png"))}
+    assert len(corners) == len(list(digits_data.unlabeled.rglob("*.png")))
+
+
+def test_digits_unlabeled_writer_is_the_same_with_parallel_workers(tmp_path: Path, monkeypatch) -> None:
+    from trainers.data import digits, samples
+
+    pool = digits.digit_pools(0)["unlabeled"]
+    digits.write_unlabeled(tmp_path / "serial", 0, 24, pool, samples._save, workers=1)
+    monkeypatch.setattr(digits, "PARALLEL_FROM", 8)
+    digits.write_unlabeled(tmp_path / "parallel", 0, 24, pool, samples._save, workers=2)
+    assert tree_hashes(tmp_path / "serial") == tree_hashes(tmp_path / "parallel") and len(tree_hashes(tmp_path / "serial")) == 24
+    with pytest.raises(ValueError, match="size='large' is invalid"):
+        generate_sample(tmp_path / "shapes", size="large")  # large is a digits size only
 
 
 def test_digits_are_deterministic_idempotent_and_fingerprinted(digits_data: SamplePaths, tmp_path: Path) -> None:

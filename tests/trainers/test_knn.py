@@ -1,11 +1,13 @@
 """The kNN monitor: the weighted vote, the object crops, the schedule, and its place in SwAV training
-(reported at the due epochs, read against the run's random trunk, never changing what is trained)."""
+(reported at the due epochs, read against random initialisations and raw pixels, never changing what is
+trained); the linear probe and the effective rank beside it."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,8 @@ from trainers.reporting import InMemoryReporter
 from trainers.resnet import build_trunk
 from trainers.swav import SwAVConfig, train
 from trainers.swav import engine as swav_engine
-from trainers.swav.knn import KnnMonitor, embed, object_crops, recalibrated, weighted_knn_top1
+from trainers.swav.knn import (RANDOM_TRUNKS, KnnMonitor, effective_rank, embed, learned, linear_probe_top1,
+                               monitor_text, object_crops, recalibrated, weighted_knn_top1)
 
 from tests.trainers.test_swav_train import TINY
 
@@ -175,9 +178,48 @@ def test_training_reports_knn_and_is_unchanged_by_the_monitor(sample_data, tmp_p
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=key)
 
-    # The random figure is the run's own initial trunk; a resume rebuilds the same one from the seed.
+    # The random figures: mean and std over RANDOM_TRUNKS initialisations, the run's own initial trunk first
+    # (rebuilt from the seed, so a resume gets the same), and the raw pixels' figures, on every report.
     monitor = swav_engine._knn_monitor(config, torch.device("cpu"))
     seed_everything(config.seed)
     fresh = swav_engine.SwAVModel(config.arch, config.norm, config.prototypes, config.feat_dim, config.hidden_dim)
-    assert swav_engine._random_trunk_top1(monitor, config, torch.device("cpu")) == monitor(fresh.trunk)
-    assert watched.reports[0].metrics["swav/knn_top1_random"] == monitor(fresh.trunk)
+    seeds = swav_engine.random_seeds(config)
+    assert len(seeds) == RANDOM_TRUNKS >= 5 and seeds[0] == config.seed and len(set(seeds)) == len(seeds)
+    spread = monitor.random_spread(config.arch, config.norm, seeds)
+    assert spread[0] == monitor.evaluate(fresh.trunk)
+    first = watched.reports[0].metrics
+    assert first["swav/knn_top1_random"] == pytest.approx(statistics.fmean(s.knn for s in spread))
+    assert first["swav/knn_top1_random_std"] == pytest.approx(statistics.stdev(s.knn for s in spread))
+    assert first["swav/trunk_rank_random_std"] > 0  # five different initialisations
+    assert swav_engine.monitor_references(monitor, config) == {k: first[k] for k in swav_engine.REFERENCE_NAMES}
+    assert all(0 <= first[f"swav/{n}_pixels"] <= 1 for n in ("knn_top1", "probe_top1"))
+    last = watched.reports[-1].metrics
+    assert {"swav/probe_top1", "swav/trunk_rank"} <= set(last) and last["swav/collapsed"] in (0.0, 1.0)
+
+
+def test_linear_probe_and_effective_rank_on_planted_features() -> None:
+    generator = torch.Generator().manual_seed(0)
+    # Three classes, each a cloud around its own direction in 16 dimensions: separable by a linear map.
+    centres = torch.randn(3, 16, generator=generator) * 3
+    labels = torch.arange(90) % 3
+    features = centres[labels] + torch.randn(90, 16, generator=generator)
+    assert linear_probe_top1(features[:60], labels[:60], features[60:], labels[60:], 3) == 1.0
+    # Labels unrelated to the features: the probe is near chance, never perfect.
+    shuffled = labels[torch.randperm(90, generator=generator)]
+    assert linear_probe_top1(features[:60], shuffled[:60], features[60:], shuffled[60:], 3) < 0.7
+    # RankMe: equal singular values over d directions give d; a rank-one matrix gives 1.
+    assert effective_rank(torch.eye(8)) == pytest.approx(8.0)
+    assert effective_rank(torch.ones(10, 4)) == pytest.approx(1.0, abs=1e-6)
+    spread = torch.randn(200, 32, generator=generator)
+    squashed = spread * torch.tensor([10.0] * 2 + [0.01] * 30)
+    assert effective_rank(squashed) < 3 < 25 < effective_rank(spread) <= 32
+
+
+def test_monitor_text_and_learned_read_the_spread() -> None:
+    metrics = {"swav/knn_top1": 0.45, "swav/knn_top1_random": 0.30, "swav/knn_top1_random_std": 0.02,
+               "swav/knn_top1_pixels": 0.71}
+    assert monitor_text(metrics) == "0.450 (random 0.300 ± 0.020, pixels 0.710)"
+    assert learned(metrics) is True
+    assert learned({**metrics, "swav/knn_top1": 0.39}) is False  # under 10 points above the mean
+    assert learned({**metrics, "swav/knn_top1_random_std": 0.08}) is False  # inside two std of the spread
+    assert learned({}) is None and monitor_text({}) == "-"

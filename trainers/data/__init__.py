@@ -52,6 +52,7 @@ from trainers.data.samples import (
     SamplePaths,
     generate_sample,
     sample_paths,
+    sample_sizes,
 )
 
 __all__ = [
@@ -89,5 +90,6 @@ __all__ = [
     "generate_sample",
     "hflip",
     "sample_paths",
+    "sample_sizes",
     "warn_skipped",
 ]

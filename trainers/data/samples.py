@@ -42,6 +42,15 @@ MAX_OBJECTS = 6
 SAMPLE_KINDS = ("shapes", "digits")  # shapes: this module; digits: trainers.data.digits
 
 
+def sample_sizes(kind: str) -> list[str]:
+    """The sizes ``generate_sample`` accepts for ``kind`` (digits adds ``large``, for GPU runs)."""
+    if kind == "digits":
+        from trainers.data.digits import DIGITS_SIZES
+
+        return list(DIGITS_SIZES)
+    return list(SAMPLE_SIZES)
+
+
 @dataclass(frozen=True)
 class SamplePaths:
     """Where ``generate_sample`` put each part of the sample data set."""
@@ -52,6 +61,18 @@ class SamplePaths:
     train_annotations: Path
     val_images: Path
     val_annotations: Path
+    # The kNN monitor's own labeled objects (the digits set writes them; optional under `data: {root: DIR}`)
+    monitor_bank_images: Path
+    monitor_bank_annotations: Path
+    monitor_query_images: Path
+    monitor_query_annotations: Path
+
+    def monitor(self) -> tuple[Path, Path, Path, Path] | None:
+        """The monitor's (bank images, bank JSON, query images, query JSON) when all four exist, else None
+        (the monitor then scores the train and val boxes)."""
+        paths = (self.monitor_bank_images, self.monitor_bank_annotations, self.monitor_query_images,
+                 self.monitor_query_annotations)
+        return paths if all(p.exists() for p in paths) else None
 
 
 def sample_paths(root: Path) -> SamplePaths:
@@ -63,6 +84,10 @@ def sample_paths(root: Path) -> SamplePaths:
         train_annotations=root / "annotations" / "train.json",
         val_images=root / "val",
         val_annotations=root / "annotations" / "val.json",
+        monitor_bank_images=root / "monitor" / "bank",
+        monitor_bank_annotations=root / "annotations" / "monitor_bank.json",
+        monitor_query_images=root / "monitor" / "queries",
+        monitor_query_annotations=root / "annotations" / "monitor_queries.json",
     )
 
 
@@ -302,6 +327,7 @@ def _manifest(seed: int, size: str, kind: str = "shapes") -> dict[str, Any]:
         "seed": seed,
         "size": size,
         "image_size": IMAGE_SIZE,
+        "object_side": digits.OBJECT_SIDE,
         "counts": dict(digits.DIGITS_SIZES[size]),
         "sources": "sklearn.datasets.load_digits (digit_index in annotations), load_sample_images",
         "digit_pools": {split: len(pool) for split, pool in digits.digit_pools(seed).items()},
@@ -309,22 +335,22 @@ def _manifest(seed: int, size: str, kind: str = "shapes") -> dict[str, Any]:
 
 
 def _write_digits(staging: Path, seed: int, counts: dict[str, int]) -> None:
-    """The digits set's files under ``staging``: labeled splits (JPEG) and unlabeled scenes (JPEG, every 8th PNG)."""
+    """The digits set's files under ``staging``: labeled scenes (JPEG), the unlabeled object-centric images
+    (JPEG, every 8th PNG; in parallel for large sets) and the monitor's object sets (PNG)."""
     from trainers.data import digits
 
     pools = digits.digit_pools(seed)
-    for split in ("train", "val"):
-        pixels, coco = digits.labeled_split(seed, split, counts[split], pools[split])
-        (staging / split).mkdir()
+    parts = [("train", "train", pools["train"], digits.labeled_split),
+             ("val", "val", pools["val"], digits.labeled_split),
+             ("monitor_bank", "monitor/bank", pools["train"], digits.monitor_split),
+             ("monitor_queries", "monitor/queries", pools["val"], digits.monitor_split)]
+    for part, folder, pool, make in parts:
+        pixels, coco = make(seed, part, counts[part], pool)
+        (staging / folder).mkdir(parents=True)
         for image, entry in zip(pixels, coco["images"]):
-            _save(image, staging / split / entry["file_name"])
-        (staging / "annotations" / f"{split}.json").write_text(json.dumps(coco, indent=1) + "\n")
-    for index in range(counts["unlabeled"]):
-        image, _ = digits.scene(seed, "unlabeled", index, pools["unlabeled"], [])
-        folder = staging / "unlabeled" / f"part_{index // digits.UNLABELED_PER_FOLDER:02d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        suffix = ".png" if index % digits.PNG_EVERY == digits.PNG_EVERY - 1 else ".jpg"
-        _save(image, folder / f"u{index:06d}{suffix}")
+            _save(image, staging / folder / entry["file_name"])
+        (staging / "annotations" / f"{part}.json").write_text(json.dumps(coco, indent=1) + "\n")
+    digits.write_unlabeled(staging / "unlabeled", seed, counts["unlabeled"], pools["unlabeled"], _save)
 
 
 def _is_complete(paths: SamplePaths, manifest: dict[str, Any]) -> bool:
@@ -335,12 +361,16 @@ def _is_complete(paths: SamplePaths, manifest: dict[str, Any]) -> bool:
     except (OSError, ValueError):
         return False
     counts = manifest["counts"]
+    monitor = paths.monitor()
     return (
         paths.train_annotations.is_file()
         and paths.val_annotations.is_file()
         and len(find_images(paths.unlabeled)) == counts["unlabeled"]
         and len(find_images(paths.train_images)) == counts["train"]
         and len(find_images(paths.val_images)) == counts["val"]
+        and ("monitor_bank" not in counts or monitor is not None
+             and len(find_images(monitor[0])) == counts["monitor_bank"]
+             and len(find_images(monitor[2])) == counts["monitor_queries"])
     )
 
 
@@ -373,31 +403,32 @@ def generate_sample(out: str | Path, seed: int = 0, size: str = "small", kind: s
     Each labeled split holds every category in every COCO area range. Same seed, size and kind
     give byte-identical files; if ``out`` already holds that complete set, nothing is rewritten.
 
-    ``kind="digits"`` writes the same layout with real handwritten digits (categories "0".."9",
-    ids 1..10) blended on crops of two real photographs, drawn from disjoint digit pools per split
-    (see :mod:`trainers.data.digits`); its ``sample.json`` also records ``kind``.
+    ``kind="digits"`` writes labeled scenes of real handwritten digits (categories "0".."9", ids
+    1..10) on varied backgrounds, object-centric 64 px unlabeled images, and the kNN monitor's own
+    object sets (``monitor/bank``, ``monitor/queries`` with ``annotations/monitor_*.json``), drawn
+    from disjoint digit pools (see :mod:`trainers.data.digits`); its ``sample.json`` also records ``kind``.
 
     Args:
         out: target folder (created if missing; other files in it are left alone).
         seed: generator seed (a non-negative integer).
-        size: "small" (8 train, 4 val, 128 unlabeled; for tests) or "medium" (32/12/480; for the demo;
-            digits: 40/20/1000).
+        size: "small" (8 train, 4 val, 128 unlabeled; for tests) or "medium" (32/12/480; for the demo);
+            digits: small 8/4/256, medium 40/20/4,000, large 40/60/16,384 (GPU runs), see ``DIGITS_SIZES``.
         kind: "shapes" (the default) or "digits".
 
     Raises:
         ValueError: bad ``seed``, ``size`` or ``kind``.
         DatasetError: ``out`` holds folders of the same names that a previous run did not write.
     """
-    require_choice("size", size, list(SAMPLE_SIZES))
-    require_int("seed", seed, 0, "a non-negative integer")
     require_choice("kind", kind, list(SAMPLE_KINDS))
+    require_choice("size", size, sample_sizes(kind))
+    require_int("seed", seed, 0, "a non-negative integer")
     root = Path(out)
     paths = sample_paths(root)
     manifest = _manifest(seed, size, kind)
     if _is_complete(paths, manifest):
         return paths
 
-    ours = ("unlabeled", "train", "val", "annotations")
+    ours = ("unlabeled", "train", "val", "annotations", "monitor")
     if not _written_by_generator(root):
         for name in ours:
             target = root / name
@@ -427,7 +458,8 @@ def generate_sample(out: str | Path, seed: int = 0, size: str = "small", kind: s
                 shutil.rmtree(target)
             elif target.exists():
                 target.unlink()
-            (staging / name).rename(target)
+            if (staging / name).exists():  # monitor/: the digits set only
+                (staging / name).rename(target)
         (root / "sample.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     finally:
         shutil.rmtree(staging, ignore_errors=True)

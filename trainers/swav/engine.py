@@ -48,8 +48,9 @@ from trainers.data import (
 )
 from trainers.reporting import Reporter
 from trainers.swav.augment import MultiCropAugment
+from trainers.swav.collapse import COLLAPSED, at_ln_k, collapse_reasons, prototype_span, score_std
 from trainers.swav.config import MIN_BATCH, SwAVConfig
-from trainers.swav.knn import KnnMonitor
+from trainers.swav.knn import RANDOM_TRUNKS, KnnMonitor, spread_metrics
 from trainers.swav.loss import (
     EmbeddingQueue,
     assignment_entropy,
@@ -71,14 +72,23 @@ METRIC_NAMES = (
     "swav/ln_k",
     "swav/loss_over_ln_k",
     "swav/embedding_std",
+    "swav/score_std",
+    "swav/prototype_span",
     "swav/assignment_entropy",
     "swav/prototypes_used",
     "swav/amp_skipped_steps",
     "swav/images_per_s",
+    "swav/loss_over_ln_k_min",
+    "swav/epochs_at_ln_k",
+    COLLAPSED,
     "lr",
 )
 KNN_TOP1 = "swav/knn_top1"  # the kNN monitor's top-1 (knn.py), at the epochs SwAVConfig.knn_due picks
-KNN_TOP1_RANDOM = "swav/knn_top1_random"  # the same for the run's initial (random) trunk, on every report
+KNN_TOP1_RANDOM = "swav/knn_top1_random"  # its mean over RANDOM_TRUNKS random initialisations, on every report
+# The monitor's figures (knn.py): at monitored epochs the trunk's kNN, probe and rank; on every report their
+# references, the mean and std over random initialisations and the raw pixels.
+MONITOR_NAMES = (KNN_TOP1, "swav/probe_top1", "swav/trunk_rank")
+REFERENCE_NAMES = tuple(f"{name}{suffix}" for name in MONITOR_NAMES for suffix in ("_random", "_random_std", "_pixels"))
 
 
 # ---------------------------------------------------------------------------
@@ -140,7 +150,8 @@ class EpochStats:
     """Running sums for the epoch's metrics, kept on the device (no sync per step)."""
 
     def __init__(self, prototypes: int, device: torch.device) -> None:
-        self.sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, std, entropy, steps
+        # loss, embedding std, entropy, steps, prototype-score std, fraction in the prototypes' span
+        self.sums = torch.zeros(6, device=device, dtype=torch.float64)
         self.counts = torch.zeros(prototypes, device=device, dtype=torch.int64)
         self.images = 0  # trained on
         self.readable = 0  # returned by the loader, also those in batches too small to train on
@@ -169,13 +180,16 @@ class EpochStats:
                 self.skipped.append(item)
 
     @torch.no_grad()
-    def update(self, loss: Tensor, embeddings: Tensor, scores: Tensor, n_crops: int, temperature: float) -> None:
-        """Add one step: its loss, embeddings and prototype scores (all crops)."""
+    def update(self, loss: Tensor, embeddings: Tensor, scores: Tensor, n_crops: int, temperature: float,
+               prototypes: Tensor) -> None:
+        """Add one step: its loss, embeddings and prototype scores (all crops), and the prototypes' weights."""
         values = torch.stack([
             loss.detach().double(),
             embedding_std(embeddings, n_crops).double(),
             assignment_entropy(scores, temperature).double(),
             torch.ones((), dtype=torch.float64, device=loss.device),
+            score_std(scores, n_crops).double(),
+            prototype_span(embeddings, prototypes).double(),
         ])
         self.sums += values.to(self.sums.device)
         self.counts += prototype_counts(scores.detach()).to(self.counts.device)
@@ -206,6 +220,8 @@ class EpochStats:
             "swav/ln_k": ln_k,
             "swav/loss_over_ln_k": loss / ln_k if ln_k > 0 else math.nan,
             "swav/embedding_std": float(sums[1]) / steps,
+            "swav/score_std": float(sums[4]) / steps,
+            "swav/prototype_span": float(sums[5]) / steps,
             "swav/assignment_entropy": float(sums[2]) / steps,
             "swav/prototypes_used": float(int((counts > 0).sum())),
             "swav/amp_skipped_steps": float(maxima[0]),
@@ -322,7 +338,7 @@ def train_one_epoch(
         if not backward_and_step(loss, optimizer, scaler, drop_grads=frozen, skip_non_finite=config.amp):
             stats.amp_skipped += 1
 
-        stats.update(loss, embeddings, scores.detach(), n_crops, config.temperature)
+        stats.update(loss, embeddings, scores.detach(), n_crops, config.temperature, core.prototypes.weight)
         stats.images += batch
         iteration += 1
         if bar is not None:
@@ -482,18 +498,17 @@ def _knn_monitor(config: SwAVConfig, device: torch.device) -> KnnMonitor | None:
     return monitor
 
 
-def _random_trunk_top1(monitor: KnnMonitor, config: SwAVConfig, device: torch.device) -> float:
-    """The monitor's figure for the run's initial trunk, rebuilt aside from the seed (global RNG untouched).
+def random_seeds(config: SwAVConfig) -> list[int]:
+    """The seeds of the random trunks behind the monitor's ``*_random`` figures: the run's own first."""
+    return [config.seed, *(derive_seed(config.seed, 7, i) for i in range(1, RANDOM_TRUNKS))]
 
-    For a run resumed from a checkpoint written before the monitor existed.
-    """
-    from trainers.resnet import build_trunk
 
-    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(config.seed)  # SwAVModel builds its trunk first, right after seeding
-        trunk = build_trunk(config.arch, config.norm).to(device)
-    return monitor(trunk)
+def monitor_references(monitor: KnnMonitor, config: SwAVConfig) -> dict[str, float]:
+    """The monitor's references (:data:`REFERENCE_NAMES`): the spread over random initialisations of the run's
+    architecture (built aside from seeds, the global RNG untouched) and the raw pixels."""
+    references = spread_metrics(monitor.random_spread(config.arch, config.norm, random_seeds(config)))
+    references.update({f"{name}_pixels": value for name, value in monitor.pixels().metrics().items()})
+    return references
 
 
 def train(config: SwAVConfig, reporter: Reporter, progress: bool = False) -> dict[str, float]:
@@ -559,14 +574,20 @@ def _train(config: SwAVConfig, reporter: Reporter, progress: bool, rank: int, wo
         start_epoch, iteration, queue, metrics = _restore(
             Path(restore), core, optimizer, scaler, config, rank, world_size, device)
 
-    monitor, random_top1 = None, None
+    monitor, references = None, {}
     if rank == 0:
         monitor = _knn_monitor(config, device)
     if monitor is not None:
-        # Scored before any step (the run's own random init) and carried through checkpoints.
-        random_top1 = metrics.get(KNN_TOP1_RANDOM)
-        if random_top1 is None:
-            random_top1 = monitor(core.trunk) if restore is None else _random_trunk_top1(monitor, config, device)
+        # Scored once (random trunks built aside from their seeds, the run's own first) and carried through
+        # checkpoints; a checkpoint without them (written before they existed) has them computed again.
+        references = {name: metrics[name] for name in REFERENCE_NAMES if name in metrics}
+        if len(references) < len(REFERENCE_NAMES):
+            references = monitor_references(monitor, config)
+    # The latest monitored figures, carried between monitored epochs for the collapse label.
+    latest = {name: metrics[name] for name in MONITOR_NAMES if name in metrics}
+    lowest_ratio = metrics.get("swav/loss_over_ln_k_min", math.inf)
+    epochs_at_ln_k = int(metrics.get("swav/epochs_at_ln_k", 0))
+    was_collapsed = bool(metrics.get(COLLAPSED, 0.0))
 
     model: nn.Module = core
     if world_size > 1:
@@ -595,9 +616,22 @@ def _train(config: SwAVConfig, reporter: Reporter, progress: bool, rank: int, wo
         if rank == 0:
             warn_skipped(stats.unreadable_total, config.data, stats.too_small_total, stats.skipped, min_size)
         if monitor is not None:
-            metrics[KNN_TOP1_RANDOM] = random_top1
+            metrics.update(references)
             if config.knn_due(epoch + 1):
-                metrics[KNN_TOP1] = monitor(core.trunk)
+                latest = monitor.evaluate(core.trunk).metrics()
+                metrics.update(latest)
+        lowest_ratio = min(lowest_ratio, metrics["swav/loss_over_ln_k"])
+        metrics["swav/loss_over_ln_k_min"] = lowest_ratio
+        epochs_at_ln_k = epochs_at_ln_k + 1 if at_ln_k(metrics["swav/loss_over_ln_k"]) else 0
+        metrics["swav/epochs_at_ln_k"] = float(epochs_at_ln_k)
+        reasons = collapse_reasons({**latest, **metrics}, config.feat_dim)
+        metrics[COLLAPSED] = float(bool(reasons))
+        if rank == 0 and bool(reasons) != was_collapsed:
+            if reasons:
+                log.warning("epoch %d: SwAV has collapsed: %s", epoch + 1, "; ".join(reasons))
+            else:
+                log.warning("epoch %d: the collapse signals have cleared", epoch + 1)
+        was_collapsed = bool(reasons)
 
         gathered_queue = _gather_queue(queue, world_size)
         with tempfile.TemporaryDirectory(prefix="swav-ckpt-") as tmp:
@@ -630,5 +664,6 @@ def _train(config: SwAVConfig, reporter: Reporter, progress: bool, rank: int, wo
     return metrics
 
 
-__all__ = ["CHECKPOINT_FORMAT", "KNN_TOP1", "KNN_TOP1_RANDOM", "METRIC_NAMES", "MIN_BATCH", "EmptyEpochError", "EpochStats", "derive_seed",
+__all__ = ["CHECKPOINT_FORMAT", "KNN_TOP1", "KNN_TOP1_RANDOM", "METRIC_NAMES", "MIN_BATCH", "MONITOR_NAMES",
+           "REFERENCE_NAMES", "monitor_references", "random_seeds", "EmptyEpochError", "EpochStats", "derive_seed",
            "epoch_indices", "make_loader", "train", "train_one_epoch"]
