@@ -63,8 +63,8 @@ BASELINE, CONTROL, PRETRAINED = "baseline", "control", "pretrained"
 # The backbone's figures the study reads (its pretraining run's last value of each).
 MONITOR_KEYS = tuple(f"swav/{name}{suffix}" for name in ("knn_top1", "probe_top1", "trunk_rank")
                      for suffix in ("", "_random", "_random_std", "_pixels")) + (
-    "swav/collapsed", "swav/loss_over_ln_k", "swav/loss_over_ln_k_min", "swav/embedding_std", "swav/score_std",
-    "swav/prototype_span")
+    "swav/collapsed", "swav/loss_over_ln_k", "swav/loss_over_ln_k_min", "swav/epochs_at_ln_k", "swav/embedding_std",
+    "swav/score_std", "swav/prototype_span")
 # Per-epoch curves of the backbone: the monitor and the collapse signals.
 CURVE_KEYS = ("swav/knn_top1", "swav/probe_top1", "swav/trunk_rank", "swav/loss_over_ln_k", "swav/prototype_span",
               "swav/score_std", "swav/embedding_std")
@@ -228,17 +228,24 @@ def view_overlap(space: Path, sample_root: Path | None = None, images: int = 400
     return {"views_holding": views_holding, "pairs_sharing": statistics.fmean(pairs)}
 
 
-def plot(groups: Sequence[Group], path: Path, title: str) -> None:
+def plot(groups: Sequence[Group], path: Path, title: str, meta: dict[str, Any] | None = None) -> None:
     """Three panels: fine-tuning curves (AP50 against steps; thin: seeds, bold: mean), the backbone's monitor per
-    pretraining epoch against its references, and the collapse signals per epoch."""
+    pretraining epoch against its references, and the collapse signals per epoch with their thresholds.
+
+    Writes ``path`` and, beside it, the plotted numbers as JSON (``{"groups": [...], **meta}``), which
+    :func:`redraw` turns back into the picture and the section without rerunning the study.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from trainers.swav.collapse import LN_K_BAND, RANK_FLOOR, SPAN_FLOOR
+
     fig, (left, middle, right) = plt.subplots(1, 3, figsize=(17, 5.6), gridspec_kw={"width_ratios": [1.5, 1, 1]})
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    shown_backbones: set[str] = set()
+    markers = "osD^v"
+    backbones: list[str] = []
     for i, g in enumerate(groups):
         colour = {BASELINE: "0.25", CONTROL: "0.6"}.get(g.role, colours[i % len(colours)])
         for curve in g.curves:
@@ -249,38 +256,45 @@ def plot(groups: Sequence[Group], path: Path, title: str) -> None:
             m, s = mean_std(g.ap50)
             label = f"{g.name}{' [COLLAPSED]' if g.collapsed else ''}: {m:.3f} ± {s:.3f} ({g.seeds} seeds)"
             left.plot(xs, ys, color=colour, lw=2.2, ls="--" if not g.pretrained else "-", label=label)
-        if not g.pretrained or g.backbone in shown_backbones:
+        if not g.pretrained or g.backbone in backbones:
             continue
-        shown_backbones.add(g.backbone)
-        for key, style, what in (("knn_top1", "-", "kNN"), ("probe_top1", "-.", "linear probe")):
+        backbones.append(g.backbone)
+        marker = markers[(len(backbones) - 1) % len(markers)]
+        # The monitor: one colour per figure (kNN, probe), the backbone by its marker.
+        for key, mc, what in (("knn_top1", "tab:blue", "kNN"), ("probe_top1", "tab:orange", "linear probe")):
             curve = g.signals.get(f"swav/{key}", [])
             mean, std = g.monitor.get(f"swav/{key}_random"), g.monitor.get(f"swav/{key}_random_std")
             if mean is not None:  # epoch 0: the random initialisations
                 curve = [(0, mean), *curve]
             if curve:
-                middle.plot([e for e, _ in curve], [v for _, v in curve], color=colour, ls=style, marker="o", ms=3,
+                middle.plot([e for e, _ in curve], [v for _, v in curve], color=mc, marker=marker, ms=3.5,
                             label=f"{g.backbone}: {what}")
-            if mean is not None and std is not None:
-                middle.axhspan(mean - std, mean + std, color=colour, alpha=0.12)
-            if (pixels := g.monitor.get(f"swav/{key}_pixels")) is not None:
-                middle.axhline(pixels, color=colour, ls=":", lw=1.2)
-        for key, style in (("loss_over_ln_k", "-"), ("prototype_span", "--")):
+            if mean is not None and std is not None and len(backbones) == 1:
+                middle.axhspan(mean - std, mean + std, color=mc, alpha=0.15, label=f"{what}: random inits mean ± std")
+            if (pixels := g.monitor.get(f"swav/{key}_pixels")) is not None and len(backbones) == 1:
+                middle.axhline(pixels, color=mc, ls=":", lw=1.3, label=f"{what}: raw pixels")
+        for key, mc, what in (("loss_over_ln_k", "tab:red", "loss / ln K"), ("prototype_span", "tab:green",
+                                                                               "prototype span")):
             curve = g.signals.get(f"swav/{key}", [])
             if curve:
-                right.plot([e for e, _ in curve], [v for _, v in curve], color=colour, ls=style,
-                           label=f"{g.backbone}: {key.replace('_over_ln_k', '/ln K').replace('_', ' ')}")
+                right.plot([e for e, _ in curve], [v for _, v in curve], color=mc, marker=marker, ms=3,
+                           label=f"{g.backbone}: {what}")
         rank, random_rank = g.signals.get("swav/trunk_rank", []), g.monitor.get("swav/trunk_rank_random")
         if rank and random_rank:
-            right.plot([e for e, _ in rank], [v / random_rank for _, v in rank], color=colour, ls=":", marker="s", ms=3,
-                       label=f"{g.backbone}: trunk rank / random trunks'")
+            right.plot([e for e, _ in rank], [v / random_rank for _, v in rank], color="tab:purple", marker=marker,
+                       ms=3, label=f"{g.backbone}: trunk rank / random trunks'")
+    if backbones:
+        right.axhspan(1 - LN_K_BAND, 1 + LN_K_BAND, color="tab:red", alpha=0.2, label="ln K band (3 epochs: collapsed)")
+        right.axhline(SPAN_FLOOR, color="tab:green", ls=":", lw=1.2, label=f"span floor {SPAN_FLOOR}")
+        right.axhline(RANK_FLOOR, color="tab:purple", ls=":", lw=1.2, label=f"rank floor {RANK_FLOOR}x")
     left.set_xlabel("fine-tuning steps (optimizer iterations)")
     left.set_ylabel("val AP@0.5")
     left.set_title("Fine-tuning: AP@0.5 against steps (thin: seeds; bold: mean)")
     middle.set_xlabel("pretraining epoch (0: random initialisations)")
     middle.set_ylabel("top-1 on the monitor's val objects")
-    middle.set_title("Monitor (band: random inits mean ± std; dotted: raw pixels)")
+    middle.set_title("Monitor against random inits (bands) and raw pixels (dotted)")
     right.set_xlabel("pretraining epoch")
-    right.set_title("Collapse signals (collapsed: span < 0.5, rank < 0.25x)")
+    right.set_title("Collapse signals and their thresholds")
     for ax in (left, middle, right):
         ax.grid(alpha=0.3)
         if ax.lines:
@@ -290,8 +304,19 @@ def plot(groups: Sequence[Group], path: Path, title: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
-    # The plotted numbers beside the picture, so that it can be redrawn without rerunning the study.
-    path.with_suffix(".json").write_text(json.dumps([dataclasses.asdict(g) for g in groups], indent=1) + "\n")
+    path.with_suffix(".json").write_text(json.dumps({**(meta or {}), "title": title,
+                                                     "groups": [dataclasses.asdict(g) for g in groups]}, indent=1) + "\n")
+
+
+def redraw(data: Path, plot_path: Path | None = None) -> str:
+    """The picture and the section again from a run's JSON (written by :func:`plot`), without rerunning the study."""
+    raw = json.loads(data.read_text())
+    groups = [Group(**{**g, "curves": [[tuple(p) for p in c] for c in g["curves"]],
+                       "signals": {k: [tuple(p) for p in v] for k, v in g["signals"].items()}}) for g in raw["groups"]]
+    target = plot_path or data.with_suffix(".png")
+    plot(groups, target, raw["title"], {k: v for k, v in raw.items() if k not in ("groups", "title")})
+    space = ROOT / raw["space"]
+    return section(groups, judge(groups), raw["wall_s"], space, raw.get("quick", False), target, raw.get("overlap"))
 
 
 def histories(store: Path, trials: Sequence[TrialRecord]) -> dict[tuple[str, str], list[tuple[int, float]]]:
@@ -425,7 +450,9 @@ def run(quick: bool = False, plot_path: Path | None = None, space: Path | None =
         groups = groups_from(record.trials, histories(work / "mlruns", record.trials))
         verdict = judge(groups)
         target = plot_path or (Path(tmp) / "fidelity_curves.png" if quick else PLOT)
-        plot(groups, target, f"{study}: {'quick pipeline check' if quick else 'digits, SwAV vs fair scratch'}")
+        where = space.relative_to(ROOT) if space.is_relative_to(ROOT) else space
+        plot(groups, target, f"{study}: {'quick pipeline check' if quick else 'digits, SwAV vs fair scratch'}",
+             {"wall_s": wall, "space": str(where), "quick": quick, "overlap": overlap})
         text = section(groups, verdict, wall, space, quick, target if not quick or plot_path else None, overlap)
         shutil.rmtree(work, ignore_errors=True)
     return text
@@ -437,12 +464,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="the small set, 2 seeds, a few epochs")
     parser.add_argument("--space", type=Path, default=None,
                         help=f"the space to run (default {SPACE.relative_to(ROOT)}; {GPU_SPACE.relative_to(ROOT)} on a GPU)")
+    parser.add_argument("--redraw", type=Path, default=None, metavar="JSON",
+                        help="redraw the picture and print the section from a run's JSON (docs/fidelity_curves.json)")
     args = parser.parse_args(argv)
-    print(run(quick=args.quick, space=args.space))
+    print(redraw(args.redraw) if args.redraw else run(quick=args.quick, space=args.space))
 
 
 if __name__ == "__main__":
     main()
 
 
-__all__: list[Any] = ["Group", "Verdict", "groups_from", "judge", "mean_std", "plot", "run", "section", "view_overlap"]
+__all__: list[Any] = ["Group", "Verdict", "groups_from", "judge", "mean_std", "plot", "redraw", "run", "section",
+                      "view_overlap"]

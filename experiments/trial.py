@@ -29,7 +29,7 @@ AP50 = "det/AP50"  # COCO AP@0.5: ranks detectors (progress, reports, the regist
 # One label per metric wherever a table, plot or headline names it (COCO's names, as pycocotools prints them).
 METRIC_LABELS = {AP50: "AP@0.5", "det/AP": "AP@[.5:.95]", "det/AP75": "AP@0.75", "det/AP_small": "AP[small]",
                  "det/AP_medium": "AP[medium]", "det/AP_large": "AP[large]", "swav/knn_top1": "kNN top-1",
-                 "swav/knn_top1_random": "kNN top-1 (random trunk)"}
+                 "swav/knn_top1_random": "kNN top-1 (random inits, mean)"}
 # The key metric shown in progress lines and summaries, per stage.
 KEY_METRIC = {STAGE_PRETRAIN: LOSS_OVER_LN_K, STAGE_FINETUNE: AP50}
 ARTIFACTS_SUBDIR = "artifacts"  # files a trainer passed to report(), carried inside the checkpoint

@@ -23,7 +23,9 @@ from tests.spaces import COLLAPSED, HEALTHY, tiny_space_file
 ROOT = Path(__file__).resolve().parents[2]
 METRICS_PRE = {"swav/loss", "swav/ln_k", "swav/loss_over_ln_k", "swav/embedding_std", "swav/assignment_entropy",
                "swav/prototypes_used", "swav/amp_skipped_steps", "swav/images_per_s", "lr",
-               "swav/knn_top1", "swav/knn_top1_random"}  # a launch feeds the kNN monitor the labeled set
+               "swav/knn_top1", "swav/knn_top1_random",  # a launch feeds the kNN monitor the labeled set
+               "swav/knn_top1_random_std", "swav/knn_top1_pixels", "swav/probe_top1", "swav/trunk_rank",
+               "swav/trunk_rank_random", "swav/score_std", "swav/prototype_span", "swav/collapsed"}
 METRICS_FT = {"det/loss", "det/AP", "det/AP50", "det/AP75", "det/AP_small", "det/AP_medium", "det/AP_large",
               "det/images_per_s", "det/iterations", "lr"}
 

@@ -310,3 +310,19 @@ def test_knn_margin_is_validated(margin):
         CollapsePruner(knn_margin=margin)
     with pytest.raises(ValueError, match="pruning.knn_margin"):
         validate_pruning_settings({"knn_margin": margin})
+
+
+def test_the_trainers_collapse_label_is_a_signal(make_study):
+    # A flat loss below the band with healthy std: nothing fires until the trainer labels the run collapsed
+    # (here: the trunk's rank under a quarter of the random trunks'), then the label prunes after patience.
+    def curve(epoch: int) -> dict[str, float]:
+        m = metrics(0.9)
+        if epoch >= 5:
+            m.update({"swav/collapsed": 1.0, "swav/trunk_rank": 10.0, "swav/trunk_rank_random": 110.0})
+        return m
+
+    pruner = CollapsePruner()
+    epoch, frozen = run_curve(make_study(pruner), curve)
+    assert epoch == 8  # epochs 5-8: patience 4
+    assert "collapsed: trunk features collapsed in dimension (effective rank 10.0" in pruner.explain(frozen)
+    assert run_curve(make_study(), lambda e: metrics(0.9))[0] is None  # without the label: never

@@ -253,16 +253,25 @@ def test_no_plot_for_an_axis_with_one_value(tmp_path: Path) -> None:
     assert rep._is_baseline("scratch_res18") and rep._is_baseline("scratch") and not rep._is_baseline("res18_ep2_p30")
 
 
-def test_table1_keeps_a_baseline_trained_with_its_own_recipe(tmp_path: Path) -> None:
-    """The fair baseline (bn, its own schedule) is a row of Table 1 next to the control at the common settings."""
+def _one_backbone(tmp_path: Path, study: str, params: dict[str, str] | None = None,
+                  metrics: dict[str, float] | None = None) -> tuple[str, Tracker, str, str]:
+    """A store with a finished launch run and one pretraining run (p30): (uri, tracker, launch run, backbone run)."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    tracker = Tracker(uri, "ownrecipe")
+    tracker = Tracker(uri, study)
     parent = tracker.create_run("launch", {TAG_STAGE: "launch"})
     tracker.finish(parent)
     pre = tracker.create_run(BACKBONES["p30"], {TAG_STAGE: "pretrain", TAG_NAME: BACKBONES["p30"], TAG_HASH: "pre",
                                                 TAG_PRUNED: "false"}, parent_run_id=parent)
-    tracker.log_params_tags(pre, params={"pretrain.prototypes": "30", "pretrain.arch": "resnet18"})
+    tracker.log_params_tags(pre, params={"pretrain.prototypes": "30", "pretrain.arch": "resnet18", **(params or {})})
+    if metrics:
+        tracker.log_metrics(pre, metrics, step=3)
     tracker.finish(pre)
+    return uri, tracker, parent, pre
+
+
+def test_table1_keeps_a_baseline_trained_with_its_own_recipe(tmp_path: Path) -> None:
+    """The fair baseline (bn, its own schedule) is a row of Table 1 next to the control at the common settings."""
+    uri, tracker, parent, pre = _one_backbone(tmp_path, "ownrecipe")
     for seed in (0, 1):
         _finetune(tracker, parent, {"p30": pre}, "p30", "frozen_bn", seed, (0.30 + seed / 100,) * 5)
         _finetune(tracker, parent, {}, "scratch", "frozen_bn", seed, (0.10,) * 5)  # the control
@@ -272,3 +281,18 @@ def test_table1_keeps_a_baseline_trained_with_its_own_recipe(tmp_path: Path) -> 
     assert [r.n for r in table.rows] == [2, 2, 2]
     assert table.rows[2].cells[0].mean == pytest.approx(0.205)
     assert "4 of 6" in table.notes[0] and "own recipe" in table.notes[1]
+
+
+def test_a_collapsed_backbone_is_never_shown_without_the_word(tmp_path: Path) -> None:
+    """Table 1 names a backbone whose last epoch reported swav/collapsed "collapsed", with the reasons in the notes,
+    and shows its kNN beside the random initialisations' spread and the raw pixels."""
+    uri, tracker, parent, pre = _one_backbone(tmp_path, "collapsed", {"pretrain.feat_dim": "32"}, {
+        "swav/knn_top1": 0.2, "swav/knn_top1_random": 0.3, "swav/knn_top1_random_std": 0.02, "swav/knn_top1_pixels": 0.7,
+        "swav/prototype_span": 0.38, "swav/collapsed": 1.0})
+    for seed in (0, 1):
+        _finetune(tracker, parent, {"p30": pre}, "p30", "frozen_bn", seed, (0.30,) * 5)
+        _finetune(tracker, parent, {}, "scratch", "frozen_bn", seed, (0.10,) * 5)
+    table = rep.table1(rep.collect(uri, "collapsed"))
+    assert [r.label for r in table.rows] == ["res18_ep3_p30 (collapsed)", "scratch_res18"]
+    assert table.rows[0].cells[5] == "0.200 (random 0.300 ± 0.020, pixels 0.700)"
+    assert any("res18_ep3_p30: collapsed: embeddings outside the prototypes' span" in note for note in table.notes)

@@ -27,6 +27,7 @@ EXPECTED = {
     "mixed_precision.yaml": (2, 6, 2),
     "paper_full.yaml": (9, 48, 9),
     "fidelity.yaml": (1, 9, 1),
+    "fidelity_gpu.yaml": (1, 12, 1),  # 4 arms x 3 seeds on one GPU
 }
 
 
@@ -353,7 +354,9 @@ def test_dry_run_plan_work_is_linear_in_the_grid(tmp_path, sample_data, monkeypa
 # The paper's recipe and a fair no-pretraining baseline in the shipped spaces
 # ---------------------------------------------------------------------------
 
-PAPER_SPACES = sorted(n for n in EXPECTED if n not in ("smoke.yaml", "fidelity.yaml"))  # the two sized for a CPU
+# smoke and the fidelity study are sized for a CPU or one GPU, not the paper's 4 GPUs
+PAPER_SPACES = sorted(n for n in EXPECTED if n not in ("smoke.yaml", "fidelity.yaml", "fidelity_gpu.yaml"))
+FIDELITY = {"fidelity.yaml": 2, "fidelity_gpu.yaml": 3}  # the fidelity spaces: the control's case index
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -361,15 +364,15 @@ def test_scratch_baseline_trains_the_ordinary_way(name, sample_data):
     """No frozen random trunk: trainable norm and one learning rate for every scratch trial."""
     plan = expand(load_space(SPACES / name), "fp", _paths(sample_data))
     scratch = [t for t in plan.finetune if t.upstream_hash is None]
-    if name == "fidelity.yaml":
+    if name in FIDELITY:
         # Its deliberate control (the pretrained arm's detector on a random trunk) is warned about, by case.
         scratch = [t for t in scratch if t.config["lr_scheme"] == "uniform"]
-        assert plan.warnings and all("finetune.cases[2]" in w for w in plan.warnings)
+        assert plan.warnings and all(f"finetune.cases[{FIDELITY[name]}]" in w for w in plan.warnings)
     else:
         assert plan.warnings == []
     for t in scratch:
         assert t.config["norm"] in ("bn", "gn") and t.config["lr_scheme"] == "uniform", t.name
-    if name in ("paper_table1.yaml", "paper_full.yaml", "smoke.yaml", "fidelity.yaml"):
+    if name in ("paper_table1.yaml", "paper_full.yaml", "smoke.yaml", *FIDELITY):
         assert scratch, f"{name} has no no-pretraining baseline"
         pretrained_epochs = {t.config["epochs"] for t in plan.finetune if t.upstream_hash is not None}
         assert all(t.config["epochs"] >= max(pretrained_epochs) for t in scratch)

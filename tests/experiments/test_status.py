@@ -32,7 +32,8 @@ def _layout(uri: str, study: str = "ops") -> dict[str, str]:
     def trial(name: str, stage: str, state: str, status: str, epochs: int, tags: dict | None = None) -> str:
         run_id = tracker.create_run(name, {T.TAG_STAGE: stage, T.TAG_NAME: name, T.TAG_STATE: state, **(tags or {})},
                                     parent_run_id=launch)
-        tracker.log_params_tags(run_id, params={f"{stage}.epochs": str(epochs)})
+        tracker.log_params_tags(run_id, params={f"{stage}.epochs": str(epochs),
+                                                **({"pretrain.feat_dim": "32"} if stage == "pretrain" else {})})
         if status != "RUNNING":
             tracker.reopen(run_id, status) if status == "SCHEDULED" else tracker.finish(run_id, status)
         return run_id
@@ -41,7 +42,10 @@ def _layout(uri: str, study: str = "ops") -> dict[str, str]:
     # running: started 30 s ago, epochs 1 and 2 logged 20 and 10 s ago -> 10 s per epoch, 3 to go
     ids["running"] = trial("res18_p20", "pretrain", "running", "RUNNING", 5, {T.TAG_STARTED: f"{NOW - 30:.0f}"})
     for step, ago in ((1, 20), (2, 10)):
-        tracker.log_metrics(ids["running"], {"swav/loss_over_ln_k": 1.5 / step}, step, int((NOW - ago) * 1000))
+        # its second epoch labelled collapsed by the trainer (trainers/swav/collapse.py)
+        tracker.log_metrics(ids["running"], {"swav/loss_over_ln_k": 1.5 / step, "swav/collapsed": float(step == 2),
+                                             "swav/embedding_std": 0.001 if step == 2 else 0.1},
+                            step, int((NOW - ago) * 1000))
     ids["planned"] = trial("res18_p30", "pretrain", "planned", "SCHEDULED", 5)
     ids["best"] = trial("res18_p10 · mlp · seed0", "finetune", "finished", "FINISHED", 1, {T.TAG_UPSTREAM: "x"})
     tracker.log_metrics(ids["best"], {"det/AP50": 0.31}, 1)
@@ -104,7 +108,9 @@ def test_status_lists_states_epochs_eta_and_headline(store):
     table = ST.status(uri, "ops")
     assert "driver " + T.driver_id() in table and "heartbeat" in table
     row = next(line for line in table.splitlines() if line.rstrip().endswith("res18_p20"))
-    assert "running" in row and "2/5" in row and "loss_over_ln_k 0.7500" in row
+    assert "running (collapsed)" in row and "2/5" in row and "loss_over_ln_k 0.7500" in row
+    collapsed = {t["name"]: t["collapsed"] for t in entry["trials"]}
+    assert collapsed["res18_p20"].startswith("collapsed: embeddings at one point") and collapsed["res18_p30"] is None
 
     # without a study: every running launch of the store
     assert [ls.run_id for ls in ST.collect(uri)] == [ids["launch"]]

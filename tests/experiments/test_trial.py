@@ -92,3 +92,12 @@ def test_summary_shows_each_stage_s_key_metric_and_the_saved_epochs():
     assert "AP@0.5 0.4000" in rows[1]  # the label the report and the headline use
     assert "  pruning saved 1 of 7 budgeted epochs (14%) and 1 fine-tuning trials" in lines
     assert lines[-1] == "  warning: a warning"
+
+    # A pretraining run that ended collapsed says so, with the reasons, and its kNN beside its references.
+    monitor = {"swav/collapsed": 1.0, "swav/prototype_span": 0.4, "swav/knn_top1": 0.2, "swav/knn_top1_random": 0.3,
+               "swav/knn_top1_random_std": 0.02, "swav/knn_top1_pixels": 0.7, "swav/loss_over_ln_k": 1.0}
+    outcomes = [TrialOutcome(STAGE_PRETRAIN, "pre", "h1", "r1", "done", monitor, 7, 7)]
+    [row] = [line for line in format_summary(outcomes, counts, [], {"h1": 32}).splitlines()
+             if line.startswith("  pretrain")]
+    assert "COLLAPSED: embeddings outside the prototypes' span (0.40" in row
+    assert row.endswith("kNN 0.200 (random 0.300 ± 0.020, pixels 0.700)")

@@ -56,7 +56,8 @@ def test_no_label_without_the_flag_or_a_value() -> None:
     # A loss that never dropped is a young run, not a rebound; a missing or NaN signal fires nothing.
     assert collapse_reasons({**HEALTHY, "swav/loss_over_ln_k": 1.0, "swav/loss_over_ln_k_min": 0.99}, FEAT_DIM) == []
     # Passing through the band for two epochs (a young run descending from above ln K) is not collapse.
-    assert collapse_reasons({**HEALTHY, "swav/loss_over_ln_k": 1.0, "swav/epochs_at_ln_k": 2.0}, FEAT_DIM) == []
+    assert collapse_reasons({**HEALTHY, "swav/loss_over_ln_k": 1.0, "swav/loss_over_ln_k_min": 1.0,
+                             "swav/epochs_at_ln_k": 2.0}, FEAT_DIM) == []
     assert collapse_reasons({"swav/trunk_rank": math.nan, "swav/trunk_rank_random": 100.0}, FEAT_DIM) == []
 
 

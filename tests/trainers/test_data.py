@@ -695,14 +695,7 @@ def test_fingerprint_stable_across_copies_and_sensitive_to_content(sample_data: 
     # copyfile (not copy2) gives new mtimes: they must not matter.
     copy_root = tmp_path / "copy"
     shutil.copytree(sample_data.root, copy_root, copy_function=shutil.copyfile)
-    copied = SamplePaths(
-        root=copy_root,
-        unlabeled=copy_root / "unlabeled",
-        train_images=copy_root / "train",
-        train_annotations=copy_root / "annotations" / "train.json",
-        val_images=copy_root / "val",
-        val_annotations=copy_root / "annotations" / "val.json",
-    )
+    copied = sample_paths(copy_root)
     assert data_fingerprint(copied.unlabeled, copied.train_images, copied.train_annotations) == fingerprint
 
     # Same-size edit of a label (category 1 -> 3) changes it.
