@@ -336,10 +336,11 @@ def test_collapse_statistics() -> None:
     collapsed = unit_rows(1, 16, 20).expand(n_crops * batch, 16).contiguous()
     stats = EpochStats(k, torch.device("cpu"))
     for _ in range(3):
-        stats.update(torch.tensor(2.0), collapsed, collapsed @ prototypes.t(), n_crops, temperature)
+        stats.update(torch.tensor(2.0), collapsed, collapsed @ prototypes.t(), n_crops, temperature, prototypes)
     stats.images = 3 * batch
     metrics = stats.metrics(seconds=2.0, lr=0.5)
     assert metrics["swav/embedding_std"] == 0.0
+    assert metrics["swav/score_std"] == 0.0  # every image scores the same
     assert metrics["swav/prototypes_used"] == 1.0
     assert metrics["swav/ln_k"] == pytest.approx(math.log(k))
     assert metrics["swav/loss_over_ln_k"] == pytest.approx(2.0 / math.log(k))
@@ -348,9 +349,11 @@ def test_collapse_statistics() -> None:
 
     healthy = unit_rows(n_crops * 512, 16, 21)
     stats = EpochStats(k, torch.device("cpu"))
-    stats.update(torch.tensor(2.0), healthy, healthy @ prototypes.t(), n_crops, temperature)
+    stats.update(torch.tensor(2.0), healthy, healthy @ prototypes.t(), n_crops, temperature, prototypes)
     metrics = stats.metrics(1.0, 0.1)
     assert metrics["swav/embedding_std"] == pytest.approx(1 / math.sqrt(16), rel=0.1)
+    assert metrics["swav/score_std"] == pytest.approx(1 / math.sqrt(16), rel=0.15)
+    assert metrics["swav/prototype_span"] == pytest.approx(math.sqrt(12 / 16), rel=0.1)  # 12 of 16 directions
     assert metrics["swav/prototypes_used"] == k
     assert 0 < metrics["swav/assignment_entropy"] <= math.log(k)
     assert embedding_std(healthy, n_crops) > 0
