@@ -1,5 +1,7 @@
 """``python -m bench [NAME ...] [--quick] [--no-write]``: run benchmarks, rewrite BENCHMARKS.md.
 
+``python -m bench device [--out DIR] [--tiny]`` is the GPU machine's check (bench/device.py), with options of its own.
+
 Each benchmark's section in BENCHMARKS.md sits between ``<!-- bench:NAME -->`` and
 ``<!-- /bench:NAME -->``; sections of benchmarks not run this time are kept as they are.
 """
@@ -34,6 +36,11 @@ def update_doc(text: str, name: str, section: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["device"]:  # the GPU machine's one command: its own options (bench/device.py)
+        from bench.device import main as device_main
+
+        return device_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: all of {', '.join(BENCHES)})")
     parser.add_argument("--quick", action="store_true", help="fewer repeats and images (a smoke check)")

@@ -76,6 +76,15 @@ def scratch_role(norm: str, lr_scheme: str) -> str:
     return BASELINE if norm in ("bn", "gn") and lr_scheme == "uniform" else CONTROL
 
 
+def arm(backbone: str | None, arch: str, norm: str, lr_scheme: str) -> tuple[str, str]:
+    """The (name, role) of a fine-tuning arm: a SwAV backbone's name, or None for a scratch trunk of ``arch``."""
+    if backbone is not None:
+        return f"SwAV {backbone} ({norm}, {lr_scheme})", PRETRAINED
+    role = scratch_role(norm, lr_scheme)
+    what = "fair baseline" if role == BASELINE else "control: random trunk, pretrained arm's detector"
+    return f"scratch {arch.replace('resnet', 'res')} ({what}; {norm}, {lr_scheme})", role
+
+
 @dataclass
 class Group:
     """The fine-tuning runs of one arm (a backbone and a detector recipe, or scratch), one per seed."""
@@ -133,14 +142,9 @@ def groups_from(trials: Sequence[TrialRecord], history: dict[tuple[str, str], li
             continue
         norm, scheme = t.params.get("finetune.norm", "?"), t.params.get("finetune.lr_scheme", "?")
         key = f"{upstream}:{norm}:{scheme}"
-        backbone = None
-        if upstream == UPSTREAM_SCRATCH:
-            role = scratch_role(norm, scheme)
-            what = "fair baseline" if role == BASELINE else "control: random trunk, pretrained arm's detector"
-            name = f"scratch {t.params.get('finetune.arch', '?').replace('resnet', 'res')} ({what}; {norm}, {scheme})"
-        else:
-            role, backbone = PRETRAINED, pretrain.get(upstream)
-            name = f"SwAV {backbone.name if backbone else upstream[:8]} ({norm}, {scheme})"
+        backbone = None if upstream == UPSTREAM_SCRATCH else pretrain.get(upstream)
+        name, role = arm(None if upstream == UPSTREAM_SCRATCH else backbone.name if backbone else upstream[:8],
+                         t.params.get("finetune.arch", "?"), norm, scheme)
         group = groups.setdefault(key, Group(name, role))
         group.ap50.append(t.metrics["det/AP50"])
         group.ap.append(t.metrics.get("det/AP", math.nan))
@@ -362,11 +366,8 @@ def _rank_cell(g: Group) -> str:
     return f"{rank:.1f} (random {mean:.1f})" if mean is not None else f"{rank:.1f}"
 
 
-def section(groups: Sequence[Group], verdict: Verdict, wall_s: float, space: Path, quick: bool,
-            plot_path: Path | None, overlap: dict[str, float] | None = None) -> str:
-    """The BENCHMARKS.md section."""
-    spec = yaml.safe_load(space.read_text())
-    ft, pre = spec["finetune"]["fixed"], spec["pretrain"]["fixed"]
+def table(groups: Sequence[Group]) -> list[str]:
+    """The arms' table: AP50 and AP as mean ± std over seeds, the backbone's monitor against its references."""
     rows = []
     for g in groups:
         (m, s), (am, astd) = mean_std(g.ap50), mean_std(g.ap)
@@ -374,13 +375,25 @@ def section(groups: Sequence[Group], verdict: Verdict, wall_s: float, space: Pat
             if g.pretrained and g.monitor else "-"
         rows.append(f"| {g.name} | {g.seeds} | {m:.3f} ± {s:.3f} | {am:.3f} ± {astd:.3f} | {_monitor_cell(g, 'knn_top1')} "
                     f"| {_monitor_cell(g, 'probe_top1')} | {_rank_cell(g)} | {state} |")
+    return [
+        "| group | seeds | AP50 | AP | backbone kNN top-1 | linear probe | trunk rank | backbone |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "kNN and linear probe on the monitor's objects (`trainers/swav/knn.py`), each with the mean ± std over 5 "
+        "random initialisations and the raw pixels' figure; trunk rank: RankMe of the pooled features against the "
+        "random trunks'. Collapse: `trainers/swav/collapse.py`.",
+    ]
+
+
+def judgement(v: Verdict) -> str:
+    """The verdict in words: the best pretrained arm against the fair baseline and the control, with their noise."""
 
     def yes(ok: bool) -> str:
         return "**met**" if ok else "**not met**"
 
-    v = verdict
     if v.best is None or v.scratch is None:
-        judged = "The launch produced no comparable pretrained and scratch groups; nothing to judge."
+        judged = "The study produced no comparable pretrained and scratch groups; nothing to judge."
     else:
         spread = v.best.monitor.get("swav/knn_top1_random_std")
         judged = (f"Best pretrained ({v.best.name}) against the fair baseline: AP50 ratio **{v.ratio:.2f}x** (goal >= "
@@ -396,6 +409,15 @@ def section(groups: Sequence[Group], verdict: Verdict, wall_s: float, space: Pat
                    "below" if b < c else "not clearly above")
             judged += (f" Against the control (the same detector on a random trunk: {c:.3f} ± {c_std:.3f}) the "
                        f"SwAV trunk is {own} it ({b - c:+.3f}): that difference is what pretraining itself adds.")
+    return judged
+
+
+def section(groups: Sequence[Group], verdict: Verdict, wall_s: float, space: Path, quick: bool,
+            plot_path: Path | None, overlap: dict[str, float] | None = None) -> str:
+    """The BENCHMARKS.md section."""
+    spec = yaml.safe_load(space.read_text())
+    ft, pre = spec["finetune"]["fixed"], spec["pretrain"]["fixed"]
+    judged = judgement(verdict)
     crops = " + ".join(f"{g['count']}x{g['size']} px at {g['min_scale']}-{g['max_scale']}" for g in pre["crops"])
     lines = [
         "## Fidelity: SwAV pretraining against the fair scratch baseline (digits)",
@@ -416,18 +438,7 @@ def section(groups: Sequence[Group], verdict: Verdict, wall_s: float, space: Pat
         lines.append(f"Views: {overlap['views_holding']:.0%} of this space's SwAV views hold a digit legibly (half "
                      f"its box inside, >= 6 px tall) and {overlap['pairs_sharing']:.0%} of assignment-view / other-view "
                      f"pairs share one (goal >= {GOAL_VIEW_OVERLAP:.0%}; `bench.fidelity.view_overlap`).")
-    lines += [
-        "",
-        "| group | seeds | AP50 | AP | backbone kNN top-1 | linear probe | trunk rank | backbone |",
-        "|---|---|---|---|---|---|---|---|",
-        *rows,
-        "",
-        "kNN and linear probe on the monitor's objects (`trainers/swav/knn.py`), each with the mean ± std over 5 "
-        "random initialisations and the raw pixels' figure; trunk rank: RankMe of the pooled features against the "
-        "random trunks'. Collapse: `trainers/swav/collapse.py`.",
-        "",
-        judged,
-    ]
+    lines += ["", *table(groups), "", judged]
     collapsed = sorted({f"{g.backbone}: {g.collapsed}" for g in groups if g.pretrained and g.collapsed})
     lines += [f"- backbone {text}" for text in collapsed]
     if plot_path is not None:
@@ -474,5 +485,5 @@ if __name__ == "__main__":
     main()
 
 
-__all__: list[Any] = ["Group", "Verdict", "groups_from", "judge", "mean_std", "plot", "redraw", "run", "section",
-                      "view_overlap"]
+__all__: list[Any] = ["Group", "Verdict", "arm", "groups_from", "judge", "judgement", "mean_std", "plot", "redraw",
+                      "run", "section", "table", "view_overlap"]

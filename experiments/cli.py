@@ -84,6 +84,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "gets ABLATE_EVENT, ABLATE_STUDY, ABLATE_HEADLINE, ABLATE_MESSAGE, ABLATE_SLACK_JSON (and more, "
                         "see README) and the message on stdin. Keep secrets (webhook URLs) in environment variables")
     p.add_argument("--quiet", action="store_true", help="print only the summary at the end, no progress lines")
+    p.add_argument("--num-gpus", type=float, default=None, metavar="N",
+                   help="GPUs the local Ray node declares (default: those torch sees); ignored with --address")
 
     p = sub.add_parser("status", help="running launches and their trials (state, epoch, key metric, ETA), headline")
     p.add_argument("study", nargs="?", default=None,
@@ -240,11 +242,13 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
     if args.max_concurrent is not None and args.max_concurrent < 1:
         return _fail(f"--max-concurrent {args.max_concurrent}: must be >= 1")
+    if args.num_gpus is not None and not args.num_gpus >= 0:
+        return _fail(f"--num-gpus {args.num_gpus:g}: must be >= 0 (the GPUs this machine's Ray node declares)")
     result = launch(args.space, LaunchOptions(
         tracking_uri=args.tracking_uri, storage_path=args.storage_path, name=args.name, dry_run=args.dry_run,
         resume=args.resume, max_concurrent=args.max_concurrent, address=args.address,
         optuna_storage=args.optuna_storage, register=not args.no_register, keep_checkpoints=args.keep_checkpoints,
-        notify=args.notify, quiet=args.quiet))
+        notify=args.notify, quiet=args.quiet, num_gpus=args.num_gpus))
     return result.exit_code
 
 

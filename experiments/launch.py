@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence, TextIO
 
 from experiments import spaces, ui
 from experiments.redaction import OPTUNA_STORAGE_ENV, redact, use_uri_credentials
-from experiments.spaces import DATA_PATH_KEYS, Plan, SpaceError, StudySpec
+from experiments.spaces import Plan, SpaceError, StudySpec, resolve_data
 from experiments.store import check_store, failure_text, one_line, store_failure
 from experiments.tracking import (
     DEFAULT_STORE_DIR, HEARTBEAT_EVERY_S, PARENT_TAG, TAG_BEST_RUN, TAG_CELL, TAG_CHECKPOINT, TAG_DRIVER, TAG_ERROR,
@@ -82,6 +82,7 @@ class LaunchOptions:
     keep_checkpoints: bool = False  # keep finished trials' training states (default: exported model only)
     notify: str | None = None  # shell command run when the launch ends or a trial fails (experiments.control.notify)
     quiet: bool = False  # print the summary only, no progress lines
+    num_gpus: float | None = None  # GPUs the local Ray node declares (default: those torch sees); --num-gpus
     out: TextIO = field(default_factory=lambda: sys.stdout)
 
 
@@ -110,33 +111,6 @@ class LaunchResult:
     exit_code: int
     plan: Plan | None = None
     data: dict[str, str] | None = None  # the data set's resolved paths (DATA_PATH_KEYS -> path)
-
-
-# ---------------------------------------------------------------------------
-# Data
-# ---------------------------------------------------------------------------
-
-
-def resolve_data(spec: StudySpec, storage: Path) -> tuple[dict[str, str], str]:
-    """Real data paths and the data fingerprint; a `sample` data set is generated (cached) under ``storage``."""
-    from trainers.data import data_fingerprint, generate_sample
-
-    if spec.data.sample is not None:
-        size, seed, kind = spec.data.sample
-        sample = generate_sample(storage / "data" / spaces.sample_folder(size, seed, kind), seed=seed, size=size,
-                                 kind=kind)
-        paths = {k: str(getattr(sample, k)) for k in DATA_PATH_KEYS}
-        monitor = sample.monitor()
-        if monitor is not None:  # the digits set's own objects for the kNN monitor (keys: SwAVConfig's fields)
-            paths.update(zip(("knn_train_images", "knn_train_annotations", "knn_val_images", "knn_val_annotations"),
-                             map(str, monitor)))
-    else:
-        paths = {k: str(getattr(spec.data, k)) for k in DATA_PATH_KEYS}
-        for key in DATA_PATH_KEYS:
-            if not Path(paths[key]).exists():
-                raise SpaceError(f"{spec.path}: data.{key}: {paths[key]} does not exist — fix the path, or use "
-                                 "`data: {sample: {size: small}}` to run on the generated sample set")
-    return paths, data_fingerprint(*(paths[k] for k in DATA_PATH_KEYS))
 
 
 # ---------------------------------------------------------------------------
@@ -263,7 +237,8 @@ class Launcher:
         pre_runs, ft_runs = self.earlier_runs()
         reused = {h: r.info.run_id for h, r in pre_runs.items() if _usable_backbone_run(r)}
         pruned_before = [h for h, r in pre_runs.items() if r.data.tags.get(TAG_PRUNED) == "true"]
-        too_big = [] if self.options.address or os.environ.get("RAY_ADDRESS") else oversized_requests(self.spec, *local_size(self.spec))
+        too_big = [] if self.options.address or os.environ.get("RAY_ADDRESS") else oversized_requests(
+            self.spec, *local_size(self.spec, self.options.num_gpus))
         if self.options.dry_run:
             print(spaces.format_plan(plan, reused, pruned_before), file=self.options.out)
             for line in too_big:
@@ -389,7 +364,7 @@ class Launcher:
 
     def _init_ray(self) -> None:
         init_ray(self.spec, self.options.address or os.environ.get("RAY_ADDRESS"), self.storage,
-                 self.options.storage_path)
+                 self.options.storage_path, self.options.num_gpus)
 
     # -- trial runs in MLflow -------------------------------------------------
 
@@ -925,8 +900,13 @@ class Launcher:
 # ---------------------------------------------------------------------------
 
 
-def init_ray(spec: StudySpec, address: str | None, storage: str, storage_path: str | None) -> None:
+def init_ray(spec: StudySpec, address: str | None, storage: str, storage_path: str | None,
+             num_gpus: float | None = None) -> None:
     """Start (or join, with ``address``) the Ray this launch runs on; refuse a cluster too small for one trial.
+
+    A local Ray declares ``num_gpus`` GPUs when given (``--num-gpus``), else the GPUs Ray detects. Ray hands
+    each trial the ids of the GPUs it may use in ``CUDA_VISIBLE_DEVICES`` (shared for fractional requests),
+    whether or not torch can use them there (trainers.common.default_device falls back to the CPU, warning).
 
     Raises:
         LaunchError: a multi-node cluster with a storage path its nodes cannot share.
@@ -946,7 +926,8 @@ def init_ray(spec: StudySpec, address: str | None, storage: str, storage_path: s
         # "local": a new Ray of our own, never a cluster someone started on this machine, and
         # reachable from this machine only (see loopback_only_ray)
         loopback_only_ray()
-        ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 **({"num_gpus": num_gpus} if num_gpus is not None else {}))
     if address:
         nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
         largest = (max((n.get("CPU", 0.0) for n in nodes), default=0.0),
@@ -1026,8 +1007,11 @@ def loopback_only_ray() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
-def local_size(spec: StudySpec) -> tuple[float, float]:
-    """CPUs and GPUs of this machine (GPUs counted only when the space asks for some: torch is slow to import)."""
+def local_size(spec: StudySpec, num_gpus: float | None = None) -> tuple[float, float]:
+    """CPUs and GPUs of this machine: ``num_gpus`` when declared, else the GPUs torch sees (counted only when the
+    space asks for some: torch is slow to import)."""
+    if num_gpus is not None:
+        return float(os.cpu_count() or 1), float(num_gpus)
     gpus = 0.0
     if spec.pretrain.resources.gpu > 0 or spec.finetune.resources.gpu > 0:
         import torch

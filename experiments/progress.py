@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from ray import tune
 
-from experiments.trial import ARTIFACTS_SUBDIR, KEY_METRIC, METRIC_LABELS, STAGE_PRETRAIN, TrialPayload, loggable_metrics
+from experiments.tracking import TAG_DEVICE, TAG_GPUS
+from experiments.trial import (ARTIFACTS_SUBDIR, DEVICE_KEY, GPUS_KEY, KEY_METRIC, METRIC_LABELS, STAGE_PRETRAIN,
+                               TrialPayload, loggable_metrics)
 
 if TYPE_CHECKING:  # type hints only: the launch imports this module, not the other way round
     from experiments.launch import Launcher, TrialOutcome
@@ -47,6 +49,7 @@ class DriverCallback(tune.Callback):
         self.epoch_time: list[float] = []
         self.last_epoch_at: dict[str, float] = {}
         self.pending: dict[str, tuple[int, dict[str, float]]] = {}  # config hash -> (step, metrics) awaiting a checkpoint
+        self.placed: set[str] = set()  # config hashes whose device tags are recorded for their current start
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks into tuner.pkl on the storage path; the launcher (store
@@ -63,6 +66,7 @@ class DriverCallback(tune.Callback):
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         p = self._payload(trial)
         self.state[p.config_hash] = "running"
+        self.placed.discard(p.config_hash)  # a retried trial may land elsewhere
         self.last_epoch_at[p.config_hash] = time.time()
         self.launcher.trial_started(p, trial)
         self.launcher.say(f"{self.stage:8} start   {p.name}")
@@ -72,6 +76,10 @@ class DriverCallback(tune.Callback):
         h = p.config_hash
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         metrics = loggable_metrics(result, self.stage)
+        if DEVICE_KEY in result and h not in self.placed:  # where the trial runs: once per start
+            self.placed.add(h)
+            self.launcher.tracker.set_tags(self.launcher.run_id_for(h), {
+                TAG_DEVICE: str(result[DEVICE_KEY]), TAG_GPUS: str(result.get(GPUS_KEY, ""))})
         if result.get("should_checkpoint"):
             # Logged once the checkpoint is recorded (on_checkpoint, which Ray calls after this): a driver
             # killed in between leaves neither, so a resumed trial never logs this epoch twice.

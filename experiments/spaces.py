@@ -417,7 +417,7 @@ def _description(path: Path, value: Any) -> str:
 
 def load_space(path: str | Path, name: str | None = None) -> StudySpec:
     """Read and validate a search-space file. Raises :class:`SpaceError` naming file, key path and fix."""
-    from experiments.pruning import validate_pruning_settings
+    from experiments.pruning_settings import validate_pruning_settings
 
     path = Path(path)
     if not path.is_file():
@@ -530,6 +530,31 @@ def _build(path: Path, stage: str, cell: Cell, extra: Mapping[str, Any], pretrai
                                if f"'{k}'" in msg or f" {k}=" in msg), None)
         where = cell.origin.get(field_name, stage) if field_name else stage
         raise SpaceError(f"{path}: {where}: {msg}") from exc
+
+
+def resolve_data(spec: StudySpec, storage: Path) -> tuple[dict[str, str], str]:
+    """Real data paths and the data fingerprint; a `sample` data set is generated (cached) under ``storage``.
+
+    What ``ablate launch`` trains on, and what ``bench device`` trains on without the launch.
+    """
+    from trainers.data import data_fingerprint, generate_sample
+
+    if spec.data.sample is not None:
+        size, seed, kind = spec.data.sample
+        sample = generate_sample(storage / "data" / sample_folder(size, seed, kind), seed=seed, size=size,
+                                 kind=kind)
+        paths = {k: str(getattr(sample, k)) for k in DATA_PATH_KEYS}
+        monitor = sample.monitor()
+        if monitor is not None:  # the digits set's own objects for the kNN monitor (keys: SwAVConfig's fields)
+            paths.update(zip(("knn_train_images", "knn_train_annotations", "knn_val_images", "knn_val_annotations"),
+                             map(str, monitor)))
+    else:
+        paths = {k: str(getattr(spec.data, k)) for k in DATA_PATH_KEYS}
+        for key in DATA_PATH_KEYS:
+            if not Path(paths[key]).exists():
+                raise SpaceError(f"{spec.path}: data.{key}: {paths[key]} does not exist — fix the path, or use "
+                                 "`data: {sample: {size: small}}` to run on the generated sample set")
+    return paths, data_fingerprint(*(paths[k] for k in DATA_PATH_KEYS))
 
 
 def expand(spec: StudySpec, data_fingerprint: str, data_paths: Mapping[str, str]) -> Plan:

@@ -34,6 +34,8 @@ METRIC_LABELS = {AP50: "AP@0.5", "det/AP": "AP@[.5:.95]", "det/AP75": "AP@0.75",
 KEY_METRIC = {STAGE_PRETRAIN: LOSS_OVER_LN_K, STAGE_FINETUNE: AP50}
 ARTIFACTS_SUBDIR = "artifacts"  # files a trainer passed to report(), carried inside the checkpoint
 CANDIDATE_KEY = "candidate"  # in `tpe` mode: which backbone x cell x seed a sampled trial fine-tunes
+# Where a trial ran, sent with its reports (no "/" in the keys: never logged as metrics) and recorded as run tags.
+DEVICE_KEY, GPUS_KEY = "ablate_device", "ablate_gpus"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +101,15 @@ class TuneReporter:
     def __init__(self, restore_from: str | None = None) -> None:
         self._restore_from = restore_from
         self._restored: Path | None = None
+        self._placement: dict[str, str] | None = None
+
+    def placement(self) -> dict[str, str]:
+        """The trial's device as its trainer picks it, and the GPUs Ray assigned (``CUDA_VISIBLE_DEVICES``)."""
+        if self._placement is None:
+            from trainers.common import assigned_gpus, default_device, device_note
+
+            self._placement = {DEVICE_KEY: device_note(default_device()), GPUS_KEY: ",".join(assigned_gpus())}
+        return self._placement
 
     def report(self, metrics: dict[str, float], step: int, checkpoint_dir: Path | None = None,
                artifacts: Sequence[Path] = ()) -> None:
@@ -113,7 +124,7 @@ class TuneReporter:
                 dest.mkdir(parents=True, exist_ok=True)
                 for a in artifacts:
                     shutil.copy2(a, dest / Path(a).name)
-            payload = {**{k: float(v) for k, v in metrics.items()}, "epoch": int(step)}
+            payload = {**{k: float(v) for k, v in metrics.items()}, "epoch": int(step), **self.placement()}
             checkpoint = tune.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir is not None else None
             tune.report(payload, checkpoint=checkpoint)
 
@@ -173,15 +184,13 @@ def _train_fn(stage: str) -> tuple[Callable[..., dict[str, float]], type]:
 
 def _ddp_worker(rank: int, world: int, port: int, stage: str, cfg: dict[str, Any], queue: Any, ack: Any,
                 restore: str | None) -> None:
-    import torch
     import torch.distributed as dist
 
-    from trainers.common import config_from_dict
+    from trainers.common import config_from_dict, ddp_backend
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend, rank=rank, world_size=world)
+    dist.init_process_group(ddp_backend(), rank=rank, world_size=world)
     try:
         train, cls = _train_fn(stage)
         reporter = _QueueReporter(queue, ack, restore) if rank == 0 else _SilentReporter(queue, ack, restore)

@@ -6,14 +6,19 @@ Launch-based paths start a local Ray and are marked slow.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import re
+import subprocess
+import sys
+import tarfile
 from pathlib import Path
 
 import pytest
 import torch
 
-from bench import dedup, fidelity, gpu, orchestration, overhead, pruning_saved, tracking_cost
+from bench import dedup, device, fidelity, gpu, orchestration, overhead, pruning_saved, tracking_cost
 from bench.orchestration import BaselineRecord, Comparison, LaunchRecord, TrialRecord
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,20 +210,82 @@ def test_gpu_section_skips_without_cuda(monkeypatch):
     assert "Skipped on this machine" in section and "100 images/s per V100" in section
 
 
-def test_gpu_measurements_run_on_cpu(sample_data):
-    from trainers.swav import CropGroup
+# ---------------------------------------------------------------------------
+# device: the GPU machine's one command, proven here with --tiny and without mlflow, ray or optuna
+# ---------------------------------------------------------------------------
 
-    cpu = torch.device("cpu")
-    swav = gpu.SwAVSetup(arch="resnet18", crops=(CropGroup(2, 32, 0.14, 1.0), CropGroup(2, 16, 0.05, 0.14)),
-                         batch=4, prototypes=10, feat_dim=8, hidden_dim=16)
-    for rates in (gpu.swav_synthetic(swav, cpu, warmup=1, steps=1, repeats=2),
-                  gpu.swav_end_to_end(swav, cpu, sample_data.unlabeled, workers=0, warmup=1, steps=1, repeats=1)):
-        assert rates and all(r > 0 for r in rates)
-    det = gpu.DetectionSetup(arch="resnet18", batch=1, image_hw=(96, 128), min_size=128, max_size=128, boxes=2,
-                             classes=3)
-    # fp32 here: a bf16 Faster R-CNN backward takes ~20 s per step on a CPU; the bf16 autocast path
-    # itself is shared with the SwAV measurements above, which run under it.
-    assert gpu.detection_rates(det, cpu, bf16=False, warmup=1, steps=1, repeats=1)[0] > 0
+BLOCKED = ("mlflow", "ray", "optuna")  # not installed on the GPU machine
+
+
+def _run_device(tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    blocked = tmp / "blocked"
+    for name in BLOCKED:
+        (blocked / name).mkdir(parents=True, exist_ok=True)
+        (blocked / name / "__init__.py").write_text(f"raise ImportError('{name} is not installed on the GPU machine')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocked), str(ROOT)]), "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "bench", "device", *args], cwd=ROOT, env=env, text=True,
+                          capture_output=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def device_tiny(tmp_path_factory):
+    """``python -m bench device --tiny`` once, with mlflow, ray and optuna unimportable (as on the GPU machine)."""
+    tmp = tmp_path_factory.mktemp("device")
+    proc = _run_device(tmp, "--tiny", "--out", str(tmp / "out"))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    return tmp / "out", proc.stdout
+
+
+@pytest.mark.slow
+def test_device_check_runs_every_phase_tiny_without_the_orchestration_stack(device_tiny):
+    out, stdout = device_tiny
+    assert sorted(p.name for p in out.iterdir()) == sorted(device.OUT_FILES)  # at most 8 files come back
+    assert "tests 40 s, throughput 50 s, fidelity 80 s; 170 s in all" in stdout.splitlines()[0]  # the plan first
+    data = json.loads((out / "device.json").read_text())
+    assert {name: s["status"] for name, s in data["phases"].items()} == dict.fromkeys(device.PHASES, "ok")
+    tests = data["results"]["tests"]
+    cuda_tests = {t["name"].rsplit("::", 1)[1] for t in tests["tests"]}
+    assert {"test_fp16_with_loss_scaling_on_cuda", "test_detector_trains_with_fp16_and_evaluates_on_cuda"} <= cuda_tests
+    assert tests["counts"]["skipped"] == len(cuda_tests) >= 5  # no CUDA here: reported as skipped
+    rates = data["results"]["throughput"]["rates"]
+    assert set(rates) == set(gpu.ROWS) and all(r > 0 for v in rates.values() for r in v)
+    fid = data["results"]["fidelity"]
+    (swav,) = fid["swav"]
+    assert swav["epochs_done"] == swav["epochs"] == 2 and swav["history"][-1]["swav/knn_top1_random_std"] >= 0
+    assert len(fid["finetune"]) == 4 and not any("error" in r for r in fid["finetune"])  # 4 arms x 1 seed
+    assert all(0.0 <= device.last_ap50(r) <= 1.0 for r in fid["finetune"])
+    md = (out / "device.md").read_text()
+    assert "## GPU throughput" in md and "## Fidelity on one GPU" in md and "5 skipped" in md
+    assert "a pipeline check, not the claim" in md and "fair baseline" in md and "control: random trunk" in md
+    with tarfile.open(out / "device-curves.tar.gz") as tar:
+        names = set(tar.getnames())
+    assert {"tests.xml", "fidelity.json", "curves/fidelity_gpu_curves.png", "curves/fidelity_gpu_curves.json"} <= names
+
+
+def test_device_record_writes_both_sections(device_tiny, tmp_path):
+    out, _ = device_tiny
+    doc = tmp_path / "BENCHMARKS.md"
+    doc.write_text("# Benchmarks\n\n<!-- bench:gpu -->\nold\n<!-- /bench:gpu -->\n\n<!-- bench:dedup -->\nkept\n"
+                   "<!-- /bench:dedup -->\n")
+    device.record(out, doc)
+    text = doc.read_text()
+    assert "old" not in text and "kept" in text
+    gpu_part = text[text.index("<!-- bench:gpu -->"):text.index("<!-- /bench:gpu -->")]
+    assert "## GPU throughput" in gpu_part and "CUDA-only tests" in gpu_part
+    assert "<!-- bench:fidelity_gpu -->\n## Fidelity on one GPU" in text
+
+
+def test_device_phase_past_its_budget_is_stopped_and_still_bundled(tmp_path):
+    proc = _run_device(tmp_path, "--tiny", "--only", "fidelity", "--budget", "fidelity=4", "--out", str(tmp_path / "o"))
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads((tmp_path / "o" / "device.json").read_text())
+    assert data["phases"] == {"fidelity": {"status": "timeout", "budget_s": 4.0, "wall_s": pytest.approx(4, abs=3)}}
+    assert "**Not measured" in (tmp_path / "o" / "device.md").read_text()
+
+
+def test_device_plan_fits_one_call():
+    assert sum(device.BUDGETS.values()) + 20 <= device.CALL_LIMIT_S <= 540  # 9 of the call's 10 minutes
+    assert sum(device.TINY_BUDGETS.values()) < 180  # --tiny: under three minutes on 2 CPU cores
 
 
 # ---------------------------------------------------------------------------

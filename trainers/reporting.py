@@ -16,6 +16,7 @@ import math
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol, Sequence, TextIO, runtime_checkable
@@ -62,6 +63,8 @@ class InMemoryReporter:
         root: where checkpoint copies and artifacts go (a temporary directory if None).
         resume_from: returned by :meth:`restore_dir`.
         stop_after: ``should_stop()`` turns true once this many reports arrived (tests of early stop).
+        deadline: ``should_stop()`` turns true once ``time.monotonic()`` passes it (a wall budget: the trainer
+            stops after the epoch that crosses it).
         keep_checkpoints: how many of the newest checkpoint copies to keep on disk.
         echo: print one line per report to this stream (the single-run commands use stdout).
         formatter: how a report is printed when ``echo`` is set.
@@ -70,6 +73,7 @@ class InMemoryReporter:
     root: Path | None = None
     resume_from: Path | None = None
     stop_after: int | None = None
+    deadline: float | None = None
     keep_checkpoints: int = 2
     echo: TextIO | None = None
     formatter: Callable[[int, dict[str, float]], str] | None = None
@@ -114,6 +118,8 @@ class InMemoryReporter:
             shutil.rmtree(old, ignore_errors=True)
 
     def should_stop(self) -> bool:
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return True
         return self.stop_after is not None and len(self.reports) >= self.stop_after
 
     def restore_dir(self) -> Path | None:

@@ -32,6 +32,7 @@ from trainers.detection import (
 )
 from trainers.reporting import InMemoryReporter
 from trainers.resnet import build_trunk
+from tests.trainers.cuda import cuda_only
 
 # ---------------------------------------------------------------------------
 # Fixtures and helpers
@@ -755,3 +756,13 @@ def test_resume_matches_uninterrupted_run(sample_data: Any, tmp_path: Path) -> N
         assert torch.equal(value, b["model"][key]), key
     assert resumed.reports[0].metrics["det/loss"] == straight.reports[1].metrics["det/loss"]
     assert final["det/AP50"] == straight.reports[1].metrics["det/AP50"] or math.isnan(final["det/AP50"])
+
+
+@cuda_only
+def test_detector_trains_with_fp16_and_evaluates_on_cuda(sample_data, tmp_path: Path) -> None:
+    config = tiny_config(sample_data, epochs=1, max_iters_per_epoch=2, amp=True, figure_images=0)
+    reporter = InMemoryReporter(root=tmp_path / "cuda")
+    metrics = train(config, reporter)
+    assert math.isfinite(metrics["det/loss"]) and 0.0 <= metrics["det/AP50"] <= 1.0
+    state = load_checkpoint(reporter.last_checkpoint)
+    assert state["scaler"]  # float16 on CUDA trains with the loss scaler

@@ -22,6 +22,7 @@ from trainers.swav import engine as swav_engine
 from trainers.swav.knn import (RANDOM_TRUNKS, KnnMonitor, effective_rank, embed, learned, linear_probe_top1,
                                monitor_text, object_crops, recalibrated, weighted_knn_top1)
 
+from tests.trainers.cuda import cuda_only
 from tests.trainers.test_swav_train import TINY
 
 
@@ -223,3 +224,15 @@ def test_monitor_text_and_learned_read_the_spread() -> None:
     assert learned({**metrics, "swav/knn_top1": 0.39}) is False  # under 10 points above the mean
     assert learned({**metrics, "swav/knn_top1_random_std": 0.08}) is False  # inside two std of the spread
     assert learned({}) is None and monitor_text({}) == "-"
+
+
+@cuda_only
+def test_monitor_on_cuda_embeds_as_on_the_cpu(sample_data) -> None:
+    torch.manual_seed(0)
+    trunk = build_trunk("resnet18").eval()
+    train_set = (sample_data.train_images, sample_data.train_annotations)
+    monitor = KnnMonitor.from_coco(train_set, train_set, 24, 40, seed=0, device=torch.device("cpu"))
+    images = monitor.bank.images[:8]
+    on_cpu = embed(trunk, images, torch.device("cpu"))
+    on_cuda = embed(trunk.cuda(), images, torch.device("cuda"))
+    assert on_cuda.device.type == "cuda" and torch.allclose(on_cuda.cpu(), on_cpu, atol=2e-3)

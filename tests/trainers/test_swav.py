@@ -53,6 +53,7 @@ from trainers.swav.augment import (
     gaussian_blur,
     random_resized_crop_boxes,
 )
+from tests.trainers.cuda import cuda_only
 
 TINY_CROPS = ({"count": 2, "size": 32, "min_scale": 0.14, "max_scale": 1.0},
               {"count": 2, "size": 16, "min_scale": 0.05, "max_scale": 0.14})
@@ -530,7 +531,7 @@ def test_multicrop_rejects_non_uint8_images() -> None:
         MultiCropAugment(TINY_CROPS)([torch.rand(3, 20, 20)])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@cuda_only
 def test_multicrop_on_cuda_matches_shapes_and_ranges() -> None:
     images = [im.cuda() for im in sample_images()]
     views = MultiCropAugment(TINY_CROPS)(images, generator=torch.Generator().manual_seed(0))

@@ -10,6 +10,7 @@ import logging
 import math
 import shutil
 import socket
+import time
 from functools import partial
 from pathlib import Path
 
@@ -21,11 +22,13 @@ import torchvision
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from trainers.checkpoints import CheckpointError, load_checkpoint
+from trainers.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from trainers.common import config_from_dict
 from trainers.reporting import InMemoryReporter
-from trainers.swav import METRIC_NAMES, SwAVConfig, learning_rate, load_backbone, sinkhorn, swav_loss, train
+from trainers.swav import (METRIC_NAMES, SwAVConfig, export_from_checkpoint, learning_rate, load_backbone, sinkhorn,
+                           swav_loss, train)
 from trainers.swav import engine as swav_engine
+from tests.trainers.cuda import cuda_only
 
 TINY = dict(
     arch="resnet18", prototypes=16, feat_dim=16, hidden_dim=32, batch_size=4, workers=0, amp=False, seed=0,
@@ -186,12 +189,43 @@ def test_bf16_autocast_on_cpu_with_groupnorm(sample_data, tmp_path: Path) -> Non
     model.load_state_dict(load_file(str(reporter.last_checkpoint / "backbone.safetensors")), strict=True)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@cuda_only
 def test_fp16_with_loss_scaling_on_cuda(sample_data, tmp_path: Path) -> None:
     config = tiny(sample_data.unlabeled, epochs=1, max_images=8, amp=True, workers=1)
     metrics = train(config, InMemoryReporter(root=tmp_path / "cuda"))
     assert all(math.isfinite(metrics[name]) for name in METRIC_NAMES)
     assert 0 <= metrics["swav/amp_skipped_steps"] <= 2
+
+
+@cuda_only
+def test_bf16_on_cuda_stopped_by_a_deadline_exports_its_trunk(sample_data, tmp_path: Path) -> None:
+    config = tiny(sample_data.unlabeled, epochs=3, max_images=16, amp=True, amp_dtype="bfloat16", workers=2)
+    reporter = InMemoryReporter(root=tmp_path / "cuda", deadline=time.monotonic())
+    metrics = train(config, reporter)
+    assert len(reporter.reports) == 1 and metrics["swav/amp_skipped_steps"] == 0
+    model = load_backbone(export_from_checkpoint(reporter.last_checkpoint, tmp_path / "trunk"))
+    assert next(model.parameters()).device.type == "cpu"
+
+
+def test_a_run_stopped_by_its_wall_budget_exports_its_trunk_from_the_checkpoint(sample_data, tmp_path: Path) -> None:
+    """`bench device`: SwAV stops at its deadline (after the epoch that crosses it) and the trunk is exported
+    from that epoch's checkpoint, saying how far it trained."""
+    config = tiny(sample_data.unlabeled, epochs=3, max_images=8)
+    reporter = InMemoryReporter(root=tmp_path / "run", deadline=time.monotonic())  # already past: one epoch
+    train(config, reporter)
+    assert [r.step for r in reporter.reports] == [1]
+    assert not (reporter.last_checkpoint / "backbone.safetensors").exists()  # the schedule did not end it
+    folder = export_from_checkpoint(reporter.last_checkpoint, tmp_path / "trunk")
+    exported = json.loads((folder / "backbone.json").read_text())
+    assert exported["epochs_trained"] == 1 and exported["stopped_early"] is True and exported["epochs"] == 3
+    weights = load_file(str(folder / "backbone.safetensors"))
+    state = load_checkpoint(reporter.last_checkpoint)["model"]
+    assert weights.keys() == {k[len("trunk."):] for k in state if k.startswith("trunk.")}
+    assert all(torch.equal(weights[k], state[f"trunk.{k}"]) for k in weights)
+    load_backbone(folder)  # a ready trunk, as fine-tuning loads it
+    save_checkpoint(tmp_path / "other", {"epoch": 1, "model": {"fc.weight": torch.zeros(2, 2)}})
+    with pytest.raises(CheckpointError, match="not a SwAV checkpoint"):
+        export_from_checkpoint(tmp_path / "other")
 
 
 def test_too_few_images_for_a_batch_is_a_clear_error(sample_data, tmp_path: Path) -> None:

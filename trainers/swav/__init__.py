@@ -19,7 +19,7 @@ from trainers.swav.loss import (
     swapped_prediction,
     swav_loss,
 )
-from trainers.swav.model import SwAVModel, load_backbone, normalize_prototypes
+from trainers.swav.model import SwAVModel, export_from_checkpoint, load_backbone, normalize_prototypes
 from trainers.swav.optim import LARS, build_optimizer, frozen_prototype_iterations, learning_rate, scaled_lr
 from trainers.swav.precision import backward_and_step, grad_scaler
 from trainers.swav.engine import METRIC_NAMES, EpochStats, derive_seed, epoch_indices, train, train_one_epoch
@@ -42,6 +42,7 @@ __all__ = [
     "derive_seed",
     "embedding_std",
     "epoch_indices",
+    "export_from_checkpoint",
     "frozen_prototype_iterations",
     "grad_scaler",
     "learning_rate",

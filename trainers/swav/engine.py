@@ -26,10 +26,11 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from trainers.checkpoints import CheckpointError, export_backbone, load_checkpoint, save_checkpoint
+from trainers.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from trainers.common import (
     check_finite,
     config_to_dict,
+    ddp_backend,
     default_device,
     git_sha,
     rng_state,
@@ -60,7 +61,7 @@ from trainers.swav.loss import (
     queue_rows_per_process,
     swav_loss,
 )
-from trainers.swav.model import SwAVModel, normalize_prototypes
+from trainers.swav.model import SwAVModel, export_trunk, normalize_prototypes
 from trainers.swav.optim import build_optimizer, frozen_prototype_iterations, learning_rate, set_learning_rate
 from trainers.swav.precision import autocast, backward_and_step, grad_scaler
 
@@ -362,7 +363,7 @@ def _process_group() -> tuple[int, int, bool]:
     if distributed_ready():
         return dist.get_rank(), dist.get_world_size(), False
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group(backend=ddp_backend())
         return dist.get_rank(), dist.get_world_size(), True
     return 0, 1, False
 
@@ -652,12 +653,8 @@ def _train(config: SwAVConfig, reporter: Reporter, progress: bool, rank: int, wo
                     "git_sha": sha,
                     "metrics": metrics,
                 })
-                if epoch + 1 == config.epochs:
-                    # Training completed: the final checkpoint also carries the exported trunk.
-                    export_backbone(checkpoint_dir, core.trunk.state_dict(), {
-                        **resolved, "arch": config.arch, "norm": config.norm, "git_sha": sha,
-                        "metrics": metrics, "trainer": "swav",
-                    })
+                if epoch + 1 == config.epochs:  # training completed: the final checkpoint also carries the trunk
+                    export_trunk(checkpoint_dir, core.trunk.state_dict(), resolved, sha, metrics, epoch + 1)
             reporter.report(metrics, step=epoch + 1, checkpoint_dir=checkpoint_dir)
         if reporter.should_stop():
             break

@@ -95,3 +95,39 @@ def load_backbone(path: str | Path) -> nn.Module:
 
 
 __all__ = ["SwAVModel", "load_backbone", "normalize_prototypes"]
+
+
+TRUNK_PREFIX = "trunk."  # the trunk's keys in a SwAVModel state dict (and so in a SwAV checkpoint's "model")
+
+
+def export_trunk(directory: str | Path, trunk_state: dict[str, Tensor], config: dict, git_sha: str,
+                 metrics: dict[str, float], epochs_trained: int) -> Path:
+    """Export a SwAV trunk with what it was trained by: the resolved config, the git sha, the last metrics.
+
+    ``epochs_trained`` below ``config["epochs"]`` marks a run stopped early (a wall budget, ``ablate stop``): the
+    export says so in ``epochs_trained`` and ``stopped_early``, and fine-tuning on it is a different study.
+    """
+    from trainers.checkpoints import export_backbone
+
+    return export_backbone(directory, trunk_state, {
+        **config, "arch": config["arch"], "norm": config["norm"], "git_sha": git_sha, "metrics": metrics,
+        "trainer": "swav", "epochs_trained": int(epochs_trained),
+        "stopped_early": int(epochs_trained) < int(config["epochs"]),
+    })
+
+
+def export_from_checkpoint(checkpoint_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Export the trunk of a SwAV checkpoint (any epoch: a run a wall budget stopped has no export of its own).
+
+    Args:
+        checkpoint_dir: a folder ``trainers.swav.train`` reported as a checkpoint.
+        out: where to write ``backbone.safetensors`` + ``.json`` (default: into ``checkpoint_dir``).
+    """
+    from trainers.checkpoints import CheckpointError, load_checkpoint
+
+    state = load_checkpoint(checkpoint_dir)
+    trunk = {k[len(TRUNK_PREFIX):]: v for k, v in state.get("model", {}).items() if k.startswith(TRUNK_PREFIX)}
+    if not trunk or "config" not in state:
+        raise CheckpointError(f"{checkpoint_dir}: not a SwAV checkpoint (no trunk weights or config in it)")
+    return export_trunk(out or checkpoint_dir, trunk, state["config"], str(state.get("git_sha", "")),
+                        dict(state.get("metrics", {})), int(state["epoch"]))
