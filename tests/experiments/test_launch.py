@@ -18,7 +18,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from experiments import tracking as T
-from tests.spaces import COLLAPSED, HEALTHY, tiny_space_file
+from tests.spaces import COLLAPSED, HEALTHY, tiny_space, tiny_space_file, write_space
 
 ROOT = Path(__file__).resolve().parents[2]
 METRICS_PRE = {"swav/loss", "swav/ln_k", "swav/loss_over_ln_k", "swav/embedding_std", "swav/assignment_entropy",
@@ -271,15 +271,20 @@ def test_ddp_pretraining_then_tpe_finetuning(tmp_path):
 
     space = tiny_space_file(tmp_path, "ddp_tpe_study", pretrain_epochs=1, processes=2, norm="gn")
     data = yaml.safe_load(space.read_text())
+    # One GPU per DDP process, on a node that declares two: Ray gives the trial both, each process takes its
+    # rank's (trainers.common.default_device); torch cannot use them here, so the processes fall back to the
+    # CPU and gloo (NCCL where CUDA works: tests/trainers/test_common.py).
+    data["pretrain"]["resources"]["gpu"] = 1
     data["finetune"]["fixed"]["norm"] = "gn"
     data["search"] = {"kind": "tpe", "num_samples": 2}
     data["finetune"]["grid"] = {"base_lr": {"loguniform": [5, 40]}, "head": {"choice": ["mlp", "mlp_ln"]}}
     space.write_text(yaml.safe_dump(data))
-    proc = run_cli(["launch", str(space)], tmp_path)
+    proc = run_cli(["launch", str(space), "--num-gpus", "2"], tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     pre = runs_of(client, "ddp_tpe_study", "pretrain")
     assert len(pre) == 1 and pre[0].info.status == "FINISHED"
+    assert pre[0].data.tags[T.TAG_GPUS] == "0,1" and pre[0].data.tags[T.TAG_DEVICE] == "cpu (GPU 0,1 assigned, unusable)"
     assert "swav/loss" in pre[0].data.metrics and pre[0].data.params["pretrain.norm"] == "gn"
     ft = runs_of(client, "ddp_tpe_study", "finetune")
     assert len(ft) == 2 and all(r.info.status == "FINISHED" for r in ft)
@@ -295,6 +300,32 @@ def test_ddp_pretraining_then_tpe_finetuning(tmp_path):
     assert len(studies) == 1
     trials = optuna.load_study(study_name=studies[0], storage=storage).trials
     assert len(trials) == 2 and all("base_lr" in t.params for t in trials)
+
+
+@pytest.mark.slow
+def test_half_gpu_trials_run_four_at_once_on_two_declared_gpus(tmp_path):
+    """Ray's GPU scheduling without a GPU: a node declaring two GPUs (`--num-gpus 2`) runs four `gpu: 0.5`
+    pretraining trials at once, two on each GPU id; each trial sees its own CUDA_VISIBLE_DEVICES, and its
+    trainer, finding no GPU torch can use, trains on the CPU and says so (the run's device tag)."""
+    space = tiny_space("gpu_study", pretrain_epochs=1, pretrain_grid={"prototypes": [20, 21, 22, 23]},
+                       finetune_cases=[{"backbone": "scratch", "arch": "resnet18", "norm": "bn", "lr_scheme": "uniform"}])
+    space["pretrain"]["resources"] = {"cpu": 0.5, "gpu": 0.5}
+    space["max_concurrent"] = 4
+    path = write_space(tmp_path, space)
+    dry = run_cli(["launch", str(path), "--dry-run"], tmp_path)  # torch sees no GPU here: refused at plan time
+    assert "pretrain.resources.gpu: one trial asks for 0.5 GPUs but this machine has 0" in dry.stdout
+    proc = run_cli(["launch", str(path), "--num-gpus", "2"], tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    pre = runs_of(client, "gpu_study", "pretrain")
+    assert len(pre) == 4 and all(r.info.status == "FINISHED" for r in pre)
+    assert sorted(r.data.tags[T.TAG_GPUS] for r in pre) == ["0", "0", "1", "1"]  # fractional: two trials per GPU
+    assert {r.data.tags[T.TAG_DEVICE] for r in pre} == {"cpu (GPU 0 assigned, unusable)", "cpu (GPU 1 assigned, unusable)"}
+    started = [float(r.data.tags[T.TAG_STARTED]) for r in pre]
+    ended = [r.info.end_time / 1000 for r in pre]
+    assert max(started) < min(ended), (started, ended)  # all four were running at the same time
+    (ft,) = runs_of(client, "gpu_study", "finetune")
+    assert ft.info.status == "FINISHED" and ft.data.tags[T.TAG_GPUS] == "" and ft.data.tags[T.TAG_DEVICE] == "cpu"
 
 
 def test_demo_says_what_its_budget_can_show(smoke):
