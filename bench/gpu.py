@@ -225,7 +225,10 @@ def skipped_section(reason: str) -> str:
         "(2 x 224 + 6 x 96 crops, batch 64, bf16 autocast, channels_last) images/s end to end and on "
         "synthetic in-memory crops, one epoch of `trainers.swav.train`, and Faster R-CNN R50-FPN training "
         f"images/s (fp32 and bf16), beside the anchors: the reference SwAV run, ~{SWAV_ANCHOR:.0f} images/s per "
-        f"V100 at batch 256; torchvision's Faster R-CNN R50-FPN, ~{DETECTION_ANCHOR:.0f} images/s per V100.",
+        f"V100 at batch 256; torchvision's Faster R-CNN R50-FPN, ~{DETECTION_ANCHOR:.0f} images/s per V100. "
+        f"Goals on one H200: SwAV synthetic >= {GOAL_SWAV_SYNTHETIC:,.0f} images/s, end to end >= "
+        f"{GOAL_END_TO_END:.0%} of it. On a GPU machine `python -m bench device` measures this section "
+        "(`--quick`) with the CUDA-only tests and the GPU fidelity profile; `--record DIR` writes it here.",
         "",
     ])
 

@@ -48,7 +48,7 @@ import optuna
 from optuna.pruners import BasePruner, MedianPruner, NopPruner, PercentilePruner
 from optuna.trial import FrozenTrial
 
-from experiments.pruning_settings import (COLLAPSE_DEFAULTS, PRUNING_DEFAULTS, check_collapse_settings,
+from experiments.pruning_settings import (COLLAPSE_DEFAULTS, COLLAPSE_KEYS, PRUNING_DEFAULTS, check_collapse_settings,
                                           validate_pruning_settings)
 from experiments.redaction import OPTUNA_STORAGE_ENV, picklable_url, url_from_state
 from experiments.trial import KEY_METRIC, STAGE_FINETUNE, STAGE_PRETRAIN
@@ -413,7 +413,7 @@ def make_pruner(stage: str, settings: Mapping[str, Any] | None = None) -> BasePr
     if not s["enabled"]:
         return NopPruner()
     if stage == STAGE_PRETRAIN:
-        return CollapsePruner(**{k: s[k] for k in _COLLAPSE_KEYS})
+        return CollapsePruner(**{k: s[k] for k in COLLAPSE_KEYS})
     ft = s["finetune"]
     if ft["kind"] == "median":
         return MedianPruner(n_startup_trials=ft["n_startup_trials"], n_warmup_steps=ft["n_warmup_steps"])

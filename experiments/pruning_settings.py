@@ -69,7 +69,7 @@ PRUNING_DEFAULTS: dict[str, Any] = {
 """The ``pruning:`` section's keys and defaults."""
 
 _FINETUNE_KINDS = ("none", "median", "percentile")
-_COLLAPSE_KEYS = tuple(COLLAPSE_DEFAULTS)
+COLLAPSE_KEYS = tuple(COLLAPSE_DEFAULTS)  # the CollapsePruner arguments among the section's keys
 
 
 def validate_pruning_settings(settings: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -105,7 +105,7 @@ def validate_pruning_settings(settings: Mapping[str, Any] | None) -> dict[str, A
     if not isinstance(out["enabled"], bool):
         raise ValueError(f"pruning.enabled={out['enabled']!r} is invalid: true or false")
     try:
-        check_collapse_settings(*(out[k] for k in _COLLAPSE_KEYS))
+        check_collapse_settings(*(out[k] for k in COLLAPSE_KEYS))
     except ValueError as exc:
         raise ValueError(f"pruning.{exc}") from None
     ft = out["finetune"]
