@@ -10,29 +10,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import re
 import sys
 import time
-from pathlib import Path
+
+from bench import DOC, HEADER, update_doc
 
 BENCHES = ("multicrop", "overhead", "orchestration", "tracking_cost", "pruning_saved", "dedup", "fidelity", "gpu")  # BENCHMARKS.md order
-DOC = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
-HEADER = """# Benchmarks
-
-`make bench` (or `python -m bench [NAME ...]`) runs every benchmark in `bench/` and rewrites
-the sections below. Each figure is a ratio against a baseline measured in the same run, on the
-same machine: absolute times on a shared machine are noise.
-"""
-
-
-def update_doc(text: str, name: str, section: str) -> str:
-    """Replace (or append) the marked section of benchmark ``name``."""
-    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
-    block = f"{start}\n{section.strip()}\n{end}"
-    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
-    if pattern.search(text):
-        return pattern.sub(lambda _: block, text)
-    return text.rstrip() + "\n\n" + block + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -472,7 +472,7 @@ def drive(out: Path, tiny: bool, only: Sequence[str] = (), budgets: dict[str, fl
 
 def record(folder: Path, doc: Path | None = None) -> str:
     """Write the sections of ``folder/device.md`` (a device run's output) into BENCHMARKS.md."""
-    from bench.__main__ import DOC, update_doc
+    from bench import DOC, update_doc
 
     doc = doc or DOC
     text = (folder / "device.md").read_text()

@@ -200,14 +200,10 @@ def cmd_single(args: argparse.Namespace, stage: str) -> int:
     from trainers.common import load_config_file
     from trainers.reporting import InMemoryReporter
 
-    if stage == "pretrain":
-        from trainers.swav import SwAVConfig as cls
-        from trainers.swav import train
-        export = "backbone"
-    else:
-        from trainers.detection import DetectionConfig as cls
-        from trainers.detection import train
-        export = "detector"
+    from experiments.trial import TRAINERS
+
+    train, cls = TRAINERS[stage].load()
+    export = TRAINERS[stage].export
     config = load_config_file(cls, args.config, args.overrides)
     out = args.out or Path(f"{stage}_out")
     reporter = InMemoryReporter(root=out, resume_from=args.resume, echo=sys.stdout)

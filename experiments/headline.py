@@ -314,14 +314,20 @@ def trials_from_runs(runs: Iterable[Any], axes: Sequence[str], metric: str = AP5
     return out
 
 
-def study_headline(client: Any, experiment_id: str, axes: Sequence[str] | None = None, metric: str = AP50) -> Headline:
-    """The headline of a study read from its store: its fine-tuning runs through :func:`compute_headline`.
+def study_headline(client: Any, experiment_id: str, axes: Sequence[str] | None = None, metric: str = AP50,
+                   runs: Iterable[Any] | None = None) -> Headline:
+    """The headline of a study: its fine-tuning runs through :func:`compute_headline`.
+
+    The one entry point: the launch (its summary and live ``ablate.headline``), ``ablate status``,
+    ``ablate report`` and the registry's version descriptions all call it.
 
     Args:
         client: an ``MlflowClient`` of the study's store.
         experiment_id: the study's experiment.
         axes: the ablated params; default: the experiment's ``ablate.axes`` tag (written by ``ablate launch``).
         metric: the ranking metric.
+        runs: the study's fine-tuning runs when the caller has read them already (``ablate report``);
+            default: read from the store.
     """
     from mlflow.entities import ViewType
 
@@ -331,6 +337,8 @@ def study_headline(client: Any, experiment_id: str, axes: Sequence[str] | None =
     if axes is None:
         tag = client.get_experiment(experiment_id).tags.get(AXES_TAG, "")
         axes = [a for a in tag.split(",") if a]
+    if runs is not None:
+        return compute_headline(trials_from_runs(runs, axes, metric), axes, metric)
     runs, token = [], None
     while True:
         page = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_STAGE}` = 'finetune'",

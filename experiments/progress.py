@@ -1,153 +1,21 @@
-"""The driver's view of a running launch: the Tune callback, progress lines and the summary.
+"""The texts a running launch prints: the status line, the summary, a failed trial's error.
 
-:class:`DriverCallback` receives every Ray Tune event of a stage on the driver, writes it to
-MLflow through the :class:`~experiments.launch.Launcher` (the only writer of the store) and
-prints progress; :func:`status_line` and :func:`format_summary` are the texts it and the launch
-print. This module imports Ray (the callback is a ``tune.Callback``): the launch imports it only
-when it runs a stage, never for a dry run.
+The Tune callback that prints them is :class:`experiments.launch.callbacks.DriverCallback`; this module
+imports no Ray.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-from ray import tune
+from experiments.trial import KEY_METRIC, METRIC_LABELS, STAGE_PRETRAIN
 
-from experiments.tracking import TAG_DEVICE, TAG_GPUS
-from experiments.trial import (ARTIFACTS_SUBDIR, DEVICE_KEY, GPUS_KEY, KEY_METRIC, METRIC_LABELS, STAGE_PRETRAIN,
-                               TrialPayload, loggable_metrics)
+if TYPE_CHECKING:  # type hints only
+    from experiments.launch.context import TrialOutcome
 
-if TYPE_CHECKING:  # type hints only: the launch imports this module, not the other way round
-    from experiments.launch import Launcher, TrialOutcome
-
-STATUS_EVERY_S = 15  # a status line at most this often, besides one at every trial's end
 STATES = ("running", "done", "pruned", "failed", "stopped")
-
-
-class DriverCallback(tune.Callback):
-    """Writes every Tune event of a stage to MLflow (through the launcher) and prints progress.
-
-    Args:
-        launcher: the launch this stage belongs to.
-        stage: ``pretrain`` or ``finetune``.
-        trials: config hash -> payload of the stage's grid trials (`tpe` trials are added as sampled).
-        total: the stage's number of trials.
-    """
-
-    def __init__(self, launcher: Launcher, stage: str, trials: dict[str, TrialPayload], total: int) -> None:
-        self.launcher = launcher
-        self.stage = stage
-        self.trials = trials
-        self.total = total
-        self.started = time.time()
-        self.last_status = 0.0
-        self.state: dict[str, str] = {}  # config hash -> running | done | pruned | failed
-        self.epochs: dict[str, int] = {}
-        self.epoch_time: list[float] = []
-        self.last_epoch_at: dict[str, float] = {}
-        self.pending: dict[str, tuple[int, dict[str, float]]] = {}  # config hash -> (step, metrics) awaiting a checkpoint
-        self.placed: set[str] = set()  # config hashes whose device tags are recorded for their current start
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Tune pickles its callbacks into tuner.pkl on the storage path; the launcher (store
-        # clients, URLs, options) stays out of it. Resuming goes through MLflow, not tuner.pkl.
-        return {**self.__dict__, "launcher": None}
-
-    def _payload(self, trial: Any) -> TrialPayload:
-        if "trial" in trial.config:
-            return trial.config["trial"]
-        p = self.launcher.sampled_trial(trial)
-        self.trials.setdefault(p.config_hash, p)
-        return p
-
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        p = self._payload(trial)
-        self.state[p.config_hash] = "running"
-        self.placed.discard(p.config_hash)  # a retried trial may land elsewhere
-        self.last_epoch_at[p.config_hash] = time.time()
-        self.launcher.trial_started(p, trial)
-        self.launcher.say(f"{self.stage:8} start   {p.name}")
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        p = self._payload(trial)
-        h = p.config_hash
-        step = int(result.get("epoch", result.get("training_iteration", 0)))
-        metrics = loggable_metrics(result, self.stage)
-        if DEVICE_KEY in result and h not in self.placed:  # where the trial runs: once per start
-            self.placed.add(h)
-            self.launcher.tracker.set_tags(self.launcher.run_id_for(h), {
-                TAG_DEVICE: str(result[DEVICE_KEY]), TAG_GPUS: str(result.get(GPUS_KEY, ""))})
-        if result.get("should_checkpoint"):
-            # Logged once the checkpoint is recorded (on_checkpoint, which Ray calls after this): a driver
-            # killed in between leaves neither, so a resumed trial never logs this epoch twice.
-            self.pending[h] = (step, metrics)
-        else:
-            self.launcher.tracker.log_metrics(self.launcher.run_id_for(h), metrics, step)
-        now = time.time()
-        self.epoch_time.append(now - self.last_epoch_at.get(h, now))
-        self.last_epoch_at[h] = now
-        self.epochs[h] = step
-        self.launcher.metrics[h] = metrics
-        key = KEY_METRIC[self.stage]
-        shown = f"{key} {metrics[key]:.4f}" if key in metrics else f"{self.stage}/loss"
-        loss_key = "swav/loss" if self.stage == STAGE_PRETRAIN else "det/loss"
-        if loss_key in metrics:
-            shown += f"  {loss_key} {metrics[loss_key]:.4f}"
-        self.launcher.say(f"{self.stage:8} epoch {step}/{p.epochs}  {p.name}  {shown}")
-        self._status()
-        self.launcher.beat()
-
-    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
-        p = self._payload(trial)
-        self.launcher.checkpointed(p, checkpoint)
-        self._flush(p.config_hash)
-        with checkpoint.as_directory() as d:
-            art = Path(d) / ARTIFACTS_SUBDIR
-            if art.is_dir() and any(art.iterdir()):
-                step = self.epochs.get(p.config_hash, 0)
-                self.launcher.tracker.log_artifacts(self.launcher.run_id_for(p.config_hash), art, f"eval/epoch_{step:03d}")
-
-    def _flush(self, h: str) -> None:
-        """Log the metrics held back for a trial's checkpoint (see on_trial_result)."""
-        if h in self.pending:
-            step, metrics = self.pending.pop(h)
-            self.launcher.tracker.log_metrics(self.launcher.run_id_for(h), metrics, step)
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        p = self._payload(trial)
-        self._flush(p.config_hash)  # a checkpoint Ray could not save: the epoch's metrics are kept all the same
-        self.launcher.complete(self.stage, p, trial)
-        self.state[p.config_hash] = self.launcher.outcomes[p.config_hash].status
-        self._status(force=True)
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        p = self._payload(trial)
-        # an epoch whose checkpoint never landed is not part of the run: resuming trains it again
-        self.pending.pop(p.config_hash, None)
-        self.launcher.fail(self.stage, p, trial)
-        self.state[p.config_hash] = "failed"
-        self._status(force=True)
-
-    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        p = self._payload(trial)
-        self.pending.pop(p.config_hash, None)  # the retry starts from the last checkpoint that landed
-        error = trial_error(trial).strip().splitlines()
-        why = f": {error[-1]}" if error else ""
-        self.launcher.say(f"{self.stage:8} retry   {p.name} (crashed{why}; resuming from its last checkpoint)")
-
-    def _status(self, force: bool = False) -> None:
-        now = time.time()
-        if not force and now - self.last_status < STATUS_EVERY_S:
-            return
-        self.last_status = now
-        remaining = sum(max(0, p.epochs - self.epochs.get(h, 0)) for h, p in self.trials.items()
-                        if self.state.get(h, "pending") in ("running", "pending"))
-        per_epoch = (sum(self.epoch_time) / len(self.epoch_time)) if self.epoch_time else math.nan
-        self.launcher.say(status_line(self.stage, self.state.values(), self.total, remaining, per_epoch,
-                                      self.launcher.max_concurrent))
 
 
 def status_line(stage: str, states: Iterable[str], total: int, remaining_epochs: int, per_epoch_s: float,

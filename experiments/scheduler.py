@@ -86,9 +86,10 @@ class OptunaPruningScheduler(FIFOScheduler):
     scheduler tells only ``PRUNED``, which the searcher cannot know about (its own later
     ``tell`` on the pruned trial fails and it logs a warning, which is expected).
 
-    Size: about 330 lines, a third of them this docstring: the Ray hooks and the Optuna side share
-    the per-trial maps (Ray trial id -> Optuna trial, last step, handle). What needs none of them is
-    in module functions (:func:`find_optuna_search`, :func:`optuna_trial_of`, :func:`saved_compute`).
+    The Ray hooks and the Optuna side share the per-trial maps (Ray trial id -> Optuna trial, last
+    step, handle), so they stay one class (its size is budgeted in tests/test_architecture.py). What
+    needs none of them is in module functions (:func:`find_optuna_search`, :func:`optuna_trial_of`,
+    :func:`saved_compute`).
 
     Args:
         storage_url: SQLAlchemy URL of the Optuna database (``sqlite:///mlruns/optuna.db``,

@@ -22,11 +22,11 @@ from mlflow.tracking import MlflowClient
 
 from experiments.redaction import redact
 from experiments.store import check_store, finite_or_none, store_errors
-from experiments.headline import Headline
+from experiments.headline import Headline, study_headline
 from experiments.tracking import (
     PARENT_TAG, TAG_DRIVER, TAG_HEARTBEAT, TAG_NAME, TAG_STAGE, TAG_STARTED, TAG_STATE, TAG_STOP_REQUESTED, launch_alive,
 )
-from experiments.trial import AP50, KEY_METRIC, STAGE_FINETUNE, STAGES
+from experiments.trial import AP50, KEY_METRIC, STAGES
 from trainers.swav.collapse import collapse_label
 
 WATCH_EVERY_S = 5.0
@@ -35,21 +35,6 @@ CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen: --watch redraws the table 
 
 class StatusError(ValueError):
     """``ablate status`` cannot show what was asked (no store, no such study); the CLI exits 2."""
-
-
-# ---------------------------------------------------------------------------
-# The headline: the study's current best (experiments.headline, the one headline of a study)
-# ---------------------------------------------------------------------------
-
-
-def current_headline(client: MlflowClient, experiment_id: str) -> Headline:
-    """The study's headline from its finished fine-tuning runs so far (:func:`experiments.headline.study_headline`).
-
-    Used by the launch (the ``ablate.headline`` tag, updated at every trial's end) and by ``ablate status``.
-    """
-    from experiments.headline import study_headline  # imports experiments.ui (MLflow's UI state) only when used
-
-    return study_headline(client, experiment_id)
 
 
 # ---------------------------------------------------------------------------
@@ -151,7 +136,7 @@ def launch_status(client: MlflowClient, study: str, experiment_id: str, run: Any
     """A launch run and its trials (the runs whose parent it is), from the store; ``headline``: the study's,
     read from the store when not given."""
     now = time.time() if now is None else now
-    headline = current_headline(client, experiment_id) if headline is None else headline
+    headline = study_headline(client, experiment_id) if headline is None else headline
     tags = run.data.tags
     beat = _float_tag(tags, TAG_HEARTBEAT)
     children = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{run.info.run_id}'",
@@ -201,7 +186,7 @@ def collect(tracking_uri: str, study: str | None = None) -> list[LaunchStatus]:
                 launches = [r for r in launches if launch_alive(r)]
             if not launches:
                 continue
-            headline = current_headline(client, exp.experiment_id)
+            headline = study_headline(client, exp.experiment_id)
             out += [launch_status(client, exp.name, exp.experiment_id, r, headline) for r in launches]
         return out
 

@@ -29,7 +29,6 @@ from mlflow.tracking import MlflowClient
 from experiments.redaction import redact, scrub_mapping
 from experiments.store import finite_or_none
 from experiments.trial import AP50, STAGE_FINETUNE
-from experiments.ui import CELL_TAG
 
 DEFAULT_STORE_DIR = Path("mlruns")
 MAX_METRICS_PER_BATCH = 1000  # mlflow.utils.validation limits
@@ -38,7 +37,7 @@ MAX_PARAM_VALUE = 6000
 
 TAG_STAGE = "ablate.stage"
 TAG_HASH = "ablate.config_hash"
-TAG_CELL = CELL_TAG  # fine-tuning runs: name and config hash without the seed (MLflow's "Group by" averages seeds)
+TAG_CELL = "ablate.cell"  # fine-tuning runs: name and config hash without the seed (MLflow's "Group by" averages seeds)
 TAG_SEED = "ablate.seed"
 TAG_TRIAL = "ablate.trial_id"
 TAG_UPSTREAM = "ablate.upstream_run_id"

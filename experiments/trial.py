@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import os
 import shutil
 import socket
@@ -36,6 +37,25 @@ ARTIFACTS_SUBDIR = "artifacts"  # files a trainer passed to report(), carried in
 CANDIDATE_KEY = "candidate"  # in `tpe` mode: which backbone x cell x seed a sampled trial fine-tunes
 # Where a trial ran, sent with its reports (no "/" in the keys: never logged as metrics) and recorded as run tags.
 DEVICE_KEY, GPUS_KEY = "ablate_device", "ablate_gpus"
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+    """What a stage trains with: the trainer package, its config class and the folder of its exported model."""
+
+    module: str
+    config: str
+    export: str
+
+    def load(self) -> tuple[Callable[..., dict[str, float]], type]:
+        """The trainer's ``train`` and its config class (imported now: torch and the trainer's packages)."""
+        module = importlib.import_module(self.module)
+        return module.train, getattr(module, self.config)
+
+
+# The stage registry, trainers' side: what differs between pretraining and fine-tuning where a stage is run.
+TRAINERS = {STAGE_PRETRAIN: Trainer("trainers.swav", "SwAVConfig", "backbone"),
+            STAGE_FINETUNE: Trainer("trainers.detection", "DetectionConfig", "detector")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,13 +193,7 @@ class _SilentReporter(_QueueReporter):
 
 
 def _train_fn(stage: str) -> tuple[Callable[..., dict[str, float]], type]:
-    if stage == STAGE_PRETRAIN:
-        from trainers.swav import SwAVConfig, train
-
-        return train, SwAVConfig
-    from trainers.detection import DetectionConfig, train
-
-    return train, DetectionConfig
+    return TRAINERS[stage].load()
 
 
 def _ddp_worker(rank: int, world: int, port: int, stage: str, cfg: dict[str, Any], queue: Any, ack: Any,

@@ -31,6 +31,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
+from experiments.tracking import TAG_CELL, flatten_params
 from experiments.trial import AP50
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -40,9 +41,8 @@ VIEW_STATE_PREFIX = "mlflow.sharedViewState."
 VIEW_KEY = "ablate-leaderboard"  # our shared views; rewritten by every launch of the study
 COMPARE_VIEW_KEY = "ablate-compare"  # the same, with the run list folded away so the charts get the width
 CELLS_VIEW_KEY = "ablate-cells"  # the leaderboard grouped by cell: each cell's seeds averaged, best mean first
-CELL_TAG = "ablate.cell"  # a fine-tuning run's cell: its name and config hash without the seed
 # MLflow's "Group by" as its UI stores it: average over the runs that share the tag's value
-GROUP_BY_CELL = {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": CELL_TAG}]}
+GROUP_BY_CELL = {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": TAG_CELL}]}
 AXES_TAG = "ablate.axes"  # experiment tag: the ablated params, comma-separated, in leaderboard order
 FINETUNE_FILTER = "tags.`ablate.stage` = 'finetune'"
 # Visible metric columns besides the axes, in this order (det/AP50 ranks; the others are the paper's columns).
@@ -230,8 +230,6 @@ def finetune_extra_params(backbone: str, pretrain_config: Mapping[str, Any] | No
     ablated axis is a param of every fine-tuning run (a missing param is "unknown" in MLflow's
     charts and cannot be filtered on).
     """
-    from experiments.tracking import flatten_params
-
     if pretrain_config is None:
         fields = list(dict.fromkeys(pretrain_fields))
         fields += ["world_size"] if fields else []

@@ -335,6 +335,12 @@ def require_choice(field: str, value: Any, choices: Sequence[Any]) -> None:
 # ---------------------------------------------------------------------------
 
 
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (e.g. ``(seed, epoch, rank)``), independent of global RNG state."""
+    digest = hashlib.sha256(",".join(str(int(p)) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (all devices)."""
     random.seed(seed)

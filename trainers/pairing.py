@@ -1,6 +1,6 @@
 """Which trunk a detector starts from: a pretrained backbone of the matching norm, or scratch.
 
-Plain names and one function, no torch: ``experiments/spaces.py`` pairs fine-tuning cells with
+Plain names and one function, no torch: ``experiments/spaces/`` pairs fine-tuning cells with
 pretraining runs before anything runs, and imports these without loading the detection package
 (torchvision, matplotlib, pycocotools). :class:`trainers.detection.DetectionConfig` checks a
 backbone folder against the same table, and the detection model builds its trunk from it.

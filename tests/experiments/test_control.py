@@ -170,11 +170,11 @@ def test_the_stopper_pickles_without_the_launcher(tmp_path, monkeypatch):
     import cloudpickle
 
     from experiments.launch import Launcher, LaunchOptions
-    from experiments.stopping import StopRequestStopper
+    from experiments.launch.callbacks import StopRequestStopper
     from tests.spaces import tiny_space_file
 
     monkeypatch.chdir(tmp_path)
     launcher = Launcher(tiny_space_file(tmp_path, "pickled_stopper"), LaunchOptions(notify="true"))
-    stopper = cloudpickle.loads(cloudpickle.dumps(StopRequestStopper(launcher, "pretrain")))
-    assert stopper.launcher is None and stopper.stage == "pretrain"
+    stopper = cloudpickle.loads(cloudpickle.dumps(StopRequestStopper(launcher.ledger, "pretrain")))
+    assert stopper.events is None and stopper.stage == "pretrain"
     assert stopper("t1", {"epoch": 1}) is False and stopper.stop_all() is False

@@ -249,7 +249,7 @@ def test_gc_refuses_while_a_launch_runs(tmp_path):
 def test_scheduler_and_callback_pickles_hold_no_storage_password(tmp_path, monkeypatch):
     import cloudpickle
 
-    from experiments.progress import DriverCallback
+    from experiments.launch.callbacks import DriverCallback
     from experiments.pruning import make_pruner
     from experiments.scheduler import OptunaPruningScheduler
     from experiments.redaction import OPTUNA_STORAGE_ENV
@@ -268,7 +268,7 @@ def test_scheduler_and_callback_pickles_hold_no_storage_password(tmp_path, monke
 
     monkeypatch.chdir(tmp_path)
     launcher = Launcher(tiny_space_file(tmp_path, "pickles"), LaunchOptions(optuna_storage=url))
-    callback = DriverCallback(launcher, "pretrain", {}, 1)
+    callback = DriverCallback(launcher.ledger, "pretrain", {}, 1)
     assert b"Pw-in-url-93847" not in cloudpickle.dumps(callback)
 
 

@@ -14,25 +14,38 @@ from types import SimpleNamespace
 from mlflow.tracking import MlflowClient
 
 from experiments.launch import record_checkpoint_epoch
-from experiments.progress import DriverCallback
+from experiments.launch.callbacks import DriverCallback
 from experiments.tracking import Tracker
 from experiments.trial import STAGE_FINETUNE, STAGE_PRETRAIN, TrialPayload, loggable_metrics
 from trainers.checkpoints import checkpoint_progress, save_checkpoint
 
 
 class _Recorder:
-    """The parts of a Launcher the callback calls, recording the order of writes."""
+    """The events the callback raises (experiments.launch.callbacks.TrialEvents), recording the order of writes."""
 
     def __init__(self) -> None:
         self.events: list[tuple] = []
         self.said: list[str] = []  # progress lines; the tests here look only at the order of writes
         self.beats = 0
         self.metrics: dict = {}
-        self.max_concurrent = 1
-        self.tracker = SimpleNamespace(log_metrics=lambda run_id, m, step: self.events.append(("metrics", step)))
 
-    def run_id_for(self, h: str) -> str:
-        return "run-" + h
+    def payload(self, trial):
+        return trial.config["trial"]
+
+    def started(self, p, trial) -> None:
+        pass
+
+    def log_metrics(self, p, metrics, step) -> None:
+        self.events.append(("metrics", step))
+
+    def latest(self, p, metrics) -> None:
+        self.metrics[p.config_hash] = metrics
+
+    def placed(self, p, device, gpus) -> None:
+        pass
+
+    def log_artifacts(self, p, folder, path) -> None:
+        pass
 
     def checkpointed(self, p, checkpoint) -> None:
         self.events.append(("checkpoint", checkpoint.step))
@@ -40,13 +53,14 @@ class _Recorder:
     def say(self, text: str) -> None:
         self.said.append(text)
 
-    def complete(self, stage, p, trial) -> None:
+    def completed(self, stage, p, trial) -> str:
         self.outcomes = {p.config_hash: SimpleNamespace(status="done")}
+        return "done"
 
-    def fail(self, stage, p, trial) -> None:
+    def failed(self, stage, p, trial, error) -> None:
         self.events.append(("failed",))
 
-    def beat(self, force: bool = False) -> None:
+    def beat(self) -> None:
         self.beats += 1
 
 

@@ -181,7 +181,7 @@ def test_training_reports_knn_and_is_unchanged_by_the_monitor(sample_data, tmp_p
 
     # The random figures: mean and std over RANDOM_TRUNKS initialisations, the run's own initial trunk first
     # (rebuilt from the seed, so a resume gets the same), and the raw pixels' figures, on every report.
-    monitor = swav_engine._knn_monitor(config, torch.device("cpu"))
+    monitor = swav_engine.knn_monitor(config, torch.device("cpu"))
     seed_everything(config.seed)
     fresh = swav_engine.SwAVModel(config.arch, config.norm, config.prototypes, config.feat_dim, config.hidden_dim)
     seeds = swav_engine.random_seeds(config)

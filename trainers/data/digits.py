@@ -41,7 +41,7 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
-from trainers.data.samples import AREA_RANGES, IMAGE_SIZE, MAX_OBJECTS, _Object, _place, annotation
+from trainers.data.scenes import AREA_RANGES, IMAGE_SIZE, MAX_OBJECTS, SceneObject, annotation, place
 
 DIGITS_VERSION = 2  # bump when this generator's output changes, so old digits folders are regenerated
 OBJECT_SIDE = 64  # unlabeled and monitor images: one digit at 45-70 % of the side
@@ -204,7 +204,7 @@ def _object_size(rng: np.random.Generator, area_range: str, aspect: float) -> tu
     return w, h
 
 
-def _plan(rng: np.random.Generator, pool: np.ndarray, forced: list[tuple[int, str]]) -> list[tuple[_Object, int]]:
+def _plan(rng: np.random.Generator, pool: np.ndarray, forced: list[tuple[int, str]]) -> list[tuple[SceneObject, int]]:
     """Objects for one scene (the forced (digit, range) pairs plus random extras), placed without
     overlap; each with the index of the source digit it shows."""
     _, labels, _ = _sources()
@@ -217,19 +217,19 @@ def _plan(rng: np.random.Generator, pool: np.ndarray, forced: list[tuple[int, st
             area_range = "medium"  # two large objects rarely fit next to each other
         has_large |= area_range == "large"
         wanted.append((int(rng.integers(10)), area_range))
-    planned: list[tuple[_Object, int]] = []
+    planned: list[tuple[SceneObject, int]] = []
     for digit, area_range in wanted:
         candidates = pool[labels[pool] == digit]
         source = int(candidates[int(rng.integers(len(candidates)))])
-        obj = _Object(digit + 1, area_range)
+        obj = SceneObject(digit + 1, area_range)
         obj.w, obj.h = _object_size(rng, area_range, _aspect(source))
         planned.append((obj, source))
     n_forced = len(forced)
     required = sorted(planned[:n_forced], key=lambda p: -p[0].w * p[0].h)
     for _attempt in range(50):  # a big object in the middle can block the next: retry the layout
-        placed: list[tuple[_Object, int]] = []
+        placed: list[tuple[SceneObject, int]] = []
         for item in required:
-            if not _place(rng, item[0], [o for o, _ in placed]):
+            if not place(rng, item[0], [o for o, _ in placed]):
                 break
             placed.append(item)
         else:
@@ -237,7 +237,7 @@ def _plan(rng: np.random.Generator, pool: np.ndarray, forced: list[tuple[int, st
     else:
         raise RuntimeError(f"digits generator could not fit the required objects {forced} in one image")
     for item in sorted(planned[n_forced:], key=lambda p: -p[0].w * p[0].h):
-        if _place(rng, item[0], [o for o, _ in placed]):  # extras that do not fit are left out
+        if place(rng, item[0], [o for o, _ in placed]):  # extras that do not fit are left out
             placed.append(item)
     return placed
 
@@ -252,7 +252,7 @@ def _forced(n_images: int) -> list[list[tuple[int, str]]]:
 
 
 def scene(seed: int, split: str, index: int, pool: np.ndarray, forced: list[tuple[int, str]]) -> tuple[
-        np.ndarray, list[tuple[_Object, int]]]:
+        np.ndarray, list[tuple[SceneObject, int]]]:
     """One labeled scene's pixels and its placed objects (with source digit indices); deterministic per arguments."""
     rng = np.random.default_rng([seed, _STREAM[split], index])
     placed = _plan(rng, pool, forced)

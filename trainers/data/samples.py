@@ -3,6 +3,7 @@
 Shapes (disc, square, triangle) on cluttered backgrounds, labeled in COCO format with every
 category in every COCO area range, plus unlabeled images in nested folders for pretraining.
 ``kind="digits"`` writes the same layout from real digits and photographs (trainers.data.digits).
+What both sets' scenes share (size, area ranges, placement, annotations) is trainers.data.scenes.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from PIL import Image, ImageDraw
 from trainers.common import require_choice, require_int
 from trainers.data.errors import DatasetError
 from trainers.data.images import find_images
+from trainers.data.scenes import AREA_RANGES, IMAGE_SIZE, MAX_OBJECTS, SceneObject, annotation, place
 
 SAMPLE_VERSION = 1  # bump when the generator's output changes, so old sample folders are regenerated
-IMAGE_SIZE = 256  # >= 256 px so all three COCO area ranges (small < 32^2 < medium < 96^2 < large) fit
 JPEG_QUALITY = 90
 PNG_EVERY = 8  # every 8th unlabeled image is a PNG, so both decoders are exercised
 UNLABELED_PER_FOLDER = 32  # unlabeled images go into part_NN/ subfolders to exercise the recursive search
@@ -34,11 +35,7 @@ SAMPLE_SIZES: dict[str, dict[str, int]] = {
     "small": {"train": 8, "val": 4, "unlabeled": 128},  # fast tests
     "medium": {"train": 32, "val": 12, "unlabeled": 480},  # the demo
 }
-# Object-area targets per COCO range, kept well clear of the 32^2 and 96^2 boundaries so pixel
-# rounding never moves an object into a neighbouring range.
-AREA_RANGES = {"small": (120.0, 800.0), "medium": (1400.0, 7000.0), "large": (9800.0, 14000.0)}
 TRIANGLE_ASPECT = 0.87  # height / base, about equilateral
-MAX_OBJECTS = 6
 SAMPLE_KINDS = ("shapes", "digits")  # shapes: this module; digits: trainers.data.digits
 
 
@@ -91,17 +88,6 @@ def sample_paths(root: Path) -> SamplePaths:
     )
 
 
-@dataclass
-class _Object:
-    category: int  # COCO category id
-    area_range: str
-    x: int = 0
-    y: int = 0
-    w: int = 0
-    h: int = 0
-    inverted: bool = False  # triangles only: apex down
-
-
 def _object_size(rng: np.random.Generator, category: int, area_range: str) -> tuple[int, int]:
     lo, hi = AREA_RANGES[area_range]
     area = rng.uniform(lo, hi)
@@ -115,7 +101,7 @@ def _object_size(rng: np.random.Generator, category: int, area_range: str) -> tu
     return base, round(base * TRIANGLE_ASPECT)
 
 
-def _polygon(obj: _Object) -> list[float]:
+def _polygon(obj: SceneObject) -> list[float]:
     """The object's outline in image coordinates (COCO polygon: x1, y1, x2, y2, ...)."""
     x, y, w, h = float(obj.x), float(obj.y), float(obj.w), float(obj.h)
     if obj.category == 1:
@@ -136,32 +122,17 @@ def _polygon_area(flat: Sequence[float]) -> float:
     return float(0.5 * abs(np.dot(xs, np.roll(ys, -1)) - np.dot(ys, np.roll(xs, -1))))
 
 
-def _place(rng: np.random.Generator, obj: _Object, placed: list[_Object]) -> bool:
-    """Put ``obj`` at a uniformly random free position: no box overlap with ``placed`` (2 px gap),
-    so every object is fully visible and its COCO area stays true. False when nothing is free."""
-    free = np.ones((IMAGE_SIZE - obj.h + 1, IMAGE_SIZE - obj.w + 1), dtype=bool)
-    for o in placed:
-        # Top-left corners that would bring obj within 2 px of o.
-        free[max(0, o.y - obj.h - 1) : o.y + o.h + 2, max(0, o.x - obj.w - 1) : o.x + o.w + 2] = False
-    ys, xs = np.nonzero(free)
-    if len(ys) == 0:
-        return False
-    pick = int(rng.integers(len(ys)))
-    obj.x, obj.y = int(xs[pick]), int(ys[pick])
-    return True
-
-
-def _plan_objects(rng: np.random.Generator, forced: list[tuple[int, str]]) -> list[_Object]:
+def _plan_objects(rng: np.random.Generator, forced: list[tuple[int, str]]) -> list[SceneObject]:
     """Objects for one image: the forced (category, range) pairs plus random extras, placed."""
     count = max(len(forced), int(rng.integers(1, MAX_OBJECTS + 1)))
-    objects = [_Object(cat, area_range) for cat, area_range in forced]
+    objects = [SceneObject(cat, area_range) for cat, area_range in forced]
     has_large = any(o.area_range == "large" for o in objects)
     for _ in range(count - len(forced)):
         area_range = str(rng.choice(["small", "medium", "large"], p=[0.4, 0.4, 0.2]))
         if area_range == "large" and has_large:
             area_range = "medium"  # two large objects rarely fit in 256 px next to each other
         has_large |= area_range == "large"
-        objects.append(_Object(int(rng.choice([c["id"] for c in SAMPLE_CATEGORIES])), area_range))
+        objects.append(SceneObject(int(rng.choice([c["id"] for c in SAMPLE_CATEGORIES])), area_range))
     for obj in objects:
         obj.w, obj.h = _object_size(rng, obj.category, obj.area_range)
         obj.inverted = obj.category == 7 and bool(rng.random() < 0.5)
@@ -170,9 +141,9 @@ def _plan_objects(rng: np.random.Generator, forced: list[tuple[int, str]]) -> li
     n_forced = len(forced)
     required = sorted(objects[:n_forced], key=lambda o: -o.w * o.h)
     for _attempt in range(50):
-        placed: list[_Object] = []
+        placed: list[SceneObject] = []
         for obj in required:
-            if not _place(rng, obj, placed):
+            if not place(rng, obj, placed):
                 break
             placed.append(obj)
         else:
@@ -180,7 +151,7 @@ def _plan_objects(rng: np.random.Generator, forced: list[tuple[int, str]]) -> li
     else:
         raise RuntimeError(f"sample generator could not fit the required objects {forced} in one image")
     for obj in sorted(objects[n_forced:], key=lambda o: -o.w * o.h):
-        if _place(rng, obj, placed):  # extras that do not fit are left out
+        if place(rng, obj, placed):  # extras that do not fit are left out
             placed.append(obj)
     return placed
 
@@ -212,7 +183,7 @@ def _background(rng: np.random.Generator) -> Image.Image:
     return canvas
 
 
-def _render_object(rng: np.random.Generator, canvas: Image.Image, obj: _Object) -> None:
+def _render_object(rng: np.random.Generator, canvas: Image.Image, obj: SceneObject) -> None:
     """Draw one object: red shaded disc, green striped square or blue dotted triangle."""
     w, h = obj.w, obj.h
     mask = Image.new("L", (w, h), 0)
@@ -246,7 +217,7 @@ def _render_object(rng: np.random.Generator, canvas: Image.Image, obj: _Object) 
     canvas.paste(patch_img, (obj.x, obj.y), mask)
 
 
-def _render_image(rng: np.random.Generator, objects: list[_Object]) -> np.ndarray:
+def _render_image(rng: np.random.Generator, objects: list[SceneObject]) -> np.ndarray:
     canvas = _background(rng)
     for obj in objects:
         _render_object(rng, canvas, obj)
@@ -379,19 +350,6 @@ def _written_by_generator(root: Path) -> bool:
         return json.loads((root / "sample.json").read_text()).get("format") == "ablate-sample"
     except (OSError, ValueError, AttributeError):
         return False
-
-
-def annotation(obj: "_Object", ann_id: int, image_id: int, area: float, what: str, **extra: Any) -> dict[str, Any]:
-    """One COCO annotation of a generated object (``extra`` keys follow the standard ones).
-
-    Raises RuntimeError when ``area`` is outside the object's planned COCO range: a generator
-    invariant the tests and the demo rely on (every split covers small, medium and large).
-    """
-    low, high = {"small": (0, 32**2), "medium": (32**2, 96**2), "large": (96**2, math.inf)}[obj.area_range]
-    if not low <= area < high:
-        raise RuntimeError(f"{what} object area {area} is outside its {obj.area_range} range")
-    return {"id": ann_id, "image_id": image_id, "category_id": obj.category, "bbox": [obj.x, obj.y, obj.w, obj.h],
-            "area": area, "iscrowd": 0, **extra}
 
 
 def generate_sample(out: str | Path, seed: int = 0, size: str = "small", kind: str = "shapes") -> SamplePaths:

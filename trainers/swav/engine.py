@@ -11,7 +11,6 @@ rates are given for a global batch of 256 and scaled linearly to the real one (o
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -32,6 +31,7 @@ from trainers.common import (
     config_to_dict,
     ddp_backend,
     default_device,
+    derive_seed,
     git_sha,
     rng_state,
     seed_everything,
@@ -51,7 +51,8 @@ from trainers.reporting import Reporter
 from trainers.swav.augment import MultiCropAugment
 from trainers.swav.collapse import COLLAPSED, at_ln_k, collapse_reasons, prototype_span, score_std
 from trainers.swav.config import MIN_BATCH, SwAVConfig
-from trainers.swav.knn import RANDOM_TRUNKS, KnnMonitor, spread_metrics
+from trainers.swav.knn import (KNN_TOP1, KNN_TOP1_RANDOM, MONITOR_NAMES, REFERENCE_NAMES, knn_monitor,
+                               monitor_references, random_seeds)
 from trainers.swav.loss import (
     EmbeddingQueue,
     assignment_entropy,
@@ -84,23 +85,11 @@ METRIC_NAMES = (
     COLLAPSED,
     "lr",
 )
-KNN_TOP1 = "swav/knn_top1"  # the kNN monitor's top-1 (knn.py), at the epochs SwAVConfig.knn_due picks
-KNN_TOP1_RANDOM = "swav/knn_top1_random"  # its mean over RANDOM_TRUNKS random initialisations, on every report
-# The monitor's figures (knn.py): at monitored epochs the trunk's kNN, probe and rank; on every report their
-# references, the mean and std over random initialisations and the raw pixels.
-MONITOR_NAMES = (KNN_TOP1, "swav/probe_top1", "swav/trunk_rank")
-REFERENCE_NAMES = tuple(f"{name}{suffix}" for name in MONITOR_NAMES for suffix in ("_random", "_random_std", "_pixels"))
 
 
 # ---------------------------------------------------------------------------
 # Reproducible data order
 # ---------------------------------------------------------------------------
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (e.g. ``(seed, epoch, rank)``), independent of global RNG state."""
-    digest = hashlib.sha256(",".join(str(int(p)) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def epoch_indices(
@@ -481,37 +470,6 @@ def _too_few_images(
     return f"{text}. Fix: {fix}; {need}"
 
 
-def _knn_monitor(config: SwAVConfig, device: torch.device) -> KnnMonitor | None:
-    """The run's kNN monitor, or None (saying why once) when it is off or has no labeled set."""
-    if config.knn_every == 0:
-        return None
-    if not all(config.knn_paths):
-        log.warning("kNN monitor off: no labeled set to score against (set knn_train_images, "
-                    "knn_train_annotations, knn_val_images and knn_val_annotations; a launch sets them from "
-                    "the space's data); swav/knn_top1 is not reported")
-        return None
-    images, annotations, val_images, val_annotations = config.knn_paths
-    size = config.knn_size
-    monitor = KnnMonitor.from_coco((images, annotations), (val_images, val_annotations), size,
-                                   config.knn_max_objects, config.seed, device, config.knn_k, config.knn_temperature)
-    log.info("kNN monitor: %d bank and %d query objects of %d px, %d categories (majority class %.1f%%)",
-             len(monitor.bank), len(monitor.queries), size, monitor.num_classes, 100 * monitor.chance)
-    return monitor
-
-
-def random_seeds(config: SwAVConfig) -> list[int]:
-    """The seeds of the random trunks behind the monitor's ``*_random`` figures: the run's own first."""
-    return [config.seed, *(derive_seed(config.seed, 7, i) for i in range(1, RANDOM_TRUNKS))]
-
-
-def monitor_references(monitor: KnnMonitor, config: SwAVConfig) -> dict[str, float]:
-    """The monitor's references (:data:`REFERENCE_NAMES`): the spread over random initialisations of the run's
-    architecture (built aside from seeds, the global RNG untouched) and the raw pixels."""
-    references = spread_metrics(monitor.random_spread(config.arch, config.norm, random_seeds(config)))
-    references.update({f"{name}_pixels": value for name, value in monitor.pixels().metrics().items()})
-    return references
-
-
 def train(config: SwAVConfig, reporter: Reporter, progress: bool = False) -> dict[str, float]:
     """Pretrain a ResNet with SwAV on the unlabeled images in ``config.data``.
 
@@ -577,7 +535,7 @@ def _train(config: SwAVConfig, reporter: Reporter, progress: bool, rank: int, wo
 
     monitor, references = None, {}
     if rank == 0:
-        monitor = _knn_monitor(config, device)
+        monitor = knn_monitor(config, device)
     if monitor is not None:
         # Scored once (random trunks built aside from their seeds, the run's own first) and carried through
         # checkpoints; a checkpoint without them (written before they existed) has them computed again.

@@ -63,7 +63,9 @@ from typing import Iterator, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from trainers.common import derive_seed
 from trainers.swav.augment import IMAGENET_MEAN, IMAGENET_STD
+from trainers.swav.config import SwAVConfig
 
 log = logging.getLogger(__name__)
 
@@ -428,6 +430,50 @@ class KnnMonitor:
         return MonitorScores(self._knn(bank, queries), probe, effective_rank(bank))
 
 
-__all__ = ["KNN_K", "KNN_TEMPERATURE", "LEARNED_POINTS", "RANDOM_TRUNKS", "KnnMonitor", "MonitorScores", "ObjectCrops",
+# ---------------------------------------------------------------------------
+# The monitor of one SwAV run
+# ---------------------------------------------------------------------------
+
+KNN_TOP1 = "swav/knn_top1"  # the kNN monitor's top-1 (knn.py), at the epochs SwAVConfig.knn_due picks
+KNN_TOP1_RANDOM = "swav/knn_top1_random"  # its mean over RANDOM_TRUNKS random initialisations, on every report
+# The monitor's figures (knn.py): at monitored epochs the trunk's kNN, probe and rank; on every report their
+# references, the mean and std over random initialisations and the raw pixels.
+MONITOR_NAMES = (KNN_TOP1, "swav/probe_top1", "swav/trunk_rank")
+REFERENCE_NAMES = tuple(f"{name}{suffix}" for name in MONITOR_NAMES for suffix in ("_random", "_random_std", "_pixels"))
+
+
+def knn_monitor(config: SwAVConfig, device: torch.device) -> KnnMonitor | None:
+    """The run's kNN monitor, or None (saying why once) when it is off or has no labeled set."""
+    if config.knn_every == 0:
+        return None
+    if not all(config.knn_paths):
+        log.warning("kNN monitor off: no labeled set to score against (set knn_train_images, "
+                    "knn_train_annotations, knn_val_images and knn_val_annotations; a launch sets them from "
+                    "the space's data); swav/knn_top1 is not reported")
+        return None
+    images, annotations, val_images, val_annotations = config.knn_paths
+    size = config.knn_size
+    monitor = KnnMonitor.from_coco((images, annotations), (val_images, val_annotations), size,
+                                   config.knn_max_objects, config.seed, device, config.knn_k, config.knn_temperature)
+    log.info("kNN monitor: %d bank and %d query objects of %d px, %d categories (majority class %.1f%%)",
+             len(monitor.bank), len(monitor.queries), size, monitor.num_classes, 100 * monitor.chance)
+    return monitor
+
+
+def random_seeds(config: SwAVConfig) -> list[int]:
+    """The seeds of the random trunks behind the monitor's ``*_random`` figures: the run's own first."""
+    return [config.seed, *(derive_seed(config.seed, 7, i) for i in range(1, RANDOM_TRUNKS))]
+
+
+def monitor_references(monitor: KnnMonitor, config: SwAVConfig) -> dict[str, float]:
+    """The monitor's references (:data:`REFERENCE_NAMES`): the spread over random initialisations of the run's
+    architecture (built aside from seeds, the global RNG untouched) and the raw pixels."""
+    references = spread_metrics(monitor.random_spread(config.arch, config.norm, random_seeds(config)))
+    references.update({f"{name}_pixels": value for name, value in monitor.pixels().metrics().items()})
+    return references
+
+
+__all__ = ["KNN_TOP1", "KNN_TOP1_RANDOM", "MONITOR_NAMES", "REFERENCE_NAMES", "knn_monitor", "monitor_references",
+           "random_seeds", "KNN_K", "KNN_TEMPERATURE", "LEARNED_POINTS", "RANDOM_TRUNKS", "KnnMonitor", "MonitorScores", "ObjectCrops",
            "effective_rank", "embed", "learned", "linear_probe_top1", "monitor_text", "object_crops", "recalibrated",
            "spread_metrics", "weighted_knn_top1"]
