@@ -272,8 +272,9 @@ def cmd_gc(args: argparse.Namespace) -> int:
     from experiments.gc import gc
     from experiments.tracking import DEFAULT_STORE_DIR
 
-    storage = Path(args.storage_path or os.environ.get("ABLATE_STORAGE_PATH") or DEFAULT_STORE_DIR / "ray")
-    print(gc(tracking_uri_of(args), args.study, storage.resolve(), dry_run=args.dry_run))
+    storage = str(args.storage_path or os.environ.get("ABLATE_STORAGE_PATH") or DEFAULT_STORE_DIR / "ray")
+    print(gc(tracking_uri_of(args), args.study, storage if "://" in storage else Path(storage).resolve(),
+             dry_run=args.dry_run))
     return 0
 
 

@@ -11,6 +11,9 @@ on the Ray storage path until this command removes it:
 - an experiment folder left with no such state at all (its ``tuner.pkl``, trial logs);
 - the launch's cache of downloaded backbones (``<storage>/backbones``), fetched again on demand.
 
+A storage path on object storage (``s3://BUCKET/PREFIX``, read through pyarrow as Ray Tune writes it)
+is walked and cleaned the same way, in the bucket; its entries are printed as ``s3://`` URIs.
+
 It never touches the tracking store or its artifacts, so registered models, exported models
 and metrics stay as they are. While a launch of the study is running it refuses (that launch
 still writes its states).
@@ -22,6 +25,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from experiments.objectstore import filesystem, location_of
+from experiments.redaction import redact
 from experiments.store import check_store, store_errors
 from experiments.tracking import TAG_CHECKPOINT, TAG_DRIVER, TAG_STAGE, Tracker, launch_alive
 
@@ -37,16 +42,22 @@ class GcPlan:
     """What :func:`collect` found: folders to delete, states kept (with the run that needs each), storage skipped."""
 
     study: str
-    remove: list[Path] = field(default_factory=list)
-    keep: dict[Path, str] = field(default_factory=dict)  # checkpoint folder -> run id that resumes from it
-    skipped: list[str] = field(default_factory=list)  # storage paths gc cannot walk (remote)
+    remove: list[Path | str] = field(default_factory=list)  # local folders, or s3:// URIs
+    keep: dict[Path | str, str] = field(default_factory=dict)  # checkpoint folder -> run id that resumes from it
+    skipped: list[str] = field(default_factory=list)  # storage paths gc cannot reach, with why
 
     def size(self) -> int:
         """Bytes the removal frees."""
         return sum(_du(p) for p in self.remove)
 
 
-def _du(path: Path) -> int:
+def _du(path: Path | str) -> int:
+    if isinstance(path, str):  # object storage
+        from pyarrow.fs import FileSelector, FileType
+
+        storage, inside = filesystem(path)
+        return sum(i.size or 0 for i in storage.get_file_info(FileSelector(inside, recursive=True, allow_not_found=True))
+                   if i.type == FileType.File)
     if path.is_file():
         return path.stat().st_size
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
@@ -60,7 +71,7 @@ def _human(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-def collect(tracking_uri: str, study: str, default_storage: Path) -> GcPlan:
+def collect(tracking_uri: str, study: str, default_storage: Path | str) -> GcPlan:
     """The folders gc would delete for ``study`` (nothing is deleted here).
 
     Args:
@@ -87,18 +98,18 @@ def collect(tracking_uri: str, study: str, default_storage: Path) -> GcPlan:
     for r in trials:
         ckpt = r.data.tags.get(TAG_CHECKPOINT)
         if ckpt and r.info.status != "FINISHED":
-            plan.keep[Path(ckpt)] = r.info.run_id
+            plan.keep[ckpt if "://" in ckpt else Path(ckpt)] = r.info.run_id
     roots = {r.data.params.get("storage_path") or str(default_storage) for r in launches} or {str(default_storage)}
     for root in sorted(roots):
         if "://" in root:
-            plan.skipped.append(root)
+            _collect_remote(plan, root)
             continue
         base = Path(root)
         for stage in STAGES:
             for exp_dir in sorted(base.glob(f"{_glob_escape(study)}-{stage}-*")):
                 if not exp_dir.is_dir():
                     continue
-                kept = [k for k in plan.keep if _inside(k, exp_dir)]
+                kept = [k for k in plan.keep if isinstance(k, Path) and _inside(k, exp_dir)]
                 if not kept:
                     plan.remove.append(exp_dir)
                     continue
@@ -109,6 +120,37 @@ def collect(tracking_uri: str, study: str, default_storage: Path) -> GcPlan:
         if cache.is_dir():
             plan.remove.append(cache)
     return plan
+
+
+def _collect_remote(plan: GcPlan, root: str) -> None:
+    """:func:`collect` for a storage path on object storage (the same rule, through pyarrow)."""
+    from pyarrow.fs import FileSelector, FileType
+
+    try:
+        storage, base = filesystem(root)
+        entries = storage.get_file_info(FileSelector(base, allow_not_found=True))
+    except (OSError, ValueError) as e:
+        plan.skipped.append(f"{redact(root)}: {redact(str(e)).splitlines()[0] if str(e) else type(e).__name__}")
+        return
+
+    def folders(path: str) -> list[str]:
+        return sorted(i.path for i in storage.get_file_info(FileSelector(path, allow_not_found=True))
+                      if i.type == FileType.Directory)
+
+    kept = {k for k in plan.keep if isinstance(k, str)}
+    for stage in STAGES:
+        prefix = f"{plan.study}-{stage}-"
+        for exp in sorted(i.path for i in entries if i.type == FileType.Directory and i.base_name.startswith(prefix)):
+            exp_uri = location_of(storage, exp)
+            if not any(k.startswith(exp_uri + "/") for k in kept):
+                plan.remove.append(exp_uri)
+                continue
+            for trial in folders(exp):
+                plan.remove += [u for ck in folders(trial) if ck.rsplit("/", 1)[-1].startswith("checkpoint_")
+                                and (u := location_of(storage, ck)) not in kept]
+    cache = f"{base.rstrip('/')}/backbones"
+    if storage.get_file_info(cache).type == FileType.Directory:
+        plan.remove.append(location_of(storage, cache))
 
 
 def _glob_escape(text: str) -> str:
@@ -123,7 +165,7 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
-def gc(tracking_uri: str, study: str, default_storage: Path, dry_run: bool = False) -> str:
+def gc(tracking_uri: str, study: str, default_storage: Path | str, dry_run: bool = False) -> str:
     """Delete (or, ``dry_run``, list) what :func:`collect` finds; returns the report printed by the CLI."""
     plan = collect(tracking_uri, study, default_storage)
     verb = "would free" if dry_run else "freed"
@@ -131,12 +173,15 @@ def gc(tracking_uri: str, study: str, default_storage: Path, dry_run: bool = Fal
     size = plan.size()
     for path in plan.remove:
         lines.append(f"  {'would delete' if dry_run else 'deleted'} {path}")
-        if not dry_run:
+        if not dry_run and isinstance(path, str):
+            storage, inside = filesystem(path)
+            storage.delete_dir(inside)
+        elif not dry_run:
             shutil.rmtree(path, ignore_errors=True)
-    for path, run_id in sorted(plan.keep.items()):
+    for path, run_id in sorted(plan.keep.items(), key=lambda kv: str(kv[0])):
         lines.append(f"  kept {path} (run {run_id[:8]} resumes from it)")
     for root in plan.skipped:
-        lines.append(f"  skipped {root}: remote storage; delete its checkpoint_* folders with the storage's own tools")
+        lines.append(f"  skipped {root}; delete its checkpoint_* folders with the storage's own tools")
     head = (f"gc {study}: {verb} {_human(size)} in {len(plan.remove)} folder(s); registered models and the "
             "tracking store are untouched")
     if not plan.remove:

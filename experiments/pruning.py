@@ -101,9 +101,10 @@ STAGE_OBJECTIVES: dict[str, tuple[str, str]] = {
 }
 """Per stage: the metric reported as Optuna's intermediate value and the study direction."""
 
-# The pruner's inputs among a trial's params, first match wins (a scheduler records them as params).
-PROTOTYPE_PARAMS = ("prototypes", "pretrain.prototypes", "pretrain/prototypes")
-FEAT_DIM_PARAMS = ("feat_dim", "pretrain.feat_dim", "pretrain/feat_dim")
+# The pruner's inputs among a trial's params (OptunaPruningScheduler records them under these names
+# from the trial's ``pretrain`` config; a plain Optuna objective suggests them under the same names).
+PROTOTYPE_PARAM = "prototypes"
+FEAT_DIM_PARAM = "feat_dim"
 _DEFAULT_FEAT_DIM = 128  # SwAV's projection head output (2048 -> 128)
 
 
@@ -179,13 +180,12 @@ def _as_float(key: str, value: Any) -> float:
         raise ValueError(f"metric {key}={value!r} is not a number") from None
 
 
-def _trial_param(trial: FrozenTrial, names: Sequence[str]) -> float | None:
-    """The first of ``names`` found in the trial's params, then its user attrs."""
+def _trial_param(trial: FrozenTrial, name: str) -> float | None:
+    """The trial's numeric param ``name``, else its user attr of that name."""
     for source in (trial.params, trial.user_attrs):
-        for name in names:
-            value = source.get(name)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return float(value)
+        value = source.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
     return None
 
 
@@ -223,10 +223,11 @@ class CollapsePruner(BasePruner):
       embeddings Sinkhorn's codes are uniform, the cross-entropy is minimised by uniform
       predictions and the loss converges to ln K; a loss well *above* ln K means confident
       (if still wrong) predictions, which is a young or slow run, not a collapsed one (on the
-      sample data healthy tiny runs sit at 1.05-1.10 for many epochs). K comes from the trial's params (``prototypes`` or
-      ``pretrain.prototypes``), so the same absolute loss 6.9 is collapse for K = 1000
-      (ln K = 6.908) and healthy for K = 3000 (ln K = 8.006). Without K in the params the
-      pruner uses the reported ``swav/loss_over_ln_k`` signal;
+      sample data healthy tiny runs sit at 1.05-1.10 for many epochs). The ratio is the
+      trainer's own ``swav/loss_over_ln_k`` (computed with the K it trained). An objective
+      that reports only the raw ``swav/loss`` gets it from the trial's ``prototypes`` param,
+      so the same absolute loss 6.9 is collapse for K = 1000 (ln K = 6.908) and healthy for
+      K = 3000 (ln K = 8.006);
     - ``swav/embedding_std < std_floor / sqrt(feat_dim)`` (``feat_dim`` from the params,
       default 128): every image maps to (nearly) one point;
     - ``swav/prototypes_used <= min_prototypes_used``: every image picks the same prototype.
@@ -315,9 +316,9 @@ class CollapsePruner(BasePruner):
         history = signals_by_step(trial)
         if not history:
             return CollapseDecision(False, None, "no collapse signals reported yet")
-        k = _trial_param(trial, PROTOTYPE_PARAMS)
+        k = _trial_param(trial, PROTOTYPE_PARAM)
         ln_k = math.log(k) if k is not None and k >= 2 else None
-        feat_dim = _trial_param(trial, FEAT_DIM_PARAMS) or float(_DEFAULT_FEAT_DIM)
+        feat_dim = _trial_param(trial, FEAT_DIM_PARAM) or float(_DEFAULT_FEAT_DIM)
         band = 1.0 - self._delta
         std_min = self._std_floor / math.sqrt(feat_dim)
 
@@ -385,11 +386,13 @@ class CollapsePruner(BasePruner):
 
     @staticmethod
     def _ratio(signals: Mapping[str, float], ln_k: float | None) -> float | None:
-        # The trial's own K is authoritative; the reported ratio is the fallback when the
-        # params do not carry K (a plain Optuna objective that never recorded it).
+        # The trainer's own loss / ln K (SwAVEngine reports it each epoch with the K it trained);
+        # recomputed from the trial's ``prototypes`` only for an objective that reports the raw loss.
+        if "swav/loss_over_ln_k" in signals:
+            return signals["swav/loss_over_ln_k"]
         if ln_k is not None and "swav/loss" in signals:
             return signals["swav/loss"] / ln_k
-        return signals.get("swav/loss_over_ln_k")
+        return None
 
 
 def make_pruner(stage: str, settings: Mapping[str, Any] | None = None) -> BasePruner:

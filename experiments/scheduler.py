@@ -19,7 +19,7 @@ from ray.tune.experiment import Trial as RayTrial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from experiments.pruning import (
-    FEAT_DIM_PARAMS, METRIC_KEY, PROTOTYPE_PARAMS, SIGNAL_KEYS, STAGE_OBJECTIVES, CollapsePruner, EnvRDBStorage,
+    FEAT_DIM_PARAM, METRIC_KEY, PROTOTYPE_PARAM, SIGNAL_KEYS, STAGE_OBJECTIVES, CollapsePruner, EnvRDBStorage,
     report_signals, signals_by_step,
 )
 from experiments.redaction import OPTUNA_STORAGE_ENV, picklable_url, redact, url_from_state
@@ -57,8 +57,10 @@ class OptunaPruningScheduler(FIFOScheduler):
     that is missing or not finite); an errored one ``FAIL``.
 
     The Optuna trial records, as params, the pruner's inputs found in the Ray config
-    (``prototypes`` and ``feat_dim``, looked up as ``param_prefix + name`` then ``name``
-    in the config flattened with dots). They are recorded with
+    (``prototypes`` and ``feat_dim``, read once as ``param_prefix + name`` in the config
+    flattened with dots: ``trial.config.prototypes`` for a launch's trial payload). The
+    pruner takes ``swav/loss_over_ln_k`` from the trainer's own report; ``prototypes`` is
+    its input only for an objective that reports the raw loss. They are recorded with
     ``trial.suggest_int(name, v, v)``: a single-choice ``suggest_categorical`` would be the
     obvious way, but Optuna refuses a categorical parameter whose choices differ between
     trials of one study ("CategoricalDistribution does not support dynamic value space"),
@@ -270,11 +272,10 @@ class OptunaPruningScheduler(FIFOScheduler):
 
     def _record_params(self, handle: optuna.trial.Trial, config: Mapping[str, Any]) -> None:
         flat = _flatten(config)
-        for names in (PROTOTYPE_PARAMS, FEAT_DIM_PARAMS):
-            if any(n in handle.params for n in names):
+        for name in (PROTOTYPE_PARAM, FEAT_DIM_PARAM):
+            if name in handle.params:
                 continue  # the searcher already has it as a real param
-            name = names[0]
-            value = flat.get(self.param_prefix + name, flat.get(name))
+            value = flat.get(self.param_prefix + name)
             if isinstance(value, int) and not isinstance(value, bool):
                 handle.suggest_int(name, value, value)
 

@@ -160,6 +160,8 @@ class TuneReporter:
         ckpt = tune.get_checkpoint()  # set when Ray retries this trial after a crash
         if ckpt is not None:
             self._restored = Path(ckpt.to_directory())
+        elif self._restore_from and "://" in self._restore_from:  # an earlier launch's, on object storage
+            self._restored = _download(self._restore_from, "ablate-restore-")
         elif self._restore_from and Path(self._restore_from).is_dir():
             self._restored = Path(self._restore_from)  # an earlier launch's checkpoint
         return self._restored
@@ -269,6 +271,44 @@ def sampled_payload(config: Mapping[str, Any], candidates: Sequence[TrialPayload
     return dataclasses.replace(base, config={**base.config, **sampled}, sampled=sampled)
 
 
+def _download(uri: str, prefix: str, dest: Path | None = None) -> Path | None:
+    """Copy the folder ``uri`` of object storage to this node (``dest``, else a new temporary folder); None if absent."""
+    from pyarrow import fs
+
+    remote, path = fs.FileSystem.from_uri(uri)
+    if remote.get_file_info(path).type != fs.FileType.Directory:
+        return None
+    target = dest or Path(tempfile.mkdtemp(prefix=prefix))
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")  # concurrent trials of one node
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    fs.copy_files(path, str(partial), source_filesystem=remote, destination_filesystem=fs.LocalFileSystem())
+    try:
+        partial.rename(target)  # onto an empty folder, or none
+    except OSError:  # another trial of this node finished the same copy first
+        shutil.rmtree(partial, ignore_errors=True)
+    return target
+
+
+def local_backbone(config: dict[str, Any]) -> dict[str, Any]:
+    """A fine-tuning config whose ``backbone`` on object storage (``s3://...``) is replaced by a copy on this node.
+
+    With S3 storage the driver leaves each backbone next to the trials' folders
+    (:func:`experiments.launch.artifacts.fetch_backbone`): a trial on a node without the driver's disk
+    reads it from there, into a per-node cache under the temporary folder (one copy per backbone).
+    """
+    backbone = str(config.get("backbone", ""))
+    if "://" not in backbone:
+        return config
+    import hashlib
+
+    cache = Path(tempfile.gettempdir()) / "ablate-backbones" / hashlib.sha256(backbone.encode()).hexdigest()[:16]
+    if not (cache / "backbone.safetensors").is_file() and _download(backbone, "", cache) is None:
+        raise FileNotFoundError(f"the backbone {backbone} is not in the object store (deleted by `ablate gc`?); "
+                                "run the launch again to fetch it from the tracking store")
+    return {**config, "backbone": str(cache)}
+
+
 def run_trial(config: dict[str, Any], candidates: Sequence[TrialPayload] = ()) -> None:
     """The Ray Tune function trainable of both stages.
 
@@ -278,6 +318,8 @@ def run_trial(config: dict[str, Any], candidates: Sequence[TrialPayload] = ()) -
     from trainers.common import config_from_dict
 
     trial = config["trial"] if "trial" in config else sampled_payload(config, candidates)
+    if trial.stage == STAGE_FINETUNE:
+        trial = dataclasses.replace(trial, config=local_backbone(trial.config))
     reporter = TuneReporter(trial.restore)
     if trial.processes > 1:
         _run_ddp(trial.stage, trial.config, trial.processes, reporter)

@@ -8,11 +8,12 @@ checkpoint holds when a killed driver never logged them (:func:`record_checkpoin
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from experiments.launch.context import LaunchContext
+from experiments.launch.context import LaunchContext, LaunchSetupError
 from experiments.tracking import TAG_CHECKPOINT
 from experiments.trial import loggable_metrics
 
@@ -26,16 +27,31 @@ def record_checkpoint_epoch(tracker: Tracker, run_id: str, stage: str, checkpoin
     The driver logs an epoch's metrics just after it records that epoch's checkpoint; a driver killed
     between the two leaves a run whose last checkpoint epoch has no metrics. The checkpoint holds them,
     so a resuming launch restores them from there (once: a step already in the history is left alone).
-    A checkpoint that is not a local folder, or not readable, is left to the trainer to judge.
+    A checkpoint on object storage (``s3://...``) is read there (its ``state.json`` only); one that cannot
+    be read is left to the trainer to judge.
     """
-    from trainers.checkpoints import CheckpointError, checkpoint_progress
+    import tempfile
 
-    if not Path(checkpoint).is_dir():
-        return 0
-    try:
-        epoch, metrics = checkpoint_progress(checkpoint)
-    except CheckpointError:
-        return 0
+    from pyarrow import fs
+
+    from experiments.objectstore import filesystem
+    from trainers.checkpoints import STATE_JSON, CheckpointError, checkpoint_progress
+
+    with tempfile.TemporaryDirectory(prefix="ablate-state-") as tmp:
+        if "://" in checkpoint:  # object storage: read its state.json only
+            try:
+                remote, path = filesystem(checkpoint)
+                fs.copy_files(f"{path}/{STATE_JSON}", str(Path(tmp) / STATE_JSON), source_filesystem=remote,
+                              destination_filesystem=fs.LocalFileSystem())
+            except (OSError, ValueError):
+                return 0
+            checkpoint = tmp
+        if not Path(checkpoint).is_dir():
+            return 0
+        try:
+            epoch, metrics = checkpoint_progress(checkpoint)
+        except CheckpointError:
+            return 0
     metrics = loggable_metrics(metrics, stage)
     if not metrics:
         return 0
@@ -45,21 +61,52 @@ def record_checkpoint_epoch(tracker: Tracker, run_id: str, stage: str, checkpoin
     return tracker.log_metrics(run_id, metrics, epoch)
 
 
-def fetch_backbone(local_storage: Path, tracking_uri: str, h: str, run_id: str) -> str:
-    """The exported backbone of a pretraining run as a local folder (downloaded once, cached)."""
+def check_storage(storage: str) -> None:
+    """Refuse (exit 2) an S3 storage whose bucket is missing or refuses the credentials, before Ray starts.
+
+    Also makes pyarrow (Ray's storage, in this process and the local Ray's workers) reach the endpoint
+    named by MLflow's ``MLFLOW_S3_ENDPOINT_URL`` when ``AWS_ENDPOINT_URL`` is not set.
+    """
+    from experiments.objectstore import ObjectStoreError, check_bucket, is_s3, pyarrow_env
+
+    if not is_s3(storage):
+        return
+    os.environ.update(pyarrow_env())
+    try:
+        check_bucket(storage, "--storage-path")
+    except ObjectStoreError as e:
+        raise LaunchSetupError(str(e)) from None
+
+
+def fetch_backbone(local_storage: Path, tracking_uri: str, h: str, run_id: str, storage: str | None = None) -> str:
+    """The exported backbone of a pretraining run, where every fine-tuning trial can read it.
+
+    Downloaded once from the tracking store into ``local_storage/backbones/HASH`` (a cache). With a
+    remote Ray storage (``s3://...``: nodes without a shared disk) it is copied next to the trials'
+    folders, ``STORAGE/backbones/HASH/backbone``, and that URI is returned: a trial on any node reads it
+    through the object store (:func:`experiments.trial.local_backbone`), never through this machine's disk.
+    """
     import mlflow
 
     dest = local_storage / "backbones" / h
-    if (dest / "backbone" / "backbone.safetensors").is_file():
+    if not (dest / "backbone" / "backbone.safetensors").is_file():
+        tmp = dest.with_name(dest.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="backbone", dst_path=str(tmp),
+                                            tracking_uri=tracking_uri)
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
+    if storage is None or "://" not in storage:
         return str(dest / "backbone")
-    tmp = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="backbone", dst_path=str(tmp),
-                                        tracking_uri=tracking_uri)
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
-    return str(dest / "backbone")
+    from pyarrow import fs
+
+    remote = f"{storage.rstrip('/')}/backbones/{h}/backbone"
+    filesystem, path = fs.FileSystem.from_uri(remote)
+    filesystem.create_dir(path, recursive=True)
+    fs.copy_files(str(dest / "backbone"), path, source_filesystem=fs.LocalFileSystem(),
+                  destination_filesystem=filesystem)
+    return remote
 
 
 def delete_trial_checkpoints(filesystem: Any, trial_dir: str) -> list[str]:
@@ -94,14 +141,23 @@ class Housekeeping:
 
     def drop_superseded(self, restore: str | None) -> None:
         """Once a trial resumed from an earlier launch's checkpoint has saved its own, delete the earlier ones."""
-        if self.ctx.options.keep_checkpoints or not restore or restore in self.superseded or not Path(restore).is_dir():
+        if self.ctx.options.keep_checkpoints or not restore or restore in self.superseded:
+            return
+        if "://" not in restore and not Path(restore).is_dir():
             return
         self.superseded.add(restore)
-        from pyarrow import fs as pafs
+        from experiments.objectstore import filesystem
 
-        delete_trial_checkpoints(pafs.LocalFileSystem(), str(Path(restore).parent))
+        storage, path = filesystem(restore)
+        delete_trial_checkpoints(storage, path.rstrip("/").rsplit("/", 1)[0])
 
     def drop_fetched_backbones(self) -> None:
         """The launch's copies of backbones (fetched again when a later launch needs them), unless kept."""
-        if not self.ctx.options.keep_checkpoints:
-            shutil.rmtree(self.ctx.local_storage / "backbones", ignore_errors=True)
+        if self.ctx.options.keep_checkpoints:
+            return
+        shutil.rmtree(self.ctx.local_storage / "backbones", ignore_errors=True)
+        if "://" in self.ctx.storage:  # the copies the trials read from object storage (fetch_backbone)
+            from experiments.objectstore import filesystem
+
+            storage, path = filesystem(f"{self.ctx.storage.rstrip('/')}/backbones")
+            storage.delete_dir_contents(path, missing_dir_ok=True)

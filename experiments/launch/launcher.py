@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from experiments import spaces, ui
-from experiments.launch.artifacts import Housekeeping, fetch_backbone
+from experiments.launch.artifacts import Housekeeping, check_storage, fetch_backbone
 from experiments.launch.context import LaunchContext, LaunchError, LaunchOptions, LaunchResult, LaunchSetupError, \
     TrialOutcome
 from experiments.launch.launch_run import LaunchRun
@@ -121,6 +121,8 @@ class Launcher:
     def run(self) -> LaunchResult:
         ctx = self.ctx
         ctx.t0 = time.time()
+        if not ctx.options.dry_run:
+            check_storage(ctx.storage)  # a missing bucket or refused credentials: one line, nothing made
         plan = self.plan()
         self.tracker = Tracker(ctx.tracking_uri, ctx.spec.name, create=not ctx.options.dry_run)
         pre_runs, ft_runs = self.earlier_runs()
@@ -237,7 +239,8 @@ class Launcher:
         run_stage(self.ctx, stage, payloads, scheduler, self.ledger, candidates or ())
 
     def _stage_pretrain(self, plan: Plan, existing: dict[str, Any]) -> dict[str, str]:
-        """Stage 1. Returns config hash -> local folder of the exported backbone, for every survivor."""
+        """Stage 1. Returns config hash -> the exported backbone of every survivor, where the trials read it
+        (a folder of this machine, or a folder of the object store when the storage is one)."""
         ledger = self.ledger
         payloads: dict[str, TrialPayload] = {}
         for t in plan.pretrain:
@@ -257,7 +260,7 @@ class Launcher:
             out = ledger.outcomes.get(t.config_hash)
             if out is not None and out.status in ("done", "reused"):
                 survivors[t.config_hash] = fetch_backbone(self.ctx.local_storage, self.ctx.tracking_uri,
-                                                          t.config_hash, out.run_id)
+                                                          t.config_hash, out.run_id, self.ctx.storage)
         return survivors
 
     def _stage_finetune(self, plan: Plan, existing: dict[str, Any], survivors: dict[str, str]) -> None:

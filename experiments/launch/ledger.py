@@ -192,7 +192,10 @@ class TrialLedger:
 
     def checkpointed(self, p: TrialPayload, checkpoint: Any) -> None:
         """A trial saved a checkpoint: its run names it (the state a later launch resumes from)."""
-        self.ctx.tracker.set_tags(self.run_id_for(p.config_hash), {TAG_CHECKPOINT: checkpoint.path})
+        from experiments.objectstore import location_of
+
+        where = location_of(checkpoint.filesystem, checkpoint.path)
+        self.ctx.tracker.set_tags(self.run_id_for(p.config_hash), {TAG_CHECKPOINT: where})
         self.checkpoints[p.config_hash] = checkpoint
         self.housekeeping.drop_superseded(p.restore)
 

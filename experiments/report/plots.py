@@ -32,11 +32,8 @@ def _safe_name(text: str) -> str:
 
 
 def _prototypes(run: TrialRun) -> float | None:
-    k = finite_or_none(run.params.get("pretrain.prototypes"))
-    if k:
-        return k
-    ln_k = finite_or_none(run.metrics.get("swav/ln_k"))
-    return math.exp(ln_k) if ln_k is not None else None
+    """K as the run recorded it: its ``pretrain.prototypes`` param (the one place K is read back)."""
+    return finite_or_none(run.params.get("pretrain.prototypes"))
 
 
 def plot_swav_loss(runs: StudyRuns, path: Path) -> Path | None:

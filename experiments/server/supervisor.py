@@ -16,10 +16,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Mapping, Sequence, TextIO
 
+from experiments.objectstore import ObjectStoreError, check_bucket, is_s3
 from experiments.redaction import redact
 from experiments.server.auth import ENV_SECRET_KEY, admin_credentials, write_auth_config
 from experiments.server.checks import (
     DEFAULT_PORT,
+    ServerConfigError,
     ServerError,
     _is_local,
     _sqlite_path,
@@ -264,7 +266,8 @@ def start_server(backend_store_uri: str, artifacts_destination: str | None = Non
 
     Raises:
         ServerConfigError: bad options (a bind off loopback without auth included), no admin
-            password, port in use — nothing was started.
+            password, port in use, an S3 artifact bucket that is missing or refuses the
+            credentials of ``environ`` — nothing was started.
         ServerError: migrations failed, or the server died / did not become healthy in time.
     """
     env_in = dict(os.environ if environ is None else environ)
@@ -274,6 +277,11 @@ def start_server(backend_store_uri: str, artifacts_destination: str | None = Non
     admin = admin_credentials(env_in) if settings.auth else None
     bind = settings.host if settings.host not in ("", "::", "[::]") else "0.0.0.0"
     check_port(bind, settings.port)
+    if is_s3(settings.artifacts_destination):  # one line now, not a traceback at the first upload
+        try:
+            check_bucket(str(settings.artifacts_destination), "--artifacts-destination", env_in)
+        except ObjectStoreError as e:
+            raise ServerConfigError(str(e)) from None
     if _is_local(str(settings.artifacts_destination)):
         Path(str(settings.artifacts_destination)).mkdir(parents=True, exist_ok=True)
     upgrade_database(settings.backend_store_uri)

@@ -16,16 +16,11 @@ from __future__ import annotations
 
 import ast
 import base64
-import contextlib
 import json
 import os
 import pickle
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -39,6 +34,8 @@ from trainers.checkpoints import (
     load_checkpoint, sha256_file,
 )
 from tests.experiments.test_server import make_pg_database  # noqa: F401 - fixture
+from tests.raycluster import ray_head
+from tests.s3server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
@@ -240,12 +237,6 @@ def test_scrub_mapping():
 # ---------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _files_containing(root: Path, needles: dict[str, bytes]) -> list[str]:
     """``path contains LABEL`` for every file under ``root`` holding one of the byte strings."""
     hits = []
@@ -253,37 +244,6 @@ def _files_containing(root: Path, needles: dict[str, bytes]) -> list[str]:
         data = path.read_bytes()
         hits += [f"{path.relative_to(root)} contains {label}" for label, n in needles.items() if n in data]
     return hits
-
-
-@contextlib.contextmanager
-def ray_head(env: dict[str, str]):
-    """``ray start --head`` on loopback (token auth, Ray's default); yields (address, its temp dir).
-
-    ``--block`` keeps the head in its own process group, so exactly this cluster is stopped.
-    """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    temp = Path(tempfile.mkdtemp(prefix="ray"))  # short: Ray's socket paths
-    head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
-                             f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-                             "--node-ip-address=127.0.0.1", "--disable-usage-stats", f"--temp-dir={temp}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-    try:
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert head.poll() is None, "ray start --head exited"
-            time.sleep(1)
-        yield f"127.0.0.1:{port}", temp
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
 
 
 @pytest.mark.slow
@@ -314,7 +274,7 @@ def test_team_launch_leaves_no_password_anywhere(tmp_path, monkeypatch, make_pg_
     # scheduler and the launch's callback are pickled into tuner.pkl, which must not hold it
     optuna_url = make_pg_database().replace("postgres@", f"postgres:{password}@")
     head_env = {k: v for k, v in os.environ.items() if k not in (S.ENV_ADMIN_PASSWORD, "RAY_ADDRESS")}
-    with S.start_server(f"sqlite:///{store}/mlflow.db", port=_free_port(), workers=1, auth=True,
+    with S.start_server(f"sqlite:///{store}/mlflow.db", port=free_port(), workers=1, auth=True,
                         log_path=tmp_path / "server.log") as server, ray_head(head_env) as (address, ray_temp):
         uri = server.url.replace("http://", f"http://admin:{password}@")
         env = {**head_env, "PYTHONUNBUFFERED": "1", "MLFLOW_TRACKING_PASSWORD": password,

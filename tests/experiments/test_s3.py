@@ -1,0 +1,288 @@
+"""S3-compatible storage, against a real S3 API: moto's server on 127.0.0.1 (tests/s3server.py).
+
+* The bucket checks: a missing bucket, refused or missing credentials and an endpoint nobody answers
+  on are one line each, from the check itself, from ``ablate server --artifacts-destination s3://``
+  (exit 2, no database made) and from ``ablate launch --storage-path s3://`` (exit 2, no run made).
+* ``ablate gc`` on a storage path in a bucket: the local rule (keep what an unfinished trial resumes
+  from, delete the rest of the study's, leave other studies alone), in the bucket.
+* End to end (slow), two nodes without a shared folder: a Ray head with no CPUs and a worker node
+  with its own temporary folder run the trials; the tracking server's artifacts and the launch's
+  checkpoints are in one bucket; the driver is killed with SIGKILL mid-fine-tuning, the worker node
+  is stopped and its folder deleted, and the relaunch resumes the trial from its S3 checkpoint on a
+  new node without a duplicate metric (the fine-tuning trial reads its backbone from the bucket);
+  ``status`` and ``report``; the champion pulled by a client without S3 credentials, its sha256
+  checked; ``gc`` emptying the bucket of training states; the secret key in no object, no store
+  file, no printed line and no server log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from experiments import server as S
+from experiments import tracking as T
+from experiments.objectstore import ObjectStoreError, check_bucket, split_s3
+from tests.raycluster import ray_head, ray_worker
+from tests.s3server import free_port, objects, s3_server
+from tests.spaces import tiny_space, write_space
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def s3():
+    with s3_server(("team",)) as env:
+        yield env
+
+
+@pytest.fixture
+def s3_env(s3, monkeypatch):
+    """The S3 variables in this process's environment (pyarrow reads them there), nothing else of AWS."""
+    for key in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(key)
+    for key, value in s3.items():
+        monkeypatch.setenv(key, value)
+    return s3
+
+
+def _cli(args: list[str], cwd: Path, env: dict[str, str], timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**env, "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([sys.executable, "-m", "experiments.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+# ---------------------------------------------------------------------------
+# The checks
+# ---------------------------------------------------------------------------
+
+
+def test_bucket_check_names_what_to_fix(s3, tmp_path, monkeypatch):
+    check_bucket("s3://team/ray", "--storage-path", s3)  # exists, credentials accepted
+    with pytest.raises(ObjectStoreError, match=r"^--storage-path s3://nope/ray: bucket 'nope' does not exist at "
+                                               r"http://127\.0\.0\.1:\d+; create it first"):
+        check_bucket("s3://nope/ray", "--storage-path", s3)
+    closed = {**s3, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
+    with pytest.raises(ObjectStoreError, match="no S3 server answers at .* check AWS_ENDPOINT_URL"):
+        check_bucket("s3://team/ray", "--storage-path", closed)
+    # no keys anywhere: not in the variables, no profile files, no instance metadata
+    for key in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    keyless = {k: v for k, v in s3.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    with pytest.raises(ObjectStoreError, match="no S3 credentials found; set AWS_ACCESS_KEY_ID and "
+                                               "AWS_SECRET_ACCESS_KEY"):
+        check_bucket("s3://team/ray", "--storage-path", keyless)
+    with pytest.raises(ObjectStoreError, match="credentials do not belong in an S3 URI"):
+        split_s3("s3://AKIA:secret@team/ray")
+
+
+def test_refused_credentials_are_one_line():
+    # moto checks credentials after its first request (the bucket's creation): unknown keys get a 403
+    with s3_server(("locked",), {"INITIAL_NO_AUTH_ACTION_COUNT": "1"}) as env:
+        with pytest.raises(ObjectStoreError, match=r"refused these credentials for bucket 'locked' "
+                                                   r"\(InvalidAccessKeyId|403"):
+            check_bucket("s3://locked/a", "--artifacts-destination", env)
+
+
+def test_server_refuses_a_missing_bucket_before_starting(s3_env, tmp_path, capsys):
+    db = tmp_path / "store" / "mlflow.db"
+    code = S.main(["--backend-store-uri", f"sqlite:///{db}", "--artifacts-destination", "s3://nope/mlartifacts",
+                   "--port", str(free_port())])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0, err
+    assert "--artifacts-destination s3://nope/mlartifacts: bucket 'nope' does not exist" in err
+    assert not db.exists()  # nothing was started, no database made
+
+
+def test_launch_refuses_a_missing_bucket_before_anything_runs(s3, tmp_path):
+    space = write_space(tmp_path, tiny_space("nobucket"))
+    proc = _cli(["launch", str(space), "--storage-path", "s3://nope/ray"], tmp_path, {**os.environ, **s3}, timeout=300)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "--storage-path s3://nope/ray: bucket 'nope' does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list((tmp_path / "mlruns").rglob("*"))  # no store, no data generated, no Ray storage
+
+
+# ---------------------------------------------------------------------------
+# gc in a bucket
+# ---------------------------------------------------------------------------
+
+
+def test_gc_in_a_bucket_keeps_only_what_an_unfinished_trial_resumes_from(s3_env, tmp_path):
+    import boto3
+
+    from experiments.gc import collect, gc
+
+    client = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"])
+    root = "s3://team/gcs"
+    for key in ("gcs-pretrain-1/pretrain_a/checkpoint_000000/state.safetensors",
+                "gcs-pretrain-1/pretrain_a/checkpoint_000001/state.safetensors",
+                "gcs-pretrain-1/tuner.pkl",
+                "gcs-finetune-1/finetune_b/checkpoint_000000/state.safetensors",
+                "gcs-finetune-1/finetune_b/checkpoint_000001/state.safetensors",
+                "other-pretrain-1/pretrain_c/checkpoint_000000/state.safetensors",
+                "backbones/h/backbone/backbone.safetensors"):
+        client.put_object(Bucket="team", Key=f"gcs/{key}", Body=b"x" * 1000)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = T.Tracker(uri, "gcs")
+    launch = tracker.create_run("launch", {T.TAG_STAGE: "launch"})
+    tracker.log_params_tags(launch, params={"storage_path": root})
+    tracker.finish(launch, "KILLED")
+    done = tracker.create_run("a", {T.TAG_STAGE: "pretrain",
+                                    T.TAG_CHECKPOINT: f"{root}/gcs-pretrain-1/pretrain_a/checkpoint_000001"},
+                              parent_run_id=launch)
+    tracker.finish(done, "FINISHED")
+    resumes = f"{root}/gcs-finetune-1/finetune_b/checkpoint_000001"
+    failed = tracker.create_run("b", {T.TAG_STAGE: "finetune", T.TAG_CHECKPOINT: resumes}, parent_run_id=launch)
+    tracker.finish(failed, "FAILED")
+
+    plan = collect(uri, "gcs", tmp_path / "unused")
+    assert set(plan.remove) == {f"{root}/gcs-pretrain-1", f"{root}/gcs-finetune-1/finetune_b/checkpoint_000000",
+                                f"{root}/backbones"}
+    assert plan.keep == {resumes: failed} and plan.size() == 5000
+    text = gc(uri, "gcs", tmp_path / "unused", dry_run=True)
+    assert "would free 4.9 KB in 3 folder(s)" in text and len(objects(s3_env, "team", "gcs/")) == 7
+    gc(uri, "gcs", tmp_path / "unused")
+    assert sorted(objects(s3_env, "team", "gcs/")) == [
+        "gcs/gcs-finetune-1/finetune_b/checkpoint_000001/state.safetensors",
+        "gcs/other-pretrain-1/pretrain_c/checkpoint_000000/state.safetensors"]
+
+
+# ---------------------------------------------------------------------------
+# End to end
+# ---------------------------------------------------------------------------
+
+
+def _finetune_checkpoint(db: Path) -> str | None:
+    """The ``ablate.checkpoint`` tag of a fine-tuning run, once one has it."""
+    if not db.exists():
+        return None
+    try:
+        with sqlite3.connect(db, timeout=1) as con:
+            row = con.execute(
+                "select c.value from tags c join tags s on c.run_uuid = s.run_uuid where c.key = ? and s.key = ? "
+                "and s.value = 'finetune'", (T.TAG_CHECKPOINT, T.TAG_STAGE)).fetchone()
+        return row[0] if row else None
+    except sqlite3.Error:
+        return None
+
+
+def _files_with(root: Path, needle: bytes) -> list[str]:
+    return [str(p.relative_to(root)) for p in sorted(root.rglob("*")) if p.is_file() and needle in p.read_bytes()]
+
+
+@pytest.mark.slow
+def test_study_on_s3_resumes_pulls_collects_and_keeps_the_keys_out(s3, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from experiments.registry import TAG_WEIGHTS_SHA
+    from trainers.checkpoints import sha256_file
+    from trainers.detection import load_detector
+
+    secret = s3["AWS_SECRET_ACCESS_KEY"]
+    space = tiny_space("s3study", pretrain_epochs=2)
+    space["finetune"]["fixed"]["epochs"] = 3
+    space = write_space(tmp_path, space)
+    store, work = tmp_path / "store", tmp_path / "work"
+    work.mkdir()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_ADDRESS"))}, **s3}
+    printed: list[str] = []
+    node_a, node_b = (Path(tempfile.mkdtemp(prefix=f"ray{n}")) for n in "AB")  # short: Ray's socket paths
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, node_a, ignore_errors=True)
+        stack.callback(shutil.rmtree, node_b, ignore_errors=True)
+        server = stack.enter_context(S.start_server(f"sqlite:///{store}/mlflow.db", "s3://team/mlartifacts",
+                                                    port=free_port(), workers=1, log_path=tmp_path / "server.log",
+                                                    environ=env))
+        # a head with no CPUs: every trial runs on a worker node, which has its own temporary folder
+        address, _ = stack.enter_context(ray_head(env, num_cpus=0))
+        launch = ["launch", str(space), "--tracking-uri", server.url, "--storage-path", "s3://team/ray",
+                  "--address", address]
+        with ray_worker(address, env, 2, node_a):
+            log = (tmp_path / "first_launch.log").open("w")
+            proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", *launch], cwd=work, stdout=log,
+                                    stderr=subprocess.STDOUT, env={**env, "PYTHONUNBUFFERED": "1"},
+                                    start_new_session=True)
+            deadline, tagged = time.time() + 600, None
+            while time.time() < deadline and proc.poll() is None and not (
+                    tagged := _finetune_checkpoint(store / "mlflow.db")):
+                time.sleep(0.5)
+            assert proc.poll() is None, "the launch ended before it could be interrupted:\n" + \
+                (tmp_path / "first_launch.log").read_text()[-3000:]
+            os.killpg(proc.pid, signal.SIGKILL)  # mid-fine-tuning, no clean-up at all
+            proc.wait(timeout=60)
+            log.close()
+        shutil.rmtree(node_a)  # that node is gone, and its disk with it
+        printed.append((tmp_path / "first_launch.log").read_text())
+        assert tagged.startswith("s3://team/ray/s3study-finetune-"), tagged  # the state a relaunch resumes from
+        # the fine-tuning trial read its backbone from the bucket, not from a folder of the driver's disk
+        assert any(k.startswith("ray/backbones/") and k.endswith("/backbone.safetensors")
+                   for k in objects(s3, "team", "ray/"))
+
+        stack.enter_context(ray_worker(address, env, 2, node_b))  # a new node resumes the trial
+        done = _cli([*launch, "--resume"], work, env)
+        printed.append(done.stdout + done.stderr)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert "resume" in done.stdout
+        client = MlflowClient(tracking_uri=server.url)
+        exp = client.get_experiment_by_name("s3study")
+        runs = {stage: client.search_runs([exp.experiment_id], f"tags.`{T.TAG_STAGE}` = '{stage}'")
+                for stage in ("launch", "pretrain", "finetune")}
+        assert [len(runs[s]) for s in ("launch", "pretrain", "finetune")] == [1, 1, 1]  # continued, no duplicates
+        ft = runs["finetune"][0]
+        assert ft.info.status == "FINISHED" and T.TAG_CHECKPOINT not in ft.data.tags
+        steps = [m.step for m in client.get_metric_history(ft.info.run_id, "det/loss")]
+        assert sorted(steps) == sorted(set(steps)) == [1, 2, 3], steps  # resumed from S3, not restarted
+        pre_steps = [m.step for m in client.get_metric_history(runs["pretrain"][0].info.run_id, "swav/loss")]
+        assert sorted(pre_steps) == [1, 2]
+        assert exp.artifact_location.startswith("mlflow-artifacts:")  # proxied: clients never see the bucket
+        bucket = objects(s3, "team")
+        assert any(k.startswith("mlartifacts/") and k.endswith("detector.safetensors") for k in bucket)
+        assert any(k.startswith("ray/s3study-finetune-") and k.endswith("tuner.pkl") for k in bucket)
+        assert not [k for k in bucket if "/checkpoint_" in k]  # finished trials keep no training state
+        assert not (store / "artifacts").exists()  # nothing of the artifacts on the server's disk
+
+        for args in (["status", "s3study"], ["report", "s3study", "--no-log"]):
+            out = _cli([*args, "--tracking-uri", server.url], work, env, timeout=300)
+            printed.append(out.stdout + out.stderr)
+            assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        assert "s3study" in printed[-2] and "AP@0.5" in printed[-1]
+
+        # a client with no S3 credentials at all pulls the champion through the server
+        keyless = {k: v for k, v in env.items() if not k.startswith("AWS_")}
+        pulled = _cli(["pull", "s3study-detector@champion", "--dest", str(tmp_path / "pulled"),
+                       "--tracking-uri", server.url], work, keyless, timeout=300)
+        printed.append(pulled.stdout + pulled.stderr)
+        assert pulled.returncode == 0, pulled.stdout[-2000:] + pulled.stderr[-2000:]
+        version = client.get_model_version_by_alias("s3study-detector", "champion")
+        assert sha256_file(tmp_path / "pulled" / "detector.safetensors") == version.tags[TAG_WEIGHTS_SHA]
+        load_detector(tmp_path / "pulled")
+
+        # the secret key: in no object of the bucket (tuner.pkl, trial configs, artifacts, model versions)
+        problems = [f"s3://team/{k}" for k, body in bucket.items() if secret.encode() in body]
+        gc_out = _cli(["gc", "s3study", "--tracking-uri", server.url], work, env, timeout=300)
+        printed.append(gc_out.stdout + gc_out.stderr)
+        assert gc_out.returncode == 0, gc_out.stdout[-2000:] + gc_out.stderr[-2000:]
+        assert "deleted s3://team/ray/s3study-pretrain-" in gc_out.stdout
+        left = objects(s3, "team", "ray/")
+        assert not left, sorted(left)[:5]  # every launch folder of the study and the backbone copies
+        assert objects(s3, "team", "mlartifacts/"), "gc never touches the tracking store's artifacts"
+    problems += [f"store: {f}" for f in _files_with(store, secret.encode())]
+    problems += [f"work dir: {f}" for f in _files_with(work, secret.encode())]
+    problems += [f"pulled: {f}" for f in _files_with(tmp_path / "pulled", secret.encode())]
+    problems += ["printed" for text in printed if secret in text]
+    problems += ["server log"] if secret in (tmp_path / "server.log").read_text() else []
+    assert not problems, "the secret key leaked: " + ", ".join(problems)
