@@ -67,7 +67,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("launch", help="run an ablation grid (Ray Tune stages, MLflow tracking, Optuna pruning)")
     p.add_argument("space", type=Path, help="search space YAML (see search_spaces/README.md)")
     _add_tracking(p)
-    p.add_argument("--storage-path", default=None, help="Ray storage for checkpoints (shared path or s3:// on a cluster)")
+    p.add_argument("--storage-path", default=None,
+                   help="Ray storage for checkpoints: a folder (shared on a cluster) or s3://BUCKET/PREFIX, keys from "
+                        "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, endpoint from AWS_ENDPOINT_URL (default: the "
+                        "space's storage_path, $ABLATE_STORAGE_PATH, mlruns/ray)")
     p.add_argument("--name", default=None, help="study name (default: the space's `name`)")
     p.add_argument("--dry-run", action="store_true", help="print the expanded plan and exit")
     p.add_argument("--resume", action="store_true", help="continue the study's last unfinished launch")

@@ -134,8 +134,13 @@ def test_references_are_defined(compose):
 
 def test_services_and_healthchecks(compose):
     services = compose["services"]
-    assert {"postgres", "mlflow", "ray-head", "ray-gpu-worker"} <= set(services)
+    assert {"postgres", "minio", "minio-bucket", "mlflow", "ray-head", "ray-gpu-worker"} <= set(services)
+    awaited = {dep for svc in services.values() if isinstance(svc.get("depends_on"), dict)
+               for dep, cond in svc["depends_on"].items() if cond.get("condition") == "service_completed_successfully"}
     for name, svc in services.items():
+        if name in awaited:  # a one-shot job (the bucket's creation): it exits, others wait for its success
+            assert svc.get("restart") == "no", f"{name}: a one-shot job must not restart"
+            continue
         test = svc.get("healthcheck", {}).get("test")
         assert test and test[0] in ("CMD", "CMD-SHELL"), f"{name}: no healthcheck"
     assert "/health" in " ".join(services["mlflow"]["healthcheck"]["test"])
@@ -173,9 +178,15 @@ def test_mlflow_command_is_the_tested_ablate_server_invocation(compose):
                                 args.auth, args.workers, tuple(hosts), env[S.ENV_AUTH_DB_URI])
     assert settings.auth_db_uri != settings.backend_store_uri
     assert "mlflow" in hosts  # containers reach it by service name
-    # the artifact destination is a named volume, and the published port is the server's port
-    mounts = {v.split(":")[1]: v.split(":")[0] for v in svc["volumes"]}
-    assert _named_volume(mounts[args.artifacts_destination])
+    # the artifacts go to the compose file's S3 server (MinIO), its bucket made before the server starts;
+    # the keys reach the server through the environment only; the published port is the server's port
+    assert args.artifacts_destination == f"s3://{compose['services']['minio-bucket']['environment']['S3_BUCKET']}/mlartifacts"
+    assert env["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+    assert env["AWS_ACCESS_KEY_ID"] == compose["services"]["minio"]["environment"]["MINIO_ROOT_USER"]
+    assert env["AWS_SECRET_ACCESS_KEY"] == compose["services"]["minio"]["environment"]["MINIO_ROOT_PASSWORD"]
+    assert svc["depends_on"]["minio-bucket"]["condition"] == "service_completed_successfully"
+    s3_secret = compose["services"]["minio"]["environment"]["MINIO_ROOT_PASSWORD"]
+    assert not any(s3_secret in str(c) for c in (*command, *compose["services"]["minio-bucket"]["command"]))
     assert any(str(p).endswith(f":{args.port}") for p in svc["ports"])
     assert f":{args.port}/health" in " ".join(svc["healthcheck"]["test"])
     # the admin password reaches the server through the environment only
@@ -189,7 +200,10 @@ def test_ray_services(compose):
     assert worker_cmd.startswith("ray start --address=")
     for svc in (head, worker):
         assert svc["environment"]["RAY_AUTH_MODE"] == "token" and svc["environment"]["RAY_AUTH_TOKEN"]
-        assert any(v.endswith(":/shared") for v in svc["volumes"])
+        assert any(v.endswith(":/shared") for v in svc["volumes"])  # the data sets
+        # checkpoints in the bucket, reached from every machine with the standard variables
+        assert svc["environment"]["ABLATE_STORAGE_PATH"].startswith("s3://")
+        assert {"AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(svc["environment"])
 
 
 def _pins(requirements: list[str]) -> dict[str, str]:

@@ -56,7 +56,9 @@ class Launcher:
             # within seconds, before the retries below would wait minutes on a server that is not there
             check_store(tracking_uri, LaunchSetupError)
         configure_client_retries()  # ride out a tracking-server restart (one that answered at the start)
-        storage = options.storage_path or os.environ.get("ABLATE_STORAGE_PATH") or str(store_dir / "ray")
+        # the command line, then the space's `storage_path:`, then this machine's default
+        storage = (options.storage_path or spec.storage_path or os.environ.get("ABLATE_STORAGE_PATH")
+                   or str(store_dir / "ray"))
         self.ctx = LaunchContext(
             spec=spec, options=options, tracking_uri=tracking_uri, storage=storage,
             local_storage=Path(storage) if "://" not in storage else store_dir / "cache",
@@ -199,7 +201,7 @@ class Launcher:
     def _init_ray(self) -> None:
         ctx = self.ctx
         init_ray(ctx.spec, ctx.options.address or os.environ.get("RAY_ADDRESS"), ctx.storage,
-                 ctx.options.storage_path, ctx.options.num_gpus)
+                 ctx.options.storage_path or ctx.spec.storage_path, ctx.options.num_gpus)
 
     # -- the trials' runs ---------------------------------------------------------
 

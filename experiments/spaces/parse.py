@@ -294,6 +294,20 @@ def load_space(path: str | Path, name: str | None = None) -> StudySpec:
     if not isinstance(max_conc, int) or isinstance(max_conc, bool) or max_conc < 1:
         raise _err(path, "max_concurrent", f"expected an integer >= 1, got {max_conc!r}")
 
+    storage_path = raw.get("storage_path")
+    if storage_path is not None and (not isinstance(storage_path, str) or not storage_path.strip()):
+        raise _err(path, "storage_path", f"expected a folder or an s3:// URI, got {storage_path!r}",
+                   "e.g. storage_path: s3://team-bucket/ray (keys from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
+    if isinstance(storage_path, str) and "://" in storage_path:
+        scheme = storage_path.split("://", 1)[0].lower()
+        netloc = storage_path.split("://", 1)[1].split("/", 1)[0]
+        if scheme != "s3" or not netloc:
+            raise _err(path, "storage_path", f"{storage_path!r} is not a storage this service supports",
+                       "use a folder, or s3://BUCKET/PREFIX")
+        if "@" in netloc:
+            raise _err(path, "storage_path", "credentials do not belong in the space file",
+                       "write s3://BUCKET/PREFIX and set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
+
     try:
         pruning = validate_pruning_settings(_mapping(path, "pruning", raw.get("pruning")))
     except ValueError as exc:
@@ -308,6 +322,7 @@ def load_space(path: str | Path, name: str | None = None) -> StudySpec:
         pretrain=_parse_section(path, "pretrain", raw.get("pretrain"), kind),
         finetune=_parse_section(path, "finetune", raw.get("finetune"), kind),
         max_concurrent=max_conc, pruning=pruning, text=text, description=_description(path, raw.get("description")),
+        storage_path=storage_path,
     )
     if kind == "tpe" and not spec.finetune.distributions and len(spec.finetune.cells) < 2:
         raise _err(path, "finetune.grid", "tpe search has nothing to sample",

@@ -13,7 +13,8 @@ from typing import Any, Iterable, Mapping
 from trainers.common import unknown_key_message
 from trainers.pairing import PRETRAINED_NORM, SCRATCH
 
-TOP_KEYS = ("name", "description", "data", "seeds", "search", "pretrain", "finetune", "max_concurrent", "pruning")
+TOP_KEYS = ("name", "description", "data", "seeds", "search", "pretrain", "finetune", "max_concurrent", "pruning",
+            "storage_path")
 SECTION_KEYS = ("fixed", "grid", "cases", "resources")
 DATA_PATH_KEYS = ("unlabeled", "train_images", "train_annotations", "val_images", "val_annotations")
 DATA_KEYS = ("sample", "root", *DATA_PATH_KEYS)
@@ -113,6 +114,7 @@ class StudySpec:
     pruning: dict[str, Any]
     text: str  # the space file as written, logged as an artifact
     description: str = ""  # the space's `description`: the MLflow experiment's description
+    storage_path: str | None = None  # the space's `storage_path`: Ray's storage (a folder or s3://BUCKET/PREFIX)
 
 
 @dataclass(frozen=True)

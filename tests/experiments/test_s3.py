@@ -108,8 +108,8 @@ def test_server_refuses_a_missing_bucket_before_starting(s3_env, tmp_path, capsy
 
 
 def test_launch_refuses_a_missing_bucket_before_anything_runs(s3, tmp_path):
-    space = write_space(tmp_path, tiny_space("nobucket"))
-    proc = _cli(["launch", str(space), "--storage-path", "s3://nope/ray"], tmp_path, {**os.environ, **s3}, timeout=300)
+    space = write_space(tmp_path, {**tiny_space("nobucket"), "storage_path": "s3://nope/ray"})  # the space's own
+    proc = _cli(["launch", str(space)], tmp_path, {**os.environ, **s3}, timeout=300)
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "--storage-path s3://nope/ray: bucket 'nope' does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -123,6 +123,9 @@ BROKEN = [
     ({"pretrain": {"resources": {"gpu": -1}}}, "pretrain.resources.gpu"),
     ({"pruning": {"patiense": 3}}, "pruning: "),
     ({"finetune": {"cases": [{"backbone": "res18_ep2_p300"}]}}, "did you mean 'res18_ep2_p3000'"),
+    ({"storage_path": 5}, "storage_path: expected a folder or an s3:// URI"),
+    ({"storage_path": "gs://b/ray"}, "storage_path: 'gs://b/ray' is not a storage this service supports"),
+    ({"storage_path": "s3://key:secret@b/ray"}, "storage_path: credentials do not belong in the space file"),
 ]
 
 
