@@ -121,6 +121,7 @@ class TuneReporter:
     def __init__(self, restore_from: str | None = None) -> None:
         self._restore_from = restore_from
         self._restored: Path | None = None
+        self._downloaded: Path | None = None  # this node's copy of a checkpoint on object storage
         self._placement: dict[str, str] | None = None
 
     def placement(self) -> dict[str, str]:
@@ -152,6 +153,12 @@ class TuneReporter:
         # Ray stops a trial itself when the scheduler says STOP; nothing to poll here.
         return False
 
+    def close(self) -> None:
+        """Delete this node's copy of a checkpoint downloaded from object storage (the trial has ended)."""
+        if self._downloaded is not None:
+            shutil.rmtree(self._downloaded, ignore_errors=True)
+            self._downloaded = None
+
     def restore_dir(self) -> Path | None:
         from ray import tune
 
@@ -161,7 +168,7 @@ class TuneReporter:
         if ckpt is not None:
             self._restored = Path(ckpt.to_directory())
         elif self._restore_from and "://" in self._restore_from:  # an earlier launch's, on object storage
-            self._restored = _download(self._restore_from, "ablate-restore-")
+            self._restored = self._downloaded = _download(self._restore_from, "ablate-restore-")
         elif self._restore_from and Path(self._restore_from).is_dir():
             self._restored = Path(self._restore_from)  # an earlier launch's checkpoint
         return self._restored
@@ -302,10 +309,24 @@ def local_backbone(config: dict[str, Any]) -> dict[str, Any]:
         return config
     import hashlib
 
-    cache = Path(tempfile.gettempdir()) / "ablate-backbones" / hashlib.sha256(backbone.encode()).hexdigest()[:16]
-    if not (cache / "backbone.safetensors").is_file() and _download(backbone, "", cache) is None:
-        raise FileNotFoundError(f"the backbone {backbone} is not in the object store (deleted by `ablate gc`?); "
+    from pyarrow import fs
+
+    from trainers.checkpoints import BACKBONE_CONFIG
+
+    missing = FileNotFoundError(f"the backbone {backbone} is not in the object store (deleted by `ablate gc`?); "
                                 "run the launch again to fetch it from the tracking store")
+    remote, path = fs.FileSystem.from_uri(backbone)
+    try:
+        with remote.open_input_stream(f"{path}/{BACKBONE_CONFIG}") as fh:
+            record = fh.read()  # its sha256 of the weights: the cached copy is this backbone, or is replaced
+    except FileNotFoundError:
+        raise missing from None
+    cache = Path(tempfile.gettempdir()) / "ablate-backbones" / hashlib.sha256(backbone.encode()).hexdigest()[:16]
+    cached = cache / BACKBONE_CONFIG
+    if not (cached.is_file() and cached.read_bytes() == record):
+        shutil.rmtree(cache, ignore_errors=True)
+        if _download(backbone, "", cache) is None:
+            raise missing
     return {**config, "backbone": str(cache)}
 
 
@@ -321,8 +342,11 @@ def run_trial(config: dict[str, Any], candidates: Sequence[TrialPayload] = ()) -
     if trial.stage == STAGE_FINETUNE:
         trial = dataclasses.replace(trial, config=local_backbone(trial.config))
     reporter = TuneReporter(trial.restore)
-    if trial.processes > 1:
-        _run_ddp(trial.stage, trial.config, trial.processes, reporter)
-        return
-    train, cls = _train_fn(trial.stage)
-    train(config_from_dict(cls, trial.config), reporter)
+    try:
+        if trial.processes > 1:
+            _run_ddp(trial.stage, trial.config, trial.processes, reporter)
+            return
+        train, cls = _train_fn(trial.stage)
+        train(config_from_dict(cls, trial.config), reporter)
+    finally:
+        reporter.close()

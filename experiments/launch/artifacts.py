@@ -127,6 +127,7 @@ class Housekeeping:
     def __init__(self, ctx: LaunchContext) -> None:
         self.ctx = ctx
         self.superseded: set[str] = set()  # earlier launches' checkpoints already deleted (their trial resumed)
+        self.shared_backbones: list[str] = []  # this launch's backbone copies on object storage (fetch_backbone)
 
     def drop_checkpoints(self, run_id: str, checkpoint: Any) -> None:
         """A finished trial's training states: deleted (its exported model is in the artifact store) unless kept.
@@ -156,8 +157,9 @@ class Housekeeping:
         if self.ctx.options.keep_checkpoints:
             return
         shutil.rmtree(self.ctx.local_storage / "backbones", ignore_errors=True)
-        if "://" in self.ctx.storage:  # the copies the trials read from object storage (fetch_backbone)
-            from experiments.objectstore import filesystem
+        from experiments.objectstore import filesystem
 
-            storage, path = filesystem(f"{self.ctx.storage.rstrip('/')}/backbones")
-            storage.delete_dir_contents(path, missing_dir_ok=True)
+        for uri in self.shared_backbones:  # only this launch's: another study's launch may share the bucket
+            storage, path = filesystem(uri.rstrip("/").rsplit("/", 1)[0])  # .../backbones/HASH
+            storage.delete_dir_contents(path, missing_dir_ok=True)  # a copy: fetched again when needed
+        self.shared_backbones.clear()

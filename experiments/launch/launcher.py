@@ -263,6 +263,8 @@ class Launcher:
             if out is not None and out.status in ("done", "reused"):
                 survivors[t.config_hash] = fetch_backbone(self.ctx.local_storage, self.ctx.tracking_uri,
                                                           t.config_hash, out.run_id, self.ctx.storage)
+                if "://" in survivors[t.config_hash]:
+                    self.housekeeping.shared_backbones.append(survivors[t.config_hash])
         return survivors
 
     def _stage_finetune(self, plan: Plan, existing: dict[str, Any], survivors: dict[str, str]) -> None:

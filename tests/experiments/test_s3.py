@@ -161,6 +161,29 @@ def test_gc_in_a_bucket_keeps_only_what_an_unfinished_trial_resumes_from(s3_env,
         "gcs/other-pretrain-1/pretrain_c/checkpoint_000000/state.safetensors"]
 
 
+def test_a_trial_copies_its_backbone_from_the_bucket_once_per_node(s3_env, tmp_path, monkeypatch):
+    import boto3
+
+    from experiments.trial import local_backbone
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # this "node's" temporary folder
+    client = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"])
+    for name, body in (("backbone.json", b'{"sha256": "aaa"}'), ("backbone.safetensors", b"weights-a")):
+        client.put_object(Bucket="team", Key=f"ray/backbones/h1/backbone/{name}", Body=body)
+    uri = "s3://team/ray/backbones/h1/backbone"
+    cfg = local_backbone({"backbone": uri, "epochs": 3})
+    local = Path(cfg["backbone"])
+    assert cfg["epochs"] == 3 and local.is_relative_to(tmp_path) and (local / "backbone.safetensors").read_bytes() == b"weights-a"
+    assert local_backbone({"backbone": str(local)}) == {"backbone": str(local)}  # a local folder stays as it is
+    client.put_object(Bucket="team", Key="ray/backbones/h1/backbone/backbone.safetensors", Body=b"changed")
+    assert (Path(local_backbone({"backbone": uri})["backbone"]) / "backbone.safetensors").read_bytes() == b"weights-a"
+    # the same location with another backbone (its record differs): the node's copy is replaced
+    client.put_object(Bucket="team", Key="ray/backbones/h1/backbone/backbone.json", Body=b'{"sha256": "bbb"}')
+    assert (Path(local_backbone({"backbone": uri})["backbone"]) / "backbone.safetensors").read_bytes() == b"changed"
+    with pytest.raises(FileNotFoundError, match="is not in the object store"):
+        local_backbone({"backbone": "s3://team/ray/backbones/gone/backbone"})
+
+
 # ---------------------------------------------------------------------------
 # End to end
 # ---------------------------------------------------------------------------
