@@ -79,6 +79,9 @@ def ray_worker(address: str, env: Mapping[str, str], num_cpus: int, temp: Path) 
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     try:
         deadline = time.time() + 180
+        # the node's raylet socket appears in its own folder once it runs; then the cluster is asked once
+        while time.time() < deadline and node.poll() is None and not list(temp.glob("session_*/sockets/raylet")):
+            time.sleep(0.5)
         while time.time() < deadline and node.poll() is None and not _node_alive(address, env, temp):
             time.sleep(1)
         assert node.poll() is None and time.time() < deadline, "the worker node did not join the cluster"
