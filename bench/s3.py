@@ -70,7 +70,7 @@ def run(quick: bool = False) -> str:
         "",
         f"Command: `python -m bench s3{' --quick' if quick else ''}`. {machine_line()}.",
         f"Launch: {what}, {trials} trials, default sqlite tracking store, a Ray of its own, in a fresh folder; "
-        "S3: moto's S3 server on 127.0.0.1 (objects in memory: the protocol's cost, not a network's), "
+        "S3: moto's S3 server on 127.0.0.1 (pure Python, objects in memory: the cost of the S3 protocol and of this server, not of a network), "
         "baseline: `mlruns/ray` on the local disk. One launch each, baseline first.",
         "",
         "| storage | launch wall time (s) |",
