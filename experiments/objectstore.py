@@ -19,6 +19,7 @@ an endpoint nobody answers on) into one line naming the variable to fix, before 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
@@ -128,3 +129,36 @@ def location_of(fs_: Any, path: str) -> str:
     """
     kind = getattr(fs_, "type_name", "local")
     return path if kind == "local" else f"{kind}://{path.lstrip('/')}"
+
+
+KEY_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+
+
+def keys_to_private_file() -> Path | None:
+    """Move S3 keys from this process's environment into a private credentials file; returns the file.
+
+    Ray Tune copies ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / session tokens from the driver's
+    environment into every trial's runtime environment, and Ray's runtime-env agent writes that into its
+    log on every node. Read from ``AWS_SHARED_CREDENTIALS_FILE`` instead (a file only this user can read,
+    deleted when the process exits), the keys still reach boto3 and pyarrow here and in a local Ray's
+    workers, and no Ray log holds them. Nothing happens without keys in the environment (a profile, or
+    the nodes' own variables, serve then).
+    """
+    import atexit
+    import tempfile
+
+    if not (os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY")):
+        return None
+    keys = {k: os.environ.pop(k) for k in KEY_VARIABLES if k in os.environ}
+    fd, name = tempfile.mkstemp(prefix="ablate-s3-", suffix=".ini")  # mode 0600
+    lines = ["[default]", f"aws_access_key_id = {keys['AWS_ACCESS_KEY_ID']}",
+             f"aws_secret_access_key = {keys['AWS_SECRET_ACCESS_KEY']}"]
+    token = keys.get("AWS_SESSION_TOKEN") or keys.get("AWS_SECURITY_TOKEN")
+    if token:
+        lines.append(f"aws_session_token = {token}")
+    with os.fdopen(fd, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    atexit.register(lambda: Path(name).unlink(missing_ok=True))
+    os.environ["AWS_SHARED_CREDENTIALS_FILE"] = name
+    os.environ.pop("AWS_PROFILE", None)  # the file's [default] profile holds the keys that were in the environment
+    return Path(name)

@@ -65,9 +65,10 @@ def check_storage(storage: str) -> None:
     """Refuse (exit 2) an S3 storage whose bucket is missing or refuses the credentials, before Ray starts.
 
     Also makes pyarrow (Ray's storage, in this process and the local Ray's workers) reach the endpoint
-    named by MLflow's ``MLFLOW_S3_ENDPOINT_URL`` when ``AWS_ENDPOINT_URL`` is not set.
+    named by MLflow's ``MLFLOW_S3_ENDPOINT_URL`` when ``AWS_ENDPOINT_URL`` is not set, and moves the keys
+    into a private credentials file (:func:`experiments.objectstore.keys_to_private_file`).
     """
-    from experiments.objectstore import ObjectStoreError, check_bucket, is_s3, pyarrow_env
+    from experiments.objectstore import ObjectStoreError, check_bucket, is_s3, keys_to_private_file, pyarrow_env
 
     if not is_s3(storage):
         return
@@ -76,6 +77,7 @@ def check_storage(storage: str) -> None:
         check_bucket(storage, "--storage-path")
     except ObjectStoreError as e:
         raise LaunchSetupError(str(e)) from None
+    keys_to_private_file()  # before Ray starts: Ray Tune would copy the variables into every trial's logged env
 
 
 def fetch_backbone(local_storage: Path, tracking_uri: str, h: str, run_id: str, storage: str | None = None) -> str:

@@ -259,8 +259,9 @@ def test_collapsed_pretraining_is_pruned_and_gets_no_finetuning(planted_collapse
     assert parent.data.metrics["launch/pruned_epochs_saved"] == 1
 
 
-# `ablate launch --address` on a `ray start --head` cluster: tests/experiments/test_security.py::
-# test_team_launch_leaves_no_password_anywhere (one launch: Ray head + auth tracking server).
+# `ablate launch --address` on a `ray start` cluster of two nodes: tests/experiments/test_s3.py::
+# test_team_study_on_s3_resumes_pulls_collects_and_leaks_no_credential (one launch: Ray head and worker
+# nodes, an auth tracking server with its artifacts in S3, checkpoints in S3).
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import shutil
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -33,11 +35,13 @@ import pytest
 from experiments import server as S
 from experiments import tracking as T
 from experiments.objectstore import ObjectStoreError, check_bucket, split_s3
+from tests.experiments.test_server import make_pg_database  # noqa: F401 - fixture
 from tests.raycluster import ray_head, ray_worker
 from tests.s3server import free_port, objects, s3_server
 from tests.spaces import tiny_space, write_space
 
 ROOT = Path(__file__).resolve().parents[2]
+IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +91,27 @@ def test_bucket_check_names_what_to_fix(s3, tmp_path, monkeypatch):
         check_bucket("s3://team/ray", "--storage-path", keyless)
     with pytest.raises(ObjectStoreError, match="credentials do not belong in an S3 URI"):
         split_s3("s3://AKIA:secret@team/ray")
+
+
+def test_keys_leave_the_environment_for_a_private_file(s3_env, monkeypatch):
+    import boto3
+
+    from experiments.objectstore import keys_to_private_file
+
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "session-token-123")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "")  # so that the test's end takes the file's variable away
+    path = keys_to_private_file()
+    try:
+        # Ray Tune copies these variables into every trial's runtime env, which Ray's agent logs
+        assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"} & set(os.environ)
+        assert os.environ["AWS_SHARED_CREDENTIALS_FILE"] == str(path) and path.stat().st_mode & 0o777 == 0o600
+        creds = boto3.session.Session().get_credentials()
+        assert (creds.access_key, creds.secret_key, creds.token) == (
+            s3_env["AWS_ACCESS_KEY_ID"], s3_env["AWS_SECRET_ACCESS_KEY"], "session-token-123")
+        check_bucket("s3://team/ray", "--storage-path")  # boto3 and the bucket, through the file
+        assert keys_to_private_file() is None  # nothing left to move
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def test_refused_credentials_are_one_line():
@@ -203,41 +228,70 @@ def _finetune_checkpoint(db: Path) -> str | None:
         return None
 
 
-def _files_with(root: Path, needle: bytes) -> list[str]:
-    return [str(p.relative_to(root)) for p in sorted(root.rglob("*")) if p.is_file() and needle in p.read_bytes()]
+def _files_with(root: Path, needles: dict[str, bytes]) -> list[str]:
+    """``path contains LABEL`` for every file under ``root`` holding one of the byte strings."""
+    hits = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
+        data = path.read_bytes()
+        hits += [f"{path.relative_to(root)} contains {label}" for label, n in needles.items() if n in data]
+    return hits
 
 
 @pytest.mark.slow
-def test_study_on_s3_resumes_pulls_collects_and_keeps_the_keys_out(s3, tmp_path):
+def test_team_study_on_s3_resumes_pulls_collects_and_leaks_no_credential(s3, tmp_path, monkeypatch, make_pg_database):
+    """Team mode end to end, in one launch: an `ablate server --auth` with its artifacts in the bucket,
+    `ablate launch --address` on a cluster started with `ray start` (a head with no CPUs, so every trial runs
+    on a worker node with its own temporary folder), checkpoints in the bucket, the Optuna study in
+    PostgreSQL. The driver is killed mid-fine-tuning, that node stopped and its folder deleted, and the
+    relaunch resumes on a new node from the S3 checkpoint. Afterwards the admin password (in the tracking
+    URI, MLFLOW_TRACKING_PASSWORD and the Optuna URL) and the S3 secret key are in no bucket object
+    (tuner.pkl included), no file of the store, the launch's folder, the pulled model or any Ray node's
+    temporary folder, in nothing printed and not in the server log."""
+    try:
+        import flask_wtf  # noqa: F401
+    except ImportError:
+        msg = "MLflow basic auth needs Flask-WTF: install the `mlflow[auth]` extra"
+        if IN_CI:
+            pytest.fail(msg + " (CI=true: this must be available)")
+        pytest.skip(msg)
     from mlflow.tracking import MlflowClient
 
     from experiments.registry import TAG_WEIGHTS_SHA
     from trainers.checkpoints import sha256_file
     from trainers.detection import load_detector
 
-    secret = s3["AWS_SECRET_ACCESS_KEY"]
+    secret, password = s3["AWS_SECRET_ACCESS_KEY"], "SECRETPW-" + uuid.uuid4().hex[:12]
+    needles = {"the S3 secret key": secret.encode(), "the password": password.encode(),
+               "a Basic auth header": base64.b64encode(f"admin:{password}".encode())}
     space = tiny_space("s3study", pretrain_epochs=2)
     space["finetune"]["fixed"]["epochs"] = 2  # killed after the first epoch's checkpoint
     space = write_space(tmp_path, space)
     store, work = tmp_path / "store", tmp_path / "work"
     work.mkdir()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_ADDRESS"))}, **s3}
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("AWS_", "RAY_ADDRESS", "MLFLOW_TRACKING_")) and k not in (S.ENV_ADMIN_USERNAME,)}
+    base.pop(S.ENV_ADMIN_PASSWORD, None)
+    nodes_env = {**base, **s3}  # Ray nodes: the bucket's keys, nothing of the server
+    client_env = {**base, "MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password}
+    # the launch: both; the Optuna URL with the password (trust auth ignores it): the scheduler is pickled
+    launch_env = {**nodes_env, **client_env, "ABLATE_OPTUNA_STORAGE":
+                  make_pg_database().replace("postgres@", f"postgres:{password}@")}
     printed: list[str] = []
+    problems: list[str] = []
     node_a, node_b = (Path(tempfile.mkdtemp(prefix=f"ray{n}")) for n in "AB")  # short: Ray's socket paths
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, node_a, ignore_errors=True)
         stack.callback(shutil.rmtree, node_b, ignore_errors=True)
-        server = stack.enter_context(S.start_server(f"sqlite:///{store}/mlflow.db", "s3://team/mlartifacts",
-                                                    port=free_port(), workers=1, log_path=tmp_path / "server.log",
-                                                    environ=env))
-        # a head with no CPUs: every trial runs on a worker node, which has its own temporary folder
-        address, _ = stack.enter_context(ray_head(env, num_cpus=0))
-        launch = ["launch", str(space), "--tracking-uri", server.url, "--storage-path", "s3://team/ray",
-                  "--address", address]
-        with ray_worker(address, env, 2, node_a):
+        server = stack.enter_context(S.start_server(
+            f"sqlite:///{store}/mlflow.db", "s3://team/mlartifacts", port=free_port(), workers=1, auth=True,
+            log_path=tmp_path / "server.log", environ={**nodes_env, S.ENV_ADMIN_PASSWORD: password}))
+        address, head_temp = stack.enter_context(ray_head(nodes_env, num_cpus=0))
+        launch = ["launch", str(space), "--tracking-uri", server.url.replace("http://", f"http://admin:{password}@"),
+                  "--storage-path", "s3://team/ray", "--address", address]
+        with ray_worker(address, nodes_env, 2, node_a):
             log = (tmp_path / "first_launch.log").open("w")
             proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", *launch], cwd=work, stdout=log,
-                                    stderr=subprocess.STDOUT, env={**env, "PYTHONUNBUFFERED": "1"},
+                                    stderr=subprocess.STDOUT, env={**launch_env, "PYTHONUNBUFFERED": "1"},
                                     start_new_session=True)
             deadline, tagged = time.time() + 600, None
             while time.time() < deadline and proc.poll() is None and not (
@@ -248,6 +302,7 @@ def test_study_on_s3_resumes_pulls_collects_and_keeps_the_keys_out(s3, tmp_path)
             os.killpg(proc.pid, signal.SIGKILL)  # mid-fine-tuning, no clean-up at all
             proc.wait(timeout=60)
             log.close()
+        problems += [f"Ray node A: {hit}" for hit in _files_with(node_a, needles)]
         shutil.rmtree(node_a)  # that node is gone, and its disk with it
         printed.append((tmp_path / "first_launch.log").read_text())
         assert tagged.startswith("s3://team/ray/s3study-finetune-"), tagged  # the state a relaunch resumes from
@@ -255,57 +310,63 @@ def test_study_on_s3_resumes_pulls_collects_and_keeps_the_keys_out(s3, tmp_path)
         assert any(k.startswith("ray/backbones/") and k.endswith("/backbone.safetensors")
                    for k in objects(s3, "team", "ray/"))
 
-        stack.enter_context(ray_worker(address, env, 2, node_b))  # a new node resumes the trial
-        done = _cli([*launch, "--resume"], work, env)
+        stack.enter_context(ray_worker(address, nodes_env, 2, node_b))  # a new node resumes the trial
+        done = _cli([*launch, "--resume"], work, launch_env)
         printed.append(done.stdout + done.stderr)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         assert "from s3://team/ray/s3study-finetune-" in done.stdout  # `finetune resume NAME into run ID from ...`
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
         client = MlflowClient(tracking_uri=server.url)
         exp = client.get_experiment_by_name("s3study")
         runs = {stage: client.search_runs([exp.experiment_id], f"tags.`{T.TAG_STAGE}` = '{stage}'")
                 for stage in ("launch", "pretrain", "finetune")}
         assert [len(runs[s]) for s in ("launch", "pretrain", "finetune")] == [1, 1, 1]  # continued, no duplicates
+        assert all(r.info.status == "FINISHED" for rs in runs.values() for r in rs)
         ft = runs["finetune"][0]
-        assert ft.info.status == "FINISHED" and T.TAG_CHECKPOINT not in ft.data.tags
+        assert T.TAG_CHECKPOINT not in ft.data.tags
         steps = [m.step for m in client.get_metric_history(ft.info.run_id, "det/loss")]
         assert sorted(steps) == sorted(set(steps)) == [1, 2], steps  # resumed from S3, not restarted
         pre_steps = [m.step for m in client.get_metric_history(runs["pretrain"][0].info.run_id, "swav/loss")]
         assert sorted(pre_steps) == [1, 2]
         assert exp.artifact_location.startswith("mlflow-artifacts:")  # proxied: clients never see the bucket
-        bucket = objects(s3, "team")
+        bucket = {k: v for k, v in objects(s3, "team").items() if k.startswith(("ray/", "mlartifacts/"))}
         assert any(k.startswith("mlartifacts/") and k.endswith("detector.safetensors") for k in bucket)
         assert any(k.startswith("ray/s3study-finetune-") and k.endswith("tuner.pkl") for k in bucket)
         assert not [k for k in bucket if "/checkpoint_" in k]  # finished trials keep no training state
         assert not (store / "artifacts").exists()  # nothing of the artifacts on the server's disk
 
         for args in (["status", "s3study"], ["report", "s3study", "--no-log"]):
-            out = _cli([*args, "--tracking-uri", server.url], work, env, timeout=300)
+            out = _cli([*args, "--tracking-uri", server.url], work, client_env, timeout=300)
             printed.append(out.stdout + out.stderr)
             assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
         assert "s3study" in printed[-2] and "AP@0.5" in printed[-1]
 
-        # a client with no S3 credentials at all pulls the champion through the server
-        keyless = {k: v for k, v in env.items() if not k.startswith("AWS_")}
+        # a client with the tracking credentials and no S3 variables at all pulls the champion through the server
         pulled = _cli(["pull", "s3study-detector@champion", "--dest", str(tmp_path / "pulled"),
-                       "--tracking-uri", server.url], work, keyless, timeout=300)
+                       "--tracking-uri", server.url], work, client_env, timeout=300)
         printed.append(pulled.stdout + pulled.stderr)
         assert pulled.returncode == 0, pulled.stdout[-2000:] + pulled.stderr[-2000:]
         version = client.get_model_version_by_alias("s3study-detector", "champion")
         assert sha256_file(tmp_path / "pulled" / "detector.safetensors") == version.tags[TAG_WEIGHTS_SHA]
         load_detector(tmp_path / "pulled")
 
-        # the secret key: in no object of the bucket (tuner.pkl, trial configs, artifacts, model versions)
-        problems = [f"s3://team/{k}" for k, body in bucket.items() if secret.encode() in body]
-        gc_out = _cli(["gc", "s3study", "--tracking-uri", server.url], work, env, timeout=300)
+        # no credential in any object of the bucket (tuner.pkl, trial configs, artifacts, model versions)
+        problems += [f"s3://team/{k} contains {label}" for k, body in bucket.items()
+                     for label, n in needles.items() if n in body]
+        problems += [f"Ray head: {hit}" for hit in _files_with(head_temp, needles)]
+        problems += [f"Ray node B: {hit}" for hit in _files_with(node_b, needles)]
+        gc_out = _cli(["gc", "s3study", "--tracking-uri", server.url], work, {**client_env, **s3}, timeout=300)
         printed.append(gc_out.stdout + gc_out.stderr)
         assert gc_out.returncode == 0, gc_out.stdout[-2000:] + gc_out.stderr[-2000:]
         assert "deleted s3://team/ray/s3study-pretrain-" in gc_out.stdout
         left = objects(s3, "team", "ray/")
         assert not left, sorted(left)[:5]  # every launch folder of the study and the backbone copies
         assert objects(s3, "team", "mlartifacts/"), "gc never touches the tracking store's artifacts"
-    problems += [f"store: {f}" for f in _files_with(store, secret.encode())]
-    problems += [f"work dir: {f}" for f in _files_with(work, secret.encode())]
-    problems += [f"pulled: {f}" for f in _files_with(tmp_path / "pulled", secret.encode())]
-    problems += ["printed" for text in printed if secret in text]
-    problems += ["server log"] if secret in (tmp_path / "server.log").read_text() else []
-    assert not problems, "the secret key leaked: " + ", ".join(problems)
+    problems += [f"store: {hit}" for hit in _files_with(store, needles)]
+    problems += [f"launch folder: {hit}" for hit in _files_with(work, needles)]
+    problems += [f"pulled: {hit}" for hit in _files_with(tmp_path / "pulled", needles)]
+    problems += [f"printed: {label}" for text in printed for label, n in needles.items() if n.decode() in text]
+    log_text = (tmp_path / "server.log").read_text()
+    problems += [f"server log: {label}" for label, n in needles.items() if n.decode() in log_text]
+    assert not problems, "a credential leaked:\n" + "\n".join(problems)

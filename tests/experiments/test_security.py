@@ -6,36 +6,29 @@
   live: ``torch.load(weights_only=False)`` creates the marker, so the refusals are real.
 * No module calls an unpickling loader (AST scan of trainers/ and experiments/).
 * ``redact`` / ``scrub_mapping`` blank credentials in URIs, key=value text, headers, mappings.
-* End to end, in team mode: ``ablate launch --address`` on a ``ray start --head`` cluster,
-  tracking to a basic-auth server, the password in the tracking URI and in
-  ``MLFLOW_TRACKING_PASSWORD``; the password is nowhere in the backend database, the artifact
-  store, the launch's storage or Ray's temp dir afterwards.
+* End to end, in team mode (tests/experiments/test_s3.py, one launch for both): ``ablate launch
+  --address`` on a ``ray start`` cluster, tracking to a basic-auth server whose artifacts are in an
+  S3 bucket, the password in the tracking URI, ``MLFLOW_TRACKING_PASSWORD`` and the Optuna URL; the
+  password and the S3 secret key are nowhere in the backend database, the bucket, the launch's
+  folder or any Ray node's temp dir afterwards.
 """
 
 from __future__ import annotations
 
 import ast
-import base64
 import json
 import os
 import pickle
-import subprocess
-import sys
-import uuid
 from pathlib import Path
 
 import pytest
 import torch
 
 from experiments import redaction as R
-from experiments import server as S
 from trainers.checkpoints import (
     BACKBONE_CONFIG, BACKBONE_FORMAT, BACKBONE_WEIGHTS, STATE_JSON, STATE_TENSORS, CheckpointError, load_backbone_weights,
     load_checkpoint, sha256_file,
 )
-from tests.experiments.test_server import make_pg_database  # noqa: F401 - fixture
-from tests.raycluster import ray_head
-from tests.s3server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
@@ -230,82 +223,6 @@ def test_scrub_mapping():
     assert out["nested"] == {"token": R.REDACTED, "ok": ["a", 1]}
     assert out["swav/max_tokens"] == "7"
     assert params["db_password"] == "pw-123456"  # the input is not modified
-
-
-# ---------------------------------------------------------------------------
-# End to end: a launch against an auth server leaves no password in the store
-# ---------------------------------------------------------------------------
-
-
-def _files_containing(root: Path, needles: dict[str, bytes]) -> list[str]:
-    """``path contains LABEL`` for every file under ``root`` holding one of the byte strings."""
-    hits = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        data = path.read_bytes()
-        hits += [f"{path.relative_to(root)} contains {label}" for label, n in needles.items() if n in data]
-    return hits
-
-
-@pytest.mark.slow
-def test_team_launch_leaves_no_password_anywhere(tmp_path, monkeypatch, make_pg_database):
-    """Team mode end to end, in one launch: `ablate launch --address` on a cluster started with
-    `ray start --head` (loopback, token auth), tracking to an `ablate server --auth`. Runs of every
-    stage arrive, and the password is in no file of the store, the launch's storage or Ray's temp
-    dir, in nothing printed, and not in the server log."""
-    try:
-        import flask_wtf  # noqa: F401
-    except ImportError:
-        msg = "MLflow basic auth needs Flask-WTF: install the `mlflow[auth]` extra"
-        if IN_CI:
-            pytest.fail(msg + " (CI=true: this must be available)")
-        pytest.skip(msg)
-    from mlflow.tracking import MlflowClient
-
-    from tests.spaces import tiny_space_file
-
-    password = "SECRETPW-" + uuid.uuid4().hex[:12]
-    monkeypatch.setenv(S.ENV_ADMIN_PASSWORD, password)
-    monkeypatch.delenv(S.ENV_ADMIN_USERNAME, raising=False)
-    store = tmp_path / "store"
-    work = tmp_path / "work"
-    work.mkdir()
-    space = tiny_space_file(tmp_path, "secrets", pretrain_epochs=1)
-    # the Optuna study in PostgreSQL, its URL with the same password (trust auth ignores it): the
-    # scheduler and the launch's callback are pickled into tuner.pkl, which must not hold it
-    optuna_url = make_pg_database().replace("postgres@", f"postgres:{password}@")
-    head_env = {k: v for k, v in os.environ.items() if k not in (S.ENV_ADMIN_PASSWORD, "RAY_ADDRESS")}
-    with S.start_server(f"sqlite:///{store}/mlflow.db", port=free_port(), workers=1, auth=True,
-                        log_path=tmp_path / "server.log") as server, ray_head(head_env) as (address, ray_temp):
-        uri = server.url.replace("http://", f"http://admin:{password}@")
-        env = {**head_env, "PYTHONUNBUFFERED": "1", "MLFLOW_TRACKING_PASSWORD": password,
-               "MLFLOW_TRACKING_USERNAME": "admin"}
-        env.pop("MLFLOW_TRACKING_URI", None)  # the launch is a client: only the tracking credentials
-        env["ABLATE_OPTUNA_STORAGE"] = optuna_url  # by environment, never on the command line
-        proc = subprocess.run([sys.executable, "-m", "experiments.cli", "launch", str(space), "--tracking-uri", uri,
-                               "--address", address], cwd=work, env=env, capture_output=True, text=True, timeout=900)
-        out = proc.stdout + proc.stderr
-        assert proc.returncode == 0, out[-6000:]
-        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
-        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
-        client = MlflowClient(tracking_uri=server.url)
-        exp = client.get_experiment_by_name("secrets")
-        runs = client.search_runs([exp.experiment_id])
-        assert {r.data.tags["ablate.stage"] for r in runs} == {"launch", "pretrain", "finetune"}
-        assert all(r.info.status == "FINISHED" for r in runs)
-        needles = {"the password": password.encode(),
-                   "a Basic auth header": base64.b64encode(f"admin:{password}".encode())}
-        # Ray's temp dir while the head still runs: session logs, job and worker records
-        problems = [f"Ray temp dir: {hit}" for hit in _files_containing(ray_temp, needles)]
-    assert (store / "mlflow.db").is_file() and any((store / "artifacts").rglob("*"))
-    # the tracking store: the backend database (+ WAL) and every artifact
-    problems += [f"tracking store: {hit}" for hit in _files_containing(store, needles)]
-    # the launch's own files: Ray storage (tuner.pkl, trial configs, checkpoints), the Optuna database
-    assert list(work.rglob("tuner.pkl")), "no tuner.pkl under the launch's storage path"
-    problems += [f"launch storage: {hit}" for hit in _files_containing(work, needles)]
-    problems += [f"printed: {line.replace(password, '<PASSWORD>')}" for line in out.splitlines() if password in line][:5]
-    if password in (tmp_path / "server.log").read_text():
-        problems.append("the server log holds the password")
-    assert not problems, "the password leaked:\n" + "\n".join(problems)
 
 
 # ---------------------------------------------------------------------------
