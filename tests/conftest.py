@@ -4,8 +4,10 @@ planted-collapse launch."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,29 @@ import torch
 
 # Two cores here: more threads than cores only adds contention.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_tmpdir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """One temporary folder for everything the suite starts: ``TMPDIR`` for this process and its children.
+
+    Ray's session folders (``$TMPDIR/ray``), Ray's checkpoint copies and a trainer's checkpoint
+    staging folder land here instead of ``/tmp``; a launch the tests kill with SIGKILL cannot clean
+    its own, so the suite does, unless a test failed (then the folder is kept, like pytest's own).
+    Short (``/tmp/ablate-t…``): Ray's socket paths have a length limit.
+    """
+    tmp_path_factory.getbasetemp()  # pytest's folders stay where pytest keeps them
+    folder = tempfile.mkdtemp(prefix="ablate-t", dir="/tmp" if os.path.isdir("/tmp") else None)
+    saved = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"] = tempfile.tempdir = folder
+    yield Path(folder)
+    if saved[0] is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = saved[0]
+    tempfile.tempdir = saved[1]
+    if request.session.testsfailed == 0:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -54,6 +55,7 @@ def ray_head(env: Mapping[str, str], num_cpus: int = 2) -> Iterator[tuple[str, P
         yield f"127.0.0.1:{port}", temp
     finally:
         _stop(head)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _node_alive(address: str, env: Mapping[str, str], temp: Path) -> bool:
