@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -158,6 +159,21 @@ def test_a_planted_circle_is_found():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert circles(graph) == [["a", "b", "c"]]
     assert circles({"a": {"b"}, "b": set()}) == []
+
+
+def test_a_circle_planted_in_a_scratch_copy_fails_the_check(tmp_path):
+    global ROOT
+    for pkg in PACKAGES:
+        shutil.copytree(ROOT / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    context = tmp_path / "experiments" / "launch" / "context.py"
+    context.write_text(context.read_text() + "\n\ndef _planted():\n    from experiments.launch import launcher\n")
+    saved, ROOT = ROOT, tmp_path
+    try:
+        found = circles(import_graph())
+    finally:
+        ROOT = saved
+    assert any({"experiments.launch.context", "experiments.launch.launcher"} <= set(c) for c in found), found
+    assert not circles(import_graph())  # the real tree, read again: still none
 
 
 def layer_order(doc: Path | None = None) -> tuple[list[list[str]], set[str]]:
