@@ -15,8 +15,10 @@ time still hands back what it measured, and the next phase still runs:
    one copy kept per run. Reported as the fidelity benchmark reports: AP50 mean ± std over seeds per arm,
    the backbone's kNN against the random initialisations' spread and the raw pixels, the collapse label.
 
-``--tiny`` runs every phase end to end on a CPU in under three minutes (tiny networks, the small sample
-sets); ``tests/test_bench.py`` runs it with mlflow, ray and optuna made unimportable. Without ``--tiny`` and
+``--tiny`` runs every phase end to end on a CPU (tiny networks, the small sample sets; about a minute on an idle
+2-core machine) with no time box: it checks that every phase runs to completion and writes its results, and it
+fails on errors, never on the wall clock of a busy machine (``--budget PHASE=SECONDS`` still boxes a phase).
+``tests/test_bench.py`` runs it with mlflow, ray and optuna made unimportable. Without ``--tiny`` and
 without CUDA the throughput and fidelity phases say they were skipped.
 
 Under ``--out`` (at most four files, the device tool's limit being eight): ``device.json`` (every result),
@@ -51,7 +53,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PHASES = ("tests", "throughput", "fidelity")
 # Seconds per phase. The full plan fits one nine-minute call with ~20 s for start-up and bundling.
 BUDGETS = {"tests": 60, "throughput": 150, "fidelity": 310}
-TINY_BUDGETS = {"tests": 40, "throughput": 50, "fidelity": 80}  # measured here: ~10, ~15, ~30
+# --tiny: no time box (None). Measured on an idle 2-core machine: ~10, ~15 and ~30 s; under load ~6 the fidelity phase
+# took past 80 s, so a wall-clock box made a busy CI host refuse a good submission.
+TINY_BUDGETS: dict[str, float | None] = dict.fromkeys(PHASES)
 CALL_LIMIT_S = 540
 SWAV_SHARE = 0.40  # of the fidelity phase: the SwAV wall budget (data first, fine-tunes after)
 MARGIN_S = 12  # fidelity: the fine-tunes' deadline this long before the phase's, for their last epoch and the report
@@ -234,8 +238,10 @@ def _pretrain(trial: Any, config: dict[str, Any], root: Path, deadline: float) -
             "images_per_s": statistics.fmean(rates) if rates else math.nan, "history": history}
 
 
-def phase_fidelity(work: Path, tiny: bool, budget: float) -> dict[str, Any]:
-    """The GPU fidelity profile: data, SwAV within its wall budget, then every fine-tune at once."""
+def phase_fidelity(work: Path, tiny: bool, budget: float | None) -> dict[str, Any]:
+    """The GPU fidelity profile: data, SwAV within its wall budget, then every fine-tune at once.
+
+    ``budget=None`` (``--tiny``'s default): no deadlines, every run goes to its last epoch."""
     import torch
 
     from bench.fidelity import GPU_SPACE
@@ -262,7 +268,7 @@ def phase_fidelity(work: Path, tiny: bool, budget: float) -> dict[str, Any]:
         save(work, "fidelity", result)
         backbones, result["swav"] = {}, []
         for trial in plan.pretrain:
-            swav = _pretrain(trial, {**trial.config, **pre_fields}, root, started + SWAV_SHARE * budget)
+            swav = _pretrain(trial, {**trial.config, **pre_fields}, root, _deadline(started, budget, SWAV_SHARE))
             backbones[trial.config_hash] = swav["backbone"]
             result["swav"].append(swav)
             print(f"fidelity: SwAV {trial.name} {swav['epochs_done']}/{swav['epochs']} epochs in "
@@ -275,7 +281,7 @@ def phase_fidelity(work: Path, tiny: bool, budget: float) -> dict[str, Any]:
             jobs.append((ft, config))
         concurrent = max(1, min(len(jobs), 2 if tiny else spec.max_concurrent))
         threads = max(1, (os.cpu_count() or 1) // concurrent)
-        deadline = started + budget - MARGIN_S
+        deadline = _deadline(started, budget, 1.0, MARGIN_S)
         result.update(finetune=[], concurrent=concurrent)
         ft_started = time.monotonic()
         with ProcessPoolExecutor(max_workers=concurrent, mp_context=_spawn()) as pool:
@@ -302,6 +308,11 @@ def phase_fidelity(work: Path, tiny: bool, budget: float) -> dict[str, Any]:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return result
+
+
+def _deadline(started: float, budget: float | None, share: float, margin: float = 0.0) -> float:
+    """A monotonic deadline at ``share`` of the budget less ``margin``; never, without a budget."""
+    return math.inf if budget is None else started + share * budget - margin
 
 
 def _spawn() -> Any:
@@ -390,6 +401,20 @@ def fidelity_section(result: dict[str, Any], meta: dict[str, Any], command: str)
 # ---------------------------------------------------------------------------
 
 
+def budget_text(budget: float | None) -> str:
+    return "no time box" if budget is None else f"budget {budget:g} s"
+
+
+def plan_text(phases: Sequence[str], budgets: dict[str, float | None]) -> str:
+    """The plan's first line: each phase's time box, and the call's total when every phase has one."""
+    parts = ", ".join(f"{p} {'unboxed' if budgets[p] is None else f'{budgets[p]:g} s'}" for p in phases)
+    boxed = [budgets[p] for p in phases if budgets[p] is not None]
+    if len(boxed) < len(phases):
+        return (f"{parts}; phases without a time box run to completion (a pipeline check: it fails on errors, "
+                "not on the wall clock)")
+    return f"{parts}; {sum(boxed):g} s in all (one call: at most {CALL_LIMIT_S} s)"
+
+
 def tests_line(result: dict[str, Any]) -> str:
     if not result:
         return "CUDA-only tests: not run."
@@ -406,7 +431,8 @@ def bundle(out: Path, work: Path, status: dict[str, dict[str, Any]], tiny: bool,
     results = {name: load(work, name) for name in PHASES}
     data = {"command": command, "machine": meta, "phases": status, "results": results}
     (out / "device.json").write_text(json.dumps(data, indent=1, default=str))
-    phases = ", ".join(f"{name} {s['status']} ({s.get('wall_s', 0):.0f} of {s['budget_s']} s)" for name, s in status.items())
+    phases = ", ".join(f"{name} {s['status']} ({s.get('wall_s', 0):.0f} s, {budget_text(s['budget_s'])})"
+                       for name, s in status.items())
     md = [f"<!-- {command}: {phases} -->", "", throughput_section(results["throughput"], meta, command),
           tests_line(results["tests"]), "", fidelity_section(results["fidelity"], meta, command)]
     (out / "device.md").write_text("\n".join(md))
@@ -426,7 +452,7 @@ def _pump(stream: Any, log: Any) -> None:
         log.flush()
 
 
-def drive(out: Path, tiny: bool, only: Sequence[str] = (), budgets: dict[str, float] | None = None) -> int:
+def drive(out: Path, tiny: bool, only: Sequence[str] = (), budgets: dict[str, float | None] | None = None) -> int:
     """Run the phases, each in a child process with its time box; bundle after each one. 0 when all passed."""
     out.mkdir(parents=True, exist_ok=True)
     budgets = {**(TINY_BUDGETS if tiny else BUDGETS), **(budgets or {})}
@@ -435,8 +461,7 @@ def drive(out: Path, tiny: bool, only: Sequence[str] = (), budgets: dict[str, fl
     work = Path(tempfile.mkdtemp(prefix="ablate-device-"))
     status: dict[str, dict[str, Any]] = {p: {"status": "pending", "budget_s": budgets[p]} for p in phases}
     with open(out / "device.log", "w") as log:
-        plan = [f"bench device{' --tiny' if tiny else ''}: {', '.join(f'{p} {budgets[p]:g} s' for p in phases)}; "
-                f"{sum(budgets[p] for p in phases):g} s in all (one call: at most {CALL_LIMIT_S} s)",
+        plan = [f"bench device{' --tiny' if tiny else ''}: {plan_text(phases, budgets)}",
                 f"machine: {json.dumps(meta)}"]
         for line in plan:
             print(line, flush=True)
@@ -444,15 +469,16 @@ def drive(out: Path, tiny: bool, only: Sequence[str] = (), budgets: dict[str, fl
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(work_root())}
         try:
             for phase in phases:
-                cmd = [sys.executable, "-m", "bench.device", "--phase", phase, "--work", str(work),
-                       "--budget", f"{phase}={budgets[phase]}"] + (["--tiny"] if tiny else [])
+                cmd = [sys.executable, "-m", "bench.device", "--phase", phase, "--work", str(work)]
+                cmd += ([] if budgets[phase] is None else ["--budget", f"{phase}={budgets[phase]}"])
+                cmd += ["--tiny"] if tiny else []
                 started = time.monotonic()
                 proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         text=True, start_new_session=True)
                 pump = threading.Thread(target=_pump, args=(proc.stdout, log), daemon=True)
                 pump.start()
                 try:
-                    code = proc.wait(timeout=budgets[phase])
+                    code = proc.wait(timeout=budgets[phase])  # None: no time box (--tiny)
                     state = "ok" if code == 0 else f"failed (exit {code})"
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)  # the phase and its workers
@@ -460,7 +486,7 @@ def drive(out: Path, tiny: bool, only: Sequence[str] = (), budgets: dict[str, fl
                     state = "timeout"
                 pump.join(timeout=5)
                 status[phase].update(status=state, wall_s=round(time.monotonic() - started, 1))
-                line = f"phase {phase}: {state} in {status[phase]['wall_s']:.0f} s (budget {budgets[phase]:g} s)"
+                line = f"phase {phase}: {state} in {status[phase]['wall_s']:.0f} s ({budget_text(budgets[phase])})"
                 print(line, flush=True)
                 log.write(line + "\n")
                 log.flush()

@@ -240,7 +240,8 @@ def device_tiny(tmp_path_factory):
 def test_device_check_runs_every_phase_tiny_without_the_orchestration_stack(device_tiny):
     out, stdout = device_tiny
     assert sorted(p.name for p in out.iterdir()) == sorted(device.OUT_FILES)  # at most 8 files come back
-    assert "tests 40 s, throughput 50 s, fidelity 80 s; 170 s in all" in stdout.splitlines()[0]  # the plan first
+    # the plan first; --tiny has no time box, so a busy machine cannot fail it on the wall clock
+    assert "tests unboxed, throughput unboxed, fidelity unboxed; phases without a time box" in stdout.splitlines()[0]
     data = json.loads((out / "device.json").read_text())
     assert {name: s["status"] for name, s in data["phases"].items()} == dict.fromkeys(device.PHASES, "ok")
     tests = data["results"]["tests"]
@@ -279,13 +280,16 @@ def test_device_phase_past_its_budget_is_stopped_and_still_bundled(tmp_path):
     proc = _run_device(tmp_path, "--tiny", "--only", "fidelity", "--budget", "fidelity=4", "--out", str(tmp_path / "o"))
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads((tmp_path / "o" / "device.json").read_text())
-    assert data["phases"] == {"fidelity": {"status": "timeout", "budget_s": 4.0, "wall_s": pytest.approx(4, abs=3)}}
+    phase = data["phases"]["fidelity"]
+    assert phase["status"] == "timeout" and phase["budget_s"] == 4.0
+    assert 4 <= phase["wall_s"] < 60  # stopped at its box (the upper bound only says it did not run on)
+    assert "fidelity 4 s; 4 s in all" in proc.stdout.splitlines()[0]
     assert "**Not measured" in (tmp_path / "o" / "device.md").read_text()
 
 
 def test_device_plan_fits_one_call():
     assert sum(device.BUDGETS.values()) + 20 <= device.CALL_LIMIT_S <= 540  # 9 of the call's 10 minutes
-    assert sum(device.TINY_BUDGETS.values()) < 180  # --tiny: under three minutes on 2 CPU cores
+    assert set(device.TINY_BUDGETS) == set(device.PHASES) and not any(device.TINY_BUDGETS.values())  # --tiny: unboxed
 
 
 # ---------------------------------------------------------------------------
