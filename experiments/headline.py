@@ -10,16 +10,16 @@ What it says:
 
 * the best trial (highest final metric, ``det/AP50`` by default);
 * the best pretrained cell against the best no-pretraining (scratch) cell, cells being the
-  trials of one configuration over seeds (``ablate.cell``), compared by their means;
-* for each ablated axis, the winning value over the runner-up with the margin of their means and
-  the number of seeds, counting only runs that differ in that axis alone (the other axes equal;
-  for a pretraining axis, any pretrained backbone). An axis that never varies alone (smoke's
+  trials of one configuration over seeds (``ablate.cell``);
+* for each ablated axis, its leader (highest mean) against every other value, counting only runs
+  that differ in that axis alone (the other axes equal, each setting of them a stratum; for a
+  pretraining axis, any pretrained backbone). An axis that never varies alone (smoke's
   ``lr_scheme``, set only on the scratch baseline) is named as not comparable.
 
-A margin is *inside the noise* when it is no larger than the seeds' spread: the pooled sample
-standard deviation of the metric among the seeds of one cell (the usual "mean ± std over seeds"
-of the paper's tables). With one seed per cell there is no spread to compare against, and the
-headline says so instead of calling a winner safe.
+Every comparison is judged by :mod:`experiments.verdict` (the project's one judge): the difference
+of means with its 95 % Welch interval, Holm-corrected within an axis (the leader against every
+other value) and over the pretrained cells compared with the baseline, and a state: ``decided``,
+``undecided`` (with the seeds per cell that would decide it), ``no spread`` (one seed) or ``tie``.
 """
 
 from __future__ import annotations
@@ -31,8 +31,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from experiments.trial import AP50, METRIC_LABELS
 from experiments.ui import BACKBONE_PARAM, NONE_VALUE
+from experiments.verdict import AxisVerdict, Verdict, judge_axis, judge_family, mean_of
 
 SCRATCH = "scratch"  # finetune.backbone of a run without pretraining (trainers.pairing.SCRATCH)
+PRETRAINED = "pretrained"  # the name of the pretrained side of the baseline comparison
 
 
 @dataclass(frozen=True)
@@ -61,38 +63,6 @@ class TrialResult:
 
 
 @dataclass(frozen=True)
-class Comparison:
-    """The winner of a comparison over the runner-up: means over seeds, margin, seeds, and the noise verdict."""
-
-    what: str  # "pretrained vs baseline", or the axis (``finetune.norm``)
-    winner: str
-    loser: str
-    winner_mean: float
-    loser_mean: float
-    winner_n: int
-    loser_n: int
-    spread: float  # pooled sample std of the seeds of one cell; NaN with one seed per cell
-
-    @property
-    def margin(self) -> float:
-        return self.winner_mean - self.loser_mean
-
-    @property
-    def inside_noise(self) -> bool:
-        """True when the margin is no larger than the seeds' spread, or when there is no spread (one seed)."""
-        return not math.isfinite(self.spread) or self.margin <= self.spread
-
-    def noise_text(self) -> str:
-        seeds = (f"{self.winner_n} seed{'s' if self.winner_n != 1 else ''}" if self.winner_n == self.loser_n
-                 else f"{self.winner_n} vs {self.loser_n} seeds")
-        if not math.isfinite(self.spread):
-            return f"{seeds}; no spread over seeds to judge it: not evidence"
-        if self.margin <= self.spread:
-            return f"{seeds}; INSIDE the seeds' spread (std {self.spread:.3f}): not a safe winner"
-        return f"{seeds}; beyond the seeds' spread (std {self.spread:.3f})"
-
-
-@dataclass(frozen=True)
 class Headline:
     """What a study found, for the metric it ranks by. Empty (``best`` None) when no trial finished."""
 
@@ -100,9 +70,13 @@ class Headline:
     best: TrialResult | None
     best_cell_mean: float = math.nan
     best_cell_n: int = 0
-    baseline: Comparison | None = None  # best pretrained cell vs best scratch cell (either may be the winner)
-    axes: list[Comparison] = field(default_factory=list)
+    baseline: Verdict | None = None  # best pretrained cell vs best scratch cell (either may be the winner)
+    axes: list[AxisVerdict] = field(default_factory=list)
     not_comparable: list[str] = field(default_factory=list)  # axes that never vary alone
+
+    @property
+    def pretrained_wins(self) -> bool:
+        return self.baseline is not None and self.baseline.winner.startswith(PRETRAINED)
 
     @property
     def label(self) -> str:
@@ -117,19 +91,9 @@ class Headline:
                + (f" (its cell: {self.best_cell_mean:.3f} mean of {self.best_cell_n} seeds)" if self.best_cell_n > 1 else "")]
         b = self.baseline
         if b is not None:
-            pre, scr = ((b.winner, b.winner_mean), (b.loser, b.loser_mean))
-            if b.loser.startswith("pretrained"):
-                pre, scr = scr, pre
-            diff = pre[1] - scr[1]
-            out.append(f"best pretrained vs baseline: {pre[0].split(': ', 1)[-1]} {pre[1]:.3f} vs "
-                       f"{scr[0].split(': ', 1)[-1]} {scr[1]:.3f} ({diff:+.3f} {m}; {b.noise_text()})")
-        for c in self.axes:
-            if c.margin == 0:
-                out.append(f"{_short(c.what, self.axes)}: {c.winner} = {c.loser} (tie at {c.winner_mean:.3f} {m}; "
-                           f"{c.noise_text().split(';')[0]})")
-                continue
-            out.append(f"{_short(c.what, self.axes)}: {c.winner} > {c.loser} by {c.margin:.3f} {m} "
-                       f"({c.winner_mean:.3f} vs {c.loser_mean:.3f}; {c.noise_text()})")
+            out.append(f"best pretrained vs baseline: {b.text(m)}")
+        for a in self.axes:
+            out += [f"{_short(a.axis, self.axes)}: {c.text(m)}" for c in a.comparisons]
         for axis in self.not_comparable:
             out.append(f"{axis}: not compared (no two runs differ in it alone)")
         return out
@@ -149,32 +113,21 @@ class Headline:
         parts = [f"best: {self.best.name} {self.label} {self.best.value:.3f}"]
         b = self.baseline
         if b is not None:
-            pre_mean = b.winner_mean if b.winner.startswith("pretrained") else b.loser_mean
-            scr_mean = b.loser_mean if b.winner.startswith("pretrained") else b.winner_mean
-            parts.append(f"best SwAV {pre_mean:.3f} vs scratch {scr_mean:.3f} ({pre_mean - scr_mean:+.3f}"
-                         + (", inside noise)" if b.inside_noise else ")"))
-        for c in self.axes:
-            relation = "=" if c.margin == 0 else ">"
-            parts.append(f"{_short(c.what, self.axes)} {c.winner} {relation} {c.loser}"
-                         + (" (inside noise)" if c.inside_noise and c.margin else ""))
+            pre, scr = (b.winner_mean, b.loser_mean) if self.pretrained_wins else (b.loser_mean, b.winner_mean)
+            parts.append(f"best SwAV {pre:.3f} vs scratch {scr:.3f} ({pre - scr:+.3f}, {b.short()})")
+        for a in self.axes:
+            c = a.runner_up
+            relation = "=" if c.state == "tie" else ">"
+            parts.append(f"{_short(a.axis, self.axes)} {c.winner} {relation} {c.loser}"
+                         + ("" if c.state == "tie" else f" ({a.state})"))
         return "; ".join(parts)
 
 
-def _short(axis: str, comparisons: Sequence[Comparison]) -> str:
+def _short(axis: str, comparisons: Sequence[AxisVerdict]) -> str:
     """``finetune.norm`` -> ``norm`` unless another compared axis has the same field name."""
     name = axis.split(".", 1)[-1]
-    clash = sum(1 for c in comparisons if c.what.split(".", 1)[-1] == name) > 1
+    clash = sum(1 for c in comparisons if c.axis.split(".", 1)[-1] == name) > 1
     return axis if clash else name
-
-
-def _pooled_std(trials: Sequence[TrialResult]) -> float:
-    """Pooled sample std of the metric within cells (seeds of one config); NaN when no cell has 2 seeds."""
-    by_cell: dict[str, list[float]] = {}
-    for t in trials:
-        by_cell.setdefault(t.cell, []).append(t.value)
-    num = sum((len(v) - 1) * statistics.variance(v) for v in by_cell.values() if len(v) > 1)
-    dof = sum(len(v) - 1 for v in by_cell.values() if len(v) > 1)
-    return math.sqrt(num / dof) if dof else math.nan
 
 
 def _cells(trials: Sequence[TrialResult]) -> dict[str, list[TrialResult]]:
@@ -182,11 +135,6 @@ def _cells(trials: Sequence[TrialResult]) -> dict[str, list[TrialResult]]:
     for t in trials:
         out.setdefault(t.cell, []).append(t)
     return out
-
-
-def _seeds_per_cell(trials: Sequence[TrialResult]) -> int:
-    """Seeds of the smallest cell among ``trials`` (what a mean of theirs rests on)."""
-    return min(len(v) for v in _cells(trials).values())
 
 
 def _value_order(value: str) -> tuple[int, float, str]:
@@ -197,33 +145,39 @@ def _value_order(value: str) -> tuple[int, float, str]:
         return (1, 0.0, value)
 
 
-def _axis_comparison(trials: Sequence[TrialResult], axis: str, axes: Sequence[str], spread: float) -> Comparison | None:
-    """Winner of one axis among runs that differ in it alone (the other axes equal; backbones by kind only)."""
+def axis_strata(trials: Sequence[TrialResult], axis: str, axes: Sequence[str]) -> dict[str, dict[tuple, list[float]]]:
+    """Value -> {setting of the other axes -> its runs' values}, over the settings where the axis varies alone
+    (the other axes equal; for a pretraining axis any pretrained backbone, never scratch against pretrained)."""
     others = [a for a in axes if a != axis]
-    groups: dict[tuple[str, ...], dict[str, list[TrialResult]]] = {}
+    groups: dict[tuple[str, ...], dict[str, list[float]]] = {}
     for t in trials:
         value = t.axes.get(axis)
         if value is None or value == NONE_VALUE:
             continue
-        # a pretraining axis decides the backbone: compare across backbones, but never scratch with pretrained
         key = tuple((("pretrained" if t.pretrained else SCRATCH) if a == BACKBONE_PARAM and axis.startswith("pretrain.")
                      else t.axes.get(a, "")) for a in others)
-        groups.setdefault(key, {}).setdefault(value, []).append(t)
-    paired: dict[str, list[TrialResult]] = {}
-    for by_value in groups.values():
+        groups.setdefault(key, {}).setdefault(value, []).append(t.value)
+    paired: dict[str, dict[tuple, list[float]]] = {}
+    for key, by_value in groups.items():
         if len(by_value) > 1:
-            for value, runs in by_value.items():
-                paired.setdefault(value, []).extend(runs)
+            for value, values in by_value.items():
+                paired.setdefault(value, {})[key] = values
+    return paired
+
+
+def _axis_verdict(trials: Sequence[TrialResult], axis: str, axes: Sequence[str],
+                  max_seeds: int | None) -> AxisVerdict | None:
+    """The axis judged among runs that differ in it alone; None when it never does."""
+    paired = axis_strata(trials, axis, axes)
     if len(paired) < 2:
         return None
-    means = {v: statistics.fmean(r.value for r in runs) for v, runs in paired.items()}
-    ranked = sorted(means, key=lambda v: (-means[v], _value_order(v)))
-    win, lose = ranked[0], ranked[1]
-    return Comparison(axis, win, lose, means[win], means[lose], _seeds_per_cell(paired[win]),
-                      _seeds_per_cell(paired[lose]), spread)
+    # equal means: the smaller value first, so a tie reads the same every time
+    ordered = dict(sorted(paired.items(), key=lambda kv: (-mean_of(kv[1]), _value_order(kv[0]))))
+    return judge_axis(axis, ordered, max_seeds=max_seeds)
 
 
-def compute_headline(trials: Sequence[TrialResult], axes: Sequence[str], metric: str = AP50) -> Headline:
+def compute_headline(trials: Sequence[TrialResult], axes: Sequence[str], metric: str = AP50,
+                     max_seeds: int | None = None) -> Headline:
     """The headline of a study from its finished fine-tuning trials.
 
     Args:
@@ -232,6 +186,8 @@ def compute_headline(trials: Sequence[TrialResult], axes: Sequence[str], metric:
         axes: the ablated params (``finetune.backbone``, ``finetune.norm``, ``pretrain.prototypes``),
             e.g. the experiment's ``ablate.axes`` tag or the report's axes.
         metric: the metric the trials' ``value`` holds (higher is better); it names the headline.
+        max_seeds: the most seeds per cell the study may run (a space's ``seeds: {max: N}``): undecided
+            verdicts give their minimum detectable difference at that count too.
 
     Returns:
         The :class:`Headline`; ``best`` is None when ``trials`` is empty.
@@ -241,18 +197,19 @@ def compute_headline(trials: Sequence[TrialResult], axes: Sequence[str], metric:
         return Headline(metric, None)
     best = max(trials, key=lambda t: (t.value, t.name))
     cells = _cells(trials)
-    spread = _pooled_std(trials)
     cell_means = {c: statistics.fmean(t.value for t in runs) for c, runs in cells.items()}
     baseline = None
     pre = [c for c, runs in cells.items() if runs[0].pretrained]
     scr = [c for c, runs in cells.items() if not runs[0].pretrained]
     if pre and scr:
-        bp = max(pre, key=lambda c: cell_means[c])
         bs = max(scr, key=lambda c: cell_means[c])
-        a = (f"pretrained: {_cell_name(cells[bp])}", cell_means[bp], len(cells[bp]))
-        b = (f"baseline: {_cell_name(cells[bs])}", cell_means[bs], len(cells[bs]))
-        win, lose = (a, b) if a[1] >= b[1] else (b, a)
-        baseline = Comparison("pretrained vs baseline", win[0], lose[0], win[1], lose[1], win[2], lose[2], spread)
+        base = f"baseline {_cell_name(cells[bs])}"
+        # every pretrained cell against the best baseline, Holm over them: the best of many noisy pretrained means
+        # is no win unless it survives the correction
+        rivals = {f"{PRETRAINED} {_cell_name(cells[c])}": [t.value for t in cells[c]] for c in pre}
+        verdicts = judge_family(base, [t.value for t in cells[bs]], rivals, max_seeds=max_seeds)
+        bp = max(pre, key=lambda c: cell_means[c])
+        baseline = verdicts[pre.index(bp)]
     comparisons, not_comparable = [], []
     for axis in axes:
         if axis == BACKBONE_PARAM:
@@ -260,7 +217,7 @@ def compute_headline(trials: Sequence[TrialResult], axes: Sequence[str], metric:
         values = {t.axes.get(axis) for t in trials} - {None, NONE_VALUE}
         if len(values) < 2:
             continue
-        c = _axis_comparison(trials, axis, axes, spread)
+        c = _axis_verdict(trials, axis, axes, max_seeds)
         if c is None:
             not_comparable.append(axis)
         else:
