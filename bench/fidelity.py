@@ -162,34 +162,42 @@ def groups_from(trials: Sequence[TrialRecord], history: dict[tuple[str, str], li
 
 @dataclass(frozen=True)
 class Verdict:
-    """The goals, judged on the best pretrained group against the fair baseline (and the control beside it)."""
+    """The goals, judged on the best pretrained group against the fair baseline (and the control beside it).
+
+    ``ap``/``control_ap`` are the project's one judge (:func:`experiments.verdict.compare`) on the AP50 of the
+    arms' seeds: the AP goal is met when the ratio reaches the goal *and* the pretrained arm's win is decided.
+    """
 
     best: Group | None
     scratch: Group | None  # the fair baseline
     control: Group | None  # the random-trunk control, when the space has one
     ratio: float  # best pretrained mean AP50 / the baseline's mean AP50
     gap: float  # their difference
-    noise: float  # the larger of the two groups' std
+    ap: Any  # experiments.verdict.Verdict of best vs the baseline (None when either is missing)
+    control_ap: Any  # the same for best vs the control
     knn_points: float  # best group's kNN top-1 minus the random initialisations' mean
     ap_goal: bool
     knn_goal: bool
 
 
 def judge(groups: Sequence[Group]) -> Verdict:
-    """Compare the best pretrained group (by mean AP50) with the fair scratch baseline."""
+    """Compare the best pretrained group (by mean AP50) with the fair scratch baseline, through the one judge."""
+    from experiments.verdict import compare
+
     scratch = next((g for g in groups if g.role == BASELINE), None)
     control = next((g for g in groups if g.role == CONTROL), None)
     pretrained = [g for g in groups if g.pretrained]
     best = max(pretrained, key=lambda g: mean_std(g.ap50)[0], default=None)
-    if best is None or scratch is None:
-        return Verdict(best, scratch, control, math.nan, math.nan, math.nan, math.nan, False, False)
-    (b, b_std), (s, s_std) = mean_std(best.ap50), mean_std(scratch.ap50)
+    if best is None or scratch is None or not best.ap50 or not scratch.ap50:
+        return Verdict(best, scratch, control, math.nan, math.nan, None, None, math.nan, False, False)
+    b, s = mean_std(best.ap50)[0], mean_std(scratch.ap50)[0]
     ratio = b / s if s > 0 else math.inf if b > 0 else math.nan
-    noise = max(b_std, s_std)
+    ap = compare(best.name, best.ap50, scratch.name, scratch.ap50)
+    control_ap = compare(best.name, best.ap50, control.name, control.ap50) if control and control.ap50 else None
     random_mean = best.monitor.get("swav/knn_top1_random")
     knn_points = best.knn - random_mean if best.knn is not None and random_mean is not None else math.nan
-    return Verdict(best, scratch, control, ratio, b - s, noise, knn_points,
-                   ap_goal=ratio >= GOAL_AP50_RATIO and (b - s) > noise,
+    return Verdict(best, scratch, control, ratio, b - s, ap, control_ap, knn_points,
+                   ap_goal=ratio >= GOAL_AP50_RATIO and ap.decided and ap.winner == best.name,
                    knn_goal=bool(learned(best.monitor, GOAL_KNN_POINTS)))
 
 
@@ -387,7 +395,7 @@ def table(groups: Sequence[Group]) -> list[str]:
 
 
 def judgement(v: Verdict) -> str:
-    """The verdict in words: the best pretrained arm against the fair baseline and the control, with their noise."""
+    """The verdict in words: the best pretrained arm against the fair baseline and the control, with their intervals."""
 
     def yes(ok: bool) -> str:
         return "**met**" if ok else "**not met**"
@@ -397,18 +405,20 @@ def judgement(v: Verdict) -> str:
     else:
         spread = v.best.monitor.get("swav/knn_top1_random_std")
         judged = (f"Best pretrained ({v.best.name}) against the fair baseline: AP50 ratio **{v.ratio:.2f}x** (goal >= "
-                  f"{GOAL_AP50_RATIO}x), gap {v.gap:+.3f} against a seed std of {v.noise:.3f} (the gap must exceed it): "
-                  f"{yes(v.ap_goal)}. kNN top-1 {v.knn_points * 100:+.1f} points over the random initialisations' mean"
+                  f"{GOAL_AP50_RATIO}x, and the difference decided): {v.ap.text('AP50')}: {yes(v.ap_goal)}. "
+                  f"kNN top-1 {v.knn_points * 100:+.1f} points over the random initialisations' mean"
                   + (f" (their std {spread * 100:.1f} points)" if spread is not None else "")
                   + f" (goal >= +{GOAL_KNN_POINTS * 100:.0f} and more than two std): {yes(v.knn_goal)}.")
         if v.best.collapsed:
             judged += f" Its backbone is **{v.best.collapsed}**."
-        if v.control is not None:
-            (b, _), (c, c_std) = mean_std(v.best.ap50), mean_std(v.control.ap50)
-            own = ("above" if b - c > max(c_std, mean_std(v.best.ap50)[1]) else
-                   "below" if b < c else "not clearly above")
+        if v.control is not None and v.control_ap is not None:
+            c, c_std = mean_std(v.control.ap50)
+            c_ap = v.control_ap
+            own = ("above" if c_ap.decided and c_ap.winner == v.best.name else
+                   "below" if c_ap.decided else "not decidedly different from")
             judged += (f" Against the control (the same detector on a random trunk: {c:.3f} ± {c_std:.3f}) the "
-                       f"SwAV trunk is {own} it ({b - c:+.3f}): that difference is what pretraining itself adds.")
+                       f"SwAV trunk is {own} it ({c_ap.text('AP50')}): that difference is what pretraining itself "
+                       "adds.")
     return judged
 
 

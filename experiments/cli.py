@@ -19,7 +19,6 @@ Bad input exits with code 2 and one line naming the file, the field and the fix.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from pathlib import Path
@@ -349,23 +348,21 @@ def demo_verdict(result: Any, uri: str) -> list[str]:
     if headline.best is None or headline.baseline is None:
         return []
     b = headline.baseline
-    pretrained_wins = b.winner.startswith("pretrained")
+    pretrained_wins = headline.pretrained_wins
     from trainers.swav.knn import learned as above_random, monitor_text
 
     knn = [o for o in result.outcomes if o.stage == "pretrain" and "swav/knn_top1" in o.metrics]
     learned = bool(knn) and all(above_random(o.metrics) for o in knn)
     monitor = ", ".join(f"{o.name} {monitor_text(o.metrics, digits=2)}" for o in knn) or "not reported"
-    lines = [f"{'pretrained' if pretrained_wins else 'the no-pretraining baseline'} leads: "
-             f"{b.winner.split(': ', 1)[-1]} {b.winner_mean:.3f} vs {b.loser.split(': ', 1)[-1]} {b.loser_mean:.3f} "
-             f"AP@0.5 ({b.noise_text()})",
+    lines = [f"{'pretrained' if pretrained_wins else 'the no-pretraining baseline'} leads: {b.text('AP@0.5')}",
              f"backbones' kNN top-1 on the labeled objects: {monitor}"]
-    if pretrained_wins and not b.inside_noise and learned:
-        lines.append("this is the paper's direction: pretraining helps, beyond the seeds' spread")
+    if pretrained_wins and b.decided and learned:
+        lines.append("this is the paper's direction: pretraining helps, decided (its 95 % interval excludes 0)")
         return lines
     why = []
-    if b.inside_noise:
-        why.append("one seed per cell cannot separate the rows from seed noise" if not math.isfinite(b.spread)
-                   else "the margin is inside the seeds' spread")
+    if not b.decided:
+        why.append("one seed per cell cannot separate the rows from seed noise" if b.state == "no spread"
+                   else f"the difference is {b.state}: its interval includes 0")
     if not learned:
         why.append("minutes of SwAV leave the backbones' features no better than random trunks' (kNN within "
                    "10 points, or two std, of the random initialisations' mean), so a pretrained row here is close "

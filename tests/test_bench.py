@@ -337,16 +337,17 @@ def test_fidelity_groups_and_goals(tmp_path):
     text = fidelity.section(groups, verdict, 60.0, fidelity.SPACE, False, tmp_path / "curves.png",
                             {"views_holding": 0.8, "pairs_sharing": 0.7})
     assert "| SwAV res18_p30 (frozen_affine, 357) | 3 | 0.320 ± 0.020 |" in text and "**1.52x**" in text
-    assert "**not met**" not in text and "the SwAV trunk is above it (+0.060)" in text
+    assert "**not met**" not in text and "the SwAV trunk is above it (SwAV res18_p30 (frozen_affine, 357) > " in text
+    assert "by 0.110 AP50 [" in text and "3 seeds each, decided: **met**" in text
     # The kNN figure is never shown without its references: the random-init spread and the raw pixels.
     assert "0.550 (random 0.400 ± 0.020, pixels 0.700)" in text and "80.0 (random 370.0)" in text
     assert "70% of assignment-view / other-view pairs share one" in text
 
-    # A ratio above 1.2 whose gap is inside the seeds' spread is not evidence; nor is a kNN at the random level,
+    # A ratio above 1.2 whose difference the judge leaves undecided is not evidence; nor is a kNN at the random level,
     # nor one 10 points above the random mean but inside two of the random initialisations' std.
     noisy = fidelity.judge(fidelity.groups_from(*_fidelity_store([0.10, 0.50, 0.30], [0.20, 0.22, 0.24],
                                                                  knn=0.42)))
-    assert noisy.ratio > 1.2 and not noisy.ap_goal and not noisy.knn_goal
+    assert noisy.ratio > 1.2 and noisy.ap.state == "undecided" and not noisy.ap_goal and not noisy.knn_goal
     spread = fidelity.judge(fidelity.groups_from(*_fidelity_store([0.30, 0.32, 0.34], [0.20, 0.21, 0.22],
                                                                   knn_random_std=0.08)))
     assert spread.knn_points == pytest.approx(0.15) and not spread.knn_goal

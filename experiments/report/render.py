@@ -191,12 +191,41 @@ def report_headline(runs: StudyRuns) -> Any:
     return study_headline(runs.client, runs.experiment_id, headline_axes(runs), runs=runs.stage(STAGE_FINETUNE))
 
 
+def attach_verdicts(tables: Sequence[Table], headline: Any) -> None:
+    """The judge's verdicts (:mod:`experiments.verdict`, through the headline) as notes of the tables they concern:
+    the baseline comparison under Table 1, each axis's under its table, and an axis that never varies alone
+    marked as confounded; the tables' ``*`` only marks the highest mean."""
+    label = headline.label
+    verdicts = {a.axis: a for a in headline.axes}
+    for table in tables:
+        if table.key == "table1" and headline.baseline is not None:
+            table.notes.append(f"verdict: {headline.baseline.text(label)}")
+        elif table.key.startswith("axis:"):
+            axis = table.key.split(":", 1)[1]
+            if axis in verdicts:
+                table.notes += [f"verdict: {c.text(label)}" for c in verdicts[axis].comparisons]
+            elif axis in headline.not_comparable:
+                table.notes.append("confounded: no two runs differ in this axis alone, so its rows also differ in "
+                                   "other settings; no verdict")
+
+
+def verdict_words(headline: Any) -> list[str]:
+    """What the verdict words used in the headline mean, two sentences each."""
+    from experiments.verdict import explained
+
+    used = {c.state for a in headline.axes for c in a.comparisons}
+    used |= {headline.baseline.state} if headline.baseline is not None else set()
+    return [f"  {line}" for line in explained([s for s in ("decided", "undecided", "no spread", "tie") if s in used])]
+
+
 def _with_headline(headline: Any, tables: Sequence[Table], fmt: str) -> str:
     text = render(tables, fmt)
+    words = verdict_words(headline)
     if fmt == "table":
-        return headline.text() + "\n\n" + text
+        return headline.text() + ("\nverdict words:\n" + "\n".join(words) if words else "") + "\n\n" + text
     if fmt == "md":
-        return headline.markdown() + "\n\n" + text
+        return headline.markdown() + ("\n\nVerdict words:\n\n" + "\n".join(f"- {w.strip()}" for w in words)
+                                      if words else "") + "\n\n" + text
     if fmt == "json":
         payload = json.loads(text)
         return json.dumps({"headline": headline.lines(), **payload}, indent=2) + "\n"
@@ -207,6 +236,7 @@ def _report(runs: StudyRuns, fmt: str, out_dir: str | Path | None, log_to_parent
             say: Callable[[str], None]) -> str:
     tables = build_tables(runs)
     headline = report_headline(runs)
+    attach_verdicts(tables, headline)
     text = _with_headline(headline, tables, fmt)
     log = log_to_parent and runs.parent_run_id is not None
     if out_dir is None and not log:

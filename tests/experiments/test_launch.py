@@ -95,7 +95,7 @@ def test_smoke_launch_layout(smoke):
         assert {".png", ".json"} <= inner
     # the headline: in the printed summary, in summary.txt and as the launch run's description
     assert "headline (det/AP50, means over seeds):" in out and "best trial: " in out
-    assert "best pretrained vs baseline: " in out and "no spread over seeds" in out  # one seed: not evidence
+    assert "best pretrained vs baseline: " in out and "1 seed each, no spread" in out  # one seed: not evidence
     assert parent.data.tags["mlflow.note.content"].startswith("**Headline**")
     summary = client.download_artifacts(parent.info.run_id, "summary.txt", str(cwd))
     assert "best trial: " in Path(summary).read_text()

@@ -220,10 +220,14 @@ def test_report_begins_with_the_headline(study: dict[str, Any]) -> None:
     lines = text.splitlines()
     assert lines[0] == "headline (det/AP50, means over seeds):"
     assert lines[1].startswith("  best trial: res18_ep3_p100 · frozen_bn · mlp · 357 · seed1  AP@0.5 0.440")
-    # cells are averaged over their three seeds: p100 (0.417) beats scratch (0.210) far beyond the seeds' spread
-    assert "best pretrained vs baseline: res18_ep3_p100 · frozen_bn · mlp · 357 0.417 vs scratch_res18" in text
-    assert "+0.207 AP@0.5; 3 seeds; beyond the seeds' spread" in text
+    # cells are averaged over their three seeds: p100 (0.417) beats scratch (0.210), decided by the judge
+    assert "best pretrained vs baseline: pretrained res18_ep3_p100 · frozen_bn · mlp · 357 > baseline scratch_res18" in text
+    assert "by 0.207 AP@0.5 [" in text and "3 seeds each, decided" in text
     assert "prototypes: 100 > 30 by 0.087 AP@0.5" in text
+    # the words explained once, and each axis table carries its axis's verdict (the same judge, the same words)
+    assert "verdict words:\n  decided: the 95 % interval of the difference" in text
+    axis_table = text[text.index("prototypes — "):]
+    assert "verdict: 100 > 30 by 0.087 AP@0.5 [" in axis_table
     payload = json.loads(rep.report(study["uri"], STUDY, fmt="json", log_to_parent=False))
     assert payload["headline"][0].startswith("best trial: ")
 

@@ -97,3 +97,44 @@ def test_no_common_stratum_is_an_error() -> None:
     with pytest.raises(ValueError, match="no stratum"):
         compare("a", {"x": [1.0]}, "b", {"y": [2.0]})
     assert math.isnan(compare("a", [1.0, math.nan], "b", [0.5]).low)
+
+
+def test_one_judge_speaks_for_the_headline_report_demo_and_fidelity_bench(tmp_path) -> None:
+    """The same runs get the same verdict everywhere; here one the old pooled-std rule called a win."""
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from bench import fidelity
+    from experiments import report as rep
+    from experiments.cli import demo_verdict
+    from experiments.headline import study_headline
+    from experiments.tracking import TAG_HASH, TAG_NAME, TAG_PRUNED, TAG_STAGE, Tracker
+    from tests.experiments.test_report import BACKBONES, _finetune
+
+    pretrained, scratch = (0.30, 0.36, 0.33), (0.28, 0.30, 0.29)
+    uri, study = f"sqlite:///{tmp_path}/mlflow.db", "judged"
+    tracker = Tracker(uri, study)
+    parent = tracker.create_run("launch", {TAG_STAGE: "launch"})
+    tracker.log_params_tags(parent, params={"axes.pretrain": "prototypes", "axes.finetune": "norm"})
+    tracker.finish(parent)
+    pre = tracker.create_run(BACKBONES["p30"], {TAG_STAGE: "pretrain", TAG_NAME: BACKBONES["p30"], TAG_HASH: "pre",
+                                                TAG_PRUNED: "false"}, parent_run_id=parent)
+    tracker.log_params_tags(pre, params={"pretrain.prototypes": "30", "pretrain.arch": "resnet18"})
+    tracker.finish(pre)
+    for seed, (p, s) in enumerate(zip(pretrained, scratch)):
+        _finetune(tracker, parent, {"p30": pre}, "p30", "frozen_bn", seed, (p,) * 5)
+        _finetune(tracker, parent, {"p30": pre}, "scratch", "frozen_bn", seed, (s,) * 5)
+
+    client = MlflowClient(tracking_uri=uri)
+    b = study_headline(client, client.get_experiment_by_name(study).experiment_id).baseline
+    assert b.winner.startswith("pretrained") and b.diff == pytest.approx(0.04)
+    assert b.diff > b.spread and b.state == UNDECIDED and b.low < 0  # the pooled-std rule's "win"; not decided
+    said = b.text("AP@0.5")
+    assert f"best pretrained vs baseline: {said}" in rep.report(uri, study, log_to_parent=False)
+    demo = demo_verdict(SimpleNamespace(parent_run_id=parent, study=study, outcomes=[]), uri)
+    assert demo[0] == f"pretrained leads: {said}" and "undecided" in demo[-1]
+    bench = fidelity.judge([fidelity.Group("SwAV", fidelity.PRETRAINED, ap50=list(pretrained)),
+                            fidelity.Group("scratch", fidelity.BASELINE, ap50=list(scratch))])
+    assert not bench.ap_goal
+    assert (bench.ap.state, bench.ap.diff, bench.ap.low, bench.ap.high) == (b.state, b.diff, b.low, b.high)
