@@ -31,7 +31,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from experiments.trial import AP50, METRIC_LABELS
 from experiments.ui import BACKBONE_PARAM, NONE_VALUE
-from experiments.verdict import AxisVerdict, Verdict, judge_axis, judge_family, mean_of
+from experiments.verdict import ALPHA, AxisVerdict, Verdict, judge_axis, judge_family, mean_of
 
 SCRATCH = "scratch"  # finetune.backbone of a run without pretraining (trainers.pairing.SCRATCH)
 PRETRAINED = "pretrained"  # the name of the pretrained side of the baseline comparison
@@ -73,6 +73,7 @@ class Headline:
     baseline: Verdict | None = None  # best pretrained cell vs best scratch cell (either may be the winner)
     axes: list[AxisVerdict] = field(default_factory=list)
     not_comparable: list[str] = field(default_factory=list)  # axes that never vary alone
+    baseline_cells: tuple[str, str] = ("", "")  # the cells (ablate.cell) of the baseline comparison: pretrained, scratch
 
     @property
     def pretrained_wins(self) -> bool:
@@ -145,19 +146,20 @@ def _value_order(value: str) -> tuple[int, float, str]:
         return (1, 0.0, value)
 
 
-def axis_strata(trials: Sequence[TrialResult], axis: str, axes: Sequence[str]) -> dict[str, dict[tuple, list[float]]]:
-    """Value -> {setting of the other axes -> its runs' values}, over the settings where the axis varies alone
+def axis_strata(trials: Sequence[TrialResult], axis: str,
+                axes: Sequence[str]) -> dict[str, dict[tuple, list[TrialResult]]]:
+    """Value -> {setting of the other axes -> its trials}, over the settings where the axis varies alone
     (the other axes equal; for a pretraining axis any pretrained backbone, never scratch against pretrained)."""
     others = [a for a in axes if a != axis]
-    groups: dict[tuple[str, ...], dict[str, list[float]]] = {}
+    groups: dict[tuple[str, ...], dict[str, list[TrialResult]]] = {}
     for t in trials:
         value = t.axes.get(axis)
         if value is None or value == NONE_VALUE:
             continue
         key = tuple((("pretrained" if t.pretrained else SCRATCH) if a == BACKBONE_PARAM and axis.startswith("pretrain.")
                      else t.axes.get(a, "")) for a in others)
-        groups.setdefault(key, {}).setdefault(value, []).append(t.value)
-    paired: dict[str, dict[tuple, list[float]]] = {}
+        groups.setdefault(key, {}).setdefault(value, []).append(t)
+    paired: dict[str, dict[tuple, list[TrialResult]]] = {}
     for key, by_value in groups.items():
         if len(by_value) > 1:
             for value, values in by_value.items():
@@ -166,18 +168,19 @@ def axis_strata(trials: Sequence[TrialResult], axis: str, axes: Sequence[str]) -
 
 
 def _axis_verdict(trials: Sequence[TrialResult], axis: str, axes: Sequence[str],
-                  max_seeds: int | None) -> AxisVerdict | None:
+                  max_seeds: int | None, alpha: float) -> AxisVerdict | None:
     """The axis judged among runs that differ in it alone; None when it never does."""
-    paired = axis_strata(trials, axis, axes)
+    paired = {v: {k: [t.value for t in ts] for k, ts in strata.items()}
+              for v, strata in axis_strata(trials, axis, axes).items()}
     if len(paired) < 2:
         return None
     # equal means: the smaller value first, so a tie reads the same every time
     ordered = dict(sorted(paired.items(), key=lambda kv: (-mean_of(kv[1]), _value_order(kv[0]))))
-    return judge_axis(axis, ordered, max_seeds=max_seeds)
+    return judge_axis(axis, ordered, max_seeds=max_seeds, alpha=alpha)
 
 
 def compute_headline(trials: Sequence[TrialResult], axes: Sequence[str], metric: str = AP50,
-                     max_seeds: int | None = None) -> Headline:
+                     max_seeds: int | None = None, alpha: float = ALPHA) -> Headline:
     """The headline of a study from its finished fine-tuning trials.
 
     Args:
@@ -188,6 +191,8 @@ def compute_headline(trials: Sequence[TrialResult], axes: Sequence[str], metric:
         metric: the metric the trials' ``value`` holds (higher is better); it names the headline.
         max_seeds: the most seeds per cell the study may run (a space's ``seeds: {max: N}``): undecided
             verdicts give their minimum detectable difference at that count too.
+        alpha: the error rate of each family of comparisons (0.05; an adaptive-seeds study judges at its
+            sequential level, :func:`experiments.adaptive.sequential_alpha`, every time it looks).
 
     Returns:
         The :class:`Headline`; ``best`` is None when ``trials`` is empty.
@@ -198,7 +203,7 @@ def compute_headline(trials: Sequence[TrialResult], axes: Sequence[str], metric:
     best = max(trials, key=lambda t: (t.value, t.name))
     cells = _cells(trials)
     cell_means = {c: statistics.fmean(t.value for t in runs) for c, runs in cells.items()}
-    baseline = None
+    baseline, baseline_cells = None, ("", "")
     pre = [c for c, runs in cells.items() if runs[0].pretrained]
     scr = [c for c, runs in cells.items() if not runs[0].pretrained]
     if pre and scr:
@@ -207,9 +212,9 @@ def compute_headline(trials: Sequence[TrialResult], axes: Sequence[str], metric:
         # every pretrained cell against the best baseline, Holm over them: the best of many noisy pretrained means
         # is no win unless it survives the correction
         rivals = {f"{PRETRAINED} {_cell_name(cells[c])}": [t.value for t in cells[c]] for c in pre}
-        verdicts = judge_family(base, [t.value for t in cells[bs]], rivals, max_seeds=max_seeds)
+        verdicts = judge_family(base, [t.value for t in cells[bs]], rivals, max_seeds=max_seeds, alpha=alpha)
         bp = max(pre, key=lambda c: cell_means[c])
-        baseline = verdicts[pre.index(bp)]
+        baseline, baseline_cells = verdicts[pre.index(bp)], (bp, bs)
     comparisons, not_comparable = [], []
     for axis in axes:
         if axis == BACKBONE_PARAM:
@@ -217,12 +222,13 @@ def compute_headline(trials: Sequence[TrialResult], axes: Sequence[str], metric:
         values = {t.axes.get(axis) for t in trials} - {None, NONE_VALUE}
         if len(values) < 2:
             continue
-        c = _axis_verdict(trials, axis, axes, max_seeds)
+        c = _axis_verdict(trials, axis, axes, max_seeds, alpha)
         if c is None:
             not_comparable.append(axis)
         else:
             comparisons.append(c)
-    return Headline(metric, best, cell_means[best.cell], len(cells[best.cell]), baseline, comparisons, not_comparable)
+    return Headline(metric, best, cell_means[best.cell], len(cells[best.cell]), baseline, comparisons, not_comparable,
+                    baseline_cells)
 
 
 def _cell_name(runs: Sequence[TrialResult]) -> str:

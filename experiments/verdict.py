@@ -11,9 +11,9 @@ improvement for few-seed comparisons, rather than "mean ± std" or a margin agai
 * **Difference and interval.** Two arms' final metrics over seeds are compared by the difference
   of their means and Welch's t interval for it (unequal variances; ``scipy.stats.t``). When the
   arms' runs fall into *strata* (for an axis: the settings of the other axes under which both
-  values ran), the difference is the mean of the per-stratum differences and its variance the
-  matching sum, with Welch-Satterthwaite degrees of freedom; with one stratum this is Welch's
-  interval exactly. Bootstrap intervals are not used: with 2-8 seeds per arm a percentile
+  values ran), the difference is the weighted mean of the per-stratum differences (weights
+  n_a n_b / (n_a + n_b): equal for balanced strata) and its variance the matching sum, with
+  Welch-Satterthwaite degrees of freedom; with one stratum this is Welch's interval exactly. Bootstrap intervals are not used: with 2-8 seeds per arm a percentile
   bootstrap under-covers badly, while the t interval keeps its level under normal seed noise.
 * **Correction.** Within an axis the leader (highest mean) is compared with every other value,
   and the family is corrected by Holm's step-down method: the comparison with the smallest p is
@@ -121,7 +121,7 @@ class Verdict:
             return "[no interval]"
         pct = f"{self.level * 100:.1f}".rstrip("0").rstrip(".")
         return (f"[{self.low:.{digits}f}, {self.high:.{digits}f}]" + ("" if abs(self.level - 0.95) < 1e-9
-                                                                    else f" ({pct} %, Holm)"))
+                                                                    else f" ({pct} %)"))
 
     def state_text(self) -> str:
         """``decided``, or ``undecided: ~7 seeds per cell would decide it (MDD 0.041 now, 0.020 at 8)``."""
@@ -147,15 +147,22 @@ class Verdict:
         return self.state
 
 
+def _weights(winner: dict[Hashable, list[float]], loser: dict[Hashable, list[float]]) -> dict[Hashable, float]:
+    """Each shared stratum's weight: n_a * n_b / (n_a + n_b) (equal when the strata are balanced), so a stratum
+    that ran more seeds (adaptive seeds add them where the comparison is close) counts for more."""
+    return {k: len(winner[k]) * len(loser[k]) / (len(winner[k]) + len(loser[k])) for k in winner
+            if k in loser and winner[k] and loser[k]}
+
+
 def _welch(winner: dict[Hashable, list[float]], loser: dict[Hashable, list[float]]) -> tuple[float, float, float]:
-    """(difference, its standard error, Welch-Satterthwaite dof) over the strata both arms have; NaN se without
-    spread."""
-    keys = [k for k in winner if k in loser and winner[k] and loser[k]]
-    S = len(keys)
-    diff = statistics.fmean(statistics.fmean(winner[k]) - statistics.fmean(loser[k]) for k in keys)
-    if any(len(winner[k]) < 2 or len(loser[k]) < 2 for k in keys):
+    """(difference, its standard error, Welch-Satterthwaite dof) over the strata both arms have, weighted by
+    :func:`_weights`; NaN se without spread."""
+    w = _weights(winner, loser)
+    total = sum(w.values())
+    diff = sum(w[k] * (statistics.fmean(winner[k]) - statistics.fmean(loser[k])) for k in w) / total
+    if any(len(winner[k]) < 2 or len(loser[k]) < 2 for k in w):
         return diff, math.nan, math.nan
-    parts = [(statistics.variance(arm[k]) / len(arm[k]) / S ** 2, len(arm[k]) - 1) for k in keys
+    parts = [((w[k] / total) ** 2 * statistics.variance(arm[k]) / len(arm[k]), len(arm[k]) - 1) for k in w
              for arm in (winner, loser)]
     var = sum(p for p, _ in parts)
     if var == 0:
@@ -218,8 +225,9 @@ def compare(a_name: str, a: Samples, b_name: str, b: Samples, *, alpha: float = 
     if not shared:
         raise ValueError(f"{a_name!r} and {b_name!r} have no stratum with finite values in common")
     sa, sb = {k: sa[k] for k in shared}, {k: sb[k] for k in shared}
-    mean_a = statistics.fmean(statistics.fmean(v) for v in sa.values())
-    mean_b = statistics.fmean(statistics.fmean(v) for v in sb.values())
+    w = _weights(sa, sb)
+    mean_a = sum(w[k] * statistics.fmean(sa[k]) for k in w) / sum(w.values())
+    mean_b = sum(w[k] * statistics.fmean(sb[k]) for k in w) / sum(w.values())
     if mean_b > mean_a:
         a_name, b_name, sa, sb, mean_a, mean_b = b_name, a_name, sb, sa, mean_b, mean_a
     n_a, n_b = sum(map(len, sa.values())), sum(map(len, sb.values()))

@@ -1,0 +1,186 @@
+"""``python -m bench adaptive_seeds``: adaptive seeds against the fixed grid, on simulated studies with known truth.
+
+Each simulated study is a full factorial grid of fine-tuning cells whose true mean AP50 is known;
+a run's AP50 is its cell's true mean plus seed noise N(0, sigma). sigma = 0.010 is the seed std of
+this project's own fidelity study (AP50 seed stds 0.007-0.013, BENCHMARKS.md "Fidelity"). The
+arms, repeated many times with fresh noise:
+
+* **fixed max**: every cell runs ``max`` seeds (what a space's ``seeds: [0..max-1]`` does);
+* **fixed initial x2**: every cell runs twice the initial seeds (about the adaptive arm's cost);
+* **adaptive**: ``seeds: {initial, max}``: the initial seeds, then waves chosen by
+  :func:`experiments.adaptive.next_wave` (the launch's own policy, the launch's own judge).
+
+Every arm is judged by the one judge (:func:`experiments.headline.compute_headline`). Per axis:
+**right** (the leader is the true best and it beats the runner-up decidedly), **open** (nothing
+wrong decided, the runner-up comparison not decided), **false win** (a comparison decided for a
+value that is not truly better: on a null axis, any decided comparison). Holm bounds the false wins
+of each axis at 5 %.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from experiments.adaptive import AdaptiveSeeds, next_wave
+from experiments.headline import Headline, TrialResult, compute_headline
+
+SIGMA = 0.010  # AP50 seed std measured in this project's fidelity study (0.007-0.013)
+BASE = 0.30
+METRIC = "det/AP50"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A factorial grid: axis -> value -> its true effect on AP50 (added to BASE)."""
+
+    name: str
+    effects: Mapping[str, Mapping[str, float]]
+
+    @property
+    def axes(self) -> list[str]:
+        return list(self.effects)
+
+    def cells(self) -> dict[str, dict[str, str]]:
+        names = self.axes
+        return {" · ".join(combo): dict(zip(names, combo))
+                for combo in itertools.product(*(list(self.effects[a]) for a in names))}
+
+    def true_mean(self, values: Mapping[str, str]) -> float:
+        return BASE + sum(self.effects[a][v] for a, v in values.items())
+
+
+SCENARIOS = (
+    Scenario("one clear axis, one close, one null", {
+        "finetune.head": {"mlp": 0.0, "linear": -0.03, "res5": -0.05},  # clear: 3 and 5 sigma
+        "finetune.norm": {"frozen_bn": 0.01, "bn": 0.0},  # close: 1 sigma
+        "finetune.lr_scheme": {"357": 0.0, "uniform": 0.0},  # null
+    }),
+    Scenario("every axis clear", {
+        "finetune.head": {"mlp": 0.0, "linear": -0.03, "res5": -0.05},
+        "finetune.norm": {"frozen_bn": 0.03, "bn": 0.0},
+    }),
+    Scenario("every axis null", {
+        "finetune.head": {"mlp": 0.0, "linear": 0.0, "res5": 0.0},
+        "finetune.norm": {"frozen_bn": 0.0, "bn": 0.0},
+    }),
+)
+
+
+def _trial(cell: str, values: Mapping[str, str], seed: int, value: float) -> TrialResult:
+    return TrialResult(f"{cell} · seed{seed}", f"{cell}-{seed}", cell, "scratch", dict(values), value)
+
+
+def fixed(scenario: Scenario, seeds: int, rng: random.Random) -> tuple[list[TrialResult], int]:
+    trials = [_trial(c, v, s, rng.gauss(scenario.true_mean(v), SIGMA))
+              for c, v in scenario.cells().items() for s in range(seeds)]
+    return trials, len(trials)
+
+
+def adaptive(scenario: Scenario, plan: AdaptiveSeeds, rng: random.Random) -> tuple[list[TrialResult], int]:
+    cells = scenario.cells()
+    trials = [_trial(c, v, s, rng.gauss(scenario.true_mean(v), SIGMA)) for c, v in cells.items()
+              for s in plan.initial_seeds]
+    attempted = dict.fromkeys(cells, plan.initial)
+    while True:
+        wave = next_wave(trials, scenario.axes, attempted, plan, len(trials), METRIC)
+        if wave.done:
+            return trials, len(trials)
+        for c in wave.extend:
+            trials.append(_trial(c, cells[c], attempted[c], rng.gauss(scenario.true_mean(cells[c]), SIGMA)))
+            attempted[c] += 1
+
+
+def score(scenario: Scenario, headline: Headline) -> dict[str, str]:
+    """Per axis: right, open or false win (see the module docstring)."""
+    out = {}
+    for axis in scenario.axes:
+        effects = scenario.effects[axis]
+        verdict = next((a for a in headline.axes if a.axis == axis), None)
+        if verdict is None:
+            out[axis] = "open"
+            continue
+        false = any(c.state == "decided" and effects[c.winner] <= effects[c.loser] for c in verdict.comparisons)
+        best = max(effects.values())
+        right = (effects[verdict.leader] == best and verdict.runner_up is not None
+                 and verdict.runner_up.state == "decided" and best > max(v for k, v in effects.items()
+                                                                        if k != verdict.leader))
+        out[axis] = "false win" if false else "right" if right else "open"
+    return out
+
+
+def simulate(scenario: Scenario, plan: AdaptiveSeeds, reps: int, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Per arm: mean trials, and the share of (rep, axis) that were right / open / false wins."""
+    arms = {f"fixed {plan.max} seeds": lambda rng: fixed(scenario, plan.max, rng),
+            f"fixed {2 * plan.initial} seeds": lambda rng: fixed(scenario, 2 * plan.initial, rng),
+            f"adaptive {plan.initial}->{plan.max}": lambda rng: adaptive(scenario, plan, rng)}
+    real = [a for a in scenario.axes if len(set(scenario.effects[a].values())) > 1]
+    null = [a for a in scenario.axes if a not in real]
+    results = {}
+    for name, arm in arms.items():
+        rng = random.Random(seed)
+        counts, outcomes = [], []
+        for _ in range(reps):
+            trials, n = arm(rng)
+            counts.append(n)
+            alpha = plan.alpha if name.startswith("adaptive") else 0.05  # the level each arm's own headline uses
+            outcomes.append(score(scenario, compute_headline(trials, scenario.axes, METRIC, alpha=alpha)))
+        share = lambda axes, what: (statistics.fmean(o[a] == what for o in outcomes for a in axes)  # noqa: E731
+                                    if axes else float("nan"))
+        results[name] = {"trials": statistics.fmean(counts), "right": share(real, "right"),
+                         "open": share(real, "open"), "false_real": share(real, "false win"),
+                         "false_null": share(null, "false win")}
+    return results
+
+
+def _pct(x: float) -> str:
+    return "-" if x != x else f"{100 * x:.1f} %"
+
+
+def run(quick: bool = False) -> str:
+    reps = 40 if quick else 300
+    plan = AdaptiveSeeds(initial=2, max=8)
+    started = time.time()
+    lines = [
+        "## Adaptive seeds vs the fixed grid (simulated studies)",
+        "",
+        f"Command: `python -m bench adaptive_seeds`{' --quick' if quick else ''}. Each study is a factorial grid of "
+        f"fine-tuning cells; a run's AP50 is its cell's true mean + N(0, {SIGMA}) (the seed std of this project's "
+        f"fidelity study). {reps} repetitions per arm, every arm judged by `experiments/verdict.py` through the "
+        "headline; the adaptive arm is the launch's own policy (`experiments/adaptive.py`). Per axis with a real "
+        "effect: **right** = the true best leads and beats the runner-up decidedly; **open** = undecided; "
+        "**false win** = a comparison decided for a value that is not truly better (on a null axis: any decided "
+        "comparison; Holm bounds it at 5 % per axis).",
+        "",
+    ]
+    for scenario in SCENARIOS:
+        res = simulate(scenario, plan, reps)
+        cells = len(scenario.cells())
+        effects = "; ".join(f"{a.split('.', 1)[1]}: " + ", ".join(f"{v} {e:+.2f}" for v, e in vals.items())
+                            for a, vals in scenario.effects.items())
+        lines += [f"**{scenario.name}** ({cells} cells; true effects on AP50: {effects})", "",
+                  "| arm | trials (mean) | vs fixed max | right | open | false wins (real axes) | "
+                  "false wins (null axes) |", "|---|---|---|---|---|---|---|"]
+        full = res[f"fixed {plan.max} seeds"]["trials"]
+        for name, r in res.items():
+            lines.append(f"| {name} | {r['trials']:.1f} | {r['trials'] / full:.2f}x | {_pct(r['right'])} | "
+                         f"{_pct(r['open'])} | {_pct(r['false_real'])} | {_pct(r['false_null'])} |")
+        lines.append("")
+    lines.append(f"({time.time() - started:.0f} s.)")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench adaptive_seeds", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    print(run(parser.parse_args(argv).quick))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""Adaptive seeds: spend fine-tuning runs only where a verdict is still open.
+
+A space may say ``seeds: {initial: 2, max: 8}`` (optionally ``budget_trials: N``) instead of a fixed
+list. The launch then runs the initial seeds of every fine-tuning cell, and after each *wave* asks
+:func:`next_wave` which cells get one more seed, judged by the project's one judge
+(:mod:`experiments.verdict`, through :func:`experiments.headline.compute_headline`):
+
+* a cell is **in contention** when, on some axis (or the pretrained-vs-baseline comparison) that
+  is still undecided or without spread, its value is the leader or one of the values not yet told
+  apart from it;
+* a cell is **out** when its value lost decidedly on any axis (racing, as in F-Race and
+  successive halving: a configuration decided-worse gets no more runs);
+* cells in contention and not out get one more seed, until they reach ``max``; the waves stop
+  when no cell would get one, or when the next wave would pass ``budget_trials`` fine-tuning trials
+  (the wave is cut in the cells' order, the rest stop with ``budget``).
+
+Why each cell stopped getting seeds is one of :data:`STOP_REASONS`: ``decided`` (nothing it takes
+part in is open, or it lost decidedly), ``max`` (it reached the space's maximum), ``budget``.
+
+Looking after every wave and stopping once decided would inflate the false wins (optional
+stopping: a null axis is "decided" at some look far more often than 5 %). An adaptive study is
+therefore judged, at every look and in its final headline, at Pocock's constant nominal level for
+K = max - initial + 1 looks (Pocock 1977, "Group sequential methods in the design and analysis
+of clinical trials": two-sided 0.05 overall is 0.0294 per look for K = 2, 0.0158 for 5, 0.0120
+for 8); past 10 looks at 0.05 / K (Bonferroni, conservative). ``bench adaptive_seeds`` measures
+the false wins that result.
+
+Seeds are numbered 0, 1, 2, ...: a cell's next seed is the one after the highest it ran, so a wave
+is the same trials (the same config hashes) whenever it is computed from the same results: a
+relaunch after ``kill -9`` reuses the finished ones and resumes the rest, never duplicating a wave.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+from experiments.headline import Headline, TrialResult, axis_strata, compute_headline
+from experiments.verdict import ALPHA, DECIDED, NO_SPREAD, UNDECIDED
+
+DECIDED_STOP, MAX_STOP, BUDGET_STOP = "decided", "max", "budget"
+STOP_REASONS = (DECIDED_STOP, MAX_STOP, BUDGET_STOP)
+
+
+# Pocock's critical values c(K) for two-sided 0.05 overall over K equally spaced looks (Jennison & Turnbull 2000,
+# Table 2.1); the per-look level is 2 (1 - Phi(c)).
+POCOCK_C = {1: 1.960, 2: 2.178, 3: 2.289, 4: 2.361, 5: 2.413, 6: 2.453, 7: 2.485, 8: 2.512, 9: 2.535, 10: 2.555}
+
+
+def sequential_alpha(looks: int) -> float:
+    """The per-look level that keeps the overall false-win rate at 0.05 over ``looks`` looks (Pocock)."""
+    from scipy.stats import norm
+
+    if looks <= 1:
+        return ALPHA
+    if looks in POCOCK_C:
+        return float(2 * norm.sf(POCOCK_C[looks]))
+    return ALPHA / looks
+
+
+@dataclass(frozen=True)
+class AdaptiveSeeds:
+    """A space's ``seeds: {initial: I, max: M, budget_trials: B}``: seeds 0..I-1 first, at most M per cell."""
+
+    initial: int
+    max: int
+    budget_trials: int | None = None
+
+    @property
+    def initial_seeds(self) -> tuple[int, ...]:
+        return tuple(range(self.initial))
+
+    @property
+    def all_seeds(self) -> tuple[int, ...]:
+        return tuple(range(self.max))
+
+    @property
+    def looks(self) -> int:
+        return self.max - self.initial + 1
+
+    @property
+    def alpha(self) -> float:
+        """The level every look (and the final headline) judges at."""
+        return sequential_alpha(self.looks)
+
+    def tag(self) -> str:
+        """``initial=2,max=8[,budget_trials=40]``: the experiment's ``ablate.seeds`` tag, read back by :meth:`parse`."""
+        return f"initial={self.initial},max={self.max}" + (
+            f",budget_trials={self.budget_trials}" if self.budget_trials is not None else "")
+
+    @classmethod
+    def parse(cls, tag: str) -> AdaptiveSeeds | None:
+        """The tag written by :meth:`tag`; None for an empty or unreadable one (a fixed-seeds study)."""
+        try:
+            fields = dict(part.split("=", 1) for part in tag.split(",") if part)
+            return cls(int(fields["initial"]), int(fields["max"]),
+                       int(fields["budget_trials"]) if "budget_trials" in fields else None)
+        except (KeyError, ValueError):
+            return None
+
+
+@dataclass
+class Wave:
+    """What :func:`next_wave` decided: the cells that get one more seed, and why every other cell stopped."""
+
+    extend: list[str] = field(default_factory=list)
+    stopped: dict[str, str] = field(default_factory=dict)  # cell -> decided | max | budget
+    headline: Headline | None = None
+
+    @property
+    def done(self) -> bool:
+        return not self.extend
+
+
+def contention(headline: Headline, trials: Sequence[TrialResult], axes: Sequence[str]) -> tuple[set[str], set[str]]:
+    """(cells in contention on some open comparison, cells whose value lost decidedly on some axis)."""
+    open_cells: set[str] = set()
+    out: set[str] = set()
+    for verdict in headline.axes:
+        members = {value: {t.cell for ts in strata.values() for t in ts}
+                   for value, strata in axis_strata(trials, verdict.axis, axes).items()}
+        for c in verdict.comparisons:
+            if c.state == DECIDED:
+                out |= members.get(c.loser, set())
+            elif c.state in (UNDECIDED, NO_SPREAD):
+                open_cells |= members.get(c.winner, set()) | members.get(c.loser, set())
+    b = headline.baseline
+    if b is not None and b.state in (UNDECIDED, NO_SPREAD):
+        open_cells |= set(headline.baseline_cells)
+    return open_cells, out
+
+
+def next_wave(trials: Sequence[TrialResult], axes: Sequence[str], attempted: Mapping[str, int],
+              seeds: AdaptiveSeeds, trials_so_far: int, metric: str) -> Wave:
+    """Which cells get one more seed after the results so far.
+
+    Args:
+        trials: the finished fine-tuning trials of the launch's cells (``TrialResult.cell`` keys them).
+        axes: the ablated params (the experiment's ``ablate.axes``).
+        attempted: cell -> seeds run so far (finished, failed or pruned: a seed is spent once).
+        seeds: the space's adaptive seeds.
+        trials_so_far: fine-tuning trials of the launch so far (for ``budget_trials``).
+        metric: the ranking metric (higher is better).
+    """
+    headline = compute_headline(trials, axes, metric, max_seeds=seeds.max, alpha=seeds.alpha)
+    open_cells, out = contention(headline, trials, axes)
+    wave = Wave(headline=headline)
+    room = None if seeds.budget_trials is None else max(0, seeds.budget_trials - trials_so_far)
+    for cell in sorted(attempted):
+        if cell not in open_cells or cell in out:
+            wave.stopped[cell] = DECIDED_STOP
+        elif attempted[cell] >= seeds.max:
+            wave.stopped[cell] = MAX_STOP
+        elif room is not None and len(wave.extend) >= room:
+            wave.stopped[cell] = BUDGET_STOP
+        else:
+            wave.extend.append(cell)
+    return wave
