@@ -36,67 +36,13 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 from experiments.headline import Headline, TrialResult, axis_strata, compute_headline
-from experiments.verdict import ALPHA, DECIDED, NO_SPREAD, UNDECIDED
+from experiments.spaces import AdaptiveSeeds
+from experiments.verdict import DECIDED, NO_SPREAD, UNDECIDED
+
+__all__ = ["AdaptiveSeeds", "STOP_REASONS", "Wave", "contention", "next_wave"]
 
 DECIDED_STOP, MAX_STOP, BUDGET_STOP = "decided", "max", "budget"
 STOP_REASONS = (DECIDED_STOP, MAX_STOP, BUDGET_STOP)
-
-
-# Pocock's critical values c(K) for two-sided 0.05 overall over K equally spaced looks (Jennison & Turnbull 2000,
-# Table 2.1); the per-look level is 2 (1 - Phi(c)).
-POCOCK_C = {1: 1.960, 2: 2.178, 3: 2.289, 4: 2.361, 5: 2.413, 6: 2.453, 7: 2.485, 8: 2.512, 9: 2.535, 10: 2.555}
-
-
-def sequential_alpha(looks: int) -> float:
-    """The per-look level that keeps the overall false-win rate at 0.05 over ``looks`` looks (Pocock)."""
-    from scipy.stats import norm
-
-    if looks <= 1:
-        return ALPHA
-    if looks in POCOCK_C:
-        return float(2 * norm.sf(POCOCK_C[looks]))
-    return ALPHA / looks
-
-
-@dataclass(frozen=True)
-class AdaptiveSeeds:
-    """A space's ``seeds: {initial: I, max: M, budget_trials: B}``: seeds 0..I-1 first, at most M per cell."""
-
-    initial: int
-    max: int
-    budget_trials: int | None = None
-
-    @property
-    def initial_seeds(self) -> tuple[int, ...]:
-        return tuple(range(self.initial))
-
-    @property
-    def all_seeds(self) -> tuple[int, ...]:
-        return tuple(range(self.max))
-
-    @property
-    def looks(self) -> int:
-        return self.max - self.initial + 1
-
-    @property
-    def alpha(self) -> float:
-        """The level every look (and the final headline) judges at."""
-        return sequential_alpha(self.looks)
-
-    def tag(self) -> str:
-        """``initial=2,max=8[,budget_trials=40]``: the experiment's ``ablate.seeds`` tag, read back by :meth:`parse`."""
-        return f"initial={self.initial},max={self.max}" + (
-            f",budget_trials={self.budget_trials}" if self.budget_trials is not None else "")
-
-    @classmethod
-    def parse(cls, tag: str) -> AdaptiveSeeds | None:
-        """The tag written by :meth:`tag`; None for an empty or unreadable one (a fixed-seeds study)."""
-        try:
-            fields = dict(part.split("=", 1) for part in tag.split(",") if part)
-            return cls(int(fields["initial"]), int(fields["max"]),
-                       int(fields["budget_trials"]) if "budget_trials" in fields else None)
-        except (KeyError, ValueError):
-            return None
 
 
 @dataclass

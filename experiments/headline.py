@@ -294,14 +294,18 @@ def study_headline(client: Any, experiment_id: str, axes: Sequence[str] | None =
     """
     from mlflow.entities import ViewType
 
+    from experiments.spaces import AdaptiveSeeds
     from experiments.tracking import TAG_STAGE
-    from experiments.ui import AXES_TAG
+    from experiments.ui import AXES_TAG, SEEDS_TAG
 
+    tags = client.get_experiment(experiment_id).tags
     if axes is None:
-        tag = client.get_experiment(experiment_id).tags.get(AXES_TAG, "")
-        axes = [a for a in tag.split(",") if a]
+        axes = [a for a in tags.get(AXES_TAG, "").split(",") if a]
+    # an adaptive-seeds study looked at its results after every wave: it is judged at its sequential level
+    adaptive = AdaptiveSeeds.parse(tags.get(SEEDS_TAG))
+    judged = {"max_seeds": adaptive.max, "alpha": adaptive.alpha} if adaptive else {}
     if runs is not None:
-        return compute_headline(trials_from_runs(runs, axes, metric), axes, metric)
+        return compute_headline(trials_from_runs(runs, axes, metric), axes, metric, **judged)
     runs, token = [], None
     while True:
         page = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_STAGE}` = 'finetune'",
@@ -310,4 +314,4 @@ def study_headline(client: Any, experiment_id: str, axes: Sequence[str] | None =
         token = page.token
         if not token:
             break
-    return compute_headline(trials_from_runs(runs, axes, metric), axes, metric)
+    return compute_headline(trials_from_runs(runs, axes, metric), axes, metric, **judged)

@@ -53,9 +53,16 @@ class Trainer:
         return module.train, getattr(module, self.config)
 
 
+def _trainer(stage: str, default: Trainer) -> Trainer:
+    """``ABLATE_TRAINER_PRETRAIN`` / ``ABLATE_TRAINER_FINETUNE`` name another module to train a stage with (it has
+    ``train(config, reporter)`` and the stage's config class): a trainer of one's own, or a test's stand-in."""
+    module = os.environ.get(f"ABLATE_TRAINER_{stage.upper()}")
+    return dataclasses.replace(default, module=module) if module else default
+
+
 # The stage registry, trainers' side: what differs between pretraining and fine-tuning where a stage is run.
-TRAINERS = {STAGE_PRETRAIN: Trainer("trainers.swav", "SwAVConfig", "backbone"),
-            STAGE_FINETUNE: Trainer("trainers.detection", "DetectionConfig", "detector")}
+TRAINERS = {STAGE_PRETRAIN: _trainer(STAGE_PRETRAIN, Trainer("trainers.swav", "SwAVConfig", "backbone")),
+            STAGE_FINETUNE: _trainer(STAGE_FINETUNE, Trainer("trainers.detection", "DetectionConfig", "detector"))}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -44,6 +44,7 @@ CELLS_VIEW_KEY = "ablate-cells"  # the leaderboard grouped by cell: each cell's 
 # MLflow's "Group by" as its UI stores it: average over the runs that share the tag's value
 GROUP_BY_CELL = {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": TAG_CELL}]}
 AXES_TAG = "ablate.axes"  # experiment tag: the ablated params, comma-separated, in leaderboard order
+SEEDS_TAG = "ablate.seeds"  # experiment tag of an adaptive-seeds study: initial=2,max=8[,budget_trials=N]
 FINETUNE_FILTER = "tags.`ablate.stage` = 'finetune'"
 # Visible metric columns besides the axes, in this order (det/AP50 ranks; the others are the paper's columns).
 KEY_METRICS = (AP50, "det/AP", "det/AP_small", "det/AP_medium", "det/AP_large")

@@ -112,9 +112,13 @@ class Verdict:
         return self.state == DECIDED
 
     def seeds_text(self) -> str:
+        """``5 seeds each``, ``5 vs 3 seeds``; over several settings of the other axes, runs: ``8 vs 8 runs over 2
+        settings``."""
+        unit = "seed" if self.strata == 1 else "run"
+        where = "" if self.strata == 1 else f" over {self.strata} settings"
         if self.winner_n == self.loser_n:
-            return f"{self.winner_n} seed{'s' if self.winner_n != 1 else ''} each"
-        return f"{self.winner_n} vs {self.loser_n} seeds"
+            return f"{self.winner_n} {unit}{'s' if self.winner_n != 1 else ''} each{where}"
+        return f"{self.winner_n} vs {self.loser_n} {unit}s{where}"
 
     def interval_text(self, digits: int = 3) -> str:
         if not math.isfinite(self.low):
@@ -345,6 +349,23 @@ def _undecided(v: Verdict) -> Verdict:
     import dataclasses
 
     return dataclasses.replace(v, state=UNDECIDED)
+
+
+# Pocock's critical values c(K) for two-sided 0.05 overall over K equally spaced looks (Jennison & Turnbull 2000,
+# "Group Sequential Methods with Applications to Clinical Trials", Table 2.1); the per-look level is 2 (1 - Phi(c)).
+POCOCK_C = {1: 1.960, 2: 2.178, 3: 2.289, 4: 2.361, 5: 2.413, 6: 2.453, 7: 2.485, 8: 2.512, 9: 2.535, 10: 2.555}
+
+
+def sequential_alpha(looks: int) -> float:
+    """The per-look level that keeps the overall false-win rate at 0.05 over ``looks`` looks at growing data
+    (Pocock 1977); past 10 looks 0.05 / looks (Bonferroni, conservative). Adaptive seeds judge at it."""
+    from scipy.stats import norm
+
+    if looks <= 1:
+        return ALPHA
+    if looks in POCOCK_C:
+        return float(2 * norm.sf(POCOCK_C[looks]))
+    return ALPHA / looks
 
 
 def explained(states: Sequence[str] = STATES) -> list[str]:

@@ -114,10 +114,6 @@ class Launcher:
         ctx.data_paths, ctx.data_fingerprint = resolve_data(ctx.spec, ctx.local_storage)
         return spaces.expand(ctx.spec, ctx.data_fingerprint, ctx.data_paths)
 
-    def earlier_runs(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Existing runs of this study per config hash, for both stages."""
-        return self.tracker.runs_by_hash(STAGE_PRETRAIN), self.tracker.runs_by_hash(STAGE_FINETUNE)
-
     # -- the launch ----------------------------------------------------------
 
     def run(self) -> LaunchResult:
@@ -127,7 +123,8 @@ class Launcher:
             check_storage(ctx.storage)  # a missing bucket or refused credentials: one line, nothing made
         plan = self.plan()
         self.tracker = Tracker(ctx.tracking_uri, ctx.spec.name, create=not ctx.options.dry_run)
-        pre_runs, ft_runs = self.earlier_runs()
+        # existing runs of this study per config hash, for both stages
+        pre_runs, ft_runs = self.tracker.runs_by_hash(STAGE_PRETRAIN), self.tracker.runs_by_hash(STAGE_FINETUNE)
         reused = {h: r.info.run_id for h, r in pre_runs.items() if _usable_backbone_run(r)}
         pruned_before = [h for h, r in pre_runs.items() if r.data.tags.get(TAG_PRUNED) == "true"]
         too_big = [] if ctx.options.address or os.environ.get("RAY_ADDRESS") else oversized_requests(
@@ -158,6 +155,8 @@ class Launcher:
             survivors = self._stage_pretrain(plan, pre_runs)
             if self.ledger.stops.launch_requested(fresh=True) is None:
                 self._stage_finetune(plan, ft_runs, survivors)
+                if ctx.spec.adaptive is not None:
+                    self._seed_waves(plan, pre_runs, ft_runs, survivors)
             result = self._finish(plan)
         except BaseException as exc:
             self._abort(exc)
@@ -193,11 +192,6 @@ class Launcher:
         """This launch's run, made or taken over (:meth:`LaunchRun.open`)."""
         return self.launch_run.open(plan)
 
-    def _child(self, stage: str, name: str, h: str, config: Mapping[str, Any], existing: Any,
-               extra_params: Mapping[str, str], tags: Mapping[str, str]) -> str:
-        """A trial's MLflow run (:meth:`TrialLedger.child_run`)."""
-        return self.ledger.child_run(stage, name, h, config, existing, extra_params, tags)
-
     def _init_ray(self) -> None:
         ctx = self.ctx
         init_ray(ctx.spec, ctx.options.address or os.environ.get("RAY_ADDRESS"), ctx.storage,
@@ -223,22 +217,16 @@ class Launcher:
             ledger.planned[t.config_hash] = dataclasses.replace(p, restore=ledger.plan_child(p, t.config, run))
         if ctx.spec.search["kind"] == "tpe":
             return
-        for t in plan.finetune:
-            run, up = ft_runs.get(t.config_hash), pre_runs.get(t.upstream_hash) if t.upstream_hash else None
-            if (run is not None and run.info.status == "FINISHED") or (
-                    up is not None and up.info.status == "FINISHED" and not _usable_backbone_run(up)):
-                continue
-            upstream_run = ledger.run_ids.get(t.upstream_hash or "") or (up.info.run_id if up is not None else "")
-            p = finetune_payload(ctx, t, plan, upstream_run, spaces.BACKBONE_SCRATCH)
-            ledger.planned[t.config_hash] = dataclasses.replace(p, restore=ledger.plan_child(p, t.config, run))
+        plan_finetune_runs(ctx, ledger, plan, plan.finetune, pre_runs, ft_runs)
 
     # -- the stages ------------------------------------------------------------
 
-    def _stage(self, stage: str, payloads: dict[str, TrialPayload], candidates: list[TrialPayload] | None = None) -> None:
+    def _stage(self, stage: str, payloads: dict[str, TrialPayload], candidates: list[TrialPayload] | None = None,
+               wave: int = 1) -> None:
         scheduler = make_scheduler(self.ctx, stage)
         if scheduler is not None:
             self.schedulers[stage] = scheduler
-        run_stage(self.ctx, stage, payloads, scheduler, self.ledger, candidates or ())
+        run_stage(self.ctx, stage, payloads, scheduler, self.ledger, candidates or (), wave)
 
     def _stage_pretrain(self, plan: Plan, existing: dict[str, Any]) -> dict[str, str]:
         """Stage 1. Returns config hash -> the exported backbone of every survivor, where the trials read it
@@ -267,12 +255,26 @@ class Launcher:
                     self.housekeeping.shared_backbones.append(survivors[t.config_hash])
         return survivors
 
-    def _stage_finetune(self, plan: Plan, existing: dict[str, Any], survivors: dict[str, str]) -> None:
-        """Stage 2: every fine-tuning cell x seed on a surviving backbone (or scratch); `tpe` samples them."""
+    def _seed_waves(self, plan: Plan, pre_runs: dict[str, Any], ft_runs: dict[str, Any],
+                    survivors: dict[str, str]) -> None:
+        """Adaptive seeds: one more seed for the cells in contention, wave after wave (``launch/waves.py``)."""
+        from experiments.launch.waves import SeedWaves
+
+        def run_wave(trials: list[spaces.FinetuneTrial], wave: int) -> None:
+            plan_finetune_runs(self.ctx, self.ledger, plan, trials, pre_runs, ft_runs)
+            self._stage_finetune(plan, ft_runs, survivors, trials, wave)
+
+        SeedWaves(self.ctx, plan, lambda t: not t.upstream_hash or t.upstream_hash in survivors, run_wave,
+                  lambda: self.ledger.stops.launch_requested(fresh=True) is not None).run()
+
+    def _stage_finetune(self, plan: Plan, existing: dict[str, Any], survivors: dict[str, str],
+                        trials: list[spaces.FinetuneTrial] | None = None, wave: int = 1) -> None:
+        """Stage 2: every fine-tuning cell x seed on a surviving backbone (or scratch); `tpe` samples them.
+        ``trials``: wave ``wave`` of adaptive seeds instead of the plan's initial trials."""
         ledger = self.ledger
         payloads: dict[str, TrialPayload] = {}
         tpe = self.ctx.spec.search["kind"] == "tpe"
-        for t in plan.finetune:
+        for t in plan.finetune if trials is None else trials:
             upstream = ledger.outcomes.get(t.upstream_hash) if t.upstream_hash else None
             if t.upstream_hash and t.upstream_hash not in survivors:
                 why = upstream.status if upstream else "missing"
@@ -292,7 +294,7 @@ class Launcher:
                 continue
             p = ledger.planned[t.config_hash]  # its run was made by _plan_runs
             payloads[t.config_hash] = dataclasses.replace(p, config={**p.config, "backbone": backbone})
-        self._stage(STAGE_FINETUNE, payloads, ledger.candidates)
+        self._stage(STAGE_FINETUNE, payloads, ledger.candidates, wave)
 
     # -- the end -------------------------------------------------------------
 
@@ -339,6 +341,20 @@ class Launcher:
 # ---------------------------------------------------------------------------
 
 
+def plan_finetune_runs(ctx: LaunchContext, ledger: TrialLedger, plan: Plan, trials: list[spaces.FinetuneTrial],
+                   pre_runs: dict[str, Any], ft_runs: dict[str, Any]) -> None:
+    """The runs of fine-tuning trials (the initial grid, or an adaptive-seeds wave), state `planned`; none for a
+    trial finished earlier or on a backbone an earlier launch pruned or failed."""
+    for t in trials:
+        run, up = ft_runs.get(t.config_hash), pre_runs.get(t.upstream_hash) if t.upstream_hash else None
+        if (run is not None and run.info.status == "FINISHED") or (
+                up is not None and up.info.status == "FINISHED" and not _usable_backbone_run(up)):
+            continue
+        upstream_run = ledger.run_ids.get(t.upstream_hash or "") or (up.info.run_id if up is not None else "")
+        p = finetune_payload(ctx, t, plan, upstream_run, spaces.BACKBONE_SCRATCH)
+        ledger.planned[t.config_hash] = dataclasses.replace(p, restore=ledger.plan_child(p, t.config, run))
+
+
 def finetune_payload(ctx: LaunchContext, t: Any, plan: Plan, upstream_run: str, backbone: str) -> TrialPayload:
     """A fine-tuning cell's payload: its config on ``backbone``, its backbone's params and lineage tags."""
     dataset = ("-labeled", plan.data_fingerprint, ctx.data_paths["train_annotations"], "training")
@@ -376,7 +392,10 @@ def experiment_view(ctx: LaunchContext, plan: Plan) -> None:
     axes = ui.varying_params(param_sets, [ui.BACKBONE_PARAM, *declared])
     # `tpe`: the sampled fields vary only once Optuna samples them
     axes += [f"{STAGE_FINETUNE}.{d}" for d in spec.finetune.distributions if f"{STAGE_FINETUNE}.{d}" not in axes]
-    ctx.tracker.set_experiment_tags(ui.experiment_tags(spec.description, axes, param_sets))
+    tags = ui.experiment_tags(spec.description, axes, param_sets)
+    if spec.adaptive is not None:  # the judge of this study looks at every wave: it reads its level from here
+        tags[ui.SEEDS_TAG] = spec.adaptive.tag()
+    ctx.tracker.set_experiment_tags(tags)
 
 
 def _usable_backbone_run(run: Any) -> bool:

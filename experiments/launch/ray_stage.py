@@ -172,8 +172,9 @@ def make_scheduler(ctx: LaunchContext, stage: str) -> OptunaPruningScheduler | N
 
 
 def run_stage(ctx: LaunchContext, stage: str, payloads: dict[str, TrialPayload], scheduler: Any,
-              events: TrialEvents, candidates: Sequence[TrialPayload] = ()) -> None:
-    """One Ray Tune stage: a grid over ``payloads``, or (`tpe`) Optuna samples over ``candidates``."""
+              events: TrialEvents, candidates: Sequence[TrialPayload] = (), wave: int = 1) -> None:
+    """One Ray Tune stage: a grid over ``payloads``, or (`tpe`) Optuna samples over ``candidates``; ``wave`` > 1:
+    an adaptive-seeds wave of fine-tuning, a Tune run (and storage folder) of its own."""
     from ray import tune
 
     from experiments.launch.callbacks import DriverCallback, StopRequestStopper
@@ -207,7 +208,8 @@ def run_stage(ctx: LaunchContext, stage: str, payloads: dict[str, TrialPayload],
             trial_dirname_creator=lambda t: f"{stage}_{t.trial_id}",
         ),
         run_config=tune.RunConfig(
-            name=f"{spec.name}-{stage}-{ctx.launch_id}", storage_path=ctx.storage,
+            name=f"{spec.name}-{stage}-{ctx.launch_id}" + (f"-wave{wave}" if wave > 1 else ""),
+            storage_path=ctx.storage,
             failure_config=tune.FailureConfig(max_failures=options.max_failures),
             # the newest state only: an exact resume needs no more: a launch leaves little disk behind
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),

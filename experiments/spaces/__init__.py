@@ -4,7 +4,8 @@ The schema is documented in ``search_spaces/README.md``. In short::
 
     name: norm_type
     data: {sample: {size: medium, seed: 0}}     # or root: DIR, or the five explicit paths
-    seeds: [0, 1, 2]                            # fine-tuning seeds (pretraining runs once per backbone)
+    seeds: [0, 1, 2]                            # fine-tuning seeds (pretraining runs once per backbone), or
+                                                # {initial: 2, max: 8, budget_trials: 40}: adaptive seeds
     search: {kind: grid}                        # or {kind: tpe, num_samples: 20, metric: det/AP50}
     max_concurrent: 2
     pretrain:
@@ -34,14 +35,14 @@ from experiments.spaces.naming import (axes_of, finetune_hash, finetune_name, fm
                                        pretrain_name, sample_folder, sample_layout)
 from experiments.spaces.parse import (is_distribution_value, load_space, study_name_problem, suggest_field,
                                       suggest_study_name, validate_study_name)
-from experiments.spaces.schema import (BACKBONE_SCRATCH, BACKBONE_SWAV, DATA_KEYS, DATA_PATH_KEYS, DISTRIBUTIONS,
+from experiments.spaces.schema import (ADAPTIVE_KEYS, BACKBONE_SCRATCH, BACKBONE_SWAV, DATA_KEYS, DATA_PATH_KEYS, DISTRIBUTIONS,
                                        KNN_PATH_FIELDS, NON_RESULT_FIELDS, PAIRING, RESOURCE_KEYS, SEARCH_KEYS,
                                        SECTION_KEYS, STUDY_NAME_MAX, STUDY_NAME_RE, STUDY_NAME_RULE, TOP_KEYS, Cell,
-                                       DataSpec, Distribution, FinetuneTrial, Plan, PretrainTrial, Resources,
+                                       AdaptiveSeeds, DataSpec, Distribution, FinetuneTrial, Plan, PretrainTrial, Resources,
                                        SpaceError, StageSpec, StudySpec)
 
 __all__ = [
-    "BACKBONE_SCRATCH", "BACKBONE_SWAV", "DATA_KEYS", "DATA_PATH_KEYS", "DISTRIBUTIONS", "KNN_PATH_FIELDS",
+    "ADAPTIVE_KEYS", "AdaptiveSeeds", "BACKBONE_SCRATCH", "BACKBONE_SWAV", "DATA_KEYS", "DATA_PATH_KEYS", "DISTRIBUTIONS", "KNN_PATH_FIELDS",
     "NON_RESULT_FIELDS", "PAIRING", "RESOURCE_KEYS", "SEARCH_KEYS", "SECTION_KEYS", "STUDY_NAME_MAX", "STUDY_NAME_RE",
     "STUDY_NAME_RULE", "TOP_KEYS", "Cell", "DataSpec", "Distribution", "FinetuneTrial", "Plan", "PretrainTrial",
     "Resources", "SpaceError", "StageSpec", "StudySpec", "axes_of", "expand", "finetune_hash", "finetune_name",

@@ -101,6 +101,7 @@ def expand(spec: StudySpec, data_fingerprint: str, data_paths: Mapping[str, str]
     backbones = _unique_names(list(pretrain.values()))
 
     finetune: list[FinetuneTrial] = []
+    reserve: list[FinetuneTrial] = []  # adaptive seeds: the seeds after the initial ones
     excluded: list[str] = []
     warnings: list[str] = []
     seen: set[str] = set()
@@ -151,13 +152,18 @@ def expand(spec: StudySpec, data_fingerprint: str, data_paths: Mapping[str, str]
             if target is None:
                 warnings += [f"{path}: {cell.origin.get('backbone', 'finetune')}: {w}"
                              for w in scratch_warnings(cfg["norm"], cfg["lr_scheme"])]
-            for seed in spec.seeds:
+            for seed in spec.adaptive.all_seeds if spec.adaptive else spec.seeds:
                 cfg_s = {**cfg, "seed": seed}
                 h = finetune_hash(cfg_s, data_fingerprint, target.config_hash if target else None,
                                   spec.finetune.resources)
                 if h in seen:
                     continue
                 seen.add(h)
-                finetune.append(FinetuneTrial(cfg_s, target.config_hash if target else None, seed, h,
-                                              finetune_name(cfg_s, bname, seed), bname))
-    return Plan(spec, data_fingerprint, backbones, finetune, excluded, requested, list(dict.fromkeys(warnings)))
+                (finetune if seed in spec.seeds else reserve).append(FinetuneTrial(
+                    cfg_s, target.config_hash if target else None, seed, h, finetune_name(cfg_s, bname, seed), bname))
+    if finetune and all(t.upstream_hash is None for t in finetune):
+        # every fine-tuning cell trains from scratch: a pretraining run would feed nothing
+        warnings.append(f"{path}: finetune: every cell is backbone: scratch, so no pretraining run is planned")
+        backbones = []
+    return Plan(spec, data_fingerprint, backbones, finetune, excluded, requested, list(dict.fromkeys(warnings)),
+                reserve)

@@ -159,12 +159,22 @@ def axes_of(spec: StudySpec) -> dict[str, list[str]]:
     return out
 
 
+def _trials(n: int) -> str:
+    return f"{n} trial{'s' if n != 1 else ''}"
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed{'s' if n != 1 else ''}"
+
+
 def format_plan(plan: Plan, reused: Mapping[str, str] | None = None, pruned: Sequence[str] = ()) -> str:
     """The dry-run text: counts, reuse, pairing exclusions and the trial table."""
     reused = reused or {}
     spec = plan.spec
     naive = len(plan.finetune)
     scratch = len(plan.finetune_for(None))
+    budget = (f", at most {spec.adaptive.budget_trials} fine-tuning trials"
+              if spec.adaptive and spec.adaptive.budget_trials else "")
     lines = [
         f"study {spec.name}  ({spec.path})",
         f"  search: {spec.search['kind']}" + (f", {spec.search['num_samples']} samples" if spec.search["kind"] == "tpe" else ""),
@@ -172,7 +182,9 @@ def format_plan(plan: Plan, reused: Mapping[str, str] | None = None, pruned: Seq
         f"  (fingerprint {plan.data_fingerprint})",
         f"  pretraining: {len(plan.pretrain)} unique runs from {plan.requested_pretrain} cells"
         f" ({len(reused)} reused from earlier launches, {len(plan.pretrain) - len(reused)} to train)",
-        f"  fine-tuning: {len(plan.finetune)} trials ({len(spec.seeds)} seed(s); {scratch} on scratch)",
+        f"  fine-tuning: {_trials(len(plan.finetune))} ({_seeds(len(spec.seeds))}; {scratch} on scratch)"
+        + (f"; adaptive seeds: up to {_trials(len(plan.finetune) + len(plan.reserve))} ({spec.adaptive.max} seeds "
+           f"per cell{budget}), seeds added only where a verdict is still open" if spec.adaptive else ""),
         f"  a naive grid would pretrain once per fine-tuning trial: {naive - scratch} runs",
         f"  resources per trial: pretrain {spec.pretrain.resources}, finetune {spec.finetune.resources}; "
         f"max_concurrent {spec.max_concurrent}",

@@ -16,9 +16,9 @@ from typing import Any, Mapping
 import yaml
 
 from experiments.spaces.naming import sample_folder, sample_layout
-from experiments.spaces.schema import (DATA_KEYS, DATA_PATH_KEYS, DISTRIBUTIONS, KNN_PATH_FIELDS, RESOURCE_KEYS,
+from experiments.spaces.schema import (ADAPTIVE_KEYS, DATA_KEYS, DATA_PATH_KEYS, DISTRIBUTIONS, KNN_PATH_FIELDS, RESOURCE_KEYS,
                                        SEARCH_KEYS, SECTION_KEYS, STUDY_NAME_MAX, STUDY_NAME_RE, STUDY_NAME_RULE,
-                                       TOP_KEYS, Cell, DataSpec, Distribution, Resources, SpaceError, StageSpec,
+                                       TOP_KEYS, AdaptiveSeeds, Cell, DataSpec, Distribution, Resources, SpaceError, StageSpec,
                                        StudySpec, _check_keys, _err, _mapping)
 from experiments.trial import AP50, TRAINERS
 from trainers.common import DuplicateKeyError, closest, load_yaml, unknown_key_message
@@ -245,6 +245,23 @@ def _description(path: Path, value: Any) -> str:
     return value.strip()
 
 
+def _parse_adaptive(path: Path, raw: dict[str, Any]) -> AdaptiveSeeds:
+    """``seeds: {initial: 2, max: 8, budget_trials: 40}``."""
+    _check_keys(path, "seeds", raw, ADAPTIVE_KEYS)
+    values = {}
+    for key in ADAPTIVE_KEYS:
+        value = raw.get(key)
+        if value is None and key != "budget_trials":
+            raise _err(path, f"seeds.{key}", "missing", "e.g. seeds: {initial: 2, max: 8}")
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise _err(path, f"seeds.{key}", f"expected an integer >= 1, got {value!r}", "e.g. seeds: {initial: 2, max: 8}")
+        values[key] = value
+    if values["max"] < values["initial"]:
+        raise _err(path, "seeds.max", f"{values['max']} is below seeds.initial ({values['initial']})",
+                   f"set max to at least {values['initial']}")
+    return AdaptiveSeeds(values["initial"], values["max"], values["budget_trials"])
+
+
 def load_space(path: str | Path, name: str | None = None) -> StudySpec:
     """Read and validate a search-space file. Raises :class:`SpaceError` naming file, key path and fix."""
     from experiments.pruning_settings import validate_pruning_settings
@@ -271,6 +288,10 @@ def load_space(path: str | Path, name: str | None = None) -> StudySpec:
         raise _err(path, where, f"{problem}: {STUDY_NAME_RULE}", f"e.g. {suggest_study_name(study)}")
 
     seeds = raw.get("seeds", [0])
+    adaptive = None
+    if isinstance(seeds, dict):
+        adaptive = _parse_adaptive(path, seeds)
+        seeds = list(adaptive.initial_seeds)
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = [seeds]
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
@@ -322,8 +343,11 @@ def load_space(path: str | Path, name: str | None = None) -> StudySpec:
         pretrain=_parse_section(path, "pretrain", raw.get("pretrain"), kind),
         finetune=_parse_section(path, "finetune", raw.get("finetune"), kind),
         max_concurrent=max_conc, pruning=pruning, text=text, description=_description(path, raw.get("description")),
-        storage_path=storage_path,
+        storage_path=storage_path, adaptive=adaptive,
     )
+    if adaptive is not None and kind == "tpe":
+        raise _err(path, "seeds", "adaptive seeds need a grid search (tpe samples its own trials)",
+                   "use a list, e.g. seeds: [0, 1, 2], or search: {kind: grid}")
     if kind == "tpe" and not spec.finetune.distributions and len(spec.finetune.cells) < 2:
         raise _err(path, "finetune.grid", "tpe search has nothing to sample",
                    "add distributions, e.g. base_lr: {loguniform: [1, 100]}, or use search: {kind: grid}")

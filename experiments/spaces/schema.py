@@ -20,6 +20,7 @@ DATA_PATH_KEYS = ("unlabeled", "train_images", "train_annotations", "val_images"
 DATA_KEYS = ("sample", "root", *DATA_PATH_KEYS)
 RESOURCE_KEYS = ("cpu", "gpu", "processes", "workers")  # workers: the old name of processes
 SEARCH_KEYS = ("kind", "num_samples", "metric", "mode")
+ADAPTIVE_KEYS = ("initial", "max", "budget_trials")  # seeds: {initial: 2, max: 8, budget_trials: 40}
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int")
 # Fine-tuning `backbone` values in a space: every surviving SwAV backbone, or none (the baseline row).
 BACKBONE_SWAV, BACKBONE_SCRATCH = "swav", SCRATCH
@@ -100,13 +101,59 @@ class StageSpec:
 
 
 @dataclass(frozen=True)
+class AdaptiveSeeds:
+    """A space's ``seeds: {initial: I, max: M, budget_trials: B}``: seeds 0..I-1 for every fine-tuning cell first,
+    then one more at a time where a verdict is still open (``experiments.adaptive``), at most M per cell and B
+    fine-tuning trials in all."""
+
+    initial: int
+    max: int
+    budget_trials: int | None = None
+
+    @property
+    def initial_seeds(self) -> tuple[int, ...]:
+        return tuple(range(self.initial))
+
+    @property
+    def all_seeds(self) -> tuple[int, ...]:
+        return tuple(range(self.max))
+
+    @property
+    def looks(self) -> int:
+        """How often the launch may judge: after the initial wave and after each added seed."""
+        return self.max - self.initial + 1
+
+    @property
+    def alpha(self) -> float:
+        """The level every look (and the study's final headline) judges at: Pocock's for :attr:`looks`."""
+        from experiments.verdict import sequential_alpha
+
+        return sequential_alpha(self.looks)
+
+    def tag(self) -> str:
+        """``initial=2,max=8[,budget_trials=40]``: the experiment's ``ablate.seeds`` tag, read back by :meth:`parse`."""
+        return f"initial={self.initial},max={self.max}" + (
+            f",budget_trials={self.budget_trials}" if self.budget_trials is not None else "")
+
+    @classmethod
+    def parse(cls, tag: str | None) -> AdaptiveSeeds | None:
+        """The tag written by :meth:`tag`; None for an empty or unreadable one (a fixed-seeds study)."""
+        try:
+            fields = dict(part.split("=", 1) for part in (tag or "").split(",") if part)
+            return cls(int(fields["initial"]), int(fields["max"]),
+                       int(fields["budget_trials"]) if "budget_trials" in fields else None)
+        except (KeyError, ValueError):
+            return None
+
+
+@dataclass(frozen=True)
 class StudySpec:
     """A validated search space."""
 
     name: str
     path: Path
     data: DataSpec
-    seeds: tuple[int, ...]
+    seeds: tuple[int, ...]  # the fine-tuning seeds every cell runs (adaptive: the initial ones)
     search: dict[str, Any]
     pretrain: StageSpec
     finetune: StageSpec
@@ -115,6 +162,7 @@ class StudySpec:
     text: str  # the space file as written, logged as an artifact
     description: str = ""  # the space's `description`: the MLflow experiment's description
     storage_path: str | None = None  # the space's `storage_path`: Ray's storage (a folder or s3://BUCKET/PREFIX)
+    adaptive: AdaptiveSeeds | None = None  # `seeds: {initial, max, budget_trials}`; None for a fixed list
 
 
 @dataclass(frozen=True)
@@ -149,6 +197,8 @@ class Plan:
     excluded: list[str]  # human-readable pairing exclusions
     requested_pretrain: int  # pretraining cells before deduplication
     warnings: list[str] = field(default_factory=list)  # allowed but suspect choices (a scratch trunk left untrained)
+    # adaptive seeds: the fine-tuning trials of the seeds after the initial ones, which waves may add
+    reserve: list[FinetuneTrial] = field(default_factory=list)
 
     def finetune_for(self, upstream_hash: str | None) -> list[FinetuneTrial]:
         """The fine-tuning trials that use a given backbone (None: the scratch rows)."""

@@ -159,7 +159,7 @@ def test_a_new_launch_ends_a_dead_launch_and_adopts_its_trials(tmp_path, monkeyp
     assert new.data.tags[T.TAG_DRIVER] == T.driver_id() and T.launch_alive(new)
     # the trial resumes into the same run, now under the new launch, the old one remembered
     existing = client.get_run(child)
-    launcher._child("pretrain", "trial", "h1", {"epochs": 1}, existing, {}, {})
+    launcher.ledger.child_run("pretrain", "trial", "h1", {"epochs": 1}, existing, {}, {})
     moved = client.get_run(child)
     assert moved.data.tags[T.PARENT_TAG] == launcher.parent_run_id
     assert moved.data.tags[T.TAG_PREVIOUS_PARENT] == old_parent
