@@ -21,7 +21,7 @@ from experiments.tracking import (
     HEARTBEAT_EVERY_S, TAG_BEST_RUN, TAG_DRIVER, TAG_ERROR, TAG_GIT, TAG_HEADLINE, TAG_HEARTBEAT, TAG_LAUNCH,
     TAG_STAGE, TAG_STOP_REQUESTED, TAG_SUPERSEDED_BY, driver_id, launch_alive,
 )
-from experiments.trial import STAGE_PRETRAIN
+from experiments.trial import STAGE_FINETUNE, STAGE_PRETRAIN
 
 
 class LaunchRun:
@@ -120,7 +120,11 @@ class LaunchRun:
         spec, ledger = self.ctx.spec, self.ledger
         count = ledger.counts()
         saved = saved_compute(self.pruned(STAGE_PRETRAIN), ledger.budgets)
-        n_finetune = int(spec.search["num_samples"]) if spec.search["kind"] == "tpe" else len(self.plan.finetune)
+        # grid: the plan's trials and any adaptive-seeds wave added since (planned, or reused from an earlier launch)
+        waves = {h for h, o in ledger.outcomes.items() if o.stage == STAGE_FINETUNE} | {
+            h for h, p in ledger.planned.items() if p.stage == STAGE_FINETUNE}
+        n_finetune = (int(spec.search["num_samples"]) if spec.search["kind"] == "tpe"
+                      else len({t.config_hash for t in self.plan.finetune} | waves))
         return {"launch/trials_planned": len(self.plan.pretrain) + n_finetune,
                 "launch/trials_running": len(ledger.running),
                 "launch/trials_run": count["done"] + count["pruned"] + count["failed"],

@@ -191,15 +191,19 @@ def report_headline(runs: StudyRuns) -> Any:
     return study_headline(runs.client, runs.experiment_id, headline_axes(runs), runs=runs.stage(STAGE_FINETUNE))
 
 
-def attach_verdicts(tables: Sequence[Table], headline: Any) -> None:
+def attach_verdicts(tables: Sequence[Table], headline: Any, runs: StudyRuns | None = None) -> None:
     """The judge's verdicts (:mod:`experiments.verdict`, through the headline) as notes of the tables they concern:
     the baseline comparison under Table 1, each axis's under its table, and an axis that never varies alone
-    marked as confounded; the tables' ``*`` only marks the highest mean."""
+    marked as confounded; the tables' ``*`` only marks the highest mean. With adaptive seeds, Table 1 also says
+    how many seeds each cell got and why it got no more."""
     label = headline.label
+    seeds = adaptive_seeds_note(runs) if runs is not None else []
     verdicts = {a.axis: a for a in headline.axes}
     for table in tables:
         if table.key == "table1" and headline.baseline is not None:
             table.notes.append(f"verdict: {headline.baseline.text(label)}")
+        if table.key == "table1":
+            table.notes += seeds
         elif table.key.startswith("axis:"):
             axis = table.key.split(":", 1)[1]
             if axis in verdicts:
@@ -207,6 +211,18 @@ def attach_verdicts(tables: Sequence[Table], headline: Any) -> None:
             elif axis in headline.not_comparable:
                 table.notes.append("confounded: no two runs differ in this axis alone, so its rows also differ in "
                                    "other settings; no verdict")
+
+
+def adaptive_seeds_note(runs: StudyRuns) -> list[str]:
+    """``adaptive seeds: CELL 6 (max), CELL 3 (decided), ...``: each cell's seeds and why it got no more."""
+    from experiments.tracking import TAG_CELL, TAG_CELL_SEEDS, TAG_SEEDS_STOP
+
+    cells = {r.tags[TAG_CELL]: (r.tags[TAG_CELL_SEEDS], r.tags.get(TAG_SEEDS_STOP, "?"))
+             for r in runs.stage(STAGE_FINETUNE) if TAG_CELL in r.tags and TAG_CELL_SEEDS in r.tags}
+    if not cells:
+        return []
+    shown = ", ".join(f"{cell.rsplit(' · ', 1)[0]}: {n} ({why})" for cell, (n, why) in sorted(cells.items()))
+    return [f"adaptive seeds per cell (seeds run, why no more: decided / max / budget): {shown}"]
 
 
 def verdict_words(headline: Any) -> list[str]:
@@ -236,7 +252,7 @@ def _report(runs: StudyRuns, fmt: str, out_dir: str | Path | None, log_to_parent
             say: Callable[[str], None]) -> str:
     tables = build_tables(runs)
     headline = report_headline(runs)
-    attach_verdicts(tables, headline)
+    attach_verdicts(tables, headline, runs)
     text = _with_headline(headline, tables, fmt)
     log = log_to_parent and runs.parent_run_id is not None
     if out_dir is None and not log:

@@ -124,4 +124,8 @@ def test_adaptive_launch_killed_between_waves_resumes_the_same_waves(tmp_path: P
     assert "finetune reused" in log and f"wave {len(waves) + 1}: 2 cell(s) still in contention" in log
     assert "adaptive seeds: 18 fine-tuning trials over 4 cells" in log and "2 decided, 2 max" in log
     assert "norm: bn > gn by" in log and "undecided" in log and "head: mlp > res5 by" in log
-    assert exp.tags["ablate.seeds"] == "initial=2,max=6"
+    assert exp.tags["ablate.seeds"] == "initial=2,max=6" and "trials planned 18" in log
+    from experiments.report import report
+
+    text = report(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "adaptive_study", log_to_parent=False)
+    assert "adaptive seeds per cell" in text and "scratch_res50 · gn · res5 · uniform: 3 (decided)" in text
