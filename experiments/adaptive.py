@@ -77,7 +77,7 @@ def contention(headline: Headline, trials: Sequence[TrialResult], axes: Sequence
 
 
 def next_wave(trials: Sequence[TrialResult], axes: Sequence[str], attempted: Mapping[str, int],
-              seeds: AdaptiveSeeds, trials_so_far: int, metric: str) -> Wave:
+              seeds: AdaptiveSeeds, trials_so_far: int, metric: str, cost: Mapping[str, int] | None = None) -> Wave:
     """Which cells get one more seed after the results so far.
 
     Args:
@@ -87,18 +87,21 @@ def next_wave(trials: Sequence[TrialResult], axes: Sequence[str], attempted: Map
         seeds: the space's adaptive seeds.
         trials_so_far: fine-tuning trials of the launch so far (for ``budget_trials``).
         metric: the ranking metric (higher is better).
+        cost: cell -> trials its next seed takes (default 1; with pretraining seeds, one per backbone seed).
     """
     headline = compute_headline(trials, axes, metric, max_seeds=seeds.max, alpha=seeds.alpha)
     open_cells, out = contention(headline, trials, axes)
     wave = Wave(headline=headline)
     room = None if seeds.budget_trials is None else max(0, seeds.budget_trials - trials_so_far)
     for cell in sorted(attempted):
+        price = (cost or {}).get(cell, 1)
         if cell not in open_cells or cell in out:
             wave.stopped[cell] = DECIDED_STOP
         elif attempted[cell] >= seeds.max:
             wave.stopped[cell] = MAX_STOP
-        elif room is not None and len(wave.extend) >= room:
+        elif room is not None and price > room:
             wave.stopped[cell] = BUDGET_STOP
         else:
             wave.extend.append(cell)
+            room = None if room is None else room - price
     return wave

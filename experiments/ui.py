@@ -45,6 +45,7 @@ CELLS_VIEW_KEY = "ablate-cells"  # the leaderboard grouped by cell: each cell's 
 GROUP_BY_CELL = {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": TAG_CELL}]}
 AXES_TAG = "ablate.axes"  # experiment tag: the ablated params, comma-separated, in leaderboard order
 SEEDS_TAG = "ablate.seeds"  # experiment tag of an adaptive-seeds study: initial=2,max=8[,budget_trials=N]
+PRETRAIN_SEEDS_TAG = "ablate.pretrain_seeds"  # experiment tag: the pretraining seeds (pretrain: {seeds: [0, 1]})
 FINETUNE_FILTER = "tags.`ablate.stage` = 'finetune'"
 # Visible metric columns besides the axes, in this order (det/AP50 ranks; the others are the paper's columns).
 KEY_METRICS = (AP50, "det/AP", "det/AP_small", "det/AP_medium", "det/AP_large")

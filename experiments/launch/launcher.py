@@ -359,7 +359,8 @@ def finetune_payload(ctx: LaunchContext, t: Any, plan: Plan, upstream_run: str, 
     """A fine-tuning cell's payload: its config on ``backbone``, its backbone's params and lineage tags."""
     dataset = ("-labeled", plan.data_fingerprint, ctx.data_paths["train_annotations"], "training")
     extra = finetune_params(ctx, plan, t)  # the backbone's name and pretraining params ("none" for scratch)
-    cell = cell_tag(t.config, t.upstream_hash, t.name, ctx.data_fingerprint, ctx.spec.finetune.resources)
+    # with pretraining seeds the cell spans the backbone's seeds: one cell, its variance in the verdicts
+    cell = cell_tag(t.config, t.cell_upstream, t.cell_name, ctx.data_fingerprint, ctx.spec.finetune.resources)
     tags = {TAG_SEED: str(t.seed), TAG_CELL: cell}
     if t.upstream_hash:
         tags[TAG_UPSTREAM] = upstream_run
@@ -395,6 +396,8 @@ def experiment_view(ctx: LaunchContext, plan: Plan) -> None:
     tags = ui.experiment_tags(spec.description, axes, param_sets)
     if spec.adaptive is not None:  # the judge of this study looks at every wave: it reads its level from here
         tags[ui.SEEDS_TAG] = spec.adaptive.tag()
+    if spec.pretrain.seeds:  # the report says which intervals include the backbones' own variance
+        tags[ui.PRETRAIN_SEEDS_TAG] = ",".join(map(str, spec.pretrain.seeds))
     ctx.tracker.set_experiment_tags(tags)
 
 

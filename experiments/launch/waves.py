@@ -41,16 +41,20 @@ class SeedWaves:
         assert ctx.spec.adaptive is not None
         self.ctx, self.plan, self.seeds = ctx, plan, ctx.spec.adaptive
         self.run_wave, self.stop_requested = run_wave, stop_requested
-        self.cells: dict[str, list[FinetuneTrial]] = {}  # cell -> its trials by seed
-        for t in sorted([*plan.finetune, *plan.reserve], key=lambda t: t.seed):
+        # cell -> its trials per fine-tuning seed, in seed order (with pretraining seeds, one per backbone seed)
+        self.cells: dict[str, list[list[FinetuneTrial]]] = {}
+        by_seed: dict[str, dict[int, list[FinetuneTrial]]] = {}
+        for t in [*plan.finetune, *plan.reserve]:
             if runnable(t):
-                self.cells.setdefault(self.cell_of(t), []).append(t)
+                by_seed.setdefault(self.cell_of(t), {}).setdefault(t.seed, []).append(t)
+        self.cells = {c: [seeds[s] for s in sorted(seeds)] for c, seeds in by_seed.items()}
         self.attempted = {c: min(self.seeds.initial, len(ts)) for c, ts in self.cells.items()}
         self.stopped: dict[str, str] = {}
 
     def cell_of(self, t: FinetuneTrial) -> str:
         """The trial's ``ablate.cell`` (what the judge's results are keyed by)."""
-        return cell_tag(t.config, t.upstream_hash, t.name, self.ctx.data_fingerprint, self.ctx.spec.finetune.resources)
+        return cell_tag(t.config, t.cell_upstream, t.cell_name, self.ctx.data_fingerprint,
+                        self.ctx.spec.finetune.resources)
 
     def results(self) -> list[Any]:
         """The finished results of the seeds each cell has run so far, from the store (the headline's reading).
@@ -58,7 +62,7 @@ class SeedWaves:
         Only those seeds: a relaunch finds later waves' trials finished too, and must judge each look as the
         first launch did, or it would walk other waves."""
         tracker = self.ctx.tracker
-        hashes = {t.config_hash for c, ts in self.cells.items() for t in ts[:self.attempted[c]]}
+        hashes = {t.config_hash for c, seeds in self.cells.items() for ts in seeds[:self.attempted[c]] for t in ts}
         runs = [r for h, r in tracker.runs_by_hash(STAGE_FINETUNE).items() if h in hashes]
         return trials_from_runs(runs, self.axes(), AP50)
 
@@ -66,19 +70,24 @@ class SeedWaves:
         tag = self.ctx.tracker.client.get_experiment(self.ctx.tracker.experiment_id).tags.get(AXES_TAG, "")
         return [a for a in tag.split(",") if a]
 
+    def trials_run(self) -> int:
+        """Fine-tuning trials of the seeds run so far (with pretraining seeds, several per cell and seed)."""
+        return sum(len(ts) for c, seeds in self.cells.items() for ts in seeds[:self.attempted[c]])
+
     def run(self) -> None:
         """Waves until every cell stopped (or ``ablate stop``); then each cell's runs are tagged."""
         number = 1
         while not self.stop_requested():
-            wave = next_wave(self.results(), self.axes(), self.attempted, self.seeds, sum(self.attempted.values()),
-                             AP50)
+            cost = {c: len(seeds[self.attempted[c]]) for c, seeds in self.cells.items() if self.attempted[c] < len(seeds)}
+            wave = next_wave(self.results(), self.axes(), self.attempted, self.seeds, self.trials_run(), AP50, cost)
             self.stopped = wave.stopped
             if wave.done:
                 break
             number += 1
-            trials = [self.cells[c][self.attempted[c]] for c in wave.extend]
+            trials = [t for c in wave.extend for t in self.cells[c][self.attempted[c]]]
             reasons = ", ".join(f"{n} {r}" for r, n in _counts(wave.stopped.values()))
-            self.ctx.say(f"adaptive seeds: wave {number}: {len(trials)} cell(s) still in contention get one more seed"
+            self.ctx.say(f"adaptive seeds: wave {number}: {len(wave.extend)} cell(s) still in contention get one more "
+                         "seed"
                          + (f"; stopped: {reasons}" if reasons else ""))
             for c in wave.extend:
                 self.attempted[c] += 1
@@ -89,15 +98,15 @@ class SeedWaves:
         """``ablate.cell_seeds`` and ``ablate.seeds_stop`` on every run of every cell."""
         tracker = self.ctx.tracker
         runs = tracker.runs_by_hash(STAGE_FINETUNE)
-        for cell, trials in self.cells.items():
+        for cell, seeds in self.cells.items():
             reason = self.stopped.get(cell, "stopped")  # `ablate stop` ended the waves before the cell's verdict
-            for t in trials[:self.attempted[cell]]:
+            for t in (t for ts in seeds[:self.attempted[cell]] for t in ts):
                 run = runs.get(t.config_hash)
                 if run is not None:
                     tracker.set_tags(run.info.run_id, {TAG_CELL_SEEDS: str(self.attempted[cell]),
                                                        TAG_SEEDS_STOP: reason})
         counts = ", ".join(f"{n} {r}" for r, n in _counts(self.stopped.values()))
-        self.ctx.say(f"adaptive seeds: {sum(self.attempted.values())} fine-tuning trials over {len(self.cells)} "
+        self.ctx.say(f"adaptive seeds: {self.trials_run()} fine-tuning trials over {len(self.cells)} "
                      f"cells (at most {self.seeds.max} seeds each); why the cells stopped: {counts or 'stopped'}")
 
 

@@ -19,6 +19,7 @@ from experiments.report.plots import write_plots
 from experiments.report.tables import Stat, Table, build_tables
 from experiments.store import store_errors
 from experiments.trial import STAGE_FINETUNE, STAGES
+from experiments.ui import PRETRAIN_SEEDS_TAG
 
 FORMATS = ("table", "md", "csv", "json")
 BEST_MARK = "*"
@@ -172,12 +173,16 @@ def report(tracking_uri: str, study: str, fmt: str = "table", out_dir: str | Pat
         return _report(runs, fmt, out_dir, log_to_parent, say or (lambda line: None))
 
 
+def _experiment_tags(runs: StudyRuns) -> dict[str, str]:
+    return dict(runs.client.get_experiment(runs.experiment_id).tags) if runs.client is not None else {}
+
+
 def headline_axes(runs: StudyRuns) -> list[str]:
     """The ablated params the headline compares: the experiment's ``ablate.axes`` tag (what the launch used), else
     the report's axes (``backbone`` as ``finetune.backbone``)."""
     from experiments.ui import AXES_TAG
 
-    tag = runs.client.get_experiment(runs.experiment_id).tags.get(AXES_TAG, "") if runs.client is not None else ""
+    tag = _experiment_tags(runs).get(AXES_TAG, "")
     if tag:
         return [a for a in tag.split(",") if a]
     return [f"{stage}.{name}" for stage in STAGES for name in runs.axes.get(stage, [])]
@@ -225,18 +230,29 @@ def adaptive_seeds_note(runs: StudyRuns) -> list[str]:
     return [f"adaptive seeds per cell (seeds run, why no more: decided / max / budget): {shown}"]
 
 
-def verdict_words(headline: Any) -> list[str]:
-    """What the verdict words used in the headline mean, two sentences each."""
+def verdict_words(headline: Any, pretrain_seeds: str = "") -> list[str]:
+    """What the verdict words used in the headline mean, two sentences each, and which variance the intervals hold."""
     from experiments.verdict import explained
 
     used = {c.state for a in headline.axes for c in a.comparisons}
     used |= {headline.baseline.state} if headline.baseline is not None else set()
-    return [f"  {line}" for line in explained([s for s in ("decided", "undecided", "no spread", "tie") if s in used])]
+    if not used:
+        return []
+    words = explained([s for s in ("decided", "undecided", "no spread", "tie") if s in used])
+    if pretrain_seeds:
+        words.append(f"variance: each backbone setting was pretrained with seeds {pretrain_seeds}, so the intervals "
+                     "of the pretraining axes and of pretrained vs baseline hold the pretraining seeds' variance and "
+                     "the fine-tuning seeds'; a fine-tuning axis is compared within each backbone (fine-tuning seeds "
+                     "only).")
+    else:
+        words.append("variance: one pretraining run per backbone setting, so every interval holds the fine-tuning "
+                     "seeds' variance only (a space's pretrain: {seeds: [0, 1]} adds the backbones' own).")
+    return [f"  {line}" for line in words]
 
 
-def _with_headline(headline: Any, tables: Sequence[Table], fmt: str) -> str:
+def _with_headline(headline: Any, tables: Sequence[Table], fmt: str, pretrain_seeds: str = "") -> str:
     text = render(tables, fmt)
-    words = verdict_words(headline)
+    words = verdict_words(headline, pretrain_seeds)
     if fmt == "table":
         return headline.text() + ("\nverdict words:\n" + "\n".join(words) if words else "") + "\n\n" + text
     if fmt == "md":
@@ -253,7 +269,8 @@ def _report(runs: StudyRuns, fmt: str, out_dir: str | Path | None, log_to_parent
     tables = build_tables(runs)
     headline = report_headline(runs)
     attach_verdicts(tables, headline, runs)
-    text = _with_headline(headline, tables, fmt)
+    seeds = _experiment_tags(runs).get(PRETRAIN_SEEDS_TAG, "")
+    text = _with_headline(headline, tables, fmt, seeds)
     log = log_to_parent and runs.parent_run_id is not None
     if out_dir is None and not log:
         return text
@@ -261,7 +278,7 @@ def _report(runs: StudyRuns, fmt: str, out_dir: str | Path | None, log_to_parent
         folder = Path(out_dir) if out_dir is not None else Path(tmp)
         plots = write_plots(runs, folder)
         for ext, kind in (("txt", "table"), ("md", "md"), ("csv", "csv"), ("json", "json")):
-            (folder / f"report.{ext}").write_text(_with_headline(headline, tables, kind))
+            (folder / f"report.{ext}").write_text(_with_headline(headline, tables, kind, seeds))
         if out_dir is not None:
             say(f"wrote {folder}: report.txt, report.md, report.csv, report.json and {len(plots)} plot(s) "
                 f"({', '.join(p.name for p in plots) or 'none'})")

@@ -7,6 +7,7 @@ below its ``__init__``.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -95,10 +96,18 @@ def expand(spec: StudySpec, data_fingerprint: str, data_paths: Mapping[str, str]
     requested = 0
     for cell in spec.pretrain.cells:
         requested += 1
-        cfg = _build(path, "pretrain", cell, pre_extra)
-        h = config_hash(identity(cfg, spec.pretrain.resources), data_fingerprint, "pretrain")
-        pretrain.setdefault(h, PretrainTrial(cfg, h, pretrain_name(cfg)))
+        base = _build(path, "pretrain", cell, pre_extra)
+        group = config_hash(identity({**base, "seed": None}, spec.pretrain.resources), data_fingerprint, "pretrain")
+        # pretrain.seeds: one backbone per seed, grouped (the seeds of one backbone setting: one cell downstream)
+        for seed in spec.pretrain.seeds or (None,):
+            cfg = base if seed is None else {**base, "seed": seed}
+            h = config_hash(identity(cfg, spec.pretrain.resources), data_fingerprint, "pretrain")
+            name = pretrain_name(cfg) + ("" if seed is None else f"_s{seed}")
+            pretrain.setdefault(h, PretrainTrial(cfg, h, name, group if seed is not None else ""))
     backbones = _unique_names(list(pretrain.values()))
+    # a seed group's name: its backbones' (unique) name without the seed (res50_ep100_p3000_s1_q30 -> ..._p3000_q30)
+    backbones = [dataclasses.replace(b, group_name=re.sub(rf"_s{b.config['seed']}(?=_|$)", "", b.name, count=1))
+                 if b.group else b for b in backbones]
 
     finetune: list[FinetuneTrial] = []
     reserve: list[FinetuneTrial] = []  # adaptive seeds: the seeds after the initial ones
@@ -160,7 +169,8 @@ def expand(spec: StudySpec, data_fingerprint: str, data_paths: Mapping[str, str]
                     continue
                 seen.add(h)
                 (finetune if seed in spec.seeds else reserve).append(FinetuneTrial(
-                    cfg_s, target.config_hash if target else None, seed, h, finetune_name(cfg_s, bname, seed), bname))
+                    cfg_s, target.config_hash if target else None, seed, h, finetune_name(cfg_s, bname, seed), bname,
+                    (target.group or None) if target else None, target.group_name if target else ""))
     if finetune and all(t.upstream_hash is None for t in finetune):
         # every fine-tuning cell trains from scratch: a pretraining run would feed nothing
         warnings.append(f"{path}: finetune: every cell is backbone: scratch, so no pretraining run is planned")

@@ -133,6 +133,7 @@ def _parse_section(path: Path, stage: str, raw: Any, search_kind: str) -> StageS
                 values[n], origin[n] = axes[n][j], f"{stage}.grid.{n}[{j}]"
             cells.append(Cell(values, origin))
 
+    seeds = _parse_stage_seeds(path, stage, sec.get("seeds"), cells)
     res = _mapping(path, f"{stage}.resources", sec.get("resources"))
     _check_keys(path, f"{stage}.resources", res, RESOURCE_KEYS)
     for key in ("cpu", "gpu"):
@@ -154,7 +155,26 @@ def _parse_section(path: Path, stage: str, raw: Any, search_kind: str) -> StageS
     if res.get("cpu", 1.0) == 0 and res.get("gpu", 0.0) == 0:
         raise _err(path, f"{stage}.resources", "a trial needs some cpu or gpu", "set cpu: 1")
     resources = Resources(float(res.get("cpu", 1.0)), float(res.get("gpu", 0.0)), processes)
-    return StageSpec(fixed, tuple(cells), resources, dists)
+    return StageSpec(fixed, tuple(cells), resources, dists, seeds)
+
+
+def _parse_stage_seeds(path: Path, stage: str, raw: Any, cells: list[Cell]) -> tuple[int, ...]:
+    """``pretrain: {seeds: [0, 1]}``: each backbone pretrained once per seed (its variance then enters the verdicts
+    of the pretraining axes). Fine-tuning seeds are the top-level ``seeds:``."""
+    if raw is None:
+        return ()
+    where = f"{stage}.seeds"
+    if stage != "pretrain":
+        raise _err(path, where, "fine-tuning seeds are the top-level `seeds:`", "move them there, e.g. seeds: [0, 1, 2]")
+    if not isinstance(raw, list) or not raw or not all(isinstance(v, int) and not isinstance(v, bool) for v in raw):
+        raise _err(path, where, f"expected a list of integers, got {raw!r}", "e.g. seeds: [0, 1]")
+    if len(set(raw)) != len(raw):
+        raise _err(path, where, f"duplicate seeds in {raw}", "list each seed once")
+    for cell in cells:
+        if "seed" in cell.values:
+            raise _err(path, cell.origin["seed"], "the pretraining seed is also set by pretrain.seeds",
+                       "set it in one place only")
+    return tuple(raw)
 
 
 def _parse_data(path: Path, raw: Any) -> DataSpec:

@@ -15,7 +15,7 @@ from trainers.pairing import PRETRAINED_NORM, SCRATCH
 
 TOP_KEYS = ("name", "description", "data", "seeds", "search", "pretrain", "finetune", "max_concurrent", "pruning",
             "storage_path")
-SECTION_KEYS = ("fixed", "grid", "cases", "resources")
+SECTION_KEYS = ("fixed", "grid", "cases", "resources", "seeds")  # seeds: pretraining only
 DATA_PATH_KEYS = ("unlabeled", "train_images", "train_annotations", "val_images", "val_annotations")
 DATA_KEYS = ("sample", "root", *DATA_PATH_KEYS)
 RESOURCE_KEYS = ("cpu", "gpu", "processes", "workers")  # workers: the old name of processes
@@ -98,6 +98,7 @@ class StageSpec:
     cells: tuple[Cell, ...]
     resources: Resources
     distributions: dict[str, Distribution] = field(default_factory=dict)
+    seeds: tuple[int, ...] = ()  # pretrain: {seeds: [0, 1]}: every backbone trained once per seed; () = its own seed
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,9 @@ class PretrainTrial:
 
     config: dict[str, Any]  # resolved SwAVConfig fields
     config_hash: str
-    name: str  # res50_ep200_p3000 style
+    name: str  # res50_ep200_p3000 style (+ _s1 with pretraining seeds)
+    group: str = ""  # with pretraining seeds: the hash of the config without its seed (the seeds of one backbone)
+    group_name: str = ""  # and its name without the seed (res50_ep200_p3000)
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,20 @@ class FinetuneTrial:
     config_hash: str
     name: str
     backbone_name: str  # res50_ep200_p3000, or scratch_res50
+    upstream_group: str | None = None  # with pretraining seeds: the backbone's seed group (one cell over its seeds)
+    backbone_group_name: str = ""  # and the backbone's name without its seed
+
+    @property
+    def cell_upstream(self) -> str | None:
+        """What the trial's cell depends on upstream: the backbone, or with pretraining seeds its seed group."""
+        return self.upstream_group or self.upstream_hash
+
+    @property
+    def cell_name(self) -> str:
+        """The trial's name with the backbone's seed group in place of the backbone (the cell's name part)."""
+        if self.backbone_group_name and self.backbone_group_name != self.backbone_name:
+            return self.name.replace(self.backbone_name, self.backbone_group_name, 1)
+        return self.name
 
 
 @dataclass

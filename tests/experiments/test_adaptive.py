@@ -129,3 +129,48 @@ def test_adaptive_launch_killed_between_waves_resumes_the_same_waves(tmp_path: P
 
     text = report(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "adaptive_study", log_to_parent=False)
     assert "adaptive seeds per cell" in text and "scratch_res50 · gn · res5 · uniform: 3 (decided)" in text
+
+
+def test_pretraining_seeds_make_one_cell_of_a_backbones_seeds(tmp_path: Path, sample_data) -> None:
+    """`pretrain: {seeds: [0, 1]}`: each backbone setting pretrained twice; downstream, one cell over both."""
+    from experiments.launch.ledger import cell_tag
+    from tests.spaces import tiny_space, write_space
+
+    raw = tiny_space("pseeds", pretrain_grid={"prototypes": [20, 30]})
+    raw["pretrain"]["seeds"] = [0, 1]
+    spec = spaces.load_space(write_space(tmp_path, raw))
+    plan = spaces.expand(spec, "fp", {k: str(getattr(sample_data, k)) for k in spaces.DATA_PATH_KEYS})
+    assert sorted(b.name for b in plan.pretrain) == ["res18_ep2_p20_s0", "res18_ep2_p20_s1", "res18_ep2_p30_s0",
+                                                     "res18_ep2_p30_s1"]
+    assert {b.config["seed"] for b in plan.pretrain} == {0, 1} and len({b.group for b in plan.pretrain}) == 2
+    cells = {cell_tag(t.config, t.cell_upstream, t.cell_name, "fp", spec.finetune.resources) for t in plan.finetune}
+    assert len(plan.finetune) == 4 and len(cells) == 2  # two backbone settings, each one cell over its seeds
+    assert all(c.startswith("res18_ep2_p") and "_s" not in c.split(" · ")[0] for c in cells)
+    assert spaces.axes_of(spec)["pretrain"] == ["prototypes"]  # the seed is no axis
+    raw["pretrain"]["fixed"]["seed"] = 3
+    with pytest.raises(spaces.SpaceError, match="also set by pretrain.seeds"):
+        spaces.load_space(write_space(tmp_path, raw))
+    raw["pretrain"]["fixed"].pop("seed")
+    raw["finetune"]["seeds"] = [0]
+    with pytest.raises(spaces.SpaceError, match="finetune.seeds: fine-tuning seeds are the top-level"):
+        spaces.load_space(write_space(tmp_path, raw))
+
+
+def test_a_pretraining_axis_holds_the_backbones_variance() -> None:
+    """Fine-tunes of two pretraining seeds of one setting are one arm of a pretraining axis: both enter its
+    interval, and the backbones' spread widens it."""
+    from experiments.headline import compute_headline
+
+    def trial(k: int, pseed: int, seed: int, value: float) -> TrialResult:
+        backbone = f"res18_ep2_p{k}_s{pseed}"
+        return TrialResult(f"{backbone} · bn · seed{seed}", f"{k}{pseed}{seed}", f"res18_ep2_p{k} · bn", backbone,
+                           {"finetune.backbone": backbone, "pretrain.prototypes": str(k), "finetune.norm": "bn"}, value)
+
+    tight = [trial(k, p, s, 0.30 + (0.02 if k == 30 else 0) + 0.001 * s) for k in (20, 30) for p in (0, 1)
+             for s in range(3)]
+    spread = [trial(k, p, s, 0.30 + (0.02 if k == 30 else 0) + (0.03 if p else -0.03) + 0.001 * s)
+              for k in (20, 30) for p in (0, 1) for s in range(3)]
+    axes = ["finetune.backbone", "pretrain.prototypes"]
+    a, b = (compute_headline(t, axes).axes[0].runner_up for t in (tight, spread))
+    assert a.winner_n == b.winner_n == 6 and a.strata == b.strata == 1  # both backbones' runs in one arm
+    assert a.state == "decided" and b.state == "undecided" and b.high - b.low > 5 * (a.high - a.low)
