@@ -15,8 +15,8 @@ import time
 
 from bench import DOC, HEADER, update_doc
 
-BENCHES = ("multicrop", "overhead", "orchestration", "tracking_cost", "pruning_saved", "dedup", "s3", "fidelity",
-           "gpu")  # BENCHMARKS.md order
+BENCHES = ("multicrop", "overhead", "orchestration", "tracking_cost", "pruning_saved", "dedup", "s3",
+           "adaptive_seeds", "fidelity", "gpu")  # BENCHMARKS.md order
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -137,6 +137,48 @@ def simulate(scenario: Scenario, plan: AdaptiveSeeds, reps: int, seed: int = 0) 
     return results
 
 
+def real_launch(quick: bool) -> list[str]:
+    """One real CPU launch with adaptive seeds (smoke-sized: scratch ResNet-18 on the small sample set, 2 x 2 cells,
+    seeds {initial: 2, max: 4}) against the fixed grid it may grow to: its trial count and its headline."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    import yaml
+
+    cells = {"norm": ["bn", "gn"], "head": ["mlp", "res5"]}
+    plan = AdaptiveSeeds(initial=2, max=4)
+    space = {"name": "adaptive_bench", "data": {"sample": {"size": "small", "seed": 0}},
+             "seeds": {"initial": plan.initial, "max": plan.max}, "max_concurrent": 2, "pruning": {"enabled": False},
+             "finetune": {"fixed": {"arch": "resnet18", "backbone": "scratch", "lr_scheme": "uniform", "epochs": 1,
+                                    "batch_size": 2, "max_iters_per_epoch": 4 if quick else 12, "min_size": 128,
+                                    "max_size": 128, "workers": 0, "figure_images": 0},
+                          "grid": cells, "resources": {"cpu": 1}}}
+    with tempfile.TemporaryDirectory(prefix="ablate-adaptive-bench-") as tmp:
+        path = Path(tmp) / "adaptive_bench.yaml"
+        path.write_text(yaml.safe_dump(space, sort_keys=False))
+        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        started = time.time()
+        proc = subprocess.run([sys.executable, "-m", "experiments.cli", "launch", str(path), "--no-register"],
+                              cwd=tmp, env=env, capture_output=True, text=True, timeout=3600)
+        wall = time.time() - started
+    if proc.returncode != 0:
+        return [f"The real launch failed (exit {proc.returncode}): {proc.stdout[-500:]} {proc.stderr[-500:]}"]
+    out = proc.stdout
+    done = next((ln.strip() for ln in out.splitlines() if ln.strip().startswith("adaptive seeds: ") and
+                 "fine-tuning trials over" in ln), "adaptive seeds: (no summary line)")
+    head = out[out.index("headline ("):].strip().splitlines() if "headline (" in out else []
+    n_cells = len(cells["norm"]) * len(cells["head"])
+    return ["**A real CPU launch** (smoke-sized: scratch ResNet-18 on the small sample set, "
+            f"{' x '.join(f'{k} {v}' for k, v in cells.items())}, `seeds: {{initial: {plan.initial}, max: {plan.max}}}`; "
+            f"{wall:.0f} s): {done.removeprefix('adaptive seeds: ')}; the fixed grid at the maximum would run "
+            f"{n_cells * plan.max}. Its headline:", "", "```", *head, "```",
+            "At this size every AP50 sits near the detector's floor (no pretraining, a dozen iterations), so "
+            "what the launch shows is the mechanism at work on real runs, not an effect."]
+
+
 def _pct(x: float) -> str:
     return "-" if x != x else f"{100 * x:.1f} %"
 
@@ -170,7 +212,8 @@ def run(quick: bool = False) -> str:
             lines.append(f"| {name} | {r['trials']:.1f} | {r['trials'] / full:.2f}x | {_pct(r['right'])} | "
                          f"{_pct(r['open'])} | {_pct(r['false_real'])} | {_pct(r['false_null'])} |")
         lines.append("")
-    lines.append(f"({time.time() - started:.0f} s.)")
+    lines.append(f"(simulation: {time.time() - started:.0f} s.)")
+    lines += ["", *real_launch(quick)]
     return "\n".join(lines)
 
 

@@ -368,7 +368,7 @@ def fidelity_figure(result: dict[str, Any], folder: Path) -> None:
 def fidelity_section(result: dict[str, Any], meta: dict[str, Any], command: str) -> str:
     """The GPU fidelity section: SwAV's run, the arms' table and the verdict, as ``bench fidelity`` words them."""
     from bench.fidelity import judge, judgement, table
-    from trainers.swav.knn import monitor_text
+    from trainers.swav.references import monitor_text
 
     head = "## Fidelity on one GPU (search_spaces/fidelity_gpu.yaml)"
     if "skipped" in result or "swav" not in result:

@@ -116,10 +116,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="table", choices=["table", "md", "csv", "json"],
                    help="output format (default: table, aligned text)")
     p.add_argument("--out", type=Path, default=None,
-                   help="folder to write the plots and report.{txt,md,csv,json} into (default: none; they are logged "
-                        "to the launch run unless --no-log)")
-    p.add_argument("--no-log", action="store_true",
-                   help="do not log the tables and plots to the study's newest launch run (under report/)")
+                   help="folder to write the plots and report.{txt,md,csv,json} into (default: none)")
+    p.add_argument("--log", action="store_true",
+                   help="also log the tables and plots to the study's newest launch run (under report/); without it "
+                        "the report only reads the store")
+    p.add_argument("--no-log", action="store_true", help=argparse.SUPPRESS)  # the default now; still accepted
     p.add_argument("--runs", action="store_true",
                    help="instead of the tables: every trial run with all its params and final metrics, one line "
                         "per run (--format csv or json); writes nothing")
@@ -349,7 +350,7 @@ def demo_verdict(result: Any, uri: str) -> list[str]:
         return []
     b = headline.baseline
     pretrained_wins = headline.pretrained_wins
-    from trainers.swav.knn import learned as above_random, monitor_text
+    from trainers.swav.references import learned as above_random, monitor_text
 
     knn = [o for o in result.outcomes if o.stage == "pretrain" and "swav/knn_top1" in o.metrics]
     learned = bool(knn) and all(above_random(o.metrics) for o in knn)
@@ -404,7 +405,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         if args.runs:
             print(runs_table(uri, args.study, fmt=args.format), end="")
             return 0
-        print(report(uri, args.study, fmt=args.format, out_dir=args.out, log_to_parent=not args.no_log,
+        print(report(uri, args.study, fmt=args.format, out_dir=args.out, log_to_parent=args.log and not args.no_log,
                      say=lambda line: print(line, file=sys.stderr)), end="")
         return 0
     from experiments import registry

@@ -50,7 +50,7 @@ def format_summary(outcomes: Sequence[TrialOutcome], counts: Mapping[str, float]
     kNN figure is shown beside its references (random-init spread, raw pixels).
     """
     from trainers.swav.collapse import collapse_label
-    from trainers.swav.knn import monitor_text
+    from trainers.swav.references import monitor_text
 
     lines = ["", "summary", f"  {'stage':8}  {'status':8}  {'epochs':>7}  {'key metric':>18}  name / reason"]
     order = {"done": 0, "reused": 1, "pruned": 2, "failed": 3, "skipped": 4}

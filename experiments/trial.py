@@ -52,6 +52,10 @@ class Trainer:
         module = importlib.import_module(self.module)
         return module.train, getattr(module, self.config)
 
+    def config_class(self) -> type:
+        """The trainer's config class alone (a lazy trainer package loads only its config module: no torch)."""
+        return getattr(importlib.import_module(self.module), self.config)
+
 
 def _trainer(stage: str, default: Trainer) -> Trainer:
     """``ABLATE_TRAINER_PRETRAIN`` / ``ABLATE_TRAINER_FINETUNE`` name another module to train a stage with (it has

@@ -181,15 +181,27 @@ def _pooled_std(*arms: dict[Hashable, list[float]]) -> float:
     return math.sqrt(num / dof) if dof else math.nan
 
 
+def _t_quantile(p: float, dof: float) -> float:
+    """Student's t quantile (``scipy.stats.t.ppf``)."""
+    from scipy.special import stdtrit
+
+    return float(stdtrit(dof, p))
+
+
+def _t_sf(x: float, dof: float) -> float:
+    """Student's t upper tail (``scipy.stats.t.sf``)."""
+    from scipy.special import stdtr
+
+    return float(stdtr(dof, -x))
+
+
 def _mdd(sigma: float, n: int, strata: int, alpha: float) -> float:
     """The difference decided with 80 % power by n seeds per cell per arm, at seed std ``sigma``."""
-    from scipy.stats import t
-
     if n < 2 or not math.isfinite(sigma):
         return math.nan
     dof = strata * (2 * n - 2)
     se = sigma * math.sqrt(2.0 / (n * strata))
-    return float((t.ppf(1 - alpha / 2, dof) + t.ppf(POWER, dof)) * se)
+    return (_t_quantile(1 - alpha / 2, dof) + _t_quantile(POWER, dof)) * se
 
 
 def _prob_improvement(winner: dict[Hashable, list[float]], loser: dict[Hashable, list[float]]) -> float:
@@ -222,8 +234,6 @@ def compare(a_name: str, a: Samples, b_name: str, b: Samples, *, alpha: float = 
         max_seeds: the most seeds per cell the study may run (for the MDD at that count).
         details: False skips the MDD and the seeds needed (Holm's first pass needs only the p-values).
     """
-    from scipy.stats import t
-
     sa, sb = _strata(a), _strata(b)
     shared = [k for k in sa if k in sb and sa[k] and sb[k]]
     if not shared:
@@ -248,8 +258,8 @@ def compare(a_name: str, a: Samples, b_name: str, b: Samples, *, alpha: float = 
     if se == 0:  # identical seeds within each arm, different means: the gap is exact
         return Verdict(low=diff, high=diff, p_value=0.0, state=DECIDED, mdd=0.0, mdd_max=0.0, seeds_needed=None,
                        **common)
-    half = float(t.ppf(1 - alpha / 2, dof)) * se
-    p = float(2 * t.sf(diff / se, dof))
+    half = _t_quantile(1 - alpha / 2, dof) * se
+    p = 2 * _t_sf(diff / se, dof)
     low, high = diff - half, diff + half
     per_cell = min(min(map(len, sa.values())), min(map(len, sb.values())))
     mdd = _mdd(spread, per_cell, len(shared), alpha) if details else math.nan
@@ -359,12 +369,12 @@ POCOCK_C = {1: 1.960, 2: 2.178, 3: 2.289, 4: 2.361, 5: 2.413, 6: 2.453, 7: 2.485
 def sequential_alpha(looks: int) -> float:
     """The per-look level that keeps the overall false-win rate at 0.05 over ``looks`` looks at growing data
     (Pocock 1977); past 10 looks 0.05 / looks (Bonferroni, conservative). Adaptive seeds judge at it."""
-    from scipy.stats import norm
+    from scipy.special import ndtr
 
     if looks <= 1:
         return ALPHA
     if looks in POCOCK_C:
-        return float(2 * norm.sf(POCOCK_C[looks]))
+        return float(2 * ndtr(-POCOCK_C[looks]))
     return ALPHA / looks
 
 

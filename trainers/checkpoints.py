@@ -16,9 +16,10 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch and safetensors load inside the functions that touch tensors: reading a record needs neither
+    import torch
 
 STATE_TENSORS = "state.safetensors"
 STATE_JSON = "state.json"
@@ -33,6 +34,9 @@ class CheckpointError(ValueError):
 
 def read_tensors(path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file; a corrupt, truncated or foreign file is a CheckpointError naming it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
         return load_file(str(path), device=device)
     except (SafetensorError, OSError, ValueError) as exc:
@@ -44,6 +48,8 @@ def read_tensors(path: str | Path, device: str = "cpu") -> dict[str, torch.Tenso
 
 def _flatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     """Replace tensors by ``{"__tensor__": key}``; keep dict key types and tuples recoverable."""
+    import torch
+
     if isinstance(obj, torch.Tensor):
         key = f"t{len(tensors)}"
         tensors[key] = obj.detach().cpu().contiguous().clone()
@@ -80,6 +86,8 @@ def save_checkpoint(directory: str | Path, state: Mapping[str, Any]) -> Path:
     """Write ``state`` (nested dicts/lists of tensors and scalars) to ``directory``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    from safetensors.torch import save_file
+
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _flatten(dict(state), tensors)
     save_file(tensors, str(directory / STATE_TENSORS))
@@ -136,6 +144,8 @@ def export_backbone(directory: str | Path, trunk_state: Mapping[str, torch.Tenso
         meta: at least ``arch`` and ``norm``; typically the whole resolved SwAV config, the
             git sha and the final metrics.
     """
+    from safetensors.torch import save_file
+
     for key in ("arch", "norm"):
         if key not in meta:
             raise ValueError(f"export_backbone: meta must contain '{key}'")

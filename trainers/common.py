@@ -18,11 +18,13 @@ import re
 import subprocess
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, ContextManager, Iterable, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, ContextManager, Iterable, Mapping, Sequence, TypeVar
 
 import numpy as np
-import torch
 import yaml
+
+if TYPE_CHECKING:  # torch loads inside the functions that use it: reading and validating configs needs none
+    import torch
 
 C = TypeVar("C")
 log = logging.getLogger(__name__)
@@ -343,6 +345,8 @@ def derive_seed(*parts: int) -> int:
 
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (all devices)."""
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -350,6 +354,8 @@ def seed_everything(seed: int) -> None:
 
 def rng_state() -> dict[str, Any]:
     """Every RNG state a resumed run needs, as tensors and plain values (no pickles)."""
+    import torch
+
     py = random.getstate()
     np_state = np.random.get_state()
     state: dict[str, Any] = {
@@ -365,6 +371,8 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: Mapping[str, Any]) -> None:
     """Restore what :func:`rng_state` returned."""
+    import torch
+
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     npst = state["numpy"]
@@ -420,6 +428,8 @@ def default_device() -> torch.device:
     Raises:
         RuntimeError: this process's rank has no GPU of its own (DDP with fewer visible GPUs than processes).
     """
+    import torch
+
     if torch.cuda.is_available():
         rank, count = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
         if rank >= count:
@@ -439,6 +449,8 @@ def default_device() -> torch.device:
 
 def device_note(device: torch.device) -> str:
     """How a run's device is recorded: ``cuda:0 (NVIDIA H200)``, ``cpu``, or ``cpu (GPU 0 assigned, unusable)``."""
+    import torch
+
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     gpus = assigned_gpus()
@@ -447,6 +459,8 @@ def device_note(device: torch.device) -> str:
 
 def ddp_backend() -> str:
     """The torch.distributed backend for this process: NCCL where torch can use CUDA, else gloo."""
+    import torch
+
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
@@ -456,6 +470,8 @@ def autocast(device: torch.device, enabled: bool) -> ContextManager[Any]:
     SwAV pretraining has its own (trainers/swav/precision.py): float16 with loss scaling on every
     device, since the loss scaling is what its mixed-precision ablation tests.
     """
+    import torch
+
     if not enabled:
         return nullcontext()
     dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
@@ -464,11 +480,15 @@ def autocast(device: torch.device, enabled: bool) -> ContextManager[Any]:
 
 def grad_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:
     """Detection's GradScaler: active only for float16 on CUDA (bfloat16 has float32's range)."""
+    import torch
+
     return torch.amp.GradScaler(device.type, enabled=enabled and device.type == "cuda")
 
 
 def check_finite(loss: torch.Tensor, epoch: int, step: int, what: str = "loss") -> None:
     """Raise :class:`NonFiniteLossError` naming the epoch and step when ``loss`` is NaN/inf."""
+    import torch
+
     if not torch.isfinite(loss.detach()).all():
         raise NonFiniteLossError(f"non-finite {what} ({loss.item()}) at epoch {epoch}, step {step}")
 

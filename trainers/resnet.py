@@ -8,12 +8,12 @@ the key names under our control, so a SwAV export loads into detection with ``st
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from torch import nn
-from torchvision.models import resnet18, resnet34, resnet50
+if TYPE_CHECKING:  # torch loads when a trunk is built; validating a config needs only the names
+    from torch import nn
 
-ARCHS: dict[str, Callable[..., nn.Module]] = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
+ARCHS = ("resnet18", "resnet34", "resnet50")  # torchvision.models' constructors of these names
 TRUNK_NORMS = ("bn", "gn")
 GN_GROUPS = 32  # as in the GroupNorm paper; every ResNet width (64..2048) divides by 32
 
@@ -23,6 +23,8 @@ TRUNK_CHANNELS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
 
 def norm_layer(norm: str) -> Callable[[int], nn.Module]:
     """The ``norm_layer`` callable torchvision's ResNet takes, for ``bn`` or ``gn``."""
+    from torch import nn
+
     if norm == "bn":
         return nn.BatchNorm2d
     if norm == "gn":
@@ -32,9 +34,12 @@ def norm_layer(norm: str) -> Callable[[int], nn.Module]:
 
 def build_trunk(arch: str, norm: str = "bn") -> nn.Module:
     """A randomly initialised torchvision ResNet with ``fc = Identity`` (2048/512-d pooled output)."""
+    import torchvision.models
+    from torch import nn
+
     if arch not in ARCHS:
         raise ValueError(f"arch={arch!r} is invalid: choose one of {', '.join(ARCHS)}")
-    model = ARCHS[arch](weights=None, norm_layer=norm_layer(norm))
+    model = getattr(torchvision.models, arch)(weights=None, norm_layer=norm_layer(norm))
     model.fc = nn.Identity()
     return model
 

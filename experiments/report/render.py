@@ -150,7 +150,7 @@ def render(tables: Sequence[Table], fmt: str = "table") -> str:
 
 
 def report(tracking_uri: str, study: str, fmt: str = "table", out_dir: str | Path | None = None,
-           log_to_parent: bool = True, say: Callable[[str], None] | None = None) -> str:
+           log_to_parent: bool = False, say: Callable[[str], None] | None = None) -> str:
     """The study's headline and tables rendered in ``fmt``; plots and the tables in every format written and logged.
 
     Args:
@@ -287,5 +287,5 @@ def _report(runs: StudyRuns, fmt: str, out_dir: str | Path | None, log_to_parent
             for path in files:
                 runs.client.log_artifact(runs.parent_run_id, str(path), "report")
             say(f"logged {len(files)} file(s) under report/ of launch run {runs.parent_run_id} (the study's newest "
-                "launch; --no-log: do not log)")
+                "launch; asked for by --log)")
     return text

@@ -20,7 +20,7 @@ from experiments.tracking import TAG_ERROR, TAG_UPSTREAM, UPSTREAM_SCRATCH, flat
 from experiments.tracking import TAG_STATE
 from experiments.trial import AP50, METRIC_LABELS, STAGES
 from experiments.ui import NONE_VALUE
-from trainers.swav.knn import RANDOM_TRUNKS, monitor_text
+from trainers.swav.references import RANDOM_TRUNKS, monitor_text
 
 # The columns of every AP table, one label per metric (experiments.trial.METRIC_LABELS): the paper's
 # AP@0.5 and AP[small/medium/large], plus COCO's primary AP@[.5:.95].

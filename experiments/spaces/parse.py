@@ -34,7 +34,7 @@ def _trainer_fields(stage: str) -> dict[str, dataclasses.Field]:
 
 
 def _config_class(stage: str) -> type:
-    return TRAINERS[stage].load()[1]
+    return TRAINERS[stage].config_class()
 
 
 def _default(stage: str, name: str) -> Any:

@@ -170,10 +170,10 @@ def test_formats_parse(study: dict[str, Any]) -> None:
 
 def test_report_writes_plots_and_logs_to_parent(study: dict[str, Any], tmp_path: Path) -> None:
     said: list[str] = []
-    text = rep.report(study["uri"], STUDY, fmt="md", out_dir=tmp_path / "out", say=said.append)
+    text = rep.report(study["uri"], STUDY, fmt="md", out_dir=tmp_path / "out", log_to_parent=True, say=said.append)
     assert text.startswith("**Headline**") and "\n### Table 1" in text
     assert said[0].startswith(f"wrote {tmp_path / 'out'}: report.txt") and "bars_table1.png" in said[0]
-    assert said[1].startswith("logged ") and study["parent"] in said[1] and "--no-log" in said[1]
+    assert said[1].startswith("logged ") and study["parent"] in said[1] and "--log" in said[1]
     pngs = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
     assert pngs == ["ap50_curves.png", "bars_finetune.norm.png", "bars_pretrain.prototypes.png", "bars_table1.png",
                     "swav_loss.png"]
@@ -300,3 +300,24 @@ def test_a_collapsed_backbone_is_never_shown_without_the_word(tmp_path: Path) ->
     assert [r.label for r in table.rows] == ["res18_ep3_p30 (collapsed)", "scratch_res18"]
     assert table.rows[0].cells[5] == "0.200 (random 0.300 ± 0.020, pixels 0.700)"
     assert any("res18_ep3_p30: collapsed: embeddings outside the prototypes' span" in note for note in table.notes)
+
+
+def test_read_only_commands_import_no_torch(study: dict[str, Any]) -> None:
+    """`ablate status`, `status STUDY`, `report STUDY` and `models` read the store without loading torch (4 s of
+    imports on a 2-core machine): one process runs them in turn and says what it loaded."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from experiments.cli import main\n"
+        f"uri = {study['uri']!r}\n"
+        f"for args in (['status'], ['status', {STUDY!r}], ['report', {STUDY!r}], ['models']):\n"
+        "    code = main([*args, '--tracking-uri', uri])\n"
+        "    print('RESULT', args[0], code, 'torch' in sys.modules, 'torchvision' in sys.modules, file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    results = [ln.split()[1:] for ln in proc.stderr.splitlines() if ln.startswith("RESULT")]
+    assert len(results) == 4, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert all(torch == vision == "False" for _, _, torch, vision in results), results
+    assert [code for _, code, _, _ in results] == ["0", "0", "0", "0"], proc.stderr[-3000:]

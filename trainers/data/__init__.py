@@ -8,52 +8,32 @@ Everything a user points us at is validated when it is opened, and errors name t
 the entry and a fix, so a bad data set fails before hours of pretraining rather than in them.
 
 Public names live here; the package splits them by concern: ``errors`` (:class:`DatasetError`),
-``images`` (decoding, finding images, the unlabeled folder and its skipped files), ``coco``
+``files`` (finding images, no torch), ``images`` (decoding, the unlabeled folder and its skipped files), ``coco``
 (the COCO detection set, its validation, the flip), ``fingerprint`` (:func:`data_fingerprint`)
 and ``samples`` (the sample data set's layout and generator).
 """
 
-from trainers.data.coco import (
-    BOX_TOLERANCE,
-    EMPTY_BOX,
-    THIN_BOX,
-    CocoDetection,
-    detection_collate,
-    hflip,
-)
-from trainers.data.errors import SAMPLE_HINT, DatasetError
-from trainers.data.fingerprint import data_fingerprint
-from trainers.data.images import (
-    IMAGE_EXTENSIONS,
-    SKIPPED_SHOWN,
-    TOO_SMALL,
-    UNREADABLE,
-    SkippedImage,
-    UnlabeledImages,
-    collate_images,
-    decode_base64_image,
-    decode_rgb,
-    describe_skipped,
-    find_images,
-    warn_skipped,
-)
-from trainers.data.samples import (
-    AREA_RANGES,
-    IMAGE_SIZE,
-    JPEG_QUALITY,
-    MAX_OBJECTS,
-    PNG_EVERY,
-    SAMPLE_CATEGORIES,
-    SAMPLE_KINDS,
-    SAMPLE_SIZES,
-    SAMPLE_VERSION,
-    TRIANGLE_ASPECT,
-    UNLABELED_PER_FOLDER,
-    SamplePaths,
-    generate_sample,
-    sample_paths,
-    sample_sizes,
-)
+from trainers.lazy import lazy_exports
+
+# name -> the module it lives in: imported on first use (trainers/lazy.py), so a light name never loads torch
+_EXPORTS = {
+    **dict.fromkeys([
+        "BOX_TOLERANCE", "EMPTY_BOX", "THIN_BOX", "CocoDetection", "detection_collate", "hflip"
+    ], "trainers.data.coco"),
+    **dict.fromkeys(["SAMPLE_HINT", "DatasetError"], "trainers.data.errors"),
+    **dict.fromkeys(["data_fingerprint"], "trainers.data.fingerprint"),
+    **dict.fromkeys(["IMAGE_EXTENSIONS", "find_images"], "trainers.data.files"),
+    **dict.fromkeys([
+        "SKIPPED_SHOWN", "TOO_SMALL", "UNREADABLE", "SkippedImage", "UnlabeledImages",
+        "collate_images", "decode_base64_image", "decode_rgb", "describe_skipped", "warn_skipped"
+    ], "trainers.data.images"),
+    **dict.fromkeys([
+        "AREA_RANGES", "IMAGE_SIZE", "JPEG_QUALITY", "MAX_OBJECTS", "PNG_EVERY", "SAMPLE_CATEGORIES",
+        "SAMPLE_KINDS", "SAMPLE_SIZES", "SAMPLE_VERSION", "TRIANGLE_ASPECT", "UNLABELED_PER_FOLDER", "SamplePaths",
+        "generate_sample", "sample_paths", "sample_sizes"
+    ], "trainers.data.samples"),
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "AREA_RANGES",

@@ -8,7 +8,6 @@ import base64
 import binascii
 import io
 import logging
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +20,10 @@ from torch.utils.data import Dataset
 
 from trainers.common import require_int
 from trainers.data.errors import SAMPLE_HINT, DatasetError
+from trainers.data.files import IMAGE_EXTENSIONS, find_images  # noqa: F401 - importable from here too
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
 # ---------------------------------------------------------------------------
@@ -56,23 +55,6 @@ def decode_rgb(path: str | Path) -> torch.Tensor:
     with Image.open(path) as pil:
         rgb = np.asarray(pil.convert("RGB"), dtype=np.uint8)
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
-
-
-def find_images(root: str | Path) -> list[Path]:
-    """All .jpg/.jpeg/.png files under ``root`` (recursively, case-insensitive), sorted.
-
-    Hidden files and folders (names starting with '.') are skipped: they are editor,
-    OS or sync leftovers (``.DS_Store``, ``._img.jpg``), never data.
-    """
-    root = Path(root)
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in filenames:
-            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
-                found.append(Path(dirpath) / name)
-    # Sort on the relative POSIX form so the order does not depend on the OS or the mount point.
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
 def decode_base64_image(value: Any, row: int = 0) -> torch.Tensor:

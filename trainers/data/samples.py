@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 
 from trainers.common import require_choice, require_int
 from trainers.data.errors import DatasetError
-from trainers.data.images import find_images
+from trainers.data.files import find_images
 from trainers.data.scenes import AREA_RANGES, IMAGE_SIZE, MAX_OBJECTS, SceneObject, annotation, place
 
 SAMPLE_VERSION = 1  # bump when the generator's output changes, so old sample folders are regenerated

@@ -14,23 +14,32 @@ Public names, importable from ``trainers.detection``:
   detector (``export.py``).
 """
 
-from trainers.detection.augment import EpochFlips, flip_decisions
-from trainers.detection.config import (
-    DEFAULT_MULTIPLIERS, GROUP_NAMES, HEADS, LR_SCHEDULES, LR_SCHEMES, NORMS, PRETRAINED_NORM, SCRATCH, DetectionConfig,
-    scratch_warnings,
-)
-from trainers.detection.engine import iters_per_epoch, lr_factor, train, train_loader, train_one_epoch
-from trainers.detection.evaluation import (
-    FIGURE_FILE, METRIC_NAMES, PER_CLASS_FILE, SUMMARY_FILE, CocoEvaluation, coco_eval, draw_detections, evaluate,
-    predict, to_coco_results, write_per_class,
-)
-from trainers.detection.export import (
-    DETECTOR_CONFIG, DETECTOR_FORMAT, DETECTOR_WEIGHTS, detect, export_detector, load_detector, read_detector_config,
-)
-from trainers.detection.model import (
-    BackboneLoadError, C4Backbone, Res5FPNHead, Res5ROIHead, TwoMLPLayerNormHead, assemble_detector, build_box_head,
-    build_detector, convert_norm, detection_trunk, infer_arch, load_backbone, param_groups, parameter_stage,
-)
+from trainers.lazy import lazy_exports
+
+# name -> the module it lives in: imported on first use (trainers/lazy.py), so a light name never loads torch
+_EXPORTS = {
+    **dict.fromkeys(["EpochFlips", "flip_decisions"], "trainers.detection.augment"),
+    **dict.fromkeys([
+        "DEFAULT_MULTIPLIERS", "GROUP_NAMES", "HEADS", "LR_SCHEDULES", "LR_SCHEMES", "NORMS", "PRETRAINED_NORM",
+        "SCRATCH", "DetectionConfig", "scratch_warnings"
+    ], "trainers.detection.config"),
+    **dict.fromkeys([
+        "iters_per_epoch", "lr_factor", "train", "train_loader", "train_one_epoch"
+    ], "trainers.detection.engine"),
+    **dict.fromkeys([
+        "FIGURE_FILE", "METRIC_NAMES", "PER_CLASS_FILE", "SUMMARY_FILE", "CocoEvaluation", "coco_eval",
+        "draw_detections", "evaluate", "predict", "to_coco_results", "write_per_class"
+    ], "trainers.detection.evaluation"),
+    **dict.fromkeys(["DETECTOR_CONFIG", "DETECTOR_FORMAT", "DETECTOR_WEIGHTS", "read_detector_config"],
+                    "trainers.detection.record"),
+    **dict.fromkeys(["detect", "export_detector", "load_detector"], "trainers.detection.export"),
+    **dict.fromkeys([
+        "BackboneLoadError", "C4Backbone", "Res5FPNHead", "Res5ROIHead", "TwoMLPLayerNormHead", "assemble_detector",
+        "build_box_head", "build_detector", "convert_norm", "detection_trunk", "infer_arch", "load_backbone",
+        "param_groups", "parameter_stage"
+    ], "trainers.detection.model"),
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "DEFAULT_MULTIPLIERS", "GROUP_NAMES", "HEADS", "LR_SCHEDULES", "LR_SCHEMES", "NORMS", "PRETRAINED_NORM", "SCRATCH", "DetectionConfig",

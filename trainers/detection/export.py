@@ -8,7 +8,6 @@ the data named in the training config need exist where the detector is loaded. N
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -20,19 +19,9 @@ from trainers.checkpoints import CheckpointError, check_sha256, read_tensors, sh
 from trainers.common import config_to_dict, git_sha
 from trainers.detection.config import MODEL_FIELDS, DetectionConfig
 from trainers.detection.model import assemble_detector
-
-DETECTOR_WEIGHTS = "detector.safetensors"
-DETECTOR_CONFIG = "detector.json"
-# v2: head "res5" is the paper's C4 detector. v1 exports are still read: their "res5" was the
-# stage-5-from-scratch head on FPN RoIs, which v2 calls "res5_fpn".
-DETECTOR_FORMAT = "ablate-faster-rcnn/v2"
-LEGACY_FORMATS = {"ablate-faster-rcnn-fpn/v1": {"res5": "res5_fpn"}}  # format -> old head name -> current
-
-
-def json_number(value: float) -> float | None:
-    """NaN/inf as JSON null (strict JSON has no NaN), other numbers unchanged."""
-    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
-
+from trainers.detection.record import (  # noqa: F401 - importable from here too
+    DETECTOR_CONFIG, DETECTOR_FORMAT, DETECTOR_WEIGHTS, LEGACY_FORMATS, json_number, read_detector_config,
+)
 
 def export_detector(
     directory: str | Path,
@@ -69,34 +58,6 @@ def export_detector(
     }
     (directory / DETECTOR_CONFIG).write_text(json.dumps(record, indent=2, sort_keys=True))
     return directory
-
-
-def read_detector_config(directory: str | Path) -> dict[str, Any]:
-    """The ``detector.json`` of an exported detector, checked for format and completeness.
-
-    ``label_to_cat_id`` comes back with integer keys; a head name of an older format comes back
-    under its current name (v1's ``res5`` is ``res5_fpn``).
-    """
-    directory = Path(directory)
-    cfg_path, weights = directory / DETECTOR_CONFIG, directory / DETECTOR_WEIGHTS
-    if not cfg_path.is_file() or not weights.is_file():
-        raise CheckpointError(f"{directory}: not an exported detector (expected {DETECTOR_WEIGHTS} and {DETECTOR_CONFIG}; "
-                              "`ablate finetune` writes them into its final checkpoint)")
-    record = json.loads(cfg_path.read_text())
-    fmt = record.get("format")
-    if fmt != DETECTOR_FORMAT and fmt not in LEGACY_FORMATS:
-        raise CheckpointError(f"{cfg_path}: format {fmt!r} is not {DETECTOR_FORMAT!r}"
-                              f" (or the older {', '.join(map(repr, LEGACY_FORMATS))})")
-    missing = [k for k in ("model", "num_classes", "class_names", "label_to_cat_id") if k not in record]
-    missing += [f"model.{k}" for k in MODEL_FIELDS if k not in record.get("model", {})]
-    if missing:
-        raise CheckpointError(f"{cfg_path}: missing {', '.join(missing)}")
-    record["label_to_cat_id"] = {int(k): int(v) for k, v in record["label_to_cat_id"].items()}
-    renamed = LEGACY_FORMATS.get(fmt, {})
-    for part in (record, record["model"], record.get("config")):  # an old name for a head now named otherwise
-        if isinstance(part, dict) and part.get("head") in renamed:
-            part["head"] = renamed[part["head"]]
-    return record
 
 
 def load_detector(directory: str | Path, device: str | torch.device = "cpu", verify: bool = True) -> FasterRCNN:

@@ -7,22 +7,28 @@ schedule scaled to the global batch, prototype freezing), ``precision`` (float16
 loss scaling, or bfloat16) and ``engine`` (``train`` and ``train_one_epoch``).
 """
 
-from trainers.swav.augment import IMAGENET_MEAN, IMAGENET_STD, MultiCropAugment
-from trainers.swav.config import DEFAULT_CROPS, CropGroup, SwAVConfig
-from trainers.swav.loss import (
-    EmbeddingQueue,
-    assignment_entropy,
-    embedding_std,
-    prototype_counts,
-    queue_rows_per_process,
-    sinkhorn,
-    swapped_prediction,
-    swav_loss,
-)
-from trainers.swav.model import SwAVModel, export_from_checkpoint, load_backbone, normalize_prototypes
-from trainers.swav.optim import LARS, build_optimizer, frozen_prototype_iterations, learning_rate, scaled_lr
-from trainers.swav.precision import backward_and_step, grad_scaler
-from trainers.swav.engine import METRIC_NAMES, EpochStats, derive_seed, epoch_indices, train, train_one_epoch
+from trainers.lazy import lazy_exports
+
+# name -> the module it lives in: imported on first use (trainers/lazy.py), so a light name never loads torch
+_EXPORTS = {
+    **dict.fromkeys(["IMAGENET_MEAN", "IMAGENET_STD", "MultiCropAugment"], "trainers.swav.augment"),
+    **dict.fromkeys(["DEFAULT_CROPS", "CropGroup", "SwAVConfig"], "trainers.swav.config"),
+    **dict.fromkeys([
+        "EmbeddingQueue", "assignment_entropy", "embedding_std", "prototype_counts", "queue_rows_per_process",
+        "sinkhorn", "swapped_prediction", "swav_loss"
+    ], "trainers.swav.loss"),
+    **dict.fromkeys([
+        "SwAVModel", "export_from_checkpoint", "load_backbone", "normalize_prototypes"
+    ], "trainers.swav.model"),
+    **dict.fromkeys([
+        "LARS", "build_optimizer", "frozen_prototype_iterations", "learning_rate", "scaled_lr"
+    ], "trainers.swav.optim"),
+    **dict.fromkeys(["backward_and_step", "grad_scaler"], "trainers.swav.precision"),
+    **dict.fromkeys([
+        "METRIC_NAMES", "EpochStats", "derive_seed", "epoch_indices", "train", "train_one_epoch"
+    ], "trainers.swav.engine"),
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "DEFAULT_CROPS",

@@ -32,10 +32,10 @@ status`` show such a run as "collapsed" with these reasons.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:  # the statistics take tensors; the label (what `ablate status` reads) needs no torch
+    from torch import Tensor
 
 STD_FLOOR = 0.1  # embedding std below a tenth of 1/sqrt(feat_dim): every image at (nearly) one point
 SCORE_STD_FLOOR = 0.1  # prototype-score std below a tenth of 1/sqrt(feat_dim): every image scores the same
@@ -51,20 +51,20 @@ SIGNALS = ("swav/embedding_std", "swav/score_std", "swav/prototype_span", "swav/
            "swav/trunk_rank_random", "swav/loss_over_ln_k", "swav/loss_over_ln_k_min", "swav/epochs_at_ln_k")
 
 
-@torch.no_grad()
 def score_std(scores: Tensor, n_crops: int = 1) -> Tensor:
     """Std over the batch of each prototype's score, averaged over prototypes (and views)."""
-    per_view = scores.float().reshape(n_crops, -1, scores.shape[-1])
+    per_view = scores.detach().float().reshape(n_crops, -1, scores.shape[-1])
     return per_view.std(dim=1, unbiased=False).mean()
 
 
-@torch.no_grad()
 def prototype_span(embeddings: Tensor, prototypes: Tensor) -> Tensor:
     """Mean fraction of each embedding's length inside the span of the prototypes (rows of ``prototypes``).
 
     The projection onto the span uses an orthonormal basis of the prototypes' rows (reduced QR of
     ``prototypes.T``, dimension ``min(K, feat_dim)``); with K >= feat_dim in general position it is 1.
     """
+    import torch
+
     basis, _ = torch.linalg.qr(prototypes.detach().float().t())  # (feat_dim, min(K, feat_dim))
     z = embeddings.detach().float()
     inside = (z @ basis).norm(dim=1)
