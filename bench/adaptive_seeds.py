@@ -167,13 +167,13 @@ def real_launch(quick: bool) -> list[str]:
     if proc.returncode != 0:
         return [f"The real launch failed (exit {proc.returncode}): {proc.stdout[-500:]} {proc.stderr[-500:]}"]
     out = proc.stdout
-    done = next((ln.strip() for ln in out.splitlines() if ln.strip().startswith("adaptive seeds: ") and
-                 "fine-tuning trials over" in ln), "adaptive seeds: (no summary line)")
+    done = next((ln.split("adaptive seeds: ", 1)[1].strip() for ln in out.splitlines()
+                 if "adaptive seeds: " in ln and "fine-tuning trials over" in ln), "(no summary line)")
     head = out[out.index("headline ("):].strip().splitlines() if "headline (" in out else []
     n_cells = len(cells["norm"]) * len(cells["head"])
     return ["**A real CPU launch** (smoke-sized: scratch ResNet-18 on the small sample set, "
             f"{' x '.join(f'{k} {v}' for k, v in cells.items())}, `seeds: {{initial: {plan.initial}, max: {plan.max}}}`; "
-            f"{wall:.0f} s): {done.removeprefix('adaptive seeds: ')}; the fixed grid at the maximum would run "
+            f"{wall:.0f} s): {done}; the fixed grid at the maximum would run "
             f"{n_cells * plan.max}. Its headline:", "", "```", *head, "```",
             "At this size every AP50 sits near the detector's floor (no pretraining, a dozen iterations), so "
             "what the launch shows is the mechanism at work on real runs, not an effect."]

@@ -37,6 +37,8 @@ def _add_tracking(p: argparse.ArgumentParser) -> None:
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ablate", description="Ablation service for SwAV-pretrained object detection.")
     parser.add_argument("--version", action="version", version=f"ablate {_version()}", help="print the version and exit")
+    parser.add_argument("--verbose", action="store_true",
+                        help="every library's own log lines too (Ray, Optuna, MLflow, the UI server's access log)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="generate sample data and run search_spaces/smoke.yaml end to end")
@@ -377,14 +379,14 @@ def _demo_links(uri: str, study: str) -> list[str]:
     """The study's leaderboard, cells and compare links on `ablate ui`'s default address."""
     from mlflow.tracking import MlflowClient
 
-    from experiments.ui import links
+    from experiments.ui import DEFAULT_UI_URL, links
 
     if not _store_may_exist(uri):
         return []
     exp = MlflowClient(tracking_uri=uri).get_experiment_by_name(study)
     if exp is None:
         return []
-    found = links("http://127.0.0.1:5000", exp.experiment_id, study, exp.tags)
+    found = links(DEFAULT_UI_URL, exp.experiment_id, study, exp.tags)
     return [f"leaderboard: {found.leaderboard}", *([f"cells:       {found.cells}"] if found.cells else []),
             f"compare:     {found.compare}"]
 
@@ -490,10 +492,14 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return serve(cmd, uri, args.host, port, open_browser=args.open)
 
 
-def quiet_libraries() -> None:
-    """Keep the terminal for our progress lines: no artifact progress bars, no per-snapshot Ray warnings."""
+def quiet_libraries(verbose: bool = False) -> None:
+    """Keep the terminal for our progress lines: no artifact progress bars, no per-snapshot Ray warnings, no Ray
+    token notice, no Optuna info lines (``ablate --verbose``: all of them)."""
     import logging
 
+    if verbose:
+        os.environ["ABLATE_VERBOSE"] = "1"  # read by the launch's Optuna set-up and `ablate ui`
+        return
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # no "View run at <URI>" lines
@@ -502,6 +508,8 @@ def quiet_libraries() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     # MLflow logs each SQL error with its traceback and then raises it; main() reports it in one line
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    # "Token authentication is enabled for this Ray cluster...": the launch's own Ray, loopback only, keeps token auth
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
 
 
 def keep_credentials_out_of_uris(args: argparse.Namespace) -> None:
@@ -516,7 +524,7 @@ def keep_credentials_out_of_uris(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    quiet_libraries()
+    quiet_libraries(args.verbose)
     keep_credentials_out_of_uris(args)
     try:
         if args.command == "data":

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Any, Mapping, Sequence
 
 import optuna
@@ -53,6 +54,9 @@ from experiments.pruning_settings import (COLLAPSE_DEFAULTS, COLLAPSE_KEYS, PRUN
 from experiments.redaction import OPTUNA_STORAGE_ENV, picklable_url, url_from_state
 from experiments.trial import KEY_METRIC, STAGE_FINETUNE, STAGE_PRETRAIN
 from trainers.swav.collapse import COLLAPSED, collapse_label
+
+if not os.environ.get("ABLATE_VERBOSE"):  # no "[I ...] A new study created in RDB" lines (`ablate --verbose`: back)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 METRIC_KEY = KEY_METRIC[STAGE_PRETRAIN]
 """The intermediate value reported to Optuna for pretraining trials (``swav/loss_over_ln_k``)."""

@@ -44,6 +44,7 @@ CELLS_VIEW_KEY = "ablate-cells"  # the leaderboard grouped by cell: each cell's 
 # MLflow's "Group by" as its UI stores it: average over the runs that share the tag's value
 GROUP_BY_CELL = {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": TAG_CELL}]}
 AXES_TAG = "ablate.axes"  # experiment tag: the ablated params, comma-separated, in leaderboard order
+DEFAULT_UI_URL = "http://127.0.0.1:5000"  # where `ablate ui` serves by default
 SEEDS_TAG = "ablate.seeds"  # experiment tag of an adaptive-seeds study: initial=2,max=8[,budget_trials=N]
 PRETRAIN_SEEDS_TAG = "ablate.pretrain_seeds"  # experiment tag: the pretraining seeds (pretrain: {seeds: [0, 1]})
 FINETUNE_FILTER = "tags.`ablate.stage` = 'finetune'"

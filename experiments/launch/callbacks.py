@@ -26,7 +26,7 @@ from experiments.progress import status_line, trial_error
 from experiments.trial import ARTIFACTS_SUBDIR, DEVICE_KEY, GPUS_KEY, KEY_METRIC, STAGE_PRETRAIN, TrialPayload, \
     loggable_metrics
 
-STATUS_EVERY_S = 15  # a status line at most this often, besides one at every trial's end
+STATUS_EVERY_S = 15  # a status line at most this often, besides one when the stage's last trial ends
 LOSS_KEY = {STAGE_PRETRAIN: "swav/loss"}  # shown beside the key metric (fine-tuning: det/loss)
 
 
@@ -141,7 +141,7 @@ class DriverCallback(tune.Callback):
         p = self._payload(trial)
         self._flush(p.config_hash)  # a checkpoint Ray could not save: the epoch's metrics are kept all the same
         self.state[p.config_hash] = self.events.completed(self.stage, p, trial)
-        self._status(force=True)
+        self._status(force=self._stage_over())
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         p = self._payload(trial)
@@ -149,7 +149,7 @@ class DriverCallback(tune.Callback):
         self.pending.pop(p.config_hash, None)
         self.events.failed(self.stage, p, trial, trial_error(trial))
         self.state[p.config_hash] = "failed"
-        self._status(force=True)
+        self._status(force=self._stage_over())
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         p = self._payload(trial)
@@ -157,6 +157,11 @@ class DriverCallback(tune.Callback):
         error = trial_error(trial).strip().splitlines()
         why = f": {error[-1]}" if error else ""
         self.events.say(f"{self.stage:8} retry   {p.name} (crashed{why}; resuming from its last checkpoint)")
+
+    def _stage_over(self) -> bool:
+        """Every trial of the stage has ended: its closing status line (others come at most every 15 s, so that
+        short trials do not print a status line after every epoch line)."""
+        return sum(1 for v in self.state.values() if v not in ("running", "pending")) >= self.total
 
     def _status(self, force: bool = False) -> None:
         now = time.time()

@@ -142,6 +142,7 @@ class Launcher:
         self._init_ray()  # a cluster too small for one trial is refused here, before anything is recorded
         self._parent_run(plan)
         experiment_view(self.ctx, plan)
+        list(map(ctx.say, where_to_look(self.ctx)))
         for warning in plan.warnings:
             ctx.say(f"warning: {warning}")
         monitor = self.launch_run.system_metrics()
@@ -399,6 +400,15 @@ def experiment_view(ctx: LaunchContext, plan: Plan) -> None:
     if spec.pretrain.seeds:  # the report says which intervals include the backbones' own variance
         tags[ui.PRETRAIN_SEEDS_TAG] = ",".join(map(str, spec.pretrain.seeds))
     ctx.tracker.set_experiment_tags(tags)
+
+
+def where_to_look(ctx: LaunchContext) -> list[str]:
+    """A launch's first lines: how to follow it from another terminal, and its leaderboard in the MLflow UI."""
+    base = ctx.tracking_uri if ctx.tracking_uri.startswith(("http://", "https://")) else ui.DEFAULT_UI_URL
+    tags = ctx.tracker.client.get_experiment(ctx.tracker.experiment_id).tags
+    link = ui.links(base.rstrip("/"), ctx.tracker.experiment_id, ctx.spec.name, tags).leaderboard
+    return [f"follow it: ablate status {ctx.spec.name} --watch",
+            f"leaderboard{' (after `ablate ui`)' if base == ui.DEFAULT_UI_URL else ''}: {redact(link)}"]
 
 
 def _usable_backbone_run(run: Any) -> bool:

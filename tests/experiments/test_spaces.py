@@ -189,7 +189,8 @@ def test_cli_dry_run_and_exit_code_2(tmp_path, sample_data):
 
 def test_dry_run_imports_no_ray(tmp_path):
     """Validating a space (`ablate launch --dry-run`) checks its pruning settings but never loads Ray (nor Optuna,
-    for that: a space reads on a machine without it, as `bench device` needs)."""
+    for that: a space reads on a machine without it, as `bench device` needs), nor torch (a plan is configs and
+    data, read in about a second)."""
     smoke = Path(__file__).resolve().parents[2] / "search_spaces" / "smoke.yaml"
     proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "experiments.cli", "launch", str(smoke), "--dry-run",
                            "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"],
@@ -198,7 +199,7 @@ def test_dry_run_imports_no_ray(tmp_path):
     assert "dry run: nothing trained" in proc.stdout
     imported = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
     assert "experiments.pruning_settings" in imported  # the space's pruning section was validated
-    assert [m for m in imported if m.split(".")[0] in ("ray", "optuna")] == []
+    assert [m for m in imported if m.split(".")[0] in ("ray", "optuna", "torch", "torchvision")] == []
 
 
 def test_demo_runs_smoke_and_prints_the_next_steps(sample_data, monkeypatch, capsys, tmp_path):
