@@ -24,7 +24,8 @@ from experiments.redaction import redact
 from experiments.store import check_store, finite_or_none, store_errors
 from experiments.headline import Headline, study_headline
 from experiments.tracking import (
-    PARENT_TAG, TAG_DRIVER, TAG_HEARTBEAT, TAG_NAME, TAG_STAGE, TAG_STARTED, TAG_STATE, TAG_STOP_REQUESTED, launch_alive,
+    PARENT_TAG, TAG_DRIVER, TAG_HEADLINE, TAG_HEARTBEAT, TAG_NAME, TAG_STAGE, TAG_STARTED, TAG_STATE, TAG_STOP_REQUESTED,
+    launch_alive,
 )
 from experiments.trial import AP50, KEY_METRIC, STAGES
 from trainers.swav.collapse import collapse_label
@@ -77,6 +78,7 @@ class LaunchStatus:
     best_run_id: str | None
     max_concurrent: int
     trials: list[TrialStatus] = field(default_factory=list)
+    ended: float | None = None  # unix seconds, once the launch run ended
 
     @property
     def host(self) -> str:
@@ -150,11 +152,49 @@ def launch_status(client: MlflowClient, study: str, experiment_id: str, run: Any
         driver=tags.get(TAG_DRIVER, "unknown"), started=(run.info.start_time or 0) / 1000,
         heartbeat_age_s=(now - beat) if beat is not None else None, stop_requested=TAG_STOP_REQUESTED in tags,
         counts=counts, headline=headline.one_line(), best_run_id=headline.best.run_id if headline.best else None,
-        max_concurrent=int(finite_or_none(run.data.params.get("max_concurrent")) or 1), trials=trials)
+        max_concurrent=int(finite_or_none(run.data.params.get("max_concurrent")) or 1), trials=trials,
+        ended=run.info.end_time / 1000 if run.info.end_time else None)
 
 
-def collect(tracking_uri: str, study: str | None = None) -> list[LaunchStatus]:
-    """The running launches of every study (``study`` None), or the newest launch of one study.
+@dataclass
+class StudySummary:
+    """A study's newest launch, for ``ablate status`` with nothing running: what to look at next."""
+
+    study: str
+    state: str  # running, finished, failed, killed, driver lost
+    started: float
+    ended: float | None
+    best: str  # "best: NAME AP@0.5 0.370" from the launch's headline, "" before any result
+
+
+def recent_studies(client: MlflowClient, limit: int = 10, now: float | None = None) -> list[StudySummary]:
+    """Every study's newest launch, newest first (at most ``limit``)."""
+    now = time.time() if now is None else now
+    out = []
+    for exp in client.search_experiments():
+        if exp.name == "Default":
+            continue
+        runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{TAG_STAGE}` = 'launch'",
+                                  run_view_type=ViewType.ACTIVE_ONLY, max_results=1,
+                                  order_by=["attributes.start_time DESC"])
+        if not runs:
+            continue
+        run = runs[0]
+        state = run.info.status.lower()
+        if run.info.status == "RUNNING" and not launch_alive(run, now):
+            state = "driver lost"
+        best = run.data.tags.get(TAG_HEADLINE, "").split("; ")[0]
+        out.append(StudySummary(exp.name, state, (run.info.start_time or 0) / 1000,
+                                run.info.end_time / 1000 if run.info.end_time else None,
+                                best if best.startswith("best: ") else ""))
+    out.sort(key=lambda s: -s.started)
+    return out[:limit]
+
+
+def collect(tracking_uri: str, study: str | None = None,
+            recent: list[StudySummary] | None = None) -> list[LaunchStatus]:
+    """The running launches of every study (``study`` None), or the newest launch of one study. With nothing
+    running and no study asked for, ``recent`` (when given) is filled with every study's newest launch.
 
     Raises:
         StatusError: the store cannot be reached, or has no such study.
@@ -188,6 +228,8 @@ def collect(tracking_uri: str, study: str | None = None) -> list[LaunchStatus]:
                 continue
             headline = study_headline(client, exp.experiment_id)
             out += [launch_status(client, exp.name, exp.experiment_id, r, headline) for r in launches]
+        if not out and study is None and recent is not None:
+            recent.extend(recent_studies(client))
         return out
 
 
@@ -210,13 +252,34 @@ def _when(unix_s: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(unix_s))
 
 
-def render_table(launches: Sequence[LaunchStatus], tracking_uri: str, study: str | None = None) -> str:
-    """The terminal view: one block per launch, a row per trial."""
+def render_recent(recent: Sequence[StudySummary], tracking_uri: str, now: float | None = None) -> str:
+    """Nothing running: the studies in the store, newest first, and the two commands that look closer."""
+    now = time.time() if now is None else now
+    head = f"no running launch in the tracking store {redact(tracking_uri)}"
+    if not recent:
+        return head + "; no study yet (`ablate demo` runs one, `ablate launch SPACE.yaml` yours)"
+    width = max(len(s.study) for s in recent)
+    lines = [head + ". Recent studies (newest launch of each):"]
+    for s in recent:
+        when = (f"ended {_when(s.ended)} ({_duration(now - s.ended)} ago)" if s.ended is not None
+                else f"started {_when(s.started)}")
+        lines.append(f"  {s.study.ljust(width)}  {s.state:11}  {when}" + (f"  {s.best}" if s.best else ""))
+    first = recent[0].study
+    lines += ["look closer:", f"  ablate status {first}    # its last launch, trial by trial",
+              f"  ablate report {first}    # the headline, Table 1 and one table per ablated axis"]
+    return "\n".join(lines)
+
+
+def render_table(launches: Sequence[LaunchStatus], tracking_uri: str, study: str | None = None,
+                 recent: Sequence[StudySummary] = ()) -> str:
+    """The terminal view: one block per launch, a row per trial (nothing running: the recent studies)."""
     if not launches:
-        return f"no running launch in the tracking store {redact(tracking_uri)}"
+        return render_recent(recent, tracking_uri)
     blocks = []
     for ls in launches:
         beat = f"heartbeat {_duration(ls.heartbeat_age_s)} ago" if ls.heartbeat_age_s is not None else "no heartbeat"
+        if ls.status != "RUNNING" and ls.ended is not None:  # a finished launch has no heartbeat to speak of
+            beat = f"ended {_when(ls.ended)}"
         if ls.status == "RUNNING":
             life = "running" if ls.alive else "driver lost (a new launch of the study takes its trials over)"
         else:
@@ -246,8 +309,8 @@ def render_table(launches: Sequence[LaunchStatus], tracking_uri: str, study: str
     return "\n\n".join(blocks)
 
 
-def render_json(launches: Sequence[LaunchStatus], tracking_uri: str) -> str:
-    """The same as the table, for scripts: ``{"tracking_uri", "now", "launches": [...]}``."""
+def render_json(launches: Sequence[LaunchStatus], tracking_uri: str, recent: Sequence[StudySummary] = ()) -> str:
+    """The same as the table, for scripts: ``{"tracking_uri", "now", "launches": [...], "recent": [...]}``."""
     def clean(value: Any) -> Any:
         if isinstance(value, float) and not math.isfinite(value):
             return None
@@ -263,14 +326,16 @@ def render_json(launches: Sequence[LaunchStatus], tracking_uri: str) -> str:
         d["host"] = ls.host
         d["eta_s"] = ls.eta_s()
         out.append(d)
-    return json.dumps(clean({"tracking_uri": redact(tracking_uri), "now": time.time(), "launches": out}), indent=2,
-                      ensure_ascii=False)
+    return json.dumps(clean({"tracking_uri": redact(tracking_uri), "now": time.time(), "launches": out,
+                             "recent": [dataclasses.asdict(s) for s in recent]}), indent=2, ensure_ascii=False)
 
 
 def status(tracking_uri: str, study: str | None = None, fmt: str = "table") -> str:
     """``ablate status [STUDY] [--format json]`` once."""
-    launches = collect(tracking_uri, study)
-    return render_json(launches, tracking_uri) if fmt == "json" else render_table(launches, tracking_uri, study)
+    recent: list[StudySummary] = []
+    launches = collect(tracking_uri, study, recent)
+    return (render_json(launches, tracking_uri, recent) if fmt == "json"
+            else render_table(launches, tracking_uri, study, recent))
 
 
 def watch(tracking_uri: str, study: str | None, every_s: float = WATCH_EVERY_S, out: TextIO = sys.stdout,
@@ -283,10 +348,11 @@ def watch(tracking_uri: str, study: str | None, every_s: float = WATCH_EVERY_S, 
     n = 0
     try:
         while True:
-            launches = collect(tracking_uri, study)
+            recent: list[StudySummary] = []
+            launches = collect(tracking_uri, study, recent)
             stamp = time.strftime("%H:%M:%S")
             out.write(f"{CLEAR}ablate status{' ' + study if study else ''}  ({stamp}, every {every_s:g} s; "
-                      f"Ctrl-C to quit)\n\n{render_table(launches, tracking_uri, study)}\n")
+                      f"Ctrl-C to quit)\n\n{render_table(launches, tracking_uri, study, recent)}\n")
             out.flush()
             n += 1
             if not any(ls.status == "RUNNING" and ls.alive for ls in launches) or (rounds is not None and n >= rounds):

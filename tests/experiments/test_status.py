@@ -160,9 +160,16 @@ def test_no_running_launch_and_a_missing_store(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     tracker = T.Tracker(uri, "done")
     run = tracker.create_run("launch y", {T.TAG_STAGE: "launch"})
+    tracker.set_tags(run, {T.TAG_HEADLINE: "best: res18 · bn · seed0 AP@0.5 0.370; norm bn > gn (decided)"})
     tracker.finish(run)
-    assert ST.status(uri) == f"no running launch in the tracking store {uri}"
-    assert "launch run " + run[:8] + "  finished" in ST.status(uri, "done")  # a study's last launch, ended
+    # nothing running: the studies the store holds, their state, when they ended, their best, and what to run next
+    text = ST.status(uri)
+    assert text.startswith(f"no running launch in the tracking store {uri}. Recent studies")
+    row = next(line for line in text.splitlines() if line.strip().startswith("done"))
+    assert "finished" in row and "ended 20" in row and "best: res18 · bn · seed0 AP@0.5 0.370" in row
+    assert "  ablate status done    #" in text and "  ablate report done    #" in text
+    last = ST.status(uri, "done")  # a study's last launch, ended: when it ended, not a heartbeat
+    assert "launch run " + run[:8] + "  finished" in last and "ended 20" in last and "heartbeat" not in last
     with pytest.raises(ControlError, match="has no running launch: nothing to stop"):
         request_stop(uri, "done")
     with pytest.raises(ST.StatusError, match="no MLflow store at"):
