@@ -64,8 +64,19 @@ def _render_text(tables: Sequence[Table]) -> str:
             out.append("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
             out.append("  ".join("-" * w for w in widths))
             out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-        out += [f"  {n}" for n in _footer(table)] + [""]
+        out += [line for n in _footer(table) for line in wrap(n, "  ")] + [""]
     return "\n".join(out).rstrip() + "\n"
+
+
+WIDTH = 120  # the text report's notes, headline and verdict words wrap here
+
+
+def wrap(text: str, indent: str, more: str = "  ") -> list[str]:
+    """``text`` as lines of at most :data:`WIDTH` columns, the first after ``indent``, the rest after ``indent + more``."""
+    import textwrap
+
+    return textwrap.wrap(text, WIDTH, initial_indent=indent, subsequent_indent=indent + more,
+                         break_long_words=False, break_on_hyphens=False) or [indent]
 
 
 def _md_cell(text: str) -> str:
@@ -254,7 +265,11 @@ def _with_headline(headline: Any, tables: Sequence[Table], fmt: str, pretrain_se
     text = render(tables, fmt)
     words = verdict_words(headline, pretrain_seeds)
     if fmt == "table":
-        return headline.text() + ("\nverdict words:\n" + "\n".join(words) if words else "") + "\n\n" + text
+        head = [line for raw in headline.text().splitlines()
+                for line in wrap(raw.strip(), raw[:len(raw) - len(raw.lstrip())], "    ")]
+        if words:
+            head += ["verdict words:", *(line for w in words for line in wrap(w.strip(), "  ", "    "))]
+        return "\n".join(head) + "\n\n" + text
     if fmt == "md":
         return headline.markdown() + ("\n\nVerdict words:\n\n" + "\n".join(f"- {w.strip()}" for w in words)
                                       if words else "") + "\n\n" + text

@@ -215,6 +215,8 @@ def axis_tables(runs: StudyRuns) -> list[Table]:
     for axis in axes:
         others = [a for a in axes if a != axis and modes[a] is not None]
         values = sorted({v for r in ft if (v := _axis_value(r, axis)) is not None}, key=_value_key)
+        if len(values) < 2:
+            continue  # an axis the finished runs hold at one value compares nothing
         rows = []
         for value in values:
             subset = [r for r in ft if _axis_value(r, axis) == value]

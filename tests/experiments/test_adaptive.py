@@ -127,7 +127,7 @@ def test_adaptive_launch_killed_between_waves_resumes_the_same_waves(tmp_path: P
     assert exp.tags["ablate.seeds"] == "initial=2,max=6" and "trials planned 18" in log
     from experiments.report import report
 
-    text = report(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "adaptive_study", log_to_parent=False)
+    text = report(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "adaptive_study", fmt="md")
     assert "adaptive seeds per cell" in text and "scratch_res50 · gn · res5 · uniform: 3 (decided)" in text
 
 

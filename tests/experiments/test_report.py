@@ -226,6 +226,8 @@ def test_report_begins_with_the_headline(study: dict[str, Any]) -> None:
     assert "prototypes: 100 > 30 by 0.087 AP@0.5" in text
     # the words explained once, and each axis table carries its axis's verdict (the same judge, the same words)
     assert "verdict words:\n  decided: the 95 % interval of the difference" in text
+    head = text[:text.index("Table 1")]
+    assert max(map(len, head.splitlines())) <= 120  # the headline and the words wrap at 120 columns
     axis_table = text[text.index("prototypes — "):]
     assert "verdict: 100 > 30 by 0.087 AP@0.5 [" in axis_table
     payload = json.loads(rep.report(study["uri"], STUDY, fmt="json", log_to_parent=False))

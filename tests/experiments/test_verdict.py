@@ -132,7 +132,9 @@ def test_one_judge_speaks_for_the_headline_report_demo_and_fidelity_bench(tmp_pa
     assert b.winner.startswith("pretrained") and b.diff == pytest.approx(0.04)
     assert b.diff > b.spread and b.state == UNDECIDED and b.low < 0  # the pooled-std rule's "win"; not decided
     said = b.text("AP@0.5")
-    assert f"best pretrained vs baseline: {said}" in rep.report(uri, study, log_to_parent=False)
+    import json
+
+    assert f"best pretrained vs baseline: {said}" in json.loads(rep.report(uri, study, fmt="json"))["headline"]
     demo = demo_verdict(SimpleNamespace(parent_run_id=parent, study=study, outcomes=[]), uri)
     assert demo[0] == f"pretrained leads: {said}" and "undecided" in demo[-1]
     bench = fidelity.judge([fidelity.Group("SwAV", fidelity.PRETRAINED, ap50=list(pretrained)),
