@@ -130,11 +130,10 @@ class Launcher:
         too_big = [] if ctx.options.address or os.environ.get("RAY_ADDRESS") else oversized_requests(
             ctx.spec, *local_size(ctx.spec, ctx.options.num_gpus))
         if ctx.options.dry_run:
-            out = ctx.options.out
-            print(spaces.format_plan(plan, reused, pruned_before), file=out)
-            for line in too_big:
-                print(f"warning: {line}", file=out)
-            print(f"\n(dry run: nothing trained; tracking store {redact(ctx.tracking_uri)})", file=out)
+            estimate = dry_run_estimate(self.tracker, plan, pre_runs, ft_runs, ctx.max_concurrent)
+            print("\n".join([spaces.format_plan(plan, reused, pruned_before), *(f"warning: {w}" for w in too_big), "",
+                             *estimate, f"(dry run: nothing trained; tracking store {redact(ctx.tracking_uri)})"]),
+                  file=ctx.options.out)
             return LaunchResult(ctx.spec.name, None, [], 0, plan, dict(ctx.data_paths))
 
         if too_big:
@@ -400,6 +399,16 @@ def experiment_view(ctx: LaunchContext, plan: Plan) -> None:
     if spec.pretrain.seeds:  # the report says which intervals include the backbones' own variance
         tags[ui.PRETRAIN_SEEDS_TAG] = ",".join(map(str, spec.pretrain.seeds))
     ctx.tracker.set_experiment_tags(tags)
+
+
+def dry_run_estimate(tracker: Tracker, plan: Plan, pre_runs: Mapping[str, Any], ft_runs: Mapping[str, Any],
+                     max_concurrent: int) -> list[str]:
+    """The plan's duration from the store's measured epoch times (:mod:`experiments.launch.estimate`)."""
+    from experiments.launch.estimate import estimate_lines, measured_rates
+
+    done = {h for runs in (pre_runs, ft_runs) for h, r in runs.items() if r.info.status == "FINISHED"}
+    todo = [t.config_hash for t in [*plan.pretrain, *plan.finetune] if t.config_hash not in done]
+    return estimate_lines(plan, todo, measured_rates(tracker.client), max_concurrent)
 
 
 def where_to_look(ctx: LaunchContext) -> list[str]:

@@ -79,30 +79,42 @@ def loopback_only_ray() -> None:
 
 
 def local_size(spec: StudySpec, num_gpus: float | None = None) -> tuple[float, float]:
-    """CPUs and GPUs of this machine: ``num_gpus`` when declared, else the GPUs torch sees (counted only when the
-    space asks for some: torch is slow to import)."""
+    """CPUs and GPUs of this machine: ``num_gpus`` when declared, else the NVIDIA GPUs the driver lists (what Ray
+    detects too; read from /proc, so that a dry run loads no torch), within ``CUDA_VISIBLE_DEVICES`` when set."""
+    cpus = float(os.cpu_count() or 1)
     if num_gpus is not None:
-        return float(os.cpu_count() or 1), float(num_gpus)
-    gpus = 0.0
-    if spec.pretrain.resources.gpu > 0 or spec.finetune.resources.gpu > 0:
-        import torch
+        return cpus, float(num_gpus)
+    if spec.pretrain.resources.gpu <= 0 and spec.finetune.resources.gpu <= 0:
+        return cpus, 0.0
+    listed = Path("/proc/driver/nvidia/gpus")
+    gpus = len(list(listed.iterdir())) if listed.is_dir() else 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        gpus = min(gpus, len([v for v in visible.split(",") if v.strip() and not v.strip().startswith("-")]))
+    return cpus, float(gpus)
 
-        gpus = float(torch.cuda.device_count())
-    return float(os.cpu_count() or 1), gpus
+
+def _count(n: float, unit: str) -> str:
+    return f"{n:g} {unit}{'' if n == 1 else 's'}"
 
 
 def oversized_requests(spec: StudySpec, cpus: float, gpus: float, where: str = "this machine") -> list[str]:
-    """One message per resource a single trial asks for beyond what one node has (Ray would wait forever)."""
+    """One message per resource a single trial asks for beyond what one node has (Ray would wait forever): it names
+    what the node has and what the space asks, and points at a cluster that has it (``--address``); lowering the
+    request is offered only where the node has some of the resource."""
     problems = []
+    has = f"{_count(cpus, 'CPU')} and {_count(gpus, 'GPU') if gpus else 'no GPU'}"
     for stage, sec in ((STAGE_PRETRAIN, spec.pretrain), (STAGE_FINETUNE, spec.finetune)):
         r = sec.resources
         for key, per_worker, have in (("cpu", r.cpu, cpus), ("gpu", r.gpu, gpus)):
             need = per_worker * r.processes
             if need > have:
                 workers = f" ({per_worker:g} x {r.processes} processes)" if r.processes > 1 else ""
-                problems.append(f"{spec.path}: {stage}.resources.{key}: one trial asks for {need:g} {key.upper()}s"
-                                f"{workers} but {where} has {have:g}; set {stage}.resources.{key} to at most "
-                                f"{have / r.processes:g}, or launch on a bigger cluster with --address")
+                lower = (f", or set {stage}.resources.{key} to at most {have / r.processes:g} to run it here"
+                         if have > 0 else "")
+                problems.append(f"{spec.path}: {stage}.resources.{key}: one trial asks for "
+                                f"{_count(need, key.upper())}{workers} but {where} has {have:g} ({has}): run it with "
+                                f"--address on a Ray cluster whose nodes have them{lower}")
     return problems
 
 

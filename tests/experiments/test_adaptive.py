@@ -84,12 +84,13 @@ def _launch(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_adaptive_launch_killed_between_waves_resumes_the_same_waves(tmp_path: Path) -> None:
+def test_adaptive_launch_killed_between_waves_resumes_the_same_waves(tmp_path: Path, monkeypatch) -> None:
     from mlflow.tracking import MlflowClient
 
     from experiments import tracking as T
     from experiments.launch import LaunchOptions, launch
 
+    monkeypatch.chdir(tmp_path)  # the dry runs' store and sample data: the launches' own
     path = space(tmp_path, {"initial": 2, "max": 6})
     out = io.StringIO()
     launch(path, LaunchOptions(dry_run=True, out=out))
@@ -129,6 +130,11 @@ def test_adaptive_launch_killed_between_waves_resumes_the_same_waves(tmp_path: P
 
     text = report(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "adaptive_study", fmt="md")
     assert "adaptive seeds per cell" in text and "scratch_res50 · gn · res5 · uniform: 3 (decided)" in text
+    # a dry run of the same shapes under another name: its duration from this store's measured epochs
+    out = io.StringIO()
+    launch(path, LaunchOptions(dry_run=True, out=out, name="adaptive_study_again",
+                               tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"))
+    assert "estimate: ~" in out.getvalue() and "from the seconds per epoch of finished runs" in out.getvalue()
 
 
 def test_pretraining_seeds_make_one_cell_of_a_backbones_seeds(tmp_path: Path, sample_data) -> None:
