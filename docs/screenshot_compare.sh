@@ -12,9 +12,9 @@ log="$(mktemp)"
 ui=$!
 trap 'kill -TERM $ui 2>/dev/null || true; wait $ui 2>/dev/null || true; rm -f "$log"' EXIT
 for _ in $(seq 180); do grep -q "compareRunsMode=CHART" "$log" && break; sleep 1; done
-links=$(grep -A3 "^  $study: leaderboard" "$log" | grep -o 'http://[^ ]*')
+links=$(grep -A5 "^  $study: leaderboard" "$log" | grep -o 'http://[^ ]*')
 leaderboard=$(echo "$links" | sed -n 1p)
-compare=$(echo "$links" | sed -n 2p)
+compare=$(echo "$links" | grep compareRunsMode=CHART)
 [ -n "$compare" ] || { echo "no links for study $study:"; cat "$log"; exit 1; }
 cd "$here"
 "$bin/python" -m tests.browser "$compare" "$out/compare_view.png" --wait-text "Parallel Coordinates"

@@ -484,12 +484,26 @@ def cmd_ui(args: argparse.Namespace) -> int:
         port = check_port(bind, args.port, allow_any=True)
     except ServerConfigError as exc:
         return _fail(str(exc))
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(port)]
+    # one worker (a UI for one person starts in seconds, not four), the app that keeps the assistant panel closed on
+    # a first visit (experiments/ui_app.py)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(port),
+           "--workers", "1", "--app-name", "ablate-ui"]
     root = artifact_root_for(uri)
     if root:
         cmd += ["--default-artifact-root", root]
-    print(f"starting the MLflow UI on http://{args.host}:{port} (store {redact(uri)})", flush=True)
-    return serve(cmd, uri, args.host, port, open_browser=args.open)
+    log = ui_log_path(uri, port)
+    print(f"starting the MLflow UI on http://{args.host}:{port} (store {redact(uri)}; its own log: {log})", flush=True)
+    return serve(cmd, uri, args.host, port, open_browser=args.open, log=None if args.verbose else log)
+
+
+def ui_log_path(uri: str, port: int) -> Path:
+    """Where `ablate ui` writes the server's own output (notices, access log): beside a sqlite store, else in the
+    temporary folder."""
+    import tempfile
+
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):]).resolve().parent / "ui.log"
+    return Path(tempfile.gettempdir()) / f"ablate-ui-{port}.log"
 
 
 def quiet_libraries(verbose: bool = False) -> None:

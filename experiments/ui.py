@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import urllib.parse
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from experiments.tracking import TAG_CELL, flatten_params
@@ -262,11 +263,12 @@ def wait_until_answering(url: str, proc: Any, timeout_s: float = 120.0) -> bool:
 
 
 def serve(cmd: Sequence[str], tracking_uri: str, host: str, port: int, open_browser: bool = False,
-          out: Any = None) -> int:
+          out: Any = None, log: Path | None = None) -> int:
     """Run the MLflow UI command ``cmd``; once it answers, say so and print each study's links.
 
     Returns the server's exit code (0 after Ctrl-C). ``open_browser`` opens the newest study's
-    leaderboard (or the UI's home page) with :mod:`webbrowser` once the server answers.
+    leaderboard (or the UI's home page) with :mod:`webbrowser` once the server answers. ``log``: the
+    server's own output (its notices, warnings and access log) goes to this file, not the terminal.
     """
     import signal
     import subprocess
@@ -276,7 +278,8 @@ def serve(cmd: Sequence[str], tracking_uri: str, host: str, port: int, open_brow
     out = out or sys.stdout
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "[::]", "") else host
     base = f"http://{shown}:{port}"
-    proc = subprocess.Popen(list(cmd))
+    sink = open(log, "a") if log is not None else None  # noqa: SIM115 - closed in the finally below
+    proc = subprocess.Popen(list(cmd), stdout=sink, stderr=subprocess.STDOUT if sink else None)
     # a SIGTERM (`timeout`, a service manager) stops the server too, through the finally below
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
@@ -285,7 +288,8 @@ def serve(cmd: Sequence[str], tracking_uri: str, host: str, port: int, open_brow
                 print(f"ablate ui: the MLflow UI did not answer on {base} within 120 s; still waiting (Ctrl-C to stop)",
                       file=out, flush=True)
                 return proc.wait()
-            print(f"ablate ui: the MLflow UI exited with code {proc.returncode} before answering", file=out, flush=True)
+            print(f"ablate ui: the MLflow UI exited with code {proc.returncode} before answering"
+                  + (f"; its log: {log}" if log else ""), file=out, flush=True)
             return proc.returncode or 1
         print(f"MLflow UI answers on {base} (Ctrl-C to stop)", file=out, flush=True)
         found = study_links(tracking_uri, base)
@@ -319,3 +323,5 @@ def serve(cmd: Sequence[str], tracking_uri: str, host: str, port: int, open_brow
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        if sink is not None:
+            sink.close()

@@ -23,9 +23,14 @@ from pathlib import Path
 from typing import Any
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
-# The MLflow assistant panel opens by itself on a first visit and takes a quarter of the window;
-# closed, as a returning user has it (MLflow 3.17 keeps both flags in localStorage, as JSON).
-ASSISTANT_CLOSED = {"mlflow.assistant.panelOpen_v1": "false", "mlflow.assistant.fab.autoOpenedOnFirstLoad_v1": "true"}
+# Whether MLflow's assistant panel is open (MLflow 3.17): its flag in localStorage, or its header "MLflow Assistant"
+# inside the window (the closed panel's round button hides the same words past the window's right edge). On a server
+# on localhost it opens by itself on a first visit unless the page says otherwise (`ablate ui` does: ui_app.py).
+ASSISTANT_OPEN = """(window.localStorage.getItem('mlflow.assistant.panelOpen_v1') === 'true'
+  || Array.from(document.querySelectorAll('body *'))
+       .filter(e => e.children.length === 0 && e.textContent.trim() === 'MLflow Assistant')
+       .some(e => { const r = e.getBoundingClientRect();
+                    return r.width > 0 && r.left >= 0 && r.right <= window.innerWidth; }))"""
 
 
 def chromium_path() -> str | None:
@@ -172,7 +177,7 @@ def main() -> int:
     parser.add_argument("--height", type=int, default=1000, help="window height in pixels")
     args = parser.parse_args()
     with Page(args.width, args.height) as page:
-        page.open(args.url, ASSISTANT_CLOSED)
+        page.open(args.url)  # a fresh profile, no presets: what a first-time visitor sees
         if args.wait_text:
             page.wait_for(f"document.body && new RegExp({json.dumps(args.wait_text)}).test(document.body.innerText)", 90)
         time.sleep(3 if args.wait_text else 15)  # charts draw after the data arrives

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import ASSISTANT_CLOSED, Page, chromium_path
+from tests.browser import ASSISTANT_OPEN, Page, chromium_path
 
 # Skipped without chromium on a developer's machine; in CI (`.ci/run` installs it) a missing browser fails.
 pytestmark = [pytest.mark.slow,
@@ -56,7 +56,7 @@ def ui_links(smoke):
                 assert proc.poll() is None, "\n".join(seen)
         urls = [ln.strip() for ln in seen if ln.strip().startswith("http://127.0.0.1:")]
         assert len(urls) == 3, "\n".join(seen)
-        yield seen, {"leaderboard": urls[0], "cells": urls[1], "compare": urls[2]}
+        yield seen, {"leaderboard": urls[0], "cells": urls[1], "compare": urls[2]}, lines
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         try:
@@ -74,13 +74,17 @@ def _screenshot(page: Page, name: str) -> None:
 
 
 def test_ui_says_when_it_answers_and_prints_the_study_links(ui_links):
-    lines, links = ui_links
+    lines, links, _ = ui_links
     answered = [ln for ln in lines if ln.startswith("MLflow UI answers on http://127.0.0.1:")]
     assert answered and lines.index(answered[0]) < lines.index(next(ln for ln in lines if "smoke: leaderboard" in ln))
     assert "viewStateShareKey=ablate-leaderboard" in links["leaderboard"]
     assert "#/experiments/" in links["leaderboard"] and links["compare"].endswith("compareRunsMode=CHART")
     assert "viewStateShareKey=ablate-compare" in links["compare"]
     assert "viewStateShareKey=ablate-cells" in links["cells"]
+    # a quiet terminal: its own few lines before the first link (the server's notices and log go to a file)
+    before = lines[:next(i for i, ln in enumerate(lines) if ln.strip().startswith("http://"))]
+    assert len(before) <= 5 and "its own log: " in before[0], lines
+    assert not any("INFO" in ln or "Warning" in ln or "uvicorn" in ln.lower() for ln in lines), lines
 
 
 def test_leaderboard_lists_the_finetuning_trials_with_ap50_and_the_axes(smoke, ui_links):
@@ -91,11 +95,13 @@ def test_leaderboard_lists_the_finetuning_trials_with_ap50_and_the_axes(smoke, u
     axes = exp.tags["ablate.axes"].split(",")
     assert len(names) == 4 and "finetune.backbone" in axes
     with Page(1600, 1000) as page:
-        page.open(ui_links[1]["leaderboard"], ASSISTANT_CLOSED)
+        page.open(ui_links[1]["leaderboard"])
         # the count shows "0 matching runs" until the runs have loaded
         page.wait_for(f"document.body && document.body.innerText.includes('{len(names)} matching runs')", 90)
         time.sleep(2)
         _screenshot(page, "leaderboard.png")
+        # a fresh profile, as a newcomer's: the assistant panel did not open by itself over the leaderboard
+        assert not page.evaluate(ASSISTANT_OPEN)
         text = page.text()
         assert "4 matching runs" in text and "Model training" in text
         assert exp.tags["mlflow.note.content"].replace("`", "") in text  # the space's description, as Markdown
@@ -116,7 +122,7 @@ def test_cells_view_groups_the_trials_by_cell(smoke, ui_links):
     cells = sorted({r.data.tags["ablate.cell"]
                     for r in client.search_runs([exp.experiment_id], "tags.`ablate.stage` = 'finetune'")})
     with Page(1600, 1000) as page:
-        page.open(ui_links[1]["cells"], ASSISTANT_CLOSED)
+        page.open(ui_links[1]["cells"])
         page.wait_for("document.body && document.body.innerText.includes('Group: ')", 90)
         time.sleep(2)
         _screenshot(page, "cells.png")
@@ -128,7 +134,7 @@ def test_cells_view_groups_the_trials_by_cell(smoke, ui_links):
 
 def test_compare_view_plots_the_ablated_axes_against_ap50(smoke, ui_links):
     with Page(1600, 1000) as page:
-        page.open(ui_links[1]["compare"], ASSISTANT_CLOSED)
+        page.open(ui_links[1]["compare"])
         page.wait_for(f"{PLOT_TEXTS}.includes('finetune.norm')", 90)
         time.sleep(3)
         _screenshot(page, "compare_view.png")
@@ -138,3 +144,13 @@ def test_compare_view_plots_the_ablated_axes_against_ap50(smoke, ui_links):
             assert label in texts, texts
         assert "scratch" in texts  # the baseline is drawn, not dropped as "unknown"
         assert "Parallel Coordinates" in page.text()
+
+
+def test_ui_prints_nothing_per_page_load(ui_links):
+    """After the pages above loaded, the terminal holds still: the access log went to the server's log file."""
+    _, _, lines = ui_links
+    time.sleep(1)
+    printed = []
+    while not lines.empty():
+        printed.append(lines.get_nowait())
+    assert printed == [], printed
