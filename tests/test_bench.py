@@ -394,3 +394,20 @@ def test_fidelity_space_plans_pretrained_against_the_fair_baseline(sample_data, 
     # multipliers: the scheme's; eval_every: when it is measured (the same number of evaluations per run), not what
     same = {k for k in p if k not in ("norm", "lr_scheme", "lr_multipliers", "epochs", "seed", "eval_every")}
     assert {k: s[k] for k in same} == {k: p[k] for k in same}
+
+
+# ---------------------------------------------------------------------------
+# adaptive_seeds: the simulation behind BENCHMARKS.md's table (a few repetitions; the bench runs 300)
+# ---------------------------------------------------------------------------
+
+
+def test_adaptive_seeds_simulation_saves_trials_where_the_axes_are_clear():
+    from bench import adaptive_seeds
+    from experiments.adaptive import AdaptiveSeeds
+
+    clear = adaptive_seeds.simulate(adaptive_seeds.SCENARIOS[1], AdaptiveSeeds(2, 8), reps=8)
+    fixed, adaptive = clear["fixed 8 seeds"], clear["adaptive 2->8"]
+    assert fixed["trials"] == 48 and adaptive["trials"] < 0.6 * fixed["trials"]
+    assert adaptive["right"] == fixed["right"] == 1.0 and adaptive["false_real"] == 0.0
+    null = adaptive_seeds.simulate(adaptive_seeds.SCENARIOS[2], AdaptiveSeeds(2, 8), reps=8)
+    assert null["adaptive 2->8"]["trials"] > 0.9 * 48  # nothing decides a null grid early: every cell to the max
