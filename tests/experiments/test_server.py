@@ -250,7 +250,7 @@ def ui(monkeypatch, tmp_path):
     MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db").search_experiments()  # the store exists
     execs: list[list[str]] = []
     monkeypatch.setattr(ui_module, "serve", lambda cmd, *a, **k: execs.append(list(cmd)) or 0)
-    monkeypatch.setattr(cli, "quiet_libraries", lambda: None)  # it sets process-wide variables
+    monkeypatch.setattr(cli, "quiet_libraries", lambda verbose=False: None)  # it sets process-wide variables
 
     def run(capsys, *extra: str):
         execs.clear()
