@@ -171,9 +171,11 @@ def expand(spec: StudySpec, data_fingerprint: str, data_paths: Mapping[str, str]
                 (finetune if seed in spec.seeds else reserve).append(FinetuneTrial(
                     cfg_s, target.config_hash if target else None, seed, h, finetune_name(cfg_s, bname, seed), bname,
                     (target.group or None) if target else None, target.group_name if target else ""))
-    if finetune and all(t.upstream_hash is None for t in finetune):
-        # every fine-tuning cell trains from scratch: a pretraining run would feed nothing
-        warnings.append(f"{path}: finetune: every cell is backbone: scratch, so no pretraining run is planned")
+    unwritten = not spec.pretrain.fixed and all(not c.values for c in spec.pretrain.cells)
+    if unwritten and finetune and all(t.upstream_hash is None for t in finetune):
+        # no pretrain section and every fine-tuning cell from scratch: the default backbone would feed nothing
+        warnings.append(f"{path}: finetune: every cell is backbone: scratch and the space has no pretrain section, "
+                        "so no pretraining run is planned")
         backbones = []
     return Plan(spec, data_fingerprint, backbones, finetune, excluded, requested, list(dict.fromkeys(warnings)),
                 reserve)
