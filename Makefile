@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench install clean
+.PHONY: demo test test-fast bench install clean device-bundle
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,14 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# What the GPU machine lacks (no package access there): pycocotools' wheel for its Python 3.12, into device-bundle/
+# (ignored by git); carry that folder to the machine and run the printed command there. docs/RUNNING_ON_A_GPU.md.
+device-bundle: $(STAMP)
+	$(PY) -m pip download -q --only-binary=:all: --no-deps --python-version 3.12 --platform manylinux2014_x86_64 \
+		--implementation cp -d device-bundle 'pycocotools>=2.0,<2.1'
+	@echo "carry device-bundle/ and run there:"
+	@echo "  python -m pip install --no-index --no-deps device-bundle/*.whl && python -m bench device --out device-out"
 
 clean:
 	rm -rf .pytest_cache build *.egg-info

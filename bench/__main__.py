@@ -15,7 +15,7 @@ import time
 
 from bench import DOC, HEADER, update_doc
 
-BENCHES = ("multicrop", "overhead", "orchestration", "tracking_cost", "pruning_saved", "dedup", "s3",
+BENCHES = ("multicrop", "dispatch", "overhead", "orchestration", "tracking_cost", "pruning_saved", "dedup", "s3",
            "adaptive_seeds", "fidelity", "gpu")  # BENCHMARKS.md order
 
 

@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -217,9 +218,9 @@ def test_gpu_section_skips_without_cuda(monkeypatch):
 BLOCKED = ("mlflow", "ray", "optuna")  # not installed on the GPU machine
 
 
-def _run_device(tmp: Path, *args: str) -> subprocess.CompletedProcess:
+def _run_device(tmp: Path, *args: str, block: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     blocked = tmp / "blocked"
-    for name in BLOCKED:
+    for name in (*BLOCKED, *block):
         (blocked / name).mkdir(parents=True, exist_ok=True)
         (blocked / name / "__init__.py").write_text(f"raise ImportError('{name} is not installed on the GPU machine')\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocked), str(ROOT)]), "PYTHONUNBUFFERED": "1"}
@@ -231,8 +232,11 @@ def _run_device(tmp: Path, *args: str) -> subprocess.CompletedProcess:
 def device_tiny(tmp_path_factory):
     """``python -m bench device --tiny`` once, with mlflow, ray and optuna unimportable (as on the GPU machine)."""
     tmp = tmp_path_factory.mktemp("device")
+    ram = device.work_root()
+    before = device.own_entries(ram)
     proc = _run_device(tmp, "--tiny", "--out", str(tmp / "out"))
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    assert device.own_entries(ram) - before == set()  # the phases' checkpoints and temporary files: gone
     return tmp / "out", proc.stdout
 
 
@@ -276,7 +280,18 @@ def test_device_record_writes_both_sections(device_tiny, tmp_path):
     assert "<!-- bench:fidelity_gpu -->\n## Fidelity on one GPU" in text
 
 
+def test_device_check_without_pycocotools_stops_at_once_and_says_how_to_fix_it(tmp_path):
+    started = time.monotonic()
+    proc = _run_device(tmp_path, "--tiny", "--out", str(tmp_path / "o"), block=("pycocotools",))
+    assert proc.returncode == 2 and not (tmp_path / "o").exists()
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("bench device: pycocotools is not installed") and "make device-bundle" in line
+    assert time.monotonic() - started < 120  # before any phase (each imports torch for seconds): a generous bound
+
+
 def test_device_phase_past_its_budget_is_stopped_and_still_bundled(tmp_path):
+    ram = device.work_root()
+    before = device.own_entries(ram)
     proc = _run_device(tmp_path, "--tiny", "--only", "fidelity", "--budget", "fidelity=4", "--out", str(tmp_path / "o"))
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads((tmp_path / "o" / "device.json").read_text())
@@ -285,6 +300,7 @@ def test_device_phase_past_its_budget_is_stopped_and_still_bundled(tmp_path):
     assert 4 <= phase["wall_s"] < 60  # stopped at its box (the upper bound only says it did not run on)
     assert "fidelity 4 s; 4 s in all" in proc.stdout.splitlines()[0]
     assert "**Not measured" in (tmp_path / "o" / "device.md").read_text()
+    assert device.own_entries(ram) - before == set()  # the killed phase's folder in RAM was removed by the driver
 
 
 def test_device_plan_fits_one_call():

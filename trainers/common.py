@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import logging
@@ -383,14 +384,21 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 
 def git_sha() -> str:
-    """The code version: ABLATE_GIT_SHA if set (e.g. in a container), else ``git rev-parse HEAD``, else 'unknown'."""
+    """The code version: ABLATE_GIT_SHA if set (e.g. in a container, or a copy of the tree without git), else ``git
+    rev-parse HEAD`` of the checkout (asked once per process), else 'unknown'. A tree with no ``.git`` (a copy)
+    never runs git."""
     if os.environ.get("ABLATE_GIT_SHA"):
         return os.environ["ABLATE_GIT_SHA"]
+    return _checkout_sha()
+
+
+@functools.lru_cache(maxsize=1)
+def _checkout_sha() -> str:
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return "unknown"
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=root)
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
