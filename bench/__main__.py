@@ -16,7 +16,7 @@ import time
 from bench import DOC, HEADER, update_doc
 
 BENCHES = ("multicrop", "dispatch", "overhead", "orchestration", "tracking_cost", "pruning_saved", "dedup", "s3",
-           "adaptive_seeds", "fidelity", "gpu")  # BENCHMARKS.md order
+           "adaptive_seeds", "readonly", "fidelity", "gpu")  # BENCHMARKS.md order
 
 
 def main(argv: list[str] | None = None) -> int:
