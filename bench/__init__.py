@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Callable, Sequence
 
 DOC = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 HEADER = """# Benchmarks
@@ -26,3 +27,12 @@ def update_doc(text: str, name: str, section: str) -> str:
     if pattern.search(text):
         return pattern.sub(lambda _: block, text)
     return text.rstrip() + "\n\n" + block + "\n"
+
+
+def run_alone(name: str, doc: str, run: Callable[[bool], str], argv: Sequence[str] | None = None) -> None:
+    """``python -m bench.NAME [--quick]``: one benchmark's section printed (BENCHMARKS.md left as it is)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=f"python -m bench.{name}", description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (a smoke check)")
+    print(run(parser.parse_args(argv).quick))

@@ -183,8 +183,7 @@ def _run(quick: bool) -> str:
         f"what a CPU trainer runs), {gpu_path:.0f} on the accelerator's path run on the CPU "
         f"({cpu_path / gpu_path:.2f}x: roi_align over float images is the slower kernel on a CPU, where an "
         "operation costs no launch). Crop pixels, batched vs per-image antialiased resize, same boxes (0..255): "
-        + "; ".join(f"{s} px views mean {m:.2f}, p99 {p:.1f}"
-                                                   for s, (m, p) in diff.items()) + " (roi_align averages "
+        + "; ".join(f"{s} px views mean {m:.2f}, p99 {p:.1f}" for s, (m, p) in diff.items()) + " (roi_align averages "
         "ceil(box / size)^2 bilinear samples per pixel: a box filter where the antialiased resize has a "
         "triangle filter).",
         f"({time.time() - started:.0f} s.)",
@@ -192,11 +191,9 @@ def _run(quick: bool) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    import argparse
+    from bench import run_alone
 
-    parser = argparse.ArgumentParser(prog="python -m bench dispatch", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    print(run(parser.parse_args(argv).quick))
+    run_alone("dispatch", __doc__, run, argv)
 
 
 if __name__ == "__main__":

@@ -121,11 +121,9 @@ def run(quick: bool = False) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    import argparse
+    from bench import run_alone
 
-    parser = argparse.ArgumentParser(prog="python -m bench readonly", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    print(run(parser.parse_args(argv).quick))
+    run_alone("readonly", __doc__, run, argv)
 
 
 if __name__ == "__main__":
