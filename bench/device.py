@@ -30,8 +30,6 @@ DIR`` writes ``DIR/device.md``'s sections into BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import dataclasses
 import json
 import math
@@ -51,6 +49,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Sequence
 
+from bench.device_host import die_with_parent, own_entries, preflight, remove_new_entries, work_root
+
 ROOT = Path(__file__).resolve().parent.parent
 PHASES = ("tests", "throughput", "fidelity")
 # Seconds per phase. The full plan fits one nine-minute call with ~20 s for start-up and bundling.
@@ -62,13 +62,6 @@ CALL_LIMIT_S = 540
 SWAV_SHARE = 0.40  # of the fidelity phase: the SwAV wall budget (data first, fine-tunes after)
 MARGIN_S = 12  # fidelity: the fine-tunes' deadline this long before the phase's, for their last epoch and the report
 OUT_FILES = ("device.json", "device.md", "device.log", "device-curves.tar.gz")
-RAM_DIR = Path("/dev/shm")
-# bytes free for /dev/shm to hold the runs' checkpoints and temporary files: twelve fine-tunes at once peaked near 8 GiB
-# there (a container's default 64 MB holds none); below it the runs use the temporary folder on disk
-RAM_NEEDED = 10 << 30
-# What the phases (their TMPDIR is work_root()) leave there: the driver removes the new ones after each phase, however
-# it ended (a phase killed at its time box runs no clean-up of its own)
-OWN_PREFIXES = ("ablate-", "bench-", "tmp", "pymp-", "sem.loky", "torch_", "__KMP_REGISTERED_LIB")
 CUDA_MARK = "cuda"
 # --tiny: the tiny test spaces' fields (tests/spaces.py) on top of the GPU profile's.
 TINY_PRETRAIN = {"queue_length": 0, "knn_every": 1, "knn_max_objects": 16}
@@ -82,86 +75,6 @@ def _tiny_fields() -> tuple[dict[str, Any], dict[str, Any]]:
     pre = {**space["pretrain"]["fixed"], **TINY_PRETRAIN}
     fine = {**space["finetune"]["fixed"], "eval_every": 1, "figure_images": 0}
     return pre, fine
-
-
-def work_root() -> Path:
-    """Where runs keep their checkpoints: RAM (``/dev/shm``) when it has room, else the temp folder."""
-    try:
-        if RAM_DIR.is_dir() and os.access(RAM_DIR, os.W_OK) and shutil.disk_usage(RAM_DIR).free >= RAM_NEEDED:
-            return RAM_DIR
-    except OSError:
-        pass
-    return Path(tempfile.gettempdir())
-
-
-def preflight(tiny: bool, phases: Sequence[str]) -> str | None:
-    """What the plan needs and this machine lacks, as one line naming the fix; None when nothing is missing."""
-    try:
-        import pycocotools.mask  # noqa: F401 - the compiled part the COCO evaluation needs
-        has_coco = True
-    except ImportError:
-        has_coco = False
-    if not has_coco and {"tests", "fidelity"} & set(phases):
-        return ("pycocotools is not installed (the detector's COCO evaluation: the CUDA tests and the fidelity "
-                "fine-tunes need it): run `make device-bundle` on a machine with package access, carry device-bundle/, "
-                "and `pip install --no-index device-bundle/*.whl` before this command")
-    if tiny:
-        return None
-    import torch
-
-    if not torch.cuda.is_available():
-        return ("no CUDA device (torch.cuda.is_available() is False, torch " + torch.__version__ + "): run this on the "
-                "GPU machine, or `python -m bench device --tiny` to check the pipeline on a CPU")
-    try:
-        free = shutil.disk_usage(RAM_DIR).free if RAM_DIR.is_dir() else 0
-        tmp_free = shutil.disk_usage(tempfile.gettempdir()).free
-    except OSError:
-        free, tmp_free = 0, 0
-    if free < RAM_NEEDED and tmp_free < RAM_NEEDED:
-        return (f"{RAM_DIR} has {free / 2**30:.1f} GiB free and {tempfile.gettempdir()} {tmp_free / 2**30:.1f} GiB; "
-                f"the plan's twelve concurrent runs need {RAM_NEEDED / 2**30:.0f} GiB in one of them: free space, or "
-                "point TMPDIR at a disk with room")
-    return None
-
-
-def own_entries(folder: Path) -> set[str]:
-    """The entries of ``folder`` that look like ours (:data:`OWN_PREFIXES`)."""
-    try:
-        return {name for name in os.listdir(folder) if name.startswith(OWN_PREFIXES)}
-    except OSError:
-        return set()
-
-
-def remove_new_entries(folder: Path, before: set[str]) -> list[str]:
-    """Delete what a phase added to ``folder`` (ours by prefix, absent before it ran); the names removed."""
-    removed = sorted(own_entries(folder) - before)
-    for name in removed:
-        path = folder / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                path.unlink()
-    return removed
-
-
-def _libc() -> Any:
-    try:
-        return ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
-    except OSError:
-        return None
-
-
-LIBC = _libc()  # loaded here, not in the forked child (no import or lock there)
-
-
-def _die_with_parent() -> None:
-    """In a phase's process, before it runs: the kernel stops it when the driver dies (a driver killed by its
-    caller's time limit must not leave a phase running); and it leads a process group of its own (the time box
-    stops the phase's workers with it)."""
-    os.setsid()
-    if LIBC is not None:
-        LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def save(work: Path, name: str, data: dict[str, Any]) -> None:
@@ -556,7 +469,7 @@ def drive(out: Path, tiny: bool, only: Sequence[str] = (), budgets: dict[str, fl
                 started = time.monotonic()
                 before = own_entries(work_root())
                 proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True, preexec_fn=_die_with_parent)
+                                        text=True, preexec_fn=die_with_parent)
                 pump = threading.Thread(target=_pump, args=(proc.stdout, log), daemon=True)
                 pump.start()
                 try:
