@@ -17,8 +17,9 @@ What it says:
   ``lr_scheme``, set only on the scratch baseline) is named as not comparable.
 
 Every comparison is judged by :mod:`experiments.verdict` (the project's one judge): the difference
-of means with its 95 % Welch interval, Holm-corrected within an axis (the leader against every
-other value) and over the pretrained cells compared with the baseline, and a state: ``decided``,
+of means with its 95 % Welch interval, Holm-corrected within an axis (over every pair of its values:
+the leader is picked after looking) and over the pretrained cells compared with the baseline, and
+an adaptive-seeds study at its sequential level; and a state: ``decided``,
 ``undecided`` (with the seeds per cell that would decide it), ``no spread`` (one seed) or ``tie``.
 """
 

@@ -9,12 +9,16 @@ The rule (rliable, Agarwal et al., NeurIPS 2021: interval estimates and the prob
 improvement for few-seed comparisons, rather than "mean ± std" or a margin against one std):
 
 * **Difference and interval.** Two arms' final metrics over seeds are compared by the difference
-  of their means and Welch's t interval for it (unequal variances; ``scipy.stats.t``). When the
-  arms' runs fall into *strata* (for an axis: the settings of the other axes under which both
-  values ran), the difference is the weighted mean of the per-stratum differences (weights
-  n_a n_b / (n_a + n_b): equal for balanced strata) and its variance the matching sum, with
-  Welch-Satterthwaite degrees of freedom; with one stratum this is Welch's interval exactly. Bootstrap intervals are not used: with 2-8 seeds per arm a percentile
-  bootstrap under-covers badly, while the t interval keeps its level under normal seed noise.
+  of their means and Welch's t interval for it (unequal variances). When the arms' runs fall into
+  *strata* (for an axis: the settings of the other axes under which both values ran), the
+  difference is the weighted mean of the per-stratum differences (weights n_a n_b / (n_a + n_b):
+  equal for balanced strata) and its variance the matching sum, with Welch-Satterthwaite degrees
+  of freedom; with one stratum this is Welch's interval exactly. The t distribution's CDF and
+  quantiles are ``scipy.special.stdtr`` / ``stdtrit``, the functions behind ``scipy.stats.t``,
+  imported without the 0.5 s of ``scipy.stats`` so that ``ablate status`` stays fast (the tests
+  check the interval against ``scipy.stats.ttest_ind``). Bootstrap intervals are not used: with
+  2-8 seeds per arm a percentile bootstrap under-covers badly, while the t interval keeps its
+  level under normal seed noise.
 * **Correction.** Within an axis the leader (highest mean) is compared with every other value.
   Because the leader is picked after looking (the maximum of noisy means), the family is every
   pair of the axis's values, corrected by Holm's step-down method: the pair with the smallest p
@@ -31,7 +35,9 @@ improvement for few-seed comparisons, rather than "mean ± std" or a margin agai
   Mann-Whitney U statistic over all pairs (ties count half), within strata and averaged.
 
 The words, as printed by :meth:`Verdict.text`:
-``frozen_bn > bn by 0.031 AP@0.5 [0.012, 0.050], 5 vs 5 seeds, decided``.
+``frozen_bn > bn by 0.031 AP@0.5 [0.012, 0.050], 5 seeds each, decided`` (``8 vs 6 runs over 2
+settings`` when the arms span several settings of the other axes; the level in parentheses when a
+correction moved it off 95 %).
 """
 
 from __future__ import annotations
@@ -141,7 +147,7 @@ class Verdict:
         return f"undecided: {need} ({mdd})"
 
     def text(self, label: str = "", digits: int = 3) -> str:
-        """``frozen_bn > bn by 0.031 AP@0.5 [0.012, 0.050], 5 vs 5 seeds, decided``."""
+        """``frozen_bn > bn by 0.031 AP@0.5 [0.012, 0.050], 5 seeds each, decided``."""
         unit = f" {label}" if label else ""
         if self.state == TIE:
             return f"{self.winner} = {self.loser} (tie at {self.winner_mean:.{digits}f}{unit}), {self.seeds_text()}"
