@@ -30,11 +30,9 @@ OWN_PREFIXES = ("ablate-", "bench-", "tmp", "pymp-", "sem.loky", "torch_", "__KM
 
 def work_root() -> Path:
     """Where runs keep their checkpoints: RAM (``/dev/shm``) when it has room, else the temp folder."""
-    try:
+    with contextlib.suppress(OSError):  # an unreadable /dev/shm: the temporary folder
         if RAM_DIR.is_dir() and os.access(RAM_DIR, os.W_OK) and shutil.disk_usage(RAM_DIR).free >= RAM_NEEDED:
             return RAM_DIR
-    except OSError:
-        pass
     return Path(tempfile.gettempdir())
 
 

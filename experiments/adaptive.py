@@ -51,7 +51,6 @@ class Wave:
 
     extend: list[str] = field(default_factory=list)
     stopped: dict[str, str] = field(default_factory=dict)  # cell -> decided | max | budget
-    headline: Headline | None = None
 
     @property
     def done(self) -> bool:
@@ -91,7 +90,7 @@ def next_wave(trials: Sequence[TrialResult], axes: Sequence[str], attempted: Map
     """
     headline = compute_headline(trials, axes, metric, max_seeds=seeds.max, alpha=seeds.alpha)
     open_cells, out = contention(headline, trials, axes)
-    wave = Wave(headline=headline)
+    wave = Wave()
     room = None if seeds.budget_trials is None else max(0, seeds.budget_trials - trials_so_far)
     for cell in sorted(attempted):
         price = (cost or {}).get(cell, 1)

@@ -116,7 +116,7 @@ class Headline:
         b = self.baseline
         if b is not None:
             pre, scr = (b.winner_mean, b.loser_mean) if self.pretrained_wins else (b.loser_mean, b.winner_mean)
-            parts.append(f"best SwAV {pre:.3f} vs scratch {scr:.3f} ({pre - scr:+.3f}, {b.short()})")
+            parts.append(f"best SwAV {pre:.3f} vs scratch {scr:.3f} ({pre - scr:+.3f}, {b.state})")
         for a in self.axes:
             c = a.runner_up
             relation = "=" if c.state == "tie" else ">"

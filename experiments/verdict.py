@@ -42,6 +42,7 @@ correction moved it off 95 %).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -154,10 +155,6 @@ class Verdict:
         return (f"{self.winner} > {self.loser} by {self.diff:.{digits}f}{unit} {self.interval_text(digits)}, "
                 f"{self.seeds_text()}, {self.state_text()}")
 
-    def short(self) -> str:
-        """The state in a word or two, for one-line summaries (``decided``, ``undecided``, ``no spread``)."""
-        return self.state
-
 
 def _weights(winner: dict[Hashable, list[float]], loser: dict[Hashable, list[float]]) -> dict[Hashable, float]:
     """Each shared stratum's weight: n_a * n_b / (n_a + n_b) (equal when the strata are balanced), so a stratum
@@ -166,10 +163,10 @@ def _weights(winner: dict[Hashable, list[float]], loser: dict[Hashable, list[flo
             if k in loser and winner[k] and loser[k]}
 
 
-def _welch(winner: dict[Hashable, list[float]], loser: dict[Hashable, list[float]]) -> tuple[float, float, float]:
-    """(difference, its standard error, Welch-Satterthwaite dof) over the strata both arms have, weighted by
-    :func:`_weights`; NaN se without spread."""
-    w = _weights(winner, loser)
+def _welch(winner: dict[Hashable, list[float]], loser: dict[Hashable, list[float]],
+           w: Mapping[Hashable, float]) -> tuple[float, float, float]:
+    """(difference, its standard error, Welch-Satterthwaite dof) over the strata both arms have, weighted by ``w``
+    (:func:`_weights`); NaN se without spread."""
     total = sum(w.values())
     diff = sum(w[k] * (statistics.fmean(winner[k]) - statistics.fmean(loser[k])) for k in w) / total
     if any(len(winner[k]) < 2 or len(loser[k]) < 2 for k in w):
@@ -253,7 +250,7 @@ def compare(a_name: str, a: Samples, b_name: str, b: Samples, *, alpha: float = 
     if mean_b > mean_a:
         a_name, b_name, sa, sb, mean_a, mean_b = b_name, a_name, sb, sa, mean_b, mean_a
     n_a, n_b = sum(map(len, sa.values())), sum(map(len, sb.values()))
-    diff, se, dof = _welch(sa, sb)
+    diff, se, dof = _welch(sa, sb, _weights(sa, sb))
     diff = max(diff, 0.0)
     level, poi = 1 - alpha, _prob_improvement(sa, sb)
     spread = _pooled_std(sa, sb)
@@ -293,7 +290,7 @@ class AxisVerdict:
 
     @property
     def decided(self) -> bool:
-        return all(c.state in (DECIDED,) for c in self.comparisons) and bool(self.comparisons)
+        return bool(self.comparisons) and all(c.state == DECIDED for c in self.comparisons)
 
     @property
     def state(self) -> str:
@@ -387,8 +384,6 @@ def holm_levels(p_values: Mapping[Any, float], alpha: float) -> dict[Any, tuple[
 
 def _undecided(v: Verdict) -> Verdict:
     """A comparison Holm stops before: its interval excludes 0 at its own level but an earlier step failed."""
-    import dataclasses
-
     return dataclasses.replace(v, state=UNDECIDED)
 
 

@@ -13,6 +13,7 @@ finished trials are reused, an interrupted one resumes from its checkpoint, none
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 from experiments.adaptive import next_wave
@@ -64,9 +65,11 @@ class SeedWaves:
         tracker = self.ctx.tracker
         hashes = {t.config_hash for c, seeds in self.cells.items() for ts in seeds[:self.attempted[c]] for t in ts}
         runs = [r for h, r in tracker.runs_by_hash(STAGE_FINETUNE).items() if h in hashes]
-        return trials_from_runs(runs, self.axes(), AP50)
+        return trials_from_runs(runs, self.axes, AP50)
 
+    @functools.cached_property
     def axes(self) -> list[str]:
+        """The study's ablated params (the experiment's tag, written before the first stage: read once)."""
         tag = self.ctx.tracker.client.get_experiment(self.ctx.tracker.experiment_id).tags.get(AXES_TAG, "")
         return [a for a in tag.split(",") if a]
 
@@ -79,7 +82,7 @@ class SeedWaves:
         number = 1
         while not self.stop_requested():
             cost = {c: len(seeds[self.attempted[c]]) for c, seeds in self.cells.items() if self.attempted[c] < len(seeds)}
-            wave = next_wave(self.results(), self.axes(), self.attempted, self.seeds, self.trials_run(), AP50, cost)
+            wave = next_wave(self.results(), self.axes, self.attempted, self.seeds, self.trials_run(), AP50, cost)
             self.stopped = wave.stopped
             if wave.done:
                 break

@@ -243,13 +243,13 @@ def adaptive_seeds_note(runs: StudyRuns) -> list[str]:
 
 def verdict_words(headline: Any, pretrain_seeds: str = "") -> list[str]:
     """What the verdict words used in the headline mean, two sentences each, and which variance the intervals hold."""
-    from experiments.verdict import explained
+    from experiments.verdict import STATES, explained
 
     used = {c.state for a in headline.axes for c in a.comparisons}
     used |= {headline.baseline.state} if headline.baseline is not None else set()
     if not used:
         return []
-    words = explained([s for s in ("decided", "undecided", "no spread", "tie") if s in used])
+    words = explained([s for s in STATES if s in used])
     if pretrain_seeds:
         words.append(f"variance: each backbone setting was pretrained with seeds {pretrain_seeds}, so the intervals "
                      "of the pretraining axes and of pretrained vs baseline hold the pretraining seeds' variance and "
