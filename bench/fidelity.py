@@ -59,14 +59,15 @@ GOAL_AP50_RATIO = 1.2  # pretrained / scratch, mean AP50 over seeds
 GOAL_KNN_POINTS = LEARNED_POINTS  # kNN top-1 above the random initialisations' mean (10 points, and > 2 std)
 GOAL_VIEW_OVERLAP = 0.5  # share of code-view / other-view pairs that hold the same digit legibly
 SCRATCH = "scratch"
-BASELINE, CONTROL, PRETRAINED = "baseline", "control", "pretrained"
+BASELINE, CONTROL, PRETRAINED, POSITIVE = "baseline", "control", "pretrained", "positive"
+GOAL_POSITIVE_RATIO = 1.5  # the supervised trunk (positive control) / the fair baseline, decided: the assay sees help
 # The backbone's figures the study reads (its pretraining run's last value of each).
-MONITOR_KEYS = tuple(f"swav/{name}{suffix}" for name in ("knn_top1", "probe_top1", "trunk_rank")
+MONITOR_KEYS = tuple(f"swav/{name}{suffix}" for name in ("knn_top1", "knn_z_top1", "probe_top1", "trunk_rank")
                      for suffix in ("", "_random", "_random_std", "_pixels")) + (
     "swav/collapsed", "swav/loss_over_ln_k", "swav/loss_over_ln_k_min", "swav/epochs_at_ln_k", "swav/embedding_std",
     "swav/score_std", "swav/prototype_span")
 # Per-epoch curves of the backbone: the monitor and the collapse signals.
-CURVE_KEYS = ("swav/knn_top1", "swav/probe_top1", "swav/trunk_rank", "swav/loss_over_ln_k", "swav/prototype_span",
+CURVE_KEYS = ("swav/knn_top1", "swav/knn_z_top1", "swav/probe_top1", "swav/trunk_rank", "swav/loss_over_ln_k", "swav/prototype_span",
               "swav/score_std", "swav/embedding_std")
 
 
@@ -76,8 +77,11 @@ def scratch_role(norm: str, lr_scheme: str) -> str:
     return BASELINE if norm in ("bn", "gn") and lr_scheme == "uniform" else CONTROL
 
 
-def arm(backbone: str | None, arch: str, norm: str, lr_scheme: str) -> tuple[str, str]:
-    """The (name, role) of a fine-tuning arm: a SwAV backbone's name, or None for a scratch trunk of ``arch``."""
+def arm(backbone: str | None, arch: str, norm: str, lr_scheme: str, method: str = "swav") -> tuple[str, str]:
+    """The (name, role) of a fine-tuning arm: a pretrained backbone's name (``method`` swav or supervised, the
+    positive control), or None for a scratch trunk of ``arch``."""
+    if backbone is not None and method == "supervised":
+        return f"supervised {backbone} (positive control; {norm}, {lr_scheme})", POSITIVE
     if backbone is not None:
         return f"SwAV {backbone} ({norm}, {lr_scheme})", PRETRAINED
     role = scratch_role(norm, lr_scheme)
@@ -144,7 +148,8 @@ def groups_from(trials: Sequence[TrialRecord], history: dict[tuple[str, str], li
         key = f"{upstream}:{norm}:{scheme}"
         backbone = None if upstream == UPSTREAM_SCRATCH else pretrain.get(upstream)
         name, role = arm(None if upstream == UPSTREAM_SCRATCH else backbone.name if backbone else upstream[:8],
-                         t.params.get("finetune.arch", "?"), norm, scheme)
+                         t.params.get("finetune.arch", "?"), norm, scheme,
+                         backbone.params.get("pretrain.method", "swav") if backbone else "swav")
         group = groups.setdefault(key, Group(name, role))
         group.ap50.append(t.metrics["det/AP50"])
         group.ap.append(t.metrics.get("det/AP", math.nan))
@@ -156,7 +161,7 @@ def groups_from(trials: Sequence[TrialRecord], history: dict[tuple[str, str], li
             feat_dim = backbone.params.get("pretrain.feat_dim")
             group.feat_dim = int(float(feat_dim)) if feat_dim not in (None, "", "none") else None
             group.signals = {k: list(history.get((backbone.run_id, k), [])) for k in CURVE_KEYS}
-    order = {PRETRAINED: 0, BASELINE: 1, CONTROL: 2}
+    order = {PRETRAINED: 0, POSITIVE: 1, BASELINE: 2, CONTROL: 3}
     return sorted(groups.values(), key=lambda g: (order[g.role], g.name))
 
 
@@ -171,6 +176,7 @@ class Verdict:
     best: Group | None
     scratch: Group | None  # the fair baseline
     control: Group | None  # the random-trunk control, when the space has one
+    positive: Group | None  # the supervised trunk (positive control), when the space has one
     ratio: float  # best pretrained mean AP50 / the baseline's mean AP50
     gap: float  # their difference
     ap: Any  # experiments.verdict.Verdict of best vs the baseline (None when either is missing)
@@ -178,6 +184,11 @@ class Verdict:
     knn_points: float  # best group's kNN top-1 minus the random initialisations' mean
     ap_goal: bool
     knn_goal: bool
+    positive_ratio: float = math.nan  # the positive control's mean AP50 / the baseline's
+    positive_ap: Any = None  # experiments.verdict.Verdict of the positive control vs the baseline
+    control_vs_baseline: Any = None  # ... of the random-trunk control vs the baseline
+    positive_goal: bool = False  # >= GOAL_POSITIVE_RATIO and decided: the assay can see help
+    control_goal: bool = False  # the random-trunk control does not decidedly beat the baseline
 
 
 def judge(groups: Sequence[Group]) -> Verdict:
@@ -186,19 +197,34 @@ def judge(groups: Sequence[Group]) -> Verdict:
 
     scratch = next((g for g in groups if g.role == BASELINE), None)
     control = next((g for g in groups if g.role == CONTROL), None)
+    positive = next((g for g in groups if g.role == POSITIVE), None)
+    controls: dict[str, Any] = {}
+    if scratch is not None and scratch.ap50:
+        s = mean_std(scratch.ap50)[0]
+        if positive is not None and positive.ap50:
+            p = mean_std(positive.ap50)[0]
+            controls["positive_ratio"] = p / s if s > 0 else math.inf if p > 0 else math.nan
+            controls["positive_ap"] = compare(positive.name, positive.ap50, scratch.name, scratch.ap50)
+            controls["positive_goal"] = (controls["positive_ratio"] >= GOAL_POSITIVE_RATIO
+                                         and controls["positive_ap"].decided
+                                         and controls["positive_ap"].winner == positive.name)
+        if control is not None and control.ap50:
+            controls["control_vs_baseline"] = c = compare(control.name, control.ap50, scratch.name, scratch.ap50)
+            controls["control_goal"] = not (c.decided and c.winner == control.name)
     pretrained = [g for g in groups if g.pretrained]
     best = max(pretrained, key=lambda g: mean_std(g.ap50)[0], default=None)
     if best is None or scratch is None or not best.ap50 or not scratch.ap50:
-        return Verdict(best, scratch, control, math.nan, math.nan, None, None, math.nan, False, False)
+        return Verdict(best, scratch, control, positive, math.nan, math.nan, None, None, math.nan, False, False,
+                       **controls)
     b, s = mean_std(best.ap50)[0], mean_std(scratch.ap50)[0]
     ratio = b / s if s > 0 else math.inf if b > 0 else math.nan
     ap = compare(best.name, best.ap50, scratch.name, scratch.ap50)
     control_ap = compare(best.name, best.ap50, control.name, control.ap50) if control and control.ap50 else None
     random_mean = best.monitor.get("swav/knn_top1_random")
     knn_points = best.knn - random_mean if best.knn is not None and random_mean is not None else math.nan
-    return Verdict(best, scratch, control, ratio, b - s, ap, control_ap, knn_points,
+    return Verdict(best, scratch, control, positive, ratio, b - s, ap, control_ap, knn_points,
                    ap_goal=ratio >= GOAL_AP50_RATIO and ap.decided and ap.winner == best.name,
-                   knn_goal=bool(learned(best.monitor, GOAL_KNN_POINTS)))
+                   knn_goal=bool(learned(best.monitor, GOAL_KNN_POINTS)), **controls)
 
 
 def view_overlap(space: Path, sample_root: Path | None = None, images: int = 400, seed: int = 0) -> dict[str, float]:
@@ -210,9 +236,15 @@ def view_overlap(space: Path, sample_root: Path | None = None, images: int = 400
     the digit is at least 6 px tall after resizing (``trainers.data.digits.legible``); a pair (an
     assignment view and any other view of the same image) *shares* one when both hold the same digit.
 
+    With ``data.sample.renderings`` > 1 the views of an image come from different renderings (the same digits on
+    other backgrounds): ``background_differs`` is then the share of background pixels (outside every digit's box)
+    whose colour differs between renderings 0 and 1 by more than 24/255 in some channel; 0 without renderings.
+
     Returns:
-        ``{"views_holding": share of views, "pairs_sharing": share of pairs}``.
+        ``{"views_holding": share of views, "pairs_sharing": share of pairs, "background_differs": share}``.
     """
+    import numpy as np
+
     import torch
 
     from trainers.data import digits
@@ -237,7 +269,18 @@ def view_overlap(space: Path, sample_root: Path | None = None, images: int = 400
     views_holding = statistics.fmean(bool(h) for view in holds for h in view)
     pairs = [bool(holds[c][i] & holds[v][i]) for c in assign for v in range(len(holds)) if v != c
              for i in range(images)]
-    return {"views_holding": views_holding, "pairs_sharing": statistics.fmean(pairs)}
+    differs = []
+    if int(spec["data"]["sample"].get("renderings", 1)) > 1:
+        for i in range(min(images, 100)):
+            first, objects = digits.object_image(data_seed, "unlabeled", i, pool)
+            other = digits.rendering(data_seed, "unlabeled", i, pool, 1)
+            background = np.ones(first.shape[:2], dtype=bool)
+            for _, (x, y, w, h) in objects:
+                background[max(0, y):max(0, y + h), max(0, x):max(0, x + w)] = False
+            changed = (np.abs(first.astype(int) - other.astype(int)).max(axis=2) > 24)[background]
+            differs.append(float(changed.mean()))
+    return {"views_holding": views_holding, "pairs_sharing": statistics.fmean(pairs),
+            "background_differs": statistics.fmean(differs) if differs else 0.0}
 
 
 def plot(groups: Sequence[Group], path: Path, title: str, meta: dict[str, Any] | None = None) -> None:
@@ -267,13 +310,14 @@ def plot(groups: Sequence[Group], path: Path, title: str, meta: dict[str, Any] |
             ys = [statistics.fmean(c[k][1] for c in g.curves) for k in range(len(g.curves[0]))]
             m, s = mean_std(g.ap50)
             label = f"{g.name}{' [COLLAPSED]' if g.collapsed else ''}: {m:.3f} ± {s:.3f} ({g.seeds} seeds)"
-            left.plot(xs, ys, color=colour, lw=2.2, ls="--" if not g.pretrained else "-", label=label)
-        if not g.pretrained or g.backbone in backbones:
+            left.plot(xs, ys, color=colour, lw=2.2, ls="--" if not g.backbone else "-", label=label)
+        if not g.backbone or g.backbone in backbones:
             continue
         backbones.append(g.backbone)
         marker = markers[(len(backbones) - 1) % len(markers)]
         # The monitor: one colour per figure (kNN, probe), the backbone by its marker.
-        for key, mc, what in (("knn_top1", "tab:blue", "kNN"), ("probe_top1", "tab:orange", "linear probe")):
+        for key, mc, what in (("knn_top1", "tab:blue", "kNN"), ("knn_z_top1", "tab:cyan", "kNN (standardised)"),
+                              ("probe_top1", "tab:orange", "linear probe")):
             curve = g.signals.get(f"swav/{key}", [])
             mean, std = g.monitor.get(f"swav/{key}_random"), g.monitor.get(f"swav/{key}_random_std")
             if mean is not None:  # epoch 0: the random initialisations
@@ -364,12 +408,12 @@ def quick_space(path: Path) -> Path:
 
 
 def _monitor_cell(g: Group, what: str) -> str:
-    return monitor_text(g.monitor, what) if g.pretrained else "-"
+    return monitor_text(g.monitor, what) if g.backbone else "-"
 
 
 def _rank_cell(g: Group) -> str:
     rank, mean = g.monitor.get("swav/trunk_rank"), g.monitor.get("swav/trunk_rank_random")
-    if not g.pretrained or rank is None:
+    if not g.backbone or rank is None:
         return "-"
     return f"{rank:.1f} (random {mean:.1f})" if mean is not None else f"{rank:.1f}"
 
@@ -380,17 +424,19 @@ def table(groups: Sequence[Group]) -> list[str]:
     for g in groups:
         (m, s), (am, astd) = mean_std(g.ap50), mean_std(g.ap)
         state = ("**collapsed**" if g.collapsed else "learning" if learned(g.monitor) else "not above random") \
-            if g.pretrained and g.monitor else "-"
+            if g.backbone and g.monitor else "-"
         rows.append(f"| {g.name} | {g.seeds} | {m:.3f} ± {s:.3f} | {am:.3f} ± {astd:.3f} | {_monitor_cell(g, 'knn_top1')} "
-                    f"| {_monitor_cell(g, 'probe_top1')} | {_rank_cell(g)} | {state} |")
+                    f"| {_monitor_cell(g, 'knn_z_top1')} | {_monitor_cell(g, 'probe_top1')} | {_rank_cell(g)} | {state} |")
     return [
-        "| group | seeds | AP50 | AP | backbone kNN top-1 | linear probe | trunk rank | backbone |",
-        "|---|---|---|---|---|---|---|---|",
+        "| group | seeds | AP50 | AP | backbone kNN top-1 (cosine) | kNN top-1 (standardised) | linear probe "
+        "| trunk rank | backbone |",
+        "|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
         "kNN and linear probe on the monitor's objects (`trainers/swav/knn.py`), each with the mean ± std over 5 "
-        "random initialisations and the raw pixels' figure; trunk rank: RankMe of the pooled features against the "
-        "random trunks'. Collapse: `trainers/swav/collapse.py`.",
+        "random initialisations and the raw pixels' figure; the standardised kNN z-scores each feature dimension on "
+        "the bank first, so a few high-variance directions cannot decide the neighbours; trunk rank: RankMe of the "
+        "pooled features against the random trunks'. Collapse: `trainers/swav/collapse.py`.",
     ]
 
 
@@ -400,8 +446,16 @@ def judgement(v: Verdict) -> str:
     def yes(ok: bool) -> str:
         return "**met**" if ok else "**not met**"
 
+    instrument = ""
+    if v.positive is not None and v.positive_ap is not None:
+        instrument += (f"The instrument: the positive control ({v.positive.name}) against the fair baseline: AP50 ratio "
+                       f"**{v.positive_ratio:.2f}x** (goal >= {GOAL_POSITIVE_RATIO}x, and the difference decided): "
+                       f"{v.positive_ap.text('AP50')}: {yes(v.positive_goal)}. ")
+    if v.control is not None and v.control_vs_baseline is not None:
+        instrument += (f"The random-trunk control against the fair baseline (goal: not decidedly above it): "
+                       f"{v.control_vs_baseline.text('AP50')}: {yes(v.control_goal)}. ")
     if v.best is None or v.scratch is None:
-        judged = "The study produced no comparable pretrained and scratch groups; nothing to judge."
+        judged = "The study produced no comparable SwAV and scratch groups; nothing to judge."
     else:
         spread = v.best.monitor.get("swav/knn_top1_random_std")
         judged = (f"Best pretrained ({v.best.name}) against the fair baseline: AP50 ratio **{v.ratio:.2f}x** (goal >= "
@@ -419,7 +473,7 @@ def judgement(v: Verdict) -> str:
             judged += (f" Against the control (the same detector on a random trunk: {c:.3f} ± {c_std:.3f}) the "
                        f"SwAV trunk is {own} it ({c_ap.text('AP50')}): that difference is what pretraining itself "
                        "adds.")
-    return judged
+    return instrument + judged
 
 
 def section(groups: Sequence[Group], verdict: Verdict, wall_s: float, space: Path, quick: bool,
@@ -447,7 +501,11 @@ def section(groups: Sequence[Group], verdict: Verdict, wall_s: float, space: Pat
     if overlap is not None:
         lines.append(f"Views: {overlap['views_holding']:.0%} of this space's SwAV views hold a digit legibly (half "
                      f"its box inside, >= 6 px tall) and {overlap['pairs_sharing']:.0%} of assignment-view / other-view "
-                     f"pairs share one (goal >= {GOAL_VIEW_OVERLAP:.0%}; `bench.fidelity.view_overlap`).")
+                     f"pairs share one (goal >= {GOAL_VIEW_OVERLAP:.0%}; `bench.fidelity.view_overlap`); "
+                     + (f"each view comes from its own rendering, and {overlap.get('background_differs', 0):.0%} of "
+                        "the background pixels differ between two renderings (a property of the digits set: "
+                        "`data.sample.renderings`)." if overlap.get("background_differs") else
+                        "the views of an image share its background."))
     lines += ["", *table(groups), "", judged]
     collapsed = sorted({f"{g.backbone}: {g.collapsed}" for g in groups if g.pretrained and g.collapsed})
     lines += [f"- backbone {text}" for text in collapsed]

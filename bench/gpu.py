@@ -136,6 +136,7 @@ def swav_end_to_end(setup: SwAVSetup, device: torch.device, folder: str | Path, 
 
     from trainers.data import UnlabeledImages, collate_images
     from trainers.swav import MultiCropAugment
+    from trainers.swav.engine import move_images
 
     dataset = UnlabeledImages(folder)
     total = setup.batch * (warmup + steps * repeats)
@@ -149,7 +150,7 @@ def swav_end_to_end(setup: SwAVSetup, device: torch.device, folder: str | Path, 
 
     def one() -> int:
         images, _ = next(batches)
-        images = [im.to(device, non_blocking=True) for im in images]
+        images = move_images(images, device)
         return step(augment(images, generator=generator))
 
     return timed_rates(one, device, warmup, steps, repeats)

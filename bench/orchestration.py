@@ -250,8 +250,9 @@ def _baseline_main(space: Path, out: Path) -> None:
         spec = spaces.load_space(space)
         if spec.data.sample is None:
             raise SystemExit(f"{space}: the baseline runs on the generated sample data only")
-        size, seed, kind = spec.data.sample
-        sample = generate_sample(Path(tmp) / "data", seed=seed, size=size, kind=kind)  # as experiments.spaces.resolve_data
+        size, seed, kind, renderings = spec.data.sample
+        sample = generate_sample(Path(tmp) / "data", seed=seed, size=size, kind=kind,
+                                 renderings=renderings)  # as experiments.spaces.resolve_data
         paths = {k: str(getattr(sample, k)) for k in spaces.DATA_PATH_KEYS}
         plan = spaces.expand(spec, data_fingerprint(*paths.values()), paths)
         backbones: dict[str, str] = {}

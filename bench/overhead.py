@@ -210,8 +210,9 @@ def knn_share_estimates(measured_share: float, bench_config: SwAVConfig, bench_o
                 continue
             key = spec.data.sample
             if key not in samples:
-                size, seed, kind = key
-                paths = generate_sample(Path(tmp) / f"{kind}-{size}-{seed}", seed=seed, size=size, kind=kind)
+                size, seed, kind, renderings = key
+                paths = generate_sample(Path(tmp) / f"{kind}-{size}-{seed}-{renderings}", seed=seed, size=size,
+                                        kind=kind, renderings=renderings)
                 import json
 
                 boxes = [sum(1 for a in json.loads(Path(f).read_text())["annotations"] if not a.get("iscrowd", 0))

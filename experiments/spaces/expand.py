@@ -8,6 +8,7 @@ below its ``__init__``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -57,9 +58,9 @@ def resolve_data(spec: StudySpec, storage: Path) -> tuple[dict[str, str], str]:
     from trainers.data import data_fingerprint, generate_sample
 
     if spec.data.sample is not None:
-        size, seed, kind = spec.data.sample
-        sample = generate_sample(storage / "data" / sample_folder(size, seed, kind), seed=seed, size=size,
-                                 kind=kind)
+        size, seed, kind, renderings = spec.data.sample
+        sample = generate_sample(storage / "data" / sample_folder(size, seed, kind, renderings), seed=seed, size=size,
+                                 kind=kind, renderings=renderings)
         paths = {k: str(getattr(sample, k)) for k in DATA_PATH_KEYS}
         monitor = sample.monitor()
         if monitor is not None:  # the digits set's own objects for the kNN monitor (keys: SwAVConfig's fields)
@@ -72,6 +73,21 @@ def resolve_data(spec: StudySpec, storage: Path) -> tuple[dict[str, str], str]:
                 raise SpaceError(f"{spec.path}: data.{key}: {paths[key]} does not exist — fix the path, or use "
                                  "`data: {sample: {size: small}}` to run on the generated sample set")
     return paths, data_fingerprint(*(paths[k] for k in DATA_PATH_KEYS))
+
+
+def _labels_fingerprint(path: Path, config: Mapping[str, Any], cell: Cell) -> str:
+    """A supervised pretraining run's labels file, fingerprinted (a part of its identity, as the images); "" for
+    SwAV. The file must exist when the launch plans."""
+    if config.get("method") != "supervised":
+        return ""
+    from trainers.data.labels import FORMAT_HINT, LABELS_FILE
+
+    file = Path(config.get("labels") or Path(config["data"]) / LABELS_FILE)
+    if not file.is_file():
+        where = cell.origin.get("labels", cell.origin.get("method", "pretrain"))
+        raise SpaceError(f"{path}: {where}: method: supervised needs each image's class, and {file} does not exist — "
+                         f"set pretrain.labels to {FORMAT_HINT} (the digits sample writes unlabeled/labels.json)")
+    return hashlib.sha256(file.read_bytes()).hexdigest()[:16]
 
 
 def expand(spec: StudySpec, data_fingerprint: str, data_paths: Mapping[str, str]) -> Plan:
@@ -97,11 +113,12 @@ def expand(spec: StudySpec, data_fingerprint: str, data_paths: Mapping[str, str]
     for cell in spec.pretrain.cells:
         requested += 1
         base = _build(path, "pretrain", cell, pre_extra)
-        group = config_hash(identity({**base, "seed": None}, spec.pretrain.resources), data_fingerprint, "pretrain")
+        data_id = data_fingerprint + _labels_fingerprint(path, base, cell)
+        group = config_hash(identity({**base, "seed": None}, spec.pretrain.resources), data_id, "pretrain")
         # pretrain.seeds: one backbone per seed, grouped (the seeds of one backbone setting: one cell downstream)
         for seed in spec.pretrain.seeds or (None,):
             cfg = base if seed is None else {**base, "seed": seed}
-            h = config_hash(identity(cfg, spec.pretrain.resources), data_fingerprint, "pretrain")
+            h = config_hash(identity(cfg, spec.pretrain.resources), data_id, "pretrain")
             name = pretrain_name(cfg) + ("" if seed is None else f"_s{seed}")
             pretrain.setdefault(h, PretrainTrial(cfg, h, name, group if seed is not None else ""))
     backbones = _unique_names(list(pretrain.values()))

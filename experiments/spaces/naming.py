@@ -22,10 +22,17 @@ from trainers.common import config_hash
 # ---------------------------------------------------------------------------
 
 
+# Pretraining fields only SwAV reads (the supervised method ignores them: trainers/swav/supervised.py)
+SWAV_ONLY_FIELDS = frozenset({"prototypes", "feat_dim", "hidden_dim", "temperature", "epsilon", "sinkhorn_iterations",
+                              "queue_length", "queue_start_epoch", "freeze_prototypes_epochs", "crops_for_assign"})
+
+
 def pretrain_name(cfg: Mapping[str, Any]) -> str:
-    """``res50_ep200_p3000`` (+ ``_gn`` for GroupNorm) — the row name of the paper's Table 1."""
+    """``res50_ep200_p3000`` (+ ``_gn`` for GroupNorm) — the row name of the paper's Table 1; a supervised backbone is
+    ``res50_ep200_supervised``."""
     arch = str(cfg.get("arch", "resnet50")).replace("resnet", "res")
-    name = f"{arch}_ep{cfg.get('epochs')}_p{cfg.get('prototypes')}"
+    method = "supervised" if cfg.get("method") == "supervised" else f"p{cfg.get('prototypes')}"
+    name = f"{arch}_ep{cfg.get('epochs')}_{method}"
     return name + ("_gn" if cfg.get("norm") == "gn" else "")
 
 
@@ -94,6 +101,10 @@ def identity(config: Mapping[str, Any], resources: Resources | None = None) -> d
     out, so single-process runs keep the hashes they always had.
     """
     out = {k: v for k, v in config.items() if k not in NON_RESULT_FIELDS}
+    if out.get("method") == "swav":  # the method before there were two: SwAV runs keep the hashes they had
+        del out["method"]
+    elif out.get("method") == "supervised":  # SwAV's own fields do not change a supervised run: one run for all
+        out = {k: v for k, v in out.items() if k not in SWAV_ONLY_FIELDS}
     if resources is not None and resources.processes != 1:
         out["world_size"] = resources.processes
     if out.get("head") == "res5":  # the C4 detector; earlier versions named a stage 5 on FPN RoIs so
@@ -121,9 +132,10 @@ def fmt_value(v: Any) -> str:
 # ---------------------------------------------------------------------------
 
 
-def sample_folder(size: str, seed: int, kind: str) -> str:
+def sample_folder(size: str, seed: int, kind: str, renderings: int = 1) -> str:
     """The folder name a generated sample set gets under storage/data (shapes keep their old names)."""
-    return f"sample-{size}-{seed}" if kind == "shapes" else f"sample-{kind}-{size}-{seed}"
+    name = f"sample-{size}-{seed}" if kind == "shapes" else f"sample-{kind}-{size}-{seed}"
+    return name + (f"-r{renderings}" if renderings > 1 else "")
 
 
 def sample_layout(root: Path) -> tuple[Path, ...]:
@@ -137,8 +149,9 @@ def sample_layout(root: Path) -> tuple[Path, ...]:
 def _describe_data(data: DataSpec) -> str:
     if data.sample is None:
         return str(data.train_annotations.parent.parent)
-    size, seed, kind = data.sample
-    return f"sample {size}/{seed}" + ("" if kind == "shapes" else f" ({kind})")
+    size, seed, kind, renderings = data.sample
+    views = f", {renderings} renderings per unlabeled image" if renderings > 1 else ""
+    return f"sample {size}/{seed}" + ("" if kind == "shapes" else f" ({kind}{views})")
 
 
 # ---------------------------------------------------------------------------

@@ -186,7 +186,7 @@ def _parse_data(path: Path, raw: Any) -> DataSpec:
         if len(data) > 1:
             raise _err(path, "data", "`sample` generates the data set; it cannot be combined with paths", "keep one of them")
         sample = _mapping(path, "data.sample", data["sample"])
-        _check_keys(path, "data.sample", sample, ("size", "seed", "kind"))
+        _check_keys(path, "data.sample", sample, ("size", "seed", "kind", "renderings"))
         size, seed, kind = sample.get("size", "small"), sample.get("seed", 0), sample.get("kind", "shapes")
         if kind not in ("shapes", "digits"):
             raise _err(path, "data.sample.kind", f"{kind!r} is not a sample kind", "use shapes or digits")
@@ -198,9 +198,16 @@ def _parse_data(path: Path, raw: Any) -> DataSpec:
                        f"use {', '.join(sizes[:-1])} or {sizes[-1]}")
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise _err(path, "data.sample.seed", f"expected an integer, got {seed!r}")
+        renderings = sample.get("renderings", 1)
+        if not isinstance(renderings, int) or isinstance(renderings, bool) or not 1 <= renderings <= 8:
+            raise _err(path, "data.sample.renderings", f"expected an integer from 1 to 8, got {renderings!r}",
+                       "use 2 to give each SwAV view of an unlabeled image its own background, or leave it out")
+        if renderings > 1 and kind != "digits":
+            raise _err(path, "data.sample.renderings", "renderings are a property of the digits set",
+                       "use kind: digits, or leave renderings out")
         # Placeholders: the launcher generates the set under its storage folder and swaps the real paths in.
-        root = Path(f"<{sample_folder(size, seed, kind)}>")
-        return DataSpec(*sample_layout(root), sample=(size, seed, kind))
+        root = Path(f"<{sample_folder(size, seed, kind, renderings)}>")
+        return DataSpec(*sample_layout(root), sample=(size, seed, kind, renderings))
     if "root" in data:
         extra = set(data) - {"root"}
         if extra:

@@ -152,14 +152,16 @@ def _write_sample(tmp_path: Path, sample: dict, sample_data) -> Path:
 
 
 @pytest.mark.parametrize("sample,expected", [
-    ({"size": "small"}, ("small", 0, "shapes")),
-    ({"kind": "digits", "size": "medium", "seed": 3}, ("medium", 3, "digits")),
+    ({"size": "small"}, ("small", 0, "shapes", 1)),
+    ({"kind": "digits", "size": "medium", "seed": 3}, ("medium", 3, "digits", 1)),
+    ({"kind": "digits", "size": "medium", "seed": 3, "renderings": 2}, ("medium", 3, "digits", 2)),
 ])
 def test_data_sample_kind(tmp_path, sample_data, sample, expected):
     spec = load_space(_write_sample(tmp_path, sample, sample_data))
     assert spec.data.sample == expected
     # shapes keep their storage folder name; other kinds are named in it
-    assert spaces.sample_folder(*expected) == ("sample-small-0" if expected[2] == "shapes" else "sample-digits-medium-3")
+    assert spaces.sample_folder(*expected) == {"shapes": "sample-small-0", "digits": "sample-digits-medium-3"}[
+        expected[2]] + ("-r2" if expected[3] == 2 else "")
 
 
 def test_resolve_data_generates_digits_in_their_own_folder(tmp_path, sample_data):

@@ -43,7 +43,7 @@ from PIL import Image
 
 from trainers.data.scenes import AREA_RANGES, IMAGE_SIZE, MAX_OBJECTS, SceneObject, annotation, place
 
-DIGITS_VERSION = 2  # bump when this generator's output changes, so old digits folders are regenerated
+DIGITS_VERSION = 3  # 3: unlabeled/labels.json. Bump when this generator's output changes, so old digits folders are regenerated
 OBJECT_SIDE = 64  # unlabeled and monitor images: one digit at 45-70 % of the side
 MAIN_HEIGHT = (0.45, 0.70)  # the centred digit's height, as a fraction of OBJECT_SIDE
 NEIGHBOUR_HEIGHT = (0.30, 0.55)  # neighbours cut by the border (the clutter of a dense scene)
@@ -336,6 +336,18 @@ def object_image(seed: int, part: str, index: int, pool: np.ndarray, neighbours:
     return _finish(rng, canvas), objects
 
 
+def rendering(seed: int, part: str, index: int, pool: np.ndarray, number: int) -> np.ndarray:
+    """Rendering ``number`` (>= 1) of ``object_image(seed, part, index, pool)``: the same digits at the same places,
+    on another background, in other ink and noise (a random stream of its own), so that two renderings share only
+    their digits. Rendering 0 is ``object_image`` itself."""
+    _, objects = object_image(seed, part, index, pool)
+    rng = np.random.default_rng([seed, _STREAM[part], index, number])
+    canvas = background(rng, OBJECT_SIDE)
+    for source, box in objects:
+        _blend(rng, canvas, source, box)
+    return _finish(rng, canvas)
+
+
 def monitor_split(seed: int, part: str, count: int, pool: np.ndarray) -> tuple[list[np.ndarray], dict[str, Any]]:
     """One of the monitor's sets: ``count`` single-digit images and their COCO instances dict."""
     _, labels, _ = _sources()
@@ -352,38 +364,56 @@ def monitor_split(seed: int, part: str, count: int, pool: np.ndarray) -> tuple[l
     return pixels, _coco(part.replace("_", " "), images, annotations)
 
 
-def unlabeled_name(index: int) -> str:
-    """The unlabeled image's path under ``unlabeled/`` (nested folders; every 8th a PNG)."""
+def unlabeled_name(index: int, number: int = 0) -> str:
+    """The unlabeled image's path under ``unlabeled/`` (nested folders; every 8th a PNG); rendering ``number`` >= 1
+    is ``<name>.view<number>.<suffix>`` beside it (trainers/data/files.py: RENDERING)."""
     suffix = ".png" if index % PNG_EVERY == PNG_EVERY - 1 else ".jpg"
-    return f"part_{index // UNLABELED_PER_FOLDER:02d}/u{index:06d}{suffix}"
+    view = f".view{number}" if number else ""
+    return f"part_{index // UNLABELED_PER_FOLDER:02d}/u{index:06d}{view}{suffix}"
 
 
 def _write_unlabeled_range(folder: Path, seed: int, pool: np.ndarray, start: int, stop: int,
-                           save: Callable[[np.ndarray, Path], None]) -> None:
+                           save: Callable[[np.ndarray, Path], None], renderings: int = 1) -> None:
     for index in range(start, stop):
         path = folder / unlabeled_name(index)
         path.parent.mkdir(parents=True, exist_ok=True)
         save(object_image(seed, "unlabeled", index, pool)[0], path)
+        for number in range(1, renderings):
+            save(rendering(seed, "unlabeled", index, pool, number), folder / unlabeled_name(index, number))
+
+
+def unlabeled_classes(count: int, pool: np.ndarray) -> dict[str, str]:
+    """Each unlabeled image's digit class (``"0"`` .. ``"9"``) by its name: the labels of the supervised control."""
+    _, labels, _ = _sources()
+    return {unlabeled_name(index): str(int(labels[int(pool[index % len(pool)])])) for index in range(count)}
 
 
 def write_unlabeled(folder: Path, seed: int, count: int, pool: np.ndarray,
-                    save: Callable[[np.ndarray, Path], None], workers: int | None = None) -> None:
-    """Write the unlabeled images ``0 .. count - 1`` under ``folder``, in parallel worker processes for large sets.
+                    save: Callable[[np.ndarray, Path], None], workers: int | None = None, renderings: int = 1) -> None:
+    """Write the unlabeled images ``0 .. count - 1`` under ``folder``, in parallel worker processes for large sets,
+    and their classes as ``folder/labels.json`` (trainers/data/labels.py).
 
-    The files do not depend on the number of workers (each image's randomness comes from its index).
+    ``renderings`` > 1 writes each image that many times, on independent backgrounds (:func:`rendering`); a SwAV
+    run then takes each view from its own rendering, so the views share the digit and nothing else (a property
+    of this synthetic set, not of the trainer). The files do not depend on the number of workers (each image's
+    randomness comes from its index).
     """
+    from trainers.data.labels import write_labels
+
     _sources()  # loaded once here, inherited by the workers
+    folder.mkdir(parents=True, exist_ok=True)
+    write_labels(folder, unlabeled_classes(count, pool))
     workers = workers if workers is not None else min(16, os.cpu_count() or 1)
     if count < PARALLEL_FROM or workers <= 1:
-        _write_unlabeled_range(folder, seed, pool, 0, count, save)
+        _write_unlabeled_range(folder, seed, pool, 0, count, save, renderings)
         return
     import multiprocessing
 
     chunk = math.ceil(count / (4 * workers))
     # fork: the workers inherit the loaded sources and need no import of their own (they use numpy and PIL only)
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool_:
-        jobs = [pool_.submit(_write_unlabeled_range, folder, seed, pool, start, min(count, start + chunk), save)
-                for start in range(0, count, chunk)]
+        jobs = [pool_.submit(_write_unlabeled_range, folder, seed, pool, start, min(count, start + chunk), save,
+                             renderings) for start in range(0, count, chunk)]
         for job in jobs:
             job.result()
 
@@ -399,4 +429,5 @@ def legible(box: tuple[int, int, int, int], view: tuple[int, int, int, int], siz
 
 
 __all__ = ["DIGITS_SIZES", "DIGITS_VERSION", "OBJECT_SIDE", "background", "digit_pools", "labeled_split", "legible",
-           "monitor_split", "object_image", "scene", "unlabeled_name", "write_unlabeled"]
+           "monitor_split", "object_image", "rendering", "scene", "unlabeled_classes", "unlabeled_name",
+           "write_unlabeled"]

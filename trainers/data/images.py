@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from trainers.common import require_int
 from trainers.data.errors import SAMPLE_HINT, DatasetError
-from trainers.data.files import IMAGE_EXTENSIONS, find_images  # noqa: F401 - importable from here too
+from trainers.data.files import IMAGE_EXTENSIONS, find_images, group_renderings  # noqa: F401 - importable here too
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +131,8 @@ class UnlabeledImages(Dataset):
             )
         if not self.root.is_dir():
             raise DatasetError(f"unlabeled image folder {self.root} is a file, not a folder; point it at the folder")
-        self.paths: list[Path] = find_images(self.root)
+        # an image's further renderings (files.RENDERING) travel with it: one item, one entry of the epoch
+        self.paths, self.renderings = group_renderings(find_images(self.root))
         if not self.paths:
             raise DatasetError(
                 f"unlabeled image folder {self.root} holds no .jpg/.jpeg/.png images (searched recursively); "
@@ -141,23 +142,31 @@ class UnlabeledImages(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def load(self, index: int) -> torch.Tensor | SkippedImage:
-        """The image as uint8 3xHxW RGB, or why it is skipped (unreadable, or under ``min_size``)."""
+    def load(self, index: int) -> torch.Tensor | tuple[torch.Tensor, ...] | SkippedImage:
+        """The image as uint8 3xHxW RGB (a tuple of them, the image first, when it has further renderings), or why
+        it is skipped (unreadable, under ``min_size``, or a rendering of another size than its image)."""
         path = self.paths[index]
-        try:
-            image = decode_rgb(path)
-        except Exception as exc:  # noqa: BLE001 - any decoder failure means "skip this file", never crash a worker
-            # Per-file detail at debug level only; the trainer logs one summary warning per epoch.
-            logger.debug("cannot decode %s: %s", path, exc)
-            return SkippedImage(path, UNREADABLE, str(exc))
-        height, width = image.shape[1:]
-        if min(height, width) < self.min_size:
-            logger.debug("%s is %dx%d px, under min_size=%d", path, width, height, self.min_size)
-            return SkippedImage(path, TOO_SMALL, f"{width}x{height} px")
-        return image
+        images = []
+        for file in (path, *self.renderings.get(path, ())):
+            try:
+                image = decode_rgb(file)
+            except Exception as exc:  # noqa: BLE001 - any decoder failure means "skip this file", never crash a worker
+                # Per-file detail at debug level only; the trainer logs one summary warning per epoch.
+                logger.debug("cannot decode %s: %s", file, exc)
+                return SkippedImage(file, UNREADABLE, str(exc))
+            height, width = image.shape[1:]
+            if min(height, width) < self.min_size:
+                logger.debug("%s is %dx%d px, under min_size=%d", file, width, height, self.min_size)
+                return SkippedImage(file, TOO_SMALL, f"{width}x{height} px")
+            if images and image.shape != images[0].shape:
+                return SkippedImage(file, UNREADABLE, f"a rendering of {path.name} in another size "
+                                    f"({width}x{height} px, the image {images[0].shape[2]}x{images[0].shape[1]} px)")
+            images.append(image)
+        return images[0] if len(images) == 1 else tuple(images)
 
-    def __getitem__(self, index: int) -> torch.Tensor | SkippedImage | None:
-        """The image as uint8 3xHxW RGB; for a skipped file None, or a SkippedImage with ``mark_skipped``."""
+    def __getitem__(self, index: int) -> torch.Tensor | tuple[torch.Tensor, ...] | SkippedImage | None:
+        """The image as uint8 3xHxW RGB (or its renderings, a tuple); for a skipped file None, or a SkippedImage
+        with ``mark_skipped``."""
         item = self.load(index)
         if isinstance(item, SkippedImage) and not self.mark_skipped:
             return None
@@ -170,14 +179,15 @@ def collate_images(
     """Collate for ``UnlabeledImages``: drop the skipped entries (None or SkippedImage).
 
     Returns:
-        The images (a list, since multi-crop resizes them later and sizes may differ) and the
+        The images (a list, since multi-crop resizes them later and sizes may differ; an image with renderings
+        is a tuple of them) and the
         skipped entries; a ``None`` becomes an unnamed unreadable :class:`SkippedImage`.
     """
-    images = [item for item in batch if isinstance(item, torch.Tensor)]
+    images = [item for item in batch if isinstance(item, (torch.Tensor, tuple))]
     skipped = tuple(
         item if isinstance(item, SkippedImage) else SkippedImage(None, UNREADABLE)
         for item in batch
-        if not isinstance(item, torch.Tensor)
+        if not isinstance(item, (torch.Tensor, tuple))
     )
     return images, skipped
 

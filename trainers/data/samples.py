@@ -279,7 +279,7 @@ def _write_unlabeled(root: Path, seed: int, count: int) -> None:
         _save(_render_image(rng, _plan_objects(rng, [])), folder / f"u{index:06d}{suffix}")
 
 
-def _manifest(seed: int, size: str, kind: str = "shapes") -> dict[str, Any]:
+def _manifest(seed: int, size: str, kind: str = "shapes", renderings: int = 1) -> dict[str, Any]:
     if kind == "shapes":  # no `kind` key: shapes manifests stay as they were before digits existed
         return {
             "format": "ablate-sample",
@@ -302,10 +302,11 @@ def _manifest(seed: int, size: str, kind: str = "shapes") -> dict[str, Any]:
         "counts": dict(digits.DIGITS_SIZES[size]),
         "sources": "sklearn.datasets.load_digits (digit_index in annotations), load_sample_images",
         "digit_pools": {split: len(pool) for split, pool in digits.digit_pools(seed).items()},
+        **({"renderings": renderings} if renderings > 1 else {}),
     }
 
 
-def _write_digits(staging: Path, seed: int, counts: dict[str, int]) -> None:
+def _write_digits(staging: Path, seed: int, counts: dict[str, int], renderings: int = 1) -> None:
     """The digits set's files under ``staging``: labeled scenes (JPEG), the unlabeled object-centric images
     (JPEG, every 8th PNG; in parallel for large sets) and the monitor's object sets (PNG)."""
     from trainers.data import digits
@@ -321,7 +322,8 @@ def _write_digits(staging: Path, seed: int, counts: dict[str, int]) -> None:
         for image, entry in zip(pixels, coco["images"]):
             _save(image, staging / folder / entry["file_name"])
         (staging / "annotations" / f"{part}.json").write_text(json.dumps(coco, indent=1) + "\n")
-    digits.write_unlabeled(staging / "unlabeled", seed, counts["unlabeled"], pools["unlabeled"], _save)
+    digits.write_unlabeled(staging / "unlabeled", seed, counts["unlabeled"], pools["unlabeled"], _save,
+                           renderings=renderings)
 
 
 def _is_complete(paths: SamplePaths, manifest: dict[str, Any]) -> bool:
@@ -352,12 +354,13 @@ def _written_by_generator(root: Path) -> bool:
         return False
 
 
-def generate_sample(out: str | Path, seed: int = 0, size: str = "small", kind: str = "shapes") -> SamplePaths:
+def generate_sample(out: str | Path, seed: int = 0, size: str = "small", kind: str = "shapes",
+                    renderings: int = 1) -> SamplePaths:
     """Write a small, deterministic sample data set in the formats the trainers read.
 
-    Layout under ``out``: ``unlabeled/part_NN/*.jpg|png`` (no labels), ``train/``, ``val/``,
-    ``annotations/train.json``, ``annotations/val.json`` (COCO instances, categories
-    disc=1, square=3, triangle=7) and ``sample.json`` (seed, size, counts, version).
+    Layout under ``out``: ``unlabeled/part_NN/*.jpg|png`` (the digits set adds ``unlabeled/labels.json``, each
+    image's class, for supervised pretraining), ``train/``, ``val/``, ``annotations/train.json``,
+    ``annotations/val.json`` (COCO instances, categories disc=1, square=3, triangle=7) and ``sample.json`` (seed, size, counts, version).
     Each labeled split holds every category in every COCO area range. Same seed, size and kind
     give byte-identical files; if ``out`` already holds that complete set, nothing is rewritten.
 
@@ -372,6 +375,9 @@ def generate_sample(out: str | Path, seed: int = 0, size: str = "small", kind: s
         size: "small" (8 train, 4 val, 128 unlabeled; for tests) or "medium" (32/12/480; for the demo);
             digits: small 8/4/256, medium 40/20/4,000, large 40/60/16,384 (GPU runs), see ``DIGITS_SIZES``.
         kind: "shapes" (the default) or "digits".
+        renderings: digits only: each unlabeled image written this many times on independent backgrounds
+            (``<name>.view<k>.<ext>`` beside it; SwAV takes each view from its own rendering, so the views share the
+            digit and nothing else). 1 = one file per image.
 
     Raises:
         ValueError: bad ``seed``, ``size`` or ``kind``.
@@ -380,9 +386,12 @@ def generate_sample(out: str | Path, seed: int = 0, size: str = "small", kind: s
     require_choice("kind", kind, list(SAMPLE_KINDS))
     require_choice("size", size, sample_sizes(kind))
     require_int("seed", seed, 0, "a non-negative integer")
+    require_int("renderings", renderings, 1, "an integer >= 1")
+    if renderings > 1 and kind != "digits":
+        raise ValueError(f"renderings={renderings} is invalid for kind={kind!r}: only the digits set has renderings")
     root = Path(out)
     paths = sample_paths(root)
-    manifest = _manifest(seed, size, kind)
+    manifest = _manifest(seed, size, kind, renderings)
     if _is_complete(paths, manifest):
         return paths
 
@@ -403,7 +412,7 @@ def generate_sample(out: str | Path, seed: int = 0, size: str = "small", kind: s
         counts = manifest["counts"]
         (staging / "annotations").mkdir()
         if kind == "digits":
-            _write_digits(staging, seed, counts)
+            _write_digits(staging, seed, counts, renderings)
         else:
             for split in ("train", "val"):
                 coco = _write_split(staging, split, seed, counts[split])

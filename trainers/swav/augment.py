@@ -297,35 +297,40 @@ class MultiCropAugment:
         """The size of each output view, in order."""
         return tuple(g.size for g in self.crops for _ in range(g.count))
 
-    def __call__(self, images: Sequence[Tensor], generator: torch.Generator | None = None) -> list[Tensor]:
+    def __call__(self, images: Sequence[Tensor | Sequence[Tensor]], generator: torch.Generator | None = None
+                 ) -> list[Tensor]:
         """Every view of every image: ``sum(count)`` tensors of shape ``B x 3 x size x size``.
 
         Args:
             images: decoded ``3 x H x W`` uint8 images (grayscale ``1 x H x W`` is expanded),
-                all on the same device.
+                all on the same device. An image given as a tuple is its renderings (the same object drawn on
+                other backgrounds, trainers/data/files.py): view ``v`` is cut from rendering ``v mod n``, so the
+                two global views come from different renderings. The crop boxes and photometric draws do not
+                depend on it.
             generator: CPU generator for all random parameters (reproducible augmentation).
         """
         if len(images) == 0:
             raise ValueError("MultiCropAugment: no images to augment")
-        images = [im.expand(3, -1, -1) if im.dim() == 3 and im.shape[0] == 1 else im for im in images]
-        for im in images:
-            if im.dtype != torch.uint8 or im.dim() != 3 or im.shape[0] != 3:
-                raise ValueError(f"MultiCropAugment expects 3 x H x W uint8 images, got {tuple(im.shape)} {im.dtype}")
-        heights = torch.tensor([im.shape[1] for im in images])
-        widths = torch.tensor([im.shape[2] for im in images])
-        chunked = self.chunked if self.chunked is not None else images[0].device.type == "cpu"
+        sets = [tuple(_rgb(im) for im in (item if isinstance(item, (tuple, list)) else (item,))) for item in images]
+        heights = torch.tensor([s[0].shape[1] for s in sets])
+        widths = torch.tensor([s[0].shape[2] for s in sets])
+        chunked = self.chunked if self.chunked is not None else sets[0][0].device.type == "cpu"
+        layers = max(len(s) for s in sets)
+        # view v's source images: rendering v mod n of each image (its only one without renderings)
+        sources = [[s[r % len(s)] for s in sets] for r in range(layers)]
         # accelerators: the batch stacked once for every view, each view's crops in one roi_align; the CPU (no launch
         # overhead per operation) keeps the per-image uint8 resize, 3.5x faster there than roi_align over floats
-        batch = None if chunked else stack_images(images).float()
+        batches = None if chunked else [stack_images(layer).float() for layer in sources]
         views: list[Tensor] = []
         for group in self.crops:
             for _ in range(group.count):
+                layer = len(views) % layers
                 boxes = random_resized_crop_boxes(heights, widths, (group.min_scale, group.max_scale), generator)
-                draws = _Draws.sample(len(images), generator)
-                if chunked:
-                    views.append(self._view_chunked(crop_each(images, boxes, group.size, draws.flip), draws))
+                draws = _Draws.sample(len(sets), generator)
+                if batches is None:
+                    views.append(self._view_chunked(crop_each(sources[layer], boxes, group.size, draws.flip), draws))
                 else:
-                    views.append(self._view_batched(self.crop(batch, boxes, group.size, draws.flip), draws))
+                    views.append(self._view_batched(self.crop(batches[layer], boxes, group.size, draws.flip), draws))
         return views
 
     def crop(self, batch: Tensor, boxes: Tensor, size: int, flip: Tensor) -> Tensor:
@@ -425,6 +430,15 @@ class _Draws:
         blur = torch.rand(n, generator=generator) < BLUR_P
         sigma = BLUR_SIGMA[0] + (BLUR_SIGMA[1] - BLUR_SIGMA[0]) * torch.rand(n, generator=generator)
         return cls(flip, jitter, torch.cat([factors, shifts], dim=1), orders, gray, blur, sigma)
+
+
+def _rgb(image: Tensor) -> Tensor:
+    """A decoded image as ``3 x H x W`` uint8 (grayscale expanded), or a ValueError saying what it got."""
+    if image.dim() == 3 and image.shape[0] == 1:
+        image = image.expand(3, -1, -1)
+    if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
+        raise ValueError(f"MultiCropAugment expects 3 x H x W uint8 images, got {tuple(image.shape)} {image.dtype}")
+    return image
 
 
 def crop_each(images: Sequence[Tensor], boxes: Tensor, size: int, flip: Tensor) -> Tensor:

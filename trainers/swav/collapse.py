@@ -124,5 +124,30 @@ def collapse_label(metrics: Mapping[str, float], feat_dim: int | None) -> str | 
     return "collapsed" + (f": {'; '.join(reasons)}" if reasons else "")
 
 
-__all__ = ["COLLAPSED", "RANK_FLOOR", "SIGNALS", "SPAN_FLOOR", "at_ln_k", "collapse_label", "collapse_reasons",
+class CollapseWatch:
+    """A SwAV run's collapse bookkeeping across epochs (and resumes): the lowest loss/ln K, the epochs in a row at
+    ln K, and whether the last epoch was labelled collapsed. Restored from the last checkpoint's metrics."""
+
+    def __init__(self, feat_dim: int, metrics: Mapping[str, float]) -> None:
+        self.feat_dim = feat_dim
+        self.lowest_ratio = metrics.get("swav/loss_over_ln_k_min", math.inf)
+        self.epochs_at_ln_k = int(metrics.get("swav/epochs_at_ln_k", 0))
+        self.collapsed = bool(metrics.get(COLLAPSED, 0.0))
+
+    def update(self, metrics: dict[str, float], monitored: Mapping[str, float]) -> str | None:
+        """Add the epoch's signals to ``metrics`` (with the latest ``monitored`` figures for the label); returns a
+        line to log when the label changed, else None."""
+        self.lowest_ratio = min(self.lowest_ratio, metrics["swav/loss_over_ln_k"])
+        metrics["swav/loss_over_ln_k_min"] = self.lowest_ratio
+        self.epochs_at_ln_k = self.epochs_at_ln_k + 1 if at_ln_k(metrics["swav/loss_over_ln_k"]) else 0
+        metrics["swav/epochs_at_ln_k"] = float(self.epochs_at_ln_k)
+        reasons = collapse_reasons({**monitored, **metrics}, self.feat_dim)
+        metrics[COLLAPSED] = float(bool(reasons))
+        changed, self.collapsed = bool(reasons) != self.collapsed, bool(reasons)
+        if not changed:
+            return None
+        return f"SwAV has collapsed: {'; '.join(reasons)}" if reasons else "the collapse signals have cleared"
+
+
+__all__ = ["COLLAPSED", "CollapseWatch", "RANK_FLOOR", "SIGNALS", "SPAN_FLOOR", "at_ln_k", "collapse_label", "collapse_reasons",
            "prototype_span", "score_std"]

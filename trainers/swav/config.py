@@ -18,6 +18,7 @@ from trainers.common import (ConfigError, config_from_dict, is_int, require, req
 from trainers.resnet import ARCHS, TRUNK_NORMS
 
 OPTIMIZERS = ("sgd", "lars")
+METHODS = ("swav", "supervised")  # supervised: the positive control (trainers/swav/supervised.py)
 AMP_DTYPES = ("float16", "bfloat16")  # float16 with loss scaling; bfloat16 without (see precision.py)
 MIN_BATCH = 2  # images per batch: BatchNorm and the Sinkhorn equipartition need at least two
 
@@ -83,6 +84,10 @@ class SwAVConfig:
     # Where a default comes from: "SwAV paper" = Caron et al. 2020; "reference" = facebookresearch/swav
     # main_swav.py (its argparse default, or its batch-256 recipe scripts/swav_400ep_bs256_pretrain.sh:
     # 4 GPUs x 64 images); "the study" = the paper this project reproduces (README.md).
+    # 'swav', or 'supervised': the same trunk, crops, schedule and export trained with a linear classifier and
+    # cross-entropy on the images' classes in `labels` (the positive-control row of SwAV's and MoCo's transfer tables)
+    method: str = "swav"
+    labels: str = ""  # supervised: a JSON or CSV file of image -> class (trainers/data/labels.py); "" = <data>/labels.json
     arch: str = "resnet50"  # the SwAV paper's and the reference's backbone; the study's AP50 0.444 run is res50
     norm: str = "bn"  # the reference trunk uses BatchNorm; 'gn' gives a GroupNorm backbone for GN detectors
     prototypes: int = 3000  # K: SwAV paper ImageNet setting, reference --nmb_prototypes; the study's 0.444 run
@@ -179,7 +184,20 @@ class SwAVConfig:
         """The size of every view, in order (one entry per crop)."""
         return tuple(g.size for g in self.crops for _ in range(g.count))
 
+    @property
+    def labels_file(self) -> str:
+        """The supervised method's labels: ``labels``, else ``labels.json`` in the image folder."""
+        from trainers.data.labels import LABELS_FILE
+
+        return self.labels or str(Path(self.data) / LABELS_FILE)
+
+    @property
+    def supervised(self) -> bool:
+        return self.method == "supervised"
+
     def _validate(self) -> None:
+        require_choice("method", self.method, METHODS)
+        require(isinstance(self.labels, str), "labels", self.labels, "a path to a labels file (a string)")
         require_choice("arch", self.arch, tuple(ARCHS))
         require_choice("norm", self.norm, TRUNK_NORMS)
         require_choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -245,4 +263,4 @@ class SwAVConfig:
                     "or leave all four empty (the monitor is then off)")
 
 
-__all__ = ["AMP_DTYPES", "CropGroup", "DEFAULT_CROPS", "MIN_BATCH", "OPTIMIZERS", "SwAVConfig"]
+__all__ = ["AMP_DTYPES", "CropGroup", "DEFAULT_CROPS", "METHODS", "MIN_BATCH", "OPTIMIZERS", "SwAVConfig"]

@@ -49,7 +49,7 @@ from trainers.data import (
 )
 from trainers.reporting import Reporter
 from trainers.swav.augment import MultiCropAugment
-from trainers.swav.collapse import COLLAPSED, at_ln_k, collapse_reasons, prototype_span, score_std
+from trainers.swav.collapse import COLLAPSED, CollapseWatch, prototype_span, score_std
 from trainers.swav.config import MIN_BATCH, SwAVConfig
 from trainers.swav.knn import (KNN_TOP1, KNN_TOP1_RANDOM, MONITOR_NAMES, REFERENCE_NAMES, knn_monitor,
                                monitor_references, random_seeds)
@@ -118,7 +118,7 @@ def make_loader(
         batch_size=config.batch_size,
         sampler=list(indices),
         num_workers=config.workers,
-        collate_fn=collate_images,
+        collate_fn=getattr(dataset, "collate", collate_images),  # supervised.LabeledImages adds the classes
         drop_last=True,
         pin_memory=pin_memory,
         # The loader draws its workers' base seed from a generator; give it one derived from
@@ -184,8 +184,12 @@ class EpochStats:
         self.sums += values.to(self.sums.device)
         self.counts += prototype_counts(scores.detach()).to(self.counts.device)
 
-    def metrics(self, seconds: float, lr: float) -> dict[str, float]:
-        """The epoch's metrics, summed over processes when distributed."""
+    def reduced(self, seconds: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(sums, counts, totals, maxima)`` over all processes; raises :class:`EmptyEpochError` if no step ran.
+
+        ``sums[3]`` counts the steps; ``totals`` = (images trained on, unreadable, too small, readable); ``maxima`` =
+        (loss-scaler skips, seconds).
+        """
         sums, counts = self.sums.clone(), self.counts.clone()
         totals = torch.tensor([float(self.images), float(self.unreadable), float(self.too_small), float(self.readable)],
                               device=sums.device, dtype=torch.float64)
@@ -203,6 +207,12 @@ class EpochStats:
                 f"no usable batch in this epoch (every batch had fewer than {MIN_BATCH} usable images: "
                 f"{self.readable_total} usable, {self.unreadable_total + self.too_small_total} skipped)"
             )
+        return sums, counts, totals, maxima
+
+    def metrics(self, seconds: float, lr: float) -> dict[str, float]:
+        """The epoch's metrics, summed over processes when distributed."""
+        sums, counts, totals, maxima = self.reduced(seconds)
+        steps = float(sums[3])
         ln_k = math.log(counts.numel())
         loss = float(sums[0]) / steps
         return {
@@ -236,6 +246,12 @@ def _smallest_batch(size: int, device: torch.device) -> int:
     value = torch.tensor([size], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MIN)
     return int(value.item())
+
+
+def move_images(images: Sequence[Tensor | tuple[Tensor, ...]], device: torch.device) -> list:
+    """A batch's images on ``device`` (an image with renderings is a tuple of them)."""
+    return [tuple(r.to(device, non_blocking=True) for r in im) if isinstance(im, tuple)
+            else im.to(device, non_blocking=True) for im in images]
 
 
 def train_one_epoch(
@@ -300,7 +316,7 @@ def train_one_epoch(
         if _smallest_batch(len(images), device) < MIN_BATCH:
             iteration += 1  # the schedule counts loader batches, as the reference
             continue
-        images = [im.to(device, non_blocking=True) for im in images]
+        images = move_images(images, device)
         crops = augment(images, generator=generator)
         batch = len(images)
 
@@ -504,6 +520,13 @@ def _train(config: SwAVConfig, reporter: Reporter, progress: bool, rank: int, wo
     seed_everything(config.seed)  # same initial weights on every process (DDP also broadcasts them)
     min_size = min(group.size for group in config.crops)
     dataset = UnlabeledImages(config.data, min_size=min_size, mark_skipped=True)
+    classes: list[str] = []
+    if config.supervised:  # the positive control: the same loop with a classifier (supervised.py)
+        from trainers.data.labels import image_labels
+        from trainers.swav import supervised
+
+        labels, classes = image_labels(config.labels_file, config.data, dataset.paths)
+        dataset = supervised.LabeledImages(dataset, labels)  # type: ignore[assignment]
     per_process = len(epoch_indices(len(dataset), config.seed, 0, rank, world_size, config.max_images))
     iters_per_epoch = per_process // config.batch_size
     if iters_per_epoch == 0:
@@ -516,7 +539,9 @@ def _train(config: SwAVConfig, reporter: Reporter, progress: bool, rank: int, wo
             f"batch_size={config.batch_size} on each of {world_size} process(es)",
         ))
 
-    core = SwAVModel(config.arch, config.norm, config.prototypes, config.feat_dim, config.hidden_dim)
+    core: nn.Module = (supervised.SupervisedModel(config.arch, config.norm, len(classes)) if config.supervised else
+                       SwAVModel(config.arch, config.norm, config.prototypes, config.feat_dim, config.hidden_dim))
+    one_epoch = supervised.train_one_epoch if config.supervised else train_one_epoch
     if config.sync_bn and device.type == "cuda" and world_size > 1:
         # Swaps the BatchNorm children in place; the root stays the SwAVModel.
         core = nn.SyncBatchNorm.convert_sync_batchnorm(core)  # type: ignore[assignment]
@@ -544,22 +569,20 @@ def _train(config: SwAVConfig, reporter: Reporter, progress: bool, rank: int, wo
             references = monitor_references(monitor, config)
     # The latest monitored figures, carried between monitored epochs for the collapse label.
     latest = {name: metrics[name] for name in MONITOR_NAMES if name in metrics}
-    lowest_ratio = metrics.get("swav/loss_over_ln_k_min", math.inf)
-    epochs_at_ln_k = int(metrics.get("swav/epochs_at_ln_k", 0))
-    was_collapsed = bool(metrics.get(COLLAPSED, 0.0))
+    watch = None if config.supervised else CollapseWatch(config.feat_dim, metrics)
 
     model: nn.Module = core
     if world_size > 1:
         model = DistributedDataParallel(core, device_ids=[device.index] if device.type == "cuda" else None)
 
     for epoch in range(start_epoch, config.epochs):
-        if queue is None and config.queue_length > 0 and epoch >= config.queue_start_epoch:
+        if queue is None and config.queue_length > 0 and epoch >= config.queue_start_epoch and watch is not None:
             queue = _make_queue(config, world_size, device)
         indices = epoch_indices(len(dataset), config.seed, epoch, rank, world_size, config.max_images)
         loader = make_loader(dataset, indices, config, epoch, pin_memory=device.type == "cuda")
         generator = torch.Generator().manual_seed(derive_seed(config.seed, epoch, 2, rank))
         started = time.perf_counter()
-        stats, iteration = train_one_epoch(
+        stats, iteration = one_epoch(
             model, loader, augment, optimizer, scaler, queue, config, epoch, iteration,
             iters_per_epoch, device, generator, progress=progress and rank == 0, world_size=world_size,
         )
@@ -579,18 +602,9 @@ def _train(config: SwAVConfig, reporter: Reporter, progress: bool, rank: int, wo
             if config.knn_due(epoch + 1):
                 latest = monitor.evaluate(core.trunk).metrics()
                 metrics.update(latest)
-        lowest_ratio = min(lowest_ratio, metrics["swav/loss_over_ln_k"])
-        metrics["swav/loss_over_ln_k_min"] = lowest_ratio
-        epochs_at_ln_k = epochs_at_ln_k + 1 if at_ln_k(metrics["swav/loss_over_ln_k"]) else 0
-        metrics["swav/epochs_at_ln_k"] = float(epochs_at_ln_k)
-        reasons = collapse_reasons({**latest, **metrics}, config.feat_dim)
-        metrics[COLLAPSED] = float(bool(reasons))
-        if rank == 0 and bool(reasons) != was_collapsed:
-            if reasons:
-                log.warning("epoch %d: SwAV has collapsed: %s", epoch + 1, "; ".join(reasons))
-            else:
-                log.warning("epoch %d: the collapse signals have cleared", epoch + 1)
-        was_collapsed = bool(reasons)
+        change = watch.update(metrics, latest) if watch is not None else None
+        if rank == 0 and change:
+            log.warning("epoch %d: %s", epoch + 1, change)
 
         gathered_queue = _gather_queue(queue, world_size)
         with tempfile.TemporaryDirectory(prefix="swav-ckpt-") as tmp:
@@ -612,7 +626,8 @@ def _train(config: SwAVConfig, reporter: Reporter, progress: bool, rank: int, wo
                     "metrics": metrics,
                 })
                 if epoch + 1 == config.epochs:  # training completed: the final checkpoint also carries the trunk
-                    export_trunk(checkpoint_dir, core.trunk.state_dict(), resolved, sha, metrics, epoch + 1)
+                    export_trunk(checkpoint_dir, core.trunk.state_dict(), resolved, sha, metrics, epoch + 1,
+                                 config.method)
             reporter.report(metrics, step=epoch + 1, checkpoint_dir=checkpoint_dir)
         if reporter.should_stop():
             break

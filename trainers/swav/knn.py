@@ -376,7 +376,9 @@ class KnnMonitor:
 
     def _scores(self, bank: Tensor, queries: Tensor) -> MonitorScores:
         probe = linear_probe_top1(bank, self._bank_labels, queries, self._query_labels, self.num_classes)
-        return MonitorScores(self._knn(bank, queries), probe, effective_rank(bank))
+        mean, std = bank.mean(dim=0), bank.std(dim=0, unbiased=False).clamp_min(1e-6)
+        z_bank, z_queries = (nn.functional.normalize((x - mean) / std, dim=1) for x in (bank, queries))
+        return MonitorScores(self._knn(bank, queries), probe, effective_rank(bank), self._knn(z_bank, z_queries))
 
 
 # ---------------------------------------------------------------------------
@@ -387,7 +389,7 @@ KNN_TOP1 = "swav/knn_top1"  # the kNN monitor's top-1 (knn.py), at the epochs Sw
 KNN_TOP1_RANDOM = "swav/knn_top1_random"  # its mean over RANDOM_TRUNKS random initialisations, on every report
 # The monitor's figures (knn.py): at monitored epochs the trunk's kNN, probe and rank; on every report their
 # references, the mean and std over random initialisations and the raw pixels.
-MONITOR_NAMES = (KNN_TOP1, "swav/probe_top1", "swav/trunk_rank")
+MONITOR_NAMES = (KNN_TOP1, "swav/knn_z_top1", "swav/probe_top1", "swav/trunk_rank")
 REFERENCE_NAMES = tuple(f"{name}{suffix}" for name in MONITOR_NAMES for suffix in ("_random", "_random_std", "_pixels"))
 
 

@@ -101,7 +101,7 @@ TRUNK_PREFIX = "trunk."  # the trunk's keys in a SwAVModel state dict (and so in
 
 
 def export_trunk(directory: str | Path, trunk_state: dict[str, Tensor], config: dict, git_sha: str,
-                 metrics: dict[str, float], epochs_trained: int) -> Path:
+                 metrics: dict[str, float], epochs_trained: int, method: str = "swav") -> Path:
     """Export a SwAV trunk with what it was trained by: the resolved config, the git sha, the last metrics.
 
     ``epochs_trained`` below ``config["epochs"]`` marks a run stopped early (a wall budget, ``ablate stop``): the
@@ -111,7 +111,7 @@ def export_trunk(directory: str | Path, trunk_state: dict[str, Tensor], config: 
 
     return export_backbone(directory, trunk_state, {
         **config, "arch": config["arch"], "norm": config["norm"], "git_sha": git_sha, "metrics": metrics,
-        "trainer": "swav", "epochs_trained": int(epochs_trained),
+        "trainer": method, "epochs_trained": int(epochs_trained),
         "stopped_early": int(epochs_trained) < int(config["epochs"]),
     })
 
@@ -130,4 +130,4 @@ def export_from_checkpoint(checkpoint_dir: str | Path, out: str | Path | None = 
     if not trunk or "config" not in state:
         raise CheckpointError(f"{checkpoint_dir}: not a SwAV checkpoint (no trunk weights or config in it)")
     return export_trunk(out or checkpoint_dir, trunk, state["config"], str(state.get("git_sha", "")),
-                        dict(state.get("metrics", {})), int(state["epoch"]))
+                        dict(state.get("metrics", {})), int(state["epoch"]), state["config"].get("method", "swav"))

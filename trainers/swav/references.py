@@ -19,21 +19,25 @@ RANDOM_TRUNKS = 5  # random initialisations behind the *_random mean and std
 class MonitorScores:
     """One trunk's (or the raw pixels') figures on the monitor's objects."""
 
-    knn: float  # weighted kNN top-1
+    knn: float  # weighted kNN top-1 (cosine)
     probe: float  # linear probe top-1
     rank: float  # effective rank of the bank features
+    # the same kNN on features z-scored per dimension with the bank's mean and std: not dominated by the few
+    # directions of largest variance (the case where the probe rose while the cosine kNN fell)
+    knn_z: float = float("nan")
 
     def metrics(self, suffix: str = "") -> dict[str, float]:
-        """As reported: ``swav/knn_top1{suffix}``, ``swav/probe_top1{suffix}``, ``swav/trunk_rank{suffix}``."""
-        return {f"swav/knn_top1{suffix}": self.knn, f"swav/probe_top1{suffix}": self.probe,
-                f"swav/trunk_rank{suffix}": self.rank}
+        """As reported: ``swav/knn_top1{suffix}``, ``swav/knn_z_top1{suffix}``, ``swav/probe_top1{suffix}``,
+        ``swav/trunk_rank{suffix}``."""
+        return {f"swav/knn_top1{suffix}": self.knn, f"swav/knn_z_top1{suffix}": self.knn_z,
+                f"swav/probe_top1{suffix}": self.probe, f"swav/trunk_rank{suffix}": self.rank}
 
 
 def spread_metrics(scores: Sequence[MonitorScores]) -> dict[str, float]:
     """Mean and sample std over random initialisations: ``swav/*_random`` and ``swav/*_random_std``."""
     out: dict[str, float] = {}
-    for name, values in (("knn_top1", [s.knn for s in scores]), ("probe_top1", [s.probe for s in scores]),
-                         ("trunk_rank", [s.rank for s in scores])):
+    for name, values in (("knn_top1", [s.knn for s in scores]), ("knn_z_top1", [s.knn_z for s in scores]),
+                         ("probe_top1", [s.probe for s in scores]), ("trunk_rank", [s.rank for s in scores])):
         out[f"swav/{name}_random"] = statistics.fmean(values)
         out[f"swav/{name}_random_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
     return out

@@ -1,0 +1,150 @@
+"""Supervised pretraining (``method: supervised``): the positive control of every SSL transfer table.
+
+The detection-transfer tables of MoCo (He et al. 2020, Table 5) and SwAV (Caron et al. 2020, Table 3) put a trunk
+pretrained with labels beside random initialisation and the self-supervised one; without it a study cannot tell
+"the method did not help" from "the assay cannot see help". This is that row, on the user's own labeled
+classification images: the same ResNet trunk as SwAV's, a linear classifier on its pooled features (the torchvision
+ImageNet recipe's head), cross-entropy on every multi-crop view, and SwAV's own crops, optimizer, learning-rate
+schedule, iterations, checkpoints, monitor and export (``engine.train`` runs both), so that everything downstream
+(dedup, pairing, fine-tuning, the report, the registry) takes it as one more backbone.
+
+The labels are a file that maps each image to its class (trainers/data/labels.py); the digits sample writes one
+for its unlabeled pool. SwAV's queue, prototypes and collapse signals do not apply and are not reported.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from trainers.common import check_finite
+from trainers.data import SkippedImage, UnlabeledImages, collate_images
+from trainers.resnet import TRUNK_CHANNELS, build_trunk
+from trainers.swav.augment import MultiCropAugment
+from trainers.swav.config import MIN_BATCH, SwAVConfig
+from trainers.swav.engine import EpochStats, _smallest_batch, move_images
+from trainers.swav.optim import learning_rate, set_learning_rate
+from trainers.swav.precision import autocast, backward_and_step
+
+METRIC_NAMES = ("sup/loss", "sup/loss_over_ln_c", "sup/top1", "sup/classes", "sup/amp_skipped_steps",
+                "sup/images_per_s", "lr")
+
+
+class SupervisedModel(nn.Module):
+    """ResNet trunk + a linear classifier on its globally pooled features."""
+
+    def __init__(self, arch: str, norm: str, classes: int) -> None:
+        super().__init__()
+        self.trunk = build_trunk(arch, norm)
+        self.classifier = nn.Linear(TRUNK_CHANNELS[arch], classes)
+
+    def forward(self, crops: Sequence[Tensor] | Tensor) -> Tensor:
+        """Class scores ``(n_crops * B, classes)`` of every view, crop-major (views of one size in one pass)."""
+        if isinstance(crops, Tensor):
+            crops = [crops]
+        features, start = [], 0
+        sizes = torch.tensor([c.shape[-1] for c in crops])
+        for count in torch.unique_consecutive(sizes, return_counts=True)[1].tolist():
+            features.append(self.trunk(torch.cat(list(crops[start : start + count]))))
+            start += count
+        return self.classifier(torch.cat(features))
+
+
+class LabeledImages(Dataset):
+    """An :class:`UnlabeledImages` folder with each image's class: items ``(image or skipped, class)``."""
+
+    def __init__(self, images: UnlabeledImages, labels: Sequence[int]) -> None:
+        self.images, self.labels = images, list(labels)
+        self.paths = images.paths
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def load(self, index: int) -> Tensor | tuple[Tensor, ...] | SkippedImage:
+        return self.images.load(index)
+
+    def __getitem__(self, index: int) -> tuple[Tensor | tuple[Tensor, ...] | SkippedImage | None, int]:
+        return self.images[index], self.labels[index]
+
+    @staticmethod
+    def collate(batch: Sequence[tuple[object, int]]) -> tuple[tuple[list[Tensor], Tensor], tuple[SkippedImage, ...]]:
+        """``((images, their classes), skipped)``: :func:`collate_images` with the kept images' classes."""
+        items = [item for item, _ in batch]
+        images, skipped = collate_images(items)  # type: ignore[arg-type]
+        kept = [label for item, label in batch if isinstance(item, (Tensor, tuple))]
+        return (images, torch.tensor(kept, dtype=torch.long)), skipped
+
+
+class SupervisedStats(EpochStats):
+    """The epoch's sums (loss, correct views, views, steps), with SwAV's skipped-file bookkeeping and reduction."""
+
+    def __init__(self, classes: int, device: torch.device) -> None:
+        super().__init__(classes, device)  # counts: one per class, so reduced() also gives the number of classes
+        self.sums = torch.zeros(4, device=device, dtype=torch.float64)
+
+    @torch.no_grad()
+    def update(self, loss: Tensor, logits: Tensor, target: Tensor) -> None:
+        correct = (logits.argmax(dim=1) == target).sum()
+        self.sums += torch.stack([loss.detach().double(), correct.double(),
+                                       torch.tensor(float(len(target)), dtype=torch.float64, device=loss.device),
+                                       torch.ones((), dtype=torch.float64, device=loss.device)]).to(self.sums.device)
+
+    def metrics(self, seconds: float, lr: float) -> dict[str, float]:
+        sums, counts, totals, maxima = self.reduced(seconds)
+        steps, ln_c = float(sums[3]), math.log(counts.numel())
+        loss = float(sums[0]) / steps
+        return {"sup/loss": loss, "sup/loss_over_ln_c": loss / ln_c, "sup/top1": float(sums[1] / sums[2]),
+                "sup/classes": float(counts.numel()), "sup/amp_skipped_steps": float(maxima[0]),
+                "sup/images_per_s": float(totals[0]) / max(float(maxima[1]), 1e-9), "lr": float(lr)}
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable[tuple[tuple[list[Tensor], Tensor], Sequence[SkippedImage]]],
+    augment: MultiCropAugment,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    queue: None,
+    config: SwAVConfig,
+    epoch: int,
+    iteration: int,
+    iters_per_epoch: int,
+    device: torch.device,
+    generator: torch.Generator,
+    progress: bool = False,
+    world_size: int | None = None,
+) -> tuple[SupervisedStats, int]:
+    """One pass of cross-entropy over every view (the arguments of SwAV's ``engine.train_one_epoch``; no queue)."""
+    model.train()
+    classes = model.module.classifier.out_features if hasattr(model, "module") else model.classifier.out_features
+    stats = SupervisedStats(int(classes), device)
+    world_size = world_size or 1
+    for step, ((images, labels), skipped) in enumerate(loader):
+        stats.add_skipped(skipped)
+        stats.readable += len(images)
+        lr = learning_rate(config, iteration, iters_per_epoch, world_size)
+        set_learning_rate(optimizer, lr)
+        if _smallest_batch(len(images), device) < MIN_BATCH:
+            iteration += 1
+            continue
+        images = move_images(images, device)
+        crops = augment(images, generator=generator)
+        target = labels.to(device).repeat(len(crops))  # crop-major, as the logits
+        with autocast(device, config.amp, config.amp_dtype):
+            logits = model(crops)
+        loss = F.cross_entropy(logits.float(), target)
+        check_finite(loss, epoch + 1, step)
+        if not backward_and_step(loss, optimizer, scaler, skip_non_finite=config.amp):
+            stats.amp_skipped += 1
+        stats.update(loss, logits.detach(), target)
+        stats.images += len(images)
+        iteration += 1
+    return stats, iteration
+
+
+__all__ = ["METRIC_NAMES", "LabeledImages", "SupervisedModel", "SupervisedStats", "train_one_epoch"]
