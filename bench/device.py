@@ -65,7 +65,7 @@ OUT_FILES = ("device.json", "device.md", "device.log", "device-curves.tar.gz")
 CUDA_MARK = "cuda"
 # --tiny: the tiny test spaces' fields (tests/spaces.py) on top of the GPU profile's.
 TINY_PRETRAIN = {"queue_length": 0, "knn_every": 1, "knn_max_objects": 16}
-TINY_DATA = ("small", 0, "digits")
+TINY_DATA = ("small", 0, "digits", 2)
 
 
 def _tiny_fields() -> tuple[dict[str, Any], dict[str, Any]]:
@@ -207,7 +207,8 @@ def _finetune(name: str, config: dict[str, Any], root: str, deadline: float, thr
 
 
 def _pretrain(trial: Any, config: dict[str, Any], root: Path, deadline: float) -> dict[str, Any]:
-    """SwAV to its epochs or its deadline; the trunk exported from the last checkpoint either way."""
+    """SwAV (or the supervised control) to its epochs or its deadline; the trunk exported from the last checkpoint
+    either way."""
     from trainers.common import config_from_dict
     from trainers.reporting import InMemoryReporter
     from trainers.swav import SwAVConfig, export_from_checkpoint, train
@@ -218,12 +219,13 @@ def _pretrain(trial: Any, config: dict[str, Any], root: Path, deadline: float) -
     wall = time.monotonic() - started
     last = reporter.last_checkpoint
     if last is None:
-        raise RuntimeError(f"SwAV {trial.name}: no epoch finished before its deadline")
+        raise RuntimeError(f"{config.get('method', 'swav')} {trial.name}: no epoch finished before its deadline")
     backbone = last / "backbone"
     export_from_checkpoint(last, backbone)  # the same trunk whether the budget or the schedule ended it
     history = [{"epoch": r.step, **r.metrics} for r in reporter.reports]
-    rates = [h["swav/images_per_s"] for h in history if "swav/images_per_s" in h]
-    return {"name": trial.name, "hash": trial.config_hash, "backbone": str(backbone), "wall_s": wall,
+    rate = "sup/images_per_s" if config.get("method") == "supervised" else "swav/images_per_s"
+    rates = [h[rate] for h in history if rate in h]
+    return {"name": trial.name, "hash": trial.config_hash, "method": config.get("method", "swav"), "backbone": str(backbone), "wall_s": wall,
             "epochs": int(config["epochs"]), "epochs_done": len(history), "feat_dim": int(config["feat_dim"]),
             "images_per_s": statistics.fmean(rates) if rates else math.nan, "history": history}
 
@@ -253,7 +255,7 @@ def phase_fidelity(work: Path, tiny: bool, budget: float | None) -> dict[str, An
         paths, fingerprint = resolve_data(spec, work / "fidelity-data")
         result["data_s"] = time.monotonic() - started
         plan = expand(spec, fingerprint, paths)
-        print(f"fidelity: data in {result['data_s']:.0f} s; {len(plan.pretrain)} SwAV run(s), "
+        print(f"fidelity: data in {result['data_s']:.0f} s; {len(plan.pretrain)} pretraining run(s), "
               f"{len(plan.finetune)} fine-tunes", flush=True)
         save(work, "fidelity", result)
         backbones, result["swav"] = {}, []
@@ -261,7 +263,7 @@ def phase_fidelity(work: Path, tiny: bool, budget: float | None) -> dict[str, An
             swav = _pretrain(trial, {**trial.config, **pre_fields}, root, _deadline(started, budget, SWAV_SHARE))
             backbones[trial.config_hash] = swav["backbone"]
             result["swav"].append(swav)
-            print(f"fidelity: SwAV {trial.name} {swav['epochs_done']}/{swav['epochs']} epochs in "
+            print(f"fidelity: {swav['method']} {trial.name} {swav['epochs_done']}/{swav['epochs']} epochs in "
                   f"{swav['wall_s']:.0f} s, {swav['images_per_s']:.0f} images/s", flush=True)
             save(work, "fidelity", result)
         jobs = []
@@ -319,7 +321,7 @@ def last_ap50(record: dict[str, Any], key: str = "det/AP50") -> float:
 
 def fidelity_groups(result: dict[str, Any]) -> list[Any]:
     """bench.fidelity's groups (one per arm, one value per seed) from the phase's records."""
-    from bench.fidelity import BASELINE, CONTROL, CURVE_KEYS, MONITOR_KEYS, PRETRAINED, Group, arm
+    from bench.fidelity import BASELINE, CONTROL, CURVE_KEYS, MONITOR_KEYS, POSITIVE, PRETRAINED, Group, arm
 
     swav = {s["hash"]: s for s in result.get("swav", [])}
     groups: dict[str, Group] = {}
@@ -327,7 +329,8 @@ def fidelity_groups(result: dict[str, Any]) -> list[Any]:
         if "error" in r or math.isnan(last_ap50(r)):
             continue
         backbone = swav.get(r["upstream"]) if r["upstream"] else None
-        name, role = arm(r["backbone"] if r["upstream"] else None, r["arch"], r["norm"], r["lr_scheme"])
+        name, role = arm(r["backbone"] if r["upstream"] else None, r["arch"], r["norm"], r["lr_scheme"],
+                         backbone.get("method", "swav") if backbone else "swav")
         group = groups.setdefault(f"{r['upstream']}:{r['norm']}:{r['lr_scheme']}", Group(name, role))
         group.ap50.append(last_ap50(r))
         group.ap.append(last_ap50(r, "det/AP"))
@@ -338,7 +341,7 @@ def fidelity_groups(result: dict[str, Any]) -> list[Any]:
             group.backbone, group.feat_dim = backbone["name"], backbone["feat_dim"]
             group.monitor = {k: final[k] for k in MONITOR_KEYS if k in final}
             group.signals = {k: [(h["epoch"], h[k]) for h in backbone["history"] if k in h] for k in CURVE_KEYS}
-    order = {PRETRAINED: 0, BASELINE: 1, CONTROL: 2}
+    order = {PRETRAINED: 0, POSITIVE: 1, BASELINE: 2, CONTROL: 3}
     return sorted(groups.values(), key=lambda g: (order[g.role], g.name))
 
 

@@ -136,7 +136,7 @@ def swav_end_to_end(setup: SwAVSetup, device: torch.device, folder: str | Path, 
 
     from trainers.data import UnlabeledImages, collate_images
     from trainers.swav import MultiCropAugment
-    from trainers.swav.engine import move_images
+    from trainers.swav.stats import move_images
 
     dataset = UnlabeledImages(folder)
     total = setup.batch * (warmup + steps * repeats)

@@ -21,8 +21,6 @@ MODULE_LINES, CLASS_LINES = 600, 300
 EXCEPTIONS: dict[str, tuple[int, str]] = {
     "experiments/scheduler.py::OptunaPruningScheduler": (340, "a Ray TrialScheduler: each hook Ray calls, each "
                                                                "keeping its trial's Optuna record in step"),
-    "trainers/swav/engine.py": (650, "train() and its epoch loop read best in one file, as the reference's "
-                                     "main_swav.py; the monitor's set-up lives in knn.py"),
 }
 
 

@@ -314,8 +314,9 @@ def test_device_plan_fits_one_call():
 
 
 def _fidelity_store(pre_ap50, scratch_ap50, knn=0.55, knn_random=0.40, control_ap50=(0.25, 0.26, 0.27),
-                    knn_random_std=0.02, collapsed=0.0):
-    """Synthetic launch records: one backbone fine-tuned per seed, the scratch baseline and the random-trunk control."""
+                    knn_random_std=0.02, collapsed=0.0, positive_ap50=()):
+    """Synthetic launch records: one backbone fine-tuned per seed, the scratch baseline, the random-trunk control and
+    (``positive_ap50``) a supervised backbone, the positive control."""
     monitor = {"swav/knn_top1": knn, "swav/knn_top1_random": knn_random, "swav/knn_top1_random_std": knn_random_std,
                "swav/knn_top1_pixels": 0.70, "swav/probe_top1": 0.5, "swav/probe_top1_random": 0.25,
                "swav/probe_top1_random_std": 0.01, "swav/probe_top1_pixels": 0.15, "swav/trunk_rank": 80.0,
@@ -324,8 +325,12 @@ def _fidelity_store(pre_ap50, scratch_ap50, knn=0.55, knn_random=0.40, control_a
     trials = [TrialRecord("pretrain", "res18_p30", "pre", 0, 1, "FINISHED", {"pretrain.feat_dim": "32"}, {}, monitor, 5)]
     history = {("pre", "swav/knn_top1"): [(1, knn_random), (5, knn)], ("pre", "swav/trunk_rank"): [(1, 300.0), (5, 80.0)],
                ("pre", "swav/loss_over_ln_k"): [(1, 1.1), (5, 0.8)]}
+    if positive_ap50:
+        trials.append(TrialRecord("pretrain", "res18_supervised", "sup", 0, 1, "FINISHED",
+                                  {"pretrain.method": "supervised"}, {}, {"swav/knn_top1": 0.8}, 5))
     arms = (("pre", "pre", "frozen_affine", "357", pre_ap50), ("base", "scratch", "bn", "uniform", scratch_ap50),
-            ("ctrl", "scratch", "frozen_affine", "357", control_ap50))
+            ("ctrl", "scratch", "frozen_affine", "357", control_ap50), ("sup", "sup", "frozen_affine", "357",
+                                                                         positive_ap50))
     for group, upstream, norm, scheme, values in arms:
         for seed, ap50 in enumerate(values):
             run = f"{group}-{seed}"
@@ -375,28 +380,58 @@ def test_fidelity_groups_and_goals(tmp_path):
     assert row.endswith("| **collapsed** |") and "Its backbone is **collapsed" in text
 
 
+def test_fidelity_instrument_goals_the_positive_control_and_the_random_trunk():
+    """The assay sees help when it exists: the supervised trunk >= 1.5x the fair baseline, decided; the random-trunk
+    control not decidedly above the baseline. Either goal fails on its own."""
+    groups = fidelity.groups_from(*_fidelity_store([0.20, 0.21, 0.22], [0.20, 0.21, 0.22],
+                                                   control_ap50=(0.19, 0.21, 0.20), positive_ap50=(0.34, 0.35, 0.33)))
+    assert [g.role for g in groups] == ["pretrained", "positive", "baseline", "control"]
+    assert groups[1].name == "supervised res18_supervised (positive control; frozen_affine, 357)"
+    verdict = fidelity.judge(groups)
+    assert verdict.positive_ratio == pytest.approx(0.34 / 0.21) and verdict.positive_goal and verdict.control_goal
+    text = fidelity.judgement(verdict)
+    assert text.startswith("The instrument: the positive control (supervised res18_supervised") and "**1.62x**" in text
+    assert "**not met**" in text  # the SwAV arm's own goal: no gain over the baseline
+
+    weak = fidelity.judge(fidelity.groups_from(*_fidelity_store([0.2, 0.21, 0.22], [0.20, 0.21, 0.22],
+                                                                positive_ap50=(0.28, 0.29, 0.30))))
+    assert weak.positive_ap.decided and weak.positive_ratio < 1.5 and not weak.positive_goal
+    random_wins = fidelity.judge(fidelity.groups_from(*_fidelity_store([0.2, 0.21, 0.22], [0.20, 0.21, 0.22],
+                                                                       control_ap50=(0.30, 0.31, 0.32))))
+    assert not random_wins.control_goal and random_wins.positive_ap is None
+
+
 @pytest.mark.parametrize("space", [fidelity.SPACE, fidelity.GPU_SPACE], ids=["cpu", "gpu"])
 def test_fidelity_views_share_their_digit(space):
     """The study's views hold objects, not just backgrounds (the old scene crops: 1.7 % of pairs shared a digit)."""
     overlap = fidelity.view_overlap(space, images=150)
     assert overlap["pairs_sharing"] >= fidelity.GOAL_VIEW_OVERLAP
     assert overlap["views_holding"] >= overlap["pairs_sharing"]
+    assert overlap["background_differs"] > 0.8  # renderings: the views share the digit, not the background
 
 
 @pytest.mark.parametrize("space, recipes", [(fidelity.SPACE, 1), (fidelity.GPU_SPACE, 2)], ids=["cpu", "gpu"])
-def test_fidelity_space_plans_pretrained_against_the_fair_baseline(sample_data, space, recipes):
+def test_fidelity_space_plans_pretrained_against_the_fair_baseline(sample_data, tmp_path, space, recipes):
     from experiments.spaces import expand, load_space
 
     spec = load_space(space)
     assert spec.data.sample is not None and spec.data.sample[2] == "digits" and len(spec.seeds) == 3
-    plan = expand(spec, "fp", {k: str(getattr(sample_data, k)) for k in
-                               ("unlabeled", "train_images", "train_annotations", "val_images", "val_annotations")})
+    paths = {k: str(getattr(sample_data, k)) for k in ("train_images", "train_annotations", "val_images",
+                                                       "val_annotations")}
+    (tmp_path / "labels.json").write_text('{"a.jpg": "0"}')  # the positive control's classes (the digits set's)
+    plan = expand(spec, "fp", {**paths, "unlabeled": str(tmp_path)})
     scratch = [t for t in plan.finetune if t.upstream_hash is None and t.config["lr_scheme"] == "uniform"]
     control = [t for t in plan.finetune if t.upstream_hash is None and t.config["lr_scheme"] != "uniform"]
-    pretrained = [t for t in plan.finetune if t.upstream_hash is not None]
-    assert len(plan.pretrain) == 1 and len(scratch) == len(control) == 3 and len(pretrained) == 3 * recipes
+    swav, supervised = sorted(plan.pretrain, key=lambda t: t.config["method"] == "supervised")
+    pretrained = [t for t in plan.finetune if t.upstream_hash == swav.config_hash]
+    positive = [t for t in plan.finetune if t.upstream_hash == supervised.config_hash]
+    assert (swav.config["method"], supervised.config["method"]) == ("swav", "supervised")
+    assert len(scratch) == len(control) == 3 and len(pretrained) == len(positive) == 3 * recipes
+    # The positive control: the SwAV arm's crops, schedule and fine-tuning exactly, on a supervised trunk.
+    same = ("arch", "epochs", "batch_size", "crops", "base_lr", "optimizer")
+    assert {k: supervised.config[k] for k in same} == {k: swav.config[k] for k in same}
     # The recipe: prototypes well above the embedding's dimension, a queue, prototypes frozen at first.
-    pre = plan.pretrain[0].config
+    pre = swav.config
     assert pre["prototypes"] >= 5 * pre["feat_dim"] and pre["queue_length"] >= 10 * pre["batch_size"]
     assert pre["freeze_prototypes_epochs"] >= 1 and pre["knn_every"] >= 1
     # The control: the paper's pretrained arm (FBN, 3-5-7) exactly, on a random trunk.

@@ -26,13 +26,20 @@ EXPECTED = {
     "crop_scales.yaml": (2, 6, 2),
     "mixed_precision.yaml": (2, 6, 2),
     "paper_full.yaml": (9, 48, 9),
-    "fidelity.yaml": (1, 9, 1),
-    "fidelity_gpu.yaml": (1, 12, 1),  # 4 arms x 3 seeds on one GPU
+    "fidelity.yaml": (2, 12, 2),  # SwAV and the supervised positive control; 4 arms x 3 seeds
+    "fidelity_gpu.yaml": (2, 18, 2),  # ... and both pretrained trunks fine-tuned two ways, on one GPU
 }
 
 
 def _paths(sample_data) -> dict[str, str]:
-    return {k: str(getattr(sample_data, k)) for k in spaces.DATA_PATH_KEYS}
+    """The sample set's paths; its unlabeled folder stands in with a labels file of its own beside the images (a
+    supervised pretraining case plans only when its classes exist: the digits set writes them)."""
+    paths = {k: str(getattr(sample_data, k)) for k in spaces.DATA_PATH_KEYS}
+    labeled = Path(sample_data.root).parent / "unlabeled-with-labels"
+    if not labeled.exists():
+        labeled.mkdir()
+        (labeled / "labels.json").write_text('{"a.jpg": "0", "b.jpg": "1"}')
+    return {**paths, "unlabeled": str(labeled)}
 
 
 def test_every_shipped_space_is_covered():
@@ -126,6 +133,9 @@ BROKEN = [
     ({"storage_path": 5}, "storage_path: expected a folder or an s3:// URI"),
     ({"storage_path": "gs://b/ray"}, "storage_path: 'gs://b/ray' is not a storage this service supports"),
     ({"storage_path": "s3://key:secret@b/ray"}, "storage_path: credentials do not belong in the space file"),
+    ({"pretrain": {"cases": [{"method": "supervised"}]}}, "pretrain.cases[0].method: method: supervised needs each "
+     "image's class, and"),
+    ({"pretrain": {"cases": [{"method": "clip"}]}}, "method='clip' is invalid"),
 ]
 
 
@@ -171,6 +181,33 @@ def test_resolve_data_generates_digits_in_their_own_folder(tmp_path, sample_data
     paths, fingerprint = resolve_data(spec, tmp_path / "storage")
     assert Path(paths["val_annotations"]).is_relative_to(tmp_path / "storage" / "data" / "sample-digits-small-0")
     assert fingerprint and "sample small/0 (digits)" in spaces._describe_data(spec.data)
+
+
+def test_a_supervised_backbone_is_one_more_pretraining_run_and_swav_runs_keep_their_hashes(tmp_path, sample_data):
+    """``method: supervised`` (the positive control) plans as one more backbone, named for its method, with its labels
+    file in its identity; the SwAV runs beside it hash as they did before the method existed."""
+    from experiments.launch import resolve_data
+
+    def plan(cases):
+        path = _write_sample(tmp_path, {"kind": "digits"}, sample_data)
+        body = yaml.safe_load(path.read_text())
+        body["pretrain"]["cases"] = cases
+        path.write_text(yaml.safe_dump(body))
+        spec = load_space(path)
+        paths, fingerprint = resolve_data(spec, tmp_path / "storage")
+        return expand(spec, fingerprint, paths), paths
+
+    before, _ = plan([{}])
+    after, paths = plan([{}, {"method": "supervised"}, {"method": "supervised", "prototypes": 77}])
+    swav, supervised = after.pretrain  # the two supervised cases differ in a SwAV-only field: one run
+    assert swav.config_hash == before.pretrain[0].config_hash and swav.config["method"] == "swav"
+    assert supervised.name.endswith("_supervised") and supervised.config["method"] == "supervised"
+    assert {t.upstream_hash for t in after.finetune} >= {swav.config_hash, supervised.config_hash}
+    labels = Path(paths["unlabeled"]) / "labels.json"
+    labels.write_text(labels.read_text().replace(': "1"', ': "7"', 1))  # one image's class changed
+    changed, _ = plan([{}, {"method": "supervised"}])
+    assert changed.pretrain[0].config_hash == swav.config_hash
+    assert changed.pretrain[1].config_hash != supervised.config_hash
 
 
 def test_data_sample_kind_invalid_names_the_key(tmp_path, sample_data):

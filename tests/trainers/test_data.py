@@ -265,10 +265,11 @@ def test_digits_unlabeled_writer_is_the_same_with_parallel_workers(tmp_path: Pat
     from trainers.data import digits, samples
 
     pool = digits.digit_pools(0)["unlabeled"]
-    digits.write_unlabeled(tmp_path / "serial", 0, 24, pool, samples._save, workers=1)
+    digits.write_unlabeled(tmp_path / "serial", 0, 24, pool, samples._save, workers=1, renderings=2)
     monkeypatch.setattr(digits, "PARALLEL_FROM", 8)
-    digits.write_unlabeled(tmp_path / "parallel", 0, 24, pool, samples._save, workers=2)
-    assert tree_hashes(tmp_path / "serial") == tree_hashes(tmp_path / "parallel") and len(tree_hashes(tmp_path / "serial")) == 24
+    digits.write_unlabeled(tmp_path / "parallel", 0, 24, pool, samples._save, workers=2, renderings=2)
+    # 24 images, a second rendering of each, and labels.json
+    assert tree_hashes(tmp_path / "serial") == tree_hashes(tmp_path / "parallel") and len(tree_hashes(tmp_path / "serial")) == 49
     with pytest.raises(ValueError, match="size='large' is invalid"):
         generate_sample(tmp_path / "shapes", size="large")  # large is a digits size only
 

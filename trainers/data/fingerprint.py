@@ -35,6 +35,9 @@ def data_fingerprint(*paths: str | Path) -> str:
             for dirpath, dirnames, filenames in os.walk(path):
                 dirnames[:] = [d for d in dirnames if not d.startswith(".")]
                 files.extend(Path(dirpath) / f for f in filenames if not f.startswith("."))
+            # a folder's labels.json (the supervised method's classes) is not its images: a supervised run adds its
+            # labels file to its identity itself (experiments/spaces/expand.py), a SwAV run never reads it
+            files = [f for f in files if f != path / "labels.json"]
             for file in sorted(files, key=lambda p: p.relative_to(path).as_posix()):
                 add_file(file, file.relative_to(path).as_posix())
         elif path.is_file():

@@ -4,7 +4,8 @@ Public names live here; the package splits them by concern: ``config`` (SwAVConf
 CropGroup), ``augment`` (multi-crop), ``model`` (network, backbone loading), ``loss``
 (Sinkhorn, swapped prediction, queue, collapse statistics), ``optim`` (SGD/LARS, lr
 schedule scaled to the global batch, prototype freezing), ``precision`` (float16 autocast with
-loss scaling, or bfloat16) and ``engine`` (``train`` and ``train_one_epoch``).
+loss scaling, or bfloat16), ``stats`` (per-epoch statistics), ``engine`` (``train`` and ``train_one_epoch``) and
+``supervised`` (``method: supervised``, the positive control the same ``train`` runs).
 """
 
 from trainers.lazy import lazy_exports
@@ -25,8 +26,9 @@ _EXPORTS = {
     ], "trainers.swav.optim"),
     **dict.fromkeys(["backward_and_step", "grad_scaler"], "trainers.swav.precision"),
     **dict.fromkeys([
-        "METRIC_NAMES", "EpochStats", "derive_seed", "epoch_indices", "train", "train_one_epoch"
+        "METRIC_NAMES", "derive_seed", "epoch_indices", "train", "train_one_epoch"
     ], "trainers.swav.engine"),
+    **dict.fromkeys(["EpochStats"], "trainers.swav.stats"),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 

@@ -12,7 +12,6 @@ rates are given for a global batch of 256 and scaled linearly to the real one (o
 from __future__ import annotations
 
 import logging
-import math
 import os
 import tempfile
 import time
@@ -38,8 +37,6 @@ from trainers.common import (
     set_rng_state,
 )
 from trainers.data import (
-    SKIPPED_SHOWN,
-    TOO_SMALL,
     DatasetError,
     SkippedImage,
     UnlabeledImages,
@@ -49,22 +46,15 @@ from trainers.data import (
 )
 from trainers.reporting import Reporter
 from trainers.swav.augment import MultiCropAugment
-from trainers.swav.collapse import COLLAPSED, CollapseWatch, prototype_span, score_std
+from trainers.swav.collapse import COLLAPSED, CollapseWatch
 from trainers.swav.config import MIN_BATCH, SwAVConfig
 from trainers.swav.knn import (KNN_TOP1, KNN_TOP1_RANDOM, MONITOR_NAMES, REFERENCE_NAMES, knn_monitor,
                                monitor_references, random_seeds)
-from trainers.swav.loss import (
-    EmbeddingQueue,
-    assignment_entropy,
-    distributed_ready,
-    embedding_std,
-    prototype_counts,
-    queue_rows_per_process,
-    swav_loss,
-)
+from trainers.swav.loss import EmbeddingQueue, distributed_ready, queue_rows_per_process, swav_loss
 from trainers.swav.model import SwAVModel, export_trunk, normalize_prototypes
 from trainers.swav.optim import build_optimizer, frozen_prototype_iterations, learning_rate, set_learning_rate
 from trainers.swav.precision import autocast, backward_and_step, grad_scaler
+from trainers.swav.stats import EmptyEpochError, EpochStats, move_images, smallest_batch
 
 log = logging.getLogger(__name__)
 
@@ -128,130 +118,12 @@ def make_loader(
 
 
 # ---------------------------------------------------------------------------
-# Per-epoch statistics
-# ---------------------------------------------------------------------------
-
-
-class EmptyEpochError(DatasetError):
-    """No batch of the epoch had enough usable images to train on (the trainer says why and what to do)."""
-
-
-class EpochStats:
-    """Running sums for the epoch's metrics, kept on the device (no sync per step)."""
-
-    def __init__(self, prototypes: int, device: torch.device) -> None:
-        # loss, embedding std, entropy, steps, prototype-score std, fraction in the prototypes' span
-        self.sums = torch.zeros(6, device=device, dtype=torch.float64)
-        self.counts = torch.zeros(prototypes, device=device, dtype=torch.int64)
-        self.images = 0  # trained on
-        self.readable = 0  # returned by the loader, also those in batches too small to train on
-        self.unreadable = 0
-        self.too_small = 0  # a side under the smallest crop
-        self.skipped: list[SkippedImage] = []  # the first few skipped files of this process, to name them
-        self.amp_skipped = 0
-        # Over all processes, set by metrics():
-        self.readable_total = self.unreadable_total = self.too_small_total = 0
-
-    def add_skipped(self, skipped: Sequence[SkippedImage] | int) -> None:
-        """Count a batch's skipped files (unreadable or too small) and keep the first few.
-
-        A plain count (loaders that do not name their files, e.g. ``bench/overhead.py``) is taken
-        as that many unnamed unreadable files.
-        """
-        if isinstance(skipped, int):
-            self.unreadable += skipped
-            return
-        for item in skipped:
-            if item.reason == TOO_SMALL:
-                self.too_small += 1
-            else:
-                self.unreadable += 1
-            if item.path is not None and len(self.skipped) < SKIPPED_SHOWN:
-                self.skipped.append(item)
-
-    @torch.no_grad()
-    def update(self, loss: Tensor, embeddings: Tensor, scores: Tensor, n_crops: int, temperature: float,
-               prototypes: Tensor) -> None:
-        """Add one step: its loss, embeddings and prototype scores (all crops), and the prototypes' weights."""
-        values = torch.stack([
-            loss.detach().double(),
-            embedding_std(embeddings, n_crops).double(),
-            assignment_entropy(scores, temperature).double(),
-            torch.ones((), dtype=torch.float64, device=loss.device),
-            score_std(scores, n_crops).double(),
-            prototype_span(embeddings, prototypes).double(),
-        ])
-        self.sums += values.to(self.sums.device)
-        self.counts += prototype_counts(scores.detach()).to(self.counts.device)
-
-    def reduced(self, seconds: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``(sums, counts, totals, maxima)`` over all processes; raises :class:`EmptyEpochError` if no step ran.
-
-        ``sums[3]`` counts the steps; ``totals`` = (images trained on, unreadable, too small, readable); ``maxima`` =
-        (loss-scaler skips, seconds).
-        """
-        sums, counts = self.sums.clone(), self.counts.clone()
-        totals = torch.tensor([float(self.images), float(self.unreadable), float(self.too_small), float(self.readable)],
-                              device=sums.device, dtype=torch.float64)
-        # Every process skips the same AMP steps (gradients are all-reduced); the epoch lasts as
-        # long as its slowest process.
-        maxima = torch.tensor([float(self.amp_skipped), seconds], device=sums.device, dtype=torch.float64)
-        if distributed_ready():
-            for tensor in (sums, counts, totals):
-                dist.all_reduce(tensor)
-            dist.all_reduce(maxima, op=dist.ReduceOp.MAX)
-        self.unreadable_total, self.too_small_total, self.readable_total = (int(v) for v in totals[1:].tolist())
-        steps = float(sums[3])
-        if steps == 0:
-            raise EmptyEpochError(
-                f"no usable batch in this epoch (every batch had fewer than {MIN_BATCH} usable images: "
-                f"{self.readable_total} usable, {self.unreadable_total + self.too_small_total} skipped)"
-            )
-        return sums, counts, totals, maxima
-
-    def metrics(self, seconds: float, lr: float) -> dict[str, float]:
-        """The epoch's metrics, summed over processes when distributed."""
-        sums, counts, totals, maxima = self.reduced(seconds)
-        steps = float(sums[3])
-        ln_k = math.log(counts.numel())
-        loss = float(sums[0]) / steps
-        return {
-            "swav/loss": loss,
-            "swav/ln_k": ln_k,
-            "swav/loss_over_ln_k": loss / ln_k if ln_k > 0 else math.nan,
-            "swav/embedding_std": float(sums[1]) / steps,
-            "swav/score_std": float(sums[4]) / steps,
-            "swav/prototype_span": float(sums[5]) / steps,
-            "swav/assignment_entropy": float(sums[2]) / steps,
-            "swav/prototypes_used": float(int((counts > 0).sum())),
-            "swav/amp_skipped_steps": float(maxima[0]),
-            "swav/images_per_s": float(totals[0]) / max(float(maxima[1]), 1e-9),
-            "lr": float(lr),
-        }
-
-
-# ---------------------------------------------------------------------------
 # One epoch
 # ---------------------------------------------------------------------------
 
 
 def _unwrap(model: nn.Module) -> SwAVModel:
     return model.module if isinstance(model, DistributedDataParallel) else model  # type: ignore[return-value]
-
-
-def _smallest_batch(size: int, device: torch.device) -> int:
-    """The smallest batch over all processes (all must skip a batch together)."""
-    if not distributed_ready():
-        return size
-    value = torch.tensor([size], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MIN)
-    return int(value.item())
-
-
-def move_images(images: Sequence[Tensor | tuple[Tensor, ...]], device: torch.device) -> list:
-    """A batch's images on ``device`` (an image with renderings is a tuple of them)."""
-    return [tuple(r.to(device, non_blocking=True) for r in im) if isinstance(im, tuple)
-            else im.to(device, non_blocking=True) for im in images]
 
 
 def train_one_epoch(
@@ -313,7 +185,7 @@ def train_one_epoch(
         stats.readable += len(images)
         lr = learning_rate(config, iteration, iters_per_epoch, world_size)
         set_learning_rate(optimizer, lr)
-        if _smallest_batch(len(images), device) < MIN_BATCH:
+        if smallest_batch(len(images), device) < MIN_BATCH:
             iteration += 1  # the schedule counts loader batches, as the reference
             continue
         images = move_images(images, device)

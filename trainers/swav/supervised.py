@@ -27,7 +27,7 @@ from trainers.data import SkippedImage, UnlabeledImages, collate_images
 from trainers.resnet import TRUNK_CHANNELS, build_trunk
 from trainers.swav.augment import MultiCropAugment
 from trainers.swav.config import MIN_BATCH, SwAVConfig
-from trainers.swav.engine import EpochStats, _smallest_batch, move_images
+from trainers.swav.stats import EpochStats, move_images, smallest_batch
 from trainers.swav.optim import learning_rate, set_learning_rate
 from trainers.swav.precision import autocast, backward_and_step
 
@@ -129,7 +129,7 @@ def train_one_epoch(
         stats.readable += len(images)
         lr = learning_rate(config, iteration, iters_per_epoch, world_size)
         set_learning_rate(optimizer, lr)
-        if _smallest_batch(len(images), device) < MIN_BATCH:
+        if smallest_batch(len(images), device) < MIN_BATCH:
             iteration += 1
             continue
         images = move_images(images, device)
