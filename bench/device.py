@@ -258,11 +258,11 @@ def phase_fidelity(work: Path, tiny: bool, budget: float | None) -> dict[str, An
         print(f"fidelity: data in {result['data_s']:.0f} s; {len(plan.pretrain)} pretraining run(s), "
               f"{len(plan.finetune)} fine-tunes", flush=True)
         save(work, "fidelity", result)
-        backbones, result["swav"] = {}, []
+        backbones, result["pretrain"] = {}, []
         for trial in plan.pretrain:
             swav = _pretrain(trial, {**trial.config, **pre_fields}, root, _deadline(started, budget, SWAV_SHARE))
             backbones[trial.config_hash] = swav["backbone"]
-            result["swav"].append(swav)
+            result["pretrain"].append(swav)
             print(f"fidelity: {swav['method']} {trial.name} {swav['epochs_done']}/{swav['epochs']} epochs in "
                   f"{swav['wall_s']:.0f} s, {swav['images_per_s']:.0f} images/s", flush=True)
             save(work, "fidelity", result)
@@ -323,7 +323,7 @@ def fidelity_groups(result: dict[str, Any]) -> list[Any]:
     """bench.fidelity's groups (one per arm, one value per seed) from the phase's records."""
     from bench.fidelity import BASELINE, CONTROL, CURVE_KEYS, MONITOR_KEYS, POSITIVE, PRETRAINED, Group, arm
 
-    swav = {s["hash"]: s for s in result.get("swav", [])}
+    swav = {s["hash"]: s for s in result.get("pretrain", [])}
     groups: dict[str, Group] = {}
     for r in sorted(result.get("finetune", []), key=lambda r: r["name"]):
         if "error" in r or math.isnan(last_ap50(r)):
@@ -364,19 +364,21 @@ def fidelity_section(result: dict[str, Any], meta: dict[str, Any], command: str)
     from trainers.swav.references import monitor_text
 
     head = "## Fidelity on one GPU (search_spaces/fidelity_gpu.yaml)"
-    if "skipped" in result or "swav" not in result:
-        return f"{head}\n\n**Not measured: {result.get('skipped', 'the phase stopped before SwAV ran')}.**\n"
+    if "skipped" in result or "pretrain" not in result:
+        return f"{head}\n\n**Not measured: {result.get('skipped', 'the phase stopped before pretraining ran')}.**\n"
     groups = fidelity_groups(result)
     where = (f"{meta['gpu']}, {meta['cpus']} CPUs" if meta["cuda"]
              else f"{meta['cpus']} CPUs, no GPU: `--tiny` (tiny networks, the small set, one seed): a pipeline check, "
                   "not the claim")
     lines = [head, "", f"Command: `{command}` (the fidelity phase: the configs `ablate launch` plans for this space, "
              f"run without the launch). Machine: {where}. Data generated in {result.get('data_s', math.nan):.0f} s."]
-    for s in result["swav"]:
+    for s in result["pretrain"]:
         final = s["history"][-1] if s["history"] else {}
         budget = "" if s["epochs_done"] == s["epochs"] else " (stopped by its wall budget; the trunk exported there)"
-        lines.append(f"SwAV {s['name']}: {s['epochs_done']} of {s['epochs']} epochs in {s['wall_s']:.0f} s{budget}, "
-                     f"{s['images_per_s']:.0f} images/s; kNN top-1 {monitor_text(final, 'knn_top1')}; linear probe "
+        what = "Supervised (the positive control)" if s.get("method") == "supervised" else "SwAV"
+        lines.append(f"{what} {s['name']}: {s['epochs_done']} of {s['epochs']} epochs in {s['wall_s']:.0f} s{budget}, "
+                     f"{s['images_per_s']:.0f} images/s; kNN top-1 {monitor_text(final, 'knn_top1')} (standardised "
+                     f"{monitor_text(final, 'knn_z_top1')}); linear probe "
                      f"{monitor_text(final, 'probe_top1')}.")
     runs = result.get("finetune", [])
     short = [r for r in runs if "error" not in r and len(r["history"]) < r["epochs"]]

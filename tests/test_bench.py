@@ -255,13 +255,17 @@ def test_device_check_runs_every_phase_tiny_without_the_orchestration_stack(devi
     rates = data["results"]["throughput"]["rates"]
     assert set(rates) == set(gpu.ROWS) and all(r > 0 for v in rates.values() for r in v)
     fid = data["results"]["fidelity"]
-    (swav,) = fid["swav"]
-    assert swav["epochs_done"] == swav["epochs"] == 2 and swav["history"][-1]["swav/knn_top1_random_std"] >= 0
-    assert len(fid["finetune"]) == 4 and not any("error" in r for r in fid["finetune"])  # 4 arms x 1 seed
+    swav, supervised = sorted(fid["pretrain"], key=lambda s: s["method"] == "supervised")  # + the positive control
+    assert (swav["method"], supervised["method"]) == ("swav", "supervised")
+    for run in (swav, supervised):
+        assert run["epochs_done"] == run["epochs"] == 2 and run["history"][-1]["swav/knn_top1_random_std"] >= 0
+    assert supervised["history"][-1]["sup/classes"] == 10
+    assert len(fid["finetune"]) == 6 and not any("error" in r for r in fid["finetune"])  # 6 arms x 1 seed
     assert all(0.0 <= device.last_ap50(r) <= 1.0 for r in fid["finetune"])
     md = (out / "device.md").read_text()
     assert "## GPU throughput" in md and "## Fidelity on one GPU" in md and "5 skipped" in md
     assert "a pipeline check, not the claim" in md and "fair baseline" in md and "control: random trunk" in md
+    assert "Supervised (the positive control) res18_" in md and "positive control;" in md
     with tarfile.open(out / "device-curves.tar.gz") as tar:
         names = set(tar.getnames())
     assert {"tests.xml", "fidelity.json", "curves/fidelity_gpu_curves.png", "curves/fidelity_gpu_curves.json"} <= names
@@ -358,7 +362,8 @@ def test_fidelity_groups_and_goals(tmp_path):
     text = fidelity.section(groups, verdict, 60.0, fidelity.SPACE, False, tmp_path / "curves.png",
                             {"views_holding": 0.8, "pairs_sharing": 0.7})
     assert "| SwAV res18_p30 (frozen_affine, 357) | 3 | 0.320 ± 0.020 |" in text and "**1.52x**" in text
-    assert "**not met**" not in text and "the SwAV trunk is above it (SwAV res18_p30 (frozen_affine, 357) > " in text
+    assert "**not met**" not in text.split("Best pretrained")[1]
+    assert "the SwAV trunk is above it (SwAV res18_p30 (frozen_affine, 357) > " in text
     assert "by 0.110 AP50 [" in text and "3 seeds each, decided: **met**" in text
     # The kNN figure is never shown without its references: the random-init spread and the raw pixels.
     assert "0.550 (random 0.400 ± 0.020, pixels 0.700)" in text and "80.0 (random 370.0)" in text
