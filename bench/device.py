@@ -59,7 +59,7 @@ BUDGETS = {"tests": 60, "throughput": 150, "fidelity": 310}
 # took past 80 s, so a wall-clock box made a busy CI host refuse a good submission.
 TINY_BUDGETS: dict[str, float | None] = dict.fromkeys(PHASES)
 CALL_LIMIT_S = 540
-SWAV_SHARE = 0.40  # of the fidelity phase: the SwAV wall budget (data first, fine-tunes after)
+SWAV_SHARE = 0.40  # of the fidelity phase: the pretraining runs' wall budget, shared (data first, fine-tunes after)
 MARGIN_S = 12  # fidelity: the fine-tunes' deadline this long before the phase's, for their last epoch and the report
 OUT_FILES = ("device.json", "device.md", "device.log", "device-curves.tar.gz")
 CUDA_MARK = "cuda"
@@ -259,8 +259,11 @@ def phase_fidelity(work: Path, tiny: bool, budget: float | None) -> dict[str, An
               f"{len(plan.finetune)} fine-tunes", flush=True)
         save(work, "fidelity", result)
         backbones, result["pretrain"] = {}, []
-        for trial in plan.pretrain:
-            swav = _pretrain(trial, {**trial.config, **pre_fields}, root, _deadline(started, budget, SWAV_SHARE))
+        window = _deadline(started, budget, SWAV_SHARE)  # the pretraining runs share it equally, one after another
+        for done, trial in enumerate(plan.pretrain):
+            now = time.monotonic()
+            swav = _pretrain(trial, {**trial.config, **pre_fields}, root,
+                             now + (window - now) / (len(plan.pretrain) - done))
             backbones[trial.config_hash] = swav["backbone"]
             result["pretrain"].append(swav)
             print(f"fidelity: {swav['method']} {trial.name} {swav['epochs_done']}/{swav['epochs']} epochs in "
@@ -410,6 +413,12 @@ def plan_text(phases: Sequence[str], budgets: dict[str, float | None]) -> str:
     return f"{parts}; {sum(boxed):g} s in all (one call: at most {CALL_LIMIT_S} s)"
 
 
+def leaves_text(out: Path) -> str:
+    """The plan's second line: the files the call leaves, and what it cleans up."""
+    return (f"leaves: {', '.join(str(out / name) for name in OUT_FILES)}; its work folders ({work_root()}/ablate-*, "
+            "the phases' checkpoints and data) are removed after each phase, a timed-out one's too")
+
+
 def tests_line(result: dict[str, Any]) -> str:
     if not result:
         return "CUDA-only tests: not run."
@@ -460,7 +469,7 @@ def drive(out: Path, tiny: bool, only: Sequence[str] = (), budgets: dict[str, fl
     work = Path(tempfile.mkdtemp(prefix="ablate-device-"))
     status: dict[str, dict[str, Any]] = {p: {"status": "pending", "budget_s": budgets[p]} for p in phases}
     with open(out / "device.log", "w") as log:
-        plan = [f"bench device{' --tiny' if tiny else ''}: {plan_text(phases, budgets)}",
+        plan = [f"bench device{' --tiny' if tiny else ''}: {plan_text(phases, budgets)}", leaves_text(out),
                 f"machine: {json.dumps(meta)}"]
         for line in plan:
             print(line, flush=True)

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-from experiments.trial import KEY_METRIC, METRIC_LABELS, STAGE_PRETRAIN
+from experiments.trial import METRIC_LABELS, STAGE_PRETRAIN, key_metric
 
 if TYPE_CHECKING:  # type hints only
     from experiments.launch.context import TrialOutcome
@@ -55,7 +55,7 @@ def format_summary(outcomes: Sequence[TrialOutcome], counts: Mapping[str, float]
     lines = ["", "summary", f"  {'stage':8}  {'status':8}  {'epochs':>7}  {'key metric':>18}  name / reason"]
     order = {"done": 0, "reused": 1, "pruned": 2, "failed": 3, "skipped": 4}
     for o in sorted(outcomes, key=lambda o: (o.stage != STAGE_PRETRAIN, order.get(o.status, 9), o.name)):
-        key = KEY_METRIC[o.stage]
+        key = key_metric(o.stage, o.metrics)
         val = o.metrics.get(key)
         label = METRIC_LABELS.get(key, key.split("/")[-1])  # one label per metric, as in the report
         shown = f"{label} {val:.4f}" if isinstance(val, float) and math.isfinite(val) else "-"

@@ -33,6 +33,14 @@ METRIC_LABELS = {AP50: "AP@0.5", "det/AP": "AP@[.5:.95]", "det/AP75": "AP@0.75",
                  "swav/knn_top1_random": "kNN top-1 (random inits, mean)"}
 # The key metric shown in progress lines and summaries, per stage.
 KEY_METRIC = {STAGE_PRETRAIN: LOSS_OVER_LN_K, STAGE_FINETUNE: AP50}
+# A supervised pretraining run (the positive control) has no SwAV loss: its cross-entropy / ln(classes) stands in.
+SUPERVISED_KEY = "sup/loss_over_ln_c"
+
+
+def key_metric(stage: str, metrics: Mapping[str, Any]) -> str:
+    """The key metric a run of ``stage`` shows: :data:`KEY_METRIC`'s, or a supervised run's :data:`SUPERVISED_KEY`."""
+    key = KEY_METRIC[stage]
+    return SUPERVISED_KEY if key not in metrics and SUPERVISED_KEY in metrics else key
 ARTIFACTS_SUBDIR = "artifacts"  # files a trainer passed to report(), carried inside the checkpoint
 CANDIDATE_KEY = "candidate"  # in `tpe` mode: which backbone x cell x seed a sampled trial fine-tunes
 # Where a trial ran, sent with its reports (no "/" in the keys: never logged as metrics) and recorded as run tags.
