@@ -493,7 +493,9 @@ def section(groups: Sequence[Group], verdict: Verdict, wall_s: float, space: Pat
         f"Data: the `digits` sample ({spec['data']['sample'].get('size', 'small')}): labeled 256 px scenes of real "
         "handwritten digits, 10 categories; object-centric 64 px unlabeled images on fresh backgrounds. "
         f"Pretraining: SwAV {pre.get('arch')}, K={pre.get('prototypes')} for feat_dim {pre.get('feat_dim')}, "
-        f"{pre.get('epochs')} epochs at batch {pre.get('batch_size')}, crops {crops}. "
+        f"{pre.get('epochs')} epochs at batch {pre.get('batch_size')}, crops {crops}"
+        + ("; the positive control: the same trunk, crops and schedule trained with the unlabeled images' digit "
+           "classes (`method: supervised`). " if any(g.role == POSITIVE for g in groups) else ". ") +
         f"Fine-tuning: Faster R-CNN ({ft.get('head')} head) at {ft.get('min_size')} px for {ft.get('epochs')} epochs; "
         "scratch with the fair baseline's trainable BN, one learning rate and the 3x schedule. Seeds: fine-tuning "
         "seeds; mean ± sample std over them.",

@@ -433,8 +433,8 @@ def test_fidelity_space_plans_pretrained_against_the_fair_baseline(sample_data, 
     positive = [t for t in plan.finetune if t.upstream_hash == supervised.config_hash]
     assert (swav.config["method"], supervised.config["method"]) == ("swav", "supervised")
     assert len(scratch) == len(control) == 3 and len(pretrained) == len(positive) == 3 * recipes
-    # The positive control: the SwAV arm's crops, schedule and fine-tuning exactly, on a supervised trunk.
-    same = ("arch", "epochs", "batch_size", "crops", "base_lr", "optimizer")
+    # The positive control: the SwAV arm's trunk, crops and iterations exactly (its optimizer: torchvision's recipe).
+    same = ("arch", "epochs", "batch_size", "crops")
     assert {k: supervised.config[k] for k in same} == {k: swav.config[k] for k in same}
     # The recipe: prototypes well above the embedding's dimension, prototypes frozen at first; the CPU profile's
     # small batch takes a queue, the GPU profile's short run at batch 256 none (every reference starts it later).
@@ -442,7 +442,7 @@ def test_fidelity_space_plans_pretrained_against_the_fair_baseline(sample_data, 
     assert pre["prototypes"] >= 5 * pre["feat_dim"]
     assert pre["queue_length"] >= 10 * pre["batch_size"] if space == fidelity.SPACE else pre["queue_length"] == 0
     if space == fidelity.GPU_SPACE:  # sized by the published curves: >= 2,000 iterations, layer4 maps >= 2x2
-        assert pre["epochs"] * 16384 // pre["batch_size"] >= 2000 and min(c["size"] for c in pre["crops"]) >= 64
+        assert pre["epochs"] * 16384 // pre["batch_size"] >= 2000 and min(c["size"] for c in pre["crops"]) >= 48
     assert pre["freeze_prototypes_epochs"] >= 1 and pre["knn_every"] >= 1
     # The control: the paper's pretrained arm (FBN, 3-5-7) exactly, on a random trunk.
     paper = [t for t in pretrained if (t.config["norm"], t.config["lr_scheme"]) == ("frozen_affine", "357")]
