@@ -59,17 +59,21 @@ class SwAVModel(nn.Module):
             their ``(n_crops * B, K)`` prototype scores, crop-major (view ``v`` is rows
             ``v * B`` to ``(v + 1) * B``).
         """
-        if isinstance(crops, Tensor):
-            crops = [crops]
-        sizes = torch.tensor([c.shape[-1] for c in crops])
-        counts = torch.unique_consecutive(sizes, return_counts=True)[1].tolist()
-        features = []
-        start = 0
-        for count in counts:
-            features.append(self.trunk(torch.cat(list(crops[start : start + count]))))
-            start += count
-        embeddings = F.normalize(self.projection_head(torch.cat(features)), dim=1, p=2)
+        embeddings = F.normalize(self.projection_head(trunk_features(self.trunk, crops)), dim=1, p=2)
         return embeddings, self.prototypes(embeddings)
+
+
+def trunk_features(trunk: nn.Module, crops: Sequence[Tensor] | Tensor) -> Tensor:
+    """Pooled trunk features of every crop, crop-major; consecutive crops of one resolution go through the trunk in
+    one pass (as the reference: ``torch.unique_consecutive`` on the crop sizes)."""
+    if isinstance(crops, Tensor):
+        crops = [crops]
+    features, start = [], 0
+    sizes = torch.tensor([c.shape[-1] for c in crops])
+    for count in torch.unique_consecutive(sizes, return_counts=True)[1].tolist():
+        features.append(trunk(torch.cat(list(crops[start : start + count]))))
+        start += count
+    return torch.cat(features)
 
 
 @torch.no_grad()
@@ -94,7 +98,7 @@ def load_backbone(path: str | Path) -> nn.Module:
     return trunk
 
 
-__all__ = ["SwAVModel", "load_backbone", "normalize_prototypes"]
+__all__ = ["SwAVModel", "load_backbone", "normalize_prototypes", "trunk_features"]
 
 
 TRUNK_PREFIX = "trunk."  # the trunk's keys in a SwAVModel state dict (and so in a SwAV checkpoint's "model")

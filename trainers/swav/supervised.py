@@ -32,6 +32,7 @@ from trainers.data import SkippedImage, UnlabeledImages, collate_images
 from trainers.resnet import TRUNK_CHANNELS, build_trunk
 from trainers.swav.augment import MultiCropAugment
 from trainers.swav.config import MIN_BATCH, SwAVConfig
+from trainers.swav.model import trunk_features
 from trainers.swav.stats import EpochStats, move_images, smallest_batch
 from trainers.swav.optim import learning_rate, set_learning_rate
 from trainers.swav.precision import autocast, backward_and_step
@@ -50,14 +51,7 @@ class SupervisedModel(nn.Module):
 
     def forward(self, crops: Sequence[Tensor] | Tensor) -> Tensor:
         """Class scores ``(n_crops * B, classes)`` of every view, crop-major (views of one size in one pass)."""
-        if isinstance(crops, Tensor):
-            crops = [crops]
-        features, start = [], 0
-        sizes = torch.tensor([c.shape[-1] for c in crops])
-        for count in torch.unique_consecutive(sizes, return_counts=True)[1].tolist():
-            features.append(self.trunk(torch.cat(list(crops[start : start + count]))))
-            start += count
-        return self.classifier(torch.cat(features))
+        return self.classifier(trunk_features(self.trunk, crops))
 
 
 class LabeledImages(Dataset):
