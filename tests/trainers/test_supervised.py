@@ -56,6 +56,15 @@ def test_supervised_pretraining_trains_and_the_detector_fine_tunes_from_its_expo
     assert math.isfinite(metrics["det/loss"]) and 0 <= metrics["det/AP50"] <= 1
 
 
+def test_a_generated_set_with_renderings_is_reused_not_rewritten(digits_small) -> None:
+    """The cache check counts an image's renderings: a launch, a dry run or a benchmark finds the set complete
+    (it used to regenerate the unlabeled images on every call, under a running launch)."""
+    before = {p: p.stat().st_mtime_ns for p in digits_small.root.rglob("*") if p.is_file()}
+    assert any(".view1." in p.name for p in before)
+    assert generate_sample(digits_small.root, size="small", kind="digits", renderings=2) == digits_small
+    assert {p: p.stat().st_mtime_ns for p in digits_small.root.rglob("*") if p.is_file()} == before
+
+
 def test_supervised_pretraining_without_labels_names_the_file_and_the_fix(sample_data, tmp_path: Path) -> None:
     config = SwAVConfig(method="supervised", arch="resnet18", epochs=1, batch_size=8, crops=CROPS,
                         data=str(sample_data.unlabeled), workers=0, amp=False, knn_every=0)

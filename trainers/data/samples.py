@@ -338,7 +338,8 @@ def _is_complete(paths: SamplePaths, manifest: dict[str, Any]) -> bool:
     return (
         paths.train_annotations.is_file()
         and paths.val_annotations.is_file()
-        and len(find_images(paths.unlabeled)) == counts["unlabeled"]
+        # each unlabeled image with its further renderings (``<stem>.view<k>``) beside it
+        and len(find_images(paths.unlabeled)) == counts["unlabeled"] * manifest.get("renderings", 1)
         and len(find_images(paths.train_images)) == counts["train"]
         and len(find_images(paths.val_images)) == counts["val"]
         and ("monitor_bank" not in counts or monitor is not None
