@@ -337,13 +337,12 @@ def demo_verdict(result: Any, uri: str) -> list[str]:
     cell beats the baseline beyond the seeds' spread *and* its backbone's kNN monitor is clearly above
     the random initialisations' mean by 10 points and two of their std (the fidelity benchmark's bar); otherwise the lines say which part is missing.
     """
-    from mlflow.tracking import MlflowClient
-
     from experiments.headline import study_headline
+    from experiments.sqlite_reader import read_client
 
     if result.parent_run_id is None or not _store_may_exist(uri):
         return []
-    client = MlflowClient(tracking_uri=uri)
+    client = read_client(uri)
     exp = client.get_experiment_by_name(result.study)
     if exp is None:
         return []
@@ -377,13 +376,12 @@ def demo_verdict(result: Any, uri: str) -> list[str]:
 
 def _demo_links(uri: str, study: str) -> list[str]:
     """The study's leaderboard, cells and compare links on `ablate ui`'s default address."""
-    from mlflow.tracking import MlflowClient
-
+    from experiments.sqlite_reader import read_client
     from experiments.ui import DEFAULT_UI_URL, links
 
     if not _store_may_exist(uri):
         return []
-    exp = MlflowClient(tracking_uri=uri).get_experiment_by_name(study)
+    exp = read_client(uri).get_experiment_by_name(study)
     if exp is None:
         return []
     found = links(DEFAULT_UI_URL, exp.experiment_id, study, exp.tags)

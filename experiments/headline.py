@@ -286,15 +286,14 @@ def study_headline(client: Any, experiment_id: str, axes: Sequence[str] | None =
     ``ablate report`` and the registry's version descriptions all call it.
 
     Args:
-        client: an ``MlflowClient`` of the study's store.
+        client: an ``MlflowClient`` or ``SqliteReader`` of the study's store.
         experiment_id: the study's experiment.
         axes: the ablated params; default: the experiment's ``ablate.axes`` tag (written by ``ablate launch``).
         metric: the ranking metric.
         runs: the study's fine-tuning runs when the caller has read them already (``ablate report``);
             default: read from the store.
     """
-    from mlflow.entities import ViewType
-
+    from experiments.sqlite_reader import ACTIVE_ONLY
     from experiments.spaces import AdaptiveSeeds
     from experiments.tracking import TAG_STAGE
     from experiments.ui import AXES_TAG, SEEDS_TAG
@@ -310,7 +309,7 @@ def study_headline(client: Any, experiment_id: str, axes: Sequence[str] | None =
     runs, token = [], None
     while True:
         page = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_STAGE}` = 'finetune'",
-                                  run_view_type=ViewType.ACTIVE_ONLY, max_results=1000, page_token=token)
+                                  run_view_type=ACTIVE_ONLY, max_results=1000, page_token=token)
         runs.extend(page)
         token = page.token
         if not token:

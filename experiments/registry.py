@@ -44,6 +44,7 @@ import yaml
 
 from experiments.pyfunc_models import BACKBONE_CODE, DETECTOR_CODE
 from experiments.redaction import redact
+from experiments.sqlite_reader import ACTIVE_ONLY, read_client
 from experiments.store import check_store, finite_or_none, fluent_store, is_missing, store_errors
 from experiments.tracking import (
     TAG_GIT, TAG_HASH, TAG_NAME, TAG_SEED, TAG_STAGE, TAG_UPSTREAM, UPSTREAM_SCRATCH, usable_run,
@@ -99,15 +100,18 @@ def model_name(study: str, kind: str) -> str:
     return f"{validate_study_name(study, RegistryError)}-{kind}"
 
 
-def open_registry(tracking_uri: str) -> Any:
-    """An ``MlflowClient`` on the tracking store and its model registry (the same URI).
+def open_registry(tracking_uri: str, read_only: bool = False) -> Any:
+    """An ``MlflowClient`` on the tracking store and its model registry (the same URI); ``read_only``: on a local
+    sqlite store, :class:`~experiments.sqlite_reader.SqliteReader` (no MLflow import) for a command that only reads.
 
     Raises:
         RegistryError: the store cannot be reached.
     """
+    check_store(tracking_uri, RegistryError)
+    if read_only:
+        return read_client(tracking_uri, registry=True)
     from mlflow.tracking import MlflowClient
 
-    check_store(tracking_uri, RegistryError)
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
@@ -142,10 +146,8 @@ def eligible_runs(client: Any, experiment_id: str, metric: str = DEFAULT_METRIC)
     pruned, no ``ablate.error`` tag, a finite final ``metric``). Ordered by
     ``metric``, then ``det/AP``, then the earlier run first (stable across calls).
     """
-    from mlflow.entities import ViewType
-
     runs = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_STAGE}` = 'finetune'",
-                              run_view_type=ViewType.ACTIVE_ONLY, max_results=50000)
+                              run_view_type=ACTIVE_ONLY, max_results=50000)
     ok = [r for r in runs if usable_run(r.info.status, r.data.tags, r.data.metrics, STAGE_FINETUNE, metric)]
     ok.sort(key=lambda r: r.info.start_time or 0)
     ok.sort(key=lambda r: _score(r.data.metrics, metric), reverse=True)  # stable: ties keep the earlier run
@@ -362,12 +364,10 @@ def version_description(client: Any, run: Any) -> str:
 
 
 def _champion(client: Any, name: str) -> Any | None:
-    from mlflow.exceptions import MlflowException
-
     try:
         return client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException as exc:
-        if is_missing(exc) or exc.error_code == "INVALID_PARAMETER_VALUE":
+    except Exception as exc:
+        if is_missing(exc) or getattr(exc, "error_code", None) == "INVALID_PARAMETER_VALUE":
             return None
         raise
 
@@ -462,7 +462,7 @@ def list_models(tracking_uri: str) -> str:
 
     For a backbone, AP50 / AP are those of the best detector fine-tuned on it (``downstream.*`` tags).
     """
-    client = open_registry(tracking_uri)
+    client = open_registry(tracking_uri, read_only=True)
     with store_errors(tracking_uri, "listing registered models", RegistryError):
         models = sorted(client.search_registered_models(max_results=1000), key=lambda m: m.name)
         header = ["model", "version", "aliases", "AP50", "AP", "run", "trial", "registered"]

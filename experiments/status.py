@@ -1,6 +1,7 @@
 """``ablate status``: a running launch seen from any machine that reaches the tracking store.
 
-Everything comes from the store (sqlite or an MLflow server, through ``MlflowClient``): the launch
+Everything comes from the store (a local sqlite store through :mod:`experiments.sqlite_reader`, an MLflow
+server or another database through ``MlflowClient``): the launch
 runs (driver, start, heartbeat age), every trial of the launch with its ``ablate.state``, the
 epoch it reached against its budget, its key metric and an ETA, and the study's headline
 (:func:`current_best`). :func:`render_table` draws it for a terminal (``--watch`` redraws it in
@@ -17,10 +18,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence, TextIO
 
-from mlflow.entities import ViewType
-from mlflow.tracking import MlflowClient
-
 from experiments.redaction import redact
+from experiments.sqlite_reader import ACTIVE_ONLY, read_client
 from experiments.store import check_store, finite_or_none, store_errors
 from experiments.headline import Headline, study_headline
 from experiments.tracking import (
@@ -107,7 +106,7 @@ def _float_tag(tags: dict[str, str], key: str) -> float | None:
     return finite_or_none(tags.get(key))
 
 
-def _trial_status(client: MlflowClient, run: Any, now: float) -> TrialStatus:
+def _trial_status(client: Any, run: Any, now: float) -> TrialStatus:
     tags, stage = run.data.tags, run.data.tags.get(TAG_STAGE, "")
     state = tags.get(TAG_STATE) or {"RUNNING": "running", "FINISHED": "finished", "FAILED": "failed",
                                     "KILLED": "stopped", "SCHEDULED": "planned"}.get(run.info.status, "?")
@@ -133,7 +132,7 @@ def _trial_status(client: MlflowClient, run: Any, now: float) -> TrialStatus:
                        eta, per_epoch, TAG_STOP_REQUESTED in tags, collapsed)
 
 
-def launch_status(client: MlflowClient, study: str, experiment_id: str, run: Any, headline: Headline | None = None,
+def launch_status(client: Any, study: str, experiment_id: str, run: Any, headline: Headline | None = None,
                   now: float | None = None) -> LaunchStatus:
     """A launch run and its trials (the runs whose parent it is), from the store; ``headline``: the study's,
     read from the store when not given."""
@@ -142,7 +141,7 @@ def launch_status(client: MlflowClient, study: str, experiment_id: str, run: Any
     tags = run.data.tags
     beat = _float_tag(tags, TAG_HEARTBEAT)
     children = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{run.info.run_id}'",
-                                  run_view_type=ViewType.ACTIVE_ONLY, max_results=5000)
+                                  run_view_type=ACTIVE_ONLY, max_results=5000)
     trials = [_trial_status(client, r, now) for r in children if r.data.tags.get(TAG_STAGE) in STAGES]
     order = {"running": 0, "planned": 1, "stopped": 2, "failed": 3, "finished": 4, "pruned": 5, "skipped": 6}
     trials.sort(key=lambda t: (order.get(t.state, 9), t.stage != "pretrain", t.name))
@@ -167,7 +166,7 @@ class StudySummary:
     best: str  # "best: NAME AP@0.5 0.370" from the launch's headline, "" before any result
 
 
-def recent_studies(client: MlflowClient, limit: int = 10, now: float | None = None) -> list[StudySummary]:
+def recent_studies(client: Any, limit: int = 10, now: float | None = None) -> list[StudySummary]:
     """Every study's newest launch, newest first (at most ``limit``)."""
     now = time.time() if now is None else now
     out = []
@@ -175,7 +174,7 @@ def recent_studies(client: MlflowClient, limit: int = 10, now: float | None = No
         if exp.name == "Default":
             continue
         runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{TAG_STAGE}` = 'launch'",
-                                  run_view_type=ViewType.ACTIVE_ONLY, max_results=1,
+                                  run_view_type=ACTIVE_ONLY, max_results=1,
                                   order_by=["attributes.start_time DESC"])
         if not runs:
             continue
@@ -203,7 +202,7 @@ def collect(tracking_uri: str, study: str | None = None,
 
     check_store(tracking_uri, StatusError)
     with store_errors(tracking_uri, "reading the launches", StatusError):
-        client = MlflowClient(tracking_uri=tracking_uri)
+        client = read_client(tracking_uri)
         if study is not None:
             exp = client.get_experiment_by_name(study)
             if exp is None or exp.lifecycle_stage == "deleted":
@@ -219,7 +218,7 @@ def collect(tracking_uri: str, study: str | None = None,
         out = []
         for exp in experiments:
             flt = f"tags.`{TAG_STAGE}` = 'launch'" + ("" if study else " and attributes.status = 'RUNNING'")
-            launches = client.search_runs([exp.experiment_id], filter_string=flt, run_view_type=ViewType.ACTIVE_ONLY,
+            launches = client.search_runs([exp.experiment_id], filter_string=flt, run_view_type=ACTIVE_ONLY,
                                           max_results=50 if study is None else 1,
                                           order_by=["attributes.start_time DESC"])
             if study is None:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Any, Iterator
 
 from experiments.redaction import redact
+from experiments.sqlite_reader import is_sqlite, sqlite_path
 
 PROBE_TIMEOUT_S = 5.0  # an unreachable server fails in seconds, not after MLflow's minutes of retries
 
@@ -30,8 +31,8 @@ def check_store(tracking_uri: str, error: type[ValueError]) -> None:
     Raises:
         error: naming the store and what to do.
     """
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri[len("sqlite:///"):])
+    if is_sqlite(tracking_uri):
+        db = sqlite_path(tracking_uri)
         if not db.is_file():
             raise error(f"no MLflow store at {db} (tracking URI {redact(tracking_uri)}); "
                         "run `ablate launch` first or pass --tracking-uri")
@@ -59,30 +60,42 @@ def store_errors(tracking_uri: str, what: str, error: type[ValueError]) -> Itera
 
     Our own errors (``error`` and its subclasses) pass through unchanged.
     """
-    from mlflow.exceptions import MlflowException
-    from requests.exceptions import RequestException
-    from sqlalchemy.exc import SQLAlchemyError
-
     try:
         yield
     except error:
         raise
-    except MlflowException as exc:
-        raise error(one_line(f"{what} ({redact(tracking_uri)}) failed: {exc.message}")) from exc
-    except (SQLAlchemyError, RequestException, OSError) as exc:  # a database or server that went away, a full disk
-        raise error(one_line(f"{what} ({redact(tracking_uri)}) failed: {type(exc).__name__}: {exc}")) from exc
+    except Exception as exc:
+        if isinstance(exc, _mlflow_errors()):
+            raise error(one_line(f"{what} ({redact(tracking_uri)}) failed: {exc.message}")) from exc
+        if isinstance(exc, (*_client_errors(), OSError)):  # a database or server that went away, a full disk
+            raise error(one_line(f"{what} ({redact(tracking_uri)}) failed: {type(exc).__name__}: {exc}")) from exc
+        raise
+
+
+def _loaded(*names: tuple[str, str]) -> tuple[type, ...]:
+    """The exception classes ``(module, class)`` of the modules this process has imported: a class whose module
+    was never imported cannot have been raised, and importing MLflow only to test for its errors costs seconds
+    (the read-only commands never import it: experiments/sqlite_reader.py)."""
+    return tuple(getattr(sys.modules[module], cls) for module, cls in names if module in sys.modules)
+
+
+def _mlflow_errors() -> tuple[type, ...]:
+    return _loaded(("mlflow.exceptions", "MlflowException"))
+
+
+def _client_errors() -> tuple[type, ...]:
+    """SQL, HTTP and sqlite3 failures, and the reader's missing entity."""
+    return _loaded(("sqlalchemy.exc", "SQLAlchemyError"), ("requests.exceptions", "RequestException"),
+                   ("sqlite3", "Error"), ("experiments.sqlite_reader", "NotFound"))
 
 
 def store_failure(exc: BaseException) -> BaseException | None:
     """The tracking-store error (MLflow, SQL, HTTP) behind ``exc``, following its causes; None if there is none."""
-    from mlflow.exceptions import MlflowException
-    from requests.exceptions import RequestException
-    from sqlalchemy.exc import SQLAlchemyError
-
+    kinds = _mlflow_errors() + _client_errors()
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
-        if isinstance(current, (MlflowException, SQLAlchemyError, RequestException)):
+        if isinstance(current, kinds):
             return current
         seen.add(id(current))
         current = current.__cause__ or current.__context__
@@ -96,10 +109,10 @@ def failure_text(exc: BaseException) -> str:
 
 
 def is_missing(exc: Exception) -> bool:
-    """Whether an MLflow error says the requested entity (run, model, version, alias) does not exist."""
-    from mlflow.exceptions import MlflowException
-
-    return isinstance(exc, MlflowException) and exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
+    """Whether a store error (MLflow's, or the sqlite reader's ``NotFound``) says the requested entity (run, model,
+    version, alias) does not exist."""
+    return isinstance(exc, _mlflow_errors() + _client_errors()) and getattr(exc, "error_code", None) in (
+        "RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
 
 
 @contextlib.contextmanager

@@ -23,10 +23,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag, ViewType
-from mlflow.tracking import MlflowClient
-
 from experiments.redaction import redact, scrub_mapping
+from experiments.sqlite_reader import ACTIVE_ONLY, SqliteReader, reads_without_mlflow, sqlite_path
 from experiments.store import finite_or_none
 from experiments.trial import AP50, STAGE_FINETUNE
 
@@ -123,20 +121,35 @@ def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
         yield items[i : i + size]
 
 
+def _metric_items(history: Iterable[tuple[int, Mapping[str, float]]], timestamp_ms: int) -> list[Any]:
+    """MLflow ``Metric`` entities of ``[(step, {key: value})]``: numbers only, infinities left out, NaN kept."""
+    from mlflow.entities import Metric
+
+    return [Metric(k, float(v), timestamp_ms, int(step)) for step, m in history for k, v in m.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isinf(float(v))]
+
+
 class Tracker:
     """The driver's MLflow writer for one study.
 
     Args:
         tracking_uri: sqlite / PostgreSQL URL or ``http(s)://`` server.
         study: the MLflow experiment name.
-        create: create the experiment when missing (False: look only, as a dry run does).
+        create: create the experiment when missing (False: look only).
+        read_only: nothing will be written (a dry run): on a local sqlite store the client is a
+            :class:`~experiments.sqlite_reader.SqliteReader`, or None when the store does not exist yet.
     """
 
-    def __init__(self, tracking_uri: str, study: str, create: bool = True) -> None:
+    def __init__(self, tracking_uri: str, study: str, create: bool = True, read_only: bool = False) -> None:
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri)
         self.study = study
-        exp = self.client.get_experiment_by_name(study)
+        if read_only and reads_without_mlflow(tracking_uri):  # a dry run reads a local store without MLflow, or finds none
+            self.client: Any = SqliteReader(tracking_uri) if sqlite_path(tracking_uri).is_file() else None
+        else:
+            from mlflow.tracking import MlflowClient  # here, not at the top: read-only commands import this module
+
+            self.client = MlflowClient(tracking_uri=tracking_uri)
+        exp = self.client.get_experiment_by_name(study) if self.client is not None else None
         if exp is None and not create:
             self.experiment_id = None  # read-only use (a dry run): no runs yet
         elif exp is None:
@@ -169,7 +182,7 @@ class Tracker:
         if extra_filter:
             clauses.append(extra_filter)
         return list(self.client.search_runs(
-            [self.experiment_id], filter_string=" and ".join(clauses), run_view_type=ViewType.ACTIVE_ONLY,
+            [self.experiment_id], filter_string=" and ".join(clauses), run_view_type=ACTIVE_ONLY,
             max_results=max_results, order_by=["attributes.start_time DESC"],
         ))
 
@@ -189,6 +202,8 @@ class Tracker:
         """Params and tags in batches within MLflow's per-request limits. Params already logged are skipped."""
         params, tags = scrub_mapping(params), scrub_mapping(tags)  # no credential is ever recorded
         existing = self.client.get_run(run_id).data.params if params else {}
+        from mlflow.entities import Param, RunTag
+
         p = [Param(k, str(v)[:MAX_PARAM_VALUE]) for k, v in params.items() if k not in existing]
         t = [RunTag(k, str(v)) for k, v in tags.items()]
         for chunk in _chunks(p, MAX_PARAMS_TAGS_PER_BATCH):
@@ -202,8 +217,7 @@ class Tracker:
         NaN is kept (MLflow stores it, e.g. an AP range with no ground truth); non-numbers are skipped.
         """
         ts = timestamp_ms or int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, int(step)) for k, v in metrics.items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isinf(float(v))]
+        items = _metric_items([(step, metrics)], ts)
         for chunk in _chunks(items, MAX_METRICS_PER_BATCH):
             self.client.log_batch(run_id, metrics=list(chunk))
         return len(items)
@@ -211,8 +225,7 @@ class Tracker:
     def log_history(self, run_id: str, history: Sequence[tuple[int, Mapping[str, float]]]) -> int:
         """Many steps of metrics in as few requests as possible (used by benchmarks and imports)."""
         ts = int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, int(step)) for step, m in history for k, v in m.items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isinf(float(v))]
+        items = _metric_items(history, ts)
         for chunk in _chunks(items, MAX_METRICS_PER_BATCH):
             self.client.log_batch(run_id, metrics=list(chunk))
         return math.ceil(len(items) / MAX_METRICS_PER_BATCH)
@@ -231,6 +244,8 @@ class Tracker:
 
     def log_dataset(self, run_id: str, name: str, digest: str, source: str, context: str) -> None:
         """Record the data set as an MLflow input (name, digest, where it lives)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
         ds = Dataset(name=name, digest=digest, source_type="local", source=json.dumps({"uri": redact(source)}),
                      schema=None, profile=None)
         self.client.log_inputs(run_id, [DatasetInput(ds, [InputTag("mlflow.data.context", context)])])

@@ -213,12 +213,11 @@ def links(base_url: str, experiment_id: str, study: str, tags: Mapping[str, str]
 
 def study_links(tracking_uri: str, base_url: str) -> list[StudyLinks]:
     """Links of every study in the store that has fine-tuning runs, newest experiment first (read-only)."""
-    from mlflow.entities import ViewType
-    from mlflow.tracking import MlflowClient
+    from experiments.sqlite_reader import ACTIVE_ONLY, read_client
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = read_client(tracking_uri)
     out = []
-    for exp in client.search_experiments(view_type=ViewType.ACTIVE_ONLY, order_by=["last_update_time DESC"]):
+    for exp in client.search_experiments(view_type=ACTIVE_ONLY, order_by=["last_update_time DESC"]):
         if not client.search_runs([exp.experiment_id], filter_string=FINETUNE_FILTER, max_results=1):
             continue
         out.append(links(base_url, exp.experiment_id, exp.name, exp.tags))

@@ -1,4 +1,5 @@
-"""The MLflow UI that ``ablate ui`` serves: MLflow's own app, with the assistant panel closed on a first visit.
+"""The MLflow UI that ``ablate ui`` serves: MLflow's own app, with the assistant panel closed on a first visit and
+the runs table's metrics rounded to 3 decimals and its parallel-coordinates charts titled by what they compare.
 
 MLflow 3.17 opens its *Assistant (Beta)* panel by itself the first time a browser visits a server on
 localhost (its page checks ``window.location.hostname`` and the ``localStorage`` flag
@@ -23,17 +24,72 @@ FIRST_VISIT_SCRIPT = (
     f"try{{if(window.localStorage.getItem('{FIRST_VISIT_FLAG}')===null)"
     f"{{window.localStorage.setItem('{FIRST_VISIT_FLAG}','true');}}}}catch(e){{}}</script>"
 )
+METRIC_DIGITS = 3  # the runs table's metric cells: AP50 0.320, not 0.320251...
+PARCOORDS_TITLE = "Parallel Coordinates"  # MLflow 3.17's fixed title of every parallel-coordinates chart
+# What MLflow's page has no setting for, done on the page itself, again whenever React redraws it (a
+# MutationObserver, at most every 250 ms); the stored values, sorting and the charts' data are untouched:
+# - the runs table (ag-grid) prints a metric with every digit it has and cuts it to its column ("0.002574..."):
+#   the text of its metric cells (`col-id` "metrics.`KEY`") is rounded to METRIC_DIGITS, the full value kept in the
+#   cell's tooltip;
+# - every parallel-coordinates chart is titled "Parallel Coordinates", and its axis labels are cut to the column
+#   ("finetu...ckbone"): the title becomes what the chart compares, from the full names its SVG keeps for its axes
+#   (`.axis > text.label`, the last axis being the metric): "det/AP50 by finetune.backbone, finetune.norm".
+READABLE_PAGE_SCRIPT = """<script>/* ablate ui: metrics rounded, charts titled (experiments/ui_app.py) */
+(function () {
+  var DIGITS = %(digits)d, LONG = /^-?\\d*\\.\\d{%(long)d,}(e-?\\d+)?$/;
+  var CELLS = '.ag-cell[col-id^="metrics."]', TITLE = '%(title)s';
+  function roundCells() {
+    document.querySelectorAll(CELLS).forEach(function (cell) {
+      var walk = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT), node;
+      while ((node = walk.nextNode())) {
+        var text = node.nodeValue.trim();
+        if (LONG.test(text)) { node.nodeValue = Number(text).toFixed(DIGITS); cell.title = text; }
+      }
+    });
+  }
+  function titleCharts() {
+    document.querySelectorAll('svg').forEach(function (svg) {
+      var names = Array.prototype.map.call(svg.querySelectorAll('.axis > text.label'), function (t) {
+        return t.textContent; });
+      if (names.length < 2) return;
+      var title = names[names.length - 1] + ' by ' + names.slice(0, -1).join(', ');
+      // the nearest ancestor holding a chart title (MLflow's, or one set here before) is this chart's card
+      for (var box = svg.parentElement, up = 0; box && up < 15; box = box.parentElement, up++) {
+        var leaf = box.querySelector('[data-ablate-title]') || Array.prototype.find.call(
+          box.querySelectorAll('*'), function (e) { return e.children.length === 0 && e.textContent.trim() === TITLE; });
+        if (leaf) {
+          if (leaf.textContent !== title) { leaf.textContent = title; leaf.title = title; }
+          leaf.setAttribute('data-ablate-title', '1');
+          return;
+        }
+      }
+    });
+  }
+  var pending = false;
+  function tidy() {
+    if (pending) return;
+    pending = true;
+    setTimeout(function () { pending = false; roundCells(); titleCharts(); }, 250);
+  }
+  function start() {
+    tidy();
+    new MutationObserver(tidy).observe(document.body, {childList: true, subtree: true, characterData: true});
+  }
+  if (document.body) start(); else document.addEventListener('DOMContentLoaded', start);
+})();</script>""" % {"digits": METRIC_DIGITS, "long": METRIC_DIGITS + 1, "title": PARCOORDS_TITLE}
+PAGE_SCRIPTS = FIRST_VISIT_SCRIPT + READABLE_PAGE_SCRIPT
 
 
 def close_assistant_on_first_visit(response: Any) -> Any:
-    """Flask ``after_request``: the UI's HTML page with :data:`FIRST_VISIT_SCRIPT` at the top of its ``<head>``."""
+    """Flask ``after_request``: the UI's HTML page with :data:`FIRST_VISIT_SCRIPT` and :data:`READABLE_PAGE_SCRIPT`
+    at the top of its ``<head>``."""
     if response.mimetype != "text/html" or response.status_code != 200:
         return response
     response.direct_passthrough = False  # a file response: read it to rewrite it
     html = response.get_data(as_text=True)
     if "<head>" not in html or FIRST_VISIT_FLAG in html:
         return response
-    response.set_data(html.replace("<head>", "<head>" + FIRST_VISIT_SCRIPT, 1))
+    response.set_data(html.replace("<head>", "<head>" + PAGE_SCRIPTS, 1))
     response.headers.pop("ETag", None)
     return response
 

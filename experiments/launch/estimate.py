@@ -26,8 +26,7 @@ def _key(stage: str, values: Mapping[str, Any]) -> tuple[str, ...]:
 
 def measured_rates(client: Any, max_results: int = 2000) -> dict[tuple[str, tuple[str, ...]], float]:
     """(stage, shape) -> the median seconds per epoch of the store's finished, unpruned trial runs."""
-    from mlflow.entities import ViewType
-
+    from experiments.sqlite_reader import ACTIVE_ONLY
     from experiments.tracking import TAG_PRUNED, TAG_STAGE
 
     rates: dict[tuple[str, tuple[str, ...]], list[float]] = {}
@@ -36,7 +35,7 @@ def measured_rates(client: Any, max_results: int = 2000) -> dict[tuple[str, tupl
         return {}
     for stage in (STAGE_PRETRAIN, STAGE_FINETUNE):
         runs = client.search_runs(experiments, filter_string=f"tags.`{TAG_STAGE}` = '{stage}' and "
-                                  "attributes.status = 'FINISHED'", run_view_type=ViewType.ACTIVE_ONLY,
+                                  "attributes.status = 'FINISHED'", run_view_type=ACTIVE_ONLY,
                                   max_results=max_results)
         for run in runs:
             epochs = run.data.params.get(f"{stage}.epochs")

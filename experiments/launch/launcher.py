@@ -122,7 +122,8 @@ class Launcher:
         if not ctx.options.dry_run:
             check_storage(ctx.storage)  # a missing bucket or refused credentials: one line, nothing made
         plan = self.plan()
-        self.tracker = Tracker(ctx.tracking_uri, ctx.spec.name, create=not ctx.options.dry_run)
+        self.tracker = Tracker(ctx.tracking_uri, ctx.spec.name, create=not ctx.options.dry_run,
+                               read_only=ctx.options.dry_run)
         # existing runs of this study per config hash, for both stages
         pre_runs, ft_runs = self.tracker.runs_by_hash(STAGE_PRETRAIN), self.tracker.runs_by_hash(STAGE_FINETUNE)
         reused = {h: r.info.run_id for h, r in pre_runs.items() if _usable_backbone_run(r)}
@@ -408,7 +409,8 @@ def dry_run_estimate(tracker: Tracker, plan: Plan, pre_runs: Mapping[str, Any], 
 
     done = {h for runs in (pre_runs, ft_runs) for h, r in runs.items() if r.info.status == "FINISHED"}
     todo = [t.config_hash for t in [*plan.pretrain, *plan.finetune] if t.config_hash not in done]
-    return estimate_lines(plan, todo, measured_rates(tracker.client), max_concurrent)
+    rates = measured_rates(tracker.client) if tracker.client is not None else {}  # no store yet: nothing measured
+    return estimate_lines(plan, todo, rates, max_concurrent)
 
 
 def where_to_look(ctx: LaunchContext) -> list[str]:

@@ -11,6 +11,7 @@ from typing import Any
 
 from experiments.redaction import redact
 from experiments.spaces import NON_RESULT_FIELDS
+from experiments.sqlite_reader import ACTIVE_ONLY, read_client
 from experiments.store import check_store, finite_or_none, store_errors
 from experiments.tracking import (
     PARENT_TAG, TAG_ERROR, TAG_HASH, TAG_NAME, TAG_PRUNE_REASON, TAG_PRUNED, TAG_SEED, TAG_STAGE, TAG_UPSTREAM,
@@ -127,11 +128,9 @@ class StudyRuns:
 
 
 def _search_all(client: Any, experiment_id: str, filter_string: str = "") -> list[Any]:
-    from mlflow.entities import ViewType
-
     out, token = [], None
     while True:
-        page = client.search_runs([experiment_id], filter_string=filter_string, run_view_type=ViewType.ACTIVE_ONLY,
+        page = client.search_runs([experiment_id], filter_string=filter_string, run_view_type=ACTIVE_ONLY,
                                   max_results=1000, order_by=["attributes.start_time DESC"], page_token=token)
         out.extend(page)
         token = page.token
@@ -149,10 +148,8 @@ def collect(tracking_uri: str, study: str) -> StudyRuns:
     Raises:
         ReportError: the store cannot be reached, the study does not exist or has no trial runs.
     """
-    from mlflow.tracking import MlflowClient
-
     check_store(tracking_uri, ReportError)
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = read_client(tracking_uri)
     with store_errors(tracking_uri, f"reading study {study!r}", ReportError):
         experiment = client.get_experiment_by_name(study)
         if experiment is None or experiment.lifecycle_stage == "deleted":

@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 from experiments.report.collect import ReportError, StudyRuns, collect
 from experiments.report.plots import write_plots
 from experiments.report.tables import Stat, Table, build_tables
+from experiments.sqlite_reader import writer
 from experiments.store import store_errors
 from experiments.trial import STAGE_FINETUNE, STAGES
 from experiments.ui import PRETRAIN_SEEDS_TAG
@@ -299,8 +300,9 @@ def _report(runs: StudyRuns, fmt: str, out_dir: str | Path | None, log_to_parent
                 f"({', '.join(p.name for p in plots) or 'none'})")
         if log:
             files = [p for p in folder.iterdir() if p.is_file() and (p.suffix == ".png" or p.name.startswith("report."))]
+            client = writer(runs.client)
             for path in files:
-                runs.client.log_artifact(runs.parent_run_id, str(path), "report")
+                client.log_artifact(runs.parent_run_id, str(path), "report")
             say(f"logged {len(files)} file(s) under report/ of launch run {runs.parent_run_id} (the study's newest "
                 "launch; asked for by --log)")
     return text

@@ -12,6 +12,7 @@ import socket
 import time
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from experiments import cli
 from experiments import server as S
@@ -118,7 +119,7 @@ def test_status_lists_states_epochs_eta_and_headline(store):
 
 def test_stop_requests_land_on_the_right_runs(store):
     uri, ids = store
-    client = T.MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri)
     message = request_stop(uri, "ops", "res18_p30")
     assert "res18_p30" in message and "resume" in message
     assert T.TAG_STOP_REQUESTED in client.get_run(ids["planned"]).data.tags
@@ -177,7 +178,6 @@ def test_no_running_launch_and_a_missing_store(tmp_path):
 
 
 def test_status_headline_is_the_study_headline(store):
-    from mlflow.tracking import MlflowClient
 
     from experiments.headline import study_headline
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -32,6 +33,9 @@ ON_FIRST_SCREEN = """(label => Array.from(document.querySelectorAll('body *'))
   .some(e => { const r = e.getBoundingClientRect();
                return r.width > 0 && r.height > 0 && r.left >= 0 && r.top >= 0
                       && r.right <= window.innerWidth && r.bottom <= window.innerHeight; }))"""
+# The runs table's metric cells: [col-id, shown text, tooltip]
+METRIC_CELLS = """Array.from(document.querySelectorAll('.ag-cell[col-id^="metrics."]'))
+  .map(c => [c.getAttribute('col-id'), c.textContent.trim(), c.title])"""
 # The charts' SVG texts: the parallel-coordinates axes carry their full names there (their labels are cut)
 PLOT_TEXTS = "Array.from(document.querySelectorAll('svg text')).map(t => t.textContent)"
 
@@ -113,6 +117,13 @@ def test_leaderboard_lists_the_finetuning_trials_with_ap50_and_the_axes(smoke, u
         # sorted best first: the best trial's row comes first
         best = max(trials, key=lambda r: r.data.metrics["det/AP50"]).info.run_name
         assert min(names, key=text.index) == best
+        # the metric cells read 0.320, not 0.320251... (ui_app.py); the full value stays in the cell's tooltip
+        cells = page.evaluate(METRIC_CELLS)
+        ap50 = [c for c in cells if c[0] == "metrics.`det/AP50`"]
+        assert len(ap50) == 4 and all(re.fullmatch(r"-?\d+(\.\d{1,3})?|-", text) for _, text, _ in cells), cells
+        shown = sorted(float(t) for _, t, _ in ap50)
+        assert all(abs(a - b) <= 5.001e-4 for a, b in zip(shown, sorted(r.data.metrics["det/AP50"] for r in trials)))
+        assert all(abs(float(title) - float(text)) < 5e-4 for _, text, title in ap50 if title), ap50
 
 
 def test_cells_view_groups_the_trials_by_cell(smoke, ui_links):
@@ -143,7 +154,11 @@ def test_compare_view_plots_the_ablated_axes_against_ap50(smoke, ui_links):
         for label in ("finetune.backbone", "finetune.norm", "pretrain.prototypes", "det/AP50"):
             assert label in texts, texts
         assert "scratch" in texts  # the baseline is drawn, not dropped as "unknown"
-        assert "Parallel Coordinates" in page.text()
+        # each parallel-coordinates chart is titled by what it compares, not MLflow's "Parallel Coordinates"
+        titles = page.evaluate("Array.from(document.querySelectorAll('[data-ablate-title]')).map(e => e.textContent)")
+        assert "det/AP50 by finetune.backbone, finetune.norm" in titles, titles
+        assert any(t.startswith("det/AP50 by ") and "pretrain.prototypes" in t for t in titles), titles
+        assert "Parallel Coordinates" not in page.text()
 
 
 def test_ui_prints_nothing_per_page_load(ui_links):
