@@ -17,5 +17,5 @@ leaderboard=$(echo "$links" | sed -n 1p)
 compare=$(echo "$links" | grep compareRunsMode=CHART)
 [ -n "$compare" ] || { echo "no links for study $study:"; cat "$log"; exit 1; }
 cd "$here"
-"$bin/python" -m tests.browser "$compare" "$out/compare_view.png" --wait-text "Parallel Coordinates"
+"$bin/python" -m tests.browser "$compare" "$out/compare_view.png" --wait-text "det/AP50 by "
 "$bin/python" -m tests.browser "$leaderboard" "$out/leaderboard.png" --wait-text "[1-9][0-9]* matching runs"

@@ -33,7 +33,8 @@ PARCOORDS_TITLE = "Parallel Coordinates"  # MLflow 3.17's fixed title of every p
 #   cell's tooltip;
 # - every parallel-coordinates chart is titled "Parallel Coordinates", and its axis labels are cut to the column
 #   ("finetu...ckbone"): the title becomes what the chart compares, from the full names its SVG keeps for its axes
-#   (`.axis > text.label`, the last axis being the metric): "det/AP50 by finetune.backbone, finetune.norm".
+#   (`.axis > text.label`, or its `.axis-label-tooltip` when the label is cut; the last axis is the metric):
+#   "det/AP50 by finetune.backbone, finetune.norm".
 READABLE_PAGE_SCRIPT = """<script>/* ablate ui: metrics rounded, charts titled (experiments/ui_app.py) */
 (function () {
   var DIGITS = %(digits)d, LONG = /^-?\\d*\\.\\d{%(long)d,}(e-?\\d+)?$/;
@@ -49,8 +50,9 @@ READABLE_PAGE_SCRIPT = """<script>/* ablate ui: metrics rounded, charts titled (
   }
   function titleCharts() {
     document.querySelectorAll('svg').forEach(function (svg) {
-      var names = Array.prototype.map.call(svg.querySelectorAll('.axis > text.label'), function (t) {
-        return t.textContent; });
+      var names = Array.prototype.map.call(svg.querySelectorAll('.axis > text.label'), function (label) {
+        var full = label.parentElement.querySelector('.axis-label-tooltip text');  // a cut label's whole name
+        return (full || label).textContent; });
       if (names.length < 2) return;
       var title = names[names.length - 1] + ' by ' + names.slice(0, -1).join(', ');
       // the nearest ancestor holding a chart title (MLflow's, or one set here before) is this chart's card
