@@ -202,8 +202,7 @@ class SqliteReader:
         rows = self._rows("SELECT experiment_id, name, artifact_location, lifecycle_stage, creation_time, "
                           f"last_update_time FROM experiments WHERE {where}", args)
         tags = self._keyed("experiment_tags", "experiment_id", [r[0] for r in rows])
-        return [Experiment(str(r[0]), r[1], r[2], r[3], r[4], r[5], {k: v for k, v in tags[r[0]].items()})
-                for r in rows]
+        return [Experiment(str(r[0]), r[1], r[2], r[3], r[4], r[5], tags[r[0]]) for r in rows]
 
     def search_experiments(self, view_type: int = ACTIVE_ONLY, max_results: int | None = None,
                            order_by: Sequence[str] | None = None, **_: Any) -> Page:
@@ -216,8 +215,7 @@ class SqliteReader:
                 raise ValueError(f"order_by {order_by[0]!r} is not supported here")
             order = f"{column} {'ASC' if direction.strip().upper() == 'ASC' else 'DESC'}, experiment_id ASC"
         found = self._experiments(f"{where} ORDER BY {order}", stages)
-        page = Page(found[:max_results] if max_results else found)
-        return page
+        return Page(found[:max_results] if max_results else found)
 
     def get_experiment_by_name(self, name: str) -> Experiment | None:
         found = self._experiments("name = ?", [name])
