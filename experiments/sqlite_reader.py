@@ -185,15 +185,16 @@ class SqliteReader:
     def _rows(self, sql: str, args: Iterable[Any] = ()) -> list[tuple]:
         return self._db.execute(sql, tuple(args)).fetchall()
 
-    def _keyed(self, table: str, id_column: str, ids: Sequence[str], key: str = "key", value: str = "value",
-               extra: str = "") -> dict[str, dict[str, str]]:
-        out: dict[str, dict[str, str]] = {i: {} for i in ids}
+    def _keyed(self, table: str, id_column: str, ids: Sequence[str], value: str = "value",
+               convert: Any = None) -> dict[str, dict[str, Any]]:
+        """``{id: {key: value}}`` of a key-value table for the owners ``ids`` (``value``: the selected columns after
+        the key, passed to ``convert`` when given)."""
+        out: dict[str, dict[str, Any]] = {i: {} for i in ids}
         for chunk in range(0, len(ids), 500):  # sqlite's bound-parameter limit
             part = ids[chunk:chunk + 500]
-            marks = ",".join("?" * len(part))
-            for owner, k, v in self._rows(f"SELECT {id_column}, {key}, {value} FROM {table} "
-                                          f"WHERE {id_column} IN ({marks}){extra}", part):
-                out[owner][k] = v
+            for owner, k, *rest in self._rows(f"SELECT {id_column}, key, {value} FROM {table} "
+                                              f"WHERE {id_column} IN ({','.join('?' * len(part))})", part):
+                out[owner][k] = convert(*rest) if convert else rest[0]
         return out
 
     # -- experiments -------------------------------------------------------------------------------------------
@@ -231,13 +232,7 @@ class SqliteReader:
 
     def _runs(self, rows: list[tuple]) -> list[Run]:
         ids = [r[0] for r in rows]
-        metrics: dict[str, dict[str, float]] = {i: {} for i in ids}
-        for chunk in range(0, len(ids), 500):
-            part = ids[chunk:chunk + 500]
-            for run_id, key, value, is_nan in self._rows(
-                    "SELECT run_uuid, key, value, is_nan FROM latest_metrics "
-                    f"WHERE run_uuid IN ({','.join('?' * len(part))})", part):
-                metrics[run_id][key] = _value(value, is_nan)
+        metrics = self._keyed("latest_metrics", "run_uuid", ids, value="value, is_nan", convert=_value)
         params = self._keyed("params", "run_uuid", ids)
         tags = self._keyed("tags", "run_uuid", ids)
         return [Run(RunInfo(r[0], r[1] or "", str(r[2]), r[3], r[4], r[5], r[6], r[7] or "", r[8] or ""),
@@ -309,11 +304,11 @@ class SqliteReader:
     def _versions(self, where: str, args: Sequence[Any]) -> list[ModelVersion]:
         rows = self._rows("SELECT name, version, creation_time, last_updated_time, description, source, run_id, "
                           f"status, current_stage FROM model_versions WHERE {where} ORDER BY name, version", args)
-        out = []
+        out, aliases_of = [], {name: self._aliases(name) for name in {r[0] for r in rows}}
         for r in rows:
             tags = dict(self._rows("SELECT key, value FROM model_version_tags WHERE name = ? AND version = ?",
                                    [r[0], r[1]]))
-            aliases = [a for a, v in self._aliases(r[0]).items() if v == str(r[1])]
+            aliases = [a for a, v in aliases_of[r[0]].items() if v == str(r[1])]
             out.append(ModelVersion(r[0], str(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8], tags, aliases))
         return out
 
