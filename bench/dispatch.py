@@ -56,7 +56,8 @@ class DispatchCount(TorchDispatchMode):
 class PerImageCrops(MultiCropAugment):
     """The baseline: each image's crop cut, resized (antialiased) and flipped on its own, as before."""
 
-    def crop(self, batch: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Tensor) -> torch.Tensor:
+    def crop(self, batch: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Tensor,
+             rois: torch.Tensor | None = None) -> torch.Tensor:
         out = []
         for j, (top, left, h, w) in enumerate(boxes.tolist()):
             patch = batch[j : j + 1, :, top : top + h, left : left + w]
@@ -97,6 +98,7 @@ def step_counts(batch: Sequence[torch.Tensor], augment: MultiCropAugment) -> tup
         loss.backward()
         optimizer.step()
 
+    augment_only()  # warm: the per-device constants exist, as in every step but the first
     aug = count(augment_only)
     model_step()  # warm: the optimizer's state exists, as in every step but the first
     bare = count(model_step)

@@ -6,11 +6,16 @@ p=0.8), grayscale (p=0.2), Gaussian blur (radius 0.1-2, p=0.5), ToTensor, Normal
 image is decoded once. On an accelerator (the whole-batch path) the batch is stacked once
 (zero-padded where sizes differ) and each view cuts and resizes every image's crop in one
 ``torchvision.ops.roi_align`` over the batch's boxes (as DALI and kornia batch their crops) and
-flips with one ``where``: the operations a view issues do not grow with the batch
-(``bench/dispatch.py`` counts them), so a GPU is not left waiting on Python launching a kernel
-per image. On the CPU (the windowed path), where an operation costs no launch, each crop is
-resized on its own uint8 tensor (:func:`crop_each`, several times faster there). Either way the
-photometric transforms run as tensor ops over the view's batch with per-sample random parameters.
+flips with one ``where``; its photometric ops run on a fixed schedule (:data:`JITTER_STAGES`: every
+sample through every step, the identity where its draws say no), so the operations a view issues
+grow neither with the batch nor with its mix of jitter orders: about 70 per view on the device,
+plus about 115 per batch for all views' boxes, draws and their one copy to the device
+(``bench/dispatch.py`` counts them; a GPU is not left waiting on Python launching a kernel per
+image). On the CPU (the windowed path), where an operation costs no launch, each crop is resized
+on its own uint8 tensor (:func:`crop_each`, several times faster there) and samples are sorted by
+their jitter order so each op runs once per sample. Either way the photometric transforms run as
+tensor ops over the view's batch with per-sample random parameters, drawn for every view of the
+batch at once.
 
 The crop geometry (torchvision's ``RandomResizedCrop.get_params``) and every photometric
 parameter distribution are the reference's. The accelerator's resize differs in its filter:
@@ -25,9 +30,11 @@ pipeline is measured by ``bench/multicrop.py``.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
 import math
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +64,8 @@ LUMA = (0.299, 0.587, 0.114)
 
 
 def random_resized_crop_boxes(
-    heights: Tensor, widths: Tensor, scale: tuple[float, float], generator: torch.Generator | None = None
+    heights: Tensor, widths: Tensor, scale: tuple[float | Tensor, float | Tensor],
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """Crop boxes ``(top, left, height, width)`` drawn as torchvision's ``RandomResizedCrop.get_params``.
 
@@ -67,45 +75,33 @@ def random_resized_crop_boxes(
     Args:
         heights: ``(n,)`` image heights.
         widths: ``(n,)`` image widths.
-        scale: ``(min, max)`` fraction of the image area.
+        scale: ``(min, max)`` fraction of the image area: numbers, or ``(n, 1)`` tensors (one range per image).
         generator: source of randomness (CPU).
 
     Returns:
         ``(n, 4)`` int64 tensor of boxes.
     """
     n = heights.shape[0]
-    h_img = heights.to(torch.float64).unsqueeze(1)
-    w_img = widths.to(torch.float64).unsqueeze(1)
+    size = torch.stack([heights, widths], dim=1).to(torch.float64).unsqueeze(1)  # (n, 1, 2): height, width
     u = torch.rand(n, CROP_TRIES, 4, generator=generator, dtype=torch.float64)
-    area = h_img * w_img * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
+    area = size.prod(-1) * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
     log_lo, log_hi = math.log(RATIO[0]), math.log(RATIO[1])
     aspect = torch.exp(log_lo + (log_hi - log_lo) * u[..., 1])
-    w = torch.round(torch.sqrt(area * aspect))
-    h = torch.round(torch.sqrt(area / aspect))
-    fits = (w > 0) & (w <= w_img) & (h > 0) & (h <= h_img)
-    top = torch.floor(u[..., 2] * (h_img - h + 1))
-    left = torch.floor(u[..., 3] * (w_img - w + 1))
-    first = fits.to(torch.int8).argmax(dim=1, keepdim=True)  # index of the first fitting try
-    pick = lambda t: t.gather(1, first).squeeze(1)  # noqa: E731
-    h_sel, w_sel, top_sel, left_sel = pick(h), pick(w), pick(top), pick(left)
-
-    # Fallback (no try fits): central crop with the aspect ratio clipped to RATIO.
-    hh, ww = h_img.squeeze(1), w_img.squeeze(1)
-    in_ratio = ww / hh
-    fb_w = torch.where(in_ratio > RATIO[1], torch.round(hh * RATIO[1]), ww)
-    fb_h = torch.where(in_ratio < RATIO[0], torch.round(ww / RATIO[0]), hh)
-    fb_top = torch.div(hh - fb_h, 2, rounding_mode="floor")
-    fb_left = torch.div(ww - fb_w, 2, rounding_mode="floor")
+    extent = torch.stack([area / aspect, area * aspect], dim=-1).sqrt_().round_()  # (n, tries, 2): height, width
+    fits = ((extent > 0) & (extent <= size)).all(dim=-1)
+    corner = torch.floor(u[..., 2:] * (size - extent + 1))  # top, left
+    first = fits.to(torch.int8).argmax(dim=1)  # index of the first fitting try
+    boxes = torch.cat([corner, extent], dim=-1)[torch.arange(n), first]
     ok = fits.any(dim=1)
-    boxes = torch.stack(
-        [
-            torch.where(ok, top_sel, fb_top),
-            torch.where(ok, left_sel, fb_left),
-            torch.where(ok, h_sel, fb_h),
-            torch.where(ok, w_sel, fb_w),
-        ],
-        dim=1,
-    )
+    if not bool(ok.all()):
+        # Fallback (no try fits): central crop with the aspect ratio clipped to RATIO.
+        hh, ww = heights.to(torch.float64), widths.to(torch.float64)
+        in_ratio = ww / hh
+        fb_w = torch.where(in_ratio > RATIO[1], torch.round(hh * RATIO[1]), ww)
+        fb_h = torch.where(in_ratio < RATIO[0], torch.round(ww / RATIO[0]), hh)
+        fallback = torch.stack([torch.div(hh - fb_h, 2, rounding_mode="floor"),
+                                torch.div(ww - fb_w, 2, rounding_mode="floor"), fb_h, fb_w], dim=1)
+        boxes = torch.where(ok.unsqueeze(1), boxes, fallback)
     return boxes.to(torch.int64)
 
 
@@ -218,13 +214,34 @@ def _apply_jitter(x: Tensor, params: Tensor, order: Sequence[int]) -> Tensor:
     return x
 
 
-def color_jitter(x: Tensor, params: Tensor, orders: Tensor, apply: Tensor) -> Tensor:
-    """torchvision ``ColorJitter`` with per-sample factors and a per-sample op order.
+def _stage_table() -> Tensor:
+    """``(25, 6)``: the brightness/contrast/saturation op (0, 1, 2; 3 = none) each jitter order applies in each of six
+    rounds around its one hue step (:data:`JITTER_STAGES`); the last row is the order of a sample not jittered."""
+    rows = []
+    for order in JITTER_ORDERS:
+        at = order.index(3)
+        before, after = list(order[:at]), list(order[at + 1 :])
+        rows.append([NO_OP] * (3 - len(before)) + before + after + [NO_OP] * (3 - len(after)))
+    rows.append([NO_OP] * BCS_ROUNDS)
+    return torch.tensor(rows)
 
-    Whole-batch form: in each of the four rounds every op runs on the whole batch and is kept
-    (``torch.where``) only for the samples whose order puts it in that round. 4x the
-    arithmetic of one pass but few, large kernels: what an accelerator wants. (The CPU path of
-    :class:`MultiCropAugment` instead sorts samples by order and runs each op once per sample.)
+
+# The accelerator's jitter runs a fixed schedule whatever the batch: three brightness/contrast/saturation rounds, one
+# hue step, three more rounds. A sample's order puts the ops it applies before its hue into rounds 0-2 (right-aligned)
+# and those after into rounds 3-5; its other rounds are the identity (blend weight 1, exact). The same images as
+# applying the order's four ops in turn, in a number of operations that does not depend on the batch or its orders.
+NO_OP = 3
+BCS_ROUNDS = 6
+HUE_AFTER_ROUND = 2
+JITTER_STAGES = _stage_table()
+
+
+def color_jitter(x: Tensor, params: Tensor, orders: Tensor, apply: Tensor) -> Tensor:
+    """torchvision ``ColorJitter`` with per-sample factors and a per-sample op order, on the whole batch at once.
+
+    The accelerator's schedule (:data:`JITTER_STAGES`: six blend rounds around one hue step, identity where a sample's
+    order has nothing to do). (The CPU path of :class:`MultiCropAugment` instead sorts samples by order and runs each
+    op once per sample.)
 
     Args:
         x: ``(n, 3, h, w)`` float images in [0, 1].
@@ -235,16 +252,58 @@ def color_jitter(x: Tensor, params: Tensor, orders: Tensor, apply: Tensor) -> Te
     Returns:
         The jittered batch.
     """
-    op_at_round = torch.tensor(JITTER_ORDERS)[orders.cpu()]  # (n, 4): the op each sample applies in each round
-    params = params.to(x.device, x.dtype)
-    apply = apply.cpu()
-    for rnd in range(4):
-        for op_index, op in enumerate(JITTER_OPS):
-            selected = (op_at_round[:, rnd] == op_index) & apply
-            if bool(selected.any()):
-                mask = selected.to(x.device).view(-1, 1, 1, 1)
-                x = torch.where(mask, op(x, params[:, op_index]), x)
+    n = x.shape[0]
+    ones = torch.zeros(n, dtype=torch.bool)
+    draws = _Draws(ones, apply.cpu(), params.cpu(), orders.cpu(), ones, ones, torch.ones(n))
+    (plan,) = _ViewPlan.build(draws, (x.shape[-1],), x.device)
+    return _jitter(x, plan, _constants(x.device))
+
+
+def _luma(x: Tensor, c: "_Constants") -> Tensor:
+    """Luma of a ``(n, 3, h, w)`` batch, ``(n, 1, h, w)``: one 1x1 convolution (in full float32 on a GPU:
+    :func:`_float32_convolutions`)."""
+    return F.conv2d(x, c.luma)
+
+
+@contextlib.contextmanager
+def _float32_convolutions(device: torch.device) -> Iterator[None]:
+    """cuDNN convolutions in full float32 inside (TF32, on by default for them, keeps 10 bits of mantissa): the luma
+    and the blur stay as exact as the CPU's."""
+    if device.type != "cuda":
+        yield
+        return
+    cudnn = torch.backends.cudnn
+    before = cudnn.allow_tf32
+    cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32 = before
+
+
+def _jitter(x: Tensor, plan: "_ViewPlan", c: "_Constants") -> Tensor:
+    """The colour jitter of one view on the accelerator's schedule: 6 x 6 blend operations and 19 for the hue."""
+    for r in range(BCS_ROUNDS):
+        # brightness blends with 0, contrast with the mean luma, saturation with the luma image; none: weight 1
+        luma = _luma(x, c)
+        target = torch.addcmul(plan.to_mean[r] * luma.mean(dim=(2, 3), keepdim=True), plan.to_luma[r], luma)
+        x = torch.lerp(target, x, plan.weight[r]).clamp_(0.0, 1.0)
+        if r == HUE_AFTER_ROUND:
+            x = torch.where(plan.hue, _rotate_hue(x, plan.hue_shift6, c), x)
     return x
+
+
+def _rotate_hue(x: Tensor, shift6: Tensor, c: "_Constants") -> Tensor:
+    """:func:`adjust_hue` with every channel in one tensor: 18 operations whatever the batch (``shift6``: six times
+    the shift, ``(n, 1, 1, 1)``). A tie between the largest channels gives the same hue whichever is taken."""
+    maxc, largest = x.max(dim=1, keepdim=True)
+    minc = x.amin(dim=1, keepdim=True)
+    chroma = maxc - minc
+    # 6h * chroma: (g - b) if red is the largest, 2 chroma + (b - r) if green, 4 chroma + (r - g) if blue
+    hue = (x.roll(-1, 1) - x.roll(-2, 1)).gather(1, largest).addcmul_(largest, chroma, value=2.0)
+    hue = hue.div_(chroma.clamp_min(1e-12)).add_(shift6).remainder_(6.0)
+    ramp = torch.addcmul(c.ramp_offset, (hue - c.ramp_centre).abs_(), c.ramp_sign).clamp_(0.0, 1.0)
+    return torch.addcmul(minc, chroma, ramp)
 
 
 def _runs(keys: Sequence[int]) -> list[tuple[int, int, int]]:
@@ -291,6 +350,7 @@ class MultiCropAugment:
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         self.chunked = chunked
+        self._scaled: dict[str, tuple[Tensor, Tensor]] = {}  # per device: the normalisation as a multiply-add
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -312,31 +372,37 @@ class MultiCropAugment:
         if len(images) == 0:
             raise ValueError("MultiCropAugment: no images to augment")
         sets = [tuple(_rgb(im) for im in (item if isinstance(item, (tuple, list)) else (item,))) for item in images]
-        heights = torch.tensor([s[0].shape[1] for s in sets])
-        widths = torch.tensor([s[0].shape[2] for s in sets])
+        n = len(sets)
         chunked = self.chunked if self.chunked is not None else sets[0][0].device.type == "cpu"
         layers = max(len(s) for s in sets)
         # view v's source images: rendering v mod n of each image (its only one without renderings)
         sources = [[s[r % len(s)] for s in sets] for r in range(layers)]
-        # accelerators: the batch stacked once for every view, each view's crops in one roi_align; the CPU (no launch
-        # overhead per operation) keeps the per-image uint8 resize, 3.5x faster there than roi_align over floats
-        batches = None if chunked else [stack_images(layer).float() for layer in sources]
-        views: list[Tensor] = []
-        for group in self.crops:
-            for _ in range(group.count):
-                layer = len(views) % layers
-                boxes = random_resized_crop_boxes(heights, widths, (group.min_scale, group.max_scale), generator)
-                draws = _Draws.sample(len(sets), generator)
-                if batches is None:
-                    views.append(self._view_chunked(crop_each(sources[layer], boxes, group.size, draws.flip), draws))
-                else:
-                    views.append(self._view_batched(self.crop(batches[layer], boxes, group.size, draws.flip), draws))
-        return views
+        groups = [group for group in self.crops for _ in range(group.count)]
+        views = len(groups)
+        # every view's boxes and draws at once, a few operations for the whole batch (none per view or image)
+        heights = torch.tensor([s[0].shape[1] for s in sets]).repeat(views)
+        widths = torch.tensor([s[0].shape[2] for s in sets]).repeat(views)
+        scale = torch.tensor([[g.min_scale, g.max_scale] for g in groups for _ in range(n)], dtype=torch.float64)
+        boxes = random_resized_crop_boxes(heights, widths, (scale[:, :1], scale[:, 1:]), generator)
+        draws = _Draws.sample(views * n, generator)
+        if chunked:
+            # the CPU (no launch overhead per operation) keeps the per-image uint8 resize, 3.5x faster there than
+            # roi_align over floats, and its cache-sized windows
+            return [self._view_chunked(crop_each(sources[v % layers], b, g.size, d.flip), d)
+                    for v, (g, b, d) in enumerate(zip(groups, boxes.chunk(views), draws.split(views)))]
+        # accelerators: the batch stacked once for every view, each view's crops in one roi_align, its photometric
+        # ops on a fixed schedule: the operations a view issues do not grow with the batch
+        device = sources[0][0].device
+        batches = [stack_images(layer).float().div_(255.0) for layer in sources]
+        plans = _ViewPlan.build(draws, tuple(g.size for g in groups), device)
+        rois = _rois(boxes, views, device)
+        return [self._photometric(self.crop(batches[v % layers], b, g.size, plan.flip, rois[v]), plan)
+                for v, (g, b, plan) in enumerate(zip(groups, boxes.chunk(views), plans))]
 
-    def crop(self, batch: Tensor, boxes: Tensor, size: int, flip: Tensor) -> Tensor:
+    def crop(self, batch: Tensor, boxes: Tensor, size: int, flip: Tensor, rois: Tensor | None = None) -> Tensor:
         """Every image's crop of one view, resized and flipped: :func:`crop_resize` (``bench/dispatch.py`` swaps in
         the per-image path it replaced, to measure both in one run)."""
-        return crop_resize(batch, boxes, size, flip)
+        return crop_resize(batch, boxes, size, flip, rois)
 
     def _normalisation(self, device: torch.device) -> tuple[Tensor, Tensor]:
         mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
@@ -344,20 +410,30 @@ class MultiCropAugment:
         return mean, std
 
     def _view_batched(self, x: Tensor, d: "_Draws") -> Tensor:
-        """One view from its crops ``x`` (0..255), whole-batch ops (accelerators)."""
-        device = x.device
-        x = x.div(255.0).clamp_(0.0, 1.0)
-        x = color_jitter(x, d.params, d.orders, d.jitter)
-        rows = torch.nonzero(d.gray).squeeze(1).to(device)
-        if rows.numel():
-            x.index_copy_(0, rows, _gray(x.index_select(0, rows)).expand(-1, 3, -1, -1))
-        rows = torch.nonzero(d.blur).squeeze(1)
-        if rows.numel():
-            sigma = d.sigma[rows].to(device)
-            rows = rows.to(device)
-            x.index_copy_(0, rows, gaussian_blur(x.index_select(0, rows), sigma))
-        mean, std = self._normalisation(device)
-        return x.sub_(mean).div_(std)
+        """One view from its crops ``x`` (0..255) and draws, whole-batch ops (accelerators)."""
+        (plan,) = _ViewPlan.build(d, (x.shape[-1],), x.device)
+        return self._photometric(x.div(255.0), plan)
+
+    def _photometric(self, x: Tensor, plan: "_ViewPlan") -> Tensor:
+        """Jitter, grayscale, blur and normalisation of one view's crops (in [0, 1]): about 70 operations whatever
+        the batch, every sample through each (identity where its draws say no; ``where`` keeps them exact)."""
+        c = _constants(x.device)
+        with _float32_convolutions(x.device):
+            x = _jitter(x, plan, c)
+            x = torch.where(plan.gray, _luma(x, c), x)
+            if plan.kernels is not None:
+                across, down = plan.kernels
+                n, channels, h, w = x.shape
+                r = across.shape[-1] // 2
+                flat = F.pad(x.reshape(1, n * channels, h, w), (r, r, r, r), mode="replicate")
+                flat = F.conv2d(F.conv2d(flat, across, groups=n * channels), down, groups=n * channels)
+                x = torch.where(plan.blur, flat.view(n, channels, h, w), x)
+        key = str(x.device)
+        if key not in self._scaled:
+            mean, std = self._normalisation(x.device)
+            self._scaled[key] = (-mean / std, 1.0 / std)
+        shift, scale = self._scaled[key]
+        return torch.addcmul(shift, x, scale)  # (x - mean) / std as one multiply-add
 
     def _view_chunked(self, crops: Tensor, d: "_Draws") -> Tensor:
         """One view from its crops (0..255), cache-sized windows of a sorted batch (CPU).
@@ -420,16 +496,108 @@ class _Draws:
 
     @classmethod
     def sample(cls, n: int, generator: torch.Generator | None) -> "_Draws":
-        flip = torch.rand(n, generator=generator) < FLIP_P
-        jitter = torch.rand(n, generator=generator) < JITTER_P
+        u = torch.rand(n, 9, generator=generator)
+        coins = torch.tensor([FLIP_P, JITTER_P, GRAYSCALE_P, BLUR_P])
+        flip, jitter, gray, blur = (u[:, :4] < coins).unbind(1)
         lo, hi = 1.0 - JITTER_STRENGTH, 1.0 + JITTER_STRENGTH
-        factors = lo + (hi - lo) * torch.rand(n, 3, generator=generator)
-        shifts = HUE_STRENGTH * (2.0 * torch.rand(n, 1, generator=generator) - 1.0)
+        # brightness, contrast, saturation factors uniform in [lo, hi]; the hue shift uniform in +-HUE_STRENGTH
+        params = torch.addcmul(torch.tensor([lo, lo, lo, -HUE_STRENGTH]), u[:, 4:8],
+                               torch.tensor([hi - lo, hi - lo, hi - lo, 2.0 * HUE_STRENGTH]))
+        sigma = BLUR_SIGMA[0] + (BLUR_SIGMA[1] - BLUR_SIGMA[0]) * u[:, 8]
         orders = torch.randint(0, len(JITTER_ORDERS), (n,), generator=generator)
-        gray = torch.rand(n, generator=generator) < GRAYSCALE_P
-        blur = torch.rand(n, generator=generator) < BLUR_P
-        sigma = BLUR_SIGMA[0] + (BLUR_SIGMA[1] - BLUR_SIGMA[0]) * torch.rand(n, generator=generator)
-        return cls(flip, jitter, torch.cat([factors, shifts], dim=1), orders, gray, blur, sigma)
+        return cls(flip, jitter, params, orders, gray, blur, sigma)
+
+    def split(self, views: int) -> list["_Draws"]:
+        """Per view (consecutive equal parts), for the draws of ``views`` views sampled at once."""
+        fields = (self.flip, self.jitter, self.params, self.orders, self.gray, self.blur, self.sigma)
+        return [_Draws(*parts) for parts in zip(*(f.chunk(views) for f in fields))]
+
+
+class _Constants:
+    """Small per-device constants of the accelerator's photometric ops, made once per device."""
+
+    def __init__(self, device: torch.device) -> None:
+        def column(values: Sequence[float]) -> Tensor:
+            return torch.tensor(values, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+
+        self.luma = column(LUMA)  # as a 1x1 convolution's weight: 3 channels in, 1 out
+        # the HSV ramps of R, G, B as offset + sign * |6h - centre|: |6h - 3| - 1, 2 - |6h - 2|, 2 - |6h - 4|
+        self.ramp_centre, self.ramp_sign, self.ramp_offset = column((3, 2, 4)), column((1, -1, -1)), column((-1, 2, 2))
+
+
+@functools.lru_cache(maxsize=16)
+def _constants(device: torch.device) -> _Constants:
+    return _Constants(device)
+
+
+class _ViewPlan:
+    """One view's photometric choices as device tensors of shape ``(n, 1, 1, 1)``: per blend round its weight and
+    whether it blends with the luma image or its mean (:data:`JITTER_STAGES`), six times the hue shift, the masks
+    (jittered, grayscale, blurred, mirrored) and the blur kernels (None when no sample of the view is blurred)."""
+
+    def __init__(self, floats: Sequence[Tensor], masks: Sequence[Tensor],
+                 kernels: tuple[Tensor, Tensor] | None) -> None:
+        self.weight = floats[:BCS_ROUNDS]
+        self.to_luma = floats[BCS_ROUNDS : 2 * BCS_ROUNDS]
+        self.to_mean = floats[2 * BCS_ROUNDS : 3 * BCS_ROUNDS]
+        self.hue_shift6 = floats[3 * BCS_ROUNDS]
+        self.hue, self.gray, self.blur, self.flip = masks
+        self.kernels = kernels
+
+    @classmethod
+    def build(cls, d: _Draws, sizes: Sequence[int], device: torch.device) -> list["_ViewPlan"]:
+        """The plans of ``len(sizes)`` views (of those sizes) from their draws (consecutive rows per view): a few
+        operations on the host and two copies to ``device`` for all of them."""
+        views = len(sizes)
+        n = d.flip.shape[0] // views
+        stages = JITTER_STAGES[torch.where(d.jitter, d.orders, NO_JITTER)]  # (N, 6): the op of each round
+        factors = torch.cat([d.params[:, :3], torch.ones(n * views, 1)], dim=1)  # no op: weight 1
+        hue_shift6 = (6.0 * d.params[:, 3:]).where(d.jitter.unsqueeze(1), 0.0)
+        floats = torch.cat([factors.gather(1, stages), (stages == 2).float(), (stages == 1).float(), hue_shift6], 1)
+        masks = torch.stack([d.jitter, d.gray, d.blur, d.flip], dim=1)
+        per_view = [_by_view(t, views, device) for t in (floats, masks)]
+        width = 3 * BCS_ROUNDS + 1
+        kernels = _blur_kernels(d, sizes, device)
+        return [cls(per_view[0][v * width : (v + 1) * width], per_view[1][4 * v : 4 * v + 4], kernels[v])
+                for v in range(views)]
+
+
+def _by_view(table: Tensor, views: int, device: torch.device) -> tuple[Tensor, ...]:
+    """``(views * n, k)`` host rows -> ``views * k`` device tensors ``(n, 1, 1, 1)``, view-major (one copy)."""
+    n = table.shape[0] // views
+    return table.view(views, n, -1).transpose(1, 2).reshape(-1, n, 1, 1, 1).to(device).unbind(0)
+
+
+def _blur_kernels(d: _Draws, sizes: Sequence[int], device: torch.device) -> list[tuple[Tensor, Tensor] | None]:
+    """Per view, its separable Gaussian kernels ``(n * 3, 1, 1, k)`` and ``(n * 3, 1, k, 1)`` (one per sample and
+    channel), or None when none of its samples is blurred. The kernel covers 3 sigma of the largest blurred sigma,
+    at most the view's side; one build per distinct radius."""
+    views = len(sizes)
+    n = d.flip.shape[0] // views
+    any_blur = d.blur.view(views, n).any(dim=1).tolist()
+    if not any(any_blur):
+        return [None] * views
+    reach = math.ceil(3.0 * float(d.sigma.where(d.blur, 0.0).max()))
+    radii = [max(1, min(reach, size - 1)) for size in sizes]
+    out: list[tuple[Tensor, Tensor] | None] = [None] * views
+    for radius in sorted(set(radii)):
+        taps = -0.5 * torch.arange(-radius, radius + 1, dtype=torch.float32) ** 2
+        kernel = torch.softmax(taps / d.sigma.square().unsqueeze(1), dim=1)  # exp(-t^2 / 2 sigma^2), summing to 1
+        kernel = kernel.view(views, n, 1, -1).expand(-1, -1, 3, -1)
+        kernel = kernel.reshape(views, n * 3, 1, 1, -1).to(device)
+        for v, (across, down) in enumerate(zip(kernel.unbind(0), kernel.transpose(-1, -2).unbind(0))):
+            if radii[v] == radius and any_blur[v]:
+                out[v] = (across, down)
+    return out
+
+
+def _rois(boxes: Tensor, views: int, device: torch.device) -> tuple[Tensor, ...]:
+    """roi_align's boxes ``(index, x1, y1, x2, y2)`` (pixel edges) per view, from ``(views * n, 4)`` boxes
+    ``(top, left, height, width)``; one copy to ``device`` for all views."""
+    n = boxes.shape[0] // views
+    top, left, h, w = boxes.to(torch.float32).unbind(1)
+    index = torch.arange(n, dtype=torch.float32).repeat(views)
+    return torch.stack([index, left, top, left + w, top + h], dim=1).view(views, n, 5).to(device).unbind(0)
 
 
 def _rgb(image: Tensor) -> Tensor:
@@ -471,22 +639,22 @@ def stack_images(images: Sequence[Tensor]) -> Tensor:
     return out
 
 
-def crop_resize(batch: Tensor, boxes: Tensor, size: int, flip: Tensor) -> Tensor:
+def crop_resize(batch: Tensor, boxes: Tensor, size: int, flip: Tensor, rois: Tensor | None = None) -> Tensor:
     """Every image's box resized to ``size x size`` in one ``roi_align``, mirrored where ``flip``; values as ``batch``.
 
     Args:
         batch: ``(n, 3, H, W)`` float images.
         boxes: ``(n, 4)`` int ``(top, left, height, width)`` (:func:`random_resized_crop_boxes`).
         size: the view's side.
-        flip: ``(n,)`` bool.
+        flip: ``(n,)`` bool (or ``(n, 1, 1, 1)``).
+        rois: the boxes as roi_align takes them on ``batch``'s device, when already made (:func:`_rois`).
     """
-    n = batch.shape[0]
-    b = boxes.to(batch.device, torch.float32)
-    rois = torch.stack([torch.arange(n, device=batch.device, dtype=torch.float32), b[:, 1], b[:, 0],
-                        b[:, 1] + b[:, 3], b[:, 0] + b[:, 2]], dim=1)  # (index, x1, y1, x2, y2), pixel edges
+    if rois is None:
+        (rois,) = _rois(boxes, 1, batch.device)
     # sampling_ratio -1: ceil(box / size) samples per output pixel and axis, averaged (a box filter when shrinking)
     x = roi_align(batch, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
-    return torch.where(flip.to(batch.device).view(-1, 1, 1, 1), x.flip(-1), x)
+    flip = flip.to(batch.device)
+    return torch.where(flip if flip.dim() == 4 else flip.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
 __all__ = [
