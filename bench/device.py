@@ -63,13 +63,13 @@ SWAV_SHARE = 0.40  # of the fidelity phase: the pretraining runs' wall budget, s
 MARGIN_S = 12  # fidelity: the fine-tunes' deadline this long before the phase's, for their last epoch and the report
 OUT_FILES = ("device.json", "device.md", "device.log", "device-curves.tar.gz")
 CUDA_MARK = "cuda"
-# --tiny: the tiny test spaces' fields (tests/spaces.py) on top of the GPU profile's.
+# --tiny: the tiny test spaces' fields (experiments/testing/spaces.py) on top of the GPU profile's.
 TINY_PRETRAIN = {"queue_length": 0, "knn_every": 1, "knn_max_objects": 16}
 TINY_DATA = ("small", 0, "digits", 2)
 
 
 def _tiny_fields() -> tuple[dict[str, Any], dict[str, Any]]:
-    from tests.spaces import tiny_space
+    from experiments.testing.spaces import tiny_space
 
     space = tiny_space("tiny")
     pre = {**space["pretrain"]["fixed"], **TINY_PRETRAIN}

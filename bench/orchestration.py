@@ -20,7 +20,7 @@ instance's owner may stop it mid-launch. ``ray stop`` elsewhere on the machine s
 Ray instance; a launch that lost its Ray that way is retried once in a fresh store.
 
 The module also holds the launch functions that ``bench.pruning_saved`` and ``bench.dedup`` use; the tiny
-spaces themselves (``tiny_space``, ``write_space``) come from ``tests/spaces.py``, shared with the tests.
+spaces themselves (``tiny_space``, ``write_space``) come from ``experiments/testing/spaces.py``, shared with the tests.
 
 Run: ``make bench`` or ``python -m bench orchestration``; this file alone:
 ``python -m bench.orchestration [--quick]``.
@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from tests.spaces import tiny_space, write_space
+from experiments.testing.spaces import tiny_space, write_space
 
 ROOT = Path(__file__).resolve().parent.parent
 TRIAL_SECONDS = 60.0  # the trial length the per-trial goal is stated for

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Sequence
 
 from bench.orchestration import LaunchRecord, TrialRecord, machine_line, run_launch, write_space
-from tests.spaces import COLLAPSED, CONTROL_LR, HEALTHY, planted_collapse_space
+from experiments.testing.spaces import COLLAPSED, CONTROL_LR, HEALTHY, planted_collapse_space
 
-# HEALTHY, COLLAPSED (the two temperatures) and CONTROL_LR: tests/spaces.py, shared with the tests.
+# HEALTHY, COLLAPSED (the two temperatures) and CONTROL_LR: experiments/testing/spaces.py, shared with the tests.
 PAPER_EPOCHS = (100, 200)  # the paper's pretraining budgets, for the computed savings
 
 

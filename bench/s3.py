@@ -1,7 +1,7 @@
 """S3 storage cost: the smoke launch with Ray's storage in an S3 bucket vs on the local disk, in one run.
 
 Candidate: ``ablate launch search_spaces/smoke.yaml --storage-path s3://bench/ray`` against a local
-S3-compatible server (moto's, on 127.0.0.1: tests/s3server.py), so every checkpoint goes through
+S3-compatible server (moto's, on 127.0.0.1: experiments/testing/s3server.py), so every checkpoint goes through
 pyarrow's S3 filesystem over HTTP and every fine-tuning trial reads its backbone from the bucket.
 Baseline: the same launch with the default storage (``mlruns/ray`` on the local disk). Both use the
 default sqlite tracking store and a Ray of their own, in fresh folders, one after the other
@@ -27,8 +27,8 @@ from pathlib import Path
 import yaml
 
 from bench.orchestration import machine_line, run_launch
-from tests.s3server import objects, s3_server
-from tests.spaces import write_space
+from experiments.testing.s3server import objects, s3_server
+from experiments.testing.spaces import write_space
 
 ROOT = Path(__file__).resolve().parent.parent
 

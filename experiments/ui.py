@@ -117,20 +117,31 @@ def _parallel(uuid: str, name: str, params: Sequence[str], metric: str) -> dict[
             "selectedMetrics": [metric], "showAllRuns": True}
 
 
-def view_state(axes: Sequence[str], param_sets: Sequence[Mapping[str, str]] = (), metric: str = AP50) -> dict[str, Any]:
+def name_column_width(labels: Iterable[str], extra: int) -> int:
+    """Pixels for the runs table's name column to show the longest of ``labels`` whole: 6 px a character (the
+    UI's font draws these names at 5.5-5.7 px a character), plus ``extra`` for what the cell draws beside the
+    name (colour dot, expander, count); at least 300, at most 520 (the axes keep the rest of a 1600 px window)."""
+    longest = max((len(label) for label in labels), default=0)
+    return max(300, min(520, 6 * longest + extra))
+
+
+def view_state(axes: Sequence[str], param_sets: Sequence[Mapping[str, str]] = (), metric: str = AP50,
+               names: Sequence[str] = ()) -> dict[str, Any]:
     """The leaderboard as an MLflow shared view state (a JSON object the UI merges into its defaults).
 
     Args:
         axes: the ablated params (``finetune.norm``, ``pretrain.prototypes``), columns and chart axes.
         param_sets: the fine-tuning runs' params (planned), to choose axes each chart draws every run of.
         metric: the ranking metric, sorted best first and plotted against the axes.
+        names: the fine-tuning runs' names (planned), to size the name column so that none is cut.
     """
     # few metric columns, so that the axes fit the first screen beside them (the chart view has the rest)
     metrics = [metric] + [m for m in KEY_METRICS[:2] if m != metric]
     columns = [f"metrics.`{m}`" for m in metrics] + [f"params.`{a}`" for a in axes] + ["params.`finetune.seed`"]
     # wide enough for the full names (MLflow's default cuts "res18_ep2_p30 · bn · mlp · 357 · seed0" after
     # 12 characters, so that two trials look the same); about 7 px per character at the UI's font size
-    widths = {RUN_NAME_COLUMN: 300, **{c: 7 * (len(c) - 10) + 28 for c in columns if c.startswith("params.")}}
+    widths = {RUN_NAME_COLUMN: name_column_width(names, 60),
+              **{c: 7 * (len(c) - 10) + 28 for c in columns if c.startswith("params.")}}
     everyone, pretrained = chart_axes(param_sets, axes) if param_sets else (list(axes), [])
     charts = []
     if everyone:
@@ -152,16 +163,21 @@ def view_state(axes: Sequence[str], param_sets: Sequence[Mapping[str, str]] = ()
 
 
 def experiment_tags(description: str, axes: Sequence[str], param_sets: Sequence[Mapping[str, str]] = (),
-                    metric: str = AP50) -> dict[str, str]:
-    """The experiment tags a launch writes: the kind (runs first), the description and the leaderboard view."""
-    state = view_state(axes, param_sets, metric)
+                    metric: str = AP50, names: Sequence[str] = (), cells: Sequence[str] = ()) -> dict[str, str]:
+    """The experiment tags a launch writes: the kind (runs first), the description and the leaderboard views.
+
+    ``names`` and ``cells``: the planned fine-tuning runs' names and ``ablate.cell`` tags, which size the name
+    column of the leaderboard and of the cells view (where a row reads "Group: <cell>") so that none is cut."""
+    state = view_state(axes, param_sets, metric, names)
     # runListHidden folds the run list beside the charts; in the table view it would hide the rows
     compare = {**state, "runListHidden": True}
-    cells = {**state, "groupBy": GROUP_BY_CELL}
+    grouped_width = name_column_width([f"Group: {c}" for c in cells], 90)
+    cells_state = {**state, "groupBy": GROUP_BY_CELL,
+                   "columnWidths": {**state["columnWidths"], RUN_NAME_COLUMN: grouped_width}}
     tags = {EXPERIMENT_KIND_TAG: KIND_MACHINE_LEARNING, AXES_TAG: ",".join(axes),
             VIEW_STATE_PREFIX + VIEW_KEY: json.dumps(state, separators=(",", ":")),
             VIEW_STATE_PREFIX + COMPARE_VIEW_KEY: json.dumps(compare, separators=(",", ":")),
-            VIEW_STATE_PREFIX + CELLS_VIEW_KEY: json.dumps(cells, separators=(",", ":"))}
+            VIEW_STATE_PREFIX + CELLS_VIEW_KEY: json.dumps(cells_state, separators=(",", ":"))}
     if description:
         tags[NOTE_TAG] = description
     return tags

@@ -1,5 +1,6 @@
-"""The MLflow UI that ``ablate ui`` serves: MLflow's own app, with the assistant panel closed on a first visit and
-the runs table's metrics rounded to 3 decimals and its parallel-coordinates charts titled by what they compare.
+"""The MLflow UI that ``ablate ui`` serves: MLflow's own app, with the assistant panel closed on a first visit, the
+runs table's metrics rounded to 3 decimals, its "Created" column after the axes instead of pinned before them, and
+its parallel-coordinates charts titled by what they compare.
 
 MLflow 3.17 opens its *Assistant (Beta)* panel by itself the first time a browser visits a server on
 localhost (its page checks ``window.location.hostname`` and the ``localStorage`` flag
@@ -16,6 +17,7 @@ Registered as the MLflow app ``ablate-ui`` (pyproject's ``mlflow.app`` entry poi
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 FIRST_VISIT_FLAG = "mlflow.assistant.fab.autoOpenedOnFirstLoad_v1"
@@ -80,18 +82,35 @@ READABLE_PAGE_SCRIPT = """<script>/* ablate ui: metrics rounded, charts titled (
   if (document.body) start(); else document.addEventListener('DOMContentLoaded', start);
 })();</script>""" % {"digits": METRIC_DIGITS, "long": METRIC_DIGITS + 1, "title": PARCOORDS_TITLE}
 PAGE_SCRIPTS = FIRST_VISIT_SCRIPT + READABLE_PAGE_SCRIPT
+# MLflow 3.17's runs table pins its "Created" column left, beside the run name and ahead of every metric and param,
+# whatever the view asks (the column has no id a view state could hide or move). In the bundle that builds the table,
+# that column's definition becomes ag-grid's `lockPosition: "right"`: it scrolls with the table, after the axes.
+# A bundle without this exact definition (another MLflow) is served unchanged.
+CREATED_PINNED = re.compile(r'(\{headerName:[\w$]+\.[\w$]+\.DATE,headerTooltip:[\w$]+\.[\w$]+\.DATE,)'
+                            r'pinned:[\w$]+\?void 0:"left",')
+CREATED_AFTER_AXES = r'\1lockPosition:"right",'
 
 
 def close_assistant_on_first_visit(response: Any) -> Any:
     """Flask ``after_request``: the UI's HTML page with :data:`FIRST_VISIT_SCRIPT` and :data:`READABLE_PAGE_SCRIPT`
-    at the top of its ``<head>``."""
-    if response.mimetype != "text/html" or response.status_code != 200:
+    at the top of its ``<head>``; the script that defines the runs table with its "Created" column unpinned, last
+    (:data:`CREATED_PINNED`)."""
+    if response.status_code != 200 or response.mimetype not in ("text/html", "text/javascript",
+                                                                 "application/javascript"):
         return response
     response.direct_passthrough = False  # a file response: read it to rewrite it
-    html = response.get_data(as_text=True)
-    if "<head>" not in html or FIRST_VISIT_FLAG in html:
-        return response
-    response.set_data(html.replace("<head>", "<head>" + PAGE_SCRIPTS, 1))
+    text = response.get_data(as_text=True)
+    if response.mimetype == "text/html":
+        if "<head>" not in text or FIRST_VISIT_FLAG in text:
+            return response
+        text = text.replace("<head>", "<head>" + PAGE_SCRIPTS, 1)
+    else:
+        if "DATE,headerTooltip:" not in text:
+            return response
+        text, changed = CREATED_PINNED.subn(CREATED_AFTER_AXES, text, count=1)
+        if not changed:
+            return response
+    response.set_data(text)
     response.headers.pop("ETag", None)
     return response
 

@@ -51,12 +51,12 @@ def sample_data(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def planted_collapse(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
-    """``ablate launch`` of the planted-collapse grid (tests/spaces.py: 7 epochs, pruning on) in a fresh folder.
+    """``ablate launch`` of the planted-collapse grid (experiments/testing/spaces.py: 7 epochs, pruning on) in a fresh folder.
 
     One launch serves test_launch (what the launch records) and test_bench (the pruning benchmark
     reads the same store). Returns (the folder, with its own ``mlruns/``; the study; the launch's stdout).
     """
-    from tests.spaces import planted_collapse_space, write_space
+    from experiments.testing.spaces import planted_collapse_space, write_space
 
     cwd = tmp_path_factory.mktemp("planted_collapse")
     space = planted_collapse_space("prune_study", epochs=7, pruning=True)

@@ -8,9 +8,7 @@ Every node runs in its own process group (``--block``), so exactly that node is 
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from tests.s3server import free_port
+from experiments.testing.s3server import free_port, stop_group
 
 
 def _ray() -> str:
@@ -27,12 +25,7 @@ def _ray() -> str:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+    stop_group(proc, 60)
 
 
 @contextlib.contextmanager

@@ -244,3 +244,14 @@ def test_runtime_imports_are_read_as_python_runs_them(tmp_path, monkeypatch, sou
                "trainers.swav.engine", "experiments.probe"}
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     assert runtime_imports(path, modules) == expected
+
+
+def test_benchmarks_import_nothing_of_the_tests():
+    """Helpers both use live in experiments/testing/: a benchmark runs without the test suite's modules."""
+    found = []
+    for path in sorted((ROOT / "bench").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            found += [f"{path.relative_to(ROOT)}: {n}" for n in names if n == "tests" or n.startswith("tests.")]
+    assert not found, found

@@ -21,7 +21,7 @@ from experiments.launch.artifacts import Housekeeping, check_storage, fetch_back
 from experiments.launch.context import LaunchContext, LaunchError, LaunchOptions, LaunchResult, LaunchSetupError, \
     TrialOutcome
 from experiments.launch.launch_run import LaunchRun
-from experiments.launch.ledger import TrialLedger, cell_tag
+from experiments.launch.ledger import TrialLedger, trial_cell
 from experiments.launch.ray_stage import (init_ray, local_size, make_scheduler, oversized_requests, ray_token_mode,
                                           run_stage)
 from experiments.redaction import OPTUNA_STORAGE_ENV, redact, use_uri_credentials
@@ -361,8 +361,7 @@ def finetune_payload(ctx: LaunchContext, t: Any, plan: Plan, upstream_run: str, 
     dataset = ("-labeled", plan.data_fingerprint, ctx.data_paths["train_annotations"], "training")
     extra = finetune_params(ctx, plan, t)  # the backbone's name and pretraining params ("none" for scratch)
     # with pretraining seeds the cell spans the backbone's seeds: one cell, its variance in the verdicts
-    cell = cell_tag(t.config, t.cell_upstream, t.cell_name, ctx.data_fingerprint, ctx.spec.finetune.resources)
-    tags = {TAG_SEED: str(t.seed), TAG_CELL: cell}
+    tags = {TAG_SEED: str(t.seed), TAG_CELL: trial_cell(ctx, t)}
     if t.upstream_hash:
         tags[TAG_UPSTREAM] = upstream_run
         if upstream_run:  # the backbone as a link in the run's description
@@ -394,7 +393,8 @@ def experiment_view(ctx: LaunchContext, plan: Plan) -> None:
     axes = ui.varying_params(param_sets, [ui.BACKBONE_PARAM, *declared])
     # `tpe`: the sampled fields vary only once Optuna samples them
     axes += [f"{STAGE_FINETUNE}.{d}" for d in spec.finetune.distributions if f"{STAGE_FINETUNE}.{d}" not in axes]
-    tags = ui.experiment_tags(spec.description, axes, param_sets)
+    tags = ui.experiment_tags(spec.description, axes, param_sets, names=[t.name for t in plan.finetune],
+                              cells=[trial_cell(ctx, t) for t in plan.finetune])
     if spec.adaptive is not None:  # the judge of this study looks at every wave: it reads its level from here
         tags[ui.SEEDS_TAG] = spec.adaptive.tag()
     if spec.pretrain.seeds:  # the report says which intervals include the backbones' own variance

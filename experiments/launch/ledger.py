@@ -47,6 +47,11 @@ def cell_tag(config: Mapping[str, Any], upstream_hash: str | None, name: str, da
     return f"{re.sub(r' · seed[0-9]+', '', name)} · {h[:8]}"
 
 
+def trial_cell(ctx: Any, t: Any) -> str:
+    """A planned fine-tuning trial's ``ablate.cell`` tag in the launch ``ctx`` (:func:`cell_tag`)."""
+    return cell_tag(t.config, t.cell_upstream, t.cell_name, ctx.data_fingerprint, ctx.spec.finetune.resources)
+
+
 def epochs_of(trial: Any) -> int:
     """The epochs a Ray trial reported."""
     return int((trial.last_result or {}).get("epoch", 0) or 0)
@@ -334,4 +339,4 @@ class TrialLedger:
                                                                     "stopped")}
 
 
-__all__: Sequence[str] = ["TrialLedger", "cell_tag", "epochs_of"]
+__all__: Sequence[str] = ["TrialLedger", "cell_tag", "epochs_of", "trial_cell"]

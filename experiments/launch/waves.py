@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 from experiments.adaptive import next_wave
 from experiments.headline import trials_from_runs
 from experiments.launch.context import LaunchContext
-from experiments.launch.ledger import cell_tag
+from experiments.launch.ledger import trial_cell
 from experiments.spaces import FinetuneTrial, Plan
 from experiments.tracking import TAG_CELL_SEEDS, TAG_SEEDS_STOP
 from experiments.trial import AP50, STAGE_FINETUNE
@@ -54,8 +54,7 @@ class SeedWaves:
 
     def cell_of(self, t: FinetuneTrial) -> str:
         """The trial's ``ablate.cell`` (what the judge's results are keyed by)."""
-        return cell_tag(t.config, t.cell_upstream, t.cell_name, self.ctx.data_fingerprint,
-                        self.ctx.spec.finetune.resources)
+        return trial_cell(self.ctx, t)
 
     def results(self) -> list[Any]:
         """The finished results of the seeds each cell has run so far, from the store (the headline's reading).

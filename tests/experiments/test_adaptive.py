@@ -140,7 +140,7 @@ def test_adaptive_launch_killed_between_waves_resumes_the_same_waves(tmp_path: P
 def test_pretraining_seeds_make_one_cell_of_a_backbones_seeds(tmp_path: Path, sample_data) -> None:
     """`pretrain: {seeds: [0, 1]}`: each backbone setting pretrained twice; downstream, one cell over both."""
     from experiments.launch.ledger import cell_tag
-    from tests.spaces import tiny_space, write_space
+    from experiments.testing.spaces import tiny_space, write_space
 
     raw = tiny_space("pseeds", pretrain_grid={"prototypes": [20, 30]})
     raw["pretrain"]["seeds"] = [0, 1]

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from experiments import tracking as T
 from experiments.control import ControlError, Notice, check_notify_command, notify
 from experiments.status import collect
-from tests.spaces import tiny_space, write_space
+from experiments.testing.spaces import tiny_space, write_space
 
 # ---------------------------------------------------------------------------
 # --notify
@@ -171,7 +171,7 @@ def test_the_stopper_pickles_without_the_launcher(tmp_path, monkeypatch):
 
     from experiments.launch import Launcher, LaunchOptions
     from experiments.launch.callbacks import StopRequestStopper
-    from tests.spaces import tiny_space_file
+    from experiments.testing.spaces import tiny_space_file
 
     monkeypatch.chdir(tmp_path)
     launcher = Launcher(tiny_space_file(tmp_path, "pickled_stopper"), LaunchOptions(notify="true"))

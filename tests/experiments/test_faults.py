@@ -21,7 +21,7 @@ from experiments import cli
 from experiments import tracking as T
 from experiments.gc import collect, gc
 from experiments.launch import Launcher, LaunchOptions, oversized_requests
-from tests.spaces import tiny_space_file
+from experiments.testing.spaces import tiny_space_file
 from tests.experiments.test_server import make_pg_database  # noqa: F401 - fixture
 
 

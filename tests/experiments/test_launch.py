@@ -18,7 +18,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from experiments import tracking as T
-from tests.spaces import COLLAPSED, HEALTHY, tiny_space, tiny_space_file, write_space
+from experiments.testing.spaces import COLLAPSED, HEALTHY, tiny_space, tiny_space_file, write_space
 
 ROOT = Path(__file__).resolve().parents[2]
 METRICS_PRE = {"swav/loss", "swav/ln_k", "swav/loss_over_ln_k", "swav/embedding_std", "swav/assignment_entropy",
@@ -227,7 +227,7 @@ def test_interrupted_launch_resumes_without_duplicates(tmp_path):
 
 @pytest.mark.slow
 def test_collapsed_pretraining_is_pruned_and_gets_no_finetuning(planted_collapse):
-    """The planted collapse of the pruning benchmark (tests/spaces.py; the launch is shared with
+    """The planted collapse of the pruning benchmark (experiments/testing/spaces.py; the launch is shared with
     tests/test_bench.py): temperature 100 (vs 0.1) flattens every prediction to uniform, so the
     swapped-prediction loss sits at ln K from the first step (loss/ln K = 1.0000 +- 1e-4 measured on
     the sample data) and the encoder gets no training signal: the dead run the pruner is for. The

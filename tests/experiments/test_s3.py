@@ -1,4 +1,4 @@
-"""S3-compatible storage, against a real S3 API: moto's server on 127.0.0.1 (tests/s3server.py).
+"""S3-compatible storage, against a real S3 API: moto's server on 127.0.0.1 (experiments/testing/s3server.py).
 
 * The bucket checks: a missing bucket, refused or missing credentials and an endpoint nobody answers
   on are one line each, from the check itself, from ``ablate server --artifacts-destination s3://``
@@ -37,8 +37,8 @@ from experiments import tracking as T
 from experiments.objectstore import ObjectStoreError, check_bucket, split_s3
 from tests.experiments.test_server import make_pg_database  # noqa: F401 - fixture
 from tests.raycluster import ray_head, ray_worker
-from tests.s3server import free_port, objects, s3_server
-from tests.spaces import tiny_space, write_space
+from experiments.testing.s3server import free_port, objects, s3_server
+from experiments.testing.spaces import tiny_space, write_space
 
 ROOT = Path(__file__).resolve().parents[2]
 IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")

@@ -36,6 +36,24 @@ ON_FIRST_SCREEN = """(label => Array.from(document.querySelectorAll('body *'))
 # The runs table's metric cells: [col-id, shown text, tooltip]
 METRIC_CELLS = """Array.from(document.querySelectorAll('.ag-cell[col-id^="metrics."]'))
   .map(c => [c.getAttribute('col-id'), c.textContent.trim(), c.title])"""
+# The left edge of the header showing exactly this text (None when the table has not drawn it)
+HEADER_LEFT = """(label => { const h = Array.from(document.querySelectorAll('.ag-header-cell'))
+  .find(e => e.innerText.trim() === label); return h ? h.getBoundingClientRect().left : null; })"""
+# The table cells showing this text: how many, and whether each shows it whole: the text's extent inside its cell,
+# and no element around it cutting it with an ellipsis
+SHOWN_WHOLE = """(label => { const cells = Array.from(document.querySelectorAll('.ag-cell'))
+  .filter(c => c.innerText.includes(label));
+  return [cells.length, cells.every(c => {
+    const walk = document.createTreeWalker(c, NodeFilter.SHOW_TEXT); let node, whole = false;
+    while ((node = walk.nextNode())) {
+      if (!node.nodeValue.includes(label)) continue;
+      const range = document.createRange(); range.selectNodeContents(node);
+      const text = range.getBoundingClientRect(), box = c.getBoundingClientRect();
+      whole = text.left >= box.left - 1 && text.right <= box.right + 1;
+      for (let e = node.parentElement; whole && e && e !== c.parentElement; e = e.parentElement)
+        if (getComputedStyle(e).textOverflow === 'ellipsis' && e.scrollWidth > e.clientWidth + 1) whole = false;
+    }
+    return whole; })]; })"""
 # The charts' SVG texts: the parallel-coordinates axes carry their full names there (their labels are cut)
 PLOT_TEXTS = "Array.from(document.querySelectorAll('svg text')).map(t => t.textContent)"
 
@@ -114,6 +132,12 @@ def test_leaderboard_lists_the_finetuning_trials_with_ap50_and_the_axes(smoke, u
         assert "launch " not in text  # the launch run is filtered out
         for label in ["det/AP50", *axes]:
             assert page.evaluate(f"{ON_FIRST_SCREEN}({json.dumps(label)})"), f"{label} is not on the first screen"
+        # nothing the user did not ask for ahead of the axes: MLflow's pinned "Created" comes after them (ui_app.py)
+        created = page.evaluate(f"{HEADER_LEFT}('Created')")
+        lefts = [page.evaluate(f"{HEADER_LEFT}({json.dumps(a)})") for a in axes]
+        assert created is None or created > max(lefts), (created, lefts)
+        for name in names:  # each trial's whole name, so that no two rows look alike
+            assert page.evaluate(f"{SHOWN_WHOLE}({json.dumps(name)})") == [1, True], name
         # sorted best first: the best trial's row comes first
         best = max(trials, key=lambda r: r.data.metrics["det/AP50"]).info.run_name
         assert min(names, key=text.index) == best
@@ -141,6 +165,8 @@ def test_cells_view_groups_the_trials_by_cell(smoke, ui_links):
         assert "Group by: ablate.cell" in text
         for cell in cells:
             assert f"Group: {cell}" in text, cell
+            count, whole = page.evaluate(f"{SHOWN_WHOLE}({json.dumps(cell)})")
+            assert count >= 1 and whole, cell  # the group's name is not cut
 
 
 def test_compare_view_plots_the_ablated_axes_against_ap50(smoke, ui_links):

@@ -76,6 +76,32 @@ def test_view_and_experiment_tags() -> None:
                                           "groupByKeys": [{"mode": "tag", "groupByData": "ablate.cell"}]}}
 
 
+def test_name_columns_fit_the_longest_run_and_cell_names() -> None:
+    names = ["res18_ep2_p100 · frozen_bn · mlp · 357 · seed0", "scratch_res18 · bn · mlp · uniform · seed0"]
+    cells = ["res18_ep2_p100 · frozen_bn · mlp · 357 · 1c2d3e4f", "scratch_res18 · bn · mlp · uniform · 0a1b2c3d"]
+    tags = ui.experiment_tags("", AXES, SMOKE_RUNS, names=names, cells=cells)
+    width = {key: json.loads(tags[f"mlflow.sharedViewState.ablate-{key}"])["columnWidths"][ui.RUN_NAME_COLUMN]
+             for key in ("leaderboard", "cells", "compare")}
+    assert width["leaderboard"] == width["compare"] == ui.name_column_width(names, 60) > 300
+    assert width["cells"] == ui.name_column_width([f"Group: {c}" for c in cells], 90) > width["leaderboard"]
+    assert ui.name_column_width([], 60) == 300 and ui.name_column_width(["x" * 200], 60) == 520
+
+
+def test_the_served_bundle_moves_the_created_column_after_the_axes(bundle: str) -> None:
+    """MLflow pins "Created" left of every param; the app serves the table's script with it locked right instead."""
+    from flask import Response
+
+    from experiments.ui_app import CREATED_PINNED, close_assistant_on_first_visit
+
+    assert len(CREATED_PINNED.findall(bundle)) == 1, f"MLflow {mlflow.__version__} defines Created otherwise"
+    chunk = next(p for p in BUNDLE.glob("*.js") if CREATED_PINNED.search(p.read_text(errors="replace")))
+    served = close_assistant_on_first_visit(Response(chunk.read_text(), mimetype="text/javascript"))
+    text = served.get_data(as_text=True)
+    assert not CREATED_PINNED.search(text) and 'DATE,lockPosition:"right",sortable' in text
+    other = "const a=1;"  # any other script is served as it is
+    assert close_assistant_on_first_visit(Response(other, mimetype="text/javascript")).get_data(as_text=True) == other
+
+
 def test_links_with_and_without_the_view() -> None:
     tagged = ui.links("http://127.0.0.1:5000/", "7", "smoke", ui.experiment_tags("", AXES, SMOKE_RUNS))
     assert tagged.leaderboard == ("http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
@@ -103,7 +129,7 @@ def test_space_description_is_the_experiments(tmp_path: Path) -> None:
     import yaml
 
     from experiments.spaces import SpaceError, load_space
-    from tests.spaces import tiny_space, write_space
+    from experiments.testing.spaces import tiny_space, write_space
 
     space = tiny_space("described")
     space["description"] = "  K x norm on the sample data  "

@@ -42,8 +42,10 @@ from trainers.swav import (
     train_one_epoch,
 )
 from trainers.swav import augment as augment_module
+from trainers.swav import photometric
 from trainers.swav.optim import set_learning_rate
-from trainers.swav.augment import (
+from trainers.swav.augment import random_resized_crop_boxes
+from trainers.swav.photometric import (
     JITTER_ORDERS,
     adjust_brightness,
     adjust_contrast,
@@ -51,7 +53,6 @@ from trainers.swav.augment import (
     adjust_saturation,
     color_jitter,
     gaussian_blur,
-    random_resized_crop_boxes,
 )
 from tests.trainers.cuda import cuda_only
 
@@ -501,9 +502,9 @@ def test_windowed_view_equals_whole_batch_view_for_any_draws(
     """
     gray_p, blur_p, jitter_p = probabilities
     size = 32
-    monkeypatch.setattr(augment_module, "GRAYSCALE_P", gray_p)
-    monkeypatch.setattr(augment_module, "BLUR_P", blur_p)
-    monkeypatch.setattr(augment_module, "JITTER_P", jitter_p)
+    monkeypatch.setattr(photometric, "GRAYSCALE_P", gray_p)
+    monkeypatch.setattr(photometric, "BLUR_P", blur_p)
+    monkeypatch.setattr(photometric, "JITTER_P", jitter_p)
     augment = MultiCropAugment([{"count": 1, "size": size, "min_scale": 0.14, "max_scale": 1.0}])
     images = sample_images(6, seed=1)
     heights = torch.tensor([im.shape[1] for im in images])
@@ -513,7 +514,7 @@ def test_windowed_view_equals_whole_batch_view_for_any_draws(
         monkeypatch.setattr(augment_module, "CPU_CHUNK_ELEMENTS", images_per_window * 3 * size * size)
         generator = torch.Generator().manual_seed(seed)
         boxes = random_resized_crop_boxes(heights, widths, (0.14, 1.0), generator)
-        draws = augment_module._Draws.sample(len(images), generator)
+        draws = photometric.Draws.sample(len(images), generator)
         crops = augment.crop(augment_module.stack_images(images).float(), boxes, size, draws.flip)
         windowed = augment._view_chunked(crops.clone(), draws)
         batched = augment._view_batched(crops.clone(), draws)

@@ -9,8 +9,7 @@
   trial. ``bench.pruning_saved`` launches it with pruning on and off;
   tests/experiments/test_launch.py checks what the launch records.
 
-It lives under ``tests/`` because it is test data, not product code; the benchmarks run from the
-repository root (``python -m bench``), where ``tests`` is importable.
+Test data, not product code: it lives in :mod:`experiments.testing` so that ``bench/`` need not import ``tests/``.
 """
 
 from __future__ import annotations
