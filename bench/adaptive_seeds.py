@@ -28,10 +28,11 @@ from typing import Mapping, Sequence
 
 from experiments.adaptive import AdaptiveSeeds, next_wave
 from experiments.headline import Headline, TrialResult, compute_headline
+from trainers.vocabulary import DET_AP50
 
 SIGMA = 0.010  # AP50 seed std measured in this project's fidelity study (0.007-0.013)
 BASE = 0.30
-METRIC = "det/AP50"
+METRIC = DET_AP50
 
 
 @dataclass(frozen=True)

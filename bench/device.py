@@ -50,6 +50,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bench.device_host import die_with_parent, own_entries, preflight, remove_new_entries, work_root
+from trainers.vocabulary import (
+    DET_AP,
+    DET_AP50,
+    DET_ITERATIONS,
+    SUP_IMAGES_PER_S,
+    SWAV_IMAGES_PER_S,
+    SWAV_KNN_TOP1,
+    SWAV_KNN_Z_TOP1,
+    SWAV_PROBE_TOP1,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PHASES = ("tests", "throughput", "fidelity")
@@ -223,7 +233,7 @@ def _pretrain(trial: Any, config: dict[str, Any], root: Path, deadline: float) -
     backbone = last / "backbone"
     export_from_checkpoint(last, backbone)  # the same trunk whether the budget or the schedule ended it
     history = [{"epoch": r.step, **r.metrics} for r in reporter.reports]
-    rate = "sup/images_per_s" if config.get("method") == "supervised" else "swav/images_per_s"
+    rate = SUP_IMAGES_PER_S if config.get("method") == "supervised" else SWAV_IMAGES_PER_S
     rates = [h[rate] for h in history if rate in h]
     return {"name": trial.name, "hash": trial.config_hash, "method": config.get("method", "swav"), "backbone": str(backbone), "wall_s": wall,
             "epochs": int(config["epochs"]), "epochs_done": len(history), "feat_dim": int(config["feat_dim"]),
@@ -316,7 +326,7 @@ def _spawn() -> Any:
     return multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
 
 
-def last_ap50(record: dict[str, Any], key: str = "det/AP50") -> float:
+def last_ap50(record: dict[str, Any], key: str = DET_AP50) -> float:
     """The run's latest evaluated figure (NaN before its first evaluation)."""
     values = [h[key] for h in record.get("history", []) if key in h]
     return values[-1] if values else math.nan
@@ -336,9 +346,9 @@ def fidelity_groups(result: dict[str, Any]) -> list[Any]:
                          backbone.get("method", "swav") if backbone else "swav")
         group = groups.setdefault(f"{r['upstream']}:{r['norm']}:{r['lr_scheme']}", Group(name, role))
         group.ap50.append(last_ap50(r))
-        group.ap.append(last_ap50(r, "det/AP"))
-        group.curves.append([(h.get("det/iterations", math.nan), h["det/AP50"]) for h in r["history"]
-                             if "det/AP50" in h])
+        group.ap.append(last_ap50(r, DET_AP))
+        group.curves.append([(h.get(DET_ITERATIONS, math.nan), h[DET_AP50]) for h in r["history"]
+                             if DET_AP50 in h])
         if backbone is not None:
             final = backbone["history"][-1] if backbone["history"] else {}
             group.backbone, group.feat_dim = backbone["name"], backbone["feat_dim"]
@@ -380,9 +390,9 @@ def fidelity_section(result: dict[str, Any], meta: dict[str, Any], command: str)
         budget = "" if s["epochs_done"] == s["epochs"] else " (stopped by its wall budget; the trunk exported there)"
         what = "Supervised (the positive control)" if s.get("method") == "supervised" else "SwAV"
         lines.append(f"{what} {s['name']}: {s['epochs_done']} of {s['epochs']} epochs in {s['wall_s']:.0f} s{budget}, "
-                     f"{s['images_per_s']:.0f} images/s; kNN top-1 {monitor_text(final, 'knn_top1')} (standardised "
-                     f"{monitor_text(final, 'knn_z_top1')}); linear probe "
-                     f"{monitor_text(final, 'probe_top1')}.")
+                     f"{s['images_per_s']:.0f} images/s; kNN top-1 {monitor_text(final, SWAV_KNN_TOP1)} (standardised "
+                     f"{monitor_text(final, SWAV_KNN_Z_TOP1)}); linear probe "
+                     f"{monitor_text(final, SWAV_PROBE_TOP1)}.")
     runs = result.get("finetune", [])
     short = [r for r in runs if "error" not in r and len(r["history"]) < r["epochs"]]
     failed = [r for r in runs if "error" in r]

@@ -51,6 +51,31 @@ import yaml
 from bench.orchestration import ROOT, TrialRecord, run_launch
 from trainers.swav.collapse import collapse_label
 from trainers.swav.knn import LEARNED_POINTS, learned, monitor_text
+from trainers.vocabulary import (
+    DET_AP,
+    DET_AP50,
+    DET_ITERATIONS,
+    MONITOR_METRICS,
+    MONITOR_REFERENCES,
+    PIXELS,
+    RANDOM_MEAN,
+    RANDOM_STD,
+    SWAV_COLLAPSED,
+    SWAV_EMBEDDING_STD,
+    SWAV_EPOCHS_AT_LN_K,
+    SWAV_KNN_TOP1,
+    SWAV_KNN_TOP1_RANDOM,
+    SWAV_KNN_TOP1_RANDOM_STD,
+    SWAV_KNN_Z_TOP1,
+    SWAV_LOSS_OVER_LN_K,
+    SWAV_LOSS_OVER_LN_K_MIN,
+    SWAV_PROBE_TOP1,
+    SWAV_PROTOTYPE_SPAN,
+    SWAV_SCORE_STD,
+    SWAV_TRUNK_RANK,
+    SWAV_TRUNK_RANK_RANDOM,
+    reference_key,
+)
 
 SPACE = ROOT / "search_spaces" / "fidelity.yaml"
 GPU_SPACE = ROOT / "search_spaces" / "fidelity_gpu.yaml"
@@ -62,13 +87,12 @@ SCRATCH = "scratch"
 BASELINE, CONTROL, PRETRAINED, POSITIVE = "baseline", "control", "pretrained", "positive"
 GOAL_POSITIVE_RATIO = 1.5  # the supervised trunk (positive control) / the fair baseline, decided: the assay sees help
 # The backbone's figures the study reads (its pretraining run's last value of each).
-MONITOR_KEYS = tuple(f"swav/{name}{suffix}" for name in ("knn_top1", "knn_z_top1", "probe_top1", "trunk_rank")
-                     for suffix in ("", "_random", "_random_std", "_pixels")) + (
-    "swav/collapsed", "swav/loss_over_ln_k", "swav/loss_over_ln_k_min", "swav/epochs_at_ln_k", "swav/embedding_std",
-    "swav/score_std", "swav/prototype_span")
+MONITOR_KEYS = tuple(reference_key(key, ref) for key in MONITOR_METRICS for ref in ("", *MONITOR_REFERENCES)) + (
+    SWAV_COLLAPSED, SWAV_LOSS_OVER_LN_K, SWAV_LOSS_OVER_LN_K_MIN, SWAV_EPOCHS_AT_LN_K, SWAV_EMBEDDING_STD,
+    SWAV_SCORE_STD, SWAV_PROTOTYPE_SPAN)
 # Per-epoch curves of the backbone: the monitor and the collapse signals.
-CURVE_KEYS = ("swav/knn_top1", "swav/knn_z_top1", "swav/probe_top1", "swav/trunk_rank", "swav/loss_over_ln_k", "swav/prototype_span",
-              "swav/score_std", "swav/embedding_std")
+CURVE_KEYS = (SWAV_KNN_TOP1, SWAV_KNN_Z_TOP1, SWAV_PROBE_TOP1, SWAV_TRUNK_RANK, SWAV_LOSS_OVER_LN_K, SWAV_PROTOTYPE_SPAN,
+              SWAV_SCORE_STD, SWAV_EMBEDDING_STD)
 
 
 def scratch_role(norm: str, lr_scheme: str) -> str:
@@ -113,7 +137,7 @@ class Group:
 
     @property
     def knn(self) -> float | None:
-        return self.monitor.get("swav/knn_top1")
+        return self.monitor.get(SWAV_KNN_TOP1)
 
     @property
     def collapsed(self) -> str | None:
@@ -136,13 +160,14 @@ def groups_from(trials: Sequence[TrialRecord], history: dict[tuple[str, str], li
         history: ``(run id, metric) -> [(step, value), ...]`` for ``det/AP50``, ``det/iterations``
             (fine-tuning runs) and :data:`CURVE_KEYS` (pretraining runs).
     """
-    from experiments.tracking import TAG_UPSTREAM, UPSTREAM_SCRATCH
+    from experiments.tracking import UPSTREAM_SCRATCH
+    from trainers.vocabulary import TAG_UPSTREAM
 
     pretrain = {t.run_id: t for t in trials if t.stage == "pretrain"}
     groups: dict[str, Group] = {}
     for t in sorted((t for t in trials if t.stage == "finetune" and t.status == "FINISHED"), key=lambda t: t.name):
         upstream = t.tags.get(TAG_UPSTREAM, "")
-        if "det/AP50" not in t.metrics:
+        if DET_AP50 not in t.metrics:
             continue
         norm, scheme = t.params.get("finetune.norm", "?"), t.params.get("finetune.lr_scheme", "?")
         key = f"{upstream}:{norm}:{scheme}"
@@ -151,10 +176,10 @@ def groups_from(trials: Sequence[TrialRecord], history: dict[tuple[str, str], li
                          t.params.get("finetune.arch", "?"), norm, scheme,
                          backbone.params.get("pretrain.method", "swav") if backbone else "swav")
         group = groups.setdefault(key, Group(name, role))
-        group.ap50.append(t.metrics["det/AP50"])
-        group.ap.append(t.metrics.get("det/AP", math.nan))
-        steps = dict(history.get((t.run_id, "det/iterations"), []))
-        group.curves.append([(steps.get(epoch, math.nan), ap) for epoch, ap in history.get((t.run_id, "det/AP50"), [])])
+        group.ap50.append(t.metrics[DET_AP50])
+        group.ap.append(t.metrics.get(DET_AP, math.nan))
+        steps = dict(history.get((t.run_id, DET_ITERATIONS), []))
+        group.curves.append([(steps.get(epoch, math.nan), ap) for epoch, ap in history.get((t.run_id, DET_AP50), [])])
         if backbone is not None:
             group.backbone = backbone.name
             group.monitor = {k: backbone.metrics[k] for k in MONITOR_KEYS if k in backbone.metrics}
@@ -220,7 +245,7 @@ def judge(groups: Sequence[Group]) -> Verdict:
     ratio = b / s if s > 0 else math.inf if b > 0 else math.nan
     ap = compare(best.name, best.ap50, scratch.name, scratch.ap50)
     control_ap = compare(best.name, best.ap50, control.name, control.ap50) if control and control.ap50 else None
-    random_mean = best.monitor.get("swav/knn_top1_random")
+    random_mean = best.monitor.get(SWAV_KNN_TOP1_RANDOM)
     knn_points = best.knn - random_mean if best.knn is not None and random_mean is not None else math.nan
     return Verdict(best, scratch, control, positive, ratio, b - s, ap, control_ap, knn_points,
                    ap_goal=ratio >= GOAL_AP50_RATIO and ap.decided and ap.winner == best.name,
@@ -316,10 +341,10 @@ def plot(groups: Sequence[Group], path: Path, title: str, meta: dict[str, Any] |
         backbones.append(g.backbone)
         marker = markers[(len(backbones) - 1) % len(markers)]
         # The monitor: one colour per figure (kNN, probe), the backbone by its marker.
-        for key, mc, what in (("knn_top1", "tab:blue", "kNN"), ("knn_z_top1", "tab:cyan", "kNN (standardised)"),
-                              ("probe_top1", "tab:orange", "linear probe")):
-            curve = g.signals.get(f"swav/{key}", [])
-            mean, std = g.monitor.get(f"swav/{key}_random"), g.monitor.get(f"swav/{key}_random_std")
+        for key, mc, what in ((SWAV_KNN_TOP1, "tab:blue", "kNN"), (SWAV_KNN_Z_TOP1, "tab:cyan", "kNN (standardised)"),
+                              (SWAV_PROBE_TOP1, "tab:orange", "linear probe")):
+            curve = g.signals.get(key, [])
+            mean, std = g.monitor.get(reference_key(key, RANDOM_MEAN)), g.monitor.get(reference_key(key, RANDOM_STD))
             if mean is not None:  # epoch 0: the random initialisations
                 curve = [(0, mean), *curve]
             if curve:
@@ -327,15 +352,15 @@ def plot(groups: Sequence[Group], path: Path, title: str, meta: dict[str, Any] |
                             label=f"{g.backbone}: {what}")
             if mean is not None and std is not None and len(backbones) == 1:
                 middle.axhspan(mean - std, mean + std, color=mc, alpha=0.15, label=f"{what}: random inits mean ± std")
-            if (pixels := g.monitor.get(f"swav/{key}_pixels")) is not None and len(backbones) == 1:
+            if (pixels := g.monitor.get(reference_key(key, PIXELS))) is not None and len(backbones) == 1:
                 middle.axhline(pixels, color=mc, ls=":", lw=1.3, label=f"{what}: raw pixels")
-        for key, mc, what in (("loss_over_ln_k", "tab:red", "loss / ln K"), ("prototype_span", "tab:green",
-                                                                               "prototype span")):
-            curve = g.signals.get(f"swav/{key}", [])
+        for key, mc, what in ((SWAV_LOSS_OVER_LN_K, "tab:red", "loss / ln K"), (SWAV_PROTOTYPE_SPAN, "tab:green",
+                                                                                 "prototype span")):
+            curve = g.signals.get(key, [])
             if curve:
                 right.plot([e for e, _ in curve], [v for _, v in curve], color=mc, marker=marker, ms=3,
                            label=f"{g.backbone}: {what}")
-        rank, random_rank = g.signals.get("swav/trunk_rank", []), g.monitor.get("swav/trunk_rank_random")
+        rank, random_rank = g.signals.get(SWAV_TRUNK_RANK, []), g.monitor.get(SWAV_TRUNK_RANK_RANDOM)
         if rank and random_rank:
             right.plot([e for e, _ in rank], [v / random_rank for _, v in rank], color="tab:purple", marker=marker,
                        ms=3, label=f"{g.backbone}: trunk rank / random trunks'")
@@ -382,7 +407,7 @@ def histories(store: Path, trials: Sequence[TrialRecord]) -> dict[tuple[str, str
     client = MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
     out: dict[tuple[str, str], list[tuple[int, float]]] = {}
     for t in trials:
-        keys = ("det/AP50", "det/iterations") if t.stage == "finetune" else CURVE_KEYS if t.stage == "pretrain" else ()
+        keys = (DET_AP50, DET_ITERATIONS) if t.stage == "finetune" else CURVE_KEYS if t.stage == "pretrain" else ()
         for key in keys:
             points: dict[int, float] = {}
             for m in client.get_metric_history(t.run_id, key):
@@ -412,7 +437,7 @@ def _monitor_cell(g: Group, what: str) -> str:
 
 
 def _rank_cell(g: Group) -> str:
-    rank, mean = g.monitor.get("swav/trunk_rank"), g.monitor.get("swav/trunk_rank_random")
+    rank, mean = g.monitor.get(SWAV_TRUNK_RANK), g.monitor.get(SWAV_TRUNK_RANK_RANDOM)
     if not g.backbone or rank is None:
         return "-"
     return f"{rank:.1f} (random {mean:.1f})" if mean is not None else f"{rank:.1f}"
@@ -425,8 +450,8 @@ def table(groups: Sequence[Group]) -> list[str]:
         (m, s), (am, astd) = mean_std(g.ap50), mean_std(g.ap)
         state = ("**collapsed**" if g.collapsed else "learning" if learned(g.monitor) else "not above random") \
             if g.backbone and g.monitor else "-"
-        rows.append(f"| {g.name} | {g.seeds} | {m:.3f} ± {s:.3f} | {am:.3f} ± {astd:.3f} | {_monitor_cell(g, 'knn_top1')} "
-                    f"| {_monitor_cell(g, 'knn_z_top1')} | {_monitor_cell(g, 'probe_top1')} | {_rank_cell(g)} | {state} |")
+        rows.append(f"| {g.name} | {g.seeds} | {m:.3f} ± {s:.3f} | {am:.3f} ± {astd:.3f} | {_monitor_cell(g, SWAV_KNN_TOP1)} "
+                    f"| {_monitor_cell(g, SWAV_KNN_Z_TOP1)} | {_monitor_cell(g, SWAV_PROBE_TOP1)} | {_rank_cell(g)} | {state} |")
     return [
         "| group | seeds | AP50 | AP | backbone kNN top-1 (cosine) | kNN top-1 (standardised) | linear probe "
         "| trunk rank | backbone |",
@@ -457,7 +482,7 @@ def judgement(v: Verdict) -> str:
     if v.best is None or v.scratch is None:
         judged = "The study produced no comparable SwAV and scratch groups; nothing to judge."
     else:
-        spread = v.best.monitor.get("swav/knn_top1_random_std")
+        spread = v.best.monitor.get(SWAV_KNN_TOP1_RANDOM_STD)
         judged = (f"Best pretrained ({v.best.name}) against the fair baseline: AP50 ratio **{v.ratio:.2f}x** (goal >= "
                   f"{GOAL_AP50_RATIO}x, and the difference decided): {v.ap.text('AP50')}: {yes(v.ap_goal)}. "
                   f"kNN top-1 {v.knn_points * 100:+.1f} points over the random initialisations' mean"

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from trainers.swav import DEFAULT_CROPS, CropGroup
+from trainers.vocabulary import SWAV_IMAGES_PER_S
 
 SWAV_ANCHOR = 100.0  # images/s per V100, reference SwAV run at batch 256
 DETECTION_ANCHOR = 9.0  # images/s per V100, torchvision's Faster R-CNN R50-FPN recipe
@@ -165,7 +166,7 @@ def swav_trainer_epoch(folder: str | Path, workers: int, setup: SwAVSetup, amp: 
                         feat_dim=setup.feat_dim, hidden_dim=setup.hidden_dim, epochs=1, amp=amp,
                         workers=workers, data=str(folder), freeze_prototypes_epochs=0)
     with tempfile.TemporaryDirectory(prefix="bench-gpu-swav-") as tmp:
-        return train(config, InMemoryReporter(root=Path(tmp)))["swav/images_per_s"]
+        return train(config, InMemoryReporter(root=Path(tmp)))[SWAV_IMAGES_PER_S]
 
 
 def detection_step(setup: DetectionSetup, device: torch.device, bf16: bool) -> Callable[[], int]:

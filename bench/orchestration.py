@@ -44,6 +44,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from experiments.testing.spaces import tiny_space, write_space
+from trainers.vocabulary import (
+    DET_LOSS,
+    LAUNCH_TRIALS_PLANNED,
+    LAUNCH_TRIALS_RUN,
+    SWAV_LOSS,
+    TAG_NAME,
+    TAG_STAGE,
+    TAG_STARTED,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TRIAL_SECONDS = 60.0  # the trial length the per-trial goal is stated for
@@ -146,30 +155,30 @@ def read_store(store: Path, study: str) -> tuple[dict[str, Any], list[TrialRecor
     if exp is None:
         raise RuntimeError(f"{store}: no MLflow experiment {study!r}")
     runs = client.search_runs([exp.experiment_id], max_results=5000)
-    parents = [r for r in runs if r.data.tags.get("ablate.stage") == "launch"]
+    parents = [r for r in runs if r.data.tags.get(TAG_STAGE) == "launch"]
     if len(parents) != 1:
         raise RuntimeError(f"{store}: expected one launch run of {study!r}, found {len(parents)}")
     p = parents[0]
     # The launch logs its launch/* counts live, one step further each time; the last step is logged
     # when both stages are over (Launcher._finish): the end of the trial phase. Run end times cannot
     # serve: registering the best model re-ends its runs.
-    finished = client.get_metric_history(p.info.run_id, "launch/trials_planned")
+    finished = client.get_metric_history(p.info.run_id, LAUNCH_TRIALS_PLANNED)
     parent = {"start_s": p.info.start_time / 1000, "end_s": (p.info.end_time or 0) / 1000,
               "finish_s": max(finished, key=lambda m: (m.step, m.timestamp)).timestamp / 1000 if finished else math.nan,
               "metrics": dict(p.data.metrics)}
     trials = []
     for r in runs:
-        stage = r.data.tags.get("ablate.stage")
+        stage = r.data.tags.get(TAG_STAGE)
         if stage not in ("pretrain", "finetune"):
             continue
-        loss = "swav/loss" if stage == "pretrain" else "det/loss"
+        loss = SWAV_LOSS if stage == "pretrain" else DET_LOSS
         logged: dict[int, float] = {}
         for m in client.get_metric_history(r.info.run_id, loss):
             logged[m.step] = min(logged.get(m.step, math.inf), m.timestamp / 1000)
         epochs = len(logged)
         trials.append(TrialRecord(
-            stage=stage, name=r.data.tags.get("ablate.name", r.info.run_name or ""), run_id=r.info.run_id,
-            start_s=float(r.data.tags.get("ablate.started", r.info.start_time / 1000)),
+            stage=stage, name=r.data.tags.get(TAG_NAME, r.info.run_name or ""), run_id=r.info.run_id,
+            start_s=float(r.data.tags.get(TAG_STARTED, r.info.start_time / 1000)),
             end_s=(r.info.end_time or r.info.start_time) / 1000,
             status=r.info.status, params=dict(r.data.params), tags=dict(r.data.tags),
             metrics=dict(r.data.metrics), epochs=epochs, reports_s=tuple(logged[k] for k in sorted(logged))))
@@ -335,7 +344,7 @@ def _probe_main(out: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-probe-") as tmp:
         t0 = time.perf_counter()
         tracker = Tracker(f"sqlite:///{Path(tmp) / 'mlflow.db'}", "probe")  # fresh store: schema + migrations
-        tracker.create_run("launch", {"ablate.stage": "launch"})
+        tracker.create_run("launch", {TAG_STAGE: "launch"})
         result["tracking_store"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)  # as Launcher._init_ray
@@ -550,7 +559,7 @@ def run(quick: bool = False) -> str:
         f"({fmt(probe['ray_shutdown'], 2)} s), the summary and registering the best detector and backbone.",
         "",
         f"Dedup in this real launch: {len(pre)} pretraining runs executed for {len(ft)} fine-tuning trials "
-        f"(launch/trials_run = {last.parent_metrics.get('launch/trials_run', math.nan):.0f}).",
+        f"(launch/trials_run = {last.parent_metrics.get(LAUNCH_TRIALS_RUN, math.nan):.0f}).",
         "",
     ]
     return "\n".join(lines)

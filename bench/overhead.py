@@ -40,6 +40,7 @@ from trainers.swav import (
     MultiCropAugment, SwAVConfig, SwAVModel, build_optimizer, derive_seed, epoch_indices, grad_scaler, swav_loss,
     train, train_one_epoch,
 )
+from trainers.vocabulary import SWAV_IMAGES_PER_S
 
 # One torch thread for every candidate: on two cores shared with other work, torch's threads wait
 # for each other at every op and run times swing several-fold between identical runs.
@@ -125,7 +126,7 @@ def full_train(config: SwAVConfig) -> tuple[float, float]:
         metrics = train(config, InMemoryReporter(root=Path(tmp)))
         total = time.perf_counter() - start
     images = (config.max_images // config.batch_size) * config.batch_size
-    return total, images / metrics["swav/images_per_s"]
+    return total, images / metrics[SWAV_IMAGES_PER_S]
 
 
 def time_augment(config: SwAVConfig, batches: Sequence[list[torch.Tensor]]) -> float:

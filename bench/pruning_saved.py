@@ -24,6 +24,14 @@ from typing import Sequence
 
 from bench.orchestration import LaunchRecord, TrialRecord, machine_line, run_launch, write_space
 from experiments.testing.spaces import COLLAPSED, CONTROL_LR, HEALTHY, planted_collapse_space
+from trainers.vocabulary import (
+    LAUNCH_FINETUNE_SKIPPED,
+    LAUNCH_PRUNED_EPOCHS_BUDGETED,
+    LAUNCH_PRUNED_EPOCHS_SAVED,
+    SWAV_LOSS_OVER_LN_K,
+    TAG_PRUNED,
+    TAG_STATE,
+)
 
 # HEALTHY, COLLAPSED (the two temperatures) and CONTROL_LR: experiments/testing/spaces.py, shared with the tests.
 PAPER_EPOCHS = (100, 200)  # the paper's pretraining budgets, for the computed savings
@@ -43,12 +51,12 @@ class Outcome:
 
     @staticmethod
     def pruned(t: TrialRecord) -> bool:
-        return t.tags.get("ablate.pruned") == "true"
+        return t.tags.get(TAG_PRUNED) == "true"
 
     @property
     def finetunes(self) -> int:
         """Fine-tuning trials that ran (the one on the pruned backbone is planned, then skipped)."""
-        return sum(1 for t in self.launch.stage("finetune") if t.tags.get("ablate.state") != "skipped")
+        return sum(1 for t in self.launch.stage("finetune") if t.tags.get(TAG_STATE) != "skipped")
 
     def metric(self, key: str) -> float:
         return float(self.launch.parent_metrics.get(key, math.nan))
@@ -89,8 +97,8 @@ def run(quick: bool = False) -> str:
     epochs = 8 if quick else 16
     with tempfile.TemporaryDirectory(prefix="bench-prune-") as tmp:
         on, off = launch_pair(epochs, Path(tmp))
-    saved = on.metric("launch/pruned_epochs_saved")
-    budget = on.metric("launch/pruned_epochs_budgeted")
+    saved = on.metric(LAUNCH_PRUNED_EPOCHS_SAVED)
+    budget = on.metric(LAUNCH_PRUNED_EPOCHS_BUDGETED)
     fraction = saved / budget if budget else math.nan
     healthy_pruned = int(on.pruned(on.healthy)) + int(off.pruned(off.healthy))
     prune_epoch = on.collapsed.epochs if on.pruned(on.collapsed) else None
@@ -130,10 +138,10 @@ def run(quick: bool = False) -> str:
         f"(launch/pruned_epochs_saved / launch/pruned_epochs_budgeted; epochs run on vs off: "
         f"{on.epochs_run} vs {off.epochs_run}), goal >= 60 %: {verdict_saved}. Healthy trials pruned: "
         f"**{healthy_pruned}** (goal 0): {verdict_healthy}. Fine-tuning trials skipped because their backbone "
-        f"was pruned: {on.metric('launch/finetune_skipped'):.0f}. Launch time with pruning: {ratio:.2f}x the "
+        f"was pruned: {on.metric(LAUNCH_FINETUNE_SKIPPED):.0f}. Launch time with pruning: {ratio:.2f}x the "
         "launch without.",
-        f"The collapsed run's loss / ln K with pruning off: {off.collapsed.metrics.get('swav/loss_over_ln_k', math.nan):.4f} "
-        f"at its last epoch (the healthy run's: {off.healthy.metrics.get('swav/loss_over_ln_k', math.nan):.4f}).",
+        f"The collapsed run's loss / ln K with pruning off: {off.collapsed.metrics.get(SWAV_LOSS_OVER_LN_K, math.nan):.4f} "
+        f"at its last epoch (the healthy run's: {off.healthy.metrics.get(SWAV_LOSS_OVER_LN_K, math.nan):.4f}).",
         f"The saved fraction is (budget - prune epoch) / budget: the pruner stopped the collapse at epoch "
         f"{prune_epoch if prune_epoch else '-'} (warm-up + patience), whatever the budget. With the "
         f"{epochs}-epoch budget used here that is {fraction:.0%}; at the paper's budgets the same prune epoch "

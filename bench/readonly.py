@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from experiments.sqlite_reader import MLFLOW_CLIENT_ENV
+from trainers.vocabulary import DET_AP, DET_AP50, DET_LOSS, SWAV_LOSS, SWAV_LOSS_OVER_LN_K
 
 STUDY = "readonly_bench"
 GOAL_S, GOAL_REPORT_S, GOAL_MB = 1.5, 2.5, 400
@@ -29,12 +30,12 @@ GOAL_S, GOAL_REPORT_S, GOAL_MB = 1.5, 2.5, 400
 
 def fabricate(uri: str, finetunes: int) -> None:
     """A finished study: a launch run, two backbones, ``finetunes`` fine-tuning runs over two axes and seeds."""
-    from experiments.tracking import (TAG_CELL, TAG_HASH, TAG_NAME, TAG_PRUNED, TAG_SEED, TAG_STAGE, TAG_UPSTREAM,
-                                      Tracker)
-    from experiments.ui import AXES_TAG
+    from experiments.tracking import Tracker
+    from trainers.vocabulary import TAG_CELL, TAG_HASH, TAG_NAME, TAG_PRUNED, TAG_SEED, TAG_STAGE, TAG_UPSTREAM
+    from trainers.vocabulary import TAG_AXES
 
     tracker = Tracker(uri, STUDY)
-    tracker.set_experiment_tags({AXES_TAG: "finetune.backbone,finetune.norm"})
+    tracker.set_experiment_tags({TAG_AXES: "finetune.backbone,finetune.norm"})
     parent = tracker.create_run("launch", {TAG_STAGE: "launch"})
     backbones = {}
     for k in (30, 100):
@@ -43,7 +44,7 @@ def fabricate(uri: str, finetunes: int) -> None:
                                  parent_run_id=parent)
         tracker.log_params_tags(run, params={"pretrain.prototypes": str(k), "pretrain.epochs": "2"})
         for epoch in (1, 2):
-            tracker.log_metrics(run, {"swav/loss": 3.0 / epoch, "swav/loss_over_ln_k": 0.9 / epoch}, step=epoch)
+            tracker.log_metrics(run, {SWAV_LOSS: 3.0 / epoch, SWAV_LOSS_OVER_LN_K: 0.9 / epoch}, step=epoch)
         tracker.finish(run)
         backbones[name] = run
     for i in range(finetunes):
@@ -57,7 +58,7 @@ def fabricate(uri: str, finetunes: int) -> None:
                                              "finetune.seed": str(seed), "finetune.epochs": "2"})
         for epoch in (1, 2):
             value = 0.2 + 0.05 * (norm == "frozen_bn") + 0.01 * (seed % 3) + 0.02 * epoch
-            tracker.log_metrics(run, {"det/AP50": value, "det/AP": value / 2, "det/loss": 1.0 / epoch}, step=epoch)
+            tracker.log_metrics(run, {DET_AP50: value, DET_AP: value / 2, DET_LOSS: 1.0 / epoch}, step=epoch)
         tracker.finish(run)
     tracker.finish(parent)
 

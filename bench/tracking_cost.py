@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+from trainers.vocabulary import SWAV_IMAGES_PER_S, TAG_CHECKPOINT
+
 ROOT = Path(__file__).resolve().parent.parent
 ACCESS_LINE = re.compile(r'"(GET|POST|PATCH|PUT|DELETE) /(api|ajax-api)/')
 SERVER_START_TIMEOUT = 180.0
@@ -143,7 +145,7 @@ def candidates(tracker, steps: list[tuple[int, dict[str, float]]]) -> dict[str, 
     def per_epoch_with_tag(run_id: str) -> None:
         for step, metrics in steps:
             tracker.log_metrics(run_id, metrics, step)
-            tracker.set_tags(run_id, {"ablate.checkpoint": f"/storage/checkpoint_{step:06d}"})
+            tracker.set_tags(run_id, {TAG_CHECKPOINT: f"/storage/checkpoint_{step:06d}"})
 
     def all_at_once(run_id: str) -> None:
         tracker.log_history(run_id, steps)
@@ -187,7 +189,7 @@ def smoke_epoch_seconds(repeats: int, quick: bool) -> tuple[list[float], int]:
             images = (config.max_images // config.batch_size) * config.batch_size
             for i in range(repeats):
                 metrics = train(config, InMemoryReporter(root=Path(tmp) / f"run{i}"))
-                out.append(images / metrics["swav/images_per_s"])
+                out.append(images / metrics[SWAV_IMAGES_PER_S])
     finally:
         torch.set_num_threads(threads)
     return out, images

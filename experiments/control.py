@@ -24,9 +24,8 @@ from typing import Any, Mapping
 
 from experiments.redaction import redact
 from experiments.store import check_store, one_line, store_errors
-from experiments.tracking import (
-    PARENT_TAG, TAG_NAME, TAG_STAGE, TAG_STATE, TAG_STOP_REQUESTED, Tracker, driver_id, launch_alive,
-)
+from experiments.tracking import PARENT_TAG, Tracker, driver_id, launch_alive, uri_to_read
+from trainers.vocabulary import TAG_DRIVER, TAG_NAME, TAG_STAGE, TAG_STATE, TAG_STOP_REQUESTED
 
 STOP_POLL_S = 5.0  # the launch-wide request is read at most this often between results
 NOTIFY_TIMEOUT_S = 120  # a notify command that hangs must not hold the launch's end
@@ -86,7 +85,7 @@ def request_stop(tracking_uri: str, study: str, trial: str | None = None) -> str
                                "shows its last launch)")
         launch = launches[0]
         launch_id = launch.info.run_id
-        driver = launch.data.tags.get("ablate.driver", "unknown")
+        driver = launch.data.tags.get(TAG_DRIVER, "unknown")
         if trial is None:
             tracker.set_tags(launch_id, {TAG_STOP_REQUESTED: request_text()})
             return (f"stop requested for launch run {launch_id[:8]} of study {study!r} (driver {driver}): each running "
@@ -216,3 +215,12 @@ def notify(command: str, notice: Notice, env: Mapping[str, str] | None = None,
         err = one_line(proc.stderr or proc.stdout)[-300:]
         return f"notify: the command exited with {proc.returncode} ({notice.event}){': ' + redact(err) if err else ''}"
     return None
+
+
+def register(subparsers: Any, name: str, summary: str, common: Any) -> None:
+    """``ablate stop STUDY [--trial NAME]`` (experiments/cli.py wires it)."""
+    p = subparsers.add_parser(name, help=summary, parents=[common])
+    p.add_argument("study", help="study name")
+    p.add_argument("--trial", default=None, metavar="NAME",
+                   help="stop this trial only (its name as `ablate status` lists it, or the start of its run id)")
+    p.set_defaults(run=lambda args: print(request_stop(uri_to_read(args.tracking_uri), args.study, args.trial)) or 0)

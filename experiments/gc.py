@@ -21,14 +21,17 @@ still writes its states).
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from experiments.objectstore import filesystem, location_of
 from experiments.redaction import redact
 from experiments.store import check_store, store_errors
-from experiments.tracking import TAG_CHECKPOINT, TAG_DRIVER, TAG_STAGE, Tracker, launch_alive
+from experiments.tracking import DEFAULT_STORE_DIR, Tracker, launch_alive, uri_to_read
+from trainers.vocabulary import TAG_CHECKPOINT, TAG_DRIVER, TAG_STAGE
 
 STAGES = ("pretrain", "finetune")
 
@@ -188,3 +191,20 @@ def gc(tracking_uri: str, study: str, default_storage: Path | str, dry_run: bool
         head = f"gc {study}: nothing to delete; registered models and the tracking store are untouched"
     return "\n".join([head, *lines])
 
+
+def register(subparsers: Any, name: str, summary: str, common: Any) -> None:
+    """``ablate gc STUDY [--dry-run]`` (experiments/cli.py wires it)."""
+    p = subparsers.add_parser(name, help=summary, parents=[common])
+    p.add_argument("study", help="study name")
+    p.add_argument("--dry-run", action="store_true", help="list what would be deleted and how much it frees")
+    p.add_argument("--storage-path", default=None,
+                   help="Ray storage of launches that recorded none (default: $ABLATE_STORAGE_PATH or mlruns/ray)")
+    p.set_defaults(run=run)
+
+
+def run(args: Any) -> int:
+    """``ablate gc``: the storage path given, else the variable, else the local default."""
+    storage = str(args.storage_path or os.environ.get("ABLATE_STORAGE_PATH") or DEFAULT_STORE_DIR / "ray")
+    print(gc(uri_to_read(args.tracking_uri), args.study, storage if "://" in storage else Path(storage).resolve(),
+             dry_run=args.dry_run))
+    return 0

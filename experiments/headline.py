@@ -30,9 +30,8 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-from experiments.trial import AP50, METRIC_LABELS
-from experiments.ui import BACKBONE_PARAM, NONE_VALUE
 from experiments.verdict import ALPHA, AxisVerdict, Verdict, judge_axis, judge_family, mean_of
+from trainers.vocabulary import BACKBONE_PARAM, DET_AP50, METRIC_LABELS, NONE_VALUE
 
 SCRATCH = "scratch"  # finetune.backbone of a run without pretraining (trainers.pairing.SCRATCH)
 PRETRAINED = "pretrained"  # the name of the pretrained side of the baseline comparison
@@ -180,7 +179,7 @@ def _axis_verdict(trials: Sequence[TrialResult], axis: str, axes: Sequence[str],
     return judge_axis(axis, ordered, max_seeds=max_seeds, alpha=alpha)
 
 
-def compute_headline(trials: Sequence[TrialResult], axes: Sequence[str], metric: str = AP50,
+def compute_headline(trials: Sequence[TrialResult], axes: Sequence[str], metric: str = DET_AP50,
                      max_seeds: int | None = None, alpha: float = ALPHA) -> Headline:
     """The headline of a study from its finished fine-tuning trials.
 
@@ -239,18 +238,17 @@ def _cell_name(runs: Sequence[TrialResult]) -> str:
     return head if sep and tail.startswith("seed") else name
 
 
-def trials_from_runs(runs: Iterable[Any], axes: Sequence[str], metric: str = AP50) -> list[TrialResult]:
+def trials_from_runs(runs: Iterable[Any], axes: Sequence[str], metric: str = DET_AP50) -> list[TrialResult]:
     """Headline inputs from fine-tuning runs: MLflow ``Run`` objects or ``experiments.report.TrialRun`` records.
 
     Runs that are not finished, pruned, failed, or without a finite ``metric`` are left out
     (:func:`experiments.tracking.usable_run`). Runs launched before ``finetune.backbone`` and
     ``ablate.cell`` were recorded get them from the upstream tag and from their params without the seed.
     """
-    from experiments.tracking import (
-        TAG_CELL, TAG_NAME, TAG_STAGE, TAG_UPSTREAM, UPSTREAM_SCRATCH, usable_run,
-    )
+    from experiments.tracking import UPSTREAM_SCRATCH, usable_run
+    from trainers.vocabulary import TAG_CELL, TAG_NAME, TAG_STAGE, TAG_UPSTREAM
     from experiments.spaces import NON_RESULT_FIELDS
-    from experiments.trial import STAGE_FINETUNE
+    from trainers.vocabulary import STAGE_FINETUNE
 
     NOT_A_CELL = {*NON_RESULT_FIELDS, "seed"}
     out = []
@@ -278,7 +276,7 @@ def trials_from_runs(runs: Iterable[Any], axes: Sequence[str], metric: str = AP5
     return out
 
 
-def study_headline(client: Any, experiment_id: str, axes: Sequence[str] | None = None, metric: str = AP50,
+def study_headline(client: Any, experiment_id: str, axes: Sequence[str] | None = None, metric: str = DET_AP50,
                    runs: Iterable[Any] | None = None) -> Headline:
     """The headline of a study: its fine-tuning runs through :func:`compute_headline`.
 
@@ -295,14 +293,14 @@ def study_headline(client: Any, experiment_id: str, axes: Sequence[str] | None =
     """
     from experiments.sqlite_reader import ACTIVE_ONLY
     from experiments.spaces import AdaptiveSeeds
-    from experiments.tracking import TAG_STAGE
-    from experiments.ui import AXES_TAG, SEEDS_TAG
+    from trainers.vocabulary import TAG_STAGE
+    from trainers.vocabulary import TAG_AXES, TAG_SEEDS
 
     tags = client.get_experiment(experiment_id).tags
     if axes is None:
-        axes = [a for a in tags.get(AXES_TAG, "").split(",") if a]
+        axes = [a for a in tags.get(TAG_AXES, "").split(",") if a]
     # an adaptive-seeds study looked at its results after every wave: it is judged at its sequential level
-    adaptive = AdaptiveSeeds.parse(tags.get(SEEDS_TAG))
+    adaptive = AdaptiveSeeds.parse(tags.get(TAG_SEEDS))
     judged = {"max_seeds": adaptive.max, "alpha": adaptive.alpha} if adaptive else {}
     if runs is not None:
         return compute_headline(trials_from_runs(runs, axes, metric), axes, metric, **judged)

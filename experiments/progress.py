@@ -10,7 +10,22 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-from experiments.trial import METRIC_LABELS, STAGE_PRETRAIN, key_metric
+from experiments.trial import key_metric
+from trainers.vocabulary import (
+    LAUNCH_FINETUNE_SKIPPED,
+    LAUNCH_PRUNED_EPOCHS_BUDGETED,
+    LAUNCH_PRUNED_EPOCHS_SAVED,
+    LAUNCH_PRUNED_FRACTION_SAVED,
+    LAUNCH_TRIALS_FAILED,
+    LAUNCH_TRIALS_PLANNED,
+    LAUNCH_TRIALS_PRUNED,
+    LAUNCH_TRIALS_REUSED,
+    LAUNCH_TRIALS_RUN,
+    LAUNCH_TRIALS_STOPPED,
+    METRIC_LABELS,
+    STAGE_PRETRAIN,
+    SWAV_KNN_TOP1,
+)
 
 if TYPE_CHECKING:  # type hints only
     from experiments.launch.context import TrialOutcome
@@ -64,19 +79,19 @@ def format_summary(outcomes: Sequence[TrialOutcome], counts: Mapping[str, float]
         if o.stage == STAGE_PRETRAIN:
             collapsed = collapse_label(o.metrics, (feat_dims or {}).get(o.config_hash))
             reason += f"  {collapsed.replace('collapsed', 'COLLAPSED', 1)}" if collapsed else ""
-            reason += f"  kNN {monitor_text(o.metrics)}" if "swav/knn_top1" in o.metrics else ""
+            reason += f"  kNN {monitor_text(o.metrics)}" if SWAV_KNN_TOP1 in o.metrics else ""
         lines.append(f"  {o.stage:8}  {o.status:8}  {epochs:>7}  {shown:>18}  {o.name}{reason}")
     lines.append("")
-    lines.append("  trials planned {launch/trials_planned:.0f}, run {launch/trials_run:.0f}, reused "
-                 "{launch/trials_reused:.0f}, pruned {launch/trials_pruned:.0f}, failed {launch/trials_failed:.0f}, "
-                 "fine-tunes skipped {launch/finetune_skipped:.0f}".format_map(counts)
-                 + (", stopped {:.0f} (the same launch command resumes them)".format(counts["launch/trials_stopped"])
-                    if counts.get("launch/trials_stopped") else ""))
-    if counts.get("launch/pruned_epochs_budgeted"):
+    lines.append(f"  trials planned {counts[LAUNCH_TRIALS_PLANNED]:.0f}, run {counts[LAUNCH_TRIALS_RUN]:.0f}, reused "
+                 f"{counts[LAUNCH_TRIALS_REUSED]:.0f}, pruned {counts[LAUNCH_TRIALS_PRUNED]:.0f}, failed "
+                 f"{counts[LAUNCH_TRIALS_FAILED]:.0f}, fine-tunes skipped {counts[LAUNCH_FINETUNE_SKIPPED]:.0f}"
+                 + (", stopped {:.0f} (the same launch command resumes them)".format(counts[LAUNCH_TRIALS_STOPPED])
+                    if counts.get(LAUNCH_TRIALS_STOPPED) else ""))
+    if counts.get(LAUNCH_PRUNED_EPOCHS_BUDGETED):
         lines.append("  pruning saved {saved:.0f} of {budget:.0f} budgeted epochs ({frac:.0%}) and {skip:.0f} fine-tuning "
-                     "trials".format(saved=counts["launch/pruned_epochs_saved"],
-                                     budget=counts["launch/pruned_epochs_budgeted"],
-                                     frac=counts["launch/pruned_fraction_saved"], skip=counts["launch/finetune_skipped"]))
+                     "trials".format(saved=counts[LAUNCH_PRUNED_EPOCHS_SAVED],
+                                     budget=counts[LAUNCH_PRUNED_EPOCHS_BUDGETED],
+                                     frac=counts[LAUNCH_PRUNED_FRACTION_SAVED], skip=counts[LAUNCH_FINETUNE_SKIPPED]))
     lines += [f"  warning: {w}" for w in warnings]
     return "\n".join(lines)
 

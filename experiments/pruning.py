@@ -52,35 +52,48 @@ from optuna.trial import FrozenTrial
 from experiments.pruning_settings import (COLLAPSE_DEFAULTS, COLLAPSE_KEYS, PRUNING_DEFAULTS, check_collapse_settings,
                                           validate_pruning_settings)
 from experiments.redaction import OPTUNA_STORAGE_ENV, picklable_url, url_from_state
-from experiments.trial import KEY_METRIC, STAGE_FINETUNE, STAGE_PRETRAIN
-from trainers.swav.collapse import COLLAPSED, collapse_label
+from trainers.swav.collapse import collapse_label
+from trainers.vocabulary import (
+    ATTR_SIGNALS_PREFIX,
+    STAGE_PRETRAIN,
+    STAGE_RECORDS,
+    SWAV_ASSIGNMENT_ENTROPY,
+    SWAV_COLLAPSED,
+    SWAV_EMBEDDING_STD,
+    SWAV_KNN_TOP1,
+    SWAV_KNN_TOP1_RANDOM,
+    SWAV_LOSS,
+    SWAV_LOSS_OVER_LN_K,
+    SWAV_PROTOTYPES_USED,
+    SWAV_PROTOTYPE_SPAN,
+    SWAV_SCORE_STD,
+    SWAV_TRUNK_RANK,
+    SWAV_TRUNK_RANK_RANDOM,
+)
 
 if not os.environ.get("ABLATE_VERBOSE"):  # no "[I ...] A new study created in RDB" lines (`ablate --verbose`: back)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-METRIC_KEY = KEY_METRIC[STAGE_PRETRAIN]
+METRIC_KEY = STAGE_RECORDS[STAGE_PRETRAIN].key_metric
 """The intermediate value reported to Optuna for pretraining trials (``swav/loss_over_ln_k``)."""
 
 SIGNAL_KEYS: tuple[str, ...] = (
-    "swav/loss",
-    "swav/loss_over_ln_k",
-    "swav/embedding_std",
-    "swav/prototypes_used",
-    "swav/assignment_entropy",
-    "swav/knn_top1",
-    "swav/knn_top1_random",
-    "swav/score_std",
-    "swav/prototype_span",
-    "swav/trunk_rank",
-    "swav/trunk_rank_random",
-    "swav/collapsed",
+    SWAV_LOSS,
+    SWAV_LOSS_OVER_LN_K,
+    SWAV_EMBEDDING_STD,
+    SWAV_PROTOTYPES_USED,
+    SWAV_ASSIGNMENT_ENTROPY,
+    SWAV_KNN_TOP1,
+    SWAV_KNN_TOP1_RANDOM,
+    SWAV_SCORE_STD,
+    SWAV_PROTOTYPE_SPAN,
+    SWAV_TRUNK_RANK,
+    SWAV_TRUNK_RANK_RANDOM,
+    SWAV_COLLAPSED,
 )
 """Metrics stored per step for the collapse pruner (assignment entropy only for the record; the kNN
 figures are judged only when ``knn_margin`` is set; ``swav/collapsed``, the trainer's own label from the
 signals of :mod:`trainers.swav.collapse`, counts as a collapse signal with its reasons)."""
-
-SIGNALS_ATTR_PREFIX = "ablate.signals@"
-"""User-attribute key prefix; the full key is ``ablate.signals@<step>``."""
 
 
 class EnvRDBStorage(optuna.storages.RDBStorage):
@@ -99,12 +112,6 @@ class EnvRDBStorage(optuna.storages.RDBStorage):
         super().__setstate__({**state, "url": url})
 
 
-STAGE_OBJECTIVES: dict[str, tuple[str, str]] = {
-    STAGE_PRETRAIN: (KEY_METRIC[STAGE_PRETRAIN], "minimize"),
-    STAGE_FINETUNE: (KEY_METRIC[STAGE_FINETUNE], "maximize"),
-}
-"""Per stage: the metric reported as Optuna's intermediate value and the study direction."""
-
 # The pruner's inputs among a trial's params (OptunaPruningScheduler records them under these names
 # from the trial's ``pretrain`` config; a plain Optuna objective suggests them under the same names).
 PROTOTYPE_PARAM = "prototypes"
@@ -119,7 +126,7 @@ _DEFAULT_FEAT_DIM = 128  # SwAV's projection head output (2048 -> 128)
 
 def signals_attr_key(step: int) -> str:
     """The user-attribute key that holds the collapse signals of ``step``."""
-    return f"{SIGNALS_ATTR_PREFIX}{int(step)}"
+    return f"{ATTR_SIGNALS_PREFIX}{int(step)}"
 
 
 def report_signals(
@@ -167,10 +174,10 @@ def signals_by_step(trial: FrozenTrial) -> dict[int, dict[str, float]]:
     """The collapse signals a trial recorded, keyed by step, in step order."""
     out: dict[int, dict[str, float]] = {}
     for key, value in trial.user_attrs.items():
-        if not key.startswith(SIGNALS_ATTR_PREFIX) or not isinstance(value, Mapping):
+        if not key.startswith(ATTR_SIGNALS_PREFIX) or not isinstance(value, Mapping):
             continue
         try:
-            step = int(key[len(SIGNALS_ATTR_PREFIX):])
+            step = int(key[len(ATTR_SIGNALS_PREFIX):])
         except ValueError:
             continue
         out[step] = {str(k): float(v) for k, v in value.items()}
@@ -343,21 +350,21 @@ class CollapsePruner(BasePruner):
             fired = []
             if ratio is not None and band <= ratio <= 1.0 + self._delta:
                 fired.append(f"loss/ln K = {ratio:.3f} within 1 ± {self._delta:g}")
-            std = signals.get("swav/embedding_std")
+            std = signals.get(SWAV_EMBEDDING_STD)
             if std is not None and std < std_min:
                 fired.append(f"embedding_std {std:.2g} < {std_min:.2g}")
-            used = signals.get("swav/prototypes_used")
+            used = signals.get(SWAV_PROTOTYPES_USED)
             if used is not None and used <= self._min_prototypes_used:
                 fired.append(f"prototypes_used {used:g} <= {self._min_prototypes_used}")
-            if signals.get(COLLAPSED, 0.0) >= 0.5:  # the trainer's label (span, score std, trunk rank, rebound)
+            if signals.get(SWAV_COLLAPSED, 0.0) >= 0.5:  # the trainer's label (span, score std, trunk rank, rebound)
                 fired.append(collapse_label(signals, int(feat_dim)) or "collapsed")
             knn_improved = False
             if self._knn_margin is not None:
-                new_knn = signals.get("swav/knn_top1")
+                new_knn = signals.get(SWAV_KNN_TOP1)
                 if new_knn is not None:
                     knn_improved = knn is not None and new_knn > knn
                     knn = new_knn
-                random_knn = signals.get("swav/knn_top1_random")
+                random_knn = signals.get(SWAV_KNN_TOP1_RANDOM)
                 if knn is not None and random_knn is not None and knn <= random_knn + self._knn_margin:
                     fired.append(f"kNN top-1 {knn:.3f} <= random trunk {random_knn:.3f} + {self._knn_margin:g}")
             # Progress beats every other signal: a loss falling below the band is learning, and so
@@ -392,10 +399,10 @@ class CollapsePruner(BasePruner):
     def _ratio(signals: Mapping[str, float], ln_k: float | None) -> float | None:
         # The trainer's own loss / ln K (SwAVEngine reports it each epoch with the K it trained);
         # recomputed from the trial's ``prototypes`` only for an objective that reports the raw loss.
-        if "swav/loss_over_ln_k" in signals:
-            return signals["swav/loss_over_ln_k"]
-        if ln_k is not None and "swav/loss" in signals:
-            return signals["swav/loss"] / ln_k
+        if SWAV_LOSS_OVER_LN_K in signals:
+            return signals[SWAV_LOSS_OVER_LN_K]
+        if ln_k is not None and SWAV_LOSS in signals:
+            return signals[SWAV_LOSS] / ln_k
         return None
 
 
@@ -414,8 +421,8 @@ def make_pruner(stage: str, settings: Mapping[str, Any] | None = None) -> BasePr
     Raises:
         ValueError: On an unknown stage or invalid settings.
     """
-    if stage not in STAGE_OBJECTIVES:
-        raise ValueError(f"stage={stage!r} is invalid: choose one of {', '.join(STAGE_OBJECTIVES)}")
+    if stage not in STAGE_RECORDS:
+        raise ValueError(f"stage={stage!r} is invalid: choose one of {', '.join(STAGE_RECORDS)}")
     s = validate_pruning_settings(settings)
     if not s["enabled"]:
         return NopPruner()

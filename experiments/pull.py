@@ -25,11 +25,36 @@ from typing import Any, Sequence
 
 from experiments.redaction import redact
 from experiments.registry import (
-    BACKBONE, CHAMPION, CONFIG_JSON, CONFIG_YAML, DEFAULT_METRIC, DETECTOR, DOWNSTREAM_PREFIX, KINDS, TAG_DOWNSTREAM_RUN,
-    TAG_KIND, TAG_RUN, TAG_STUDY, TAG_WEIGHTS_SHA, ModelKind, RegistryError, fmt_score, model_versions, open_registry,
+    BACKBONE,
+    CHAMPION,
+    CONFIG_JSON,
+    CONFIG_YAML,
+    DEFAULT_METRIC,
+    DETECTOR,
+    DOWNSTREAM_PREFIX,
+    KINDS,
+    TAG_DOWNSTREAM_RUN,
+    ModelKind,
+    RegistryError,
+    fmt_score,
+    model_versions,
+    open_registry,
 )
 from experiments.store import is_missing, one_line, store_errors
-from experiments.tracking import TAG_GIT, TAG_HASH, TAG_NAME, TAG_SEED, TAG_UPSTREAM, UPSTREAM_SCRATCH, artifact_root_for
+from experiments.tracking import UPSTREAM_SCRATCH, artifact_root_for, uri_to_read
+from trainers.vocabulary import (
+    DET_PREFIX,
+    SWAV_PREFIX,
+    TAG_GIT,
+    TAG_HASH,
+    TAG_KIND,
+    TAG_NAME,
+    TAG_RUN,
+    TAG_SEED,
+    TAG_STUDY,
+    TAG_UPSTREAM,
+    TAG_WEIGHTS_SHA,
+)
 
 MODEL_CARD = "MODEL_CARD.md"
 SPEC_RE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.\-]*)(?:@(?P<alias>[A-Za-z0-9_\-]+)|/(?P<version>\d+))?$")
@@ -177,7 +202,7 @@ def model_card(name: str, version: Any, aliases: Sequence[str], kind: str, dest:
     """The MODEL_CARD.md text: metrics, lineage and how to load the pulled folder."""
     tags = version.tags
     prefix = DOWNSTREAM_PREFIX if kind == BACKBONE else ""
-    metric_keys = sorted(k for k in tags if k.startswith(("det/", "swav/", DOWNSTREAM_PREFIX + "det/")))
+    metric_keys = sorted(k for k in tags if k.startswith((DET_PREFIX, SWAV_PREFIX, DOWNSTREAM_PREFIX + DET_PREFIX)))
     lines = [f"# {name} v{version.version}" + (f" ({', '.join(aliases)})" if aliases else ""), ""]
     lines.append(f"{kind.capitalize()} registered from study `{tags.get(TAG_STUDY, '?')}` "
                  f"({redact(tracking_uri)}); trial `{tags.get(TAG_NAME, '?')}`.")
@@ -421,3 +446,58 @@ def pull(spec: str, dest: str | Path, tracking_uri: str, overwrite: bool = False
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return dest
+
+
+def register(subparsers: Any, name: str, summary: str, common: Any) -> None:
+    """``ablate pull NAME@ALIAS --dest DIR`` (experiments/cli.py wires it)."""
+    p = subparsers.add_parser(name, help=summary, parents=[common])
+    p.add_argument("name", help="NAME@ALIAS or NAME/VERSION, e.g. smoke-detector@champion")
+    p.add_argument("--dest", type=Path, required=True,
+                   help="folder for the model: new or empty (with --overwrite: an earlier pull)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --dest only if it holds an earlier pull and nothing else (MODEL_CARD.md plus "
+                        "config.json, config.yaml and the detector/backbone .safetensors and .json files); a folder "
+                        "with any other content, the current, home or root folder, and a folder containing the "
+                        "working directory or the local store are never replaced")
+    p.set_defaults(run=lambda args: print(f"pulled {args.name} into "
+                                          f"{pull(args.name, args.dest, uri_to_read(args.tracking_uri), args.overwrite)}")
+                   or 0)
+
+
+def register_detect(subparsers: Any, name: str, summary: str, common: Any) -> None:
+    """``ablate detect MODEL IMAGE...`` (experiments/cli.py wires it): no store, the pulled folder only."""
+    p = subparsers.add_parser(name, help=summary)
+    p.add_argument("model", type=Path, help="folder from `ablate pull STUDY-detector@champion --dest DIR`")
+    p.add_argument("images", type=Path, nargs="+", help="PNG/JPEG files")
+    p.add_argument("--threshold", type=float, default=0.5, help="lowest score to show (default 0.5)")
+    p.add_argument("--out", type=Path, default=None, help="PNG to write with the images and their boxes")
+    p.set_defaults(run=run_detect)
+
+
+def run_detect(args: Any) -> int:
+    """Load a pulled detector (safetensors only), print each image's boxes, draw them with ``--out``."""
+    from trainers.data import decode_rgb
+    from trainers.detection import detect, draw_found, load_detector, read_detector_config
+
+    if not 0.0 <= args.threshold <= 1.0:
+        raise ValueError(f"--threshold {args.threshold}: expected a score between 0 and 1")
+    model = load_detector(args.model)
+    record = read_detector_config(args.model)
+    images, found = [], []
+    for path in args.images:
+        try:
+            image = decode_rgb(path)
+        except (OSError, RuntimeError) as exc:
+            raise ValueError(f"{path}: not a readable PNG/JPEG image ({exc})") from None
+        boxes = detect(model, image, record["class_names"], record["label_to_cat_id"], score_threshold=args.threshold)
+        images.append(image)
+        found.append(boxes)
+        print(f"{path}: {len(boxes)} object{'s' if len(boxes) != 1 else ''} scoring >= {args.threshold:g}")
+        for b in boxes:
+            print(f"  {b['category_name']:10} {b['score']:.2f}  "
+                  f"[{b['x_min']:.0f}, {b['y_min']:.0f}, {b['x_max']:.0f}, {b['y_max']:.0f}]")
+    if args.out is not None:
+        draw_found(images, found, [p.name for p in args.images], record["class_names"], args.out,
+                   score_threshold=args.threshold, title=f"detector {args.model}")
+        print(f"drawn: {args.out}")
+    return 0

@@ -46,23 +46,37 @@ from experiments.pyfunc_models import BACKBONE_CODE, DETECTOR_CODE
 from experiments.redaction import redact
 from experiments.sqlite_reader import ACTIVE_ONLY, read_client
 from experiments.store import check_store, finite_or_none, fluent_store, is_missing, store_errors
-from experiments.tracking import (
-    TAG_GIT, TAG_HASH, TAG_NAME, TAG_SEED, TAG_STAGE, TAG_UPSTREAM, UPSTREAM_SCRATCH, usable_run,
+from experiments.tracking import UPSTREAM_SCRATCH, uri_to_read, usable_run
+from trainers.vocabulary import (
+    DET_AP,
+    DET_AP50,
+    DET_PREFIX,
+    STAGE_FINETUNE,
+    STAGE_PRETRAIN,
+    STAGE_RECORDS,
+    SWAV_LOSS,
+    SWAV_LOSS_OVER_LN_K,
+    TAG_GIT,
+    TAG_HASH,
+    TAG_KIND,
+    TAG_NAME,
+    TAG_RUN,
+    TAG_SEED,
+    TAG_STAGE,
+    TAG_STUDY,
+    TAG_UPSTREAM,
+    TAG_WEIGHTS_FILE,
+    TAG_WEIGHTS_SHA,
 )
-from experiments.trial import AP50, STAGE_FINETUNE, STAGE_PRETRAIN
 
 CHAMPION = "champion"
-DEFAULT_METRIC = AP50
-TIE_BREAK_METRIC = "det/AP"
-DETECTOR, BACKBONE = "detector", "backbone"
+DEFAULT_METRIC = DET_AP50
+TIE_BREAK_METRIC = DET_AP
+# a registered model's kind: its stage's export (the folder of the run's artifacts it comes from)
+DETECTOR, BACKBONE = STAGE_RECORDS[STAGE_FINETUNE].export, STAGE_RECORDS[STAGE_PRETRAIN].export
 CONFIG_JSON, CONFIG_YAML = "config.json", "config.yaml"
 
-# Model-version tags (besides the run's metrics, tagged under their own names).
-TAG_KIND = "ablate.kind"
-TAG_STUDY = "ablate.study"
-TAG_RUN = "ablate.run_id"
-TAG_WEIGHTS_SHA = "ablate.weights_sha256"
-TAG_WEIGHTS_FILE = "ablate.weights_file"
+# Model-version tags (besides the run's metrics, tagged under their own names, and trainers.vocabulary's TAG_*).
 TAG_DOWNSTREAM_RUN = "downstream.run_id"
 DOWNSTREAM_PREFIX = "downstream."
 
@@ -134,7 +148,7 @@ def fmt_score(value: Any) -> str:
 
 
 def _check_metric(metric: str) -> None:
-    if not metric.startswith("det/AP"):
+    if not metric.startswith(DET_AP):
         raise RegistryError(f"metric {metric!r} cannot rank detectors: use a COCO AP metric such as det/AP50 or det/AP "
                             "(higher is better)")
 
@@ -338,7 +352,7 @@ def _register_run(tracking_uri: str, client: Any, study: str, run: Any, spec: Mo
             return version, False
     with tempfile.TemporaryDirectory(prefix="ablate-register-") as tmp:
         folder, record, digest = _stage_export(client, run, spec, Path(tmp))
-        metric = DEFAULT_METRIC if spec.kind == DETECTOR else "swav/loss"
+        metric = DEFAULT_METRIC if spec.kind == DETECTOR else SWAV_LOSS
         info = _log_model(tracking_uri, client, run, spec, folder, record, _final_step(client, run.info.run_id, metric))
     with fluent_store(tracking_uri):  # the SQL registry resolves ``models:/<model_id>`` through the global URI
         version = client.create_model_version(
@@ -352,9 +366,9 @@ def _register_run(tracking_uri: str, client: Any, study: str, run: Any, spec: Mo
 def version_description(client: Any, run: Any) -> str:
     """A model version's description (Markdown): the run, its final COCO metrics and the study's headline."""
     from experiments.headline import study_headline
-    from experiments.trial import METRIC_LABELS
+    from trainers.vocabulary import METRIC_LABELS
 
-    labels = {**METRIC_LABELS, "swav/loss": "swav/loss", "swav/loss_over_ln_k": "swav/loss_over_ln_k"}
+    labels = {**METRIC_LABELS, SWAV_LOSS: SWAV_LOSS, SWAV_LOSS_OVER_LN_K: SWAV_LOSS_OVER_LN_K}
     shown = [f"{label} {run.data.metrics[key]:.3f}" for key, label in labels.items() if key in run.data.metrics]
     lines = [f"{run.data.tags.get(TAG_NAME, run.info.run_id)} (run {run.info.run_id})", "",
              "Final metrics: " + (", ".join(shown) or "none recorded")]
@@ -443,7 +457,7 @@ def _register_backbone(tracking_uri: str, client: Any, study: str, detector_run:
     # The backbone's score is its best downstream detector's: update it when this one is better.
     if _score(detector_run.data.metrics, metric) > _score(version.tags, metric, DOWNSTREAM_PREFIX):
         for key, value in detector_run.data.metrics.items():
-            if key.startswith("det/"):
+            if key.startswith(DET_PREFIX):
                 client.set_model_version_tag(name, version.version, DOWNSTREAM_PREFIX + key, repr(float(value)))
         client.set_model_version_tag(name, version.version, TAG_DOWNSTREAM_RUN, detector_run.info.run_id)
         version = client.get_model_version(name, version.version)
@@ -489,3 +503,15 @@ def list_models(tracking_uri: str) -> str:
     return "\n".join(lines)
 
 
+def register(subparsers: Any, name: str, summary: str, common: Any) -> None:
+    """``ablate register STUDY [--metric KEY]`` (experiments/cli.py wires it)."""
+    p = subparsers.add_parser(name, help=summary, parents=[common])
+    p.add_argument("study", help="study name")
+    p.add_argument("--metric", default=DET_AP50, help="what 'best' means (ties broken by det/AP)")
+    p.set_defaults(run=lambda args: print(register_best(uri_to_read(args.tracking_uri), args.study, args.metric)) or 0)
+
+
+def register_models(subparsers: Any, name: str, summary: str, common: Any) -> None:
+    """``ablate models`` (experiments/cli.py wires it)."""
+    p = subparsers.add_parser(name, help=summary, parents=[common])
+    p.set_defaults(run=lambda args: print(list_models(uri_to_read(args.tracking_uri))) or 0)

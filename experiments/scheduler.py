@@ -19,13 +19,12 @@ from ray.tune.experiment import Trial as RayTrial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from experiments.pruning import (
-    FEAT_DIM_PARAM, METRIC_KEY, PROTOTYPE_PARAM, SIGNAL_KEYS, STAGE_OBJECTIVES, CollapsePruner, EnvRDBStorage,
+    FEAT_DIM_PARAM, METRIC_KEY, PROTOTYPE_PARAM, SIGNAL_KEYS, CollapsePruner, EnvRDBStorage,
     report_signals, signals_by_step,
 )
 from experiments.redaction import OPTUNA_STORAGE_ENV, picklable_url, redact, url_from_state
+from trainers.vocabulary import ATTR_PRUNE_REASON, ATTR_RAY_TRIAL, STAGE_RECORDS
 
-RAY_TRIAL_ATTR = "ablate.ray_trial_id"
-PRUNE_REASON_ATTR = "ablate.prune_reason"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +102,7 @@ class OptunaPruningScheduler(FIFOScheduler):
         extra_signal_keys: Further metrics stored per step for the pruner (the
             ``ablate.signals@<step>`` user attr).
         param_prefix: Prefix of the pruner's inputs in the Ray config (``"pretrain."``).
-        direction: The study's direction; None takes it from :data:`STAGE_OBJECTIVES`
+        direction: The study's direction; None takes it from the stage records (:data:`trainers.vocabulary.STAGE_RECORDS`)
             (``"minimize"`` for ``swav/loss_over_ln_k``, ``"maximize"`` for ``det/AP50``)
             and refuses other metrics, since a wrong direction turns a median rule upside down.
         step_key: The result key used as the step; ``training_iteration`` equals the epoch
@@ -141,7 +140,7 @@ class OptunaPruningScheduler(FIFOScheduler):
             raise ValueError(f"param_prefix={param_prefix!r} is invalid: a string such as 'pretrain.'")
         if direction is None:
             # Known metrics only: a wrong guess would make MedianPruner prune the best trials.
-            direction = {m: d for m, d in STAGE_OBJECTIVES.values()}.get(metric_key)
+            direction = {s.key_metric: s.direction for s in STAGE_RECORDS.values()}.get(metric_key)
             if direction is None:
                 raise ValueError(
                     f"direction=None is invalid for metric_key={metric_key!r}: pass 'minimize' or 'maximize'"
@@ -253,7 +252,7 @@ class OptunaPruningScheduler(FIFOScheduler):
         else:
             running = [
                 t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                if t.user_attrs.get(RAY_TRIAL_ATTR) == ray_id
+                if t.user_attrs.get(ATTR_RAY_TRIAL) == ray_id
             ]
             if running:  # a restored driver: keep reporting into the trial it opened before
                 self._trial_ids[ray_id] = self._storage_trial_id(running[0].number)
@@ -265,7 +264,7 @@ class OptunaPruningScheduler(FIFOScheduler):
         # Steps already in the trial (a restored driver or trial) are replays, not news.
         frozen = self._rdb.get_trial(self._trial_ids[ray_id])
         self._last_step[ray_id] = max((*frozen.intermediate_values, *signals_by_step(frozen)), default=-1)
-        handle.set_user_attr(RAY_TRIAL_ATTR, ray_id)
+        handle.set_user_attr(ATTR_RAY_TRIAL, ray_id)
         self._record_params(handle, trial.config)
         self.optuna_numbers[ray_id] = handle.number
         return handle
@@ -336,7 +335,7 @@ class OptunaPruningScheduler(FIFOScheduler):
         else:
             shown = f"{self.metric_key} = {self._last_value[ray_id]:.4g}" if ray_id in self._last_value else "no value"
             reason = f"{type(self.pruner).__name__} at epoch {step}: {shown}"
-        handle.set_user_attr(PRUNE_REASON_ATTR, reason)
+        handle.set_user_attr(ATTR_PRUNE_REASON, reason)
         self.study.tell(handle, state=TrialState.PRUNED)
         self.pruned[ray_id] = PruneRecord(trial_id=ray_id, epoch=step, reason=reason, values=values)
         self._finished.add(ray_id)

@@ -22,12 +22,22 @@ from experiments.redaction import redact
 from experiments.sqlite_reader import ACTIVE_ONLY, read_client
 from experiments.store import check_store, finite_or_none, store_errors
 from experiments.headline import Headline, study_headline
-from experiments.tracking import (
-    PARENT_TAG, TAG_DRIVER, TAG_HEADLINE, TAG_HEARTBEAT, TAG_NAME, TAG_STAGE, TAG_STARTED, TAG_STATE, TAG_STOP_REQUESTED,
-    launch_alive,
-)
-from experiments.trial import AP50, KEY_METRIC, STAGES
+from experiments.tracking import PARENT_TAG, launch_alive
 from trainers.swav.collapse import collapse_label
+from trainers.vocabulary import (
+    DET_AP50,
+    LAUNCH_PREFIX,
+    STAGES,
+    STAGE_RECORDS,
+    TAG_DRIVER,
+    TAG_HEADLINE,
+    TAG_HEARTBEAT,
+    TAG_NAME,
+    TAG_STAGE,
+    TAG_STARTED,
+    TAG_STATE,
+    TAG_STOP_REQUESTED,
+)
 
 WATCH_EVERY_S = 5.0
 CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen: --watch redraws the table in place
@@ -110,7 +120,7 @@ def _trial_status(client: Any, run: Any, now: float) -> TrialStatus:
     tags, stage = run.data.tags, run.data.tags.get(TAG_STAGE, "")
     state = tags.get(TAG_STATE) or {"RUNNING": "running", "FINISHED": "finished", "FAILED": "failed",
                                     "KILLED": "stopped", "SCHEDULED": "planned"}.get(run.info.status, "?")
-    key = KEY_METRIC.get(stage, AP50)
+    key = STAGE_RECORDS[stage].key_metric if stage in STAGE_RECORDS else DET_AP50
     epochs = finite_or_none(run.data.params.get(f"{stage}.epochs"))
     epoch, per_epoch, eta = None, None, None
     fresh: list[Any] = []
@@ -145,7 +155,7 @@ def launch_status(client: Any, study: str, experiment_id: str, run: Any, headlin
     trials = [_trial_status(client, r, now) for r in children if r.data.tags.get(TAG_STAGE) in STAGES]
     order = {"running": 0, "planned": 1, "stopped": 2, "failed": 3, "finished": 4, "pruned": 5, "skipped": 6}
     trials.sort(key=lambda t: (order.get(t.state, 9), t.stage != "pretrain", t.name))
-    counts = {k.split("/", 1)[1]: v for k, v in run.data.metrics.items() if k.startswith("launch/")}
+    counts = {k.split("/", 1)[1]: v for k, v in run.data.metrics.items() if k.startswith(LAUNCH_PREFIX)}
     return LaunchStatus(
         study=study, run_id=run.info.run_id, status=run.info.status, alive=launch_alive(run, now),
         driver=tags.get(TAG_DRIVER, "unknown"), started=(run.info.start_time or 0) / 1000,
@@ -360,3 +370,28 @@ def watch(tracking_uri: str, study: str | None, every_s: float = WATCH_EVERY_S, 
     except KeyboardInterrupt:
         out.write("\n")
         return 0
+
+
+def register(subparsers: Any, name: str, summary: str, common: Any) -> None:
+    """``ablate status [STUDY] [--watch]`` (experiments/cli.py wires it)."""
+    p = subparsers.add_parser(name, help=summary, parents=[common])
+    p.add_argument("study", nargs="?", default=None,
+                   help="study name: its newest launch, running or not (default: every running launch)")
+    p.add_argument("--watch", action="store_true", help="redraw the table in place until Ctrl-C (or the launch ends)")
+    p.add_argument("--interval", type=float, default=5.0, help="seconds between redraws with --watch (default 5)")
+    p.add_argument("--format", default="table", choices=["table", "json"], help="table (terminal) or json (scripts)")
+    p.set_defaults(run=run)
+
+
+def run(args: Any) -> int:
+    """``ablate status``: the table (or JSON) once, or redrawn with ``--watch``."""
+    from experiments.tracking import uri_to_read
+
+    if args.watch and args.format == "json":
+        raise ValueError("--watch redraws a terminal table; for scripts, run `ablate status --format json` at each poll")
+    if args.interval <= 0:
+        raise ValueError(f"--interval {args.interval}: must be > 0 seconds")
+    if args.watch:
+        return watch(uri_to_read(args.tracking_uri), args.study, every_s=args.interval)
+    print(status(uri_to_read(args.tracking_uri), args.study, fmt=args.format))
+    return 0

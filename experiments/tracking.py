@@ -26,40 +26,22 @@ from typing import Any, Iterable, Mapping, Sequence
 from experiments.redaction import redact, scrub_mapping
 from experiments.sqlite_reader import ACTIVE_ONLY, SqliteReader, reads_without_mlflow, sqlite_path
 from experiments.store import finite_or_none
-from experiments.trial import AP50, STAGE_FINETUNE
+from trainers.vocabulary import (
+    DET_AP50,
+    STAGE_FINETUNE,
+    TAG_DRIVER,
+    TAG_ERROR,
+    TAG_HASH,
+    TAG_HEARTBEAT,
+    TAG_PRUNED,
+    TAG_STAGE,
+)
 
 DEFAULT_STORE_DIR = Path("mlruns")
 MAX_METRICS_PER_BATCH = 1000  # mlflow.utils.validation limits
 MAX_PARAMS_TAGS_PER_BATCH = 100
 MAX_PARAM_VALUE = 6000
 
-TAG_STAGE = "ablate.stage"
-TAG_HASH = "ablate.config_hash"
-TAG_CELL = "ablate.cell"  # fine-tuning runs: name and config hash without the seed (MLflow's "Group by" averages seeds)
-TAG_SEED = "ablate.seed"
-TAG_CELL_SEEDS = "ablate.cell_seeds"  # adaptive seeds: how many seeds the run's cell got
-TAG_SEEDS_STOP = "ablate.seeds_stop"  # adaptive seeds: why the cell got no more (decided, max, budget)
-TAG_TRIAL = "ablate.trial_id"
-TAG_UPSTREAM = "ablate.upstream_run_id"
-TAG_PRUNED = "ablate.pruned"
-TAG_PRUNE_REASON = "ablate.prune_reason"
-TAG_ERROR = "ablate.error"
-TAG_CHECKPOINT = "ablate.checkpoint"
-TAG_LAUNCH = "ablate.launch_id"
-TAG_GIT = "ablate.git_sha"
-TAG_NAME = "ablate.name"
-TAG_DRIVER = "ablate.driver"  # host:pid of the launch driver (launch runs)
-TAG_HEARTBEAT = "ablate.heartbeat"  # unix seconds, refreshed by a running driver (launch runs)
-TAG_SUPERSEDED_BY = "ablate.superseded_by"  # a dead launch run -> the launch run that took over
-TAG_RESUMED_FROM = "ablate.resumed_from"  # a launch run -> the dead launch runs whose trials it continued
-TAG_PREVIOUS_PARENT = "ablate.previous_parent_run_id"  # a trial run moved under the launch that resumed it
-TAG_STATE = "ablate.state"  # a trial run's state, one of TRIAL_STATES, updated as it moves
-TAG_DEVICE = "ablate.device"  # the device a trial trained on (``cuda:0 (NVIDIA H200)``, ``cpu``, ...)
-TAG_GPUS = "ablate.gpus"  # the GPU ids Ray assigned the trial (its CUDA_VISIBLE_DEVICES); empty: none
-TAG_STARTED = "ablate.started"  # unix seconds when Ray last started the trial (its run exists from planning on)
-TAG_STOP_REQUESTED = "ablate.stop_requested"  # `ablate stop`: "<unix seconds> <host:pid>" on a launch or trial run
-TAG_HEADLINE = "ablate.headline"  # a launch run's current best, one line, updated at every trial's end
-TAG_BEST_RUN = "ablate.best_run_id"  # the run behind the headline
 PARENT_TAG = "mlflow.parentRunId"
 # ablate.state values. planned: its run exists, Ray has not started it (MLflow status SCHEDULED);
 # running; finished; pruned (stopped by the pruner, FINISHED); failed (FAILED); skipped (its backbone
@@ -94,6 +76,12 @@ def default_tracking_uri(store_dir: Path = DEFAULT_STORE_DIR, create: bool = Tru
     if create:
         store_dir.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{store_dir / 'mlflow.db'}"
+
+
+def uri_to_read(tracking_uri: str | None) -> str:
+    """A command's ``--tracking-uri``, else :func:`default_tracking_uri` without creating a folder (read-only
+    commands)."""
+    return tracking_uri or default_tracking_uri(create=False)
 
 
 def artifact_root_for(tracking_uri: str) -> str | None:
@@ -314,7 +302,7 @@ def configure_client_retries(max_retries: int = CLIENT_MAX_RETRIES, backoff_fact
     return applied
 
 
-def usable_run(status: str, tags: Mapping[str, str], metrics: Mapping[str, Any], stage: str, metric: str = AP50) -> bool:
+def usable_run(status: str, tags: Mapping[str, str], metrics: Mapping[str, Any], stage: str, metric: str = DET_AP50) -> bool:
     """Whether a trial run's result counts (reused, reported, registered).
 
     It must be FINISHED, not pruned, without an ``ablate.error``, and, for fine-tuning, have a

@@ -7,7 +7,7 @@ config and calls ``trainers.swav.train`` or ``trainers.detection.train`` with a
 (DDP) and forwards rank 0's reports.
 
 Only the worker imports Ray here, and only inside the functions that call it, so the driver can
-import the stage names and key metrics without loading Ray.
+import this module without loading Ray.
 """
 
 from __future__ import annotations
@@ -23,37 +23,37 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-STAGE_PRETRAIN, STAGE_FINETUNE = "pretrain", "finetune"
-STAGES = (STAGE_PRETRAIN, STAGE_FINETUNE)
-LOSS_OVER_LN_K = "swav/loss_over_ln_k"  # 1.0 when SwAV has collapsed, comparable across K
-AP50 = "det/AP50"  # COCO AP@0.5: ranks detectors (progress, reports, the registry's champion)
-# One label per metric wherever a table, plot or headline names it (COCO's names, as pycocotools prints them).
-METRIC_LABELS = {AP50: "AP@0.5", "det/AP": "AP@[.5:.95]", "det/AP75": "AP@0.75", "det/AP_small": "AP[small]",
-                 "det/AP_medium": "AP[medium]", "det/AP_large": "AP[large]", "swav/knn_top1": "kNN top-1",
-                 "swav/knn_top1_random": "kNN top-1 (random inits, mean)"}
-# The key metric shown in progress lines and summaries, per stage.
-KEY_METRIC = {STAGE_PRETRAIN: LOSS_OVER_LN_K, STAGE_FINETUNE: AP50}
-# A supervised pretraining run (the positive control) has no SwAV loss: its cross-entropy / ln(classes) stands in.
-SUPERVISED_KEY = "sup/loss_over_ln_c"
+from trainers.vocabulary import (
+    COCO_METRICS,
+    DET_AP50,
+    DEVICE_KEY,
+    GPUS_KEY,
+    LR,
+    METRIC_LABELS,
+    STAGE_FINETUNE,
+    STAGE_RECORDS,
+    SUPERVISED_KEY_METRIC,
+)
+
 
 
 def key_metric(stage: str, metrics: Mapping[str, Any]) -> str:
-    """The key metric a run of ``stage`` shows: :data:`KEY_METRIC`'s, or a supervised run's :data:`SUPERVISED_KEY`."""
-    key = KEY_METRIC[stage]
-    return SUPERVISED_KEY if key not in metrics and SUPERVISED_KEY in metrics else key
+    """The key metric a run of ``stage`` shows: its stage record's, or a supervised run's
+    :data:`~trainers.vocabulary.SUPERVISED_KEY_METRIC`."""
+    key = STAGE_RECORDS[stage].key_metric
+    return SUPERVISED_KEY_METRIC if key not in metrics and SUPERVISED_KEY_METRIC in metrics else key
+
+
 ARTIFACTS_SUBDIR = "artifacts"  # files a trainer passed to report(), carried inside the checkpoint
 CANDIDATE_KEY = "candidate"  # in `tpe` mode: which backbone x cell x seed a sampled trial fine-tunes
-# Where a trial ran, sent with its reports (no "/" in the keys: never logged as metrics) and recorded as run tags.
-DEVICE_KEY, GPUS_KEY = "ablate_device", "ablate_gpus"
 
 
 @dataclasses.dataclass(frozen=True)
-class Trainer:
-    """What a stage trains with: the trainer package, its config class and the folder of its exported model."""
+class TrainerRef:
+    """Where a stage's trainer is (a name to import, not the trainer): its package and its config class."""
 
     module: str
     config: str
-    export: str
 
     def load(self) -> tuple[Callable[..., dict[str, float]], type]:
         """The trainer's ``train`` and its config class (imported now: torch and the trainer's packages)."""
@@ -65,16 +65,16 @@ class Trainer:
         return getattr(importlib.import_module(self.module), self.config)
 
 
-def _trainer(stage: str, default: Trainer) -> Trainer:
-    """``ABLATE_TRAINER_PRETRAIN`` / ``ABLATE_TRAINER_FINETUNE`` name another module to train a stage with (it has
-    ``train(config, reporter)`` and the stage's config class): a trainer of one's own, or a test's stand-in."""
-    module = os.environ.get(f"ABLATE_TRAINER_{stage.upper()}")
-    return dataclasses.replace(default, module=module) if module else default
+def _trainer_ref(stage: str) -> TrainerRef:
+    """The stage record's trainer, or the module ``ABLATE_TRAINER_PRETRAIN`` / ``ABLATE_TRAINER_FINETUNE`` names
+    (it has ``train(config, reporter)`` and the stage's config class): a trainer of one's own, or a test's
+    stand-in."""
+    module, config = STAGE_RECORDS[stage].trainer.split(":")
+    return TrainerRef(os.environ.get(f"ABLATE_TRAINER_{stage.upper()}") or module, config)
 
 
-# The stage registry, trainers' side: what differs between pretraining and fine-tuning where a stage is run.
-TRAINERS = {STAGE_PRETRAIN: _trainer(STAGE_PRETRAIN, Trainer("trainers.swav", "SwAVConfig", "backbone")),
-            STAGE_FINETUNE: _trainer(STAGE_FINETUNE, Trainer("trainers.detection", "DetectionConfig", "detector"))}
+# The stage registry, trainers' side: what each stage trains with.
+TRAINERS = {stage: _trainer_ref(stage) for stage in STAGE_RECORDS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,8 +126,8 @@ def loggable_metrics(result: Mapping[str, Any], stage: str) -> dict[str, float]:
     ``lr``. The key metric comes first because MLflow's compare page plots a run's first metric by default.
     """
     metrics = {k: float(v) for k, v in result.items()
-               if ("/" in k or k == "lr") and isinstance(v, (int, float)) and not isinstance(v, bool)}
-    return dict(sorted(metrics.items(), key=lambda kv: kv[0] != KEY_METRIC[stage]))
+               if ("/" in k or k == LR) and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return dict(sorted(metrics.items(), key=lambda kv: kv[0] != STAGE_RECORDS[stage].key_metric))
 
 
 class TuneReporter:
@@ -369,3 +369,85 @@ def run_trial(config: dict[str, Any], candidates: Sequence[TrialPayload] = ()) -
         train(config_from_dict(cls, trial.config), reporter)
     finally:
         reporter.close()
+
+
+# ---------------------------------------------------------------------------
+# Outside Ray: `ablate pretrain` / `ablate finetune` run one trainer, `ablate data sample` writes its data
+# ---------------------------------------------------------------------------
+
+
+def register_single(subparsers: Any, name: str, summary: str, common: Any) -> None:
+    """``ablate pretrain CONFIG`` or ``ablate finetune CONFIG`` (``name``: the stage; experiments/cli.py wires it)."""
+    p = subparsers.add_parser(name, help=summary)
+    p.add_argument("config", type=Path, help="YAML file of config fields")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field (value read as YAML); repeatable")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"folder for checkpoints and the exported {STAGE_RECORDS[name].export}")
+    p.add_argument("--resume", type=Path, default=None, help="checkpoint folder to resume from")
+    p.set_defaults(run=lambda args: run_single(args, name))
+
+
+def run_single(args: Any, stage: str) -> int:
+    """One run of ``stage``'s trainer in this process: checkpoints and the export under ``--out``."""
+    import json
+    import sys
+
+    from trainers.common import load_config_file
+    from trainers.reporting import InMemoryReporter
+
+    train, cls = TRAINERS[stage].load()
+    export = STAGE_RECORDS[stage].export
+    config = load_config_file(cls, args.config, args.overrides)
+    out = args.out or Path(f"{stage}_out")
+    reporter = InMemoryReporter(root=out, resume_from=args.resume, echo=sys.stdout)
+    result = train(config, reporter, progress=True)
+    last = reporter.last_checkpoint
+    if last is not None and any(last.glob(f"{export}.*")):
+        dest = out / export
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in last.glob(f"{export}.*"):
+            shutil.copy2(f, dest / f.name)
+        print(f"exported {export}: {dest}")
+    if stage == STAGE_FINETUNE:
+        summaries = sorted(out.glob("artifacts/step_*/coco_summary.txt"))
+        if summaries:
+            print(summaries[-1].read_text())
+        print(format_ap_table(result))
+    else:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    return 0
+
+
+def format_ap_table(metrics: Mapping[str, float]) -> str:
+    """The COCO numbers a researcher reads first, one per line (NaN: no ground truth in that size range)."""
+    keys = (DET_AP50, *(k for k in COCO_METRICS if k != DET_AP50))
+    return "\n".join(f"{METRIC_LABELS[key]:18} {metrics.get(key, float('nan')):.4f}" for key in keys)
+
+
+def register_data(subparsers: Any, name: str, summary: str, common: Any) -> None:
+    """``ablate data sample --out DIR`` (experiments/cli.py wires it)."""
+    p = subparsers.add_parser(name, help=summary)
+    tools = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    s = tools.add_parser("sample", help="write the deterministic sample data set (COCO format + unlabeled folder)")
+    s.add_argument("--out", required=True, type=Path, help="output folder")
+    s.add_argument("--seed", type=int, default=0, help="generator seed (same seed -> identical files)")
+    s.add_argument("--size", default="small", choices=["small", "medium", "large"],
+                   help="small: tests; medium: the demo; large (digits only): 16,384 unlabeled images, for GPU runs")
+    s.add_argument("--kind", default="shapes", choices=["shapes", "digits"],
+                   help="shapes: coloured shapes on clutter; digits: real handwritten digits on real photographs")
+    s.set_defaults(run=run_data_sample)
+
+
+def run_data_sample(args: Any) -> int:
+    """Write the sample data set and list its parts."""
+    from trainers.data import generate_sample
+
+    paths = generate_sample(args.out, seed=args.seed, size=args.size, kind=args.kind)
+    print(f"sample data ({args.kind}, {args.size}, seed {args.seed}) in {paths.root}")
+    names = ["unlabeled", "train_images", "train_annotations", "val_images", "val_annotations"]
+    if paths.monitor() is not None:
+        names += ["monitor_bank_images", "monitor_bank_annotations", "monitor_query_images", "monitor_query_annotations"]
+    for name in names:
+        print(f"  {name:25} {getattr(paths, name)}")
+    return 0

@@ -32,8 +32,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from experiments.tracking import TAG_CELL, flatten_params
-from experiments.trial import AP50
+from experiments.tracking import flatten_params
+from trainers.vocabulary import (
+    BACKBONE_PARAM,
+    DET_AP50,
+    NONE_VALUE,
+    LEADERBOARD_METRICS,
+    STAGE_FINETUNE,
+    TAG_AXES,
+    TAG_CELL,
+    TAG_STAGE,
+)
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 KIND_MACHINE_LEARNING = "custom_model_development"  # shown as "Machine learning" by the UI
@@ -44,15 +53,8 @@ COMPARE_VIEW_KEY = "ablate-compare"  # the same, with the run list folded away s
 CELLS_VIEW_KEY = "ablate-cells"  # the leaderboard grouped by cell: each cell's seeds averaged, best mean first
 # MLflow's "Group by" as its UI stores it: average over the runs that share the tag's value
 GROUP_BY_CELL = {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": TAG_CELL}]}
-AXES_TAG = "ablate.axes"  # experiment tag: the ablated params, comma-separated, in leaderboard order
 DEFAULT_UI_URL = "http://127.0.0.1:5000"  # where `ablate ui` serves by default
-SEEDS_TAG = "ablate.seeds"  # experiment tag of an adaptive-seeds study: initial=2,max=8[,budget_trials=N]
-PRETRAIN_SEEDS_TAG = "ablate.pretrain_seeds"  # experiment tag: the pretraining seeds (pretrain: {seeds: [0, 1]})
-FINETUNE_FILTER = "tags.`ablate.stage` = 'finetune'"
-# Visible metric columns besides the axes, in this order (det/AP50 ranks; the others are the paper's columns).
-KEY_METRICS = (AP50, "det/AP", "det/AP_small", "det/AP_medium", "det/AP_large")
-BACKBONE_PARAM = "finetune.backbone"
-NONE_VALUE = "none"  # a pretraining field of a run with no pretraining (the scratch baseline)
+FINETUNE_FILTER = f"tags.`{TAG_STAGE}` = '{STAGE_FINETUNE}'"
 SECTION_UUID = "ablate-ablation-section"
 RUN_NAME_COLUMN = "attributes.`Run Name`"  # the runs table's column ids are "<type>.`<key>`"
 
@@ -125,7 +127,7 @@ def name_column_width(labels: Iterable[str], extra: int) -> int:
     return max(300, min(520, 6 * longest + extra))
 
 
-def view_state(axes: Sequence[str], param_sets: Sequence[Mapping[str, str]] = (), metric: str = AP50,
+def view_state(axes: Sequence[str], param_sets: Sequence[Mapping[str, str]] = (), metric: str = DET_AP50,
                names: Sequence[str] = ()) -> dict[str, Any]:
     """The leaderboard as an MLflow shared view state (a JSON object the UI merges into its defaults).
 
@@ -136,7 +138,7 @@ def view_state(axes: Sequence[str], param_sets: Sequence[Mapping[str, str]] = ()
         names: the fine-tuning runs' names (planned), to size the name column so that none is cut.
     """
     # few metric columns, so that the axes fit the first screen beside them (the chart view has the rest)
-    metrics = [metric] + [m for m in KEY_METRICS[:2] if m != metric]
+    metrics = [metric] + [m for m in LEADERBOARD_METRICS if m != metric]
     columns = [f"metrics.`{m}`" for m in metrics] + [f"params.`{a}`" for a in axes] + ["params.`finetune.seed`"]
     # wide enough for the full names (MLflow's default cuts "res18_ep2_p30 · bn · mlp · 357 · seed0" after
     # 12 characters, so that two trials look the same); about 7 px per character at the UI's font size
@@ -163,7 +165,7 @@ def view_state(axes: Sequence[str], param_sets: Sequence[Mapping[str, str]] = ()
 
 
 def experiment_tags(description: str, axes: Sequence[str], param_sets: Sequence[Mapping[str, str]] = (),
-                    metric: str = AP50, names: Sequence[str] = (), cells: Sequence[str] = ()) -> dict[str, str]:
+                    metric: str = DET_AP50, names: Sequence[str] = (), cells: Sequence[str] = ()) -> dict[str, str]:
     """The experiment tags a launch writes: the kind (runs first), the description and the leaderboard views.
 
     ``names`` and ``cells``: the planned fine-tuning runs' names and ``ablate.cell`` tags, which size the name
@@ -174,7 +176,7 @@ def experiment_tags(description: str, axes: Sequence[str], param_sets: Sequence[
     grouped_width = name_column_width([f"Group: {c}" for c in cells], 90)
     cells_state = {**state, "groupBy": GROUP_BY_CELL,
                    "columnWidths": {**state["columnWidths"], RUN_NAME_COLUMN: grouped_width}}
-    tags = {EXPERIMENT_KIND_TAG: KIND_MACHINE_LEARNING, AXES_TAG: ",".join(axes),
+    tags = {EXPERIMENT_KIND_TAG: KIND_MACHINE_LEARNING, TAG_AXES: ",".join(axes),
             VIEW_STATE_PREFIX + VIEW_KEY: json.dumps(state, separators=(",", ":")),
             VIEW_STATE_PREFIX + COMPARE_VIEW_KEY: json.dumps(compare, separators=(",", ":")),
             VIEW_STATE_PREFIX + CELLS_VIEW_KEY: json.dumps(cells_state, separators=(",", ":"))}
@@ -200,7 +202,7 @@ class StudyLinks:
     cells: str = ""  # the table grouped by cell, seeds averaged ("" for a study launched before this view)
 
 
-def links(base_url: str, experiment_id: str, study: str, tags: Mapping[str, str], metric: str = AP50) -> StudyLinks:
+def links(base_url: str, experiment_id: str, study: str, tags: Mapping[str, str], metric: str = DET_AP50) -> StudyLinks:
     """The leaderboard and compare links of a study from its experiment tags.
 
     With our shared view (written by ``ablate launch``) the links open it; without it (a study
@@ -208,7 +210,7 @@ def links(base_url: str, experiment_id: str, study: str, tags: Mapping[str, str]
     the UI reads too, and the columns are MLflow's defaults.
     """
     base = base_url.rstrip("/") + f"/#/experiments/{experiment_id}/runs"
-    axes = tuple(a for a in tags.get(AXES_TAG, "").split(",") if a)
+    axes = tuple(a for a in tags.get(TAG_AXES, "").split(",") if a)
     if VIEW_STATE_PREFIX + VIEW_KEY in tags:
         query = {"viewStateShareKey": VIEW_KEY}
         compare = {"viewStateShareKey": COMPARE_VIEW_KEY if VIEW_STATE_PREFIX + COMPARE_VIEW_KEY in tags else VIEW_KEY}
@@ -309,12 +311,12 @@ def serve(cmd: Sequence[str], tracking_uri: str, host: str, port: int, open_brow
         print(f"MLflow UI answers on {base} (Ctrl-C to stop)", file=out, flush=True)
         found = study_links(tracking_uri, base)
         for link in found:
-            print(f"  {link.study}: leaderboard (fine-tuning runs, best {AP50} first)", file=out)
+            print(f"  {link.study}: leaderboard (fine-tuning runs, best {DET_AP50} first)", file=out)
             print(f"    {link.leaderboard}", file=out)
             if link.cells:
                 print(f"  {link.study}: cells (the same grouped by cell, seeds averaged)", file=out)
                 print(f"    {link.cells}", file=out)
-            print(f"  {link.study}: compare (the ablated axes against {AP50})", file=out)
+            print(f"  {link.study}: compare (the ablated axes against {DET_AP50})", file=out)
             print(f"    {link.compare}", file=out)
         if not found:
             print("  no study with fine-tuning runs in this store yet", file=out)
@@ -340,3 +342,66 @@ def serve(cmd: Sequence[str], tracking_uri: str, host: str, port: int, open_brow
                 proc.wait()
         if sink is not None:
             sink.close()
+
+
+def register(subparsers: Any, name: str, summary: str, common: Any) -> None:
+    """``ablate ui [--port N] [--open]`` (experiments/cli.py wires it)."""
+    p = subparsers.add_parser(name, help=summary, parents=[common])
+    p.add_argument("--port", type=int, default=5000, help="TCP port (default 5000; 0: any free port, printed)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="bind address (default 127.0.0.1: this machine only); the UI has no auth, so an address off "
+                        "loopback needs --insecure-no-auth (a team server: `ablate server --auth`)")
+    p.add_argument("--insecure-no-auth", action="store_true",
+                   help="allow --host off loopback: anyone who reaches the port can create, change and delete runs "
+                        "and models (only on a network you trust)")
+    p.add_argument("--open", action="store_true",
+                   help="open the newest study's leaderboard in the default web browser once the UI answers")
+    p.set_defaults(run=run)
+
+
+def run(args: Any) -> int:
+    """``ablate ui``: run ``mlflow ui`` on the local store, after the checks it cannot do itself.
+
+    Refused with exit 2 before anything starts: an ``http(s)://`` store (already a server), a
+    sqlite store that does not exist, a bind off loopback without ``--insecure-no-auth`` (the UI
+    has no auth), a port outside 0..65535, a port in use. ``--port 0`` picks a free port. Once
+    the server answers, it says so and prints each study's leaderboard and compare links
+    (:func:`serve`); ``--open`` opens the newest one.
+    """
+    import sys
+
+    from experiments.redaction import redact
+    from experiments.server import ServerConfigError, check_bind, check_port
+    from experiments.store import check_store
+    from experiments.tracking import artifact_root_for, uri_to_read
+
+    uri = uri_to_read(args.tracking_uri)
+    if uri.startswith("http"):
+        raise ValueError(f"--tracking-uri {redact(uri)} is already a server: open it in a browser")
+    check_store(uri, ValueError)  # a missing sqlite store: one line, no empty mlruns/ made
+    try:
+        check_bind(args.host, auth=False, insecure_no_auth=args.insecure_no_auth, command="ablate ui")
+        bind = args.host if args.host.strip() not in ("", "::", "[::]") else "0.0.0.0"
+        port = check_port(bind, args.port, allow_any=True)
+    except ServerConfigError as exc:
+        raise ValueError(str(exc)) from None
+    # one worker (a UI for one person starts in seconds, not four), the app that keeps the assistant panel closed on
+    # a first visit (experiments/ui_app.py)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(port),
+           "--workers", "1", "--app-name", "ablate-ui"]
+    root = artifact_root_for(uri)
+    if root:
+        cmd += ["--default-artifact-root", root]
+    log = log_path(uri, port)
+    print(f"starting the MLflow UI on http://{args.host}:{port} (store {redact(uri)}; its own log: {log})", flush=True)
+    return serve(cmd, uri, args.host, port, open_browser=args.open, log=None if args.verbose else log)
+
+
+def log_path(uri: str, port: int) -> Path:
+    """Where `ablate ui` writes the server's own output (notices, access log): beside a sqlite store, else in the
+    temporary folder."""
+    import tempfile
+
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):]).resolve().parent / "ui.log"
+    return Path(tempfile.gettempdir()) / f"ablate-ui-{port}.log"

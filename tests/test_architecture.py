@@ -33,8 +33,15 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+# Tighter than the module budget, with the reason: what each should stay.
+TIGHTER: dict[str, tuple[int, str]] = {
+    "experiments/cli.py": (155, "it only wires the commands; each is defined beside its feature"),
+    "trainers/swav/engine.py": (450, "the loop; its monitor, collapse watch and checkpoints are hooks of their own"),
+}
+
+
 def _budget(key: str, default: int) -> int:
-    return EXCEPTIONS[key][0] if key in EXCEPTIONS else default
+    return EXCEPTIONS[key][0] if key in EXCEPTIONS else TIGHTER[key][0] if key in TIGHTER else default
 
 
 def test_modules_and_classes_stay_within_their_budget():
@@ -52,7 +59,7 @@ def test_modules_and_classes_stay_within_their_budget():
                 if size > _budget(key, CLASS_LINES):
                     over.append(f"{key}: {size} lines (budget {_budget(key, CLASS_LINES)})")
     assert not over, "split these (or, with a reason, list them in EXCEPTIONS):\n" + "\n".join(over)
-    stale = [k for k in EXCEPTIONS if not (ROOT / k.split("::")[0]).is_file()]
+    stale = [k for k in (*EXCEPTIONS, *TIGHTER) if not (ROOT / k.split("::")[0]).is_file()]
     assert not stale, f"exceptions for files that no longer exist: {stale}"
 
 

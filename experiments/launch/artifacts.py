@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from experiments.launch.context import LaunchContext, LaunchSetupError
-from experiments.tracking import TAG_CHECKPOINT
 from experiments.trial import loggable_metrics
+from trainers.vocabulary import TAG_CHECKPOINT
 
 if TYPE_CHECKING:
     from experiments.tracking import Tracker

@@ -23,11 +23,10 @@ from typing import Any, Mapping, Protocol
 from ray import tune
 
 from experiments.progress import status_line, trial_error
-from experiments.trial import ARTIFACTS_SUBDIR, DEVICE_KEY, GPUS_KEY, STAGE_PRETRAIN, SUPERVISED_KEY, TrialPayload, \
-    key_metric, loggable_metrics
+from experiments.trial import ARTIFACTS_SUBDIR, TrialPayload, key_metric, loggable_metrics
+from trainers.vocabulary import DET_LOSS, DEVICE_KEY, GPUS_KEY, LOSS_METRICS
 
 STATUS_EVERY_S = 15  # a status line at most this often, besides one when the stage's last trial ends
-LOSS_KEY = {STAGE_PRETRAIN: "swav/loss", SUPERVISED_KEY: "sup/loss"}  # shown beside the key metric (fine-tuning: det/loss)
 
 
 class TrialEvents(Protocol):
@@ -114,7 +113,7 @@ class DriverCallback(tune.Callback):
         self.events.latest(p, metrics)
         key = key_metric(self.stage, metrics)
         shown = f"{key} {metrics[key]:.4f}" if key in metrics else f"{self.stage}/loss"
-        loss_key = LOSS_KEY.get(key if key == SUPERVISED_KEY else self.stage, "det/loss")
+        loss_key = LOSS_METRICS.get(key, DET_LOSS)  # shown beside the key metric
         if loss_key in metrics:
             shown += f"  {loss_key} {metrics[loss_key]:.4f}"
         self.events.say(f"{self.stage:8} epoch {step}/{p.epochs}  {p.name}  {shown}")

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from experiments.spaces import Plan, StageSpec, StudySpec
-from experiments.trial import STAGE_FINETUNE, STAGE_PRETRAIN, TRAINERS
 
 if TYPE_CHECKING:  # type hints only: the tracker's module loads MLflow
     from experiments.tracking import Tracker
@@ -129,24 +128,6 @@ class LaunchContext:
         print(f"[{elapsed:6.0f}s] {text}", file=self.options.out, flush=True)
 
 
-@dataclass(frozen=True)
-class StageInfo:
-    """What differs between the two stages, where the launch needs it (the trainers' side: experiments.trial).
-
-    Attributes:
-        name: ``pretrain`` or ``finetune`` (also the space's section of that name).
-        export: the folder of the run's artifacts that holds the trained model.
-        export_required: a trial that ends without it failed (a backbone feeds the next stage).
-    """
-
-    name: str
-    export: str
-    export_required: bool
-
-    def section(self, spec: StudySpec) -> StageSpec:
-        """The space's section of this stage."""
-        return getattr(spec, self.name)
-
-
-STAGE_INFO = {STAGE_PRETRAIN: StageInfo(STAGE_PRETRAIN, TRAINERS[STAGE_PRETRAIN].export, True),
-              STAGE_FINETUNE: StageInfo(STAGE_FINETUNE, TRAINERS[STAGE_FINETUNE].export, False)}
+def stage_section(spec: StudySpec, stage: str) -> StageSpec:
+    """The space's section of ``stage`` (``pretrain`` or ``finetune``: trainers.vocabulary's stage names)."""
+    return getattr(spec, stage)

@@ -13,7 +13,7 @@ import statistics
 from typing import Any, Iterable, Mapping
 
 from experiments.spaces import Plan
-from experiments.trial import STAGE_FINETUNE, STAGE_PRETRAIN
+from trainers.vocabulary import STAGE_FINETUNE, STAGE_PRETRAIN
 
 # The params that decide a trial's time per epoch besides its device: architecture, input size, images per epoch.
 SHAPE = {STAGE_PRETRAIN: ("arch", "crops", "batch_size", "max_images"),
@@ -27,7 +27,7 @@ def _key(stage: str, values: Mapping[str, Any]) -> tuple[str, ...]:
 def measured_rates(client: Any, max_results: int = 2000) -> dict[tuple[str, tuple[str, ...]], float]:
     """(stage, shape) -> the median seconds per epoch of the store's finished, unpruned trial runs."""
     from experiments.sqlite_reader import ACTIVE_ONLY
-    from experiments.tracking import TAG_PRUNED, TAG_STAGE
+    from trainers.vocabulary import TAG_PRUNED, TAG_STAGE
 
     rates: dict[tuple[str, tuple[str, ...]], list[float]] = {}
     experiments = [e.experiment_id for e in client.search_experiments()]

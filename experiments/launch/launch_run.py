@@ -17,11 +17,35 @@ from experiments.launch.context import LaunchContext, LaunchSetupError
 from experiments.launch.ledger import TrialLedger
 from experiments.redaction import redact
 from experiments.spaces import Plan
-from experiments.tracking import (
-    HEARTBEAT_EVERY_S, TAG_BEST_RUN, TAG_DRIVER, TAG_ERROR, TAG_GIT, TAG_HEADLINE, TAG_HEARTBEAT, TAG_LAUNCH,
-    TAG_STAGE, TAG_STOP_REQUESTED, TAG_SUPERSEDED_BY, driver_id, launch_alive,
+from experiments.tracking import HEARTBEAT_EVERY_S, driver_id, launch_alive
+from trainers.vocabulary import (
+    LAUNCH_BEST_AP50,
+    LAUNCH_FINETUNE_PLANNED,
+    LAUNCH_FINETUNE_SKIPPED,
+    LAUNCH_PRETRAIN_PLANNED,
+    LAUNCH_PRUNED_EPOCHS_BUDGETED,
+    LAUNCH_PRUNED_EPOCHS_SAVED,
+    LAUNCH_PRUNED_FRACTION_SAVED,
+    LAUNCH_TRIALS_FAILED,
+    LAUNCH_TRIALS_PLANNED,
+    LAUNCH_TRIALS_PRUNED,
+    LAUNCH_TRIALS_REUSED,
+    LAUNCH_TRIALS_RUN,
+    LAUNCH_TRIALS_RUNNING,
+    LAUNCH_TRIALS_STOPPED,
+    STAGE_FINETUNE,
+    STAGE_PRETRAIN,
+    TAG_BEST_RUN,
+    TAG_DRIVER,
+    TAG_ERROR,
+    TAG_GIT,
+    TAG_HEADLINE,
+    TAG_HEARTBEAT,
+    TAG_LAUNCH,
+    TAG_STAGE,
+    TAG_STOP_REQUESTED,
+    TAG_SUPERSEDED_BY,
 )
-from experiments.trial import STAGE_FINETUNE, STAGE_PRETRAIN
 
 
 class LaunchRun:
@@ -87,8 +111,8 @@ class LaunchRun:
             "axes.pretrain": ",".join(axes["pretrain"]), "axes.finetune": ",".join(axes["finetune"])})
         tracker.log_dataset(parent, ctx.spec.name + "-data", plan.data_fingerprint,
                             str(Path(ctx.data_paths["train_annotations"]).parent.parent), "training")
-        tracker.log_metrics(parent, {"launch/pretrain_planned": len(plan.pretrain),
-                                     "launch/finetune_planned": len(plan.finetune)}, 0)
+        tracker.log_metrics(parent, {LAUNCH_PRETRAIN_PLANNED: len(plan.pretrain),
+                                     LAUNCH_FINETUNE_PLANNED: len(plan.finetune)}, 0)
         ctx.parent_run_id = parent
         return parent
 
@@ -125,15 +149,15 @@ class LaunchRun:
             h for h, p in ledger.planned.items() if p.stage == STAGE_FINETUNE}
         n_finetune = (int(spec.search["num_samples"]) if spec.search["kind"] == "tpe"
                       else len({t.config_hash for t in self.plan.finetune} | waves))
-        return {"launch/trials_planned": len(self.plan.pretrain) + n_finetune,
-                "launch/trials_running": len(ledger.running),
-                "launch/trials_run": count["done"] + count["pruned"] + count["failed"],
-                "launch/trials_reused": count["reused"], "launch/trials_pruned": count["pruned"],
-                "launch/trials_failed": count["failed"], "launch/trials_stopped": count["stopped"],
-                "launch/finetune_skipped": count["skipped"],
-                "launch/pruned_epochs_budgeted": saved["epochs_budgeted"],
-                "launch/pruned_epochs_saved": saved["epochs_saved"],
-                "launch/pruned_fraction_saved": saved["fraction_saved"]}
+        return {LAUNCH_TRIALS_PLANNED: len(self.plan.pretrain) + n_finetune,
+                LAUNCH_TRIALS_RUNNING: len(ledger.running),
+                LAUNCH_TRIALS_RUN: count["done"] + count["pruned"] + count["failed"],
+                LAUNCH_TRIALS_REUSED: count["reused"], LAUNCH_TRIALS_PRUNED: count["pruned"],
+                LAUNCH_TRIALS_FAILED: count["failed"], LAUNCH_TRIALS_STOPPED: count["stopped"],
+                LAUNCH_FINETUNE_SKIPPED: count["skipped"],
+                LAUNCH_PRUNED_EPOCHS_BUDGETED: saved["epochs_budgeted"],
+                LAUNCH_PRUNED_EPOCHS_SAVED: saved["epochs_saved"],
+                LAUNCH_PRUNED_FRACTION_SAVED: saved["fraction_saved"]}
 
     def update(self, headline: bool = False) -> dict[str, float]:
         """Log the live counts on the launch run (one step further each time) and, if asked, the study's headline."""
@@ -152,7 +176,7 @@ class LaunchRun:
             self.headline = found.one_line()
             tracker.set_tags(parent, {TAG_HEADLINE: self.headline, **({TAG_BEST_RUN: best.run_id} if best else {})})
             if best is not None:
-                tracker.log_metrics(parent, {"launch/best_AP50": best.value}, self.count_step)
+                tracker.log_metrics(parent, {LAUNCH_BEST_AP50: best.value}, self.count_step)
         return counts
 
     def notify(self, event: str, trial: str = "", detail: str = "") -> None:

@@ -28,11 +28,28 @@ from experiments.redaction import OPTUNA_STORAGE_ENV, redact, use_uri_credential
 from experiments.spaces import Plan, resolve_data
 from experiments.store import check_store, failure_text, one_line, store_failure
 from experiments.tracking import (
-    DEFAULT_STORE_DIR, TAG_CELL, TAG_PRUNE_REASON, TAG_PRUNED, TAG_SEED, TAG_UPSTREAM, UPSTREAM_SCRATCH, Tracker,
-    configure_client_retries, default_tracking_uri, flatten_params, usable_run,
+    DEFAULT_STORE_DIR,
+    UPSTREAM_SCRATCH,
+    Tracker,
+    configure_client_retries,
+    default_tracking_uri,
+    flatten_params,
+    usable_run,
 )
-from experiments.trial import STAGE_FINETUNE, STAGE_PRETRAIN, TrialPayload
+from experiments.trial import TrialPayload
 from trainers.common import git_sha
+from trainers.vocabulary import (
+    BACKBONE_PARAM,
+    STAGE_FINETUNE,
+    STAGE_PRETRAIN,
+    TAG_CELL,
+    TAG_PRETRAIN_SEEDS,
+    TAG_PRUNED,
+    TAG_PRUNE_REASON,
+    TAG_SEED,
+    TAG_SEEDS,
+    TAG_UPSTREAM,
+)
 
 
 class Launcher:
@@ -390,15 +407,15 @@ def experiment_view(ctx: LaunchContext, plan: Plan) -> None:
     param_sets = [{**flatten_params(STAGE_FINETUNE, t.config), **finetune_params(ctx, plan, t)}
                   for t in plan.finetune]
     declared = [f"{stage}.{a}" for stage, names in spaces.axes_of(spec).items() for a in names]
-    axes = ui.varying_params(param_sets, [ui.BACKBONE_PARAM, *declared])
+    axes = ui.varying_params(param_sets, [BACKBONE_PARAM, *declared])
     # `tpe`: the sampled fields vary only once Optuna samples them
     axes += [f"{STAGE_FINETUNE}.{d}" for d in spec.finetune.distributions if f"{STAGE_FINETUNE}.{d}" not in axes]
     tags = ui.experiment_tags(spec.description, axes, param_sets, names=[t.name for t in plan.finetune],
                               cells=[trial_cell(ctx, t) for t in plan.finetune])
     if spec.adaptive is not None:  # the judge of this study looks at every wave: it reads its level from here
-        tags[ui.SEEDS_TAG] = spec.adaptive.tag()
+        tags[TAG_SEEDS] = spec.adaptive.tag()
     if spec.pretrain.seeds:  # the report says which intervals include the backbones' own variance
-        tags[ui.PRETRAIN_SEEDS_TAG] = ",".join(map(str, spec.pretrain.seeds))
+        tags[TAG_PRETRAIN_SEEDS] = ",".join(map(str, spec.pretrain.seeds))
     ctx.tracker.set_experiment_tags(tags)
 
 

@@ -21,14 +21,32 @@ import yaml
 
 from experiments import spaces
 from experiments.launch.artifacts import Housekeeping, record_checkpoint_epoch
-from experiments.launch.context import STAGE_INFO, LaunchContext, TrialOutcome
+from experiments.launch.context import LaunchContext, TrialOutcome, stage_section
 from experiments.redaction import redact
-from experiments.tracking import (
-    PARENT_TAG, TAG_CELL, TAG_CHECKPOINT, TAG_DEVICE, TAG_ERROR, TAG_GIT, TAG_GPUS, TAG_HASH, TAG_LAUNCH, TAG_NAME,
-    TAG_PREVIOUS_PARENT, TAG_PRUNE_REASON, TAG_PRUNED, TAG_RESUMED_FROM, TAG_STAGE, TAG_STARTED, TAG_STATE,
-    TAG_STOP_REQUESTED, TAG_TRIAL, flatten_params,
+from experiments.tracking import PARENT_TAG, flatten_params
+from experiments.trial import TrialPayload, sampled_payload
+from trainers.vocabulary import (
+    STAGE_FINETUNE,
+    STAGE_RECORDS,
+    TAG_CELL,
+    TAG_CHECKPOINT,
+    TAG_DEVICE,
+    TAG_ERROR,
+    TAG_GIT,
+    TAG_GPUS,
+    TAG_HASH,
+    TAG_LAUNCH,
+    TAG_NAME,
+    TAG_PREVIOUS_PARENT,
+    TAG_PRUNED,
+    TAG_PRUNE_REASON,
+    TAG_RESUMED_FROM,
+    TAG_STAGE,
+    TAG_STARTED,
+    TAG_STATE,
+    TAG_STOP_REQUESTED,
+    TAG_TRIAL,
 )
-from experiments.trial import STAGE_FINETUNE, TrialPayload, sampled_payload
 
 if TYPE_CHECKING:
     from experiments.control import StopRequests
@@ -121,7 +139,7 @@ class TrialLedger:
                                                TAG_STATE: "planned", "mlflow.source.git.commit": git, **tags},
                                         parent_run_id=parent)
             tracker.reopen(run_id, "SCHEDULED")
-        processes = STAGE_INFO[stage].section(self.ctx.spec).resources.processes
+        processes = stage_section(self.ctx.spec, stage).resources.processes
         params = {**flatten_params(stage, config), f"{stage}.world_size": str(processes), **extra_params}
         tracker.log_params_tags(run_id, params=params)
         tracker.log_text(run_id, yaml.safe_dump(dict(config), sort_keys=True), f"config/{stage}.yaml")
@@ -282,7 +300,7 @@ class TrialLedger:
             self.settle(stage, p, "failed", "FAILED", epochs_run, "ended without a checkpoint",
                         tags={TAG_ERROR: "trial ended without a checkpoint"})
             return
-        info = STAGE_INFO[stage]
+        info = STAGE_RECORDS[stage]
         with ckpt.as_directory() as d:
             files = sorted(Path(d).glob(f"{info.export}.*"))
             if files:

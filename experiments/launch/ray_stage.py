@@ -14,9 +14,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from experiments.launch.context import STAGE_INFO, LaunchContext, LaunchError, LaunchSetupError
+from experiments.launch.context import LaunchContext, LaunchError, LaunchSetupError, stage_section
 from experiments.spaces import StudySpec
-from experiments.trial import CANDIDATE_KEY, STAGE_FINETUNE, STAGE_PRETRAIN, TrialPayload
+from experiments.trial import CANDIDATE_KEY, TrialPayload
+from trainers.vocabulary import STAGE_FINETUNE, STAGE_PRETRAIN, STAGE_RECORDS
 
 if TYPE_CHECKING:
     from experiments.launch.callbacks import TrialEvents
@@ -166,14 +167,14 @@ def make_scheduler(ctx: LaunchContext, stage: str) -> OptunaPruningScheduler | N
     """The stage's pruning scheduler (None when the space's pruning leaves the stage alone)."""
     from optuna.pruners import NopPruner
 
-    from experiments.pruning import STAGE_OBJECTIVES, make_pruner
+    from experiments.pruning import make_pruner
     from experiments.scheduler import OptunaPruningScheduler
 
     spec = ctx.spec
     pruner = make_pruner(stage, spec.pruning)
     if isinstance(pruner, NopPruner):
         return None
-    metric, direction = STAGE_OBJECTIVES[stage]
+    metric, direction = STAGE_RECORDS[stage].key_metric, STAGE_RECORDS[stage].direction
     shared = stage == STAGE_FINETUNE and spec.search["kind"] == "tpe"  # the trials OptunaSearch opened
     return OptunaPruningScheduler(
         storage_url=ctx.optuna_storage, study_name=optuna_study(ctx, stage), pruner=pruner,
@@ -195,7 +196,7 @@ def run_stage(ctx: LaunchContext, stage: str, payloads: dict[str, TrialPayload],
     if not payloads and not candidates:
         return
     spec, options = ctx.spec, ctx.options
-    res = STAGE_INFO[stage].section(spec).resources
+    res = stage_section(spec, stage).resources
     # A DDP trial's processes all live in the trial's bundle: ask for the CPUs/GPUs of every worker.
     resources = {"cpu": res.cpu * res.processes, "gpu": res.gpu * res.processes}
     search_alg, num_samples = None, 1

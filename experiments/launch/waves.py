@@ -21,9 +21,7 @@ from experiments.headline import trials_from_runs
 from experiments.launch.context import LaunchContext
 from experiments.launch.ledger import trial_cell
 from experiments.spaces import FinetuneTrial, Plan
-from experiments.tracking import TAG_CELL_SEEDS, TAG_SEEDS_STOP
-from experiments.trial import AP50, STAGE_FINETUNE
-from experiments.ui import AXES_TAG
+from trainers.vocabulary import DET_AP50, STAGE_FINETUNE, TAG_AXES, TAG_CELL_SEEDS, TAG_SEEDS_STOP
 
 
 class SeedWaves:
@@ -64,12 +62,12 @@ class SeedWaves:
         tracker = self.ctx.tracker
         hashes = {t.config_hash for c, seeds in self.cells.items() for ts in seeds[:self.attempted[c]] for t in ts}
         runs = [r for h, r in tracker.runs_by_hash(STAGE_FINETUNE).items() if h in hashes]
-        return trials_from_runs(runs, self.axes, AP50)
+        return trials_from_runs(runs, self.axes, DET_AP50)
 
     @functools.cached_property
     def axes(self) -> list[str]:
         """The study's ablated params (the experiment's tag, written before the first stage: read once)."""
-        tag = self.ctx.tracker.client.get_experiment(self.ctx.tracker.experiment_id).tags.get(AXES_TAG, "")
+        tag = self.ctx.tracker.client.get_experiment(self.ctx.tracker.experiment_id).tags.get(TAG_AXES, "")
         return [a for a in tag.split(",") if a]
 
     def trials_run(self) -> int:
@@ -81,7 +79,7 @@ class SeedWaves:
         number = 1
         while not self.stop_requested():
             cost = {c: len(seeds[self.attempted[c]]) for c, seeds in self.cells.items() if self.attempted[c] < len(seeds)}
-            wave = next_wave(self.results(), self.axes, self.attempted, self.seeds, self.trials_run(), AP50, cost)
+            wave = next_wave(self.results(), self.axes, self.attempted, self.seeds, self.trials_run(), DET_AP50, cost)
             self.stopped = wave.stopped
             if wave.done:
                 break

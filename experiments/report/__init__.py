@@ -49,7 +49,7 @@ from __future__ import annotations
 # ``collect`` and ``render`` (not the submodules of the same name) are what this package exports.
 from experiments.report.collect import ReportError, StudyRuns, TrialRun, collect, varying_axes
 from experiments.report.tables import (
-    AP_KEYS, AXIS_COLUMNS, BACKBONE_AXIS, KNN_TOP1, NOT_SETTINGS, TABLE1_COLUMNS, Row, Stat, Table, axis_tables,
+    AP_KEYS, AXIS_COLUMNS, BACKBONE_AXIS, NOT_SETTINGS, TABLE1_COLUMNS, Row, Stat, Table, axis_tables,
     build_tables, common_settings, excluded_table, table1,
 )
 from experiments.report.plots import (
@@ -61,7 +61,7 @@ from experiments.report.render import (
 from experiments.report.runs import runs_table
 
 __all__ = [
-    "AP_KEYS", "AXIS_COLUMNS", "BACKBONE_AXIS", "BEST_MARK", "CURVE_PANELS", "FORMATS", "KNN_TOP1", "NOT_SETTINGS",
+    "AP_KEYS", "AXIS_COLUMNS", "BACKBONE_AXIS", "BEST_MARK", "CURVE_PANELS", "FORMATS", "NOT_SETTINGS",
     "TABLE1_COLUMNS", "ReportError", "Row", "Stat", "StudyRuns", "Table", "TrialRun", "axis_tables", "build_tables",
     "collect", "common_settings", "excluded_table", "headline_axes", "plot_ap50_curves", "plot_bars",
     "plot_swav_loss", "render", "report", "runs_table", "report_headline", "table1", "varying_axes", "write_plots",

@@ -13,13 +13,22 @@ from experiments.redaction import redact
 from experiments.spaces import NON_RESULT_FIELDS
 from experiments.sqlite_reader import ACTIVE_ONLY, read_client
 from experiments.store import check_store, finite_or_none, store_errors
-from experiments.tracking import (
-    PARENT_TAG, TAG_ERROR, TAG_HASH, TAG_NAME, TAG_PRUNE_REASON, TAG_PRUNED, TAG_SEED, TAG_STAGE, TAG_UPSTREAM,
-    UPSTREAM_SCRATCH, launch_alive, usable_run,
-)
-from experiments.tracking import TAG_STATE
-from experiments.trial import AP50, STAGE_FINETUNE, STAGES
+from experiments.tracking import PARENT_TAG, UPSTREAM_SCRATCH, launch_alive, usable_run
 from trainers.swav.collapse import collapse_label
+from trainers.vocabulary import (
+    DET_AP50,
+    STAGES,
+    STAGE_FINETUNE,
+    TAG_ERROR,
+    TAG_HASH,
+    TAG_NAME,
+    TAG_PRUNED,
+    TAG_PRUNE_REASON,
+    TAG_SEED,
+    TAG_STAGE,
+    TAG_STATE,
+    TAG_UPSTREAM,
+)
 
 
 class ReportError(ValueError):
@@ -67,8 +76,8 @@ class TrialRun:
             return why
         if self.status != "FINISHED":
             return f"unfinished (status {self.status})"
-        if self.stage == STAGE_FINETUNE and finite_or_none(self.metrics.get(AP50)) is None:
-            return f"no finite {AP50} recorded"
+        if self.stage == STAGE_FINETUNE and finite_or_none(self.metrics.get(DET_AP50)) is None:
+            return f"no finite {DET_AP50} recorded"
         return ""
 
     @property

@@ -14,8 +14,8 @@ from typing import Any, Sequence
 from experiments.report.collect import StudyRuns, TrialRun
 from experiments.report.tables import Stat, Table, _most_common, _value_key, build_tables
 from experiments.store import finite_or_none
-from experiments.tracking import TAG_UPSTREAM, UPSTREAM_SCRATCH
-from experiments.trial import AP50, METRIC_LABELS
+from experiments.tracking import UPSTREAM_SCRATCH
+from trainers.vocabulary import DET_AP50, METRIC_LABELS, SWAV_LOSS, TAG_UPSTREAM
 
 CURVE_PANELS = ("norm", "head", "lr_scheme")  # fine-tuning curves grouped by these fields
 
@@ -41,7 +41,7 @@ def plot_swav_loss(runs: StudyRuns, path: Path) -> Path | None:
     from matplotlib.ticker import MaxNLocator
 
     pre = runs.stage("pretrain")
-    curves = [(r, runs.history(r.run_id, "swav/loss")) for r in pre]
+    curves = [(r, runs.history(r.run_id, SWAV_LOSS)) for r in pre]
     curves = [(r, h) for r, h in curves if h]
     if not curves:
         return None
@@ -58,7 +58,7 @@ def plot_swav_loss(runs: StudyRuns, path: Path) -> Path | None:
     ax.set_title(f"{runs.study}: SwAV loss per epoch (dashed: ln K, the loss of a collapsed run)")
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("swav/loss")
+    ax.set_ylabel(SWAV_LOSS)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
@@ -84,7 +84,7 @@ def plot_ap50_curves(runs: StudyRuns, path: Path) -> Path | None:
     pre = [r for r in ft if r.tags.get(TAG_UPSTREAM) != UPSTREAM_SCRATCH]
     base = [r for r in ft if r.tags.get(TAG_UPSTREAM) == UPSTREAM_SCRATCH]
     panels = [name for name in CURVE_PANELS if len({r.params.get(f"finetune.{name}") for r in pre}) > 1]
-    histories = {r.run_id: runs.history(r.run_id, AP50) for r in ft}
+    histories = {r.run_id: runs.history(r.run_id, DET_AP50) for r in ft}
     if not panels or not any(histories.values()):
         return None
     modes = {name: _most_common((r.params.get(f"finetune.{name}", "?") for r in pre), f"finetune.{name}", None)[0]
@@ -126,11 +126,11 @@ def plot_ap50_curves(runs: StudyRuns, path: Path) -> Path | None:
         ax.set_title(f"by {name}" + (f"\n{textwrap.fill(f'(held: {held_text})', 55)}" if held_text else ""), fontsize=9)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(f"{METRIC_LABELS[AP50]} ({AP50})")
+        ax.set_ylabel(f"{METRIC_LABELS[DET_AP50]} ({DET_AP50})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
     wrap = max(50, int(11 * 5.2 * len(panels)))  # characters per title line at this figure width
-    fig.suptitle(textwrap.fill(f"{runs.study}: fine-tuning {METRIC_LABELS[AP50]} per evaluation epoch (thin: runs, "
+    fig.suptitle(textwrap.fill(f"{runs.study}: fine-tuning {METRIC_LABELS[DET_AP50]} per evaluation epoch (thin: runs, "
                                "thick: mean over pretrained backbones and seeds, dashed: baseline)", wrap), fontsize=10)
     fig.tight_layout()
     fig.savefig(path)

@@ -19,8 +19,7 @@ from experiments.report.plots import write_plots
 from experiments.report.tables import Stat, Table, build_tables
 from experiments.sqlite_reader import writer
 from experiments.store import store_errors
-from experiments.trial import STAGE_FINETUNE, STAGES
-from experiments.ui import PRETRAIN_SEEDS_TAG
+from trainers.vocabulary import STAGES, STAGE_FINETUNE, TAG_PRETRAIN_SEEDS
 
 FORMATS = ("table", "md", "csv", "json")
 BEST_MARK = "*"
@@ -192,9 +191,9 @@ def _experiment_tags(runs: StudyRuns) -> dict[str, str]:
 def headline_axes(runs: StudyRuns) -> list[str]:
     """The ablated params the headline compares: the experiment's ``ablate.axes`` tag (what the launch used), else
     the report's axes (``backbone`` as ``finetune.backbone``)."""
-    from experiments.ui import AXES_TAG
+    from trainers.vocabulary import TAG_AXES
 
-    tag = _experiment_tags(runs).get(AXES_TAG, "")
+    tag = _experiment_tags(runs).get(TAG_AXES, "")
     if tag:
         return [a for a in tag.split(",") if a]
     return [f"{stage}.{name}" for stage in STAGES for name in runs.axes.get(stage, [])]
@@ -232,7 +231,7 @@ def attach_verdicts(tables: Sequence[Table], headline: Any, runs: StudyRuns | No
 
 def adaptive_seeds_note(runs: StudyRuns) -> list[str]:
     """``adaptive seeds: CELL 6 (max), CELL 3 (decided), ...``: each cell's seeds and why it got no more."""
-    from experiments.tracking import TAG_CELL, TAG_CELL_SEEDS, TAG_SEEDS_STOP
+    from trainers.vocabulary import TAG_CELL, TAG_CELL_SEEDS, TAG_SEEDS_STOP
 
     cells = {r.tags[TAG_CELL]: (r.tags[TAG_CELL_SEEDS], r.tags.get(TAG_SEEDS_STOP, "?"))
              for r in runs.stage(STAGE_FINETUNE) if TAG_CELL in r.tags and TAG_CELL_SEEDS in r.tags}
@@ -285,7 +284,7 @@ def _report(runs: StudyRuns, fmt: str, out_dir: str | Path | None, log_to_parent
     tables = build_tables(runs)
     headline = report_headline(runs)
     attach_verdicts(tables, headline, runs)
-    seeds = _experiment_tags(runs).get(PRETRAIN_SEEDS_TAG, "")
+    seeds = _experiment_tags(runs).get(TAG_PRETRAIN_SEEDS, "")
     text = _with_headline(headline, tables, fmt, seeds)
     log = log_to_parent and runs.parent_run_id is not None
     if out_dir is None and not log:

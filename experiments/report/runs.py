@@ -10,8 +10,8 @@ import io
 import json
 
 from experiments.report.collect import ReportError, collect
-from experiments.tracking import PARENT_TAG, TAG_HASH, TAG_PRUNED, TAG_SEED, TAG_UPSTREAM
-from experiments.trial import STAGES
+from experiments.tracking import PARENT_TAG
+from trainers.vocabulary import STAGES, TAG_CELL, TAG_HASH, TAG_PRUNED, TAG_SEED, TAG_UPSTREAM
 
 
 def runs_table(tracking_uri: str, study: str, fmt: str = "csv") -> str:
@@ -30,7 +30,7 @@ def runs_table(tracking_uri: str, study: str, fmt: str = "csv") -> str:
     trials = sorted(runs.runs, key=lambda r: (STAGES.index(r.stage), r.name, r.start_time))
     params = sorted({k for r in trials for k in r.params})
     metrics = sorted({k for r in trials for k in r.metrics})
-    tags = [TAG_HASH, "ablate.cell", TAG_SEED, TAG_UPSTREAM, TAG_PRUNED, PARENT_TAG]
+    tags = [TAG_HASH, TAG_CELL, TAG_SEED, TAG_UPSTREAM, TAG_PRUNED, PARENT_TAG]
     header = ["run_id", "stage", "name", "status", "usable", "reason", *(f"tags.{t}" for t in tags),
               *(f"params.{p}" for p in params), *(f"metrics.{m}" for m in metrics)]
     rows = []

@@ -16,18 +16,24 @@ from typing import Iterable, Sequence
 from experiments.report.collect import StudyRuns, TrialRun, _collapse
 from experiments.spaces import NON_RESULT_FIELDS
 from experiments.store import finite_or_none
-from experiments.tracking import TAG_ERROR, TAG_UPSTREAM, UPSTREAM_SCRATCH, flatten_params
-from experiments.tracking import TAG_STATE
-from experiments.trial import AP50, METRIC_LABELS, STAGES
-from experiments.ui import NONE_VALUE
+from experiments.tracking import UPSTREAM_SCRATCH, flatten_params
 from trainers.swav.references import RANDOM_TRUNKS, monitor_text
+from trainers.vocabulary import (
+    METRIC_LABELS,
+    NONE_VALUE,
+    REPORT_METRICS,
+    STAGES,
+    SWAV_KNN_TOP1,
+    TAG_ERROR,
+    TAG_STATE,
+    TAG_UPSTREAM,
+)
 
-# The columns of every AP table, one label per metric (experiments.trial.METRIC_LABELS): the paper's
+# The columns of every AP table, one label per metric (trainers.vocabulary's shown metrics): the paper's
 # AP@0.5 and AP[small/medium/large], plus COCO's primary AP@[.5:.95].
-AP_KEYS = (AP50, "det/AP", "det/AP_small", "det/AP_medium", "det/AP_large")
+AP_KEYS = tuple(REPORT_METRICS)
 AXIS_COLUMNS = tuple((METRIC_LABELS[k], k) for k in AP_KEYS)
 TABLE1_COLUMNS = AXIS_COLUMNS
-KNN_TOP1 = "swav/knn_top1"  # the backbone's weighted kNN top-1 on labeled object crops (pretraining runs)
 # Params that are not detector *settings*: the seed (averaged over), the arch (a property of
 # the backbone, i.e. of the row) and fields that never change a result.
 NOT_SETTINGS = set(NON_RESULT_FIELDS) | {"seed", "arch", "figure_images", "score_threshold"}
@@ -176,13 +182,13 @@ def table1(runs: StudyRuns) -> Table:
     if own_recipe:
         notes.append(f"{own_recipe} no-pretraining run(s) trained with their own recipe: rows named by the settings "
                      "that differ")
-    notes.append(f"{METRIC_LABELS[KNN_TOP1]}: the backbone's {KNN_TOP1} (its pretraining run; - when not measured, "
+    notes.append(f"{METRIC_LABELS[SWAV_KNN_TOP1]}: the backbone's {SWAV_KNN_TOP1} (its pretraining run; - when not measured, "
                  f"e.g. no pretraining), with the mean ± std over {RANDOM_TRUNKS} random initialisations and the raw "
                  "pixels' figure on the same crops")
     collapsed = sorted({f"{pre.name}: {text}" for pre in runs.stage("pretrain") if (text := _collapse(pre))})
     notes += [f"backbone {text} (the run's last epoch; trainers/swav/collapse.py)" for text in collapsed]
     return Table("table1", f"Table 1 — {runs.study}: AP by backbone", "backbone",
-                 [*(c for c, _ in TABLE1_COLUMNS), METRIC_LABELS[KNN_TOP1]], rows, notes)
+                 [*(c for c, _ in TABLE1_COLUMNS), METRIC_LABELS[SWAV_KNN_TOP1]], rows, notes)
 
 
 def _knn_cell(runs: StudyRuns, group: Sequence[TrialRun]) -> str:
@@ -190,7 +196,7 @@ def _knn_cell(runs: StudyRuns, group: Sequence[TrialRun]) -> str:
     backbone, not a mean over seeds; ``-`` when absent."""
     upstream = {r.tags.get(TAG_UPSTREAM) for r in group}
     for pre in runs.runs:
-        if pre.run_id in upstream and finite_or_none(pre.metrics.get(KNN_TOP1)) is not None:
+        if pre.run_id in upstream and finite_or_none(pre.metrics.get(SWAV_KNN_TOP1)) is not None:
             return monitor_text(pre.metrics)
     return "-"
 

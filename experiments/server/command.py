@@ -58,6 +58,11 @@ def add_server_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+def register(subparsers: Any, name: str, summary: str, common: argparse.ArgumentParser) -> None:
+    """``ablate server`` (experiments/cli.py wires it): its own store option, ``--backend-store-uri``."""
+    add_server_parser(subparsers).set_defaults(run=cmd_server)
+
+
 def cmd_server(args: argparse.Namespace) -> int:
     """``ablate server``: 0 after a clean stop, 2 for bad options, 1 if the server failed."""
     hosts = args.allowed_hosts if args.allowed_hosts is not None else os.environ.get(ENV_ALLOWED_HOSTS, "")

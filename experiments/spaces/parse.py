@@ -20,8 +20,9 @@ from experiments.spaces.schema import (ADAPTIVE_KEYS, DATA_KEYS, DATA_PATH_KEYS,
                                        SEARCH_KEYS, SECTION_KEYS, STUDY_NAME_MAX, STUDY_NAME_RE, STUDY_NAME_RULE,
                                        TOP_KEYS, AdaptiveSeeds, Cell, DataSpec, Distribution, Resources, SpaceError, StageSpec,
                                        StudySpec, _check_keys, _err, _mapping)
-from experiments.trial import AP50, TRAINERS
+from experiments.trial import TRAINERS
 from trainers.common import DuplicateKeyError, closest, load_yaml, unknown_key_message
+from trainers.vocabulary import DET_AP50
 
 # ---------------------------------------------------------------------------
 # The trainers' config fields
@@ -331,7 +332,7 @@ def load_space(path: str | Path, name: str | None = None) -> StudySpec:
     kind = search.get("kind", "grid")
     if kind not in ("grid", "tpe"):
         raise _err(path, "search.kind", f"{kind!r} is not a search kind", "use grid or tpe")
-    search = {"kind": kind, "num_samples": search.get("num_samples", 1), "metric": search.get("metric", AP50),
+    search = {"kind": kind, "num_samples": search.get("num_samples", 1), "metric": search.get("metric", DET_AP50),
               "mode": search.get("mode", "max")}
     if not isinstance(search["num_samples"], int) or search["num_samples"] < 1:
         raise _err(path, "search.num_samples", f"expected an integer >= 1, got {search['num_samples']!r}")

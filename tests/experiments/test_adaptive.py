@@ -18,6 +18,7 @@ from experiments import spaces
 from experiments.adaptive import AdaptiveSeeds, next_wave
 from experiments.headline import TrialResult
 from tests import fake_detector
+from trainers import vocabulary as V
 
 ROOT = Path(__file__).resolve().parents[2]
 AXES = ["finetune.head", "finetune.norm"]
@@ -87,7 +88,6 @@ def _launch(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
 def test_adaptive_launch_killed_between_waves_resumes_the_same_waves(tmp_path: Path, monkeypatch) -> None:
     from mlflow.tracking import MlflowClient
 
-    from experiments import tracking as T
     from experiments.launch import LaunchOptions, launch
 
     monkeypatch.chdir(tmp_path)  # the dry runs' store and sample data: the launches' own
@@ -112,15 +112,15 @@ def test_adaptive_launch_killed_between_waves_resumes_the_same_waves(tmp_path: P
     attempted, stopped, waves = _predicted_waves(AdaptiveSeeds(2, 6))
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("adaptive_study")
-    runs = client.search_runs([exp.experiment_id], f"tags.`{T.TAG_STAGE}` = 'finetune'", max_results=100)
-    hashes = Counter(r.data.tags[T.TAG_HASH] for r in runs)
+    runs = client.search_runs([exp.experiment_id], f"tags.`{V.TAG_STAGE}` = 'finetune'", max_results=100)
+    hashes = Counter(r.data.tags[V.TAG_HASH] for r in runs)
     assert all(n == 1 for n in hashes.values()), f"duplicate trials: {hashes}"
     assert len(runs) == sum(attempted.values()) == 18 and all(r.info.status == "FINISHED" for r in runs)
     seeds = Counter((r.data.params["finetune.head"], r.data.params["finetune.norm"]) for r in runs)
     assert {f"{h}·{n}": k for (h, n), k in seeds.items()} == attempted
     for r in runs:
         cell = f"{r.data.params['finetune.head']}·{r.data.params['finetune.norm']}"
-        assert r.data.tags[T.TAG_CELL_SEEDS] == str(attempted[cell]) and r.data.tags[T.TAG_SEEDS_STOP] == stopped[cell]
+        assert r.data.tags[V.TAG_CELL_SEEDS] == str(attempted[cell]) and r.data.tags[V.TAG_SEEDS_STOP] == stopped[cell]
     # the relaunch reused what the first finished and walked the rest of the same waves
     assert "finetune reused" in log and f"wave {len(waves) + 1}: 2 cell(s) still in contention" in log
     assert "adaptive seeds: 18 fine-tuning trials over 4 cells" in log and "2 decided, 2 max" in log

@@ -18,6 +18,7 @@ from experiments import tracking as T
 from experiments.control import ControlError, Notice, check_notify_command, notify
 from experiments.status import collect
 from experiments.testing.spaces import tiny_space, write_space
+from trainers import vocabulary as V
 
 # ---------------------------------------------------------------------------
 # --notify
@@ -83,7 +84,7 @@ def _wait(cwd: Path, study: str, proc: subprocess.Popen, log: Path, until, what:
     while time.time() < deadline:
         assert proc.poll() is None, f"the launch ended while waiting for {what}:\n{log.read_text()[-3000:]}"
         exp = client.get_experiment_by_name(study)
-        launches = client.search_runs([exp.experiment_id], f"tags.`{T.TAG_STAGE}` = 'launch'") if exp else []
+        launches = client.search_runs([exp.experiment_id], f"tags.`{V.TAG_STAGE}` = 'launch'") if exp else []
         if launches:
             now = launch_status(client, study, exp.experiment_id, launches[0], None)
             if until(now):
@@ -141,11 +142,11 @@ def test_status_stop_trial_stop_launch_notify_and_resume(tmp_path):
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     [launch] = collect(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", study)
     assert launch.status == "KILLED" and {t.state for t in launch.trials} == {"stopped"}
-    pre = {r.data.tags[T.TAG_NAME]: r for r in client.search_runs(
-        [client.get_experiment_by_name(study).experiment_id], f"tags.`{T.TAG_STAGE}` = 'pretrain'")}
+    pre = {r.data.tags[V.TAG_NAME]: r for r in client.search_runs(
+        [client.get_experiment_by_name(study).experiment_id], f"tags.`{V.TAG_STAGE}` = 'pretrain'")}
     for run in pre.values():  # resumable: KILLED with the checkpoint of its last epoch still there
-        assert run.info.status == "KILLED" and Path(run.data.tags[T.TAG_CHECKPOINT]).is_dir()
-        assert T.TAG_STOP_REQUESTED not in run.data.tags
+        assert run.info.status == "KILLED" and Path(run.data.tags[V.TAG_CHECKPOINT]).is_dir()
+        assert V.TAG_STOP_REQUESTED not in run.data.tags
     events = notify_log.read_text().splitlines()
     assert events == [f"launch_stopped|{study}|headline: no finished fine-tuning trial with a finite det/AP50 yet"], events
 
@@ -156,10 +157,10 @@ def test_status_stop_trial_stop_launch_notify_and_resume(tmp_path):
     for name, run in pre.items():
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "swav/loss")]
         assert sorted(steps) == sorted(set(steps)) == list(range(1, epochs + 1)), (name, steps)  # continued, not restarted
-        assert client.get_run(run.info.run_id).data.tags[T.TAG_STATE] == "finished"
+        assert client.get_run(run.info.run_id).data.tags[V.TAG_STATE] == "finished"
     trials = client.search_runs([client.get_experiment_by_name(study).experiment_id],
-                                f"tags.`{T.TAG_STAGE}` != 'launch'")
-    assert len(trials) == 4 and {r.data.tags[T.TAG_STATE] for r in trials} == {"finished"}  # no duplicates
+                                f"tags.`{V.TAG_STAGE}` != 'launch'")
+    assert len(trials) == 4 and {r.data.tags[V.TAG_STATE] for r in trials} == {"finished"}  # no duplicates
     events = notify_log.read_text().splitlines()
     assert len(events) == 2 and events[1].startswith(f"launch_finished|{study}|best: res18_ep{epochs}_p"), events
     assert "AP@0.5 " in events[1]

@@ -23,6 +23,7 @@ from experiments.gc import collect, gc
 from experiments.launch import Launcher, LaunchOptions, oversized_requests
 from experiments.testing.spaces import tiny_space_file
 from tests.experiments.test_server import make_pg_database  # noqa: F401 - fixture
+from trainers import vocabulary as V
 
 
 def _run(status: str, tags: dict[str, str], start_s: float) -> SimpleNamespace:
@@ -121,26 +122,26 @@ def test_oversized_requests_count_every_worker():
 def test_launch_alive_by_pid_on_this_host_and_by_heartbeat_elsewhere():
     now = time.time()
     me = T.driver_id()
-    assert T.launch_alive(_run("RUNNING", {T.TAG_DRIVER: me, T.TAG_HEARTBEAT: f"{now:.0f}"}, now))
+    assert T.launch_alive(_run("RUNNING", {V.TAG_DRIVER: me, V.TAG_HEARTBEAT: f"{now:.0f}"}, now))
     dead_pid = subprocess.Popen([sys.executable, "-c", "pass"])
     dead_pid.wait()
     host = socket.gethostname()
-    assert not T.launch_alive(_run("RUNNING", {T.TAG_DRIVER: f"{host}:{dead_pid.pid}", T.TAG_HEARTBEAT: f"{now:.0f}"}, now))
+    assert not T.launch_alive(_run("RUNNING", {V.TAG_DRIVER: f"{host}:{dead_pid.pid}", V.TAG_HEARTBEAT: f"{now:.0f}"}, now))
     # a pid that exists but started after the driver's heartbeats is a reused pid, not the driver
-    assert not T.launch_alive(_run("RUNNING", {T.TAG_DRIVER: me, T.TAG_HEARTBEAT: "1000"}, 1000))
-    other = {T.TAG_DRIVER: "elsewhere:1"}
-    assert T.launch_alive(_run("RUNNING", {**other, T.TAG_HEARTBEAT: f"{now - 60:.0f}"}, now - 3600))
-    assert not T.launch_alive(_run("RUNNING", {**other, T.TAG_HEARTBEAT: f"{now - 3600:.0f}"}, now - 7200))
-    assert not T.launch_alive(_run("KILLED", {T.TAG_DRIVER: me, T.TAG_HEARTBEAT: f"{now:.0f}"}, now))
+    assert not T.launch_alive(_run("RUNNING", {V.TAG_DRIVER: me, V.TAG_HEARTBEAT: "1000"}, 1000))
+    other = {V.TAG_DRIVER: "elsewhere:1"}
+    assert T.launch_alive(_run("RUNNING", {**other, V.TAG_HEARTBEAT: f"{now - 60:.0f}"}, now - 3600))
+    assert not T.launch_alive(_run("RUNNING", {**other, V.TAG_HEARTBEAT: f"{now - 3600:.0f}"}, now - 7200))
+    assert not T.launch_alive(_run("KILLED", {V.TAG_DRIVER: me, V.TAG_HEARTBEAT: f"{now:.0f}"}, now))
 
 
 def _dead_launch(tracker: T.Tracker, space_name: str) -> tuple[str, str]:
     """A launch run left RUNNING by a driver that no longer exists, with one RUNNING trial under it."""
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    parent = tracker.create_run("launch old", {T.TAG_STAGE: "launch", T.TAG_DRIVER: f"{socket.gethostname()}:{gone.pid}",
-                                               T.TAG_HEARTBEAT: f"{time.time():.0f}"})
-    child = tracker.create_run("trial", {T.TAG_STAGE: "pretrain", T.TAG_HASH: "h1"}, parent_run_id=parent)
+    parent = tracker.create_run("launch old", {V.TAG_STAGE: "launch", V.TAG_DRIVER: f"{socket.gethostname()}:{gone.pid}",
+                                               V.TAG_HEARTBEAT: f"{time.time():.0f}"})
+    child = tracker.create_run("trial", {V.TAG_STAGE: "pretrain", V.TAG_HASH: "h1"}, parent_run_id=parent)
     return parent, child
 
 
@@ -154,16 +155,16 @@ def test_a_new_launch_ends_a_dead_launch_and_adopts_its_trials(tmp_path, monkeyp
     launcher.parent_run_id = launcher._parent_run(plan)
     client = launcher.tracker.client
     old = client.get_run(old_parent)
-    assert old.info.status == "KILLED" and old.data.tags[T.TAG_SUPERSEDED_BY] == launcher.parent_run_id
+    assert old.info.status == "KILLED" and old.data.tags[V.TAG_SUPERSEDED_BY] == launcher.parent_run_id
     new = client.get_run(launcher.parent_run_id)
-    assert new.data.tags[T.TAG_DRIVER] == T.driver_id() and T.launch_alive(new)
+    assert new.data.tags[V.TAG_DRIVER] == T.driver_id() and T.launch_alive(new)
     # the trial resumes into the same run, now under the new launch, the old one remembered
     existing = client.get_run(child)
     launcher.ledger.child_run("pretrain", "trial", "h1", {"epochs": 1}, existing, {}, {})
     moved = client.get_run(child)
     assert moved.data.tags[T.PARENT_TAG] == launcher.parent_run_id
-    assert moved.data.tags[T.TAG_PREVIOUS_PARENT] == old_parent
-    assert client.get_run(launcher.parent_run_id).data.tags[T.TAG_RESUMED_FROM] == old_parent
+    assert moved.data.tags[V.TAG_PREVIOUS_PARENT] == old_parent
+    assert client.get_run(launcher.parent_run_id).data.tags[V.TAG_RESUMED_FROM] == old_parent
 
 
 def test_resume_refuses_a_launch_whose_driver_lives(tmp_path, monkeypatch):
@@ -172,8 +173,8 @@ def test_resume_refuses_a_launch_whose_driver_lives(tmp_path, monkeypatch):
     launcher = Launcher(space, LaunchOptions(resume=True))
     plan = launcher.plan()
     launcher.tracker = T.Tracker(launcher.tracking_uri, launcher.spec.name)
-    launcher.tracker.create_run("launch busy", {T.TAG_STAGE: "launch", T.TAG_DRIVER: T.driver_id(),
-                                                T.TAG_HEARTBEAT: f"{time.time():.0f}"})
+    launcher.tracker.create_run("launch busy", {V.TAG_STAGE: "launch", V.TAG_DRIVER: T.driver_id(),
+                                                V.TAG_HEARTBEAT: f"{time.time():.0f}"})
     with pytest.raises(ValueError, match="still running"):
         launcher._parent_run(plan)
 
@@ -199,7 +200,7 @@ def test_gc_keeps_only_what_an_unfinished_trial_resumes_from(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     storage = tmp_path / "ray"
     tracker = T.Tracker(uri, "gcs")
-    launch = tracker.create_run("launch", {T.TAG_STAGE: "launch"})
+    launch = tracker.create_run("launch", {V.TAG_STAGE: "launch"})
     tracker.log_params_tags(launch, params={"storage_path": str(storage)})
     tracker.finish(launch, "KILLED")
 
@@ -214,9 +215,9 @@ def test_gc_keeps_only_what_an_unfinished_trial_resumes_from(tmp_path):
     failed = trial_dir("gcs-finetune-1", "finetune_b", 2)  # a failed trial: resumes from its newest
     other = trial_dir("other-pretrain-1", "pretrain_c", 1)  # another study's: never touched
     (storage / "backbones" / "h").mkdir(parents=True)
-    finished = tracker.create_run("a", {T.TAG_STAGE: "pretrain", T.TAG_CHECKPOINT: str(done[1])}, parent_run_id=launch)
+    finished = tracker.create_run("a", {V.TAG_STAGE: "pretrain", V.TAG_CHECKPOINT: str(done[1])}, parent_run_id=launch)
     tracker.finish(finished, "FINISHED")
-    unfinished = tracker.create_run("b", {T.TAG_STAGE: "finetune", T.TAG_CHECKPOINT: str(failed[1])},
+    unfinished = tracker.create_run("b", {V.TAG_STAGE: "finetune", V.TAG_CHECKPOINT: str(failed[1])},
                                     parent_run_id=launch)
     tracker.finish(unfinished, "FAILED")
     tracker.log_text(finished, "weights", "backbone/backbone.json")  # stands for an exported / registered model
@@ -235,8 +236,8 @@ def test_gc_keeps_only_what_an_unfinished_trial_resumes_from(tmp_path):
 def test_gc_refuses_while_a_launch_runs(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = T.Tracker(uri, "busy")
-    tracker.create_run("launch", {T.TAG_STAGE: "launch", T.TAG_DRIVER: T.driver_id(),
-                                  T.TAG_HEARTBEAT: f"{time.time():.0f}"})
+    tracker.create_run("launch", {V.TAG_STAGE: "launch", V.TAG_DRIVER: T.driver_id(),
+                                  V.TAG_HEARTBEAT: f"{time.time():.0f}"})
     with pytest.raises(ValueError, match="still running"):
         collect(uri, "busy", tmp_path)
 

@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from experiments import tracking as T
 from experiments.testing.spaces import COLLAPSED, HEALTHY, tiny_space, tiny_space_file, write_space
+from trainers import vocabulary as V
 
 ROOT = Path(__file__).resolve().parents[2]
 METRICS_PRE = {"swav/loss", "swav/ln_k", "swav/loss_over_ln_k", "swav/embedding_std", "swav/assignment_entropy",
@@ -39,7 +40,7 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 900, **kw) -> subprocess.
 
 def runs_of(client: MlflowClient, study: str, stage: str | None = None) -> list:
     exp = client.get_experiment_by_name(study)
-    flt = f"tags.`{T.TAG_STAGE}` = '{stage}'" if stage else ""
+    flt = f"tags.`{V.TAG_STAGE}` = '{stage}'" if stage else ""
     return list(client.search_runs([exp.experiment_id], filter_string=flt, max_results=1000))
 
 
@@ -60,7 +61,7 @@ def test_smoke_launch_layout(smoke):
         tags, params = run.data.tags, run.data.params
         assert tags[T.PARENT_TAG] == parent.info.run_id
         assert run.info.status == "FINISHED"
-        assert tags[T.TAG_HASH] and tags[T.TAG_TRIAL] and tags[T.TAG_PRUNED] == "false"
+        assert tags[V.TAG_HASH] and tags[V.TAG_TRIAL] and tags[V.TAG_PRUNED] == "false"
     for run in pre:
         assert METRICS_PRE <= set(run.data.metrics)
         assert {"pretrain.prototypes", "pretrain.arch", "pretrain.crops", "pretrain.epochs"} <= set(run.data.params)
@@ -72,9 +73,9 @@ def test_smoke_launch_layout(smoke):
         assert METRICS_FT <= set(run.data.metrics)
         params = run.data.params
         assert {"finetune.norm", "finetune.head", "finetune.lr_scheme", "finetune.seed"} <= set(params)
-        upstream = run.data.tags[T.TAG_UPSTREAM]
+        upstream = run.data.tags[V.TAG_UPSTREAM]
         # the name without the seed and the config hash without the seed, for MLflow's "Group by"
-        label, _, short = run.data.tags[T.TAG_CELL].rpartition(" · ")
+        label, _, short = run.data.tags[V.TAG_CELL].rpartition(" · ")
         assert label == run.info.run_name.rpartition(" · seed")[0] and len(short) == 8
         if upstream == "scratch":
             # every ablated axis is a param of the baseline too: no pretraining says "none", not a missing param
@@ -180,7 +181,7 @@ def _checkpoint_tagged(db: Path) -> bool:
         return False
     try:
         with sqlite3.connect(db, timeout=1) as con:
-            rows = con.execute("select count(*) from tags where key = ?", (T.TAG_CHECKPOINT,)).fetchone()
+            rows = con.execute("select count(*) from tags where key = ?", (V.TAG_CHECKPOINT,)).fetchone()
         return bool(rows and rows[0])
     except sqlite3.Error:
         return False
@@ -218,7 +219,7 @@ def test_interrupted_launch_resumes_without_duplicates(tmp_path):
     assert len(runs_of(client, "resume_study", "launch")) == 1  # --resume continued the same launch run
     # disk: the killed launch's state was superseded by the resumed trial's, and a finished trial
     # keeps no training state (its exported model is in the artifact store)
-    assert T.TAG_CHECKPOINT not in client.get_run(run.info.run_id).data.tags
+    assert V.TAG_CHECKPOINT not in client.get_run(run.info.run_id).data.tags
     assert not list((tmp_path / "mlruns" / "ray").glob("resume_study-*/*/checkpoint_*"))
     assert client.list_artifacts(run.info.run_id, "backbone")
     gc = run_cli(["gc", "resume_study", "--dry-run"], tmp_path)
@@ -239,18 +240,18 @@ def test_collapsed_pretraining_is_pruned_and_gets_no_finetuning(planted_collapse
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     pre = {float(r.data.params["pretrain.temperature"]): r for r in runs_of(client, study, "pretrain")}
     dead, healthy = pre[COLLAPSED], pre[HEALTHY]
-    assert dead.info.status == "FINISHED" and dead.data.tags[T.TAG_PRUNED] == "true"
-    assert "loss/ln K" in dead.data.tags[T.TAG_PRUNE_REASON]
+    assert dead.info.status == "FINISHED" and dead.data.tags[V.TAG_PRUNED] == "true"
+    assert "loss/ln K" in dead.data.tags[V.TAG_PRUNE_REASON]
     steps = sorted(m.step for m in client.get_metric_history(dead.info.run_id, "swav/loss"))
     assert steps == [1, 2, 3, 4, 5, 6], steps  # stopped after warm-up 2 + patience 4, history kept
     assert not client.list_artifacts(dead.info.run_id, "backbone")  # not exported
-    assert healthy.data.tags[T.TAG_PRUNED] == "false"
+    assert healthy.data.tags[V.TAG_PRUNED] == "false"
     assert len(client.get_metric_history(healthy.info.run_id, "swav/loss")) == 7
-    ft = {r.data.tags[T.TAG_UPSTREAM]: r for r in runs_of(client, study, "finetune")}
+    ft = {r.data.tags[V.TAG_UPSTREAM]: r for r in runs_of(client, study, "finetune")}
     assert set(ft) == {healthy.info.run_id, dead.info.run_id}  # both planned at the start
-    assert ft[healthy.info.run_id].data.tags[T.TAG_STATE] == "finished"
+    assert ft[healthy.info.run_id].data.tags[V.TAG_STATE] == "finished"
     skipped = ft[dead.info.run_id]  # the pruned backbone's fine-tune never ran
-    assert skipped.info.status == "KILLED" and skipped.data.tags[T.TAG_STATE] == "skipped"
+    assert skipped.info.status == "KILLED" and skipped.data.tags[V.TAG_STATE] == "skipped"
     assert not client.get_metric_history(skipped.info.run_id, "det/loss")
     parent = runs_of(client, study, "launch")[0]
     assert parent.data.metrics["launch/trials_pruned"] == 1
@@ -285,12 +286,12 @@ def test_ddp_pretraining_then_tpe_finetuning(tmp_path):
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     pre = runs_of(client, "ddp_tpe_study", "pretrain")
     assert len(pre) == 1 and pre[0].info.status == "FINISHED"
-    assert pre[0].data.tags[T.TAG_GPUS] == "0,1" and pre[0].data.tags[T.TAG_DEVICE] == "cpu (GPU 0,1 assigned, unusable)"
+    assert pre[0].data.tags[V.TAG_GPUS] == "0,1" and pre[0].data.tags[V.TAG_DEVICE] == "cpu (GPU 0,1 assigned, unusable)"
     assert "swav/loss" in pre[0].data.metrics and pre[0].data.params["pretrain.norm"] == "gn"
     ft = runs_of(client, "ddp_tpe_study", "finetune")
     assert len(ft) == 2 and all(r.info.status == "FINISHED" for r in ft)
     for run in ft:
-        assert run.data.tags[T.TAG_UPSTREAM] == pre[0].info.run_id
+        assert run.data.tags[V.TAG_UPSTREAM] == pre[0].info.run_id
         lr = float(run.data.params["finetune.base_lr"])
         assert 5 <= lr <= 40 and run.data.params["finetune.head"] in ("mlp", "mlp_ln")
         assert run.data.params["finetune.head"] in run.info.run_name  # the name shows what was trained
@@ -320,24 +321,24 @@ def test_half_gpu_trials_run_four_at_once_on_two_declared_gpus(tmp_path):
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     pre = runs_of(client, "gpu_study", "pretrain")
     assert len(pre) == 4 and all(r.info.status == "FINISHED" for r in pre)
-    assert sorted(r.data.tags[T.TAG_GPUS] for r in pre) == ["0", "0", "1", "1"]  # fractional: two trials per GPU
-    assert {r.data.tags[T.TAG_DEVICE] for r in pre} == {"cpu (GPU 0 assigned, unusable)", "cpu (GPU 1 assigned, unusable)"}
-    started = [float(r.data.tags[T.TAG_STARTED]) for r in pre]
+    assert sorted(r.data.tags[V.TAG_GPUS] for r in pre) == ["0", "0", "1", "1"]  # fractional: two trials per GPU
+    assert {r.data.tags[V.TAG_DEVICE] for r in pre} == {"cpu (GPU 0 assigned, unusable)", "cpu (GPU 1 assigned, unusable)"}
+    started = [float(r.data.tags[V.TAG_STARTED]) for r in pre]
     ended = [r.info.end_time / 1000 for r in pre]
     assert max(started) < min(ended), (started, ended)  # all four were running at the same time
     (ft,) = runs_of(client, "gpu_study", "finetune")
-    assert ft.info.status == "FINISHED" and ft.data.tags[T.TAG_GPUS] == "" and ft.data.tags[T.TAG_DEVICE] == "cpu"
+    assert ft.info.status == "FINISHED" and ft.data.tags[V.TAG_GPUS] == "" and ft.data.tags[V.TAG_DEVICE] == "cpu"
 
 
 def test_demo_says_what_its_budget_can_show(smoke):
     """The demo's verdict: one seed and minutes of SwAV are not evidence, and it says which part is missing."""
     from types import SimpleNamespace
 
-    from experiments.cli import demo_verdict
+    from experiments.launch.command import demo_verdict
 
     cwd, client, _ = smoke
     parent = max(runs_of(client, "smoke", "launch"), key=lambda r: r.info.start_time)  # other tests relaunch it
-    outcomes = [SimpleNamespace(stage="pretrain", name=r.data.tags[T.TAG_NAME], metrics=dict(r.data.metrics))
+    outcomes = [SimpleNamespace(stage="pretrain", name=r.data.tags[V.TAG_NAME], metrics=dict(r.data.metrics))
                 for r in runs_of(client, "smoke", "pretrain")]
     assert all("swav/knn_top1" in o.metrics and "swav/knn_top1_random" in o.metrics for o in outcomes)
     result = SimpleNamespace(parent_run_id=parent.info.run_id, study="smoke", outcomes=outcomes)

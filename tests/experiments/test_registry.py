@@ -19,13 +19,23 @@ from experiments import registry
 from experiments.pull import pull
 from experiments.registry import RegistryError
 from experiments.store import fluent_store
-from experiments.tracking import (
-    TAG_ERROR, TAG_GIT, TAG_HASH, TAG_NAME, TAG_PRUNE_REASON, TAG_PRUNED, TAG_SEED, TAG_STAGE, TAG_UPSTREAM, Tracker,
-)
+from experiments.tracking import Tracker
 from trainers.checkpoints import export_backbone, load_backbone_weights, sha256_file
 from trainers.detection import DetectionConfig, build_detector, export_detector, load_detector
 from trainers.resnet import build_trunk
 from trainers.swav import load_backbone
+from trainers import vocabulary as V
+from trainers.vocabulary import (
+    TAG_ERROR,
+    TAG_GIT,
+    TAG_HASH,
+    TAG_NAME,
+    TAG_PRUNED,
+    TAG_PRUNE_REASON,
+    TAG_SEED,
+    TAG_STAGE,
+    TAG_UPSTREAM,
+)
 
 STUDY = "regstudy"
 DET, BB = f"{STUDY}-detector", f"{STUDY}-backbone"
@@ -123,7 +133,7 @@ def test_champion_moves_only_on_improvement(store: dict[str, Any]) -> None:
     assert float(tags["det/AP50"]) == pytest.approx(0.30) and float(tags["det/AP"]) == pytest.approx(0.10)
     assert tags[TAG_HASH] == "h-res18_ep2_p30 · frozen_bn · mlp · 357 · seed0"
     assert tags[TAG_UPSTREAM] == store["pre"] and tags[TAG_GIT] == "abc123"
-    assert tags[registry.TAG_WEIGHTS_SHA] == sha256_file(store["exports"]["det_a"] / "detector.safetensors")
+    assert tags[V.TAG_WEIGHTS_SHA] == sha256_file(store["exports"]["det_a"] / "detector.safetensors")
     # the description says what the version scored and what the study found, not just a name and an id
     description = versions["1"].description
     assert description.startswith(f"res18_ep2_p30 · frozen_bn · mlp · 357 · seed0 (run {store['a']})")

@@ -15,8 +15,16 @@ from mlflow.tracking import MlflowClient
 
 from experiments import report as rep
 from experiments.report import ReportError
-from experiments.tracking import (
-    TAG_ERROR, TAG_HASH, TAG_NAME, TAG_PRUNE_REASON, TAG_PRUNED, TAG_SEED, TAG_STAGE, TAG_UPSTREAM, Tracker,
+from experiments.tracking import Tracker
+from trainers.vocabulary import (
+    TAG_ERROR,
+    TAG_HASH,
+    TAG_NAME,
+    TAG_PRUNED,
+    TAG_PRUNE_REASON,
+    TAG_SEED,
+    TAG_STAGE,
+    TAG_UPSTREAM,
 )
 
 STUDY = "repstudy"

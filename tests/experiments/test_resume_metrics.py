@@ -16,8 +16,9 @@ from mlflow.tracking import MlflowClient
 from experiments.launch import record_checkpoint_epoch
 from experiments.launch.callbacks import DriverCallback
 from experiments.tracking import Tracker
-from experiments.trial import STAGE_FINETUNE, STAGE_PRETRAIN, TrialPayload, loggable_metrics
+from experiments.trial import TrialPayload, loggable_metrics
 from trainers.checkpoints import checkpoint_progress, save_checkpoint
+from trainers.vocabulary import STAGE_FINETUNE, STAGE_PRETRAIN
 
 
 class _Recorder:

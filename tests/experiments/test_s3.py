@@ -39,6 +39,7 @@ from tests.experiments.test_server import make_pg_database  # noqa: F401 - fixtu
 from tests.raycluster import ray_head, ray_worker
 from experiments.testing.s3server import free_port, objects, s3_server
 from experiments.testing.spaces import tiny_space, write_space
+from trainers import vocabulary as V
 
 ROOT = Path(__file__).resolve().parents[2]
 IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
@@ -163,15 +164,15 @@ def test_gc_in_a_bucket_keeps_only_what_an_unfinished_trial_resumes_from(s3_env,
         client.put_object(Bucket="team", Key=f"gcs/{key}", Body=b"x" * 1000)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = T.Tracker(uri, "gcs")
-    launch = tracker.create_run("launch", {T.TAG_STAGE: "launch"})
+    launch = tracker.create_run("launch", {V.TAG_STAGE: "launch"})
     tracker.log_params_tags(launch, params={"storage_path": root})
     tracker.finish(launch, "KILLED")
-    done = tracker.create_run("a", {T.TAG_STAGE: "pretrain",
-                                    T.TAG_CHECKPOINT: f"{root}/gcs-pretrain-1/pretrain_a/checkpoint_000001"},
+    done = tracker.create_run("a", {V.TAG_STAGE: "pretrain",
+                                    V.TAG_CHECKPOINT: f"{root}/gcs-pretrain-1/pretrain_a/checkpoint_000001"},
                               parent_run_id=launch)
     tracker.finish(done, "FINISHED")
     resumes = f"{root}/gcs-finetune-1/finetune_b/checkpoint_000001"
-    failed = tracker.create_run("b", {T.TAG_STAGE: "finetune", T.TAG_CHECKPOINT: resumes}, parent_run_id=launch)
+    failed = tracker.create_run("b", {V.TAG_STAGE: "finetune", V.TAG_CHECKPOINT: resumes}, parent_run_id=launch)
     tracker.finish(failed, "FAILED")
 
     plan = collect(uri, "gcs", tmp_path / "unused")
@@ -222,7 +223,7 @@ def _finetune_checkpoint(db: Path) -> str | None:
         with sqlite3.connect(db, timeout=1) as con:
             row = con.execute(
                 "select c.value from tags c join tags s on c.run_uuid = s.run_uuid where c.key = ? and s.key = ? "
-                "and s.value = 'finetune'", (T.TAG_CHECKPOINT, T.TAG_STAGE)).fetchone()
+                "and s.value = 'finetune'", (V.TAG_CHECKPOINT, V.TAG_STAGE)).fetchone()
         return row[0] if row else None
     except sqlite3.Error:
         return None
@@ -256,7 +257,7 @@ def test_team_study_on_s3_resumes_pulls_collects_and_leaks_no_credential(s3, tmp
         pytest.skip(msg)
     from mlflow.tracking import MlflowClient
 
-    from experiments.registry import TAG_WEIGHTS_SHA
+    from trainers.vocabulary import TAG_WEIGHTS_SHA
     from trainers.checkpoints import sha256_file
     from trainers.detection import load_detector
 
@@ -319,12 +320,12 @@ def test_team_study_on_s3_resumes_pulls_collects_and_leaks_no_credential(s3, tmp
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
         client = MlflowClient(tracking_uri=server.url)
         exp = client.get_experiment_by_name("s3study")
-        runs = {stage: client.search_runs([exp.experiment_id], f"tags.`{T.TAG_STAGE}` = '{stage}'")
+        runs = {stage: client.search_runs([exp.experiment_id], f"tags.`{V.TAG_STAGE}` = '{stage}'")
                 for stage in ("launch", "pretrain", "finetune")}
         assert [len(runs[s]) for s in ("launch", "pretrain", "finetune")] == [1, 1, 1]  # continued, no duplicates
         assert all(r.info.status == "FINISHED" for rs in runs.values() for r in rs)
         ft = runs["finetune"][0]
-        assert T.TAG_CHECKPOINT not in ft.data.tags
+        assert V.TAG_CHECKPOINT not in ft.data.tags
         steps = [m.step for m in client.get_metric_history(ft.info.run_id, "det/loss")]
         assert sorted(steps) == sorted(set(steps)) == [1, 2], steps  # resumed from S3, not restarted
         pre_steps = [m.step for m in client.get_metric_history(runs["pretrain"][0].info.run_id, "swav/loss")]

@@ -29,6 +29,7 @@ from trainers.checkpoints import (
     BACKBONE_CONFIG, BACKBONE_FORMAT, BACKBONE_WEIGHTS, STATE_JSON, STATE_TENSORS, CheckpointError, load_backbone_weights,
     load_checkpoint, sha256_file,
 )
+from trainers import vocabulary as V
 
 ROOT = Path(__file__).resolve().parents[2]
 IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
@@ -237,10 +238,9 @@ def _offline_pull(monkeypatch, tmp_path) -> str:
     from types import SimpleNamespace
 
     from experiments import pull as pulling
-    from experiments import registry
 
     version = SimpleNamespace(version="3", run_id="0" * 32, aliases=["champion"],
-                              tags={registry.TAG_KIND: "detector", registry.TAG_WEIGHTS_SHA: "0" * 64})
+                              tags={V.TAG_KIND: "detector", V.TAG_WEIGHTS_SHA: "0" * 64})
 
     def download(client, uri, name, version, staging):
         for name in ("detector.safetensors", "detector.json", "config.json", "config.yaml"):

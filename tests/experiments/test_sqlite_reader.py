@@ -10,7 +10,7 @@ import pytest
 
 from experiments.sqlite_reader import ACTIVE_ONLY, NotFound, SqliteReader, parse_filter, read_client
 from experiments.store import is_missing
-from experiments.tracking import TAG_STAGE
+from trainers.vocabulary import TAG_STAGE
 
 
 def _same(a: dict[str, float], b: dict[str, float]) -> bool:

@@ -20,18 +20,19 @@ from experiments import status as ST
 from experiments import tracking as T
 from experiments.control import ControlError, request_stop
 from experiments.status import CLEAR
+from trainers import vocabulary as V
 
 def _layout(uri: str, study: str = "ops") -> dict[str, str]:
     """A running launch (driven by this process, heartbeat now) with one trial in each interesting state."""
     NOW = time.time()
     tracker = T.Tracker(uri, study)
-    launch = tracker.create_run("launch x", {T.TAG_STAGE: "launch", T.TAG_DRIVER: T.driver_id(),
-                                             T.TAG_HEARTBEAT: f"{NOW - 3:.0f}"})
+    launch = tracker.create_run("launch x", {V.TAG_STAGE: "launch", V.TAG_DRIVER: T.driver_id(),
+                                             V.TAG_HEARTBEAT: f"{NOW - 3:.0f}"})
     tracker.log_params_tags(launch, params={"max_concurrent": "1"})
     tracker.log_metrics(launch, {"launch/trials_planned": 4, "launch/trials_running": 1}, 1)
 
     def trial(name: str, stage: str, state: str, status: str, epochs: int, tags: dict | None = None) -> str:
-        run_id = tracker.create_run(name, {T.TAG_STAGE: stage, T.TAG_NAME: name, T.TAG_STATE: state, **(tags or {})},
+        run_id = tracker.create_run(name, {V.TAG_STAGE: stage, V.TAG_NAME: name, V.TAG_STATE: state, **(tags or {})},
                                     parent_run_id=launch)
         tracker.log_params_tags(run_id, params={f"{stage}.epochs": str(epochs),
                                                 **({"pretrain.feat_dim": "32"} if stage == "pretrain" else {})})
@@ -41,17 +42,17 @@ def _layout(uri: str, study: str = "ops") -> dict[str, str]:
 
     ids = {"launch": launch, "now": str(NOW)}
     # running: started 30 s ago, epochs 1 and 2 logged 20 and 10 s ago -> 10 s per epoch, 3 to go
-    ids["running"] = trial("res18_p20", "pretrain", "running", "RUNNING", 5, {T.TAG_STARTED: f"{NOW - 30:.0f}"})
+    ids["running"] = trial("res18_p20", "pretrain", "running", "RUNNING", 5, {V.TAG_STARTED: f"{NOW - 30:.0f}"})
     for step, ago in ((1, 20), (2, 10)):
         # its second epoch labelled collapsed by the trainer (trainers/swav/collapse.py)
         tracker.log_metrics(ids["running"], {"swav/loss_over_ln_k": 1.5 / step, "swav/collapsed": float(step == 2),
                                              "swav/embedding_std": 0.001 if step == 2 else 0.1},
                             step, int((NOW - ago) * 1000))
     ids["planned"] = trial("res18_p30", "pretrain", "planned", "SCHEDULED", 5)
-    ids["best"] = trial("res18_p10 · mlp · seed0", "finetune", "finished", "FINISHED", 1, {T.TAG_UPSTREAM: "x"})
+    ids["best"] = trial("res18_p10 · mlp · seed0", "finetune", "finished", "FINISHED", 1, {V.TAG_UPSTREAM: "x"})
     tracker.log_metrics(ids["best"], {"det/AP50": 0.31}, 1)
     ids["scratch"] = trial("scratch_res18 · seed0", "finetune", "finished", "FINISHED", 3,
-                           {T.TAG_UPSTREAM: T.UPSTREAM_SCRATCH})
+                           {V.TAG_UPSTREAM: T.UPSTREAM_SCRATCH})
     tracker.log_metrics(ids["scratch"], {"det/AP50": 0.12}, 3)
     return ids
 
@@ -122,8 +123,8 @@ def test_stop_requests_land_on_the_right_runs(store):
     client = MlflowClient(tracking_uri=uri)
     message = request_stop(uri, "ops", "res18_p30")
     assert "res18_p30" in message and "resume" in message
-    assert T.TAG_STOP_REQUESTED in client.get_run(ids["planned"]).data.tags
-    assert T.TAG_STOP_REQUESTED not in client.get_run(ids["running"]).data.tags
+    assert V.TAG_STOP_REQUESTED in client.get_run(ids["planned"]).data.tags
+    assert V.TAG_STOP_REQUESTED not in client.get_run(ids["running"]).data.tags
     assert "stop requested" in ST.status(uri, "ops")
 
     with pytest.raises(ControlError, match=r"no trial 'res18_p2'; did you mean 'res18_p20'"):
@@ -134,7 +135,7 @@ def test_stop_requests_land_on_the_right_runs(store):
         request_stop(uri, "opz")
 
     request_stop(uri, "ops")  # the whole launch
-    assert T.TAG_STOP_REQUESTED in client.get_run(ids["launch"]).data.tags
+    assert V.TAG_STOP_REQUESTED in client.get_run(ids["launch"]).data.tags
     assert "STOP REQUESTED" in ST.status(uri, "ops")
 
 
@@ -160,8 +161,8 @@ def test_watch_redraws_in_place(store):
 def test_no_running_launch_and_a_missing_store(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     tracker = T.Tracker(uri, "done")
-    run = tracker.create_run("launch y", {T.TAG_STAGE: "launch"})
-    tracker.set_tags(run, {T.TAG_HEADLINE: "best: res18 · bn · seed0 AP@0.5 0.370; norm bn > gn (decided)"})
+    run = tracker.create_run("launch y", {V.TAG_STAGE: "launch"})
+    tracker.set_tags(run, {V.TAG_HEADLINE: "best: res18 · bn · seed0 AP@0.5 0.370; norm bn > gn (decided)"})
     tracker.finish(run)
     # nothing running: the studies the store holds, their state, when they ended, their best, and what to run next
     text = ST.status(uri)

@@ -7,17 +7,18 @@ import math
 import pytest
 
 from experiments import tracking as T
-from experiments.trial import AP50, STAGE_FINETUNE, STAGE_PRETRAIN
+from trainers import vocabulary as V
+from trainers.vocabulary import DET_AP50, STAGE_FINETUNE, STAGE_PRETRAIN
 
 
 @pytest.mark.parametrize(("status", "tags", "metrics", "stage", "usable"), [
-    ("FINISHED", {T.TAG_PRUNED: "false"}, {}, STAGE_PRETRAIN, True),
-    ("FINISHED", {T.TAG_PRUNED: "true"}, {}, STAGE_PRETRAIN, False),
-    ("FINISHED", {T.TAG_ERROR: "boom"}, {}, STAGE_PRETRAIN, False),
+    ("FINISHED", {V.TAG_PRUNED: "false"}, {}, STAGE_PRETRAIN, True),
+    ("FINISHED", {V.TAG_PRUNED: "true"}, {}, STAGE_PRETRAIN, False),
+    ("FINISHED", {V.TAG_ERROR: "boom"}, {}, STAGE_PRETRAIN, False),
     ("FAILED", {}, {}, STAGE_PRETRAIN, False),
-    ("RUNNING", {}, {AP50: 0.4}, STAGE_FINETUNE, False),
-    ("FINISHED", {}, {AP50: 0.4}, STAGE_FINETUNE, True),
-    ("FINISHED", {}, {AP50: math.nan}, STAGE_FINETUNE, False),  # no ground truth matched: not rankable
+    ("RUNNING", {}, {DET_AP50: 0.4}, STAGE_FINETUNE, False),
+    ("FINISHED", {}, {DET_AP50: 0.4}, STAGE_FINETUNE, True),
+    ("FINISHED", {}, {DET_AP50: math.nan}, STAGE_FINETUNE, False),  # no ground truth matched: not rankable
     ("FINISHED", {}, {"det/AP": 0.2}, STAGE_FINETUNE, False),
 ])
 def test_usable_run(status, tags, metrics, stage, usable):

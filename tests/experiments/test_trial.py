@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import cloudpickle
 import pytest
 
-from experiments.trial import CANDIDATE_KEY, STAGE_FINETUNE, STAGE_PRETRAIN, TrialPayload, sampled_payload
+from experiments.trial import CANDIDATE_KEY, TrialPayload, sampled_payload
+from trainers.vocabulary import STAGE_FINETUNE, STAGE_PRETRAIN
 
 
 def _payload(**kw) -> TrialPayload:

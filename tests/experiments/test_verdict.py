@@ -108,9 +108,10 @@ def test_one_judge_speaks_for_the_headline_report_demo_and_fidelity_bench(tmp_pa
 
     from bench import fidelity
     from experiments import report as rep
-    from experiments.cli import demo_verdict
+    from experiments.launch.command import demo_verdict
     from experiments.headline import study_headline
-    from experiments.tracking import TAG_HASH, TAG_NAME, TAG_PRUNED, TAG_STAGE, Tracker
+    from experiments.tracking import Tracker
+    from trainers.vocabulary import TAG_HASH, TAG_NAME, TAG_PRUNED, TAG_STAGE
     from tests.experiments.test_report import BACKBONES, _finetune
 
     pretrained, scratch = (0.30, 0.36, 0.33), (0.28, 0.30, 0.29)

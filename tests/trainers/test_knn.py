@@ -19,8 +19,8 @@ from trainers.reporting import InMemoryReporter
 from trainers.resnet import build_trunk
 from trainers.swav import SwAVConfig, train
 from trainers.swav import engine as swav_engine
-from trainers.swav.knn import (RANDOM_TRUNKS, KnnMonitor, effective_rank, embed, learned, linear_probe_top1,
-                               monitor_text, object_crops, recalibrated, weighted_knn_top1)
+from trainers.swav.knn import (RANDOM_TRUNKS, KnnMonitor, effective_rank, embed, knn_monitor, learned,
+                               linear_probe_top1, monitor_text, object_crops, recalibrated, weighted_knn_top1)
 
 from tests.trainers.cuda import cuda_only
 from tests.trainers.test_swav_train import TINY
@@ -181,7 +181,7 @@ def test_training_reports_knn_and_is_unchanged_by_the_monitor(sample_data, tmp_p
 
     # The random figures: mean and std over RANDOM_TRUNKS initialisations, the run's own initial trunk first
     # (rebuilt from the seed, so a resume gets the same), and the raw pixels' figures, on every report.
-    monitor = swav_engine.knn_monitor(config, torch.device("cpu"))
+    monitor = knn_monitor(config, torch.device("cpu"))
     seed_everything(config.seed)
     fresh = swav_engine.SwAVModel(config.arch, config.norm, config.prototypes, config.feat_dim, config.hidden_dim)
     seeds = swav_engine.random_seeds(config)

@@ -28,7 +28,7 @@ _EXPORTS = {
     ], "trainers.detection.engine"),
     **dict.fromkeys([
         "FIGURE_FILE", "METRIC_NAMES", "PER_CLASS_FILE", "SUMMARY_FILE", "CocoEvaluation", "coco_eval",
-        "draw_detections", "evaluate", "predict", "to_coco_results", "write_per_class"
+        "draw_detections", "draw_found", "evaluate", "predict", "to_coco_results", "write_per_class"
     ], "trainers.detection.evaluation"),
     **dict.fromkeys(["DETECTOR_CONFIG", "DETECTOR_FORMAT", "DETECTOR_WEIGHTS", "read_detector_config"],
                     "trainers.detection.record"),
@@ -45,7 +45,7 @@ __all__ = [
     "DEFAULT_MULTIPLIERS", "GROUP_NAMES", "HEADS", "LR_SCHEDULES", "LR_SCHEMES", "NORMS", "PRETRAINED_NORM", "SCRATCH", "DetectionConfig",
     "scratch_warnings", "EpochFlips", "flip_decisions", "iters_per_epoch", "lr_factor", "train",
     "train_loader", "train_one_epoch", "FIGURE_FILE", "METRIC_NAMES",
-    "PER_CLASS_FILE", "SUMMARY_FILE", "CocoEvaluation", "coco_eval", "draw_detections", "evaluate", "predict",
+    "PER_CLASS_FILE", "SUMMARY_FILE", "CocoEvaluation", "coco_eval", "draw_detections", "draw_found", "evaluate", "predict",
     "to_coco_results", "write_per_class", "DETECTOR_CONFIG", "DETECTOR_FORMAT", "DETECTOR_WEIGHTS", "detect",
     "export_detector", "load_detector", "read_detector_config", "BackboneLoadError", "C4Backbone", "Res5FPNHead",
     "Res5ROIHead", "TwoMLPLayerNormHead", "assemble_detector", "build_box_head", "build_detector", "convert_norm",

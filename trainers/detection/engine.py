@@ -31,6 +31,7 @@ from trainers.detection.evaluation import FIGURE_FILE, PER_CLASS_FILE, SUMMARY_F
 from trainers.detection.export import export_detector
 from trainers.detection.model import build_detector, param_groups
 from trainers.reporting import Reporter
+from trainers.vocabulary import DET_IMAGES_PER_S, DET_ITERATIONS, DET_LOSS, LR
 
 WARMUP_START = 1e-3  # warmup starts at 0.1% of the rate, as torchvision's detection reference
 
@@ -145,7 +146,7 @@ def train_one_epoch(
     if bar is not None:
         bar.close()
     elapsed = max(time.perf_counter() - start, 1e-9)
-    return {"det/loss": loss_sum / max(step, 1), "det/images_per_s": images / elapsed}, iteration
+    return {DET_LOSS: loss_sum / max(step, 1), DET_IMAGES_PER_S: images / elapsed}, iteration
 
 
 def _check_resumable(state: dict[str, Any], config: DetectionConfig, restore: Path) -> None:
@@ -211,8 +212,8 @@ def train(config: DetectionConfig, reporter: Reporter, progress: bool = False) -
             model, optimizer, scaler, train_loader(train_set, config, epoch), device, epoch, iteration,
             total_iters, config, progress,
         )
-        epoch_metrics["lr"] = reported_lr(optimizer)
-        epoch_metrics["det/iterations"] = float(iteration)  # optimizer steps so far: the x of fine-tuning curves
+        epoch_metrics[LR] = reported_lr(optimizer)
+        epoch_metrics[DET_ITERATIONS] = float(iteration)  # optimizer steps so far: the x of fine-tuning curves
         with tempfile.TemporaryDirectory(prefix="ablate-det-") as tmp:
             artifacts: list[Path] = []
             if epoch % config.eval_every == 0 or epoch == config.epochs:

@@ -29,9 +29,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from trainers.data import detection_collate
+from trainers.vocabulary import COCO_METRICS, DET_AP, DET_AP50
 
 # COCOeval.stats[0..5], in order.
-METRIC_NAMES = ("det/AP", "det/AP50", "det/AP75", "det/AP_small", "det/AP_medium", "det/AP_large")
+METRIC_NAMES = COCO_METRICS
 PER_CLASS_FILE = "per_class_ap50.json"
 SUMMARY_FILE = "coco_summary.txt"
 FIGURE_FILE = "detections.png"
@@ -239,7 +240,7 @@ def evaluate(
             draw_detections(
                 [image for image, _ in samples], [target for _, target in samples], predictions[:count],
                 dataset.class_names, out_dir / FIGURE_FILE, score_threshold=score_threshold,
-                title=f"AP50 {result.metrics['det/AP50']:.3f} | AP {result.metrics['det/AP']:.3f}",
+                title=f"AP50 {result.metrics[DET_AP50]:.3f} | AP {result.metrics[DET_AP]:.3f}",
             )
     return result.metrics
 
@@ -306,3 +307,18 @@ def draw_detections(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
     return path
+
+
+
+def draw_found(images: Sequence[torch.Tensor], found: Sequence[Sequence[Mapping[str, Any]]], names: Sequence[str],
+               class_names: Sequence[str], path: str | Path, score_threshold: float = 0.5,
+               title: str | None = None) -> Path:
+    """:func:`draw_detections` of what :func:`~trainers.detection.export.detect` found (its plain records per image,
+    no ground truth); ``names``: each image's caption."""
+    empty = {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)}
+    predictions = [{"boxes": torch.tensor([[b["x_min"], b["y_min"], b["x_max"], b["y_max"]] for b in boxes]).reshape(-1, 4),
+                    "scores": torch.tensor([float(b["score"]) for b in boxes]),
+                    "labels": torch.tensor([int(b["label"]) for b in boxes], dtype=torch.int64),
+                    "image_id": name} for name, boxes in zip(names, found)]
+    return draw_detections(images, [empty] * len(images), predictions, class_names, path,
+                           score_threshold=score_threshold, title=title)

@@ -34,6 +34,18 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Mapping
 
+from trainers.vocabulary import (
+    SWAV_COLLAPSED,
+    SWAV_EMBEDDING_STD,
+    SWAV_EPOCHS_AT_LN_K,
+    SWAV_LOSS_OVER_LN_K,
+    SWAV_LOSS_OVER_LN_K_MIN,
+    SWAV_PROTOTYPE_SPAN,
+    SWAV_SCORE_STD,
+    SWAV_TRUNK_RANK,
+    SWAV_TRUNK_RANK_RANDOM,
+)
+
 if TYPE_CHECKING:  # the statistics take tensors; the label (what `ablate status` reads) needs no torch
     from torch import Tensor
 
@@ -46,9 +58,8 @@ REBOUND_BACK = 0.99  # ... and is back at or above this: the loss returned to ln
 LN_K_BAND = 0.01  # loss/ln K within 1 +- this: uniform predictions (the pruner's default band, experiments/pruning.py)
 LN_K_EPOCHS = 3  # ... for this many epochs in a row; a young run passes through the band in one or two
 
-COLLAPSED = "swav/collapsed"
-SIGNALS = ("swav/embedding_std", "swav/score_std", "swav/prototype_span", "swav/trunk_rank",
-           "swav/trunk_rank_random", "swav/loss_over_ln_k", "swav/loss_over_ln_k_min", "swav/epochs_at_ln_k")
+SIGNALS = (SWAV_EMBEDDING_STD, SWAV_SCORE_STD, SWAV_PROTOTYPE_SPAN, SWAV_TRUNK_RANK,
+           SWAV_TRUNK_RANK_RANDOM, SWAV_LOSS_OVER_LN_K, SWAV_LOSS_OVER_LN_K_MIN, SWAV_EPOCHS_AT_LN_K)
 
 
 def score_std(scores: Tensor, n_crops: int = 1) -> Tensor:
@@ -85,23 +96,23 @@ def collapse_reasons(metrics: Mapping[str, float], feat_dim: int) -> list[str]:
         v = metrics.get(key)
         return float(v) if v is not None and math.isfinite(float(v)) else None
 
-    std = value("swav/embedding_std")
+    std = value(SWAV_EMBEDDING_STD)
     if std is not None and std < STD_FLOOR * spread:
         reasons.append(f"embeddings at one point (embedding std {std:.3g} < {STD_FLOOR * spread:.3g})")
-    scores = value("swav/score_std")
+    scores = value(SWAV_SCORE_STD)
     if scores is not None and scores < SCORE_STD_FLOOR * spread:
         reasons.append(f"every image scores the same (prototype-score std {scores:.3g} < {SCORE_STD_FLOOR * spread:.3g})")
-    span = value("swav/prototype_span")
+    span = value(SWAV_PROTOTYPE_SPAN)
     if span is not None and span < SPAN_FLOOR:
         reasons.append(f"embeddings outside the prototypes' span ({span:.2f} of their length inside, < {SPAN_FLOOR})")
-    rank, random_rank = value("swav/trunk_rank"), value("swav/trunk_rank_random")
+    rank, random_rank = value(SWAV_TRUNK_RANK), value(SWAV_TRUNK_RANK_RANDOM)
     if rank is not None and random_rank is not None and rank < RANK_FLOOR * random_rank:
         reasons.append(f"trunk features collapsed in dimension (effective rank {rank:.1f} < {RANK_FLOOR} x random "
                        f"{random_rank:.1f})")
-    ratio, lowest = value("swav/loss_over_ln_k"), value("swav/loss_over_ln_k_min")
+    ratio, lowest = value(SWAV_LOSS_OVER_LN_K), value(SWAV_LOSS_OVER_LN_K_MIN)
     if ratio is not None and lowest is not None and lowest <= REBOUND_DROP and ratio >= REBOUND_BACK:
         reasons.append(f"loss back at ln K (loss/ln K {ratio:.3f} after {lowest:.3f})")
-    elif (epochs := value("swav/epochs_at_ln_k")) is not None and epochs >= LN_K_EPOCHS:
+    elif (epochs := value(SWAV_EPOCHS_AT_LN_K)) is not None and epochs >= LN_K_EPOCHS:
         reasons.append(f"loss at ln K for {epochs:.0f} epochs: uniform predictions (loss/ln K {ratio:.3f})")
     return reasons
 
@@ -117,7 +128,7 @@ def collapse_label(metrics: Mapping[str, float], feat_dim: int | None) -> str | 
     The reasons are recomputed from the same metrics when ``feat_dim`` is known (a run's
     ``pretrain.feat_dim`` param); without it the label stands alone.
     """
-    flag = metrics.get(COLLAPSED)
+    flag = metrics.get(SWAV_COLLAPSED)
     if flag is None or not math.isfinite(float(flag)) or float(flag) < 0.5:
         return None
     reasons = collapse_reasons(metrics, feat_dim) if feat_dim else []
@@ -130,24 +141,24 @@ class CollapseWatch:
 
     def __init__(self, feat_dim: int, metrics: Mapping[str, float]) -> None:
         self.feat_dim = feat_dim
-        self.lowest_ratio = metrics.get("swav/loss_over_ln_k_min", math.inf)
-        self.epochs_at_ln_k = int(metrics.get("swav/epochs_at_ln_k", 0))
-        self.collapsed = bool(metrics.get(COLLAPSED, 0.0))
+        self.lowest_ratio = metrics.get(SWAV_LOSS_OVER_LN_K_MIN, math.inf)
+        self.epochs_at_ln_k = int(metrics.get(SWAV_EPOCHS_AT_LN_K, 0))
+        self.collapsed = bool(metrics.get(SWAV_COLLAPSED, 0.0))
 
     def update(self, metrics: dict[str, float], monitored: Mapping[str, float]) -> str | None:
         """Add the epoch's signals to ``metrics`` (with the latest ``monitored`` figures for the label); returns a
         line to log when the label changed, else None."""
-        self.lowest_ratio = min(self.lowest_ratio, metrics["swav/loss_over_ln_k"])
-        metrics["swav/loss_over_ln_k_min"] = self.lowest_ratio
-        self.epochs_at_ln_k = self.epochs_at_ln_k + 1 if at_ln_k(metrics["swav/loss_over_ln_k"]) else 0
-        metrics["swav/epochs_at_ln_k"] = float(self.epochs_at_ln_k)
+        self.lowest_ratio = min(self.lowest_ratio, metrics[SWAV_LOSS_OVER_LN_K])
+        metrics[SWAV_LOSS_OVER_LN_K_MIN] = self.lowest_ratio
+        self.epochs_at_ln_k = self.epochs_at_ln_k + 1 if at_ln_k(metrics[SWAV_LOSS_OVER_LN_K]) else 0
+        metrics[SWAV_EPOCHS_AT_LN_K] = float(self.epochs_at_ln_k)
         reasons = collapse_reasons({**monitored, **metrics}, self.feat_dim)
-        metrics[COLLAPSED] = float(bool(reasons))
+        metrics[SWAV_COLLAPSED] = float(bool(reasons))
         changed, self.collapsed = bool(reasons) != self.collapsed, bool(reasons)
         if not changed:
             return None
         return f"SwAV has collapsed: {'; '.join(reasons)}" if reasons else "the collapse signals have cleared"
 
 
-__all__ = ["COLLAPSED", "CollapseWatch", "RANK_FLOOR", "SIGNALS", "SPAN_FLOOR", "at_ln_k", "collapse_label", "collapse_reasons",
+__all__ = ["CollapseWatch", "RANK_FLOOR", "SIGNALS", "SPAN_FLOOR", "at_ln_k", "collapse_label", "collapse_reasons",
            "prototype_span", "score_std"]

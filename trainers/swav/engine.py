@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -24,56 +23,53 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from trainers.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
-from trainers.common import (
-    check_finite,
-    config_to_dict,
-    ddp_backend,
-    default_device,
-    derive_seed,
-    git_sha,
-    rng_state,
-    seed_everything,
-    set_rng_state,
-)
-from trainers.data import (
-    DatasetError,
-    SkippedImage,
-    UnlabeledImages,
-    collate_images,
-    describe_skipped,
-    warn_skipped,
-)
+from trainers.common import check_finite, ddp_backend, default_device, derive_seed, seed_everything
+from trainers.data import DatasetError, SkippedImage, UnlabeledImages, collate_images, warn_skipped
 from trainers.reporting import Reporter
 from trainers.swav.augment import MultiCropAugment
-from trainers.swav.collapse import COLLAPSED, CollapseWatch
+from trainers.swav.checkpoint import CHECKPOINT_FORMAT, Checkpoints, make_queue
+from trainers.swav.collapse import CollapseWatch
 from trainers.swav.config import MIN_BATCH, SwAVConfig
-from trainers.swav.knn import (KNN_TOP1, KNN_TOP1_RANDOM, MONITOR_NAMES, REFERENCE_NAMES, knn_monitor,
-                               monitor_references, random_seeds)
-from trainers.swav.loss import EmbeddingQueue, distributed_ready, queue_rows_per_process, swav_loss
-from trainers.swav.model import SwAVModel, export_trunk, normalize_prototypes
+from trainers.swav.knn import REFERENCE_NAMES, MonitorHook, monitor_references, random_seeds
+from trainers.swav.loss import EmbeddingQueue, distributed_ready, swav_loss
+from trainers.swav.model import SwAVModel, normalize_prototypes
 from trainers.swav.optim import build_optimizer, frozen_prototype_iterations, learning_rate, set_learning_rate
 from trainers.swav.precision import autocast, backward_and_step, grad_scaler
-from trainers.swav.stats import EmptyEpochError, EpochStats, move_images, smallest_batch
+from trainers.swav.stats import EmptyEpochError, EpochStats, move_images, smallest_batch, too_few_images
+from trainers.vocabulary import (
+    LR,
+    SWAV_AMP_SKIPPED_STEPS,
+    SWAV_ASSIGNMENT_ENTROPY,
+    SWAV_COLLAPSED,
+    SWAV_EMBEDDING_STD,
+    SWAV_EPOCHS_AT_LN_K,
+    SWAV_IMAGES_PER_S,
+    SWAV_LN_K,
+    SWAV_LOSS,
+    SWAV_LOSS_OVER_LN_K,
+    SWAV_LOSS_OVER_LN_K_MIN,
+    SWAV_PROTOTYPES_USED,
+    SWAV_PROTOTYPE_SPAN,
+    SWAV_SCORE_STD,
+)
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "swav-checkpoint/v1"
 METRIC_NAMES = (
-    "swav/loss",
-    "swav/ln_k",
-    "swav/loss_over_ln_k",
-    "swav/embedding_std",
-    "swav/score_std",
-    "swav/prototype_span",
-    "swav/assignment_entropy",
-    "swav/prototypes_used",
-    "swav/amp_skipped_steps",
-    "swav/images_per_s",
-    "swav/loss_over_ln_k_min",
-    "swav/epochs_at_ln_k",
-    COLLAPSED,
-    "lr",
+    SWAV_LOSS,
+    SWAV_LN_K,
+    SWAV_LOSS_OVER_LN_K,
+    SWAV_EMBEDDING_STD,
+    SWAV_SCORE_STD,
+    SWAV_PROTOTYPE_SPAN,
+    SWAV_ASSIGNMENT_ENTROPY,
+    SWAV_PROTOTYPES_USED,
+    SWAV_AMP_SKIPPED_STEPS,
+    SWAV_IMAGES_PER_S,
+    SWAV_LOSS_OVER_LN_K_MIN,
+    SWAV_EPOCHS_AT_LN_K,
+    SWAV_COLLAPSED,
+    LR,
 )
 
 
@@ -245,119 +241,6 @@ def _process_group() -> tuple[int, int, bool]:
     return 0, 1, False
 
 
-def _gather_queue(queue: EmbeddingQueue | None, world_size: int) -> Tensor | None:
-    """Every process's queue, stacked ``(world, n_assign, rows, feat_dim)`` (all processes call it)."""
-    if queue is None:
-        return None
-    local = queue.embeddings.detach()
-    if world_size == 1:
-        return local.unsqueeze(0).cpu()
-    parts = [torch.empty_like(local) for _ in range(world_size)]
-    dist.all_gather(parts, local.contiguous())
-    return torch.stack(parts).cpu()
-
-
-def _make_queue(config: SwAVConfig, world_size: int, device: torch.device) -> EmbeddingQueue | None:
-    rows = queue_rows_per_process(config.queue_length, config.batch_size, world_size)
-    if rows == 0:
-        log.warning("queue_length=%d is shorter than the global batch (%d x %d): no queue",
-                    config.queue_length, config.batch_size, world_size)
-        return None
-    return EmbeddingQueue(len(config.crops_for_assign), rows, config.feat_dim, device)
-
-
-def _restore(
-    directory: Path,
-    model: SwAVModel,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    config: SwAVConfig,
-    rank: int,
-    world_size: int,
-    device: torch.device,
-) -> tuple[int, int, EmbeddingQueue | None, dict[str, float]]:
-    """Load a checkpoint into the model, optimizer and scaler; restore RNG states.
-
-    Returns:
-        (epochs done, global iteration, this process's queue or None, last metrics).
-    """
-    state = load_checkpoint(directory)
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{directory}: not a SwAV checkpoint (format {state.get('format')!r})")
-    try:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as exc:
-        written = state["config"]
-        raise CheckpointError(
-            f"{directory}: the checkpoint does not fit this config (it was written with arch={written.get('arch')}, "
-            f"prototypes={written.get('prototypes')}, feat_dim={written.get('feat_dim')}, "
-            f"hidden_dim={written.get('hidden_dim')}, optimizer={written.get('optimizer')}): {exc}"
-        ) from exc
-    if state["scaler"] and scaler.is_enabled():
-        scaler.load_state_dict(state["scaler"])
-    queue = None
-    stored = state.get("queue")  # (processes, n_assign, rows, feat_dim)
-    if stored is not None:
-        queue = _make_queue(config, world_size, device)
-        if queue is not None and stored.shape[0] == world_size and stored.shape[1:] == queue.embeddings.shape:
-            queue.load_state_dict({"embeddings": stored[rank]})
-        elif queue is not None:
-            log.warning("%s: stored queue %s does not fit %d process(es) x %s; it restarts empty",
-                        directory, tuple(stored.shape), world_size, tuple(queue.embeddings.shape))
-    set_rng_state(state["rng"])
-    log.info("resumed from %s after epoch %d (iteration %d)", directory, state["epoch"], state["iteration"])
-    metrics = {name: float(value) for name, value in state["metrics"].items()}
-    return int(state["epoch"]), int(state["iteration"]), queue, metrics
-
-
-def _too_few_images(
-    config: SwAVConfig,
-    world_size: int,
-    folder_files: int,
-    usable: int,
-    skipped: Sequence[SkippedImage],
-    skipped_count: int,
-    problem: str,
-) -> str:
-    """The error for too few usable images: what was found, what was skipped, and what would work.
-
-    Args:
-        config: the run's configuration (folder, batch size, crops, max_images).
-        world_size: training processes.
-        folder_files: image files in the folder.
-        usable: images read and at least the smallest crop in size.
-        skipped: some or all of the skipped files (the first few are named).
-        skipped_count: how many files were skipped in all.
-        problem: what went wrong, e.g. "5 image files give no full batch of batch_size=8 ...".
-    """
-    min_size = min(group.size for group in config.crops)
-    capped = config.max_images is not None and config.max_images < folder_files
-    text = f"{config.data}: {problem}; {usable} usable image{'' if usable == 1 else 's'}"
-    if capped:
-        text += f" (max_images={config.max_images} of {folder_files} files)"
-    if skipped_count:
-        text += (f", {skipped_count} skipped (unreadable, or smaller than the smallest crop of {min_size} px): "
-                 f"{describe_skipped(skipped, config.data, skipped_count)}")
-    per_process = usable // world_size
-    options = []
-    if per_process >= MIN_BATCH:
-        options.append(("remove or fix the skipped files and " if skipped_count else "")
-                       + f"set batch_size to at most {per_process}"
-                       + (f" ({usable} usable images over {world_size} processes)" if world_size > 1 else ""))
-    elif skipped_count:
-        options.append("replace the skipped files")
-    if capped:
-        options.append("raise max_images")
-    options.append("add images")
-    fix = ", or ".join(options)
-    need = (f"batch_size must be at least {MIN_BATCH} (BatchNorm and the Sinkhorn equipartition need "
-            f"{MIN_BATCH} images per batch)")
-    if per_process < MIN_BATCH:
-        need += f", so training needs at least {MIN_BATCH * world_size} usable images on {world_size} process(es)"
-    return f"{text}. Fix: {fix}; {need}"
-
-
 def train(config: SwAVConfig, reporter: Reporter, progress: bool = False) -> dict[str, float]:
     """Pretrain a ResNet with SwAV on the unlabeled images in ``config.data``.
 
@@ -405,7 +288,7 @@ def _train(config: SwAVConfig, reporter: Reporter, progress: bool, rank: int, wo
         # Fewer files than one batch per process: few enough to read them all and say what is usable.
         files = epoch_indices(len(dataset), config.seed, 0, max_images=config.max_images)
         skipped = [item for item in map(dataset.load, files) if isinstance(item, SkippedImage)]
-        raise DatasetError(_too_few_images(
+        raise DatasetError(too_few_images(
             config, world_size, len(dataset), len(files) - len(skipped), skipped, len(skipped),
             f"{len(files)} image{' gives' if len(files) == 1 else 's give'} no full batch of "
             f"batch_size={config.batch_size} on each of {world_size} process(es)",
@@ -421,26 +304,15 @@ def _train(config: SwAVConfig, reporter: Reporter, progress: bool, rank: int, wo
     optimizer = build_optimizer(core, config)
     scaler = grad_scaler(device, config.amp, config.amp_dtype)
     augment = MultiCropAugment(config.crops)
-    resolved = config_to_dict(config)
-    sha = git_sha()
 
+    # The loop's hooks, each owning its state, restored from the checkpoint (its metrics carry the monitor's and the
+    # collapse watch's) and called in this order after every epoch: monitor, collapse watch, checkpoint + report.
+    checkpoints = Checkpoints(config, core, optimizer, scaler, rank, world_size, device)
     start_epoch, iteration, queue, metrics = 0, 0, None, {}
     restore = reporter.restore_dir()
     if restore is not None:
-        start_epoch, iteration, queue, metrics = _restore(
-            Path(restore), core, optimizer, scaler, config, rank, world_size, device)
-
-    monitor, references = None, {}
-    if rank == 0:
-        monitor = knn_monitor(config, device)
-    if monitor is not None:
-        # Scored once (random trunks built aside from their seeds, the run's own first) and carried through
-        # checkpoints; a checkpoint without them (written before they existed) has them computed again.
-        references = {name: metrics[name] for name in REFERENCE_NAMES if name in metrics}
-        if len(references) < len(REFERENCE_NAMES):
-            references = monitor_references(monitor, config)
-    # The latest monitored figures, carried between monitored epochs for the collapse label.
-    latest = {name: metrics[name] for name in MONITOR_NAMES if name in metrics}
+        start_epoch, iteration, queue, metrics = checkpoints.restore(Path(restore))
+    monitor = MonitorHook(config, device, rank, metrics)
     watch = None if config.supervised else CollapseWatch(config.feat_dim, metrics)
 
     model: nn.Module = core
@@ -449,7 +321,7 @@ def _train(config: SwAVConfig, reporter: Reporter, progress: bool, rank: int, wo
 
     for epoch in range(start_epoch, config.epochs):
         if queue is None and config.queue_length > 0 and epoch >= config.queue_start_epoch and watch is not None:
-            queue = _make_queue(config, world_size, device)
+            queue = make_queue(config, world_size, device)
         indices = epoch_indices(len(dataset), config.seed, epoch, rank, world_size, config.max_images)
         loader = make_loader(dataset, indices, config, epoch, pin_memory=device.type == "cuda")
         generator = torch.Generator().manual_seed(derive_seed(config.seed, epoch, 2, rank))
@@ -461,7 +333,7 @@ def _train(config: SwAVConfig, reporter: Reporter, progress: bool, rank: int, wo
         try:
             metrics = stats.metrics(time.perf_counter() - started, optimizer.param_groups[0]["lr"])
         except EmptyEpochError:
-            raise DatasetError(_too_few_images(
+            raise DatasetError(too_few_images(
                 config, world_size, len(dataset), stats.readable_total, stats.skipped,
                 stats.unreadable_total + stats.too_small_total,
                 f"no batch of epoch {epoch + 1} had {MIN_BATCH} usable images (it read "
@@ -469,43 +341,15 @@ def _train(config: SwAVConfig, reporter: Reporter, progress: bool, rank: int, wo
             )) from None
         if rank == 0:
             warn_skipped(stats.unreadable_total, config.data, stats.too_small_total, stats.skipped, min_size)
-        if monitor is not None:
-            metrics.update(references)
-            if config.knn_due(epoch + 1):
-                latest = monitor.evaluate(core.trunk).metrics()
-                metrics.update(latest)
-        change = watch.update(metrics, latest) if watch is not None else None
+        monitor.after_epoch(epoch, metrics, core.trunk)
+        change = watch.update(metrics, monitor.latest) if watch is not None else None
         if rank == 0 and change:
             log.warning("epoch %d: %s", epoch + 1, change)
-
-        gathered_queue = _gather_queue(queue, world_size)
-        with tempfile.TemporaryDirectory(prefix="swav-ckpt-") as tmp:
-            checkpoint_dir = None
-            if rank == 0:
-                checkpoint_dir = Path(tmp)
-                save_checkpoint(checkpoint_dir, {
-                    "format": CHECKPOINT_FORMAT,
-                    "epoch": epoch + 1,
-                    "iteration": iteration,
-                    "model": core.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "queue": gathered_queue,
-                    "world_size": world_size,
-                    "rng": rng_state(),
-                    "config": resolved,
-                    "git_sha": sha,
-                    "metrics": metrics,
-                })
-                if epoch + 1 == config.epochs:  # training completed: the final checkpoint also carries the trunk
-                    export_trunk(checkpoint_dir, core.trunk.state_dict(), resolved, sha, metrics, epoch + 1,
-                                 config.method)
-            reporter.report(metrics, step=epoch + 1, checkpoint_dir=checkpoint_dir)
+        checkpoints.save(epoch, iteration, queue, metrics, reporter)
         if reporter.should_stop():
             break
     return metrics
 
 
-__all__ = ["CHECKPOINT_FORMAT", "KNN_TOP1", "KNN_TOP1_RANDOM", "METRIC_NAMES", "MIN_BATCH", "MONITOR_NAMES",
-           "REFERENCE_NAMES", "monitor_references", "random_seeds", "EmptyEpochError", "EpochStats", "derive_seed",
+__all__ = ["CHECKPOINT_FORMAT", "METRIC_NAMES", "MIN_BATCH", "REFERENCE_NAMES", "monitor_references", "random_seeds", "EmptyEpochError", "EpochStats", "derive_seed",
            "epoch_indices", "make_loader", "train", "train_one_epoch"]

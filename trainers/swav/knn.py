@@ -57,7 +57,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -68,6 +68,7 @@ from trainers.swav.config import SwAVConfig
 from trainers.swav.references import (  # noqa: F401 - the monitor's figures and their texts, importable from here too
     LEARNED_POINTS, RANDOM_TRUNKS, MonitorScores, learned, monitor_text, spread_metrics,
 )
+from trainers.vocabulary import MONITOR_METRICS, MONITOR_REFERENCES, PIXELS, reference_key
 
 log = logging.getLogger(__name__)
 
@@ -385,12 +386,9 @@ class KnnMonitor:
 # The monitor of one SwAV run
 # ---------------------------------------------------------------------------
 
-KNN_TOP1 = "swav/knn_top1"  # the kNN monitor's top-1 (knn.py), at the epochs SwAVConfig.knn_due picks
-KNN_TOP1_RANDOM = "swav/knn_top1_random"  # its mean over RANDOM_TRUNKS random initialisations, on every report
-# The monitor's figures (knn.py): at monitored epochs the trunk's kNN, probe and rank; on every report their
+# The monitor's figures (trainers.vocabulary.MONITOR_METRICS) at monitored epochs; on every report their
 # references, the mean and std over random initialisations and the raw pixels.
-MONITOR_NAMES = (KNN_TOP1, "swav/knn_z_top1", "swav/probe_top1", "swav/trunk_rank")
-REFERENCE_NAMES = tuple(f"{name}{suffix}" for name in MONITOR_NAMES for suffix in ("_random", "_random_std", "_pixels"))
+REFERENCE_NAMES = tuple(reference_key(name, ref) for name in MONITOR_METRICS for ref in MONITOR_REFERENCES)
 
 
 def knn_monitor(config: SwAVConfig, device: torch.device) -> KnnMonitor | None:
@@ -420,11 +418,39 @@ def monitor_references(monitor: KnnMonitor, config: SwAVConfig) -> dict[str, flo
     """The monitor's references (:data:`REFERENCE_NAMES`): the spread over random initialisations of the run's
     architecture (built aside from seeds, the global RNG untouched) and the raw pixels."""
     references = spread_metrics(monitor.random_spread(config.arch, config.norm, random_seeds(config)))
-    references.update({f"{name}_pixels": value for name, value in monitor.pixels().metrics().items()})
+    references.update(monitor.pixels().metrics(PIXELS))
     return references
 
 
-__all__ = ["KNN_TOP1", "KNN_TOP1_RANDOM", "MONITOR_NAMES", "REFERENCE_NAMES", "knn_monitor", "monitor_references",
+
+class MonitorHook:
+    """The monitor of one run, as a hook of the training loop (rank 0; other processes hold an idle one): its
+    references are scored once (random trunks built aside from their seeds, the run's own first) and carried
+    through checkpoints in the metrics, so a resumed run restores them (a checkpoint without them, written before
+    they existed, has them computed again); the latest monitored figures are carried between monitored epochs
+    (the collapse label reads them)."""
+
+    def __init__(self, config: Any, device: torch.device, rank: int, metrics: Mapping[str, float]) -> None:
+        self.config = config
+        self.monitor = knn_monitor(config, device) if rank == 0 else None
+        self.references: dict[str, float] = {}
+        if self.monitor is not None:
+            self.references = {name: metrics[name] for name in REFERENCE_NAMES if name in metrics}
+            if len(self.references) < len(REFERENCE_NAMES):
+                self.references = monitor_references(self.monitor, config)
+        self.latest = {name: metrics[name] for name in MONITOR_METRICS if name in metrics}
+
+    def after_epoch(self, epoch: int, metrics: dict[str, float], trunk: nn.Module) -> None:
+        """Add the references to epoch ``epoch``'s metrics and, when the monitor is due, the trunk's figures."""
+        if self.monitor is None:
+            return
+        metrics.update(self.references)
+        if self.config.knn_due(epoch + 1):
+            self.latest = self.monitor.evaluate(trunk).metrics()
+            metrics.update(self.latest)
+
+
+__all__ = ["MonitorHook", "REFERENCE_NAMES", "knn_monitor", "monitor_references",
            "random_seeds", "KNN_K", "KNN_TEMPERATURE", "LEARNED_POINTS", "RANDOM_TRUNKS", "KnnMonitor", "MonitorScores", "ObjectCrops",
            "effective_rank", "embed", "learned", "linear_probe_top1", "monitor_text", "object_crops", "recalibrated",
            "spread_metrics", "weighted_knn_top1"]

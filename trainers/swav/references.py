@@ -12,6 +12,20 @@ import statistics
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+from trainers.vocabulary import (
+    MONITOR_METRICS,
+    PIXELS,
+    RANDOM_MEAN,
+    RANDOM_STD,
+    SWAV_KNN_TOP1,
+    SWAV_KNN_TOP1_RANDOM,
+    SWAV_KNN_TOP1_RANDOM_STD,
+    SWAV_KNN_Z_TOP1,
+    SWAV_PROBE_TOP1,
+    SWAV_TRUNK_RANK,
+    reference_key,
+)
+
 RANDOM_TRUNKS = 5  # random initialisations behind the *_random mean and std
 
 
@@ -26,20 +40,23 @@ class MonitorScores:
     # directions of largest variance (the case where the probe rose while the cosine kNN fell)
     knn_z: float = float("nan")
 
-    def metrics(self, suffix: str = "") -> dict[str, float]:
-        """As reported: ``swav/knn_top1{suffix}``, ``swav/knn_z_top1{suffix}``, ``swav/probe_top1{suffix}``,
-        ``swav/trunk_rank{suffix}``."""
-        return {f"swav/knn_top1{suffix}": self.knn, f"swav/knn_z_top1{suffix}": self.knn_z,
-                f"swav/probe_top1{suffix}": self.probe, f"swav/trunk_rank{suffix}": self.rank}
+    def values(self) -> dict[str, float]:
+        """Each figure under its metric key (trainers.vocabulary.MONITOR_METRICS)."""
+        return {SWAV_KNN_TOP1: self.knn, SWAV_KNN_Z_TOP1: self.knn_z, SWAV_PROBE_TOP1: self.probe,
+                SWAV_TRUNK_RANK: self.rank}
+
+    def metrics(self, reference: str = "") -> dict[str, float]:
+        """As reported: the figures' keys (``swav/knn_top1`` ...), followed by ``reference`` (``_pixels``) if any."""
+        return {reference_key(key, reference): value for key, value in self.values().items()}
 
 
 def spread_metrics(scores: Sequence[MonitorScores]) -> dict[str, float]:
     """Mean and sample std over random initialisations: ``swav/*_random`` and ``swav/*_random_std``."""
     out: dict[str, float] = {}
-    for name, values in (("knn_top1", [s.knn for s in scores]), ("knn_z_top1", [s.knn_z for s in scores]),
-                         ("probe_top1", [s.probe for s in scores]), ("trunk_rank", [s.rank for s in scores])):
-        out[f"swav/{name}_random"] = statistics.fmean(values)
-        out[f"swav/{name}_random_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    for key in MONITOR_METRICS:
+        values = [s.values()[key] for s in scores]
+        out[reference_key(key, RANDOM_MEAN)] = statistics.fmean(values)
+        out[reference_key(key, RANDOM_STD)] = statistics.stdev(values) if len(values) > 1 else 0.0
     return out
 
 
@@ -49,23 +66,24 @@ LEARNED_POINTS = 0.10  # a trunk "learned" when its kNN is this far above the ra
 def learned(metrics: Mapping[str, float], points: float = LEARNED_POINTS) -> bool | None:
     """Whether the trunk's kNN top-1 is at least ``points`` above the random initialisations' mean and more
     than two of their std above it; None when the monitor did not report."""
-    knn, mean = metrics.get("swav/knn_top1"), metrics.get("swav/knn_top1_random")
+    knn, mean = metrics.get(SWAV_KNN_TOP1), metrics.get(SWAV_KNN_TOP1_RANDOM)
     if knn is None or mean is None:
         return None
-    std = metrics.get("swav/knn_top1_random_std") or 0.0
+    std = metrics.get(SWAV_KNN_TOP1_RANDOM_STD) or 0.0
     return knn - mean >= points and knn - mean > 2 * std
 
 
-def monitor_text(metrics: Mapping[str, float], what: str = "knn_top1", digits: int = 3) -> str:
-    """``"0.352 (random 0.299 ± 0.023, pixels 0.714)"``: a monitor figure with its references, ``-`` when absent."""
-    value = metrics.get(f"swav/{what}")
+def monitor_text(metrics: Mapping[str, float], what: str = SWAV_KNN_TOP1, digits: int = 3) -> str:
+    """``"0.352 (random 0.299 ± 0.023, pixels 0.714)"``: the monitor figure ``what`` (a key of
+    trainers.vocabulary.MONITOR_METRICS) with its references, ``-`` when absent."""
+    value = metrics.get(what)
     if value is None:
         return "-"
     text = f"{value:.{digits}f}"
     refs = []
-    mean, std = metrics.get(f"swav/{what}_random"), metrics.get(f"swav/{what}_random_std")
+    mean, std = metrics.get(reference_key(what, RANDOM_MEAN)), metrics.get(reference_key(what, RANDOM_STD))
     if mean is not None:
         refs.append(f"random {mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else ""))
-    if (pixels := metrics.get(f"swav/{what}_pixels")) is not None:
+    if (pixels := metrics.get(reference_key(what, PIXELS))) is not None:
         refs.append(f"pixels {pixels:.{digits}f}")
     return text + (f" ({', '.join(refs)})" if refs else "")

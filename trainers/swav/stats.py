@@ -11,10 +11,23 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from trainers.data import SKIPPED_SHOWN, TOO_SMALL, DatasetError, SkippedImage
+from trainers.data import SKIPPED_SHOWN, TOO_SMALL, DatasetError, SkippedImage, describe_skipped
 from trainers.swav.collapse import prototype_span, score_std
-from trainers.swav.config import MIN_BATCH
+from trainers.swav.config import MIN_BATCH, SwAVConfig
 from trainers.swav.loss import assignment_entropy, distributed_ready, embedding_std, prototype_counts
+from trainers.vocabulary import (
+    LR,
+    SWAV_AMP_SKIPPED_STEPS,
+    SWAV_ASSIGNMENT_ENTROPY,
+    SWAV_EMBEDDING_STD,
+    SWAV_IMAGES_PER_S,
+    SWAV_LN_K,
+    SWAV_LOSS,
+    SWAV_LOSS_OVER_LN_K,
+    SWAV_PROTOTYPES_USED,
+    SWAV_PROTOTYPE_SPAN,
+    SWAV_SCORE_STD,
+)
 
 
 class EmptyEpochError(DatasetError):
@@ -101,17 +114,17 @@ class EpochStats:
         ln_k = math.log(counts.numel())
         loss = float(sums[0]) / steps
         return {
-            "swav/loss": loss,
-            "swav/ln_k": ln_k,
-            "swav/loss_over_ln_k": loss / ln_k if ln_k > 0 else math.nan,
-            "swav/embedding_std": float(sums[1]) / steps,
-            "swav/score_std": float(sums[4]) / steps,
-            "swav/prototype_span": float(sums[5]) / steps,
-            "swav/assignment_entropy": float(sums[2]) / steps,
-            "swav/prototypes_used": float(int((counts > 0).sum())),
-            "swav/amp_skipped_steps": float(maxima[0]),
-            "swav/images_per_s": float(totals[0]) / max(float(maxima[1]), 1e-9),
-            "lr": float(lr),
+            SWAV_LOSS: loss,
+            SWAV_LN_K: ln_k,
+            SWAV_LOSS_OVER_LN_K: loss / ln_k if ln_k > 0 else math.nan,
+            SWAV_EMBEDDING_STD: float(sums[1]) / steps,
+            SWAV_SCORE_STD: float(sums[4]) / steps,
+            SWAV_PROTOTYPE_SPAN: float(sums[5]) / steps,
+            SWAV_ASSIGNMENT_ENTROPY: float(sums[2]) / steps,
+            SWAV_PROTOTYPES_USED: float(int((counts > 0).sum())),
+            SWAV_AMP_SKIPPED_STEPS: float(maxima[0]),
+            SWAV_IMAGES_PER_S: float(totals[0]) / max(float(maxima[1]), 1e-9),
+            LR: float(lr),
         }
 
 
@@ -130,4 +143,52 @@ def move_images(images: Sequence[Tensor | tuple[Tensor, ...]], device: torch.dev
             else im.to(device, non_blocking=True) for im in images]
 
 
-__all__ = ["EmptyEpochError", "EpochStats", "move_images", "smallest_batch"]
+
+def too_few_images(
+    config: SwAVConfig,
+    world_size: int,
+    folder_files: int,
+    usable: int,
+    skipped: Sequence[SkippedImage],
+    skipped_count: int,
+    problem: str,
+) -> str:
+    """The error for too few usable images: what was found, what was skipped, and what would work.
+
+    Args:
+        config: the run's configuration (folder, batch size, crops, max_images).
+        world_size: training processes.
+        folder_files: image files in the folder.
+        usable: images read and at least the smallest crop in size.
+        skipped: some or all of the skipped files (the first few are named).
+        skipped_count: how many files were skipped in all.
+        problem: what went wrong, e.g. "5 image files give no full batch of batch_size=8 ...".
+    """
+    min_size = min(group.size for group in config.crops)
+    capped = config.max_images is not None and config.max_images < folder_files
+    text = f"{config.data}: {problem}; {usable} usable image{'' if usable == 1 else 's'}"
+    if capped:
+        text += f" (max_images={config.max_images} of {folder_files} files)"
+    if skipped_count:
+        text += (f", {skipped_count} skipped (unreadable, or smaller than the smallest crop of {min_size} px): "
+                 f"{describe_skipped(skipped, config.data, skipped_count)}")
+    per_process = usable // world_size
+    options = []
+    if per_process >= MIN_BATCH:
+        options.append(("remove or fix the skipped files and " if skipped_count else "")
+                       + f"set batch_size to at most {per_process}"
+                       + (f" ({usable} usable images over {world_size} processes)" if world_size > 1 else ""))
+    elif skipped_count:
+        options.append("replace the skipped files")
+    if capped:
+        options.append("raise max_images")
+    options.append("add images")
+    fix = ", or ".join(options)
+    need = (f"batch_size must be at least {MIN_BATCH} (BatchNorm and the Sinkhorn equipartition need "
+            f"{MIN_BATCH} images per batch)")
+    if per_process < MIN_BATCH:
+        need += f", so training needs at least {MIN_BATCH * world_size} usable images on {world_size} process(es)"
+    return f"{text}. Fix: {fix}; {need}"
+
+
+__all__ = ["EmptyEpochError", "EpochStats", "move_images", "smallest_batch", "too_few_images"]

@@ -36,9 +36,18 @@ from trainers.swav.model import trunk_features
 from trainers.swav.stats import EpochStats, move_images, smallest_batch
 from trainers.swav.optim import learning_rate, set_learning_rate
 from trainers.swav.precision import autocast, backward_and_step
+from trainers.vocabulary import (
+    LR,
+    SUP_AMP_SKIPPED_STEPS,
+    SUP_CLASSES,
+    SUP_IMAGES_PER_S,
+    SUP_LOSS,
+    SUP_LOSS_OVER_LN_C,
+    SUP_TOP1,
+)
 
-METRIC_NAMES = ("sup/loss", "sup/loss_over_ln_c", "sup/top1", "sup/classes", "sup/amp_skipped_steps",
-                "sup/images_per_s", "lr")
+METRIC_NAMES = (SUP_LOSS, SUP_LOSS_OVER_LN_C, SUP_TOP1, SUP_CLASSES, SUP_AMP_SKIPPED_STEPS,
+                SUP_IMAGES_PER_S, LR)
 
 
 class SupervisedModel(nn.Module):
@@ -97,9 +106,9 @@ class SupervisedStats(EpochStats):
         sums, counts, totals, maxima = self.reduced(seconds)
         steps, ln_c = float(sums[3]), math.log(counts.numel())
         loss = float(sums[0]) / steps
-        return {"sup/loss": loss, "sup/loss_over_ln_c": loss / ln_c, "sup/top1": float(sums[1] / sums[2]),
-                "sup/classes": float(counts.numel()), "sup/amp_skipped_steps": float(maxima[0]),
-                "sup/images_per_s": float(totals[0]) / max(float(maxima[1]), 1e-9), "lr": float(lr)}
+        return {SUP_LOSS: loss, SUP_LOSS_OVER_LN_C: loss / ln_c, SUP_TOP1: float(sums[1] / sums[2]),
+                SUP_CLASSES: float(counts.numel()), SUP_AMP_SKIPPED_STEPS: float(maxima[0]),
+                SUP_IMAGES_PER_S: float(totals[0]) / max(float(maxima[1]), 1e-9), LR: float(lr)}
 
 
 def train_one_epoch(
