@@ -31,9 +31,7 @@ from experiments.objectstore import filesystem, location_of
 from experiments.redaction import redact
 from experiments.store import check_store, store_errors
 from experiments.tracking import DEFAULT_STORE_DIR, Tracker, launch_alive, uri_to_read
-from trainers.vocabulary import TAG_CHECKPOINT, TAG_DRIVER, TAG_STAGE
-
-STAGES = ("pretrain", "finetune")
+from trainers.vocabulary import STAGES, TAG_CHECKPOINT, TAG_DRIVER, TAG_STAGE
 
 
 class GcError(ValueError):
