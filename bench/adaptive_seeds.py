@@ -8,9 +8,9 @@ arms, repeated many times with fresh noise:
 * **fixed max**: every cell runs ``max`` seeds (what a space's ``seeds: [0..max-1]`` does);
 * **fixed initial x2**: every cell runs twice the initial seeds (about the adaptive arm's cost);
 * **adaptive**: ``seeds: {initial, max}``: the initial seeds, then waves chosen by
-  :func:`experiments.adaptive.next_wave` (the launch's own policy, the launch's own judge).
+  :func:`experiments.launch.adaptive.next_wave` (the launch's own policy, the launch's own judge).
 
-Every arm is judged by the one judge (:func:`experiments.headline.compute_headline`). Per axis:
+Every arm is judged by the one judge (:func:`experiments.results.headline.compute_headline`). Per axis:
 **right** (the leader is the true best and it beats the runner-up decidedly), **open** (nothing
 wrong decided, the runner-up comparison not decided), **false win** (a comparison decided for a
 value that is not truly better: on a null axis, any decided comparison). Holm bounds the false wins
@@ -26,8 +26,9 @@ import time
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from experiments.adaptive import AdaptiveSeeds, next_wave
-from experiments.headline import Headline, TrialResult, compute_headline
+from experiments.launch.adaptive import AdaptiveSeeds, next_wave
+from experiments.results.headline import Headline, TrialResult, compute_headline
+from experiments.results.verdict import sequential_alpha
 from trainers.vocabulary import DET_AP50
 
 SIGMA = 0.010  # AP50 seed std measured in this project's fidelity study (0.007-0.013)
@@ -128,7 +129,7 @@ def simulate(scenario: Scenario, plan: AdaptiveSeeds, reps: int, seed: int = 0) 
         for _ in range(reps):
             trials, n = arm(rng)
             counts.append(n)
-            alpha = plan.alpha if name.startswith("adaptive") else 0.05  # the level each arm's own headline uses
+            alpha = sequential_alpha(plan.looks) if name.startswith("adaptive") else 0.05  # the level each arm's own headline uses
             outcomes.append(score(scenario, compute_headline(trials, scenario.axes, METRIC, alpha=alpha)))
         share = lambda axes, what: (statistics.fmean(o[a] == what for o in outcomes for a in axes)  # noqa: E731
                                     if axes else float("nan"))
@@ -193,8 +194,8 @@ def run(quick: bool = False) -> str:
         "",
         f"Command: `python -m bench adaptive_seeds`{' --quick' if quick else ''}. Each study is a factorial grid of "
         f"fine-tuning cells; a run's AP50 is its cell's true mean + N(0, {SIGMA}) (the seed std of this project's "
-        f"fidelity study). {reps} repetitions per arm, every arm judged by `experiments/verdict.py` through the "
-        "headline; the adaptive arm is the launch's own policy (`experiments/adaptive.py`). Per axis with a real "
+        f"fidelity study). {reps} repetitions per arm, every arm judged by `experiments/results/verdict.py` through the "
+        "headline; the adaptive arm is the launch's own policy (`experiments/launch/adaptive.py`). Per axis with a real "
         "effect: **right** = the true best leads and beats the runner-up decidedly; **open** = undecided; "
         "**false win** = a comparison decided for a value that is not truly better (on a null axis: any decided "
         "comparison; Holm bounds it at 5 % per axis).",

@@ -160,7 +160,7 @@ def groups_from(trials: Sequence[TrialRecord], history: dict[tuple[str, str], li
         history: ``(run id, metric) -> [(step, value), ...]`` for ``det/AP50``, ``det/iterations``
             (fine-tuning runs) and :data:`CURVE_KEYS` (pretraining runs).
     """
-    from experiments.tracking import UPSTREAM_SCRATCH
+    from experiments.store.tracking import UPSTREAM_SCRATCH
     from trainers.vocabulary import TAG_UPSTREAM
 
     pretrain = {t.run_id: t for t in trials if t.stage == "pretrain"}
@@ -194,7 +194,7 @@ def groups_from(trials: Sequence[TrialRecord], history: dict[tuple[str, str], li
 class Verdict:
     """The goals, judged on the best pretrained group against the fair baseline (and the control beside it).
 
-    ``ap``/``control_ap`` are the project's one judge (:func:`experiments.verdict.compare`) on the AP50 of the
+    ``ap``/``control_ap`` are the project's one judge (:func:`experiments.results.verdict.compare`) on the AP50 of the
     arms' seeds: the AP goal is met when the ratio reaches the goal *and* the pretrained arm's win is decided.
     """
 
@@ -204,13 +204,13 @@ class Verdict:
     positive: Group | None  # the supervised trunk (positive control), when the space has one
     ratio: float  # best pretrained mean AP50 / the baseline's mean AP50
     gap: float  # their difference
-    ap: Any  # experiments.verdict.Verdict of best vs the baseline (None when either is missing)
+    ap: Any  # experiments.results.verdict.Verdict of best vs the baseline (None when either is missing)
     control_ap: Any  # the same for best vs the control
     knn_points: float  # best group's kNN top-1 minus the random initialisations' mean
     ap_goal: bool
     knn_goal: bool
     positive_ratio: float = math.nan  # the positive control's mean AP50 / the baseline's
-    positive_ap: Any = None  # experiments.verdict.Verdict of the positive control vs the baseline
+    positive_ap: Any = None  # experiments.results.verdict.Verdict of the positive control vs the baseline
     control_vs_baseline: Any = None  # ... of the random-trunk control vs the baseline
     positive_goal: bool = False  # >= GOAL_POSITIVE_RATIO and decided: the assay can see help
     control_goal: bool = False  # the random-trunk control does not decidedly beat the baseline
@@ -218,7 +218,7 @@ class Verdict:
 
 def judge(groups: Sequence[Group]) -> Verdict:
     """Compare the best pretrained group (by mean AP50) with the fair scratch baseline, through the one judge."""
-    from experiments.verdict import compare
+    from experiments.results.verdict import compare
 
     scratch = next((g for g in groups if g.role == BASELINE), None)
     control = next((g for g in groups if g.role == CONTROL), None)

@@ -338,7 +338,7 @@ def _probe_main(out: Path) -> None:
 
     result["import_ray"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    from experiments.tracking import Tracker
+    from experiments.store.tracking import Tracker
 
     result["import_mlflow"] = time.perf_counter() - t0
     with tempfile.TemporaryDirectory(prefix="bench-probe-") as tmp:

@@ -6,7 +6,7 @@ fabricates a study in a local sqlite store (one launch run, two pretraining runs
 runs with metric histories, ``--quick``: 8), then runs each command in a fresh process, as a user
 does, and reports its wall time and peak RSS (the child's ``ru_maxrss``) against ``python -c "import
 experiments"`` measured the same way in the same run. Median of the repeats. Each command runs twice: as
-shipped (a local sqlite store read through ``experiments/sqlite_reader.py``, no MLflow import) and through
+shipped (a local sqlite store read through ``experiments/store/sqlite_reader.py``, no MLflow import) and through
 MLflow's own client (``ABLATE_READ_WITH_MLFLOW=1``), the way every command read the store before.
 """
 
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from experiments.sqlite_reader import MLFLOW_CLIENT_ENV
+from experiments.store.sqlite_reader import MLFLOW_CLIENT_ENV
 from trainers.vocabulary import DET_AP, DET_AP50, DET_LOSS, SWAV_LOSS, SWAV_LOSS_OVER_LN_K
 
 STUDY = "readonly_bench"
@@ -30,7 +30,7 @@ GOAL_S, GOAL_REPORT_S, GOAL_MB = 1.5, 2.5, 400
 
 def fabricate(uri: str, finetunes: int) -> None:
     """A finished study: a launch run, two backbones, ``finetunes`` fine-tuning runs over two axes and seeds."""
-    from experiments.tracking import Tracker
+    from experiments.store.tracking import Tracker
     from trainers.vocabulary import TAG_CELL, TAG_HASH, TAG_NAME, TAG_PRUNED, TAG_SEED, TAG_STAGE, TAG_UPSTREAM
     from trainers.vocabulary import TAG_AXES
 
@@ -125,7 +125,7 @@ def run(quick: bool = False) -> str:
         *rows,
         "",
         "None of them imports torch or MLflow (tests/experiments/test_report.py checks it): on a local sqlite store "
-        "they read MLflow's tables through `experiments/sqlite_reader.py`. The last column is the same command "
+        "they read MLflow's tables through `experiments/store/sqlite_reader.py`. The last column is the same command "
         f"reading through `MlflowClient` (`{MLFLOW_CLIENT_ENV}=1`), as they all did before: `import mlflow` and its "
         "store's start-up.",
         f"({time.time() - started:.0f} s.)",

@@ -1,7 +1,7 @@
 """Tracking cost: a 100-epoch, 20-metric run logged the project's way vs one request per value.
 
 Against a real MLflow tracking server (``mlflow server`` on 127.0.0.1, a free port, sqlite store
-in a temp folder; stopped afterwards). Candidates: ``experiments.tracking.Tracker.log_metrics``
+in a temp folder; stopped afterwards). Candidates: ``experiments.store.tracking.Tracker.log_metrics``
 once per epoch (what the launch driver does: one ``log_batch`` per epoch), the same plus the
 per-epoch checkpoint tag the driver sets, and ``Tracker.log_history`` (all epochs at once).
 Baseline: ``MlflowClient.log_metric`` once per value, the way a training loop calling
@@ -203,7 +203,7 @@ def run(quick: bool = False) -> str:
     """
     import mlflow
 
-    from experiments.tracking import Tracker
+    from experiments.store.tracking import Tracker
 
     epochs, n_metrics, repeats = (10, 20, 3) if quick else (100, 20, 3)
     steps = history(epochs, n_metrics)

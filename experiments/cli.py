@@ -31,25 +31,25 @@ EXIT_USAGE = 2
 COMMANDS = {  # name: (module:function adding its parser, its one-line help)
     "demo": ("experiments.launch.command:register_demo",
              "generate sample data and run search_spaces/smoke.yaml end to end"),
-    "data": ("experiments.trial:register_data", "data set tools"),
-    "pretrain": ("experiments.trial:register_single", "run one SwAV pretraining without Ray or MLflow"),
-    "finetune": ("experiments.trial:register_single", "run one Faster R-CNN fine-tuning without Ray or MLflow"),
+    "data": ("experiments.launch.trial:register_data", "data set tools"),
+    "pretrain": ("experiments.launch.trial:register_single", "run one SwAV pretraining without Ray or MLflow"),
+    "finetune": ("experiments.launch.trial:register_single", "run one Faster R-CNN fine-tuning without Ray or MLflow"),
     "launch": ("experiments.launch.command:register",
                "run an ablation grid (Ray Tune stages, MLflow tracking, Optuna pruning)"),
-    "status": ("experiments.status:register",
+    "status": ("experiments.results.status:register",
                "running launches and their trials (state, epoch, key metric, ETA), headline"),
-    "stop": ("experiments.control:register", "ask a running launch, or one of its trials, to stop after the current "
+    "stop": ("experiments.launch.control:register", "ask a running launch, or one of its trials, to stop after the current "
                                              "epoch (checkpointed; the same launch command resumes it)"),
-    "gc": ("experiments.gc:register",
+    "gc": ("experiments.results.gc:register",
            "delete training states no launch of a study can resume from (never registered models)"),
-    "report": ("experiments.report.command:register",
+    "report": ("experiments.results.report.command:register",
                "ablation tables (the paper's Table 1 layout + one per axis) and plots"),
-    "register": ("experiments.registry:register", "register the study's best fine-tuning run (and its backbone)"),
-    "models": ("experiments.registry:register_models", "registered models, versions, aliases and their metrics"),
-    "pull": ("experiments.pull:register", "download a registered model: weights, config, model card"),
-    "detect": ("experiments.pull:register_detect",
+    "register": ("experiments.results.registry:register", "register the study's best fine-tuning run (and its backbone)"),
+    "models": ("experiments.results.registry:register_models", "registered models, versions, aliases and their metrics"),
+    "pull": ("experiments.results.pull:register", "download a registered model: weights, config, model card"),
+    "detect": ("experiments.results.pull:register_detect",
                "run a pulled detector on images: print its boxes, optionally draw them"),
-    "ui": ("experiments.ui:register", "start the MLflow UI on the local store (127.0.0.1)"),
+    "ui": ("experiments.results.ui:register", "start the MLflow UI on the local store (127.0.0.1)"),
     "server": ("experiments.server.command:register",
                "run the team MLflow tracking server (artifact proxying, optional basic auth)"),
 }
@@ -105,7 +105,7 @@ def quiet_libraries(verbose: bool = False) -> None:
 
 def keep_credentials_out_of_uris(args: argparse.Namespace) -> None:
     """``http://user:pw@host`` -> MLflow's username/password variables + a clean URI, before any use of it."""
-    from experiments.redaction import use_uri_credentials
+    from experiments.store.redaction import use_uri_credentials
 
     if getattr(args, "tracking_uri", None):
         args.tracking_uri = use_uri_credentials(args.tracking_uri)
@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except Exception as exc:
         # a tracking store that refuses a write or cannot be reached: one line, not MLflow's traceback
-        from experiments.store import failure_text, store_failure
+        from experiments.store.checks import failure_text, store_failure
 
         cause = store_failure(exc)
         if cause is None:

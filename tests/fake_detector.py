@@ -1,7 +1,7 @@
 """A stand-in fine-tuning trainer for launch tests that need known results.
 
 ``ABLATE_TRAINER_FINETUNE=tests.fake_detector`` makes a launch fine-tune with it
-(:data:`experiments.trial.TRAINERS`). It trains nothing: every epoch it reports
+(:data:`trainers.stages.TRAINERS`). It trains nothing: every epoch it reports
 ``det/AP50`` = 0.30 + the cell's effects + seed noise N(0, :data:`NOISE`) drawn from a generator
 seeded by the cell's head, norm and seed, so every launch of a cell's seed sees the same result.
 ``head: res5`` is 0.06 below ``mlp`` (clear at two seeds), ``norm: gn`` 0.004 below ``bn``

@@ -19,7 +19,7 @@ PACKAGES = ("experiments", "trainers", "bench")
 MODULE_LINES, CLASS_LINES = 600, 300
 # Over budget, each with its reason. Keep this list short: a module that grows past the budget is split.
 EXCEPTIONS: dict[str, tuple[int, str]] = {
-    "experiments/scheduler.py::OptunaPruningScheduler": (340, "a Ray TrialScheduler: each hook Ray calls, each "
+    "experiments/pruning/scheduler.py::OptunaPruningScheduler": (340, "a Ray TrialScheduler: each hook Ray calls, each "
                                                                "keeping its trial's Optuna record in step"),
 }
 
@@ -208,7 +208,7 @@ def layer_order(doc: Path | None = None) -> tuple[list[list[str]], set[str]]:
 def test_imports_run_down_the_layers_of_the_architecture_doc():
     ranks, containers = layer_order()
     rank_of = {name: i for i, names in enumerate(ranks) for name in names}
-    assert {"experiments.launch", "experiments.tracking", "trainers.swav", "trainers.common"} <= set(rank_of)
+    assert {"experiments.launch", "experiments.store", "trainers.swav", "trainers.common"} <= set(rank_of)
 
     def rank(module: str) -> int | None:
         name = module

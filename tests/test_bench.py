@@ -464,7 +464,7 @@ def test_fidelity_space_plans_pretrained_against_the_fair_baseline(sample_data, 
 
 def test_adaptive_seeds_simulation_saves_trials_where_the_axes_are_clear():
     from bench import adaptive_seeds
-    from experiments.adaptive import AdaptiveSeeds
+    from experiments.launch.adaptive import AdaptiveSeeds
 
     clear = adaptive_seeds.simulate(adaptive_seeds.SCENARIOS[1], AdaptiveSeeds(2, 8), reps=8)
     fixed, adaptive = clear["fixed 8 seeds"], clear["adaptive 2->8"]

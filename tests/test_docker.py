@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from experiments import redaction as R
+from experiments.store import redaction as R
 from experiments import server as S
 
 ROOT = Path(__file__).resolve().parents[1]

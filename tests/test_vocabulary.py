@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import trainers.vocabulary as vocabulary
-from experiments.trial import TRAINERS
+from trainers.stages import TRAINERS
 from trainers.vocabulary import LEADERBOARD_METRICS, METRIC_LABELS, REPORT_METRICS, STAGE_RECORDS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 # ---------------------------------------------------------------------------
 
 METRIC_LABELS: dict[str, str] = {}  # one label per metric wherever a table, plot or headline names it
-LEADERBOARD_METRICS: list[str] = []  # the MLflow leaderboard's metric columns, in this order (experiments/ui.py)
+LEADERBOARD_METRICS: list[str] = []  # the MLflow leaderboard's metric columns, in this order (experiments/results/ui.py)
 REPORT_METRICS: list[str] = []  # the columns of `ablate report`'s AP tables, in this order (experiments/report)
 
 
@@ -158,7 +158,7 @@ DEVICE_KEY, GPUS_KEY = "ablate_device", "ablate_gpus"
 # Tags and attributes
 # ---------------------------------------------------------------------------
 
-# Runs (experiments/tracking.py writes them).
+# Runs (experiments/store/tracking.py writes them).
 TAG_STAGE = "ablate.stage"
 TAG_HASH = "ablate.config_hash"
 TAG_CELL = "ablate.cell"  # fine-tuning runs: name and config hash without the seed (MLflow's "Group by" averages seeds)
@@ -187,19 +187,19 @@ TAG_STOP_REQUESTED = "ablate.stop_requested"  # `ablate stop`: "<unix seconds> <
 TAG_HEADLINE = "ablate.headline"  # a launch run's current best, one line, updated at every trial's end
 TAG_BEST_RUN = "ablate.best_run_id"  # the run behind the headline
 
-# Experiments (experiments/ui.py writes them).
+# Experiments (experiments/results/ui.py writes them).
 TAG_AXES = "ablate.axes"  # the ablated params, comma-separated, in leaderboard order
 TAG_SEEDS = "ablate.seeds"  # an adaptive-seeds study: initial=2,max=8[,budget_trials=N]
 TAG_PRETRAIN_SEEDS = "ablate.pretrain_seeds"  # the pretraining seeds (pretrain: {seeds: [0, 1]})
 
-# Registered model versions (experiments/registry.py writes them).
+# Registered model versions (experiments/results/registry.py writes them).
 TAG_KIND = "ablate.kind"
 TAG_STUDY = "ablate.study"
 TAG_RUN = "ablate.run_id"
 TAG_WEIGHTS_SHA = "ablate.weights_sha256"
 TAG_WEIGHTS_FILE = "ablate.weights_file"
 
-# Optuna trials' user attributes (experiments/scheduler.py, experiments/pruning.py).
+# Optuna trials' user attributes (experiments/pruning/scheduler.py, experiments/pruning/pruner.py).
 ATTR_RAY_TRIAL = "ablate.ray_trial_id"
 ATTR_PRUNE_REASON = "ablate.prune_reason"
 ATTR_SIGNALS_PREFIX = "ablate.signals@"  # + the step: the collapse signals the pruner judged there

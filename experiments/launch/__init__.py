@@ -25,15 +25,24 @@ The parts, each importing only those listed after it:
 * :mod:`~experiments.launch.artifacts`: backbones fetched, training states deleted;
 * :mod:`~experiments.launch.context`: options, results and the :class:`LaunchContext` passed down.
 
-Inside a Ray worker, :mod:`experiments.trial` runs the trainer. A dry run never loads Ray.
+Inside a Ray worker, :mod:`experiments.launch.trial` runs the trainer. A dry run never loads Ray.
 """
 
-from experiments.launch.artifacts import delete_trial_checkpoints, fetch_backbone, record_checkpoint_epoch
-from experiments.launch.context import (LaunchContext, LaunchError, LaunchOptions, LaunchResult, LaunchSetupError,
-                                        TrialOutcome)
-from experiments.launch.launcher import Launcher, launch
-from experiments.launch.ray_stage import init_ray, local_size, loopback_only_ray, oversized_requests, tpe_search
-from experiments.spaces import resolve_data
+from trainers.lazy import lazy_exports
+
+# name -> its module, imported on first use (trainers/lazy.py): a Ray worker importing experiments.launch.trial, or
+# `ablate stop` its control module, loads no launcher
+_EXPORTS = {
+    **dict.fromkeys(["delete_trial_checkpoints", "fetch_backbone", "record_checkpoint_epoch"],
+                    "experiments.launch.artifacts"),
+    **dict.fromkeys(["LaunchContext", "LaunchError", "LaunchOptions", "LaunchResult", "LaunchSetupError",
+                     "TrialOutcome"], "experiments.launch.context"),
+    **dict.fromkeys(["Launcher", "launch"], "experiments.launch.launcher"),
+    **dict.fromkeys(["init_ray", "local_size", "loopback_only_ray", "oversized_requests", "tpe_search"],
+                    "experiments.launch.ray_stage"),
+    "resolve_data": "experiments.spaces",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = ["LaunchContext", "LaunchError", "LaunchOptions", "LaunchResult", "LaunchSetupError", "Launcher",
            "TrialOutcome", "delete_trial_checkpoints", "fetch_backbone", "init_ray", "launch", "local_size",

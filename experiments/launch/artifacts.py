@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from experiments.launch.context import LaunchContext, LaunchSetupError
-from experiments.trial import loggable_metrics
+from experiments.launch.trial import loggable_metrics
 from trainers.vocabulary import TAG_CHECKPOINT
 
 if TYPE_CHECKING:
-    from experiments.tracking import Tracker
+    from experiments.store.tracking import Tracker
 
 
 def record_checkpoint_epoch(tracker: Tracker, run_id: str, stage: str, checkpoint: str) -> int:
@@ -34,7 +34,7 @@ def record_checkpoint_epoch(tracker: Tracker, run_id: str, stage: str, checkpoin
 
     from pyarrow import fs
 
-    from experiments.objectstore import filesystem
+    from experiments.store.objectstore import filesystem
     from trainers.checkpoints import STATE_JSON, CheckpointError, checkpoint_progress
 
     with tempfile.TemporaryDirectory(prefix="ablate-state-") as tmp:
@@ -66,9 +66,9 @@ def check_storage(storage: str) -> None:
 
     Also makes pyarrow (Ray's storage, in this process and the local Ray's workers) reach the endpoint
     named by MLflow's ``MLFLOW_S3_ENDPOINT_URL`` when ``AWS_ENDPOINT_URL`` is not set, and moves the keys
-    into a private credentials file (:func:`experiments.objectstore.keys_to_private_file`).
+    into a private credentials file (:func:`experiments.store.objectstore.keys_to_private_file`).
     """
-    from experiments.objectstore import ObjectStoreError, check_bucket, is_s3, keys_to_private_file, pyarrow_env
+    from experiments.store.objectstore import ObjectStoreError, check_bucket, is_s3, keys_to_private_file, pyarrow_env
 
     if not is_s3(storage):
         return
@@ -86,7 +86,7 @@ def fetch_backbone(local_storage: Path, tracking_uri: str, h: str, run_id: str, 
     Downloaded once from the tracking store into ``local_storage/backbones/HASH`` (a cache). With a
     remote Ray storage (``s3://...``: nodes without a shared disk) it is copied next to the trials'
     folders, ``STORAGE/backbones/HASH/backbone``, and that URI is returned: a trial on any node reads it
-    through the object store (:func:`experiments.trial.local_backbone`), never through this machine's disk.
+    through the object store (:func:`experiments.launch.trial.local_backbone`), never through this machine's disk.
     """
     import mlflow
 
@@ -149,7 +149,7 @@ class Housekeeping:
         if "://" not in restore and not Path(restore).is_dir():
             return
         self.superseded.add(restore)
-        from experiments.objectstore import filesystem
+        from experiments.store.objectstore import filesystem
 
         storage, path = filesystem(restore)
         delete_trial_checkpoints(storage, path.rstrip("/").rsplit("/", 1)[0])
@@ -159,7 +159,7 @@ class Housekeeping:
         if self.ctx.options.keep_checkpoints:
             return
         shutil.rmtree(self.ctx.local_storage / "backbones", ignore_errors=True)
-        from experiments.objectstore import filesystem
+        from experiments.store.objectstore import filesystem
 
         for uri in self.shared_backbones:  # only this launch's: another study's launch may share the bucket
             storage, path = filesystem(uri.rstrip("/").rsplit("/", 1)[0])  # .../backbones/HASH

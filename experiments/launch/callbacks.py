@@ -6,7 +6,7 @@ Both talk to the launch through :class:`TrialEvents`, the few events they raise 
 recorded, so a driver killed in between never leaves an epoch logged that the resumed trial trains again.
 
 :class:`StopRequestStopper` answers True for a trial whose run, or whose launch run, carries
-``ablate.stop_requested`` (:mod:`experiments.control`); that result's checkpoint is kept, Ray ends the
+``ablate.stop_requested`` (:mod:`experiments.launch.control`); that result's checkpoint is kept, Ray ends the
 trial as TERMINATED and the ledger records it as ``stopped``. ``stop_all`` ends the stage once a
 launch-wide request is in and no trial is running any more; Ray calls it on every step of its event
 loop, so it is also where the driver's heartbeat is refreshed while epochs are long.
@@ -22,8 +22,8 @@ from typing import Any, Mapping, Protocol
 
 from ray import tune
 
-from experiments.progress import status_line, trial_error
-from experiments.trial import ARTIFACTS_SUBDIR, TrialPayload, key_metric, loggable_metrics
+from experiments.launch.progress import status_line, trial_error
+from experiments.launch.trial import ARTIFACTS_SUBDIR, TrialPayload, key_metric, loggable_metrics
 from trainers.vocabulary import DET_LOSS, DEVICE_KEY, GPUS_KEY, LOSS_METRICS
 
 STATUS_EVERY_S = 15  # a status line at most this often, besides one when the stage's last trial ends

@@ -74,8 +74,8 @@ def default_space(name: str) -> Path:
 def run_demo(args: argparse.Namespace) -> int:
     """``ablate demo``: the smoke study launched, what it shows, and the commands to look closer."""
     from experiments.launch import LaunchOptions, launch
-    from experiments.redaction import redact
-    from experiments.tracking import default_tracking_uri
+    from experiments.store.redaction import redact
+    from experiments.store.tracking import default_tracking_uri
     from trainers.data import find_images
 
     space = Path(args.space) if args.space else default_space("smoke.yaml")
@@ -112,14 +112,14 @@ def _store_may_exist(uri: str) -> bool:
 def demo_verdict(result: Any, uri: str) -> list[str]:
     """Whether the demo's launch shows the paper's direction (pretrained > scratch), and honestly why not.
 
-    The headline's verdict (experiments.verdict, the one judge) says whether the best pretrained cell beats the
+    The headline's verdict (experiments.results.verdict, the one judge) says whether the best pretrained cell beats the
     baseline, decided over seeds; the demo runs minutes of SwAV and one seed per cell. The direction counts as
     shown only when that verdict is *decided* and every backbone's kNN monitor is clearly above the random
     initialisations' mean (10 points and two of their std: the fidelity benchmark's bar); otherwise the lines say
     which part is missing.
     """
-    from experiments.headline import study_headline
-    from experiments.sqlite_reader import read_client
+    from experiments.results.headline import study_headline
+    from experiments.store.sqlite_reader import read_client
     from trainers.swav.references import learned as above_random, monitor_text
 
     if result.parent_run_id is None or not _store_may_exist(uri):
@@ -156,8 +156,8 @@ def demo_verdict(result: Any, uri: str) -> list[str]:
 
 def _demo_links(uri: str, study: str) -> list[str]:
     """The study's leaderboard, cells and compare links on `ablate ui`'s default address."""
-    from experiments.sqlite_reader import read_client
-    from experiments.ui import DEFAULT_UI_URL, links
+    from experiments.store.sqlite_reader import read_client
+    from experiments.results.ui import DEFAULT_UI_URL, links
 
     if not _store_may_exist(uri):
         return []

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, TextIO
 from experiments.spaces import Plan, StageSpec, StudySpec
 
 if TYPE_CHECKING:  # type hints only: the tracker's module loads MLflow
-    from experiments.tracking import Tracker
+    from experiments.store.tracking import Tracker
 
 
 class LaunchError(RuntimeError):
@@ -42,7 +42,7 @@ class LaunchOptions:
     max_failures: int = 2
     register: bool = True
     keep_checkpoints: bool = False  # keep finished trials' training states (default: exported model only)
-    notify: str | None = None  # shell command run when the launch ends or a trial fails (experiments.control.notify)
+    notify: str | None = None  # shell command run when the launch ends or a trial fails (experiments.launch.control.notify)
     quiet: bool = False  # print the summary only, no progress lines
     num_gpus: float | None = None  # GPUs the local Ray node declares (default: those torch sees); --num-gpus
     out: TextIO = field(default_factory=lambda: sys.stdout)

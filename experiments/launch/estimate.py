@@ -26,7 +26,7 @@ def _key(stage: str, values: Mapping[str, Any]) -> tuple[str, ...]:
 
 def measured_rates(client: Any, max_results: int = 2000) -> dict[tuple[str, tuple[str, ...]], float]:
     """(stage, shape) -> the median seconds per epoch of the store's finished, unpruned trial runs."""
-    from experiments.sqlite_reader import ACTIVE_ONLY
+    from experiments.store.sqlite_reader import ACTIVE_ONLY
     from trainers.vocabulary import TAG_PRUNED, TAG_STAGE
 
     rates: dict[tuple[str, tuple[str, ...]], list[float]] = {}
@@ -50,7 +50,7 @@ def measured_rates(client: Any, max_results: int = 2000) -> dict[tuple[str, tupl
 def estimate_lines(plan: Plan, to_train: Iterable[str], rates: Mapping[tuple[str, tuple[str, ...]], float],
                    max_concurrent: int) -> list[str]:
     """``estimate: ~12 min (pretraining ~8 min, fine-tuning ~4 min) from ...`` or ``estimate: no estimate yet ...``."""
-    from experiments.tracking import flatten_params
+    from experiments.store.tracking import flatten_params
 
     todo = set(to_train)
     if not todo:

@@ -15,9 +15,9 @@ from typing import Any, Callable, Mapping
 from experiments import spaces
 from experiments.launch.context import LaunchContext, LaunchSetupError
 from experiments.launch.ledger import TrialLedger
-from experiments.redaction import redact
+from experiments.store.redaction import redact
 from experiments.spaces import Plan
-from experiments.tracking import HEARTBEAT_EVERY_S, driver_id, launch_alive
+from experiments.store.tracking import HEARTBEAT_EVERY_S, driver_id, launch_alive
 from trainers.vocabulary import (
     LAUNCH_BEST_AP50,
     LAUNCH_FINETUNE_PLANNED,
@@ -62,7 +62,7 @@ class LaunchRun:
         self.ctx, self.ledger, self.pruned = ctx, ledger, pruned
         self.plan: Plan | None = None
         self.count_step = 0  # step of the live `launch/*` counts: one more per update
-        self.headline = ""  # the study's headline so far (experiments.headline), one line
+        self.headline = ""  # the study's headline so far (experiments.results.headline), one line
         self.last_beat = 0.0
 
     def open(self, plan: Plan) -> str:
@@ -138,7 +138,7 @@ class LaunchRun:
 
     def counts(self) -> dict[str, float]:
         """The launch run's ``launch/*`` counts as they stand (live during the launch, final at its end)."""
-        from experiments.scheduler import saved_compute
+        from experiments.pruning.scheduler import saved_compute
 
         assert self.plan is not None
         spec, ledger = self.ctx.spec, self.ledger
@@ -169,7 +169,7 @@ class LaunchRun:
         tracker = self.ctx.tracker
         tracker.log_metrics(parent, counts, self.count_step)
         if headline:
-            from experiments.headline import study_headline
+            from experiments.results.headline import study_headline
 
             found = study_headline(tracker.client, tracker.experiment_id)
             best = found.best
@@ -184,7 +184,7 @@ class LaunchRun:
         options = self.ctx.options
         if not options.notify:
             return
-        from experiments.control import Notice, notify
+        from experiments.launch.control import Notice, notify
 
         problem = notify(options.notify, Notice(event, self.ctx.spec.name, self.headline, self.ctx.parent_run_id or "",
                                                 trial, redact(detail), self.ctx.tracking_uri))

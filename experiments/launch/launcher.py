@@ -16,7 +16,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
-from experiments import spaces, ui
+from experiments import spaces
+from experiments.results import ui
 from experiments.launch.artifacts import Housekeeping, check_storage, fetch_backbone
 from experiments.launch.context import LaunchContext, LaunchError, LaunchOptions, LaunchResult, LaunchSetupError, \
     TrialOutcome
@@ -24,10 +25,10 @@ from experiments.launch.launch_run import LaunchRun
 from experiments.launch.ledger import TrialLedger, trial_cell
 from experiments.launch.ray_stage import (init_ray, local_size, make_scheduler, oversized_requests, ray_token_mode,
                                           run_stage)
-from experiments.redaction import OPTUNA_STORAGE_ENV, redact, use_uri_credentials
+from experiments.store.redaction import OPTUNA_STORAGE_ENV, redact, use_uri_credentials
 from experiments.spaces import Plan, resolve_data
-from experiments.store import check_store, failure_text, one_line, store_failure
-from experiments.tracking import (
+from experiments.store.checks import check_store, failure_text, one_line, store_failure
+from experiments.store.tracking import (
     DEFAULT_STORE_DIR,
     UPSTREAM_SCRATCH,
     Tracker,
@@ -36,7 +37,7 @@ from experiments.tracking import (
     flatten_params,
     usable_run,
 )
-from experiments.trial import TrialPayload
+from experiments.launch.trial import TrialPayload
 from trainers.common import git_sha
 from trainers.vocabulary import (
     BACKBONE_PARAM,
@@ -62,7 +63,7 @@ class Launcher:
 
     def __init__(self, space: str | Path, options: LaunchOptions) -> None:
         if options.notify is not None:
-            from experiments.control import check_notify_command
+            from experiments.launch.control import check_notify_command
 
             check_notify_command(options.notify)  # before anything runs: a secret on the command line is refused
         ray_token_mode(options.address or os.environ.get("RAY_ADDRESS"))  # before anything imports ray
@@ -164,7 +165,7 @@ class Launcher:
             ctx.say(f"warning: {warning}")
         monitor = self.launch_run.system_metrics()
         try:
-            from experiments.control import StopRequests
+            from experiments.launch.control import StopRequests
 
             self.ledger.stops = StopRequests(self.tracker, ctx.parent_run_id)
             self.launch_run.plan = plan
@@ -317,8 +318,8 @@ class Launcher:
     # -- the end -------------------------------------------------------------
 
     def _finish(self, plan: Plan) -> LaunchResult:
-        from experiments.headline import study_headline
-        from experiments.progress import format_summary
+        from experiments.results.headline import study_headline
+        from experiments.launch.progress import format_summary
 
         ctx, ledger = self.ctx, self.ledger
         stopped = ledger.stops is not None and ledger.stops.launch_requested(fresh=True) is not None
@@ -344,7 +345,7 @@ class Launcher:
 
     def _register(self) -> None:
         try:
-            from experiments import registry
+            from experiments.results import registry
         except ImportError:
             return
         try:
@@ -394,7 +395,7 @@ def finetune_payload(ctx: LaunchContext, t: Any, plan: Plan, upstream_run: str, 
 
 
 def finetune_params(ctx: LaunchContext, plan: Plan, t: spaces.FinetuneTrial) -> dict[str, str]:
-    """A fine-tuning run's params besides its config: backbone name and pretraining fields (experiments.ui)."""
+    """A fine-tuning run's params besides its config: backbone name and pretraining fields (experiments.results.ui)."""
     pre = next((b for b in plan.pretrain if b.config_hash == t.upstream_hash), None)
     fields = [k for b in plan.pretrain for k in b.config]
     return ui.finetune_extra_params(t.backbone_name, pre.config if pre else None, fields,
@@ -402,7 +403,7 @@ def finetune_params(ctx: LaunchContext, plan: Plan, t: spaces.FinetuneTrial) -> 
 
 
 def experiment_view(ctx: LaunchContext, plan: Plan) -> None:
-    """The experiment's kind, description and leaderboard view (experiments.ui), from the planned runs."""
+    """The experiment's kind, description and leaderboard view (experiments.results.ui), from the planned runs."""
     spec = ctx.spec
     param_sets = [{**flatten_params(STAGE_FINETUNE, t.config), **finetune_params(ctx, plan, t)}
                   for t in plan.finetune]

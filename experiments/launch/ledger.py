@@ -22,9 +22,9 @@ import yaml
 from experiments import spaces
 from experiments.launch.artifacts import Housekeeping, record_checkpoint_epoch
 from experiments.launch.context import LaunchContext, TrialOutcome, stage_section
-from experiments.redaction import redact
-from experiments.tracking import PARENT_TAG, flatten_params
-from experiments.trial import TrialPayload, sampled_payload
+from experiments.store.redaction import redact
+from experiments.store.tracking import PARENT_TAG, flatten_params
+from experiments.launch.trial import TrialPayload, sampled_payload
 from trainers.vocabulary import (
     STAGE_FINETUNE,
     STAGE_RECORDS,
@@ -49,7 +49,7 @@ from trainers.vocabulary import (
 )
 
 if TYPE_CHECKING:
-    from experiments.control import StopRequests
+    from experiments.launch.control import StopRequests
 
 
 def cell_tag(config: Mapping[str, Any], upstream_hash: str | None, name: str, data_fingerprint: str,
@@ -94,7 +94,7 @@ class TrialLedger:
                  prune_record: Callable[[str, str], Any] = lambda stage, trial_id: None) -> None:
         self.ctx, self.housekeeping = ctx, housekeeping
         self.on_change, self.on_failure, self.heartbeat, self.prune_record = on_change, on_failure, heartbeat, prune_record
-        self.stops: StopRequests | None = None  # `ablate stop` requests (experiments.control), once the launch run exists
+        self.stops: StopRequests | None = None  # `ablate stop` requests (experiments.launch.control), once the launch run exists
         self.run_ids: dict[str, str] = {}  # config hash -> MLflow run id
         self.planned: dict[str, TrialPayload] = {}  # config hash -> payload of each grid trial, its run made at the start
         self.running: dict[str, TrialPayload] = {}  # Ray trial id -> payload of each trial running now
@@ -215,7 +215,7 @@ class TrialLedger:
 
     def checkpointed(self, p: TrialPayload, checkpoint: Any) -> None:
         """A trial saved a checkpoint: its run names it (the state a later launch resumes from)."""
-        from experiments.objectstore import location_of
+        from experiments.store.objectstore import location_of
 
         where = location_of(checkpoint.filesystem, checkpoint.path)
         self.ctx.tracker.set_tags(self.run_id_for(p.config_hash), {TAG_CHECKPOINT: where})

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from experiments.launch.context import LaunchContext, LaunchError, LaunchSetupError, stage_section
 from experiments.spaces import StudySpec
-from experiments.trial import CANDIDATE_KEY, TrialPayload
+from experiments.launch.trial import CANDIDATE_KEY, TrialPayload
 from trainers.vocabulary import STAGE_FINETUNE, STAGE_PRETRAIN, STAGE_RECORDS
 
 if TYPE_CHECKING:
     from experiments.launch.callbacks import TrialEvents
-    from experiments.scheduler import OptunaPruningScheduler
+    from experiments.pruning.scheduler import OptunaPruningScheduler
 
 
 def init_ray(spec: StudySpec, address: str | None, storage: str, storage_path: str | None,
@@ -139,7 +139,7 @@ def tpe_search(spec: StudySpec, candidates: Sequence[TrialPayload], optuna_stora
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
-    from experiments.pruning import EnvRDBStorage
+    from experiments.pruning.pruner import EnvRDBStorage
 
     space: dict[str, Any] = {CANDIDATE_KEY: tune.choice(list(range(len(candidates))))}
     for name, dist in spec.finetune.distributions.items():
@@ -167,8 +167,8 @@ def make_scheduler(ctx: LaunchContext, stage: str) -> OptunaPruningScheduler | N
     """The stage's pruning scheduler (None when the space's pruning leaves the stage alone)."""
     from optuna.pruners import NopPruner
 
-    from experiments.pruning import make_pruner
-    from experiments.scheduler import OptunaPruningScheduler
+    from experiments.pruning.pruner import make_pruner
+    from experiments.pruning.scheduler import OptunaPruningScheduler
 
     spec = ctx.spec
     pruner = make_pruner(stage, spec.pruning)
@@ -191,7 +191,7 @@ def run_stage(ctx: LaunchContext, stage: str, payloads: dict[str, TrialPayload],
     from ray import tune
 
     from experiments.launch.callbacks import DriverCallback, StopRequestStopper
-    from experiments.trial import run_trial
+    from experiments.launch.trial import run_trial
 
     if not payloads and not candidates:
         return

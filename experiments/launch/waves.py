@@ -1,6 +1,6 @@
 """Adaptive seeds in a launch: the waves of fine-tuning seeds after the initial ones.
 
-:class:`SeedWaves` asks :func:`experiments.adaptive.next_wave` which cells get one more seed (from
+:class:`SeedWaves` asks :func:`experiments.launch.adaptive.next_wave` which cells get one more seed (from
 the results in the tracking store, judged by the one judge), hands the launcher the next seed's
 trials of those cells as one more fine-tuning stage, and repeats until every cell has stopped. At
 the end every run of a cell carries ``ablate.cell_seeds`` (the seeds it got) and
@@ -16,8 +16,8 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Sequence
 
-from experiments.adaptive import next_wave
-from experiments.headline import trials_from_runs
+from experiments.launch.adaptive import next_wave
+from experiments.results.headline import trials_from_runs
 from experiments.launch.context import LaunchContext
 from experiments.launch.ledger import trial_cell
 from experiments.spaces import FinetuneTrial, Plan

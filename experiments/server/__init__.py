@@ -19,8 +19,8 @@ What it adds to a bare ``mlflow server``:
 * secrets stay out of ``ps`` and logs: the backend URI travels in ``MLFLOW_BACKEND_STORE_URI``,
   the admin password in the child's environment, and every log line goes through :func:`redact`.
 
-The client side lives elsewhere: :func:`experiments.tracking.configure_client_retries` makes
-MLflow's REST client ride out a server restart, and :mod:`experiments.redaction` keeps credentials
+The client side lives elsewhere: :func:`experiments.store.tracking.configure_client_retries` makes
+MLflow's REST client ride out a server restart, and :mod:`experiments.store.redaction` keeps credentials
 out of params, tags, text artifacts and error messages.
 
 The package, by concern (each module imports only those above it):

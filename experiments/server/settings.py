@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from experiments.redaction import redact
+from experiments.store.redaction import redact
 from experiments.server.checks import (
     DEFAULT_PORT,
     ServerConfigError,
@@ -32,7 +32,7 @@ def default_backend_store_uri() -> str:
     env = os.environ.get(ENV_BACKEND_STORE_URI)
     if env:
         return env
-    from experiments.tracking import DEFAULT_STORE_DIR
+    from experiments.store.tracking import DEFAULT_STORE_DIR
 
     return f"sqlite:///{DEFAULT_STORE_DIR.resolve() / 'mlflow.db'}"
 

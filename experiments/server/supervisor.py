@@ -16,8 +16,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Mapping, Sequence, TextIO
 
-from experiments.objectstore import ObjectStoreError, check_bucket, is_s3
-from experiments.redaction import redact
+from experiments.store.objectstore import ObjectStoreError, check_bucket, is_s3
+from experiments.store.redaction import redact
 from experiments.server.auth import ENV_SECRET_KEY, admin_credentials, write_auth_config
 from experiments.server.checks import (
     DEFAULT_PORT,

@@ -20,7 +20,7 @@ from experiments.spaces.schema import (ADAPTIVE_KEYS, DATA_KEYS, DATA_PATH_KEYS,
                                        SEARCH_KEYS, SECTION_KEYS, STUDY_NAME_MAX, STUDY_NAME_RE, STUDY_NAME_RULE,
                                        TOP_KEYS, AdaptiveSeeds, Cell, DataSpec, Distribution, Resources, SpaceError, StageSpec,
                                        StudySpec, _check_keys, _err, _mapping)
-from experiments.trial import TRAINERS
+from trainers.stages import TRAINERS
 from trainers.common import DuplicateKeyError, closest, load_yaml, unknown_key_message
 from trainers.vocabulary import DET_AP50
 
@@ -292,7 +292,7 @@ def _parse_adaptive(path: Path, raw: dict[str, Any]) -> AdaptiveSeeds:
 
 def load_space(path: str | Path, name: str | None = None) -> StudySpec:
     """Read and validate a search-space file. Raises :class:`SpaceError` naming file, key path and fix."""
-    from experiments.pruning_settings import validate_pruning_settings
+    from experiments.pruning.settings import validate_pruning_settings
 
     path = Path(path)
     if not path.is_file():

@@ -104,7 +104,7 @@ class StageSpec:
 @dataclass(frozen=True)
 class AdaptiveSeeds:
     """A space's ``seeds: {initial: I, max: M, budget_trials: B}``: seeds 0..I-1 for every fine-tuning cell first,
-    then one more at a time where a verdict is still open (``experiments.adaptive``), at most M per cell and B
+    then one more at a time where a verdict is still open (``experiments.launch.adaptive``), at most M per cell and B
     fine-tuning trials in all."""
 
     initial: int
@@ -123,13 +123,6 @@ class AdaptiveSeeds:
     def looks(self) -> int:
         """How often the launch may judge: after the initial wave and after each added seed."""
         return self.max - self.initial + 1
-
-    @property
-    def alpha(self) -> float:
-        """The level every look (and the study's final headline) judges at: Pocock's for :attr:`looks`."""
-        from experiments.verdict import sequential_alpha
-
-        return sequential_alpha(self.looks)
 
     def tag(self) -> str:
         """``initial=2,max=8[,budget_trials=40]``: the experiment's ``ablate.seeds`` tag, read back by :meth:`parse`."""

@@ -15,8 +15,9 @@ import pytest
 import yaml
 
 from experiments import spaces
-from experiments.adaptive import AdaptiveSeeds, next_wave
-from experiments.headline import TrialResult
+from experiments.launch.adaptive import AdaptiveSeeds, next_wave
+from experiments.results.headline import TrialResult
+from experiments.results.verdict import sequential_alpha
 from tests import fake_detector
 from trainers import vocabulary as V
 
@@ -39,7 +40,7 @@ def space(tmp_path: Path, seeds, **extra) -> Path:
 def test_the_space_says_initial_max_and_budget(tmp_path: Path) -> None:
     spec = spaces.load_space(space(tmp_path, {"initial": 2, "max": 6, "budget_trials": 20}))
     assert spec.seeds == (0, 1) and spec.adaptive == AdaptiveSeeds(2, 6, 20)
-    assert spec.adaptive.looks == 5 and 0.0157 < spec.adaptive.alpha < 0.0159  # Pocock, 5 looks
+    assert spec.adaptive.looks == 5 and 0.0157 < sequential_alpha(spec.adaptive.looks) < 0.0159  # Pocock, 5 looks
     assert AdaptiveSeeds.parse(spec.adaptive.tag()) == spec.adaptive and AdaptiveSeeds.parse("") is None
     assert spaces.load_space(space(tmp_path, [0, 1, 2])).adaptive is None  # a list means what it always meant
     for seeds, field, message in (({"initial": 3, "max": 2}, "seeds.max", "below seeds.initial"),
@@ -126,7 +127,7 @@ def test_adaptive_launch_killed_between_waves_resumes_the_same_waves(tmp_path: P
     assert "adaptive seeds: 18 fine-tuning trials over 4 cells" in log and "2 decided, 2 max" in log
     assert "norm: bn > gn by" in log and "undecided" in log and "head: mlp > res5 by" in log
     assert exp.tags["ablate.seeds"] == "initial=2,max=6" and "trials planned 18" in log
-    from experiments.report import report
+    from experiments.results.report import report
 
     text = report(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "adaptive_study", fmt="md")
     assert "adaptive seeds per cell" in text and "scratch_res50 · gn · res5 · uniform: 3 (decided)" in text
@@ -165,7 +166,7 @@ def test_pretraining_seeds_make_one_cell_of_a_backbones_seeds(tmp_path: Path, sa
 def test_a_pretraining_axis_holds_the_backbones_variance() -> None:
     """Fine-tunes of two pretraining seeds of one setting are one arm of a pretraining axis: both enter its
     interval, and the backbones' spread widens it."""
-    from experiments.headline import compute_headline
+    from experiments.results.headline import compute_headline
 
     def trial(k: int, pseed: int, seed: int, value: float) -> TrialResult:
         backbone = f"res18_ep2_p{k}_s{pseed}"

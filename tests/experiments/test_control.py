@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from experiments import tracking as T
-from experiments.control import ControlError, Notice, check_notify_command, notify
-from experiments.status import collect
+from experiments.store import tracking as T
+from experiments.launch.control import ControlError, Notice, check_notify_command, notify
+from experiments.results.status import collect
 from experiments.testing.spaces import tiny_space, write_space
 from trainers import vocabulary as V
 
@@ -77,7 +77,7 @@ def _status(cwd: Path, study: str) -> dict:
 
 
 def _wait(cwd: Path, study: str, proc: subprocess.Popen, log: Path, until, what: str, timeout_s: float = 300) -> dict:
-    from experiments.status import launch_status
+    from experiments.results.status import launch_status
 
     client = MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}")
     deadline = time.time() + timeout_s

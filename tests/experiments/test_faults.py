@@ -18,8 +18,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from experiments import cli
-from experiments import tracking as T
-from experiments.gc import collect, gc
+from experiments.store import tracking as T
+from experiments.results.gc import collect, gc
 from experiments.launch import Launcher, LaunchOptions, oversized_requests
 from experiments.testing.spaces import tiny_space_file
 from tests.experiments.test_server import make_pg_database  # noqa: F401 - fixture
@@ -180,8 +180,8 @@ def test_resume_refuses_a_launch_whose_driver_lives(tmp_path, monkeypatch):
 
 
 def test_report_shows_a_dead_launch_s_trials_as_interrupted(tmp_path, monkeypatch):
-    from experiments.report import collect as collect_study
-    from experiments.report import excluded_table
+    from experiments.results.report import collect as collect_study
+    from experiments.results.report import excluded_table
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = T.Tracker(uri, "dead_report")
@@ -251,9 +251,9 @@ def test_scheduler_and_callback_pickles_hold_no_storage_password(tmp_path, monke
     import cloudpickle
 
     from experiments.launch.callbacks import DriverCallback
-    from experiments.pruning import make_pruner
-    from experiments.scheduler import OptunaPruningScheduler
-    from experiments.redaction import OPTUNA_STORAGE_ENV
+    from experiments.pruning.pruner import make_pruner
+    from experiments.pruning.scheduler import OptunaPruningScheduler
+    from experiments.store.redaction import OPTUNA_STORAGE_ENV
 
     monkeypatch.setenv(OPTUNA_STORAGE_ENV, "")  # recorded, so that what the code under test sets is undone
     monkeypatch.delenv(OPTUNA_STORAGE_ENV)
@@ -275,8 +275,8 @@ def test_scheduler_and_callback_pickles_hold_no_storage_password(tmp_path, monke
 
 @pytest.mark.postgres
 def test_optuna_storage_pickle_holds_no_password(make_pg_database, monkeypatch):  # noqa: F811
-    from experiments.pruning import EnvRDBStorage
-    from experiments.redaction import OPTUNA_STORAGE_ENV
+    from experiments.pruning.pruner import EnvRDBStorage
+    from experiments.store.redaction import OPTUNA_STORAGE_ENV
 
     monkeypatch.setenv(OPTUNA_STORAGE_ENV, "")  # recorded, so that what the code under test sets is undone
     monkeypatch.delenv(OPTUNA_STORAGE_ENV)

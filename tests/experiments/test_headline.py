@@ -1,4 +1,4 @@
-"""The headline: best trial, pretrained vs baseline, each axis's leader, judged by experiments.verdict."""
+"""The headline: best trial, pretrained vs baseline, each axis's leader, judged by experiments.results.verdict."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from experiments.headline import TrialResult, compute_headline
+from experiments.results.headline import TrialResult, compute_headline
 
 AXES = ["finetune.backbone", "pretrain.prototypes", "finetune.norm", "finetune.lr_scheme"]
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from experiments import tracking as T
+from experiments.store import tracking as T
 from experiments.testing.spaces import COLLAPSED, HEALTHY, tiny_space, tiny_space_file, write_space
 from trainers import vocabulary as V
 

@@ -13,7 +13,7 @@ import pytest
 from optuna.pruners import MedianPruner, NopPruner, PercentilePruner
 from optuna.trial import TrialState
 
-from experiments.pruning import (
+from experiments.pruning.pruner import (
     PRUNING_DEFAULTS,
     CollapsePruner,
     make_pruner,

@@ -15,11 +15,11 @@ import yaml
 from mlflow.entities import FileInfo
 from mlflow.tracking import MlflowClient
 
-from experiments import registry
-from experiments.pull import pull
-from experiments.registry import RegistryError
-from experiments.store import fluent_store
-from experiments.tracking import Tracker
+from experiments.results import registry
+from experiments.results.pull import pull
+from experiments.results.registry import RegistryError
+from experiments.store.checks import fluent_store
+from experiments.store.tracking import Tracker
 from trainers.checkpoints import export_backbone, load_backbone_weights, sha256_file
 from trainers.detection import DetectionConfig, build_detector, export_detector, load_detector
 from trainers.resnet import build_trunk

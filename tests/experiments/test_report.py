@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
-from experiments import report as rep
-from experiments.report import ReportError
-from experiments.tracking import Tracker
+from experiments.results import report as rep
+from experiments.results.report import ReportError
+from experiments.store.tracking import Tracker
 from trainers.vocabulary import (
     TAG_ERROR,
     TAG_HASH,
@@ -331,6 +331,6 @@ def test_read_only_commands_import_no_torch(study: dict[str, Any]) -> None:
     results = [ln.split()[1:] for ln in proc.stderr.splitlines() if ln.startswith("RESULT")]
     assert len(results) == 4, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert all(torch == vision == "False" for _, _, torch, vision, _ in results), results
-    # on a local sqlite store they read it through experiments/sqlite_reader.py: MLflow's import alone costs 1-3 s
+    # on a local sqlite store they read it through experiments/store/sqlite_reader.py: MLflow's import alone costs 1-3 s
     assert all(mlflow == "False" for *_, mlflow in results), results
     assert [code for _, code, *_ in results] == ["0", "0", "0", "0"], proc.stderr[-3000:]

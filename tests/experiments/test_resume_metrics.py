@@ -15,8 +15,8 @@ from mlflow.tracking import MlflowClient
 
 from experiments.launch import record_checkpoint_epoch
 from experiments.launch.callbacks import DriverCallback
-from experiments.tracking import Tracker
-from experiments.trial import TrialPayload, loggable_metrics
+from experiments.store.tracking import Tracker
+from experiments.launch.trial import TrialPayload, loggable_metrics
 from trainers.checkpoints import checkpoint_progress, save_checkpoint
 from trainers.vocabulary import STAGE_FINETUNE, STAGE_PRETRAIN
 

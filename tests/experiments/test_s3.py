@@ -33,8 +33,8 @@ from pathlib import Path
 import pytest
 
 from experiments import server as S
-from experiments import tracking as T
-from experiments.objectstore import ObjectStoreError, check_bucket, split_s3
+from experiments.store import tracking as T
+from experiments.store.objectstore import ObjectStoreError, check_bucket, split_s3
 from tests.experiments.test_server import make_pg_database  # noqa: F401 - fixture
 from tests.raycluster import ray_head, ray_worker
 from experiments.testing.s3server import free_port, objects, s3_server
@@ -97,7 +97,7 @@ def test_bucket_check_names_what_to_fix(s3, tmp_path, monkeypatch):
 def test_keys_leave_the_environment_for_a_private_file(s3_env, monkeypatch):
     import boto3
 
-    from experiments.objectstore import keys_to_private_file
+    from experiments.store.objectstore import keys_to_private_file
 
     monkeypatch.setenv("AWS_SESSION_TOKEN", "session-token-123")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "")  # so that the test's end takes the file's variable away
@@ -150,7 +150,7 @@ def test_launch_refuses_a_missing_bucket_before_anything_runs(s3, tmp_path):
 def test_gc_in_a_bucket_keeps_only_what_an_unfinished_trial_resumes_from(s3_env, tmp_path):
     import boto3
 
-    from experiments.gc import collect, gc
+    from experiments.results.gc import collect, gc
 
     client = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"])
     root = "s3://team/gcs"
@@ -190,7 +190,7 @@ def test_gc_in_a_bucket_keeps_only_what_an_unfinished_trial_resumes_from(s3_env,
 def test_a_trial_copies_its_backbone_from_the_bucket_once_per_node(s3_env, tmp_path, monkeypatch):
     import boto3
 
-    from experiments.trial import local_backbone
+    from experiments.launch.trial import local_backbone
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # this "node's" temporary folder
     client = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"])

@@ -13,8 +13,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from experiments.pruning import CollapsePruner, make_pruner, signals_by_step
-from experiments.scheduler import OptunaPruningScheduler, PruneRecord, saved_compute
+from experiments.pruning.pruner import CollapsePruner, make_pruner, signals_by_step
+from experiments.pruning.scheduler import OptunaPruningScheduler, PruneRecord, saved_compute
 from tests.experiments.curves import K, Curve, collapse, healthy, queue_transient
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -124,7 +124,7 @@ def test_scheduler_errors_and_restores(tmp_path):
 
 def test_optuna_trial_of_reads_the_trial_the_searcher_opened(tmp_path):
     """The one read of Ray's private ``OptunaSearch._ot_trials``: fails here when a Ray release changes it."""
-    from experiments.scheduler import optuna_trial_of
+    from experiments.pruning.scheduler import optuna_trial_of
 
     searcher = _searcher(f"sqlite:///{tmp_path / 'optuna.db'}")
     config = searcher.suggest("ray-trial")

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments import redaction as R
+from experiments.store import redaction as R
 from trainers.checkpoints import (
     BACKBONE_CONFIG, BACKBONE_FORMAT, BACKBONE_WEIGHTS, STATE_JSON, STATE_TENSORS, CheckpointError, load_backbone_weights,
     load_checkpoint, sha256_file,
@@ -237,7 +237,7 @@ def _offline_pull(monkeypatch, tmp_path) -> str:
     Returns a tracking URI of a (never opened) sqlite store, ``tmp_path/lab/mlruns/mlflow.db``."""
     from types import SimpleNamespace
 
-    from experiments import pull as pulling
+    from experiments.results import pull as pulling
 
     version = SimpleNamespace(version="3", run_id="0" * 32, aliases=["champion"],
                               tags={V.TAG_KIND: "detector", V.TAG_WEIGHTS_SHA: "0" * 64})
@@ -259,8 +259,8 @@ def _tree(root: Path) -> dict[str, str]:
 
 
 def test_pull_overwrite_does_not_delete_foreign_files(tmp_path, monkeypatch):
-    from experiments.pull import pull
-    from experiments.registry import RegistryError
+    from experiments.results.pull import pull
+    from experiments.results.registry import RegistryError
 
     uri = _offline_pull(monkeypatch, tmp_path)
     project = tmp_path / "project"
@@ -292,8 +292,8 @@ def test_pull_overwrite_does_not_delete_foreign_files(tmp_path, monkeypatch):
 @pytest.mark.parametrize("case", ["current folder", "working directory's parent", "home folder", "store folder",
                                   "store's parent"])
 def test_pull_overwrite_refuses_protected_folders(tmp_path, monkeypatch, case):
-    from experiments.pull import pull
-    from experiments.registry import RegistryError
+    from experiments.results.pull import pull
+    from experiments.results.registry import RegistryError
 
     uri = _offline_pull(monkeypatch, tmp_path)
     work = tmp_path / "work" / "sub"
@@ -319,8 +319,8 @@ def test_pull_overwrite_refuses_protected_folders(tmp_path, monkeypatch, case):
 
 
 def test_pull_never_replaces_the_filesystem_root(tmp_path):
-    from experiments.pull import _prepare_dest
-    from experiments.registry import RegistryError
+    from experiments.results.pull import _prepare_dest
+    from experiments.results.registry import RegistryError
 
     with pytest.raises(RegistryError, match="is the filesystem root"):
         _prepare_dest(Path("/"), True, f"sqlite:///{tmp_path}/mlflow.db")

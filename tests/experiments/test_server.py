@@ -26,9 +26,9 @@ import requests
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from experiments import redaction as R
+from experiments.store import redaction as R
 from experiments import server as S
-from experiments.tracking import configure_client_retries
+from experiments.store.tracking import configure_client_retries
 
 PG_ADMIN_URL = os.environ.get("ABLATE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
@@ -245,7 +245,8 @@ def ui(monkeypatch, tmp_path):
     """
     from mlflow.tracking import MlflowClient
 
-    from experiments import cli, ui as ui_module
+    from experiments import cli
+    from experiments.results import ui as ui_module
 
     MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db").search_experiments()  # the store exists
     execs: list[list[str]] = []
@@ -507,7 +508,7 @@ def test_auth_server_refuses_missing_and_default_credentials(tmp_path, auth_extr
 def test_optuna_study_on_postgres(make_pg_database):
     import optuna
 
-    from experiments.pruning import CollapsePruner, make_pruner, signals_by_step
+    from experiments.pruning.pruner import CollapsePruner, make_pruner, signals_by_step
 
     url = make_pg_database()
     pruner = make_pruner("pretrain", {"enabled": True})

@@ -237,7 +237,7 @@ def test_dry_run_imports_no_ray(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "dry run: nothing trained" in proc.stdout
     imported = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
-    assert "experiments.pruning_settings" in imported  # the space's pruning section was validated
+    assert "experiments.pruning.settings" in imported  # the space's pruning section was validated
     assert [m for m in imported if m.split(".")[0] in ("ray", "optuna", "torch", "torchvision")] == []
 
 
@@ -299,7 +299,7 @@ BAD_NAMES = ["my+study", "it's", 'say"hi"', "x" * 300, "-lead", "_lead", "two wo
 
 @pytest.mark.parametrize("bad", BAD_NAMES, ids=range(len(BAD_NAMES)))
 def test_study_name_that_the_registry_cannot_parse_is_refused_at_load(tmp_path, sample_data, bad):
-    from experiments.registry import RegistryError, model_name
+    from experiments.results.registry import RegistryError, model_name
 
     path = _write(tmp_path, {"name": bad}, sample_data)
     with pytest.raises(SpaceError) as err:
@@ -322,8 +322,8 @@ def test_study_name_that_the_registry_cannot_parse_is_refused_at_load(tmp_path, 
 
 @pytest.mark.parametrize("good", ["norm_type", "paper.v2-run_3", "A", "x" * 100])
 def test_every_accepted_study_name_gives_model_names_pull_can_parse(tmp_path, sample_data, good):
-    from experiments.pull import parse_spec
-    from experiments.registry import model_name
+    from experiments.results.pull import parse_spec
+    from experiments.results.registry import model_name
 
     assert load_space(_write(tmp_path, {"name": "fine"}, sample_data), name=good).name == good
     for kind in ("detector", "backbone"):

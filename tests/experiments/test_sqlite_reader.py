@@ -1,4 +1,4 @@
-"""The read-only commands' sqlite client (experiments/sqlite_reader.py) answers as MlflowClient does, on the smoke
+"""The read-only commands' sqlite client (experiments/store/sqlite_reader.py) answers as MlflowClient does, on the smoke
 launch's store (runs, params, tags, latest metrics, histories, registered versions and aliases)."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from experiments.sqlite_reader import ACTIVE_ONLY, NotFound, SqliteReader, parse_filter, read_client
-from experiments.store import is_missing
+from experiments.store.sqlite_reader import ACTIVE_ONLY, NotFound, SqliteReader, parse_filter, read_client
+from experiments.store.checks import is_missing
 from trainers.vocabulary import TAG_STAGE
 
 

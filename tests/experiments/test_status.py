@@ -16,10 +16,10 @@ from mlflow.tracking import MlflowClient
 
 from experiments import cli
 from experiments import server as S
-from experiments import status as ST
-from experiments import tracking as T
-from experiments.control import ControlError, request_stop
-from experiments.status import CLEAR
+from experiments.results import status as ST
+from experiments.store import tracking as T
+from experiments.launch.control import ControlError, request_stop
+from experiments.results.status import CLEAR
 from trainers import vocabulary as V
 
 def _layout(uri: str, study: str = "ops") -> dict[str, str]:
@@ -180,7 +180,7 @@ def test_no_running_launch_and_a_missing_store(tmp_path):
 
 def test_status_headline_is_the_study_headline(store):
 
-    from experiments.headline import study_headline
+    from experiments.results.headline import study_headline
 
     uri, _ = store
     client = MlflowClient(tracking_uri=uri)

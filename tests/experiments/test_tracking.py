@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from experiments import tracking as T
+from experiments.store import tracking as T
 from trainers import vocabulary as V
 from trainers.vocabulary import DET_AP50, STAGE_FINETUNE, STAGE_PRETRAIN
 

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import cloudpickle
 import pytest
 
-from experiments.trial import CANDIDATE_KEY, TrialPayload, sampled_payload
+from experiments.launch.trial import CANDIDATE_KEY, TrialPayload, sampled_payload
 from trainers.vocabulary import STAGE_FINETUNE, STAGE_PRETRAIN
 
 
@@ -51,8 +51,8 @@ def test_scheduler_reads_the_pruners_inputs_from_a_payload(tmp_path):
     """Grid trials carry a TrialPayload: the scheduler finds K and feat_dim under ``trial.config.``."""
     import optuna
 
-    from experiments.pruning import CollapsePruner
-    from experiments.scheduler import OptunaPruningScheduler
+    from experiments.pruning.pruner import CollapsePruner
+    from experiments.pruning.scheduler import OptunaPruningScheduler
     from tests.experiments.curves import healthy
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
@@ -69,7 +69,7 @@ def test_scheduler_reads_the_pruners_inputs_from_a_payload(tmp_path):
 
 
 def test_status_line_counts_pending_and_eta():
-    from experiments.progress import status_line
+    from experiments.launch.progress import status_line
 
     line = status_line("pretrain", ["running", "done", "pruned"], total=5, remaining_epochs=6, per_epoch_s=20.0,
                        max_concurrent=2)
@@ -79,7 +79,7 @@ def test_status_line_counts_pending_and_eta():
 
 def test_summary_shows_each_stage_s_key_metric_and_the_saved_epochs():
     from experiments.launch import TrialOutcome
-    from experiments.progress import format_summary
+    from experiments.launch.progress import format_summary
 
     outcomes = [TrialOutcome(STAGE_FINETUNE, "ft", "h2", "r2", "done", {"det/AP50": 0.4}, 1, 1),
                 TrialOutcome(STAGE_PRETRAIN, "pre", "h1", "r1", "pruned", {"swav/loss_over_ln_k": 1.0}, 6, 7,

@@ -8,7 +8,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from experiments import ui
+from experiments.results import ui
 
 BUNDLE = Path(mlflow.__file__).parent / "server" / "js" / "build" / "static" / "js"
 SMOKE_RUNS = [  # the params of smoke's four fine-tuning runs that matter here
@@ -31,7 +31,7 @@ def test_names_we_rely_on_are_in_mlflows_ui(bundle: str) -> None:
     for text in ('"mlflow.experimentKind"', 'CUSTOM_MODEL_DEVELOPMENT="custom_model_development"',
                  '"mlflow.sharedViewState."', '"viewStateShareKey"', '"compareRunsMode"', 'PARALLEL="PARALLEL"',
                  '"mlflow.note.content"', 'e.Tag="tag"', 'e.Average="average"', "groupByKeys"):
-        assert text in bundle, f"{text} is gone from MLflow {mlflow.__version__}'s UI: experiments/ui.py needs a look"
+        assert text in bundle, f"{text} is gone from MLflow {mlflow.__version__}'s UI: experiments/results/ui.py needs a look"
     state = ui.view_state(AXES, SMOKE_RUNS)
     for key in state:  # every key of our view is one the UI takes from a shared state
         assert f'"{key}"' in bundle, key
@@ -91,7 +91,7 @@ def test_the_served_bundle_moves_the_created_column_after_the_axes(bundle: str) 
     """MLflow pins "Created" left of every param; the app serves the table's script with it locked right instead."""
     from flask import Response
 
-    from experiments.ui_app import CREATED_PINNED, close_assistant_on_first_visit
+    from experiments.results.ui_app import CREATED_PINNED, close_assistant_on_first_visit
 
     assert len(CREATED_PINNED.findall(bundle)) == 1, f"MLflow {mlflow.__version__} defines Created otherwise"
     chunk = next(p for p in BUNDLE.glob("*.js") if CREATED_PINNED.search(p.read_text(errors="replace")))

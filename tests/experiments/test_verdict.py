@@ -8,7 +8,7 @@ import random
 import pytest
 from scipy import stats
 
-from experiments.verdict import (
+from experiments.results.verdict import (
     DECIDED, NO_SPREAD, TIE, UNDECIDED, compare, explained, judge_axis, judge_family,
 )
 
@@ -107,10 +107,10 @@ def test_one_judge_speaks_for_the_headline_report_demo_and_fidelity_bench(tmp_pa
     from mlflow.tracking import MlflowClient
 
     from bench import fidelity
-    from experiments import report as rep
+    from experiments.results import report as rep
     from experiments.launch.command import demo_verdict
-    from experiments.headline import study_headline
-    from experiments.tracking import Tracker
+    from experiments.results.headline import study_headline
+    from experiments.store.tracking import Tracker
     from trainers.vocabulary import TAG_HASH, TAG_NAME, TAG_PRUNED, TAG_STAGE
     from tests.experiments.test_report import BACKBONES, _finetune
 

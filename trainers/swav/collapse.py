@@ -55,7 +55,7 @@ SPAN_FLOOR = 0.5  # under half of an embedding's length in the prototypes' span 
 RANK_FLOOR = 0.25  # trunk rank under a quarter of the random trunks' (measured: 10 vs 111 in a collapsed run)
 REBOUND_DROP = 0.97  # loss/ln K had dropped to at most this ...
 REBOUND_BACK = 0.99  # ... and is back at or above this: the loss returned to ln K
-LN_K_BAND = 0.01  # loss/ln K within 1 +- this: uniform predictions (the pruner's default band, experiments/pruning.py)
+LN_K_BAND = 0.01  # loss/ln K within 1 +- this: uniform predictions (the pruner's default band, experiments/pruning/pruner.py)
 LN_K_EPOCHS = 3  # ... for this many epochs in a row; a young run passes through the band in one or two
 
 SIGNALS = (SWAV_EMBEDDING_STD, SWAV_SCORE_STD, SWAV_PROTOTYPE_SPAN, SWAV_TRUNK_RANK,

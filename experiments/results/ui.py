@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from experiments.tracking import flatten_params
+from experiments.store.tracking import flatten_params
 from trainers.vocabulary import (
     BACKBONE_PARAM,
     DET_AP50,
@@ -231,7 +231,7 @@ def links(base_url: str, experiment_id: str, study: str, tags: Mapping[str, str]
 
 def study_links(tracking_uri: str, base_url: str) -> list[StudyLinks]:
     """Links of every study in the store that has fine-tuning runs, newest experiment first (read-only)."""
-    from experiments.sqlite_reader import ACTIVE_ONLY, read_client
+    from experiments.store.sqlite_reader import ACTIVE_ONLY, read_client
 
     client = read_client(tracking_uri)
     out = []
@@ -370,10 +370,10 @@ def run(args: Any) -> int:
     """
     import sys
 
-    from experiments.redaction import redact
+    from experiments.store.redaction import redact
     from experiments.server import ServerConfigError, check_bind, check_port
-    from experiments.store import check_store
-    from experiments.tracking import artifact_root_for, uri_to_read
+    from experiments.store.checks import check_store
+    from experiments.store.tracking import artifact_root_for, uri_to_read
 
     uri = uri_to_read(args.tracking_uri)
     if uri.startswith("http"):
@@ -386,7 +386,7 @@ def run(args: Any) -> int:
     except ServerConfigError as exc:
         raise ValueError(str(exc)) from None
     # one worker (a UI for one person starts in seconds, not four), the app that keeps the assistant panel closed on
-    # a first visit (experiments/ui_app.py)
+    # a first visit (experiments/results/ui_app.py)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(port),
            "--workers", "1", "--app-name", "ablate-ui"]
     root = artifact_root_for(uri)

@@ -19,7 +19,7 @@
   other axis held at its most common value. A row with no run at that value (e.g. ``norm=gn``
   only exists on a GroupNorm-pretrained backbone) takes the most common value among its own
   runs instead, and says so in its ``differs`` column.
-* **The headline** (:mod:`experiments.headline`) comes first in the text and Markdown output.
+* **The headline** (:mod:`experiments.results.headline`) comes first in the text and Markdown output.
 * **Not averaged**: pruned, failed and unfinished trials with their reasons
   (``ablate.prune_reason`` / ``ablate.error``). They never enter a mean.
 
@@ -32,33 +32,33 @@ attempts are only counted in a note.
 The package, one module per concern over one model of the runs (:class:`TrialRun`,
 :class:`StudyRuns`, :class:`Table`), each importing only the ones before it:
 
-* :mod:`experiments.report.collect` — the study's runs read back from MLflow (:func:`collect`,
+* :mod:`experiments.results.report.collect` — the study's runs read back from MLflow (:func:`collect`,
   :func:`varying_axes`) and :class:`ReportError`;
-* :mod:`experiments.report.tables` — Table 1, the axis tables and the excluded trials (:func:`build_tables`);
-* :mod:`experiments.report.plots` — the PNGs (:func:`write_plots`; matplotlib is imported only when drawing);
-* :mod:`experiments.report.render` — text, Markdown, CSV and JSON (:func:`render`) and the command
+* :mod:`experiments.results.report.tables` — Table 1, the axis tables and the excluded trials (:func:`build_tables`);
+* :mod:`experiments.results.report.plots` — the PNGs (:func:`write_plots`; matplotlib is imported only when drawing);
+* :mod:`experiments.results.report.render` — text, Markdown, CSV and JSON (:func:`render`) and the command
   itself (:func:`report`: ``--out`` and the log under ``report/`` of the launch run);
-* :mod:`experiments.report.runs` — ``--runs``, one line per run (:func:`runs_table`).
+* :mod:`experiments.results.report.runs` — ``--runs``, one line per run (:func:`runs_table`).
 
-This module only re-exports their names, so ``from experiments.report import ...`` keeps working.
+This module only re-exports their names, so ``from experiments.results.report import ...`` keeps working.
 """
 
 from __future__ import annotations
 
 # Each ``from <submodule> import`` binds its names after loading the submodule, so the functions
 # ``collect`` and ``render`` (not the submodules of the same name) are what this package exports.
-from experiments.report.collect import ReportError, StudyRuns, TrialRun, collect, varying_axes
-from experiments.report.tables import (
+from experiments.results.report.collect import ReportError, StudyRuns, TrialRun, collect, varying_axes
+from experiments.results.report.tables import (
     AP_KEYS, AXIS_COLUMNS, BACKBONE_AXIS, NOT_SETTINGS, TABLE1_COLUMNS, Row, Stat, Table, axis_tables,
     build_tables, common_settings, excluded_table, table1,
 )
-from experiments.report.plots import (
+from experiments.results.report.plots import (
     CURVE_PANELS, _is_baseline, plot_ap50_curves, plot_bars, plot_swav_loss, write_plots,
 )
-from experiments.report.render import (
+from experiments.results.report.render import (
     BEST_MARK, FORMATS, headline_axes, render, report, report_headline,
 )
-from experiments.report.runs import runs_table
+from experiments.results.report.runs import runs_table
 
 __all__ = [
     "AP_KEYS", "AXIS_COLUMNS", "BACKBONE_AXIS", "BEST_MARK", "CURVE_PANELS", "FORMATS", "NOT_SETTINGS",

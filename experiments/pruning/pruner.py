@@ -17,7 +17,7 @@ Pieces, each usable alone:
 
 This module imports Optuna but no Ray, so validating a space (``ablate launch --dry-run``)
 never loads Ray. The Ray Tune scheduler that consults these pruners on the driver,
-``OptunaPruningScheduler``, lives in :mod:`experiments.scheduler`.
+``OptunaPruningScheduler``, lives in :mod:`experiments.pruning.scheduler`.
 
 How several signals travel through Optuna
 -----------------------------------------
@@ -49,9 +49,9 @@ import optuna
 from optuna.pruners import BasePruner, MedianPruner, NopPruner, PercentilePruner
 from optuna.trial import FrozenTrial
 
-from experiments.pruning_settings import (COLLAPSE_DEFAULTS, COLLAPSE_KEYS, PRUNING_DEFAULTS, check_collapse_settings,
+from experiments.pruning.settings import (COLLAPSE_DEFAULTS, COLLAPSE_KEYS, PRUNING_DEFAULTS, check_collapse_settings,
                                           validate_pruning_settings)
-from experiments.redaction import OPTUNA_STORAGE_ENV, picklable_url, url_from_state
+from experiments.store.redaction import OPTUNA_STORAGE_ENV, picklable_url, url_from_state
 from trainers.swav.collapse import collapse_label
 from trainers.vocabulary import (
     ATTR_SIGNALS_PREFIX,

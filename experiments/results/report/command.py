@@ -28,8 +28,8 @@ def register(subparsers: Any, name: str, summary: str, common: argparse.Argument
 
 def run(args: argparse.Namespace) -> int:
     """The tables (or, with ``--runs``, every trial run) on stdout; progress of ``--log`` on stderr."""
-    from experiments.report import report, runs_table
-    from experiments.tracking import uri_to_read
+    from experiments.results.report import report, runs_table
+    from experiments.store.tracking import uri_to_read
 
     uri = uri_to_read(args.tracking_uri)
     if args.runs:

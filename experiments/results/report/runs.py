@@ -9,8 +9,8 @@ import csv
 import io
 import json
 
-from experiments.report.collect import ReportError, collect
-from experiments.tracking import PARENT_TAG
+from experiments.results.report.collect import ReportError, collect
+from experiments.store.tracking import PARENT_TAG
 from trainers.vocabulary import STAGES, TAG_CELL, TAG_HASH, TAG_PRUNED, TAG_SEED, TAG_UPSTREAM
 
 

@@ -1,6 +1,6 @@
 """``ablate status``: a running launch seen from any machine that reaches the tracking store.
 
-Everything comes from the store (a local sqlite store through :mod:`experiments.sqlite_reader`, an MLflow
+Everything comes from the store (a local sqlite store through :mod:`experiments.store.sqlite_reader`, an MLflow
 server or another database through ``MlflowClient``): the launch
 runs (driver, start, heartbeat age), every trial of the launch with its ``ablate.state``, the
 epoch it reached against its budget, its key metric and an ETA, and the study's headline
@@ -18,11 +18,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence, TextIO
 
-from experiments.redaction import redact
-from experiments.sqlite_reader import ACTIVE_ONLY, read_client
-from experiments.store import check_store, finite_or_none, store_errors
-from experiments.headline import Headline, study_headline
-from experiments.tracking import PARENT_TAG, launch_alive
+from experiments.store.redaction import redact
+from experiments.store.sqlite_reader import ACTIVE_ONLY, read_client
+from experiments.store.checks import check_store, finite_or_none, store_errors
+from experiments.results.headline import Headline, study_headline
+from experiments.store.tracking import PARENT_TAG, launch_alive
 from trainers.swav.collapse import collapse_label
 from trainers.vocabulary import (
     DET_AP50,
@@ -385,7 +385,7 @@ def register(subparsers: Any, name: str, summary: str, common: Any) -> None:
 
 def run(args: Any) -> int:
     """``ablate status``: the table (or JSON) once, or redrawn with ``--watch``."""
-    from experiments.tracking import uri_to_read
+    from experiments.store.tracking import uri_to_read
 
     if args.watch and args.format == "json":
         raise ValueError("--watch redraws a terminal table; for scripts, run `ablate status --format json` at each poll")

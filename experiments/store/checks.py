@@ -15,8 +15,8 @@ import urllib.error
 import urllib.request
 from typing import Any, Iterator
 
-from experiments.redaction import redact
-from experiments.sqlite_reader import is_sqlite, sqlite_path
+from experiments.store.redaction import redact
+from experiments.store.sqlite_reader import is_sqlite, sqlite_path
 
 PROBE_TIMEOUT_S = 5.0  # an unreachable server fails in seconds, not after MLflow's minutes of retries
 
@@ -75,7 +75,7 @@ def store_errors(tracking_uri: str, what: str, error: type[ValueError]) -> Itera
 def _loaded(*names: tuple[str, str]) -> tuple[type, ...]:
     """The exception classes ``(module, class)`` of the modules this process has imported: a class whose module
     was never imported cannot have been raised, and importing MLflow only to test for its errors costs seconds
-    (the read-only commands never import it: experiments/sqlite_reader.py)."""
+    (the read-only commands never import it: experiments/store/sqlite_reader.py)."""
     return tuple(getattr(sys.modules[module], cls) for module, cls in names if module in sys.modules)
 
 
@@ -86,7 +86,7 @@ def _mlflow_errors() -> tuple[type, ...]:
 def _client_errors() -> tuple[type, ...]:
     """SQL, HTTP and sqlite3 failures, and the reader's missing entity."""
     return _loaded(("sqlalchemy.exc", "SQLAlchemyError"), ("requests.exceptions", "RequestException"),
-                   ("sqlite3", "Error"), ("experiments.sqlite_reader", "NotFound"))
+                   ("sqlite3", "Error"), ("experiments.store.sqlite_reader", "NotFound"))
 
 
 def store_failure(exc: BaseException) -> BaseException | None:

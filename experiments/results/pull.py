@@ -9,7 +9,7 @@ replaces an existing folder only with ``overwrite`` and only when that folder ho
 pull and nothing else; the current, home and root folders, and any folder containing the working
 directory or the local tracking store, are never replaced.
 
-Errors the user can act on raise :class:`~experiments.registry.RegistryError` (one line).
+Errors the user can act on raise :class:`~experiments.results.registry.RegistryError` (one line).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
 
-from experiments.redaction import redact
-from experiments.registry import (
+from experiments.store.redaction import redact
+from experiments.results.registry import (
     BACKBONE,
     CHAMPION,
     CONFIG_JSON,
@@ -40,8 +40,8 @@ from experiments.registry import (
     model_versions,
     open_registry,
 )
-from experiments.store import is_missing, one_line, store_errors
-from experiments.tracking import UPSTREAM_SCRATCH, artifact_root_for, uri_to_read
+from experiments.store.checks import is_missing, one_line, store_errors
+from experiments.store.tracking import UPSTREAM_SCRATCH, artifact_root_for, uri_to_read
 from trainers.vocabulary import (
     DET_PREFIX,
     SWAV_PREFIX,
@@ -231,7 +231,7 @@ def model_card(name: str, version: Any, aliases: Sequence[str], kind: str, dest:
         lines += ["from trainers.swav import load_backbone", "", f'trunk = load_backbone("{dest}")  # ResNet, fc = Identity',
                   "# or fine-tune a detector on it:", f"#   ablate finetune CONFIG.yaml --set backbone={dest}"]
     lines += ["```", "", "Served or loaded through MLflow (input: a DataFrame column `image` of base64 PNG/JPEG text):",
-              "", "```python", "import mlflow, pandas as pd", "from experiments.registry import encode_image", "",
+              "", "```python", "import mlflow, pandas as pd", "from experiments.results.registry import encode_image", "",
               f'model = mlflow.pyfunc.load_model("models:/{name}/{version.version}")',
               'model.predict(pd.DataFrame({"image": [encode_image("photo.jpg")]}))', "```", "",
               "Written by `ablate pull`: `ablate pull --overwrite` replaces this folder only while it holds "

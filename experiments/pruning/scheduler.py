@@ -1,9 +1,9 @@
 """The Ray Tune scheduler that consults an Optuna pruner on the driver, and the compute pruning saved.
 
 :class:`OptunaPruningScheduler` feeds every Ray trial's results to an Optuna study in an SQL
-database (:func:`experiments.pruning.report_signals`) and stops the trial when
+database (:func:`experiments.pruning.pruner.report_signals`) and stops the trial when
 ``trial.should_prune()`` says so; :func:`saved_compute` counts the epochs the pruned trials
-did not run. The pruners themselves (:mod:`experiments.pruning`) import no Ray.
+did not run. The pruners themselves (:mod:`experiments.pruning.pruner`) import no Ray.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from optuna.trial import TrialState
 from ray.tune.experiment import Trial as RayTrial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from experiments.pruning import (
+from experiments.pruning.pruner import (
     FEAT_DIM_PARAM, METRIC_KEY, PROTOTYPE_PARAM, SIGNAL_KEYS, CollapsePruner, EnvRDBStorage,
     report_signals, signals_by_step,
 )
-from experiments.redaction import OPTUNA_STORAGE_ENV, picklable_url, redact, url_from_state
+from experiments.store.redaction import OPTUNA_STORAGE_ENV, picklable_url, redact, url_from_state
 from trainers.vocabulary import ATTR_PRUNE_REASON, ATTR_RAY_TRIAL, STAGE_RECORDS
 
 
@@ -414,7 +414,7 @@ def optuna_trial_of(searcher: Any, ray_trial_id: str) -> optuna.trial.Trial:
         import ray
 
         raise RuntimeError(f"OptunaSearch of Ray {ray.__version__} keeps no `_ot_trials` dict: the scheduler's "
-                           "shared-trial mode needs updating to this Ray release (experiments/scheduler.py)")
+                           "shared-trial mode needs updating to this Ray release (experiments/pruning/scheduler.py)")
     ot_trial = trials.get(ray_trial_id)
     if ot_trial is None:
         raise RuntimeError(f"OptunaSearch has no Optuna trial for Ray trial {ray_trial_id}")

@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from experiments.redaction import redact
+from experiments.store.redaction import redact
 from experiments.spaces import NON_RESULT_FIELDS
-from experiments.sqlite_reader import ACTIVE_ONLY, read_client
-from experiments.store import check_store, finite_or_none, store_errors
-from experiments.tracking import PARENT_TAG, UPSTREAM_SCRATCH, launch_alive, usable_run
+from experiments.store.sqlite_reader import ACTIVE_ONLY, read_client
+from experiments.store.checks import check_store, finite_or_none, store_errors
+from experiments.store.tracking import PARENT_TAG, UPSTREAM_SCRATCH, launch_alive, usable_run
 from trainers.swav.collapse import collapse_label
 from trainers.vocabulary import (
     DET_AP50,

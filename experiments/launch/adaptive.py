@@ -3,7 +3,7 @@
 A space may say ``seeds: {initial: 2, max: 8}`` (optionally ``budget_trials: N``) instead of a fixed
 list. The launch then runs the initial seeds of every fine-tuning cell, and after each *wave* asks
 :func:`next_wave` which cells get one more seed, judged by the project's one judge
-(:mod:`experiments.verdict`, through :func:`experiments.headline.compute_headline`):
+(:mod:`experiments.results.verdict`, through :func:`experiments.results.headline.compute_headline`):
 
 * a cell is **in contention** when, on some axis (or the pretrained-vs-baseline comparison) that
   is still undecided or without spread, its value is the leader or one of the values not yet told
@@ -35,9 +35,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from experiments.headline import Headline, TrialResult, axis_strata, compute_headline
+from experiments.results.headline import Headline, TrialResult, axis_strata, compute_headline
 from experiments.spaces import AdaptiveSeeds
-from experiments.verdict import DECIDED, NO_SPREAD, UNDECIDED
+from experiments.results.verdict import DECIDED, NO_SPREAD, UNDECIDED, sequential_alpha
 
 __all__ = ["AdaptiveSeeds", "STOP_REASONS", "Wave", "contention", "next_wave"]
 
@@ -88,7 +88,7 @@ def next_wave(trials: Sequence[TrialResult], axes: Sequence[str], attempted: Map
         metric: the ranking metric (higher is better).
         cost: cell -> trials its next seed takes (default 1; with pretraining seeds, one per backbone seed).
     """
-    headline = compute_headline(trials, axes, metric, max_seeds=seeds.max, alpha=seeds.alpha)
+    headline = compute_headline(trials, axes, metric, max_seeds=seeds.max, alpha=sequential_alpha(seeds.looks))
     open_cells, out = contention(headline, trials, axes)
     wave = Wave()
     room = None if seeds.budget_trials is None else max(0, seeds.budget_trials - trials_so_far)

@@ -1,7 +1,7 @@
 """The report's tables over the collected runs: Table 1, one table per ablated axis, the excluded trials.
 
 Cells are :class:`Stat` (mean ± sample std over seeds), in rows (:class:`Row`) of a :class:`Table`;
-the :mod:`experiments.report` docstring says how rows and held values are chosen.
+the :mod:`experiments.results.report` docstring says how rows and held values are chosen.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from experiments.report.collect import StudyRuns, TrialRun, _collapse
+from experiments.results.report.collect import StudyRuns, TrialRun, _collapse
 from experiments.spaces import NON_RESULT_FIELDS
-from experiments.store import finite_or_none
-from experiments.tracking import UPSTREAM_SCRATCH, flatten_params
+from experiments.store.checks import finite_or_none
+from experiments.store.tracking import UPSTREAM_SCRATCH, flatten_params
 from trainers.swav.references import RANDOM_TRUNKS, monitor_text
 from trainers.vocabulary import (
     METRIC_LABELS,
@@ -210,7 +210,7 @@ def _axis_value(run: TrialRun, axis: str) -> str | None:
 
 
 def axis_tables(runs: StudyRuns) -> list[Table]:
-    """One table per ablated axis; the other axes held at their most common values (see the :mod:`experiments.report` docstring)."""
+    """One table per ablated axis; the other axes held at their most common values (see the :mod:`experiments.results.report` docstring)."""
     ft = [r for r in runs.stage("finetune") if r.usable]
     axes = [f"{stage}.{name}" for stage in STAGES for name in runs.axes.get(stage, [])]
     defaults: dict[str, str] | None = None

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
 import os
 import shutil
 import socket
@@ -23,6 +22,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from trainers.stages import TRAINERS
 from trainers.vocabulary import (
     COCO_METRICS,
     DET_AP50,
@@ -48,33 +48,6 @@ ARTIFACTS_SUBDIR = "artifacts"  # files a trainer passed to report(), carried in
 CANDIDATE_KEY = "candidate"  # in `tpe` mode: which backbone x cell x seed a sampled trial fine-tunes
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainerRef:
-    """Where a stage's trainer is (a name to import, not the trainer): its package and its config class."""
-
-    module: str
-    config: str
-
-    def load(self) -> tuple[Callable[..., dict[str, float]], type]:
-        """The trainer's ``train`` and its config class (imported now: torch and the trainer's packages)."""
-        module = importlib.import_module(self.module)
-        return module.train, getattr(module, self.config)
-
-    def config_class(self) -> type:
-        """The trainer's config class alone (a lazy trainer package loads only its config module: no torch)."""
-        return getattr(importlib.import_module(self.module), self.config)
-
-
-def _trainer_ref(stage: str) -> TrainerRef:
-    """The stage record's trainer, or the module ``ABLATE_TRAINER_PRETRAIN`` / ``ABLATE_TRAINER_FINETUNE`` names
-    (it has ``train(config, reporter)`` and the stage's config class): a trainer of one's own, or a test's
-    stand-in."""
-    module, config = STAGE_RECORDS[stage].trainer.split(":")
-    return TrainerRef(os.environ.get(f"ABLATE_TRAINER_{stage.upper()}") or module, config)
-
-
-# The stage registry, trainers' side: what each stage trains with.
-TRAINERS = {stage: _trainer_ref(stage) for stage in STAGE_RECORDS}
 
 
 @dataclasses.dataclass(frozen=True)

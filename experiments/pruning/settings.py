@@ -1,6 +1,6 @@
 """The ``pruning:`` section of a search space: its keys, defaults and checks.
 
-Apart from :mod:`experiments.pruning` (the pruners themselves) so that reading a space needs no Optuna:
+Apart from :mod:`experiments.pruning.pruner` (the pruners themselves) so that reading a space needs no Optuna:
 ``bench device`` plans the launch's configs on a machine that has none.
 """
 
@@ -19,7 +19,7 @@ COLLAPSE_DEFAULTS: dict[str, Any] = {
     "min_prototypes_used": 1,
     "knn_margin": None,
 }
-"""The :class:`~experiments.pruning.CollapsePruner` defaults, also those of the ``pruning:`` section (why each: the class docstring)."""
+"""The :class:`~experiments.pruning.pruner.CollapsePruner` defaults, also those of the ``pruning:`` section (why each: the class docstring)."""
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
@@ -34,7 +34,7 @@ def _check_number(name: str, value: Any) -> None:
 
 def check_collapse_settings(warmup_epochs: Any, patience: Any, delta: Any, std_floor: Any, min_prototypes_used: Any,
                             knn_margin: Any) -> None:
-    """Raise ValueError naming the first invalid :class:`~experiments.pruning.CollapsePruner` setting."""
+    """Raise ValueError naming the first invalid :class:`~experiments.pruning.pruner.CollapsePruner` setting."""
     _check_int("warmup_epochs", warmup_epochs, 0)
     _check_int("patience", patience, 1)
     _check_number("delta", delta)

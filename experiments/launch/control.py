@@ -22,9 +22,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from experiments.redaction import redact
-from experiments.store import check_store, one_line, store_errors
-from experiments.tracking import PARENT_TAG, Tracker, driver_id, launch_alive, uri_to_read
+from experiments.store.redaction import redact
+from experiments.store.checks import check_store, one_line, store_errors
+from experiments.store.tracking import PARENT_TAG, Tracker, driver_id, launch_alive, uri_to_read
 from trainers.vocabulary import TAG_DRIVER, TAG_NAME, TAG_STAGE, TAG_STATE, TAG_STOP_REQUESTED
 
 STOP_POLL_S = 5.0  # the launch-wide request is read at most this often between results

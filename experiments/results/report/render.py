@@ -14,11 +14,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from experiments.report.collect import ReportError, StudyRuns, collect
-from experiments.report.plots import write_plots
-from experiments.report.tables import Stat, Table, build_tables
-from experiments.sqlite_reader import writer
-from experiments.store import store_errors
+from experiments.results.report.collect import ReportError, StudyRuns, collect
+from experiments.results.report.plots import write_plots
+from experiments.results.report.tables import Stat, Table, build_tables
+from experiments.store.sqlite_reader import writer
+from experiments.store.checks import store_errors
 from trainers.vocabulary import STAGES, STAGE_FINETUNE, TAG_PRETRAIN_SEEDS
 
 FORMATS = ("table", "md", "csv", "json")
@@ -200,15 +200,15 @@ def headline_axes(runs: StudyRuns) -> list[str]:
 
 
 def report_headline(runs: StudyRuns) -> Any:
-    """The study's :class:`~experiments.headline.Headline` (:func:`experiments.headline.study_headline`), from the
+    """The study's :class:`~experiments.results.headline.Headline` (:func:`experiments.results.headline.study_headline`), from the
     collected runs."""
-    from experiments.headline import study_headline
+    from experiments.results.headline import study_headline
 
     return study_headline(runs.client, runs.experiment_id, headline_axes(runs), runs=runs.stage(STAGE_FINETUNE))
 
 
 def attach_verdicts(tables: Sequence[Table], headline: Any, runs: StudyRuns | None = None) -> None:
-    """The judge's verdicts (:mod:`experiments.verdict`, through the headline) as notes of the tables they concern:
+    """The judge's verdicts (:mod:`experiments.results.verdict`, through the headline) as notes of the tables they concern:
     the baseline comparison under Table 1, each axis's under its table, and an axis that never varies alone
     marked as confounded; the tables' ``*`` only marks the highest mean. With adaptive seeds, Table 1 also says
     how many seeds each cell got and why it got no more."""
@@ -243,7 +243,7 @@ def adaptive_seeds_note(runs: StudyRuns) -> list[str]:
 
 def verdict_words(headline: Any, pretrain_seeds: str = "") -> list[str]:
     """What the verdict words used in the headline mean, two sentences each, and which variance the intervals hold."""
-    from experiments.verdict import STATES, explained
+    from experiments.results.verdict import STATES, explained
 
     used = {c.state for a in headline.axes for c in a.comparisons}
     used |= {headline.baseline.state} if headline.baseline is not None else set()

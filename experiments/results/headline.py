@@ -16,7 +16,7 @@ What it says:
   pretraining axis, any pretrained backbone). An axis that never varies alone (smoke's
   ``lr_scheme``, set only on the scratch baseline) is named as not comparable.
 
-Every comparison is judged by :mod:`experiments.verdict` (the project's one judge): the difference
+Every comparison is judged by :mod:`experiments.results.verdict` (the project's one judge): the difference
 of means with its 95 % Welch interval, Holm-corrected within an axis (over every pair of its values:
 the leader is picked after looking) and over the pretrained cells compared with the baseline, and
 an adaptive-seeds study at its sequential level; and a state: ``decided``,
@@ -30,7 +30,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-from experiments.verdict import ALPHA, AxisVerdict, Verdict, judge_axis, judge_family, mean_of
+from experiments.results.verdict import ALPHA, AxisVerdict, Verdict, judge_axis, judge_family, mean_of, sequential_alpha
 from trainers.vocabulary import BACKBONE_PARAM, DET_AP50, METRIC_LABELS, NONE_VALUE
 
 SCRATCH = "scratch"  # finetune.backbone of a run without pretraining (trainers.pairing.SCRATCH)
@@ -192,7 +192,7 @@ def compute_headline(trials: Sequence[TrialResult], axes: Sequence[str], metric:
         max_seeds: the most seeds per cell the study may run (a space's ``seeds: {max: N}``): undecided
             verdicts give their minimum detectable difference at that count too.
         alpha: the error rate of each family of comparisons (0.05; an adaptive-seeds study judges at its
-            sequential level, :func:`experiments.adaptive.sequential_alpha`, every time it looks).
+            sequential level, :func:`experiments.launch.adaptive.sequential_alpha`, every time it looks).
 
     Returns:
         The :class:`Headline`; ``best`` is None when ``trials`` is empty.
@@ -239,13 +239,13 @@ def _cell_name(runs: Sequence[TrialResult]) -> str:
 
 
 def trials_from_runs(runs: Iterable[Any], axes: Sequence[str], metric: str = DET_AP50) -> list[TrialResult]:
-    """Headline inputs from fine-tuning runs: MLflow ``Run`` objects or ``experiments.report.TrialRun`` records.
+    """Headline inputs from fine-tuning runs: MLflow ``Run`` objects or ``experiments.results.report.TrialRun`` records.
 
     Runs that are not finished, pruned, failed, or without a finite ``metric`` are left out
-    (:func:`experiments.tracking.usable_run`). Runs launched before ``finetune.backbone`` and
+    (:func:`experiments.store.tracking.usable_run`). Runs launched before ``finetune.backbone`` and
     ``ablate.cell`` were recorded get them from the upstream tag and from their params without the seed.
     """
-    from experiments.tracking import UPSTREAM_SCRATCH, usable_run
+    from experiments.store.tracking import UPSTREAM_SCRATCH, usable_run
     from trainers.vocabulary import TAG_CELL, TAG_NAME, TAG_STAGE, TAG_UPSTREAM
     from experiments.spaces import NON_RESULT_FIELDS
     from trainers.vocabulary import STAGE_FINETUNE
@@ -256,7 +256,7 @@ def trials_from_runs(runs: Iterable[Any], axes: Sequence[str], metric: str = DET
         if hasattr(run, "data"):  # mlflow.entities.Run
             run_id, status, name = run.info.run_id, run.info.status, run.info.run_name
             params, tags, metrics = dict(run.data.params), dict(run.data.tags), dict(run.data.metrics)
-        else:  # experiments.report.TrialRun
+        else:  # experiments.results.report.TrialRun
             run_id, status, name = run.run_id, run.status, run.name
             params, tags, metrics = run.params, run.tags, run.metrics
         if tags.get(TAG_STAGE) != STAGE_FINETUNE or not usable_run(status, tags, metrics, STAGE_FINETUNE, metric):
@@ -291,7 +291,7 @@ def study_headline(client: Any, experiment_id: str, axes: Sequence[str] | None =
         runs: the study's fine-tuning runs when the caller has read them already (``ablate report``);
             default: read from the store.
     """
-    from experiments.sqlite_reader import ACTIVE_ONLY
+    from experiments.store.sqlite_reader import ACTIVE_ONLY
     from experiments.spaces import AdaptiveSeeds
     from trainers.vocabulary import TAG_STAGE
     from trainers.vocabulary import TAG_AXES, TAG_SEEDS
@@ -301,7 +301,7 @@ def study_headline(client: Any, experiment_id: str, axes: Sequence[str] | None =
         axes = [a for a in tags.get(TAG_AXES, "").split(",") if a]
     # an adaptive-seeds study looked at its results after every wave: it is judged at its sequential level
     adaptive = AdaptiveSeeds.parse(tags.get(TAG_SEEDS))
-    judged = {"max_seeds": adaptive.max, "alpha": adaptive.alpha} if adaptive else {}
+    judged = {"max_seeds": adaptive.max, "alpha": sequential_alpha(adaptive.looks)} if adaptive else {}
     if runs is not None:
         return compute_headline(trials_from_runs(runs, axes, metric), axes, metric, **judged)
     runs, token = [], None

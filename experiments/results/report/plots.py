@@ -11,10 +11,10 @@ import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
-from experiments.report.collect import StudyRuns, TrialRun
-from experiments.report.tables import Stat, Table, _most_common, _value_key, build_tables
-from experiments.store import finite_or_none
-from experiments.tracking import UPSTREAM_SCRATCH
+from experiments.results.report.collect import StudyRuns, TrialRun
+from experiments.results.report.tables import Stat, Table, _most_common, _value_key, build_tables
+from experiments.store.checks import finite_or_none
+from experiments.store.tracking import UPSTREAM_SCRATCH
 from trainers.vocabulary import DET_AP50, METRIC_LABELS, SWAV_LOSS, TAG_UPSTREAM
 
 CURVE_PANELS = ("norm", "head", "lr_scheme")  # fine-tuning curves grouped by these fields

@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from experiments.objectstore import filesystem, location_of
-from experiments.redaction import redact
-from experiments.store import check_store, store_errors
-from experiments.tracking import DEFAULT_STORE_DIR, Tracker, launch_alive, uri_to_read
+from experiments.store.objectstore import filesystem, location_of
+from experiments.store.redaction import redact
+from experiments.store.checks import check_store, store_errors
+from experiments.store.tracking import DEFAULT_STORE_DIR, Tracker, launch_alive, uri_to_read
 from trainers.vocabulary import STAGES, TAG_CHECKPOINT, TAG_DRIVER, TAG_STAGE
 
 

@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from experiments.redaction import redact, scrub_mapping
-from experiments.sqlite_reader import ACTIVE_ONLY, SqliteReader, reads_without_mlflow, sqlite_path
-from experiments.store import finite_or_none
+from experiments.store.redaction import redact, scrub_mapping
+from experiments.store.sqlite_reader import ACTIVE_ONLY, SqliteReader, reads_without_mlflow, sqlite_path
+from experiments.store.checks import finite_or_none
 from trainers.vocabulary import (
     DET_AP50,
     STAGE_FINETUNE,
@@ -125,7 +125,7 @@ class Tracker:
         study: the MLflow experiment name.
         create: create the experiment when missing (False: look only).
         read_only: nothing will be written (a dry run): on a local sqlite store the client is a
-            :class:`~experiments.sqlite_reader.SqliteReader`, or None when the store does not exist yet.
+            :class:`~experiments.store.sqlite_reader.SqliteReader`, or None when the store does not exist yet.
     """
 
     def __init__(self, tracking_uri: str, study: str, create: bool = True, read_only: bool = False) -> None:
@@ -239,7 +239,7 @@ class Tracker:
         self.client.log_inputs(run_id, [DatasetInput(ds, [InputTag("mlflow.data.context", context)])])
 
     def set_experiment_tags(self, tags: Mapping[str, str]) -> None:
-        """Set tags of the study's experiment (its kind, description and saved views: experiments.ui)."""
+        """Set tags of the study's experiment (its kind, description and saved views: experiments.results.ui)."""
         for key, value in scrub_mapping(tags).items():
             self.client.set_experiment_tag(self.experiment_id, key, str(value))
 

@@ -22,7 +22,7 @@ from typing import Any
 
 FIRST_VISIT_FLAG = "mlflow.assistant.fab.autoOpenedOnFirstLoad_v1"
 FIRST_VISIT_SCRIPT = (
-    "<script>/* ablate ui: no assistant panel opening by itself on a first visit (experiments/ui_app.py) */"
+    "<script>/* ablate ui: no assistant panel opening by itself on a first visit (experiments/results/ui_app.py) */"
     f"try{{if(window.localStorage.getItem('{FIRST_VISIT_FLAG}')===null)"
     f"{{window.localStorage.setItem('{FIRST_VISIT_FLAG}','true');}}}}catch(e){{}}</script>"
 )
@@ -37,7 +37,7 @@ PARCOORDS_TITLE = "Parallel Coordinates"  # MLflow 3.17's fixed title of every p
 #   ("finetu...ckbone"): the title becomes what the chart compares, from the full names its SVG keeps for its axes
 #   (`.axis > text.label`, or its `.axis-label-tooltip` when the label is cut; the last axis is the metric):
 #   "det/AP50 by finetune.backbone, finetune.norm".
-READABLE_PAGE_SCRIPT = """<script>/* ablate ui: metrics rounded, charts titled (experiments/ui_app.py) */
+READABLE_PAGE_SCRIPT = """<script>/* ablate ui: metrics rounded, charts titled (experiments/results/ui_app.py) */
 (function () {
   var DIGITS = %(digits)d, LONG = /^-?\\d*\\.\\d{%(long)d,}(e-?\\d+)?$/;
   var CELLS = '.ag-cell[col-id^="metrics."]', TITLE = '%(title)s';

@@ -3,7 +3,7 @@
 Registered models, per study:
 
 * ``<study>-detector`` — versions are fine-tuning runs. Each version is an MLflow pyfunc
-  "model from code" (``experiments/pyfunc_models/detector.py``) logged to the fine-tuning run
+  "model from code" (``experiments/results/pyfunc_models/detector.py``) logged to the fine-tuning run
   itself, so the version, the logged model and the run's params, metrics and lineage tags stay
   linked in the UI. Its artifacts are the exported files — ``artifacts/detector/`` holds
   ``detector.safetensors``, ``detector.json``, ``config.json`` and ``config.yaml`` — and the
@@ -19,7 +19,7 @@ fine-tuned on it (tagged ``downstream.*`` on its version), so the backbone champ
 pretrained backbone with the best downstream detector — when a scratch detector wins, the
 backbone champion is left alone.
 
-``ablate pull`` (:mod:`experiments.pull`) fetches a version as a verified folder with its model card.
+``ablate pull`` (:mod:`experiments.results.pull`) fetches a version as a verified folder with its model card.
 
 Errors the user can act on (unknown study / model / alias / version, a store that cannot be
 reached, a destination that cannot be written, a corrupted or unsafe artifact) raise
@@ -42,11 +42,11 @@ from typing import Any, Mapping
 import numpy as np
 import yaml
 
-from experiments.pyfunc_models import BACKBONE_CODE, DETECTOR_CODE
-from experiments.redaction import redact
-from experiments.sqlite_reader import ACTIVE_ONLY, read_client
-from experiments.store import check_store, finite_or_none, fluent_store, is_missing, store_errors
-from experiments.tracking import UPSTREAM_SCRATCH, uri_to_read, usable_run
+from experiments.results.pyfunc_models import BACKBONE_CODE, DETECTOR_CODE
+from experiments.store.redaction import redact
+from experiments.store.sqlite_reader import ACTIVE_ONLY, read_client
+from experiments.store.checks import check_store, finite_or_none, fluent_store, is_missing, store_errors
+from experiments.store.tracking import UPSTREAM_SCRATCH, uri_to_read, usable_run
 from trainers.vocabulary import (
     DET_AP,
     DET_AP50,
@@ -80,7 +80,7 @@ CONFIG_JSON, CONFIG_YAML = "config.json", "config.yaml"
 TAG_DOWNSTREAM_RUN = "downstream.run_id"
 DOWNSTREAM_PREFIX = "downstream."
 
-TRAINERS_DIR = Path(__file__).resolve().parent.parent / "trainers"
+TRAINERS_DIR = Path(__file__).resolve().parents[2] / "trainers"
 # What the logged model needs to run: pinned to this environment's versions when installed.
 MODEL_REQUIREMENTS = ("torch", "torchvision", "safetensors", "numpy", "pandas", "pillow", "pycocotools",
                       "matplotlib", "pyyaml", "tqdm", "mlflow")
@@ -116,7 +116,7 @@ def model_name(study: str, kind: str) -> str:
 
 def open_registry(tracking_uri: str, read_only: bool = False) -> Any:
     """An ``MlflowClient`` on the tracking store and its model registry (the same URI); ``read_only``: on a local
-    sqlite store, :class:`~experiments.sqlite_reader.SqliteReader` (no MLflow import) for a command that only reads.
+    sqlite store, :class:`~experiments.store.sqlite_reader.SqliteReader` (no MLflow import) for a command that only reads.
 
     Raises:
         RegistryError: the store cannot be reached.
@@ -156,7 +156,7 @@ def _check_metric(metric: str) -> None:
 def eligible_runs(client: Any, experiment_id: str, metric: str = DEFAULT_METRIC) -> list[Any]:
     """Fine-tuning runs that may be registered, best first.
 
-    A run qualifies when it is usable (:func:`~experiments.tracking.usable_run`: FINISHED, not
+    A run qualifies when it is usable (:func:`~experiments.store.tracking.usable_run`: FINISHED, not
     pruned, no ``ablate.error`` tag, a finite final ``metric``). Ordered by
     ``metric``, then ``det/AP``, then the earlier run first (stable across calls).
     """
@@ -365,7 +365,7 @@ def _register_run(tracking_uri: str, client: Any, study: str, run: Any, spec: Mo
 
 def version_description(client: Any, run: Any) -> str:
     """A model version's description (Markdown): the run, its final COCO metrics and the study's headline."""
-    from experiments.headline import study_headline
+    from experiments.results.headline import study_headline
     from trainers.vocabulary import METRIC_LABELS
 
     labels = {**METRIC_LABELS, SWAV_LOSS: SWAV_LOSS, SWAV_LOSS_OVER_LN_K: SWAV_LOSS_OVER_LN_K}

@@ -7,7 +7,7 @@ rebuild recipe are the model's artifact ``detector`` — a folder with ``detecto
 
 Input: a pandas DataFrame with one column ``image``, each value the base64 text of an encoded
 image file (PNG or JPEG, any size, RGB / grey / RGBA — converted to RGB);
-``experiments.registry.encode_image(path)`` makes one. Served, that is::
+``experiments.results.registry.encode_image(path)`` makes one. Served, that is::
 
     mlflow models serve -m models:/STUDY-detector@champion -p 5001 --env-manager local
     curl -X POST http://127.0.0.1:5001/invocations -H 'Content-Type: application/json' \

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-from experiments.trial import key_metric
+from experiments.launch.trial import key_metric
 from trainers.vocabulary import (
     LAUNCH_FINETUNE_SKIPPED,
     LAUNCH_PRUNED_EPOCHS_BUDGETED,
