@@ -147,7 +147,7 @@ def test_outcome_finds_healthy_and_collapsed_runs():
 @pytest.mark.slow
 def test_outcome_reads_the_planted_collapse_launch(planted_collapse):
     """The benchmark reads the store of the planted-collapse launch (tests/conftest.py; the launch is
-    shared with tests/experiments/test_launch.py::test_collapsed_pretraining_is_pruned_and_gets_no_finetuning)."""
+    shared with tests/e2e/test_launch.py::test_collapsed_pretraining_is_pruned_and_gets_no_finetuning)."""
     cwd, study, stdout = planted_collapse
     parent, trials = orchestration.read_store(cwd / "mlruns", study)
     record = LaunchRecord(study, math.nan, math.nan, 0, stdout, parent["start_s"], parent["finish_s"],

@@ -70,7 +70,7 @@ def loopback_only_ray() -> None:
     Ray resolves "127.0.0.1" to the machine's network address unless it believes it is on a
     single-machine platform; ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is that switch (read by the
     Ray processes this starts) and ``ray_constants.ENABLE_RAY_CLUSTER`` its already-imported copy.
-    tests/experiments/test_launch.py checks the addresses the Ray processes listen on, so a Ray
+    tests/e2e/test_launch.py checks the addresses the Ray processes listen on, so a Ray
     release that changes this fails there.
     """
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"

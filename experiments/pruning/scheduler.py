@@ -404,7 +404,7 @@ def optuna_trial_of(searcher: Any, ray_trial_id: str) -> optuna.trial.Trial:
 
     Ray offers no public way to this: Ray 2.60 keeps the trials in the private dict
     ``OptunaSearch._ot_trials`` (Ray trial id -> ``optuna.trial.Trial``). This is the one place
-    that reads it; tests/experiments/test_scheduler.py fails when a Ray release changes it.
+    that reads it; tests/experiments/pruning/test_scheduler.py fails when a Ray release changes it.
 
     Raises:
         RuntimeError: the searcher has no such dict (a changed Ray) or no trial for ``ray_trial_id``.

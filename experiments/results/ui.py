@@ -17,7 +17,7 @@ MLflow 3.17's UI reads all of it from the tracking store, so the launch writes i
   cells view (the leaderboard grouped by the ``ablate.cell`` tag: one row per cell with the mean of
   its seeds, its seeds' runs folded under it). Their
   keys are among those the experiment page takes from a shared state in MLflow 3.17's built UI
-  (its view-state keys and search facets; tests/experiments/test_ui_state.py checks the bundle);
+  (its view-state keys and search facets; tests/experiments/results/test_ui.py checks the bundle);
   table or charts is the ``compareRunsMode`` URL parameter (``TABLE`` / ``CHART``).
 
 A study launched before these tags existed still gets a working link from :func:`study_links`:

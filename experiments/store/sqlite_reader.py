@@ -8,7 +8,7 @@ read-only. :class:`SqliteReader` answers the subset of ``MlflowClient``'s readin
 commands call, with objects carrying the same attribute names (``run.info.run_id``,
 ``run.data.metrics``, ``version.tags``, ``page.token``), so the callers are the same code for either
 client. Any other URI (an MLflow server, PostgreSQL) keeps ``MlflowClient``: :func:`read_client`
-decides. ``tests/experiments/test_sqlite_reader.py`` checks every method against ``MlflowClient`` on
+decides. ``tests/experiments/store/test_sqlite_reader.py`` checks every method against ``MlflowClient`` on
 the same store.
 
 The tables are MLflow 3's (``runs``, ``tags``, ``params``, ``metrics``, ``latest_metrics``,

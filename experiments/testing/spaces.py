@@ -7,7 +7,7 @@
   (every prediction flattened to uniform: the loss sits at ln K from the first step and the encoder
   gets no training signal, the dead run the pruner is for), each followed by one tiny fine-tuning
   trial. ``bench.pruning_saved`` launches it with pruning on and off;
-  tests/experiments/test_launch.py checks what the launch records.
+  tests/e2e/test_launch.py checks what the launch records.
 
 Test data, not product code: it lives in :mod:`experiments.testing` so that ``bench/`` need not import ``tests/``.
 """

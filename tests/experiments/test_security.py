@@ -6,7 +6,7 @@
   live: ``torch.load(weights_only=False)`` creates the marker, so the refusals are real.
 * No module calls an unpickling loader (AST scan of trainers/ and experiments/).
 * ``redact`` / ``scrub_mapping`` blank credentials in URIs, key=value text, headers, mappings.
-* End to end, in team mode (tests/experiments/test_s3.py, one launch for both): ``ablate launch
+* End to end, in team mode (tests/e2e/test_s3.py, one launch for both): ``ablate launch
   --address`` on a ``ray start`` cluster, tracking to a basic-auth server whose artifacts are in an
   S3 bucket, the password in the tracking URI, ``MLFLOW_TRACKING_PASSWORD`` and the Optuna URL; the
   password and the S3 secret key are nowhere in the backend database, the bucket, the launch's

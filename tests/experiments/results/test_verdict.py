@@ -112,7 +112,7 @@ def test_one_judge_speaks_for_the_headline_report_demo_and_fidelity_bench(tmp_pa
     from experiments.results.headline import study_headline
     from experiments.store.tracking import Tracker
     from trainers.vocabulary import TAG_HASH, TAG_NAME, TAG_PRUNED, TAG_STAGE
-    from tests.experiments.test_report import BACKBONES, _finetune
+    from tests.experiments.results.test_report import BACKBONES, _finetune
 
     pretrained, scratch = (0.30, 0.36, 0.33), (0.28, 0.30, 0.29)
     uri, study = f"sqlite:///{tmp_path}/mlflow.db", "judged"

@@ -12,7 +12,7 @@ import yaml
 from experiments import spaces
 from experiments.spaces import SpaceError, expand, load_space
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SPACES = ROOT / "search_spaces"
 
 # file -> (unique pretraining runs, fine-tuning trials, pretraining cells before dedup)
@@ -230,7 +230,7 @@ def test_dry_run_imports_no_ray(tmp_path):
     """Validating a space (`ablate launch --dry-run`) checks its pruning settings but never loads Ray (nor Optuna,
     for that: a space reads on a machine without it, as `bench device` needs), nor torch (a plan is configs and
     data, read in about a second)."""
-    smoke = Path(__file__).resolve().parents[2] / "search_spaces" / "smoke.yaml"
+    smoke = Path(__file__).resolve().parents[3] / "search_spaces" / "smoke.yaml"
     proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "experiments.cli", "launch", str(smoke), "--dry-run",
                            "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=600)
@@ -244,7 +244,7 @@ def test_dry_run_imports_no_ray(tmp_path):
 def test_demo_runs_smoke_and_prints_the_next_steps(sample_data, monkeypatch, capsys, tmp_path):
     """`ablate demo` launches the shipped smoke.yaml and ends with the commands of the three flows,
     `ablate detect` on two of the launch's own validation images included (the launch is stubbed
-    here; tests/experiments/test_launch.py runs smoke.yaml for real)."""
+    here; tests/e2e/test_launch.py runs smoke.yaml for real)."""
     from experiments import cli, launch
 
     seen = {}

@@ -260,7 +260,7 @@ def test_collapsed_pretraining_is_pruned_and_gets_no_finetuning(planted_collapse
     assert parent.data.metrics["launch/pruned_epochs_saved"] == 1
 
 
-# `ablate launch --address` on a `ray start` cluster of two nodes: tests/experiments/test_s3.py::
+# `ablate launch --address` on a `ray start` cluster of two nodes: tests/e2e/test_s3.py::
 # test_team_study_on_s3_resumes_pulls_collects_and_leaks_no_credential (one launch: Ray head and worker
 # nodes, an auth tracking server with its artifacts in S3, checkpoints in S3).
 

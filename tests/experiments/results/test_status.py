@@ -1,7 +1,7 @@
 """`ablate status` and `ablate stop` on a launch written to the store by hand (no Ray), on sqlite and on an
 `ablate server` (MLflow server, 127.0.0.1, sqlite behind it): the same MlflowClient code path either way.
 
-The end-to-end path (a real launch stopped and resumed) is tests/experiments/test_control.py.
+The end-to-end path (a real launch stopped and resumed) is tests/experiments/launch/test_control.py.
 """
 
 from __future__ import annotations

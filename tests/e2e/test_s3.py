@@ -35,7 +35,7 @@ import pytest
 from experiments import server as S
 from experiments.store import tracking as T
 from experiments.store.objectstore import ObjectStoreError, check_bucket, split_s3
-from tests.experiments.test_server import make_pg_database  # noqa: F401 - fixture
+from tests.experiments.server.test_server import make_pg_database  # noqa: F401 - fixture
 from tests.raycluster import ray_head, ray_worker
 from experiments.testing.s3server import free_port, objects, s3_server
 from experiments.testing.spaces import tiny_space, write_space

@@ -21,7 +21,7 @@ from experiments.results.verdict import sequential_alpha
 from tests import fake_detector
 from trainers import vocabulary as V
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 AXES = ["finetune.head", "finetune.norm"]
 CELLS = {f"{h}·{n}": (h, n) for h in ("mlp", "res5") for n in ("bn", "gn")}
 

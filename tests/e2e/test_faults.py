@@ -22,7 +22,7 @@ from experiments.store import tracking as T
 from experiments.results.gc import collect, gc
 from experiments.launch import Launcher, LaunchOptions, oversized_requests
 from experiments.testing.spaces import tiny_space_file
-from tests.experiments.test_server import make_pg_database  # noqa: F401 - fixture
+from tests.experiments.server.test_server import make_pg_database  # noqa: F401 - fixture
 from trainers import vocabulary as V
 
 

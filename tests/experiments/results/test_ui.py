@@ -1,4 +1,4 @@
-"""What the launch writes for the MLflow UI, checked against MLflow's own UI code (no browser: tests/experiments/test_ui.py)."""
+"""What the launch writes for the MLflow UI, checked against MLflow's own UI code (no browser: tests/e2e/test_ui_browser.py)."""
 
 from __future__ import annotations
 
@@ -140,4 +140,4 @@ def test_space_description_is_the_experiments(tmp_path: Path) -> None:
         load_space(path)
     del space["description"]
     assert load_space(write_space(tmp_path, space)).description == ""
-    assert yaml.safe_load((Path(__file__).resolve().parents[2] / "search_spaces" / "smoke.yaml").read_text())["description"]
+    assert yaml.safe_load((Path(__file__).resolve().parents[3] / "search_spaces" / "smoke.yaml").read_text())["description"]
