@@ -73,7 +73,8 @@ def planted_collapse(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, st
 def smoke(tmp_path_factory: pytest.TempPathFactory):
     """`ablate launch search_spaces/smoke.yaml` (the demo's study) once, in a fresh folder with its own mlruns/.
 
-    Shared by test_launch (what the launch records) and test_ui (the MLflow UI on it, in Chromium).
+    Shared by tests/e2e/test_launch.py (what the launch records) and tests/e2e/test_ui_browser.py (the MLflow UI on
+    it, in Chromium).
     Returns (the folder, an MlflowClient of its store, the launch's stdout).
     """
     from mlflow.tracking import MlflowClient
