@@ -6,8 +6,8 @@ metrics, and ``experiments/``, which records, judges, ranks and shows them, shar
 writes one of these keys as a bare string (``tests/test_vocabulary.py`` fails on one).
 
 Adding a metric to the leaderboard and the report: one :func:`_metric` line here (its key, its label,
-``leaderboard=True, report=True``), plus the trainer that reports it. Stored names are users' data (tags, metric keys and version tags in
-their stores): one changes only with a period in which the readers take both spellings.
+``leaderboard=True, report=True``), plus the trainer that reports it. Stored names are users' data (tags, metric
+keys and version tags in their stores): one changes only with a period in which the readers take both spellings.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 # ---------------------------------------------------------------------------
 
 METRIC_LABELS: dict[str, str] = {}  # one label per metric wherever a table, plot or headline names it
-LEADERBOARD_METRICS: list[str] = []  # the MLflow leaderboard's metric columns, in this order (experiments/results/ui.py)
-REPORT_METRICS: list[str] = []  # the columns of `ablate report`'s AP tables, in this order (experiments/report)
+LEADERBOARD_METRICS: list[str] = []  # the MLflow leaderboard's metric columns, in order (experiments/results/ui.py)
+REPORT_METRICS: list[str] = []  # the columns of `ablate report`'s AP tables, in order (experiments/results/report)
 
 
 def _metric(key: str, label: str = "", leaderboard: bool = False, report: bool = False) -> str:
