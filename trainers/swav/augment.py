@@ -201,9 +201,14 @@ class MultiCropAugment:
         return crop_resize(batch, boxes, size, flip, rois)
 
     def _normalisation(self, device: torch.device) -> tuple[Tensor, Tensor]:
-        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
-        return mean, std
+        """``(x - mean) / std`` as one multiply-add, ``(shift, scale)`` of shape ``(1, 3, 1, 1)``, made once per
+        device."""
+        key = str(device)
+        if key not in self._scaled:
+            mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
+            std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
+            self._scaled[key] = (-mean / std, 1.0 / std)
+        return self._scaled[key]
 
     def _view_batched(self, x: Tensor, d: "Draws") -> Tensor:
         """One view from its crops ``x`` (0..255) and draws, whole-batch ops (accelerators)."""
@@ -212,13 +217,8 @@ class MultiCropAugment:
 
     def _photometric(self, x: Tensor, plan: ViewPlan) -> Tensor:
         """Jitter, grayscale, blur (:func:`apply_plan`) and normalisation of one view's crops (in [0, 1])."""
-        x = apply_plan(x, plan)
-        key = str(x.device)
-        if key not in self._scaled:
-            mean, std = self._normalisation(x.device)
-            self._scaled[key] = (-mean / std, 1.0 / std)
-        shift, scale = self._scaled[key]
-        return torch.addcmul(shift, x, scale)  # (x - mean) / std as one multiply-add
+        shift, scale = self._normalisation(x.device)
+        return torch.addcmul(shift, apply_plan(x, plan), scale)
 
     def _view_chunked(self, crops: Tensor, d: "Draws") -> Tensor:
         """One view from its crops (0..255), cache-sized windows of a sorted batch (CPU).
@@ -237,8 +237,7 @@ class MultiCropAugment:
         params, sigma, gray = d.params[perm].to(device), d.sigma[perm], d.gray[perm]
         x = crops.index_select(0, perm.to(device))
         out = torch.empty(x.shape, dtype=torch.float32, device=device)
-        mean, std = self._normalisation(device)
-        scale, shift = 1.0 / std[0], -mean[0] / std[0]  # (x - mean) / std as one multiply-add
+        shift, scale = (t[0] for t in self._normalisation(device))
         step = max(1, CPU_CHUNK_ELEMENTS // x[0].numel())
         for lo in range(0, n, step):
             hi = min(lo + step, n)
