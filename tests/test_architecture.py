@@ -262,3 +262,62 @@ def test_benchmarks_import_nothing_of_the_tests():
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
             found += [f"{path.relative_to(ROOT)}: {n}" for n in names if n == "tests" or n.startswith("tests.")]
     assert not found, found
+
+
+# ---------------------------------------------------------------------------
+# Tests where a reader looks
+# ---------------------------------------------------------------------------
+
+TESTED_PACKAGES = ("experiments", "trainers")
+SMALL_MODULE = 40  # lines: a module this short may be tested through the module that uses it
+
+
+def where_tested(module: Path) -> Path:
+    """Where ``module``'s tests are: ``a/b/c.py`` -> ``tests/a/b/test_c.py``; a package's ``a/b/__init__.py`` ->
+    ``tests/a/b/test_b.py``."""
+    rel = module.relative_to(ROOT)
+    stem = rel.parent.name if rel.name == "__init__.py" else rel.stem
+    return ROOT / "tests" / rel.parent / f"test_{stem}.py"
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module ``path`` imports, with ``from a.b import c`` read as both ``a.b`` and ``a.b.c``."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+    return found
+
+
+def untested_modules(root: Path | None = None) -> list[str]:
+    """The modules over :data:`SMALL_MODULE` lines without a test file at :func:`where_tested` that imports them."""
+    missing = []
+    for pkg in TESTED_PACKAGES:
+        for module in sorted(((root or ROOT) / pkg).rglob("*.py")):
+            if len(module.read_text().splitlines()) <= SMALL_MODULE:
+                continue
+            tests = where_tested(module)
+            name = module_name(module)
+            if not tests.is_file():
+                missing.append(f"{module.relative_to(ROOT)}: no {tests.relative_to(ROOT)}")
+            elif name not in imported_modules(tests):
+                missing.append(f"{module.relative_to(ROOT)}: {tests.relative_to(ROOT)} does not import {name}")
+    return missing
+
+
+def test_every_module_has_tests_at_the_matching_path():
+    """tests/ mirrors the packages, so a module's tests are found by its path (the slow end-to-end flows, which
+    cross modules, live in tests/e2e/ besides)."""
+    missing = untested_modules()
+    assert not missing, f"{len(missing)} modules without tests where a reader looks:\n" + "\n".join(missing)
+
+
+def test_the_test_path_rule_reads_packages_and_imports(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("import trainers.swav.loss as loss\nfrom experiments.results import gc\n")
+    assert {"trainers.swav.loss", "experiments.results", "experiments.results.gc"} <= imported_modules(probe)
+    assert where_tested(ROOT / "trainers" / "swav" / "loss.py") == ROOT / "tests" / "trainers" / "swav" / "test_loss.py"
+    assert where_tested(ROOT / "trainers" / "data" / "__init__.py") == ROOT / "tests" / "trainers" / "data" / "test_data.py"
