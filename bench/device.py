@@ -202,7 +202,7 @@ def _finetune(name: str, config: dict[str, Any], root: str, deadline: float, thr
     """One fine-tuning run in a spawned worker: trained to its epochs or its deadline; its reports back."""
     import torch
 
-    from trainers.common import config_from_dict
+    from trainers.common.configs import config_from_dict
     from trainers.detection import DetectionConfig, train
     from trainers.reporting import InMemoryReporter
 
@@ -219,7 +219,7 @@ def _finetune(name: str, config: dict[str, Any], root: str, deadline: float, thr
 def _pretrain(trial: Any, config: dict[str, Any], root: Path, deadline: float) -> dict[str, Any]:
     """SwAV (or the supervised control) to its epochs or its deadline; the trunk exported from the last checkpoint
     either way."""
-    from trainers.common import config_from_dict
+    from trainers.common.configs import config_from_dict
     from trainers.reporting import InMemoryReporter
     from trainers.swav import SwAVConfig, export_from_checkpoint, train
 

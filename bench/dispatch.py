@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from trainers.common import seed_everything
+from trainers.common.provenance import seed_everything
 from trainers.data import UnlabeledImages, generate_sample
 from trainers.swav import MultiCropAugment, SwAVModel, swav_loss
 from trainers.swav.config import CropGroup

@@ -247,7 +247,7 @@ def _timed_reporter(root: Path):  # type: ignore[no-untyped-def]
 def _baseline_main(space: Path, out: Path) -> None:
     """Child-process body: expand ``space`` and train every trial in turn; timings as JSON to ``out``."""
     from experiments import spaces
-    from trainers.common import config_from_dict
+    from trainers.common.configs import config_from_dict
     from trainers.data import data_fingerprint, generate_sample
     from trainers.detection import DetectionConfig
     from trainers.detection import train as finetune

@@ -32,7 +32,9 @@ from typing import Sequence
 import torch
 
 from trainers.checkpoints import save_checkpoint
-from trainers.common import config_to_dict, default_device, seed_everything
+from trainers.common.configs import config_to_dict
+from trainers.common.devices import default_device
+from trainers.common.provenance import seed_everything
 from trainers.data import UnlabeledImages, generate_sample
 from trainers.reporting import InMemoryReporter
 from trainers.swav.knn import KnnMonitor

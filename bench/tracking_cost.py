@@ -170,7 +170,7 @@ def smoke_epoch_seconds(repeats: int, quick: bool) -> tuple[list[float], int]:
     import torch
     import yaml
 
-    from trainers.common import config_from_dict
+    from trainers.common.configs import config_from_dict
     from trainers.data import generate_sample
     from trainers.reporting import InMemoryReporter
     from trainers.swav import SwAVConfig, train

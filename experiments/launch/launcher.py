@@ -38,7 +38,7 @@ from experiments.store.tracking import (
     usable_run,
 )
 from experiments.launch.trial import TrialPayload
-from trainers.common import git_sha
+from trainers.common.provenance import git_sha
 from trainers.vocabulary import (
     BACKBONE_PARAM,
     STAGE_FINETUNE,

@@ -30,7 +30,7 @@ def init_ray(spec: StudySpec, address: str | None, storage: str, storage_path: s
 
     A local Ray declares ``num_gpus`` GPUs when given (``--num-gpus``), else the GPUs Ray detects. Ray hands
     each trial the ids of the GPUs it may use in ``CUDA_VISIBLE_DEVICES`` (shared for fractional requests),
-    whether or not torch can use them there (trainers.common.default_device falls back to the CPU, warning).
+    whether or not torch can use them there (trainers.common.devices.default_device falls back to the CPU, warning).
 
     Raises:
         LaunchError: a multi-node cluster with a storage path its nodes cannot share.

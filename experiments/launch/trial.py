@@ -119,7 +119,7 @@ class TuneReporter:
     def placement(self) -> dict[str, str]:
         """The trial's device as its trainer picks it, and the GPUs Ray assigned (``CUDA_VISIBLE_DEVICES``)."""
         if self._placement is None:
-            from trainers.common import assigned_gpus, default_device, device_note
+            from trainers.common.devices import assigned_gpus, default_device, device_note
 
             self._placement = {DEVICE_KEY: device_note(default_device()), GPUS_KEY: ",".join(assigned_gpus())}
         return self._placement
@@ -201,7 +201,9 @@ def _ddp_worker(rank: int, world: int, port: int, stage: str, cfg: dict[str, Any
                 restore: str | None) -> None:
     import torch.distributed as dist
 
-    from trainers.common import config_from_dict, ddp_backend
+    from trainers.common.configs import config_from_dict
+
+    from trainers.common.devices import ddp_backend
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -328,7 +330,7 @@ def run_trial(config: dict[str, Any], candidates: Sequence[TrialPayload] = ()) -
     Grid trials carry their payload (``config = {"trial": TrialPayload(...)}``); `tpe` trials carry
     the candidate index and the sampled values, resolved with :func:`sampled_payload`.
     """
-    from trainers.common import config_from_dict
+    from trainers.common.configs import config_from_dict
 
     trial = config["trial"] if "trial" in config else sampled_payload(config, candidates)
     if trial.stage == STAGE_FINETUNE:
@@ -366,7 +368,7 @@ def run_single(args: Any, stage: str) -> int:
     import json
     import sys
 
-    from trainers.common import load_config_file
+    from trainers.common.configs import load_config_file
     from trainers.reporting import InMemoryReporter
 
     train, cls = TRAINERS[stage].load()

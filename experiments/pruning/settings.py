@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from trainers.common import closest, unknown_key_message
+from trainers.common.validation import closest, unknown_key_message
 
 COLLAPSE_DEFAULTS: dict[str, Any] = {
     "warmup_epochs": 2,

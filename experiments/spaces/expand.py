@@ -18,7 +18,8 @@ from experiments.spaces.naming import (_unique_names, finetune_hash, finetune_na
 from experiments.spaces.parse import _config_class, _default
 from experiments.spaces.schema import (BACKBONE_SCRATCH, BACKBONE_SWAV, DATA_PATH_KEYS, KNN_PATH_FIELDS, PAIRING, Cell,
                                        FinetuneTrial, Plan, PretrainTrial, SpaceError, StudySpec)
-from trainers.common import ConfigError, closest, config_from_dict, config_hash, config_to_dict
+from trainers.common.configs import config_from_dict, config_hash, config_to_dict
+from trainers.common.validation import ConfigError, closest
 
 def _build(path: Path, stage: str, cell: Cell, extra: Mapping[str, Any], pretrained: bool = False) -> dict[str, Any]:
     """Resolve a cell through the trainer's config class; map its ValueError to the key path.

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from experiments.spaces.schema import (BACKBONE_SCRATCH, DATA_PATH_KEYS, NON_RESULT_FIELDS, DataSpec, Plan,
                                        PretrainTrial, Resources, StudySpec)
-from trainers.common import config_hash
+from trainers.common.configs import config_hash
 
 # ---------------------------------------------------------------------------
 # Names and hashes

@@ -21,7 +21,8 @@ from experiments.spaces.schema import (ADAPTIVE_KEYS, DATA_KEYS, DATA_PATH_KEYS,
                                        TOP_KEYS, AdaptiveSeeds, Cell, DataSpec, Distribution, Resources, SpaceError, StageSpec,
                                        StudySpec, _check_keys, _err, _mapping)
 from trainers.stages import TRAINERS
-from trainers.common import DuplicateKeyError, closest, load_yaml, unknown_key_message
+from trainers.common.configs import DuplicateKeyError, load_yaml
+from trainers.common.validation import closest, unknown_key_message
 from trainers.vocabulary import DET_AP50
 
 # ---------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from trainers.common import unknown_key_message
+from trainers.common.validation import unknown_key_message
 from trainers.pairing import PRETRAINED_NORM, SCRATCH
 
 TOP_KEYS = ("name", "description", "data", "seeds", "search", "pretrain", "finetune", "max_concurrent", "pruning",

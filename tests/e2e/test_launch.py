@@ -274,7 +274,7 @@ def test_ddp_pretraining_then_tpe_finetuning(tmp_path):
     space = tiny_space_file(tmp_path, "ddp_tpe_study", pretrain_epochs=1, processes=2, norm="gn")
     data = yaml.safe_load(space.read_text())
     # One GPU per DDP process, on a node that declares two: Ray gives the trial both, each process takes its
-    # rank's (trainers.common.default_device); torch cannot use them here, so the processes fall back to the
+    # rank's (trainers.common.devices.default_device); torch cannot use them here, so the processes fall back to the
     # CPU and gloo (NCCL where CUDA works: tests/trainers/test_common.py).
     data["pretrain"]["resources"]["gpu"] = 1
     data["finetune"]["fixed"]["norm"] = "gn"

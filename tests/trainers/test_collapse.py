@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from trainers.common import config_from_dict
+from trainers.common.configs import config_from_dict
 from trainers.data import generate_sample
 from trainers.reporting import InMemoryReporter
 from trainers.swav import SwAVConfig, train

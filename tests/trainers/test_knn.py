@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from trainers.checkpoints import load_checkpoint
-from trainers.common import ConfigError, config_from_dict, seed_everything
+from trainers.common.configs import config_from_dict
+from trainers.common.provenance import seed_everything
+from trainers.common.validation import ConfigError
 from trainers.reporting import InMemoryReporter
 from trainers.resnet import build_trunk
 from trainers.swav import SwAVConfig, train

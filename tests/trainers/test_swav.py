@@ -16,7 +16,8 @@ import torchvision.transforms.functional as TF
 
 from trainers.checkpoints import CheckpointError
 from trainers.data import TOO_SMALL, UNREADABLE, SkippedImage
-from trainers.common import NonFiniteLossError, config_from_dict, config_to_dict
+from trainers.common.configs import config_from_dict, config_to_dict
+from trainers.common.precision import NonFiniteLossError
 from trainers.swav import (
     IMAGENET_MEAN,
     IMAGENET_STD,

@@ -23,7 +23,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from trainers.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
-from trainers.common import config_from_dict
+from trainers.common.configs import config_from_dict
 from trainers.reporting import InMemoryReporter
 from trainers.swav import (METRIC_NAMES, SwAVConfig, export_from_checkpoint, learning_rate, load_backbone, sinkhorn,
                            swav_loss, train)

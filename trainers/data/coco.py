@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from trainers.common import is_int, is_number
+from trainers.common.validation import is_int, is_number
 from trainers.data.errors import SAMPLE_HINT, DatasetError
 from trainers.data.images import decode_rgb
 

@@ -18,7 +18,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from trainers.common import require_int
+from trainers.common.validation import require_int
 from trainers.data.errors import SAMPLE_HINT, DatasetError
 from trainers.data.files import IMAGE_EXTENSIONS, find_images, group_renderings  # noqa: F401 - importable here too
 

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from trainers.common import require_choice, require_int
+from trainers.common.validation import require_choice, require_int
 from trainers.data.errors import DatasetError
 from trainers.data.files import find_images
 from trainers.data.scenes import AREA_RANGES, IMAGE_SIZE, MAX_OBJECTS, SceneObject, annotation, place

@@ -8,8 +8,9 @@ Public names, importable from ``trainers.detection``:
 * :func:`build_detector`, :func:`convert_norm`, :func:`build_box_head`, :func:`param_groups`
   — the network, the norm swap, the RoI box heads and the lr-scheme groups (``model.py``).
 * :func:`train`, :func:`train_one_epoch`, :func:`lr_factor` — the loop (``engine.py``).
-* :func:`evaluate`, :func:`predict`, :func:`coco_eval`, :func:`draw_detections` — COCO
-  evaluation and the detection figure (``evaluation.py``).
+* :func:`evaluate`, :func:`predict`, :func:`coco_eval`, :func:`draw_detections` — COCO evaluation, the detection
+  figure, and :class:`EvaluationHook`, the loop's evaluation (``evaluation.py``); :class:`Checkpoints` the loop's
+  checkpoints (``checkpoint.py``).
 * :func:`export_detector`, :func:`load_detector`, :func:`read_detector_config` — the exported
   detector (``export.py``).
 """
@@ -27,12 +28,13 @@ _EXPORTS = {
         "iters_per_epoch", "lr_factor", "train", "train_loader", "train_one_epoch"
     ], "trainers.detection.engine"),
     **dict.fromkeys([
-        "FIGURE_FILE", "METRIC_NAMES", "PER_CLASS_FILE", "SUMMARY_FILE", "CocoEvaluation", "coco_eval",
+        "FIGURE_FILE", "METRIC_NAMES", "PER_CLASS_FILE", "SUMMARY_FILE", "CocoEvaluation", "EvaluationHook", "coco_eval",
         "draw_detections", "draw_found", "evaluate", "predict", "to_coco_results", "write_per_class"
     ], "trainers.detection.evaluation"),
     **dict.fromkeys(["DETECTOR_CONFIG", "DETECTOR_FORMAT", "DETECTOR_WEIGHTS", "read_detector_config"],
                     "trainers.detection.record"),
     **dict.fromkeys(["detect", "export_detector", "load_detector"], "trainers.detection.export"),
+    **dict.fromkeys(["Checkpoints"], "trainers.detection.checkpoint"),
     **dict.fromkeys([
         "BackboneLoadError", "C4Backbone", "Res5FPNHead", "Res5ROIHead", "TwoMLPLayerNormHead", "assemble_detector",
         "build_box_head", "build_detector", "convert_norm", "detection_trunk", "infer_arch", "load_backbone",
@@ -45,9 +47,9 @@ __all__ = [
     "DEFAULT_MULTIPLIERS", "GROUP_NAMES", "HEADS", "LR_SCHEDULES", "LR_SCHEMES", "NORMS", "PRETRAINED_NORM", "SCRATCH", "DetectionConfig",
     "scratch_warnings", "EpochFlips", "flip_decisions", "iters_per_epoch", "lr_factor", "train",
     "train_loader", "train_one_epoch", "FIGURE_FILE", "METRIC_NAMES",
-    "PER_CLASS_FILE", "SUMMARY_FILE", "CocoEvaluation", "coco_eval", "draw_detections", "draw_found", "evaluate", "predict",
+    "PER_CLASS_FILE", "SUMMARY_FILE", "CocoEvaluation", "EvaluationHook", "coco_eval", "draw_detections", "draw_found", "evaluate", "predict",
     "to_coco_results", "write_per_class", "DETECTOR_CONFIG", "DETECTOR_FORMAT", "DETECTOR_WEIGHTS", "detect",
     "export_detector", "load_detector", "read_detector_config", "BackboneLoadError", "C4Backbone", "Res5FPNHead",
     "Res5ROIHead", "TwoMLPLayerNormHead", "assemble_detector", "build_box_head", "build_detector", "convert_norm",
-    "detection_trunk", "infer_arch", "load_backbone", "param_groups", "parameter_stage",
+    "detection_trunk", "infer_arch", "load_backbone", "param_groups", "parameter_stage", "Checkpoints",
 ]

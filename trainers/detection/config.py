@@ -37,8 +37,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from trainers.checkpoints import CheckpointError, read_backbone_config
-from trainers.common import (ConfigError, is_int, is_number, require, require_bool, require_choice, require_int,
-                             require_number)
+from trainers.common.validation import ConfigError, is_int, is_number, require, require_bool, require_choice, require_int, require_number
 from trainers.pairing import NORMS, PRETRAINED_NORM, SCRATCH
 from trainers.resnet import ARCHS
 
@@ -102,7 +101,7 @@ class DetectionConfig:
     """One Faster R-CNN fine-tuning run (FPN, or the paper's C4 for ``head: res5``), validated on construction.
 
     After construction ``arch`` holds the backbone's architecture and ``lr_multipliers`` the
-    complete mapping for the chosen scheme, so :func:`trainers.common.config_to_dict` gives the
+    complete mapping for the chosen scheme, so :func:`trainers.common.configs.config_to_dict` gives the
     resolved config that checkpoints and MLflow record.
 
     The comment beside each default names the setting it follows: the paper this project

@@ -1,9 +1,13 @@
 """The fine-tuning loop: ``train_one_epoch`` and ``train`` (torchvision's references/detection split).
 
 ``train`` builds the data sets and the detector, resumes exactly from ``reporter.restore_dir()``
-when asked (model, optimizer, scaler, epoch, iteration, RNG), and per epoch trains, evaluates
-on eval epochs (every ``eval_every`` and always the last), writes a checkpoint and reports.
-The final checkpoint also holds the exported detector (``detector.safetensors`` + ``detector.json``).
+when asked (model, optimizer, scaler, epoch, iteration, RNG), and per epoch trains, then calls its
+hooks in a fixed order, each owning its state and restored from the checkpoint:
+:class:`~trainers.detection.evaluation.EvaluationHook` (every ``eval_every`` epochs and the last) and
+:class:`~trainers.detection.checkpoint.Checkpoints` (the checkpoint, the final one with the exported
+detector, and the report). Epochs count from 0 in the loop, as in both trainers and both references
+(torchvision's ``range(args.start_epoch, args.epochs)``); a report's step and a checkpoint's
+``epoch`` are the epochs done.
 """
 
 from __future__ import annotations
@@ -13,27 +17,31 @@ import math
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 from torchvision.models.detection import FasterRCNN
 
-from trainers.checkpoints import load_checkpoint, save_checkpoint
-from trainers.common import (
-    autocast, check_finite, config_to_dict, default_device, git_sha, grad_scaler, rng_state, seed_everything,
-    set_rng_state, warmup_cosine,
-)
+from trainers.common.devices import default_device
+from trainers.common.precision import autocast, backward_and_step, check_finite, grad_scaler
+from trainers.common.provenance import seed_everything
+from trainers.common.schedules import warmup_cosine
 from trainers.data import CocoDetection, detection_collate
 from trainers.detection.augment import EpochFlips
-from trainers.detection.config import MODEL_FIELDS, DetectionConfig
-from trainers.detection.evaluation import FIGURE_FILE, PER_CLASS_FILE, SUMMARY_FILE, evaluate
-from trainers.detection.export import export_detector
+from trainers.detection.checkpoint import Checkpoints
+from trainers.detection.config import DetectionConfig
+from trainers.detection.evaluation import EvaluationHook
 from trainers.detection.model import build_detector, param_groups
 from trainers.reporting import Reporter
 from trainers.vocabulary import DET_IMAGES_PER_S, DET_ITERATIONS, DET_LOSS, LR
 
 WARMUP_START = 1e-3  # warmup starts at 0.1% of the rate, as torchvision's detection reference
+
+
+def amp_dtype(device: torch.device) -> str:
+    """Fine-tuning's mixed-precision dtype: float16 (with loss scaling) on CUDA, as torchvision's detection
+    reference (``--amp``); bfloat16 on a CPU, whose float16 kernels are slow (:mod:`trainers.common.precision`)."""
+    return "float16" if device.type == "cuda" else "bfloat16"
 
 
 def lr_factor(iteration: int, total_iters: int, config: DetectionConfig) -> float:
@@ -102,6 +110,7 @@ def train_one_epoch(
     """One pass over ``loader`` (at most ``max_iters_per_epoch`` steps).
 
     Args:
+        epoch: the epoch, from 0 (messages name it from 1).
         iteration: global step count before this epoch (drives the lr schedule).
         total_iters: steps of the whole run.
 
@@ -117,7 +126,7 @@ def train_one_epoch(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=steps, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False)
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False)
     loss_sum, images, step = 0.0, 0, 0
     start = time.perf_counter()
     # islice, not a break: fetching a batch past the cap would draw augmentation randomness.
@@ -125,18 +134,12 @@ def train_one_epoch(
         _set_lr(optimizer, lr_factor(iteration, total_iters, config))
         batch = [image.to(device, non_blocking=True).float().div_(255.0) for image in batch]
         targets = [{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in t.items()} for t in targets]
-        with autocast(device, config.amp):
+        with autocast(device, config.amp, amp_dtype(device)):
             losses = model(batch, targets)
             loss = sum(losses.values())
-        check_finite(loss, epoch, step)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if config.clip_grad_norm > 0:
-            scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones
-            torch.nn.utils.clip_grad_norm_(
-                [p for group in optimizer.param_groups for p in group["params"]], config.clip_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
+        check_finite(loss, epoch + 1, step)
+        # The gradients are unscaled before clipping: the true ones are clipped, not the loss-scaled ones.
+        backward_and_step(loss, optimizer, scaler, clip_grad_norm=config.clip_grad_norm)
         iteration += 1
         loss_sum += float(loss.detach())
         images += len(batch)
@@ -147,16 +150,6 @@ def train_one_epoch(
         bar.close()
     elapsed = max(time.perf_counter() - start, 1e-9)
     return {DET_LOSS: loss_sum / max(step, 1), DET_IMAGES_PER_S: images / elapsed}, iteration
-
-
-def _check_resumable(state: dict[str, Any], config: DetectionConfig, restore: Path) -> None:
-    """Refuse to resume a checkpoint whose network differs from the config's."""
-    stored = state.get("config", {})
-    current = config_to_dict(config)
-    differing = [k for k in MODEL_FIELDS + ("lr_scheme", "epochs", "batch_size") if stored.get(k) != current.get(k)]
-    if differing:
-        detail = ", ".join(f"{k}: checkpoint {stored.get(k)!r} vs config {current.get(k)!r}" for k in differing)
-        raise ValueError(f"cannot resume from {restore}: the checkpoint was written with a different config ({detail})")
 
 
 def train(config: DetectionConfig, reporter: Reporter, progress: bool = False) -> dict[str, float]:
@@ -176,7 +169,44 @@ def train(config: DetectionConfig, reporter: Reporter, progress: bool = False) -
     """
     seed_everything(config.seed)
     device = default_device()
-    # Un-augmented: train_loader applies the flips, drawn per (seed, epoch, index), not per worker.
+    train_set, val_set = _datasets(config)
+    model = build_detector(config, train_set.num_classes).to(device)
+    groups = param_groups(model, config)
+    optimizer = torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=config.momentum, weight_decay=config.weight_decay)
+    scaler = grad_scaler(device, config.amp, amp_dtype(device))
+    total_iters = iters_per_epoch(len(train_set), config) * config.epochs
+
+    # The loop's hooks, each owning its state, restored from the checkpoint and called in this order after every
+    # epoch: evaluation, checkpoint + report.
+    checkpoints = Checkpoints(config, model, optimizer, scaler, train_set.class_names, train_set.label_to_cat_id)
+    start_epoch, iteration, metrics, evaluation_state = 0, 0, {}, {}
+    restore = reporter.restore_dir()
+    if restore is not None:
+        start_epoch, iteration, metrics, evaluation_state = checkpoints.restore(Path(restore))
+    evaluation = EvaluationHook(config, val_set, device, evaluation_state)
+    metrics = {**metrics, **evaluation.latest}
+
+    for epoch in range(start_epoch, config.epochs):
+        epoch_metrics, iteration = train_one_epoch(
+            model, optimizer, scaler, train_loader(train_set, config, epoch), device, epoch, iteration,
+            total_iters, config, progress,
+        )
+        epoch_metrics[LR] = reported_lr(optimizer)
+        epoch_metrics[DET_ITERATIONS] = float(iteration)  # optimizer steps so far: the x of fine-tuning curves
+        with tempfile.TemporaryDirectory(prefix="ablate-det-") as tmp:
+            evaluated, artifacts = evaluation.after_epoch(epoch, model, Path(tmp) / "eval")
+            epoch_metrics.update(evaluated)
+            checkpoints.save(epoch, iteration, epoch_metrics, evaluation.state_dict(), reporter,
+                             Path(tmp) / "checkpoint", artifacts)
+        metrics = {**evaluation.latest, **epoch_metrics}
+        if reporter.should_stop():
+            break
+    return metrics
+
+
+def _datasets(config: DetectionConfig) -> tuple[CocoDetection, CocoDetection]:
+    """The training and validation sets, un-augmented (train_loader applies the flips, drawn per (seed, epoch,
+    index), not per worker); both must list the same categories."""
     train_set = CocoDetection(config.train_images, config.train_annotations, train=False)
     val_set = CocoDetection(config.val_images, config.val_annotations, train=False)
     if train_set.label_to_cat_id != val_set.label_to_cat_id or train_set.class_names != val_set.class_names:
@@ -185,64 +215,4 @@ def train(config: DetectionConfig, reporter: Reporter, progress: bool = False) -
             f"({dict(zip(train_set.label_to_cat_id.values(), train_set.class_names))} vs "
             f"{dict(zip(val_set.label_to_cat_id.values(), val_set.class_names))}); both must list the same ones"
         )
-    model = build_detector(config, train_set.num_classes).to(device)
-    groups = param_groups(model, config)
-    optimizer = torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=config.momentum, weight_decay=config.weight_decay)
-    scaler = grad_scaler(device, config.amp)
-    total_iters = iters_per_epoch(len(train_set), config) * config.epochs
-
-    first_epoch, iteration = 1, 0
-    eval_metrics: dict[str, float] = {}
-    metrics: dict[str, float] = {}
-    restore = reporter.restore_dir()
-    if restore is not None:
-        state = load_checkpoint(restore)
-        _check_resumable(state, config, Path(restore))
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        first_epoch, iteration = int(state["epoch"]) + 1, int(state["iteration"])
-        eval_metrics = dict(state.get("eval_metrics", {}))
-        metrics = {**dict(state.get("metrics", {})), **eval_metrics}
-        set_rng_state(state["rng"])
-
-    for epoch in range(first_epoch, config.epochs + 1):
-        epoch_metrics, iteration = train_one_epoch(
-            model, optimizer, scaler, train_loader(train_set, config, epoch), device, epoch, iteration,
-            total_iters, config, progress,
-        )
-        epoch_metrics[LR] = reported_lr(optimizer)
-        epoch_metrics[DET_ITERATIONS] = float(iteration)  # optimizer steps so far: the x of fine-tuning curves
-        with tempfile.TemporaryDirectory(prefix="ablate-det-") as tmp:
-            artifacts: list[Path] = []
-            if epoch % config.eval_every == 0 or epoch == config.epochs:
-                eval_dir = Path(tmp) / "eval"
-                eval_metrics = evaluate(
-                    model, val_set, device=device, batch_size=config.batch_size, out_dir=eval_dir,
-                    workers=config.workers, figure_images=config.figure_images, score_threshold=config.score_threshold,
-                )
-                epoch_metrics.update(eval_metrics)
-                artifacts = [p for p in (eval_dir / n for n in (PER_CLASS_FILE, FIGURE_FILE, SUMMARY_FILE)) if p.is_file()]
-            ckpt = Path(tmp) / "checkpoint"
-            save_checkpoint(ckpt, {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "epoch": epoch,
-                "iteration": iteration,
-                "rng": rng_state(),
-                "config": config_to_dict(config),
-                "git_sha": git_sha(),
-                "metrics": {k: float(v) for k, v in epoch_metrics.items()},
-                "eval_metrics": {k: float(v) for k, v in eval_metrics.items()},
-                "class_names": list(train_set.class_names),
-                "label_to_cat_id": dict(train_set.label_to_cat_id),
-            })
-            metrics = {**eval_metrics, **epoch_metrics}
-            if epoch == config.epochs:
-                export_detector(ckpt, model, config, train_set.class_names, train_set.label_to_cat_id, metrics)
-            reporter.report(epoch_metrics, step=epoch, checkpoint_dir=ckpt, artifacts=artifacts)
-        if reporter.should_stop():
-            break
-    return metrics
+    return train_set, val_set

@@ -245,6 +245,39 @@ def evaluate(
     return result.metrics
 
 
+class EvaluationHook:
+    """The fine-tuning loop's evaluation, as a hook that owns its state: after every ``eval_every``-th epoch and
+    the last, it COCO-evaluates the model on the validation set and keeps the result as :attr:`latest`, which the
+    epochs in between carry (and the checkpoint stores, so a resumed run reports the same)."""
+
+    def __init__(self, config: Any, dataset: Any, device: torch.device, state: Mapping[str, Any] | None = None) -> None:
+        self.config, self.dataset, self.device = config, dataset, device
+        self.latest: dict[str, float] = {}
+        self.load_state_dict(state or {})
+
+    def due(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` (from 0) ends with an evaluation: every ``eval_every`` epochs done, and the last."""
+        done = epoch + 1
+        return done % self.config.eval_every == 0 or done == self.config.epochs
+
+    def after_epoch(self, epoch: int, model: nn.Module, out_dir: Path) -> tuple[dict[str, float], list[Path]]:
+        """Evaluate when :meth:`due`: the metrics (empty otherwise) and the files written into ``out_dir``."""
+        if not self.due(epoch):
+            return {}, []
+        config = self.config
+        self.latest = evaluate(model, self.dataset, device=self.device, batch_size=config.batch_size, out_dir=out_dir,
+                               workers=config.workers, figure_images=config.figure_images,
+                               score_threshold=config.score_threshold)
+        files = [out_dir / name for name in (PER_CLASS_FILE, FIGURE_FILE, SUMMARY_FILE)]
+        return dict(self.latest), [p for p in files if p.is_file()]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"latest": {k: float(v) for k, v in self.latest.items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.latest = {k: float(v) for k, v in dict(state.get("latest", {})).items()}
+
+
 def draw_detections(
     images: Sequence[torch.Tensor],
     targets: Sequence[Mapping[str, Any]],

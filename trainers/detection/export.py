@@ -16,7 +16,8 @@ from safetensors.torch import save_file
 from torchvision.models.detection import FasterRCNN
 
 from trainers.checkpoints import CheckpointError, check_sha256, read_tensors, sha256_file
-from trainers.common import config_to_dict, git_sha
+from trainers.common.configs import config_to_dict
+from trainers.common.provenance import git_sha
 from trainers.detection.config import MODEL_FIELDS, DetectionConfig
 from trainers.detection.model import assemble_detector
 from trainers.detection.record import (  # noqa: F401 - importable from here too

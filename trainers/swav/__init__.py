@@ -3,9 +3,9 @@
 Public names live here; the package splits them by concern: ``config`` (SwAVConfig,
 CropGroup), ``augment`` (multi-crop), ``model`` (network, backbone loading), ``loss``
 (Sinkhorn, swapped prediction, queue, collapse statistics), ``optim`` (SGD/LARS, lr
-schedule scaled to the global batch, prototype freezing), ``precision`` (float16 autocast with
-loss scaling, or bfloat16), ``stats`` (per-epoch statistics), ``engine`` (``train`` and ``train_one_epoch``) and
-``supervised`` (``method: supervised``, the positive control the same ``train`` runs).
+schedule scaled to the global batch, prototype freezing), ``stats`` (per-epoch statistics), ``engine`` (``train`` and ``train_one_epoch``) and
+``supervised`` (``method: supervised``, the positive control the same ``train`` runs). Mixed precision (float16
+autocast with loss scaling, or bfloat16) is both trainers': :mod:`trainers.common.precision`.
 """
 
 from trainers.lazy import lazy_exports
@@ -24,7 +24,7 @@ _EXPORTS = {
     **dict.fromkeys([
         "LARS", "build_optimizer", "frozen_prototype_iterations", "learning_rate", "scaled_lr"
     ], "trainers.swav.optim"),
-    **dict.fromkeys(["backward_and_step", "grad_scaler"], "trainers.swav.precision"),
+    **dict.fromkeys(["backward_and_step", "grad_scaler"], "trainers.common.precision"),
     **dict.fromkeys([
         "METRIC_NAMES", "derive_seed", "epoch_indices", "train", "train_one_epoch"
     ], "trainers.swav.engine"),

@@ -12,7 +12,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from trainers.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
-from trainers.common import config_to_dict, git_sha, rng_state, set_rng_state
+from trainers.common.configs import config_to_dict
+from trainers.common.provenance import git_sha, rng_state, set_rng_state
 from trainers.reporting import Reporter
 from trainers.swav.config import SwAVConfig
 from trainers.swav.loss import EmbeddingQueue, queue_rows_per_process

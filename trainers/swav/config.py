@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from trainers.common import (ConfigError, config_from_dict, is_int, require, require_bool, require_choice,
-                             require_int, require_number)
+from trainers.common.configs import config_from_dict
+
+from trainers.common.validation import ConfigError, is_int, require, require_bool, require_choice, require_int, require_number
 from trainers.resnet import ARCHS, TRUNK_NORMS
 
 OPTIMIZERS = ("sgd", "lars")

@@ -23,7 +23,11 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from trainers.common import check_finite, ddp_backend, default_device, derive_seed, seed_everything
+from trainers.common.devices import ddp_backend, default_device
+
+from trainers.common.precision import check_finite
+
+from trainers.common.provenance import derive_seed, seed_everything
 from trainers.data import DatasetError, SkippedImage, UnlabeledImages, collate_images, warn_skipped
 from trainers.reporting import Reporter
 from trainers.swav.augment import MultiCropAugment
@@ -34,7 +38,7 @@ from trainers.swav.knn import REFERENCE_NAMES, MonitorHook, monitor_references, 
 from trainers.swav.loss import EmbeddingQueue, distributed_ready, swav_loss
 from trainers.swav.model import SwAVModel, normalize_prototypes
 from trainers.swav.optim import build_optimizer, frozen_prototype_iterations, learning_rate, set_learning_rate
-from trainers.swav.precision import autocast, backward_and_step, grad_scaler
+from trainers.common.precision import autocast, backward_and_step, grad_scaler
 from trainers.swav.stats import EmptyEpochError, EpochStats, move_images, smallest_batch, too_few_images
 from trainers.vocabulary import (
     LR,
@@ -146,7 +150,7 @@ def train_one_epoch(
             a count of skipped files in place of the list).
         augment: the multi-crop augmentation (runs on ``device``).
         optimizer: from :func:`build_optimizer`.
-        scaler: gradient scaler, from :func:`trainers.swav.precision.grad_scaler` (enabled for
+        scaler: gradient scaler, from :func:`trainers.common.precision.grad_scaler` (enabled for
             float16 mixed precision on any device).
         queue: the embedding queue, or None before ``queue_start_epoch`` / without one.
         config: the run's configuration.

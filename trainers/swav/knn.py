@@ -62,7 +62,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from trainers.common import derive_seed
+from trainers.common.provenance import derive_seed
 from trainers.swav.augment import IMAGENET_MEAN, IMAGENET_STD
 from trainers.swav.config import SwAVConfig
 from trainers.swav.references import (  # noqa: F401 - the monitor's figures and their texts, importable from here too

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from trainers.common import warmup_cosine
+from trainers.common.schedules import warmup_cosine
 from trainers.swav.config import SwAVConfig
 
 MOMENTUM = 0.9  # as the reference

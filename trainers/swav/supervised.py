@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from trainers.common import check_finite
+from trainers.common.precision import check_finite
 from trainers.data import SkippedImage, UnlabeledImages, collate_images
 from trainers.resnet import TRUNK_CHANNELS, build_trunk
 from trainers.swav.augment import MultiCropAugment
@@ -35,7 +35,7 @@ from trainers.swav.config import MIN_BATCH, SwAVConfig
 from trainers.swav.model import trunk_features
 from trainers.swav.stats import EpochStats, move_images, smallest_batch
 from trainers.swav.optim import learning_rate, set_learning_rate
-from trainers.swav.precision import autocast, backward_and_step
+from trainers.common.precision import autocast, backward_and_step
 from trainers.vocabulary import (
     LR,
     SUP_AMP_SKIPPED_STEPS,

@@ -110,7 +110,7 @@ def _settings(run: TrialRun) -> tuple[tuple[str, str], ...]:
 
 def _defaults() -> dict[str, str]:
     """The trainers' default config values as MLflow params (``finetune.norm`` -> ``frozen_bn``); tie-breaks only."""
-    from trainers.common import config_to_dict
+    from trainers.common.configs import config_to_dict
     from trainers.detection.config import DetectionConfig
     from trainers.swav.config import SwAVConfig
 

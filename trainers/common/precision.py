@@ -1,4 +1,5 @@
-"""Mixed precision for SwAV: the autocast dtype, the gradient scaler, and one guarded optimiser step.
+"""Mixed precision for both trainers: the autocast dtype, the gradient scaler, one guarded optimiser step, and the
+non-finite-loss guard.
 
 The reference trains with apex AMP at ``opt_level="O1"`` (``--use_fp16 true``): float16
 autocast with dynamic loss scaling, starting at 2**16, halving the scale and skipping the step
@@ -9,6 +10,10 @@ device, the CPU included (PyTorch supports both there), and the mixed-precision 
 paper's mechanism wherever it runs. ``amp_dtype="bfloat16"`` is the other option: bfloat16
 has float32's exponent range, so it runs without a scaler (and is much faster than float16 on
 CPUs, whose float16 convolution backward is slow).
+
+Detection fine-tuning follows torchvision's detection reference (``--amp``): float16 autocast with a GradScaler
+on CUDA; on a CPU it takes bfloat16, since float16 there is slow and adds nothing the detection axes test
+(:func:`trainers.detection.config.DetectionConfig.amp_dtype_on`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,12 @@ from typing import Any, ContextManager, Iterable
 
 import torch
 from torch import Tensor, nn
+
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a training loss is NaN or infinite, so the trial is marked failed."""
+
 
 # amp_dtype name -> autocast dtype. Only float16 gets loss scaling.
 AMP_DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -46,6 +57,12 @@ def grad_scaler(device: torch.device, amp: bool, amp_dtype: str) -> torch.amp.Gr
     return torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == "float16")
 
 
+def check_finite(loss: Tensor, epoch: int, step: int, what: str = "loss") -> None:
+    """Raise :class:`NonFiniteLossError` naming the epoch and step when ``loss`` is NaN/inf."""
+    if not torch.isfinite(loss.detach()).all():
+        raise NonFiniteLossError(f"non-finite {what} ({loss.item()}) at epoch {epoch}, step {step}")
+
+
 def gradients_finite(params: Iterable[nn.Parameter]) -> bool:
     """True when no gradient holds inf or nan (one device sync)."""
     checks = [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
@@ -56,12 +73,18 @@ def _optimizer_params(optimizer: torch.optim.Optimizer) -> list[nn.Parameter]:
     return [p for group in optimizer.param_groups for p in group["params"]]
 
 
+def _clip(optimizer: torch.optim.Optimizer, max_norm: float) -> None:
+    if max_norm > 0:
+        torch.nn.utils.clip_grad_norm_(_optimizer_params(optimizer), max_norm)
+
+
 def backward_and_step(
     loss: Tensor,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     drop_grads: Iterable[nn.Parameter] = (),
     skip_non_finite: bool = False,
+    clip_grad_norm: float = 0.0,
 ) -> bool:
     """Backpropagate ``loss`` and take one optimiser step, unless the gradients overflowed.
 
@@ -82,6 +105,8 @@ def backward_and_step(
         drop_grads: parameters whose gradients are discarded after ``backward`` (the prototypes
             while they are frozen, as the reference).
         skip_non_finite: without an enabled scaler, skip a step whose gradients are not finite.
+        clip_grad_norm: when > 0, clip the (unscaled) gradients to this total norm before the step, as
+            torchvision's detection reference does with ``--clip-grad-norm``.
 
     Returns:
         True if the optimiser stepped, False if the step was skipped.
@@ -92,14 +117,17 @@ def backward_and_step(
         param.grad = None
     if scaler.is_enabled():
         scaler.unscale_(optimizer)  # explicit: nothing below may see scaled gradients
+        _clip(optimizer, clip_grad_norm)
         scale_before = scaler.get_scale()
         scaler.step(optimizer)  # skipped when unscale_ found inf/nan
         scaler.update()
         return scaler.get_scale() >= scale_before  # the scale only ever drops after an overflow
     if skip_non_finite and not gradients_finite(_optimizer_params(optimizer)):
         return False
+    _clip(optimizer, clip_grad_norm)
     optimizer.step()
     return True
 
 
-__all__ = ["AMP_DTYPES", "autocast", "backward_and_step", "grad_scaler", "gradients_finite"]
+__all__ = ["AMP_DTYPES", "NonFiniteLossError", "autocast", "backward_and_step", "check_finite", "grad_scaler",
+           "gradients_finite"]

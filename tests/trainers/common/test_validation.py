@@ -1,20 +1,17 @@
-"""The shared validators: ConfigError names the field it refuses, and the norm pairing is one table."""
+"""trainers/common/validation.py: the shared validators, and ConfigError naming the field it refuses (the field
+the message leads with, for both trainers' configs)."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import pytest
-from torch import nn
 
-from trainers.checkpoints import export_backbone
-from trainers.common import ConfigError, require_bool, require_choice, require_int, require_number
-from trainers.data import sample_paths
-from trainers.detection import NORMS, DetectionConfig, detection_trunk
-from trainers.pairing import PRETRAINED_NORM, SCRATCH, pretrained_norm
-from trainers.resnet import TRUNK_NORMS, build_trunk
+from trainers.common.validation import (ConfigError, closest, require_bool, require_choice, require_int, require_number,
+                                        unknown_key_message)
+from trainers.detection import DetectionConfig
+from trainers.pairing import SCRATCH
 from trainers.swav import SwAVConfig
 
 
@@ -64,39 +61,9 @@ def test_config_errors_name_the_field_the_message_leads_with(make: Any, field: s
     assert str(err.value).startswith(top)
 
 
-def test_every_detection_norm_pairs_with_a_trunk_norm() -> None:
-    assert NORMS == tuple(PRETRAINED_NORM)
-    assert set(PRETRAINED_NORM.values()) <= set(TRUNK_NORMS)
-    with pytest.raises(ValueError, match="norm='ln' is invalid"):
-        pretrained_norm("ln")
-
-
-@pytest.mark.parametrize("norm", NORMS)
-def test_the_detection_trunk_is_built_with_the_paired_norm(norm: str) -> None:
-    trunk = detection_trunk("resnet18", norm)
-    has_gn = any(isinstance(m, nn.GroupNorm) for m in trunk.modules())
-    assert has_gn == (pretrained_norm(norm) == "gn")
-
-
-@pytest.mark.parametrize("pretrained", TRUNK_NORMS)
-@pytest.mark.parametrize("norm", NORMS)
-def test_the_config_accepts_exactly_the_paired_backbones(tmp_path: Path, sample_data: Any, norm: str,
-                                                         pretrained: str) -> None:
-    folder = export_backbone(tmp_path / pretrained, build_trunk("resnet18", pretrained).state_dict(),
-                             {"arch": "resnet18", "norm": pretrained})
-    paths = {name: str(getattr(sample_data, name))
-             for name in ("train_images", "train_annotations", "val_images", "val_annotations")}
-    if PRETRAINED_NORM[norm] == pretrained:
-        assert DetectionConfig(backbone=str(folder), norm=norm, **paths).norm == norm
-    else:
-        with pytest.raises(ConfigError, match="-pretrained backbone") as err:
-            DetectionConfig(backbone=str(folder), norm=norm, **paths)
-        assert err.value.field == "norm"
-
-
-def test_sample_paths_is_the_layout_spaces_reads(tmp_path: Path) -> None:
-    from experiments import spaces
-
-    paths = sample_paths(tmp_path)
-    assert spaces.sample_layout(tmp_path) == tuple(getattr(paths, key) for key in spaces.DATA_PATH_KEYS)
-    assert spaces.PAIRING is PRETRAINED_NORM and spaces.BACKBONE_SCRATCH == SCRATCH
+def test_an_unknown_key_names_the_place_and_the_closest_valid_key() -> None:
+    assert closest("prototype", ["prototypes", "epochs"]) == "prototypes"
+    assert closest("zzz", ["prototypes", "epochs"]) is None
+    assert unknown_key_message("prototype", {"prototypes", "epochs"}, "pretrain.yaml") == (
+        "pretrain.yaml: unknown key 'prototype' (did you mean 'prototypes'?)")
+    assert unknown_key_message("zzz", {"prototypes", "epochs"}) == "unknown key 'zzz' (valid keys: epochs, prototypes)"
