@@ -1,7 +1,8 @@
 """The Reporter protocol: how a trainer talks to whatever runs it.
 
-A trainer calls ``report`` once per epoch (or evaluation) with its metrics, the epoch as
-``step``, optionally a directory holding a checkpoint it has just written (the reporter
+A trainer calls ``report`` once per epoch (or evaluation) with its metrics, the epochs done as
+``step`` (both trainers count epochs from 0 in their loops, as the SwAV and torchvision detection
+references do, so epoch ``e`` reports step ``e + 1``; a checkpoint's ``epoch`` is the same count), optionally a directory holding a checkpoint it has just written (the reporter
 takes a copy: the trainer may delete the directory once ``report`` returns) and files to
 log as artifacts. ``should_stop`` lets the runner end a trial early (pruning);
 ``restore_dir`` points at the checkpoint to resume from.
