@@ -36,14 +36,14 @@ def _metric(key: str, label: str = "", leaderboard: bool = False, report: bool =
 
 LR = "lr"  # every trainer: the learning rate of the epoch's last step
 
-# Detection (trainers/detection): COCO evaluation by pycocotools, in its stats order, then the training loop's.
+# Detection (trainers/detection): COCO evaluation by pycocotools (evaluation.COCO_STATS: which of its stats each
+# is), then the training loop's.
 DET_AP50 = _metric("det/AP50", "AP@0.5", leaderboard=True, report=True)  # ranks detectors; the champion
 DET_AP = _metric("det/AP", "AP@[.5:.95]", leaderboard=True, report=True)
 DET_AP75 = _metric("det/AP75", "AP@0.75")
 DET_AP_SMALL = _metric("det/AP_small", "AP[small]", report=True)
 DET_AP_MEDIUM = _metric("det/AP_medium", "AP[medium]", report=True)
 DET_AP_LARGE = _metric("det/AP_large", "AP[large]", report=True)
-COCO_METRICS = (DET_AP, DET_AP50, DET_AP75, DET_AP_SMALL, DET_AP_MEDIUM, DET_AP_LARGE)  # pycocotools' stats[0:6]
 DET_LOSS = _metric("det/loss")
 DET_IMAGES_PER_S = _metric("det/images_per_s")
 DET_ITERATIONS = _metric("det/iterations")  # optimizer steps so far: the x of fine-tuning curves

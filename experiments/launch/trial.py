@@ -24,8 +24,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from trainers.stages import TRAINERS
 from trainers.vocabulary import (
-    COCO_METRICS,
     DET_AP50,
+    DET_PREFIX,
     DEVICE_KEY,
     GPUS_KEY,
     LR,
@@ -396,7 +396,7 @@ def run_single(args: Any, stage: str) -> int:
 
 def format_ap_table(metrics: Mapping[str, float]) -> str:
     """The COCO numbers a researcher reads first, one per line (NaN: no ground truth in that size range)."""
-    keys = (DET_AP50, *(k for k in COCO_METRICS if k != DET_AP50))
+    keys = (DET_AP50, *(k for k in METRIC_LABELS if k.startswith(DET_PREFIX) and k != DET_AP50))
     return "\n".join(f"{METRIC_LABELS[key]:18} {metrics.get(key, float('nan')):.4f}" for key in keys)
 
 

@@ -29,10 +29,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from trainers.data import detection_collate
-from trainers.vocabulary import COCO_METRICS, DET_AP, DET_AP50
+from trainers.vocabulary import DET_AP, DET_AP50, DET_AP75, DET_AP_LARGE, DET_AP_MEDIUM, DET_AP_SMALL
 
 # COCOeval.stats[0..5], in order.
-METRIC_NAMES = COCO_METRICS
+# The metric each of pycocotools' ``COCOeval.stats`` gives (its summarize() order), reported at every evaluation.
+COCO_STATS: dict[str, int] = {DET_AP: 0, DET_AP50: 1, DET_AP75: 2, DET_AP_SMALL: 3, DET_AP_MEDIUM: 4, DET_AP_LARGE: 5}
+METRIC_NAMES = tuple(COCO_STATS)
 PER_CLASS_FILE = "per_class_ap50.json"
 SUMMARY_FILE = "coco_summary.txt"
 FIGURE_FILE = "detections.png"
@@ -131,7 +133,7 @@ def coco_eval(predictions: Sequence[Mapping[str, Any]], dataset: GroundTruth) ->
     table = io.StringIO()
     with contextlib.redirect_stdout(table):
         evaluator.summarize()
-    metrics = {name: _nan_if_missing(evaluator.stats[i]) for i, name in enumerate(METRIC_NAMES)}
+    metrics = {name: _nan_if_missing(evaluator.stats[i]) for name, i in COCO_STATS.items()}
 
     # precision: [IoU thresholds, recall thresholds, categories, area ranges, max dets].
     precision = evaluator.eval["precision"]
