@@ -275,7 +275,7 @@ def test_ddp_pretraining_then_tpe_finetuning(tmp_path):
     data = yaml.safe_load(space.read_text())
     # One GPU per DDP process, on a node that declares two: Ray gives the trial both, each process takes its
     # rank's (trainers.common.devices.default_device); torch cannot use them here, so the processes fall back to the
-    # CPU and gloo (NCCL where CUDA works: tests/trainers/test_common.py).
+    # CPU and gloo (NCCL where CUDA works: tests/trainers/common/test_devices.py).
     data["pretrain"]["resources"]["gpu"] = 1
     data["finetune"]["fixed"]["norm"] = "gn"
     data["search"] = {"kind": "tpe", "num_samples": 2}
