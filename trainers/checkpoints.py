@@ -84,12 +84,12 @@ def _unflatten(obj: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
 
 def save_checkpoint(directory: str | Path, state: Mapping[str, Any]) -> Path:
     """Write ``state`` (nested dicts/lists of tensors and scalars) to ``directory``."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
 
     tensors: dict[str, torch.Tensor] = {}
-    skeleton = _flatten(dict(state), tensors)
+    skeleton = _flatten(dict(state), tensors)  # first: a state it refuses leaves no folder behind
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(directory / STATE_TENSORS))
     (directory / STATE_JSON).write_text(json.dumps(skeleton))
     return directory

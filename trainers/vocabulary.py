@@ -3,7 +3,7 @@ tag and attribute name the service writes to a tracking store. Names only.
 
 It imports nothing, so it sits at the bottom of the layers (docs/ARCHITECTURE.md): the trainers, which report the
 metrics, and ``experiments/``, which records, judges, ranks and shows them, share one spelling. No other module
-writes one of these keys as a bare string (``tests/test_vocabulary.py`` fails on one).
+writes one of these keys as a bare string (``tests/trainers/test_vocabulary.py`` fails on one).
 
 Adding a metric to the leaderboard and the report: one :func:`_metric` line here (its key, its label,
 ``leaderboard=True, report=True``), plus the trainer that reports it. Stored names are users' data (tags, metric
