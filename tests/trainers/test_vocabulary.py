@@ -10,7 +10,7 @@ import trainers.vocabulary as vocabulary
 from trainers.stages import TRAINERS
 from trainers.vocabulary import LEADERBOARD_METRICS, METRIC_LABELS, REPORT_METRICS, STAGE_RECORDS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KEY = re.compile(r"^(ablate\.|det/|swav/|sup/|launch/)")  # how every stored tag and metric key begins
 
 # The names as users' stores hold them (run and experiment tags, model-version tags, Optuna attributes, metric
