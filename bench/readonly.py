@@ -124,8 +124,8 @@ def run(quick: bool = False) -> str:
         "|---|---|---|---|---|---|---|",
         *rows,
         "",
-        "None of them imports torch or MLflow (tests/experiments/results/test_report.py checks it): on a local sqlite store "
-        "they read MLflow's tables through `experiments/store/sqlite_reader.py`. The last column is the same command "
+        "None of them imports torch or MLflow (tests/experiments/results/report/test_report.py checks it): on a local "
+        "sqlite store they read MLflow's tables through `experiments/store/sqlite_reader.py`. The last column is the same command "
         f"reading through `MlflowClient` (`{MLFLOW_CLIENT_ENV}=1`), as they all did before: `import mlflow` and its "
         "store's start-up.",
         f"({time.time() - started:.0f} s.)",
