@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.trainers.test_detection import tiny_config
+from tests.trainers.detection.helpers import tiny_config
 from trainers.checkpoints import load_backbone_weights
 from trainers.data import DatasetError, UnlabeledImages, collate_images, generate_sample
 from trainers.data import digits

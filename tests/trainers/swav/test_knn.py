@@ -1,6 +1,6 @@
-"""The kNN monitor: the weighted vote, the object crops, the schedule, and its place in SwAV training
-(reported at the due epochs, read against random initialisations and raw pixels, never changing what is
-trained); the linear probe and the effective rank beside it."""
+"""trainers/swav/knn.py: the kNN monitor: the weighted vote, the object crops, the recalibrated statistics, and its
+place in SwAV training (reported at the due epochs, read against random initialisations and raw pixels, never
+changing what is trained); the linear probe and the effective rank beside it."""
 
 from __future__ import annotations
 
@@ -16,21 +16,16 @@ import torch
 from trainers.checkpoints import load_checkpoint
 from trainers.common.configs import config_from_dict
 from trainers.common.provenance import seed_everything
-from trainers.common.validation import ConfigError
 from trainers.reporting import InMemoryReporter
 from trainers.resnet import build_trunk
-from trainers.swav import SwAVConfig, train
 from trainers.swav import engine as swav_engine
-from trainers.swav.knn import (RANDOM_TRUNKS, KnnMonitor, effective_rank, embed, knn_monitor, learned,
-                               linear_probe_top1, monitor_text, object_crops, recalibrated, weighted_knn_top1)
+from trainers.swav.config import SwAVConfig
+from trainers.swav.engine import train
+from trainers.swav.knn import (RANDOM_TRUNKS, KnnMonitor, effective_rank, embed, knn_monitor, linear_probe_top1,
+                               object_crops, recalibrated, weighted_knn_top1)
 
 from tests.trainers.cuda import cuda_only
-from tests.trainers.test_swav_train import TINY
-
-
-def knn_paths(sample) -> dict[str, str]:
-    return {"knn_train_images": str(sample.train_images), "knn_train_annotations": str(sample.train_annotations),
-            "knn_val_images": str(sample.val_images), "knn_val_annotations": str(sample.val_annotations)}
+from tests.trainers.swav.helpers import TINY, knn_paths
 
 
 def reference_vote(bank, bank_labels, queries, num_classes, k, temperature) -> torch.Tensor:
@@ -136,29 +131,6 @@ def test_recalibrated_holds_the_crops_exact_statistics_and_puts_the_trunks_back(
     assert trunk.training and trunk[1].momentum == 0.1
 
 
-@pytest.mark.parametrize("epochs, every, due", [
-    (7, None, [1, 2, 3, 4, 5, 6, 7]),     # short runs: every epoch
-    (100, None, list(range(5, 101, 5))),  # long runs: every epochs // 20, the last included
-    (10, 3, [3, 6, 9, 10]),               # the last epoch always
-    (10, 0, []),                          # off
-])
-def test_knn_schedule(sample_data, epochs: int, every: int | None, due: list[int]) -> None:
-    config = SwAVConfig(**{**TINY, "data": "x", "epochs": epochs, "knn_every": every, **knn_paths(sample_data)})
-    assert [e for e in range(1, epochs + 1) if config.knn_due(e)] == due
-    assert not any(SwAVConfig(**{**TINY, "data": "x", "epochs": epochs}).knn_due(e) for e in range(1, epochs + 1))
-
-
-def test_config_needs_all_four_knn_paths_or_none(sample_data) -> None:
-    paths = knn_paths(sample_data)
-    with pytest.raises(ConfigError, match="knn_val_images") as info:
-        SwAVConfig(**{**TINY, "data": "x", **paths, "knn_val_images": ""})
-    assert info.value.field == "knn_val_images"
-    with pytest.raises(ConfigError, match="knn_every"):
-        SwAVConfig(**{**TINY, "data": "x", "knn_every": -1})
-    with pytest.raises(ConfigError, match="knn_temperature"):
-        SwAVConfig(**{**TINY, "data": "x", "knn_temperature": 0})
-
-
 def test_training_reports_knn_and_is_unchanged_by_the_monitor(sample_data, tmp_path: Path,
                                                               caplog: pytest.LogCaptureFixture) -> None:
     base = {**TINY, "data": str(sample_data.unlabeled), "epochs": 3, "max_images": 8}
@@ -216,16 +188,6 @@ def test_linear_probe_and_effective_rank_on_planted_features() -> None:
     spread = torch.randn(200, 32, generator=generator)
     squashed = spread * torch.tensor([10.0] * 2 + [0.01] * 30)
     assert effective_rank(squashed) < 3 < 25 < effective_rank(spread) <= 32
-
-
-def test_monitor_text_and_learned_read_the_spread() -> None:
-    metrics = {"swav/knn_top1": 0.45, "swav/knn_top1_random": 0.30, "swav/knn_top1_random_std": 0.02,
-               "swav/knn_top1_pixels": 0.71}
-    assert monitor_text(metrics) == "0.450 (random 0.300 ± 0.020, pixels 0.710)"
-    assert learned(metrics) is True
-    assert learned({**metrics, "swav/knn_top1": 0.39}) is False  # under 10 points above the mean
-    assert learned({**metrics, "swav/knn_top1_random_std": 0.08}) is False  # inside two std of the spread
-    assert learned({}) is None and monitor_text({}) == "-"
 
 
 @cuda_only

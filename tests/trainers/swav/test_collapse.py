@@ -1,4 +1,4 @@
-"""Collapse signals (trainers/swav/collapse.py): the statistics, the rule, and the label a run reports."""
+"""trainers/swav/collapse.py: the collapse signals, the rule, and the label a run reports."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""End-to-end tests of SwAV training on CPU: a smoke run with export and unreadable files,
-exact resume (loss-scaler state included), early stop, float16 autocast with loss scaling,
-bf16 autocast, the learning rate scaled to the global batch, and the 2-process (gloo)
-equivalence of the Sinkhorn assignments and the loss."""
+"""trainers/swav/engine.py: one epoch of the loop (prototype freezing, skipped files, the queue, non-finite losses and
+gradients, loss scaling), the epoch's shards, and whole runs on CPU: a smoke run with export and unreadable files,
+exact resume (loss-scaler state included), early stop, float16 autocast with loss scaling, bf16 autocast, the learning
+rate scaled to the global batch, too few images, and 2-process (gloo) DDP training."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import json
 import logging
 import math
 import shutil
-import socket
 import time
 from functools import partial
 from pathlib import Path
@@ -18,23 +17,25 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 import torchvision
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from trainers.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from trainers.common.configs import config_from_dict
+from trainers.common.precision import NonFiniteLossError, grad_scaler
+from trainers.data import TOO_SMALL, UNREADABLE, SkippedImage
 from trainers.reporting import InMemoryReporter
-from trainers.swav import (METRIC_NAMES, SwAVConfig, export_from_checkpoint, learning_rate, load_backbone, sinkhorn,
-                           swav_loss, train)
 from trainers.swav import engine as swav_engine
+from trainers.swav.augment import MultiCropAugment
+from trainers.swav.config import SwAVConfig
+from trainers.swav.engine import METRIC_NAMES, epoch_indices, train, train_one_epoch
+from trainers.swav.loss import EmbeddingQueue
+from trainers.swav.model import SwAVModel, export_from_checkpoint, load_backbone
+from trainers.swav.optim import build_optimizer, learning_rate
 from tests.trainers.cuda import cuda_only
-
-TINY = dict(
-    arch="resnet18", prototypes=16, feat_dim=16, hidden_dim=32, batch_size=4, workers=0, amp=False, seed=0,
-    crops=[{"count": 2, "size": 32, "min_scale": 0.14, "max_scale": 1.0},
-           {"count": 2, "size": 16, "min_scale": 0.05, "max_scale": 0.14}],
-)
+from tests.trainers.swav.helpers import TINY, free_port, tiny_config
 
 
 def tiny(data: Path, **overrides) -> SwAVConfig:
@@ -60,6 +61,140 @@ def folder_with_unreadable_files(sample_data, tmp_path: Path) -> Path:
     (folder / "broken.jpg").write_bytes(b"not a jpeg at all")
     (folder / "truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
     return folder
+
+
+# ---------------------------------------------------------------------------
+# One epoch (train_one_epoch)
+# ---------------------------------------------------------------------------
+
+
+def fake_batches(n_batches: int, batch: int, seed: int = 0) -> list[tuple[list[torch.Tensor], tuple]]:
+    g = torch.Generator().manual_seed(seed)
+    return [([torch.randint(0, 256, (3, 40, 40), generator=g, dtype=torch.uint8) for _ in range(batch)], ())
+            for _ in range(n_batches)]
+
+
+def run_epoch(config: SwAVConfig, model: SwAVModel, batches, iteration: int = 0, queue=None, scaler=None):
+    optimizer = build_optimizer(model, config)
+    scaler = scaler or torch.amp.GradScaler("cpu", enabled=False)
+    return train_one_epoch(model, batches, MultiCropAugment(config.crops), optimizer, scaler, queue, config,
+                           epoch=0, iteration=iteration, iters_per_epoch=4, device=torch.device("cpu"),
+                           generator=torch.Generator().manual_seed(0))
+
+
+def test_prototypes_are_frozen_for_the_first_iterations() -> None:
+    torch.manual_seed(0)
+    # Half of an epoch of 4 iterations: the first 2 iterations.
+    config = tiny_config(freeze_prototypes_epochs=0.5, optimizer="sgd", base_lr=0.5, start_warmup_lr=0.5)
+    model = SwAVModel("resnet18", "bn", 16, 16, 32)
+    before = F.normalize(model.prototypes.weight.detach().clone(), dim=1)
+    stats, iteration = run_epoch(config, model, fake_batches(1, 4), iteration=0)
+    assert iteration == 1
+    assert model.prototypes.weight.grad is None  # dropped during the frozen iterations
+    assert model.trunk.conv1.weight.grad is not None
+    torch.testing.assert_close(model.prototypes.weight.detach(), before)  # only re-normalised
+    stats, iteration = run_epoch(config, model, fake_batches(1, 4, seed=1), iteration=2)
+    assert iteration == 3
+    assert model.prototypes.weight.grad is not None and model.prototypes.weight.grad.abs().sum() > 0
+    assert not torch.allclose(model.prototypes.weight.detach(), before)
+
+
+def test_small_batches_after_unreadable_images_are_skipped() -> None:
+    torch.manual_seed(0)
+    config = tiny_config()
+    model = SwAVModel("resnet18", "bn", 16, 16, 32)
+    batches = fake_batches(3, 4)
+    unreadable, small = SkippedImage(Path("bad.jpg"), UNREADABLE), SkippedImage(Path("dot.png"), TOO_SMALL, "1x1 px")
+    batches[0] = (batches[0][0][:1], (unreadable, unreadable, small))  # one usable image left: skipped
+    batches[1] = (batches[1][0][:2], (unreadable, small))  # two left: trained on
+    batches[2] = (batches[2][0], 2)  # a loader that only counts its skipped files (bench/overhead.py)
+    stats, iteration = run_epoch(config, model, batches)
+    assert iteration == 3  # the schedule still counts every loader batch
+    assert stats.unreadable == 5 and stats.too_small == 2 and stats.images == 6 and stats.readable == 7
+    assert stats.skipped == [unreadable, unreadable, small, unreadable, small]  # the first few, to name them
+    assert float(stats.sums[3]) == 2  # two optimisation steps
+
+
+def test_train_one_epoch_with_queue_fills_then_uses_it() -> None:
+    torch.manual_seed(0)
+    config = tiny_config(queue_length=8, queue_start_epoch=0)
+    model = SwAVModel("resnet18", "bn", 16, 16, 32)
+    queue = EmbeddingQueue(len(config.crops_for_assign), 8, config.feat_dim)
+    run_epoch(config, model, fake_batches(1, 4), queue=queue)
+    assert not queue.in_use and not queue.is_full()
+    run_epoch(config, model, fake_batches(2, 4, seed=1), iteration=1, queue=queue)
+    assert queue.is_full() and queue.in_use
+
+
+def test_non_finite_loss_raises_naming_epoch_and_step() -> None:
+    torch.manual_seed(0)
+    model = SwAVModel("resnet18", "bn", 16, 16, 32)
+    with torch.no_grad():
+        model.prototypes.weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteLossError, match="epoch 1, step 0"):
+        run_epoch(tiny_config(), model, fake_batches(1, 4))
+
+
+def _trained_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters an optimiser step changes (prototypes are re-normalised before each step anyway)."""
+    return {k: v.detach().clone() for k, v in model.named_parameters() if k != "prototypes.weight"}
+
+
+def test_bf16_steps_with_non_finite_gradients_are_skipped_and_counted() -> None:
+    torch.manual_seed(0)
+    model = SwAVModel("resnet18", "bn", 16, 16, 32)
+    model.trunk.conv1.weight.register_hook(lambda grad: grad * float("nan"))
+    before = _trained_weights(model)
+    config = tiny_config(amp=True, amp_dtype="bfloat16", freeze_prototypes_epochs=0)
+    assert not grad_scaler(torch.device("cpu"), config.amp, config.amp_dtype).is_enabled()  # bf16 needs none
+    stats, _ = run_epoch(config, model, fake_batches(2, 4))
+    assert stats.amp_skipped == 2
+    for key, value in _trained_weights(model).items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0, msg=key)
+
+
+def test_loss_scaler_skips_planted_inf_steps_in_the_loop_then_steps() -> None:
+    """The training loop with an enabled float16 GradScaler: a step whose gradients hold inf is
+    skipped (weights unchanged), counted in ``amp_skipped`` and halves the scale; a clean step updates.
+
+    The forward runs in float32 here (amp off, scaler passed in): float16 convolution backward is
+    ~30x slower on CPUs. test_fp16_autocast_with_loss_scaling_on_cpu runs real float16 autocast end to end.
+    """
+    torch.manual_seed(0)
+    model = SwAVModel("resnet18", "bn", 16, 16, 32)
+    small_crops = [{"count": 2, "size": 16, "min_scale": 0.14, "max_scale": 1.0}]
+    config = tiny_config(amp=False, freeze_prototypes_epochs=0, optimizer="lars", crops=small_crops, batch_size=2)
+    scaler = grad_scaler(torch.device("cpu"), True, "float16")
+    assert scaler.is_enabled() and scaler.get_scale() == 2.0 ** 16
+    hook = model.trunk.conv1.weight.register_hook(lambda grad: torch.full_like(grad, float("inf")))
+    before = _trained_weights(model)
+    stats, _ = run_epoch(config, model, fake_batches(2, 2), scaler=scaler)
+    assert stats.amp_skipped == 2 and float(stats.sums[3]) == 2  # both steps skipped, both counted
+    assert scaler.get_scale() == 2.0 ** 14
+    for key, value in _trained_weights(model).items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0, msg=key)
+
+    hook.remove()
+    stats, _ = run_epoch(config, model, fake_batches(1, 2, seed=1), iteration=2, scaler=scaler)
+    assert stats.amp_skipped == 0 and scaler.get_scale() == 2.0 ** 14  # grows only after 2000 clean steps
+    after = _trained_weights(model)
+    assert not torch.equal(after["trunk.conv1.weight"], before["trunk.conv1.weight"])
+
+
+def test_epoch_indices_are_reproducible_disjoint_shards() -> None:
+    first = epoch_indices(50, seed=1, epoch=3)
+    assert first == epoch_indices(50, seed=1, epoch=3) and sorted(first) == list(range(50))
+    assert first != epoch_indices(50, seed=1, epoch=4)
+    shards = [epoch_indices(50, 1, 3, rank=r, world_size=3) for r in range(3)]
+    assert all(len(s) == 16 for s in shards)
+    assert not set(shards[0]) & set(shards[1]) and not set(shards[1]) & set(shards[2])
+    capped = epoch_indices(50, 1, 3, max_images=10)
+    assert capped == first[:10]
+
+
+# ---------------------------------------------------------------------------
+# Whole runs (train)
+# ---------------------------------------------------------------------------
 
 
 def test_smoke_run_reports_metrics_and_exports_a_torchvision_backbone(
@@ -175,7 +310,8 @@ def test_fp16_autocast_with_loss_scaling_on_cpu(sample_data, tmp_path: Path) -> 
 
 def test_bf16_autocast_on_cpu_with_groupnorm(sample_data, tmp_path: Path) -> None:
     # 24-px local crops: CPU bf16 gives nan weight gradients for a strided 3x3 conv on 1x1 maps
-    # (what 16-px crops reach in layer4); such steps would be skipped, see test_swav.py.
+    # (what 16-px crops reach in layer4); such steps would be skipped, see
+    # test_bf16_steps_with_non_finite_gradients_are_skipped_and_counted.
     crops = [TINY["crops"][0], {"count": 2, "size": 24, "min_scale": 0.05, "max_scale": 0.14}]
     config = tiny(sample_data.unlabeled, epochs=1, max_images=8, amp=True, amp_dtype="bfloat16", norm="gn",
                   crops=crops)
@@ -290,64 +426,8 @@ def test_epoch_without_a_usable_batch_names_the_skipped_files(sample_data, tmp_p
 
 
 # ---------------------------------------------------------------------------
-# Two processes (gloo) == one process
+# Two processes (gloo, DDP)
 # ---------------------------------------------------------------------------
-
-N_CROPS, BATCH, K, QUEUE_ROWS = 3, 8, 6, 4
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _local_rows(scores: torch.Tensor, rank: int, world: int) -> torch.Tensor:
-    """This rank's share of a crop-major batch: its half of every crop's rows."""
-    half = BATCH // world
-    return torch.cat([scores[c * BATCH + rank * half: c * BATCH + (rank + 1) * half] for c in range(N_CROPS)])
-
-
-def _gloo_worker(rank: int, world: int, port: int, out_dir: str, scores: torch.Tensor, queue: torch.Tensor) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        torch.set_num_threads(1)
-        local = _local_rows(scores, rank, world)
-        half = BATCH // world
-        codes = sinkhorn(local[:half], epsilon=0.05, iterations=3)
-        loss = swav_loss(local, N_CROPS, (0, 1))
-        # Each process keeps its own queue; together they hold the one-process queue.
-        local_queue = [q[rank * QUEUE_ROWS: (rank + 1) * QUEUE_ROWS] for q in queue]
-        loss_queue = swav_loss(local, N_CROPS, (0, 1), queue_scores=local_queue)
-        # DDP averages the processes' gradients, i.e. their losses.
-        losses = torch.stack([loss, loss_queue]).detach()
-        dist.all_reduce(losses)
-        save_file({"codes": codes.contiguous(), "losses": losses / world}, f"{out_dir}/rank{rank}.safetensors")
-    finally:
-        dist.destroy_process_group()
-
-
-@pytest.mark.timeout(180)
-def test_two_gloo_processes_equal_one_process(tmp_path: Path) -> None:
-    g = torch.Generator().manual_seed(0)
-    prototypes = torch.nn.functional.normalize(torch.randn(K, 8, generator=g), dim=1)
-    embeddings = torch.nn.functional.normalize(torch.randn(N_CROPS * BATCH, 8, generator=g), dim=1)
-    scores = embeddings @ prototypes.t()
-    queue_embeddings = torch.nn.functional.normalize(torch.randn(2, 2 * QUEUE_ROWS, 8, generator=g), dim=2)
-    queue = queue_embeddings @ prototypes.t()  # (n_assign, rows of both processes, K)
-
-    mp.spawn(_gloo_worker, args=(2, _free_port(), str(tmp_path), scores, queue), nprocs=2, join=True)
-
-    full_codes = sinkhorn(scores[:BATCH])
-    full_loss = swav_loss(scores, N_CROPS, (0, 1))
-    full_loss_queue = swav_loss(scores, N_CROPS, (0, 1), queue_scores=list(queue))
-    for rank in range(2):
-        out = load_file(str(tmp_path / f"rank{rank}.safetensors"))
-        torch.testing.assert_close(out["codes"], full_codes[rank * 4: (rank + 1) * 4], atol=1e-6, rtol=1e-5)
-        torch.testing.assert_close(out["losses"][0], full_loss, atol=1e-6, rtol=1e-5)
-        torch.testing.assert_close(out["losses"][1], full_loss_queue, atol=1e-6, rtol=1e-5)
-    # The split codes are not what each half would get on its own (the all-reduce matters).
-    assert not torch.allclose(sinkhorn(_local_rows(scores, 0, 2)[:4]), full_codes[:4], atol=1e-4)
 
 
 def _ddp_train_worker(rank: int, world: int, port: int, data: str, root: str) -> None:
@@ -370,7 +450,7 @@ def _ddp_train_worker(rank: int, world: int, port: int, data: str, root: str) ->
 
 @pytest.mark.timeout(300)
 def test_two_process_ddp_training_on_cpu(sample_data, tmp_path: Path) -> None:
-    mp.spawn(_ddp_train_worker, args=(2, _free_port(), str(sample_data.unlabeled), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_train_worker, args=(2, free_port(), str(sample_data.unlabeled), str(tmp_path)), nprocs=2, join=True)
     rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
     # Metrics are reduced over both processes: every rank reports the same numbers.
     assert rank0["metrics"] == rank1["metrics"]
