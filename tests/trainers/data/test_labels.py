@@ -66,3 +66,27 @@ def test_an_unlabeled_image_or_a_single_class_is_refused(tmp_path: Path) -> None
     with pytest.raises(DatasetError, match="hold 1 class\\(es\\); supervised pretraining needs at least 2"):
         image_labels(file, tmp_path, paths[:2])
     assert FORMAT_HINT.startswith("a JSON object")
+
+
+@pytest.mark.parametrize("name,text,message", [
+    ("labels.csv", "file,label\na.jpg,1\n", "the first row must be the header image,class"),
+    ("labels.csv", "image,class\na.jpg\n", r"row 2 \('a.jpg'\) is invalid"),
+    ("labels.json", "[1, 2]", "holds a list, not an object"),
+    ("labels.json", '{"a.jpg": 1}', r"1 of the 2 images .* have no class \(b.jpg\)"),
+    ("labels.json", '{"a.jpg": 1, "b.jpg": 1}', "hold 1 class"),
+    ("labels.txt", "", "unknown format '.txt'"),
+])
+def test_a_bad_labels_file_is_named_with_its_entry(tmp_path: Path, name: str, text: str, message: str) -> None:
+    file = tmp_path / name
+    file.write_text(text)
+    with pytest.raises(DatasetError, match=message) as caught:
+        image_labels(file, tmp_path, [tmp_path / "a.jpg", tmp_path / "b.jpg"])
+    assert str(file) in str(caught.value)
+
+
+def test_labels_read_from_csv_and_json_number_the_classes_the_same_way(tmp_path: Path) -> None:
+    (tmp_path / "l.csv").write_text("image,class\nx/a.jpg,10\nb.jpg,2\n")
+    (tmp_path / "l.json").write_text(json.dumps({"x/a.jpg": 10, "b.jpg": "2"}))
+    paths = [tmp_path / "x" / "a.jpg", tmp_path / "b.jpg"]
+    assert image_labels(tmp_path / "l.csv", tmp_path, paths) == image_labels(tmp_path / "l.json", tmp_path, paths) \
+        == ([1, 0], ["2", "10"])

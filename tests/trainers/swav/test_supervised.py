@@ -1,5 +1,5 @@
-"""Supervised pretraining (trainers/swav/supervised.py), the labels file (trainers/data/labels.py) and the digits
-set's renderings: views that share the digit and not the background."""
+"""Supervised pretraining (trainers/swav/supervised.py), and the digits set's renderings it trains on: views that
+share the digit and not the background."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from tests.trainers.detection.helpers import tiny_config
 from trainers.checkpoints import load_backbone_weights
 from trainers.data import DatasetError, UnlabeledImages, collate_images, generate_sample
 from trainers.data import digits
-from trainers.data.labels import image_labels
 from trainers.detection import train as finetune
 from trainers.reporting import InMemoryReporter
 from trainers.resnet import build_trunk
@@ -70,30 +69,6 @@ def test_supervised_pretraining_without_labels_names_the_file_and_the_fix(sample
                         data=str(sample_data.unlabeled), workers=0, amp=False, knn_every=0)
     with pytest.raises(DatasetError, match=r"labels\.json does not exist; set pretrain\.labels to"):
         train(config, InMemoryReporter(root=tmp_path))
-
-
-@pytest.mark.parametrize("name,text,message", [
-    ("labels.csv", "file,label\na.jpg,1\n", "the first row must be the header image,class"),
-    ("labels.csv", "image,class\na.jpg\n", r"row 2 \('a.jpg'\) is invalid"),
-    ("labels.json", "[1, 2]", "holds a list, not an object"),
-    ("labels.json", '{"a.jpg": 1}', r"1 of the 2 images .* have no class \(b.jpg\)"),
-    ("labels.json", '{"a.jpg": 1, "b.jpg": 1}', "hold 1 class"),
-    ("labels.txt", "", "unknown format '.txt'"),
-])
-def test_a_bad_labels_file_is_named_with_its_entry(tmp_path: Path, name: str, text: str, message: str) -> None:
-    file = tmp_path / name
-    file.write_text(text)
-    with pytest.raises(DatasetError, match=message) as caught:
-        image_labels(file, tmp_path, [tmp_path / "a.jpg", tmp_path / "b.jpg"])
-    assert str(file) in str(caught.value)
-
-
-def test_labels_read_from_csv_and_json_number_the_classes_the_same_way(tmp_path: Path) -> None:
-    (tmp_path / "l.csv").write_text("image,class\nx/a.jpg,10\nb.jpg,2\n")
-    (tmp_path / "l.json").write_text(json.dumps({"x/a.jpg": 10, "b.jpg": "2"}))
-    paths = [tmp_path / "x" / "a.jpg", tmp_path / "b.jpg"]
-    assert image_labels(tmp_path / "l.csv", tmp_path, paths) == image_labels(tmp_path / "l.json", tmp_path, paths) \
-        == ([1, 0], ["2", "10"])
 
 
 def test_renderings_share_the_digit_and_not_the_background(digits_small) -> None:
