@@ -1,16 +1,17 @@
-"""What the launch writes for the MLflow UI, checked against MLflow's own UI code (no browser: tests/e2e/test_ui_browser.py)."""
+"""What the launch writes for the MLflow UI, checked against MLflow's own UI code (no browser: tests/e2e/test_ui_browser.py),
+and `ablate ui`'s checks of its host and port (the server command recorded, not run)."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import socket
 
 import mlflow
 import pytest
 
 from experiments.results import ui
+from tests.experiments.server.helpers import free_port
 
-BUNDLE = Path(mlflow.__file__).parent / "server" / "js" / "build" / "static" / "js"
 SMOKE_RUNS = [  # the params of smoke's four fine-tuning runs that matter here
     {"finetune.backbone": "res18_ep2_p30", "pretrain.prototypes": "30", "finetune.lr_scheme": "357", "finetune.norm": "bn"},
     {"finetune.backbone": "res18_ep2_p100", "pretrain.prototypes": "100", "finetune.lr_scheme": "357", "finetune.norm": "bn"},
@@ -19,12 +20,6 @@ SMOKE_RUNS = [  # the params of smoke's four fine-tuning runs that matter here
     {"finetune.backbone": "scratch", "pretrain.prototypes": "none", "finetune.lr_scheme": "uniform", "finetune.norm": "bn"},
 ]
 AXES = ["finetune.backbone", "pretrain.prototypes", "finetune.lr_scheme", "finetune.norm"]
-
-
-@pytest.fixture(scope="module")
-def bundle() -> str:
-    """MLflow's built UI (all chunks), where the names below must appear."""
-    return "".join(p.read_text(errors="replace") for p in BUNDLE.glob("*.js"))
 
 
 def test_names_we_rely_on_are_in_mlflows_ui(bundle: str) -> None:
@@ -87,21 +82,6 @@ def test_name_columns_fit_the_longest_run_and_cell_names() -> None:
     assert ui.name_column_width([], 60) == 300 and ui.name_column_width(["x" * 200], 60) == 520
 
 
-def test_the_served_bundle_moves_the_created_column_after_the_axes(bundle: str) -> None:
-    """MLflow pins "Created" left of every param; the app serves the table's script with it locked right instead."""
-    from flask import Response
-
-    from experiments.results.ui_app import CREATED_PINNED, close_assistant_on_first_visit
-
-    assert len(CREATED_PINNED.findall(bundle)) == 1, f"MLflow {mlflow.__version__} defines Created otherwise"
-    chunk = next(p for p in BUNDLE.glob("*.js") if CREATED_PINNED.search(p.read_text(errors="replace")))
-    served = close_assistant_on_first_visit(Response(chunk.read_text(), mimetype="text/javascript"))
-    text = served.get_data(as_text=True)
-    assert not CREATED_PINNED.search(text) and 'DATE,lockPosition:"right",sortable' in text
-    other = "const a=1;"  # any other script is served as it is
-    assert close_assistant_on_first_visit(Response(other, mimetype="text/javascript")).get_data(as_text=True) == other
-
-
 def test_links_with_and_without_the_view() -> None:
     tagged = ui.links("http://127.0.0.1:5000/", "7", "smoke", ui.experiment_tags("", AXES, SMOKE_RUNS))
     assert tagged.leaderboard == ("http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
@@ -125,19 +105,65 @@ def test_scratch_gets_none_for_every_pretraining_field() -> None:
     assert ui.finetune_extra_params("scratch_res18", None, [], 1) == {"finetune.backbone": "scratch"}
 
 
-def test_space_description_is_the_experiments(tmp_path: Path) -> None:
-    import yaml
+# ---------------------------------------------------------------------------
+# `ablate ui`: host and port
+# ---------------------------------------------------------------------------
 
-    from experiments.spaces import SpaceError, load_space
-    from experiments.testing.spaces import tiny_space, write_space
 
-    space = tiny_space("described")
-    space["description"] = "  K x norm on the sample data  "
-    assert load_space(write_space(tmp_path, space)).description == "K x norm on the sample data"
-    space["description"] = ["not", "text"]
-    path = write_space(tmp_path, space)
-    with pytest.raises(SpaceError, match=rf"{path}: description: expected text.*e\.g\. description: "):
-        load_space(path)
-    del space["description"]
-    assert load_space(write_space(tmp_path, space)).description == ""
-    assert yaml.safe_load((Path(__file__).resolve().parents[3] / "search_spaces" / "smoke.yaml").read_text())["description"]
+@pytest.fixture(scope="module")
+def ui_store(tmp_path_factory: pytest.TempPathFactory, new_store) -> str:
+    """An empty MLflow sqlite store (conftest.py's ``new_store``) for `ablate ui` to open (it only reads it)."""
+    return new_store(tmp_path_factory.mktemp("ui"))
+
+
+@pytest.fixture(name="ui")
+def ablate_ui(monkeypatch, ui_store):
+    """Run `ablate ui ARGS` through experiments.cli.main on :func:`ui_store`, with the server command recorded, not run.
+
+    Returns a function of the extra arguments -> (exit code, stdout, stderr, the server's argv or None).
+    """
+    from experiments import cli
+
+    execs: list[list[str]] = []
+    monkeypatch.setattr(ui, "serve", lambda cmd, *a, **k: execs.append(list(cmd)) or 0)
+    monkeypatch.setattr(cli, "quiet_libraries", lambda verbose=False: None)  # it sets process-wide variables
+
+    def run(capsys, *extra: str):
+        execs.clear()
+        code = cli.main(["ui", "--tracking-uri", ui_store, *extra])
+        out = capsys.readouterr()
+        return code, out.out, out.err, (execs[0] if execs else None)
+
+    return run
+
+
+def test_ui_off_loopback_needs_insecure_no_auth(ui, capsys):
+    port = str(free_port())
+    code, out, err, argv = ui(capsys, "--host", "0.0.0.0", "--port", port)
+    assert code == 2 and argv is None and out == ""
+    assert "ablate ui --host 0.0.0.0: ablate ui has no auth" in err and "--insecure-no-auth" in err
+    code, out, err, argv = ui(capsys, "--host", "0.0.0.0", "--port", port, "--insecure-no-auth")
+    assert code == 0 and argv[argv.index("--host") + 1] == "0.0.0.0" and argv[argv.index("--port") + 1] == port
+    code, out, err, argv = ui(capsys, "--port", port)  # the default: loopback, no flag needed
+    assert code == 0 and argv[argv.index("--host") + 1] == "127.0.0.1"
+    assert f"starting the MLflow UI on http://127.0.0.1:{port} " in out
+
+
+def test_ui_refuses_a_taken_or_invalid_port(ui, capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, out, err, argv = ui(capsys, "--port", str(port))
+    assert code == 2 and argv is None and out == ""  # no ready banner for a server that cannot start
+    assert f"port {port} on 127.0.0.1 is in use" in err and "--port N" in err
+    for bad in ("70000", "-1"):
+        code, out, err, argv = ui(capsys, "--port", bad)
+        assert code == 2 and argv is None and f"--port {bad}: must be an integer in 0..65535" in err
+
+
+def test_ui_port_zero_picks_a_free_port_and_prints_it(ui, capsys):
+    code, out, err, argv = ui(capsys, "--port", "0")
+    assert code == 0, err
+    port = int(argv[argv.index("--port") + 1])
+    assert port > 0 and f"starting the MLflow UI on http://127.0.0.1:{port} " in out and ":0 " not in out

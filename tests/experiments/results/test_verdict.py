@@ -100,7 +100,7 @@ def test_no_common_stratum_is_an_error() -> None:
     assert math.isnan(compare("a", [1.0, math.nan], "b", [0.5]).low)
 
 
-def test_one_judge_speaks_for_the_headline_report_demo_and_fidelity_bench(tmp_path) -> None:
+def test_one_judge_speaks_for_the_headline_report_demo_and_fidelity_bench(tmp_path, new_store) -> None:
     """The same runs get the same verdict everywhere; here one the old pooled-std rule called a win."""
     from types import SimpleNamespace
 
@@ -112,10 +112,10 @@ def test_one_judge_speaks_for_the_headline_report_demo_and_fidelity_bench(tmp_pa
     from experiments.results.headline import study_headline
     from experiments.store.tracking import Tracker
     from trainers.vocabulary import TAG_HASH, TAG_NAME, TAG_PRUNED, TAG_STAGE
-    from tests.experiments.results.test_report import BACKBONES, _finetune
+    from tests.experiments.results.report.helpers import BACKBONES, finetune
 
     pretrained, scratch = (0.30, 0.36, 0.33), (0.28, 0.30, 0.29)
-    uri, study = f"sqlite:///{tmp_path}/mlflow.db", "judged"
+    uri, study = new_store(tmp_path), "judged"
     tracker = Tracker(uri, study)
     parent = tracker.create_run("launch", {TAG_STAGE: "launch"})
     tracker.log_params_tags(parent, params={"axes.pretrain": "prototypes", "axes.finetune": "norm"})
@@ -125,8 +125,8 @@ def test_one_judge_speaks_for_the_headline_report_demo_and_fidelity_bench(tmp_pa
     tracker.log_params_tags(pre, params={"pretrain.prototypes": "30", "pretrain.arch": "resnet18"})
     tracker.finish(pre)
     for seed, (p, s) in enumerate(zip(pretrained, scratch)):
-        _finetune(tracker, parent, {"p30": pre}, "p30", "frozen_bn", seed, (p,) * 5)
-        _finetune(tracker, parent, {"p30": pre}, "scratch", "frozen_bn", seed, (s,) * 5)
+        finetune(tracker, parent, {"p30": pre}, "p30", "frozen_bn", seed, (p,) * 5)
+        finetune(tracker, parent, {"p30": pre}, "scratch", "frozen_bn", seed, (s,) * 5)
 
     client = MlflowClient(tracking_uri=uri)
     b = study_headline(client, client.get_experiment_by_name(study).experiment_id).baseline

@@ -1,12 +1,16 @@
-"""The team tracking server: real `mlflow server` processes on loopback, free ports.
+"""The team tracking server as a whole (experiments/server): real `mlflow server` processes on loopback, free ports.
 
-* option checks and the command line (fast, no server);
 * 8 writer processes logging through a server backed by sqlite and by PostgreSQL: every
   metric arrives exactly once;
-* a client keeps logging while the server is down for ~10 s and loses nothing;
-* basic auth: no password -> refused at start; 401 without credentials and for MLflow's old
-  default password; the configured password works;
-* an Optuna study on PostgreSQL with the collapse pruner.
+* a client keeps logging while the server is down for ~10 s and loses nothing (its retry
+  settings: :func:`experiments.store.tracking.configure_client_retries`);
+* basic auth: 401 without credentials and for MLflow's old default password; the configured
+  password works;
+* an Optuna study on PostgreSQL with the collapse pruner;
+* the package exports every name of its modules.
+
+The options, the command line and the process supervision, each without a server, are tested at their modules' paths
+(test_checks.py, test_settings.py, test_auth.py, test_supervisor.py, test_command.py).
 
 Tests needing PostgreSQL (127.0.0.1:5432, or $ABLATE_TEST_POSTGRES_URL) or the basic-auth extra
 (Flask-WTF, from ``mlflow[auth]``) skip here when those are missing, and fail under CI=true.
@@ -14,9 +18,9 @@ Tests needing PostgreSQL (127.0.0.1:5432, or $ABLATE_TEST_POSTGRES_URL) or the b
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing as mp
 import os
-import socket
 import time
 import traceback
 import uuid
@@ -29,6 +33,7 @@ from mlflow.tracking import MlflowClient
 from experiments.store import redaction as R
 from experiments import server as S
 from experiments.store.tracking import configure_client_retries
+from tests.experiments.server.helpers import free_port
 
 PG_ADMIN_URL = os.environ.get("ABLATE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
@@ -42,12 +47,6 @@ def _unavailable(reason: str) -> None:
     if IN_CI:
         pytest.fail(f"{reason} (CI=true: this must be available)")
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------
@@ -103,222 +102,8 @@ def auth_extra():
 
 
 # ---------------------------------------------------------------------------
-# Fast checks: options, command line, retries
+# The client rides out a restart: its retry settings
 # ---------------------------------------------------------------------------
-
-
-def test_settings_defaults_are_safe(tmp_path):
-    s = S.ServerSettings(f"sqlite:///{tmp_path}/mlflow.db")
-    assert s.host == "127.0.0.1"
-    assert s.artifacts_destination == str(tmp_path / "artifacts")
-    argv, env = S.build_command(s, environ={})
-    assert argv[argv.index("--host") + 1] == "127.0.0.1"
-    assert "--serve-artifacts" in argv and argv[argv.index("--artifacts-destination") + 1] == str(tmp_path / "artifacts")
-    hosts = argv[argv.index("--allowed-hosts") + 1].split(",")
-    assert "127.0.0.1:5000" in hosts and "localhost" in hosts and "*" not in hosts
-    assert not any(h.startswith(("10.", "192.168")) for h in hosts)  # MLflow's default would allow private nets
-    assert "--app-name" not in argv
-    assert env[S.ENV_BACKEND_STORE_URI] == f"sqlite:///{tmp_path}/mlflow.db"
-
-
-def test_secrets_stay_out_of_the_command_line(tmp_path):
-    auth_cfg = S.write_auth_config(tmp_path, "postgresql+psycopg://u:dbpass-123456@db/auth", "boss")
-    s = S.ServerSettings("postgresql+psycopg://u:dbpass-123456@db/mlflow", str(tmp_path / "art"), host="0.0.0.0",
-                         auth=True, allowed_hosts=("mlflow", "gpu-box.lab"),
-                         auth_db_uri="postgresql+psycopg://u:dbpass-123456@db/auth")
-    argv, env = S.build_command(s, auth_cfg, ("boss", "admin-pass-123456"), environ={})
-    joined = " ".join(argv)
-    assert "dbpass-123456" not in joined and "admin-pass-123456" not in joined
-    assert argv[argv.index("--app-name") + 1] == "basic-auth"
-    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == "admin-pass-123456" and env["MLFLOW_AUTH_ADMIN_USERNAME"] == "boss"
-    assert env["MLFLOW_AUTH_CONFIG_PATH"] == str(auth_cfg) and len(env[S.ENV_SECRET_KEY]) >= 32
-    hosts = argv[argv.index("--allowed-hosts") + 1].split(",")
-    assert {"mlflow:5000", "gpu-box.lab", "gpu-box.lab:5000"} <= set(hosts) and "0.0.0.0" not in hosts
-    assert "http://gpu-box.lab:5000" in argv[argv.index("--cors-allowed-origins") + 1].split(",")
-    # the config file: the users' database and the admin name, never a password; owner-only
-    text = auth_cfg.read_text()
-    assert "database_uri = postgresql+psycopg://u:dbpass-123456@db/auth" in text and "admin_username = boss" in text
-    assert "admin_password" not in text and "password1234" not in text
-    assert auth_cfg.stat().st_mode & 0o077 == 0
-
-
-@pytest.mark.parametrize("kwargs, message", [
-    ({"backend_store_uri": "http://127.0.0.1:5000"}, "not a database URL"),
-    ({"backend_store_uri": "postgresql+psycopg://postgres@h/db"}, "--artifacts-destination is required"),
-    ({"backend_store_uri": "postgresql+psycopg://postgres@h/db", "artifacts_destination": "/a", "auth": True},
-     "--auth-db-uri"),
-    ({"backend_store_uri": "sqlite:///x.db", "port": 0}, "--port 0"),
-    ({"backend_store_uri": "sqlite:///x.db", "workers": 0}, "--workers 0"),
-    ({"backend_store_uri": "sqlite:///x.db", "allowed_hosts": ("*",)}, "DNS rebinding"),
-    ({"backend_store_uri": "sqlite:///x.db", "auth": True, "auth_db_uri": "sqlite:///x.db"}, "must differ"),
-])
-def test_settings_refuse_bad_options(kwargs, message):
-    with pytest.raises(S.ServerConfigError, match=message):
-        S.ServerSettings(**kwargs)
-
-
-@pytest.mark.parametrize("env, message", [
-    ({}, "ABLATE_ADMIN_PASSWORD"),
-    ({S.ENV_ADMIN_PASSWORD: ""}, "ABLATE_ADMIN_PASSWORD"),
-    ({S.ENV_ADMIN_PASSWORD: "password1234"}, "old public default"),
-    ({S.ENV_ADMIN_PASSWORD: "short"}, "at least 12"),
-    ({S.ENV_ADMIN_PASSWORD: "CHANGE_ME-admin-password"}, "placeholder"),
-])
-def test_admin_password_required(env, message):
-    with pytest.raises(S.ServerConfigError, match=message):
-        S.admin_credentials(env)
-
-
-def test_admin_credentials_from_env():
-    assert S.admin_credentials({S.ENV_ADMIN_PASSWORD: "a-long-password"}) == ("admin", "a-long-password")
-    assert S.admin_credentials({S.ENV_ADMIN_PASSWORD: "a-long-password", S.ENV_ADMIN_USERNAME: "lab"})[0] == "lab"
-
-
-def test_ablate_server_auth_without_password_starts_nothing(tmp_path, monkeypatch, capsys):
-    """`ablate server --auth` with no ABLATE_ADMIN_PASSWORD: exit 2, a clear message, no server, no files."""
-    import argparse
-
-    monkeypatch.delenv(S.ENV_ADMIN_PASSWORD, raising=False)
-    parser = argparse.ArgumentParser(prog="ablate")
-    S.add_server_parser(parser.add_subparsers(dest="command"))
-    port = free_port()
-    args = parser.parse_args(["server", "--backend-store-uri", f"sqlite:///{tmp_path}/db/mlflow.db", "--port",
-                              str(port), "--auth"])
-    assert S.cmd_server(args) == 2
-    err = capsys.readouterr().err
-    assert "ABLATE_ADMIN_PASSWORD" in err and "there is no default" in err
-    assert not (tmp_path / "db").exists()  # refused before migrations or anything else
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", port))  # nothing listens there
-
-
-def test_port_in_use_is_refused(tmp_path):
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        with pytest.raises(S.ServerConfigError, match="in use"):
-            S.start_server(f"sqlite:///{tmp_path}/mlflow.db", port=busy.getsockname()[1])
-
-
-@pytest.mark.parametrize("host, loopback", [
-    ("127.0.0.1", True), ("127.8.9.10", True), ("::1", True), ("[::1]", True), ("localhost", True),
-    ("LocalHost", True), ("0.0.0.0", False), ("::", False), ("", False), ("192.168.1.20", False),
-    ("gpu-box.lab", False), ("localhost.evil.example", False),
-])
-def test_is_loopback_host(host, loopback):
-    assert S.is_loopback_host(host) is loopback
-
-
-def test_bind_off_loopback_needs_auth_or_explicit_insecure(tmp_path):
-    db = f"sqlite:///{tmp_path}/mlflow.db"
-    for host in ("0.0.0.0", "::", "192.168.1.20"):
-        with pytest.raises(S.ServerConfigError, match=r"without --auth: anyone who can reach this machine could "
-                                                      r"create, change and delete runs.*--auth.*--insecure-no-auth"):
-            S.ServerSettings(db, host=host)
-    assert S.ServerSettings(db, host="0.0.0.0", auth=True).host == "0.0.0.0"
-    assert S.ServerSettings(db, host="0.0.0.0", insecure_no_auth=True).host == "0.0.0.0"
-    assert S.ServerSettings(db, host="127.0.0.1").host == "127.0.0.1"
-    assert S.ServerSettings(db, host="::1").host == "::1"
-
-
-def test_ablate_server_open_bind_without_auth_starts_nothing(tmp_path, capsys):
-    """`ablate server --host 0.0.0.0` without --auth: exit 2, the reason and the fixes, no files."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="ablate")
-    S.add_server_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["server", "--backend-store-uri", f"sqlite:///{tmp_path}/db/mlflow.db", "--port",
-                              str(free_port()), "--host", "0.0.0.0"])
-    assert args.insecure_no_auth is False
-    assert S.cmd_server(args) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--host 0.0.0.0 without --auth" in err and "--insecure-no-auth" in err
-    assert not (tmp_path / "db").exists()  # refused before migrations or anything else
-    assert parser.parse_args(["server", "--host", "0.0.0.0", "--insecure-no-auth"]).insecure_no_auth is True
-
-
-@pytest.fixture
-def ui(monkeypatch, tmp_path):
-    """Run `ablate ui ARGS` through experiments.cli.main on a store in tmp_path, with the server command recorded, not run.
-
-    Returns a function of the extra arguments -> (exit code, stdout, stderr, the server's argv or None).
-    """
-    from mlflow.tracking import MlflowClient
-
-    from experiments import cli
-    from experiments.results import ui as ui_module
-
-    MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db").search_experiments()  # the store exists
-    execs: list[list[str]] = []
-    monkeypatch.setattr(ui_module, "serve", lambda cmd, *a, **k: execs.append(list(cmd)) or 0)
-    monkeypatch.setattr(cli, "quiet_libraries", lambda verbose=False: None)  # it sets process-wide variables
-
-    def run(capsys, *extra: str):
-        execs.clear()
-        code = cli.main(["ui", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", *extra])
-        out = capsys.readouterr()
-        return code, out.out, out.err, (execs[0] if execs else None)
-
-    return run
-
-
-def test_ui_off_loopback_needs_insecure_no_auth(ui, capsys):
-    port = str(free_port())
-    code, out, err, argv = ui(capsys, "--host", "0.0.0.0", "--port", port)
-    assert code == 2 and argv is None and out == ""
-    assert "ablate ui --host 0.0.0.0: ablate ui has no auth" in err and "--insecure-no-auth" in err
-    code, out, err, argv = ui(capsys, "--host", "0.0.0.0", "--port", port, "--insecure-no-auth")
-    assert code == 0 and argv[argv.index("--host") + 1] == "0.0.0.0" and argv[argv.index("--port") + 1] == port
-    code, out, err, argv = ui(capsys, "--port", port)  # the default: loopback, no flag needed
-    assert code == 0 and argv[argv.index("--host") + 1] == "127.0.0.1"
-    assert f"starting the MLflow UI on http://127.0.0.1:{port} " in out
-
-
-def test_ui_refuses_a_taken_or_invalid_port(ui, capsys):
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        code, out, err, argv = ui(capsys, "--port", str(port))
-    assert code == 2 and argv is None and out == ""  # no ready banner for a server that cannot start
-    assert f"port {port} on 127.0.0.1 is in use" in err and "--port N" in err
-    for bad in ("70000", "-1"):
-        code, out, err, argv = ui(capsys, "--port", bad)
-        assert code == 2 and argv is None and f"--port {bad}: must be an integer in 0..65535" in err
-
-
-def test_ui_port_zero_picks_a_free_port_and_prints_it(ui, capsys):
-    code, out, err, argv = ui(capsys, "--port", "0")
-    assert code == 0, err
-    port = int(argv[argv.index("--port") + 1])
-    assert port > 0 and f"starting the MLflow UI on http://127.0.0.1:{port} " in out and ":0 " not in out
-
-
-def _fake_server(tmp_path, code: str) -> S.ServerHandle:
-    """A ServerHandle around a stand-in process (no MLflow): exercises readiness, logs and stopping."""
-    import subprocess
-    import sys
-
-    settings = S.ServerSettings(f"sqlite:///{tmp_path}/mlflow.db", port=free_port())
-    proc = subprocess.Popen([sys.executable, "-u", "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-    return S.ServerHandle(settings, proc, None, tmp_path / "server.log", None, extra_secrets=["Hidden-Pass-123"])
-
-
-def test_not_ready_in_time_reports_the_log_and_stops(tmp_path):
-    handle = _fake_server(tmp_path, "print('starting with Hidden-Pass-123', flush=True); import time; time.sleep(60)")
-    with pytest.raises(S.ServerError, match=r"did not answer .*/health within 1 s") as info:
-        S.wait_healthy(handle, timeout_s=1)
-    assert "starting with ***" in str(info.value) and "Hidden-Pass-123" not in str(info.value)
-    assert not handle.alive()
-    assert "starting with ***" in (tmp_path / "server.log").read_text()
-
-
-def test_early_exit_reports_the_exit_code_and_log(tmp_path):
-    handle = _fake_server(tmp_path, "import sys; print('Error initializing backend store'); sys.exit(3)")
-    with pytest.raises(S.ServerError, match="exited with code 3") as info:
-        S.wait_healthy(handle, timeout_s=60)
-    assert "Error initializing backend store" in str(info.value)
 
 
 def test_configure_client_retries_keeps_user_values(monkeypatch):
@@ -417,6 +202,7 @@ def test_concurrent_writers_postgres(tmp_path, make_pg_database):
 # ---------------------------------------------------------------------------
 
 RESTART_STEPS = 24
+
 
 
 def _slow_writer(url: str, run_id: str, sent, errors) -> None:
@@ -542,3 +328,18 @@ def test_optuna_study_on_postgres(make_pg_database):
     for kind, values in reported.items():
         assert sorted(by_kind[kind].intermediate_values.items()) == values
         assert sorted(signals_by_step(by_kind[kind])) == [e for e, _ in values]
+
+
+# ---------------------------------------------------------------------------
+# The package
+# ---------------------------------------------------------------------------
+
+
+def test_the_package_exports_every_name_of_its_modules():
+    """``from experiments.server import X`` is how the rest of the service reaches each module's names."""
+    by_module = {name: importlib.import_module(f"experiments.server.{name}")
+                 for name in ("checks", "settings", "auth", "supervisor", "command")}
+    assert len(S.__all__) == len(set(S.__all__))
+    for name in S.__all__:
+        homes = [m for m, module in by_module.items() if getattr(module, name, None) is getattr(S, name)]
+        assert homes, f"experiments.server.{name} is none of its modules' names"
