@@ -22,6 +22,7 @@ still writes its states).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,7 +109,7 @@ def collect(tracking_uri: str, study: str, default_storage: Path | str) -> GcPla
         base = Path(root)
         for stage in STAGES:
             for exp_dir in sorted(base.glob(f"{_glob_escape(study)}-{stage}-*")):
-                if not exp_dir.is_dir():
+                if not exp_dir.is_dir() or not is_launch_folder(exp_dir.name, study, stage):
                     continue
                 kept = [k for k in plan.keep if isinstance(k, Path) and _inside(k, exp_dir)]
                 if not kept:
@@ -140,8 +141,8 @@ def _collect_remote(plan: GcPlan, root: str) -> None:
 
     kept = {k for k in plan.keep if isinstance(k, str)}
     for stage in STAGES:
-        prefix = f"{plan.study}-{stage}-"
-        for exp in sorted(i.path for i in entries if i.type == FileType.Directory and i.base_name.startswith(prefix)):
+        for exp in sorted(i.path for i in entries
+                          if i.type == FileType.Directory and is_launch_folder(i.base_name, plan.study, stage)):
             exp_uri = location_of(storage, exp)
             if not any(k.startswith(exp_uri + "/") for k in kept):
                 plan.remove.append(exp_uri)
@@ -152,6 +153,17 @@ def _collect_remote(plan: GcPlan, root: str) -> None:
     cache = f"{base.rstrip('/')}/backbones"
     if storage.get_file_info(cache).type == FileType.Directory:
         plan.remove.append(location_of(storage, cache))
+
+
+# A launch's folder in Ray's storage: ``<study>-<stage>-<launch id>[-wave<N>]`` (experiments/launch/ray_stage.py), the
+# launch id being ``YYYYmmdd-HHMMSS-<6 hex>`` (experiments/launch/launcher.py).
+_LAUNCH_FOLDER_TAIL = r"-\d{8}-\d{6}-[0-9a-f]{6}(-wave\d+)?"
+
+
+def is_launch_folder(name: str, study: str, stage: str) -> bool:
+    """Whether ``name`` is a folder a launch of ``study`` wrote for ``stage``: not one of study ``x-pretrain``'s
+    when ``study`` is ``x`` (study names may hold ``-``)."""
+    return re.fullmatch(re.escape(f"{study}-{stage}") + _LAUNCH_FOLDER_TAIL, name) is not None
 
 
 def _glob_escape(text: str) -> str:

@@ -154,12 +154,14 @@ def test_gc_in_a_bucket_keeps_only_what_an_unfinished_trial_resumes_from(s3_env,
 
     client = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"])
     root = "s3://team/gcs"
-    for key in ("gcs-pretrain-1/pretrain_a/checkpoint_000000/state.safetensors",
-                "gcs-pretrain-1/pretrain_a/checkpoint_000001/state.safetensors",
-                "gcs-pretrain-1/tuner.pkl",
-                "gcs-finetune-1/finetune_b/checkpoint_000000/state.safetensors",
-                "gcs-finetune-1/finetune_b/checkpoint_000001/state.safetensors",
-                "other-pretrain-1/pretrain_c/checkpoint_000000/state.safetensors",
+    L = "20261208-010203-abcdef"  # a launch id: ``<study>-<stage>-<launch id>`` is a launch's folder
+    for key in (f"gcs-pretrain-{L}/pretrain_a/checkpoint_000000/state.safetensors",
+                f"gcs-pretrain-{L}/pretrain_a/checkpoint_000001/state.safetensors",
+                f"gcs-pretrain-{L}/tuner.pkl",
+                f"gcs-finetune-{L}/finetune_b/checkpoint_000000/state.safetensors",
+                f"gcs-finetune-{L}/finetune_b/checkpoint_000001/state.safetensors",
+                f"other-pretrain-{L}/pretrain_c/checkpoint_000000/state.safetensors",
+                f"gcs-pretrain-pretrain-{L}/pretrain_d/checkpoint_000000/state.safetensors",  # study gcs-pretrain's
                 "backbones/h/backbone/backbone.safetensors"):
         client.put_object(Bucket="team", Key=f"gcs/{key}", Body=b"x" * 1000)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -168,23 +170,24 @@ def test_gc_in_a_bucket_keeps_only_what_an_unfinished_trial_resumes_from(s3_env,
     tracker.log_params_tags(launch, params={"storage_path": root})
     tracker.finish(launch, "KILLED")
     done = tracker.create_run("a", {V.TAG_STAGE: "pretrain",
-                                    V.TAG_CHECKPOINT: f"{root}/gcs-pretrain-1/pretrain_a/checkpoint_000001"},
+                                    V.TAG_CHECKPOINT: f"{root}/gcs-pretrain-{L}/pretrain_a/checkpoint_000001"},
                               parent_run_id=launch)
     tracker.finish(done, "FINISHED")
-    resumes = f"{root}/gcs-finetune-1/finetune_b/checkpoint_000001"
+    resumes = f"{root}/gcs-finetune-{L}/finetune_b/checkpoint_000001"
     failed = tracker.create_run("b", {V.TAG_STAGE: "finetune", V.TAG_CHECKPOINT: resumes}, parent_run_id=launch)
     tracker.finish(failed, "FAILED")
 
     plan = collect(uri, "gcs", tmp_path / "unused")
-    assert set(plan.remove) == {f"{root}/gcs-pretrain-1", f"{root}/gcs-finetune-1/finetune_b/checkpoint_000000",
+    assert set(plan.remove) == {f"{root}/gcs-pretrain-{L}", f"{root}/gcs-finetune-{L}/finetune_b/checkpoint_000000",
                                 f"{root}/backbones"}
     assert plan.keep == {resumes: failed} and plan.size() == 5000
     text = gc(uri, "gcs", tmp_path / "unused", dry_run=True)
-    assert "would free 4.9 KB in 3 folder(s)" in text and len(objects(s3_env, "team", "gcs/")) == 7
+    assert "would free 4.9 KB in 3 folder(s)" in text and len(objects(s3_env, "team", "gcs/")) == 8
     gc(uri, "gcs", tmp_path / "unused")
     assert sorted(objects(s3_env, "team", "gcs/")) == [
-        "gcs/gcs-finetune-1/finetune_b/checkpoint_000001/state.safetensors",
-        "gcs/other-pretrain-1/pretrain_c/checkpoint_000000/state.safetensors"]
+        f"gcs/gcs-finetune-{L}/finetune_b/checkpoint_000001/state.safetensors",
+        f"gcs/gcs-pretrain-pretrain-{L}/pretrain_d/checkpoint_000000/state.safetensors",
+        f"gcs/other-pretrain-{L}/pretrain_c/checkpoint_000000/state.safetensors"]
 
 
 def test_a_trial_copies_its_backbone_from_the_bucket_once_per_node(s3_env, tmp_path, monkeypatch):

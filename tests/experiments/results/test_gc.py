@@ -16,18 +16,20 @@ from experiments.store.tracking import Tracker
 from trainers.vocabulary import TAG_CHECKPOINT, TAG_STAGE
 
 STUDY = "gcstudy"
+A, B, C = "20261208-010203-aaaaaa", "20261208-020304-bbbbbb", "20261208-030405-cccccc"  # launch ids
 # every folder of the layout: (path under the storage root, bytes of its one file)
 LAYOUT = {
-    f"{STUDY}-pretrain-aaaa/trial_a/checkpoint_000001": 100,
-    f"{STUDY}-pretrain-aaaa/trial_a/checkpoint_000002": 200,  # trial A finished: nothing resumes from it
-    f"{STUDY}-finetune-aaaa/trial_b/checkpoint_000002": 300,
-    f"{STUDY}-finetune-aaaa/trial_b/checkpoint_000003": 400,  # trial B stopped: `ablate launch` resumes from this
-    f"{STUDY}-finetune-aaaa/trial_c/checkpoint_000001": 500,
-    f"{STUDY}-finetune-bbbb/trial_d/checkpoint_000001": 600,  # an older launch: no state kept in it
+    f"{STUDY}-pretrain-{A}/trial_a/checkpoint_000001": 100,
+    f"{STUDY}-pretrain-{A}/trial_a/checkpoint_000002": 200,  # trial A finished: nothing resumes from it
+    f"{STUDY}-finetune-{A}/trial_b/checkpoint_000002": 300,
+    f"{STUDY}-finetune-{A}/trial_b/checkpoint_000003": 400,  # trial B stopped: `ablate launch` resumes from this
+    f"{STUDY}-finetune-{A}/trial_c/checkpoint_000001": 500,
+    f"{STUDY}-finetune-{B}/trial_d/checkpoint_000001": 600,  # an older launch: no state kept in it
     "backbones/res18_ep2_p30": 700,
-    "other-pretrain-aaaa/trial_x/checkpoint_000001": 800,  # another study's
+    f"other-pretrain-{A}/trial_x/checkpoint_000001": 800,  # another study's
+    f"{STUDY}-pretrain-finetune-{B}/trial_y/checkpoint_000001": 50,  # study gcstudy-pretrain's, not this study's
 }
-ELSEWHERE = f"{STUDY}-pretrain-cccc/trial_e/checkpoint_000001"  # under the storage_path a launch recorded
+ELSEWHERE = f"{STUDY}-pretrain-{C}/trial_e/checkpoint_000001"  # under the storage_path a launch recorded
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +46,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory, new_store: Callable[[Path], st
     tracker.log_params_tags(second, params={"storage_path": str(recorded)})
     tracker.finish(second)
     run_a = tracker.create_run("a", {TAG_STAGE: "pretrain",
-                                     TAG_CHECKPOINT: str(default / f"{STUDY}-pretrain-aaaa/trial_a/checkpoint_000002")},
+                                     TAG_CHECKPOINT: str(default / f"{STUDY}-pretrain-{A}/trial_a/checkpoint_000002")},
                                parent_run_id=first)
     tracker.finish(run_a)
     run_b = tracker.create_run("b", {TAG_STAGE: "finetune",
-                                     TAG_CHECKPOINT: str(default / f"{STUDY}-finetune-aaaa/trial_b/checkpoint_000003")},
+                                     TAG_CHECKPOINT: str(default / f"{STUDY}-finetune-{A}/trial_b/checkpoint_000003")},
                                parent_run_id=first)
     tracker.finish(run_b, "KILLED")
     busy = Tracker(uri, "busy")
@@ -63,7 +65,7 @@ def storage(lab: dict[str, Any]) -> dict[str, Any]:
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         (folder / "state.bin").write_bytes(bytes(size))
-    (lab["default"] / f"{STUDY}-pretrain-aaaa" / "tuner.pkl").write_bytes(bytes(10))
+    (lab["default"] / f"{STUDY}-pretrain-{A}" / "tuner.pkl").write_bytes(bytes(10))
     return lab
 
 
@@ -75,16 +77,16 @@ def test_collect_keeps_only_the_state_an_unfinished_trial_resumes_from(storage: 
     default = storage["default"]
     plan = collect(storage["uri"], STUDY, default)
     assert plan.remove == [
-        default / f"{STUDY}-pretrain-aaaa",  # no state kept in it: the whole experiment folder, tuner.pkl and all
-        default / f"{STUDY}-finetune-aaaa/trial_b/checkpoint_000002",
-        default / f"{STUDY}-finetune-aaaa/trial_c/checkpoint_000001",
-        default / f"{STUDY}-finetune-bbbb",
+        default / f"{STUDY}-pretrain-{A}",  # no state kept in it: the whole experiment folder, tuner.pkl and all
+        default / f"{STUDY}-finetune-{A}/trial_b/checkpoint_000002",
+        default / f"{STUDY}-finetune-{A}/trial_c/checkpoint_000001",
+        default / f"{STUDY}-finetune-{B}",
         default / "backbones",
-        storage["recorded"] / f"{STUDY}-pretrain-cccc",  # the launch's own storage_path is walked too
+        storage["recorded"] / f"{STUDY}-pretrain-{C}",  # the launch's own storage_path is walked too
     ]
-    assert plan.keep == {default / f"{STUDY}-finetune-aaaa/trial_b/checkpoint_000003": storage["b"]}
+    assert plan.keep == {default / f"{STUDY}-finetune-{A}/trial_b/checkpoint_000003": storage["b"]}
     assert plan.size() == 100 + 200 + 10 + 300 + 500 + 600 + 700 + 900 and plan.skipped == []
-    assert (default / f"{STUDY}-pretrain-aaaa").is_dir()  # collect only looks
+    assert (default / f"{STUDY}-pretrain-{A}").is_dir()  # collect only looks
 
 
 def test_dry_run_lists_then_gc_deletes_and_keeps_the_rest(storage: dict[str, Any]) -> None:
@@ -94,19 +96,22 @@ def test_dry_run_lists_then_gc_deletes_and_keeps_the_rest(storage: dict[str, Any
     assert lines[0] == (f"gc {STUDY}: would free 3.2 KB in 6 folder(s); registered models and the tracking store are "
                         "untouched")
     assert f"  would delete {default / 'backbones'}" in lines
-    assert lines[-1] == (f"  kept {default / f'{STUDY}-finetune-aaaa/trial_b/checkpoint_000003'} "
+    assert lines[-1] == (f"  kept {default / f'{STUDY}-finetune-{A}/trial_b/checkpoint_000003'} "
                          f"(run {storage['b'][:8]} resumes from it)")
     assert _folders(default) == before  # a dry run deletes nothing
 
     assert gc(storage["uri"], STUDY, default).startswith(f"gc {STUDY}: freed 3.2 KB in 6 folder(s)")
     assert _folders(default) == {
-        f"{STUDY}-finetune-aaaa", f"{STUDY}-finetune-aaaa/trial_b", f"{STUDY}-finetune-aaaa/trial_b/checkpoint_000003",
-        f"{STUDY}-finetune-aaaa/trial_c", "other-pretrain-aaaa", "other-pretrain-aaaa/trial_x",
-        "other-pretrain-aaaa/trial_x/checkpoint_000001"}
-    assert not (storage["recorded"] / f"{STUDY}-pretrain-cccc").exists()
+        f"{STUDY}-finetune-{A}", f"{STUDY}-finetune-{A}/trial_b", f"{STUDY}-finetune-{A}/trial_b/checkpoint_000003",
+        f"{STUDY}-finetune-{A}/trial_c", f"other-pretrain-{A}", f"other-pretrain-{A}/trial_x",
+        f"other-pretrain-{A}/trial_x/checkpoint_000001", f"{STUDY}-pretrain-finetune-{B}",
+        f"{STUDY}-pretrain-finetune-{B}/trial_y", f"{STUDY}-pretrain-finetune-{B}/trial_y/checkpoint_000001"}
+    assert not (storage["recorded"] / f"{STUDY}-pretrain-{C}").exists()
     assert Path(storage["uri"][len("sqlite:///"):]).is_file()  # the tracking store is not storage
+    kept = default / f"{STUDY}-finetune-{A}/trial_b/checkpoint_000003"
     assert gc(storage["uri"], STUDY, default) == (f"gc {STUDY}: nothing to delete; registered models and the tracking "
-                                                  f"store are untouched\n  kept {default / f'{STUDY}-finetune-aaaa/trial_b/checkpoint_000003'} (run {storage['b'][:8]} resumes from it)")
+                                                  f"store are untouched\n  kept {kept} (run {storage['b'][:8]} resumes "
+                                                  "from it)")
 
 
 def test_refusals(lab: dict[str, Any], tmp_path: Path) -> None:
