@@ -164,18 +164,3 @@ def test_status_stop_trial_stop_launch_notify_and_resume(tmp_path):
     events = notify_log.read_text().splitlines()
     assert len(events) == 2 and events[1].startswith(f"launch_finished|{study}|best: res18_ep{epochs}_p"), events
     assert "AP@0.5 " in events[1]
-
-
-def test_the_stopper_pickles_without_the_launcher(tmp_path, monkeypatch):
-    """Tune pickles the run config (the stopper with it) into tuner.pkl: no store client, URL or option goes along."""
-    import cloudpickle
-
-    from experiments.launch import Launcher, LaunchOptions
-    from experiments.launch.callbacks import StopRequestStopper
-    from experiments.testing.spaces import tiny_space_file
-
-    monkeypatch.chdir(tmp_path)
-    launcher = Launcher(tiny_space_file(tmp_path, "pickled_stopper"), LaunchOptions(notify="true"))
-    stopper = cloudpickle.loads(cloudpickle.dumps(StopRequestStopper(launcher.ledger, "pretrain")))
-    assert stopper.events is None and stopper.stage == "pretrain"
-    assert stopper("t1", {"epoch": 1}) is False and stopper.stop_all() is False

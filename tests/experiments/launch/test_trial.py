@@ -1,16 +1,15 @@
-"""The trial payload as Ray carries it, and the driver's progress texts (no Ray cluster, no training)."""
+"""The trial payload as Ray carries it, and the metrics of a result that go to MLflow (no Ray cluster, no training)."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import pickle
 from types import SimpleNamespace
 
 import cloudpickle
 import pytest
 
-from experiments.launch.trial import CANDIDATE_KEY, TrialPayload, sampled_payload
+from experiments.launch.trial import CANDIDATE_KEY, TrialPayload, loggable_metrics, sampled_payload
 from trainers.vocabulary import STAGE_FINETUNE, STAGE_PRETRAIN
 
 
@@ -63,42 +62,7 @@ def test_scheduler_reads_the_pruners_inputs_from_a_payload(tmp_path):
     assert optuna.load_study(study_name="pretrain", storage=url).trials[0].params == {"prototypes": 20, "feat_dim": 16}
 
 
-# ---------------------------------------------------------------------------
-# Progress texts
-# ---------------------------------------------------------------------------
-
-
-def test_status_line_counts_pending_and_eta():
-    from experiments.launch.progress import status_line
-
-    line = status_line("pretrain", ["running", "done", "pruned"], total=5, remaining_epochs=6, per_epoch_s=20.0,
-                       max_concurrent=2)
-    assert line == "pretrain status  running 1  pending 2  done 1  pruned 1  failed 0  of 5  ETA 1.0 min"
-    assert status_line("finetune", [], 1, 2, math.nan, 1).endswith("of 1  ETA ?")
-
-
-def test_summary_shows_each_stage_s_key_metric_and_the_saved_epochs():
-    from experiments.launch import TrialOutcome
-    from experiments.launch.progress import format_summary
-
-    outcomes = [TrialOutcome(STAGE_FINETUNE, "ft", "h2", "r2", "done", {"det/AP50": 0.4}, 1, 1),
-                TrialOutcome(STAGE_PRETRAIN, "pre", "h1", "r1", "pruned", {"swav/loss_over_ln_k": 1.0}, 6, 7,
-                             "collapse")]
-    counts = {"launch/trials_planned": 2, "launch/trials_run": 2, "launch/trials_reused": 0,
-              "launch/trials_pruned": 1, "launch/trials_failed": 0, "launch/finetune_skipped": 1,
-              "launch/pruned_epochs_budgeted": 7, "launch/pruned_epochs_saved": 1, "launch/pruned_fraction_saved": 1 / 7}
-    lines = format_summary(outcomes, counts, ["a warning"]).splitlines()
-    rows = [line for line in lines if line.startswith("  pretrain") or line.startswith("  finetune")]
-    assert "loss_over_ln_k 1.0000" in rows[0] and "6/7" in rows[0] and "(collapse)" in rows[0]
-    assert "AP@0.5 0.4000" in rows[1]  # the label the report and the headline use
-    assert "  pruning saved 1 of 7 budgeted epochs (14%) and 1 fine-tuning trials" in lines
-    assert lines[-1] == "  warning: a warning"
-
-    # A pretraining run that ended collapsed says so, with the reasons, and its kNN beside its references.
-    monitor = {"swav/collapsed": 1.0, "swav/prototype_span": 0.4, "swav/knn_top1": 0.2, "swav/knn_top1_random": 0.3,
-               "swav/knn_top1_random_std": 0.02, "swav/knn_top1_pixels": 0.7, "swav/loss_over_ln_k": 1.0}
-    outcomes = [TrialOutcome(STAGE_PRETRAIN, "pre", "h1", "r1", "done", monitor, 7, 7)]
-    [row] = [line for line in format_summary(outcomes, counts, [], {"h1": 32}).splitlines()
-             if line.startswith("  pretrain")]
-    assert "COLLAPSED: embeddings outside the prototypes' span (0.40" in row
-    assert row.endswith("kNN 0.200 (random 0.300 ± 0.020, pixels 0.700)")
+def test_loggable_metrics_keeps_named_metrics_key_first_and_drops_ray_bookkeeping():
+    got = loggable_metrics({"det/loss": 1.0, "det/AP50": 0.3, "lr": 0.01, "epoch": 3, "done": False,
+                            "time_this_iter_s": 2.0, "det/flag": True}, STAGE_FINETUNE)
+    assert list(got) == ["det/AP50", "det/loss", "lr"]

@@ -1,4 +1,4 @@
-"""Collapse pruner and pruning settings.
+"""Collapse pruner and the pruner of each stage.
 
 Synthetic per-epoch metric curves (tests/experiments/curves.py) go through real Optuna studies,
 in memory and in a sqlite file. The Ray Tune scheduler is tested in test_scheduler.py.
@@ -14,7 +14,6 @@ from optuna.pruners import MedianPruner, NopPruner, PercentilePruner
 from optuna.trial import TrialState
 
 from experiments.pruning.pruner import (
-    PRUNING_DEFAULTS,
     CollapsePruner,
     make_pruner,
     report_signals,
@@ -227,37 +226,8 @@ def test_collapse_pruner_validates_arguments(kwargs, name):
 
 
 # ---------------------------------------------------------------------------
-# Settings and pruner selection
+# Pruner selection (the `pruning:` section's checks: test_settings.py)
 # ---------------------------------------------------------------------------
-
-
-def test_validate_pruning_settings_fills_defaults_without_sharing_them():
-    out = validate_pruning_settings({"patience": 6, "finetune": {"kind": "median"}})
-    assert out["patience"] == 6 and out["warmup_epochs"] == PRUNING_DEFAULTS["warmup_epochs"]
-    assert out["finetune"]["kind"] == "median" and out["finetune"]["n_startup_trials"] == 5
-    assert PRUNING_DEFAULTS["finetune"]["kind"] == "none"  # the defaults were not mutated
-    assert validate_pruning_settings(None) == PRUNING_DEFAULTS
-
-
-@pytest.mark.parametrize(
-    ("settings", "message"),
-    [
-        ({"patiense": 3}, "pruning: unknown key 'patiense' (did you mean 'patience'?)"),
-        ({"finetune": {"knd": "median"}}, "pruning.finetune: unknown key 'knd' (did you mean 'kind'?)"),
-        ({"finetune": {"kind": "medain"}}, "did you mean 'median'?"),
-        ({"finetune": "median"}, "pruning.finetune: expected a mapping"),
-        ({"finetune": {"percentile": 150}}, "pruning.finetune.percentile=150"),
-        ({"finetune": {"n_startup_trials": -1}}, "pruning.finetune.n_startup_trials=-1"),
-        ({"enabled": "yes"}, "pruning.enabled='yes'"),
-        ({"patience": 0}, "pruning.patience=0"),
-        ({"delta": 2}, "pruning.delta=2"),
-        ([1, 2], "pruning: expected a mapping"),
-    ],
-)
-def test_validate_pruning_settings_errors(settings, message):
-    with pytest.raises(ValueError) as info:
-        validate_pruning_settings(settings)
-    assert message in str(info.value)
 
 
 def test_make_pruner_per_stage():
