@@ -211,9 +211,10 @@ def test_gc_keeps_only_what_an_unfinished_trial_resumes_from(tmp_path):
             (d / "state.safetensors").write_bytes(b"x" * 1000)
         return dirs
 
-    done = trial_dir("gcs-pretrain-1", "pretrain_a", 2)  # a finished trial's states
-    failed = trial_dir("gcs-finetune-1", "finetune_b", 2)  # a failed trial: resumes from its newest
-    other = trial_dir("other-pretrain-1", "pretrain_c", 1)  # another study's: never touched
+    lid = "20261208-010203-abcdef"  # a launch id: <study>-<stage>-<launch id> is a launch's folder
+    done = trial_dir(f"gcs-pretrain-{lid}", "pretrain_a", 2)  # a finished trial's states
+    failed = trial_dir(f"gcs-finetune-{lid}", "finetune_b", 2)  # a failed trial: resumes from its newest
+    other = trial_dir(f"other-pretrain-{lid}", "pretrain_c", 1)  # another study's: never touched
     (storage / "backbones" / "h").mkdir(parents=True)
     finished = tracker.create_run("a", {V.TAG_STAGE: "pretrain", V.TAG_CHECKPOINT: str(done[1])}, parent_run_id=launch)
     tracker.finish(finished, "FINISHED")
@@ -223,12 +224,12 @@ def test_gc_keeps_only_what_an_unfinished_trial_resumes_from(tmp_path):
     tracker.log_text(finished, "weights", "backbone/backbone.json")  # stands for an exported / registered model
 
     plan = collect(uri, "gcs", tmp_path / "unused")
-    assert set(plan.remove) == {storage / "gcs-pretrain-1", failed[0], storage / "backbones"}
+    assert set(plan.remove) == {storage / f"gcs-pretrain-{lid}", failed[0], storage / "backbones"}
     assert plan.keep == {failed[1]: unfinished}
     text = gc(uri, "gcs", tmp_path / "unused", dry_run=True)
     assert "would free" in text and all(p.exists() for p in (*done, *failed))
     gc(uri, "gcs", tmp_path / "unused")
-    assert not (storage / "gcs-pretrain-1").exists() and not failed[0].exists() and failed[1].is_dir()
+    assert not (storage / f"gcs-pretrain-{lid}").exists() and not failed[0].exists() and failed[1].is_dir()
     assert other[0].is_dir()
     assert tracker.client.list_artifacts(finished, "backbone")  # the tracking store is untouched
 
