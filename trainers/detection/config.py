@@ -37,7 +37,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from trainers.checkpoints import CheckpointError, read_backbone_config
-from trainers.common.validation import ConfigError, is_int, is_number, require, require_bool, require_choice, require_int, require_number
+from trainers.common.validation import (
+    ConfigError, is_int, is_number, require, require_bool, require_choice, require_int, require_number,
+)
 from trainers.pairing import NORMS, PRETRAINED_NORM, SCRATCH
 from trainers.resnet import ARCHS
 

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from trainers.common.configs import config_from_dict
-
-from trainers.common.validation import ConfigError, is_int, require, require_bool, require_choice, require_int, require_number
+from trainers.common.validation import (
+    ConfigError, is_int, require, require_bool, require_choice, require_int, require_number,
+)
 from trainers.resnet import ARCHS, TRUNK_NORMS
 
 OPTIMIZERS = ("sgd", "lars")

@@ -24,9 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from trainers.common.devices import ddp_backend, default_device
-
-from trainers.common.precision import check_finite
-
+from trainers.common.precision import autocast, backward_and_step, check_finite, grad_scaler
 from trainers.common.provenance import derive_seed, seed_everything
 from trainers.data import DatasetError, SkippedImage, UnlabeledImages, collate_images, warn_skipped
 from trainers.reporting import Reporter
@@ -38,7 +36,6 @@ from trainers.swav.knn import REFERENCE_NAMES, MonitorHook, monitor_references, 
 from trainers.swav.loss import EmbeddingQueue, distributed_ready, swav_loss
 from trainers.swav.model import SwAVModel, normalize_prototypes
 from trainers.swav.optim import build_optimizer, frozen_prototype_iterations, learning_rate, set_learning_rate
-from trainers.common.precision import autocast, backward_and_step, grad_scaler
 from trainers.swav.stats import EmptyEpochError, EpochStats, move_images, smallest_batch, too_few_images
 from trainers.vocabulary import (
     LR,

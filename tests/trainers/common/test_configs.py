@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trainers.common.configs import DuplicateKeyError, StrictSafeLoader, config_to_dict, load_config_file, load_yaml, parse_overrides
+from trainers.common.configs import (
+    DuplicateKeyError, StrictSafeLoader, config_to_dict, load_config_file, load_yaml, parse_overrides,
+)
 
 
 @dataclass(frozen=True)
