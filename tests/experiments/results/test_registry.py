@@ -13,7 +13,6 @@ import yaml
 from experiments.results import registry
 from experiments.results.pull import pull
 from experiments.results.registry import RegistryError
-from experiments.store.checks import fluent_store
 from experiments.store.tracking import Tracker
 from tests.experiments.results.helpers import BB, DET, STUDY, model_dir
 from trainers.checkpoints import sha256_file
@@ -101,18 +100,6 @@ def test_scoring_server_answers_the_serving_example(store: dict[str, Any], name:
                                                        "category_id", "category_name"}
     else:
         assert len(predictions) == 1 and len(predictions[0]) == 512
-
-
-def test_fluent_store_restores_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    import mlflow
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///somewhere-else.db")
-    with fluent_store("sqlite:///inside.db"):
-        assert mlflow.get_tracking_uri() == "sqlite:///inside.db"
-    import os
-
-    assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///somewhere-else.db"
-    assert mlflow.get_tracking_uri() == "sqlite:///somewhere-else.db"
 
 
 def test_store_unreachable(tmp_path: Path) -> None:

@@ -102,30 +102,6 @@ def auth_extra():
 
 
 # ---------------------------------------------------------------------------
-# The client rides out a restart: its retry settings
-# ---------------------------------------------------------------------------
-
-
-def test_configure_client_retries_keeps_user_values(monkeypatch):
-    for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
-                 "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "33")
-    applied = configure_client_retries()
-    assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in applied and os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "33"
-    from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR, MLFLOW_HTTP_REQUEST_MAX_RETRIES
-
-    retries, factor = MLFLOW_HTTP_REQUEST_MAX_RETRIES.get(), MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.get()
-    # urllib3 waits 0, 2f, 4f, ... (capped at 120 s) between tries: the client must keep trying
-    # well past a 10 s restart.
-    waited = sum(min(120, factor * 2 ** (n - 1)) for n in range(2, retries + 1))
-    assert waited > 60
-    assert configure_client_retries() == {}  # everything set now: a second call changes nothing
-    with pytest.raises(ValueError, match="0..10"):
-        configure_client_retries(max_retries=11)
-
-
-# ---------------------------------------------------------------------------
 # Concurrency: 8 writer processes, several runs each, exactly once
 # ---------------------------------------------------------------------------
 
@@ -202,7 +178,6 @@ def test_concurrent_writers_postgres(tmp_path, make_pg_database):
 # ---------------------------------------------------------------------------
 
 RESTART_STEPS = 24
-
 
 
 def _slow_writer(url: str, run_id: str, sent, errors) -> None:

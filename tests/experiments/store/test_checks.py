@@ -129,3 +129,15 @@ def test_one_line_and_finite_or_none():
     assert one_line("a\n  b\tc ") == "a b c" and one_line(3) == "3"
     assert finite_or_none("0.25") == 0.25 and finite_or_none(2) == 2.0
     assert [finite_or_none(v) for v in (None, "n/a", math.nan, math.inf, [])] == [None] * 5
+
+
+def test_fluent_store_restores_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///somewhere-else.db")
+    with fluent_store("sqlite:///inside.db"):
+        assert mlflow.get_tracking_uri() == "sqlite:///inside.db"
+    import os
+
+    assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///somewhere-else.db"
+    assert mlflow.get_tracking_uri() == "sqlite:///somewhere-else.db"
