@@ -1,34 +1,18 @@
-"""Fixtures of the launch's unit tests: an empty MLflow store, its schema built once per session.
-
-MLflow creates and migrates a sqlite store's tables in seconds; a copy of one empty store costs
-milliseconds, so every test that writes runs gets a store of its own without that cost.
-"""
+"""Fixtures of the launch's unit tests: a store of each test's own (a copy of one empty store) and a tiny
+study's launch context writing to it."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
 
-@pytest.fixture(scope="session")
-def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An MLflow sqlite store with its tables and no experiment besides MLflow's default one."""
-    from mlflow.tracking import MlflowClient
-
-    db = tmp_path_factory.mktemp("empty_store") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()  # creates the tables
-    return db
-
-
 @pytest.fixture
-def store_uri(empty_store: Path, tmp_path: Path) -> str:
-    """A fresh copy of the empty store at ``tmp_path/mlruns/mlflow.db`` (artifacts beside it); its URI."""
-    db = tmp_path / "mlruns" / "mlflow.db"
-    db.parent.mkdir()
-    shutil.copy(empty_store, db)
-    return f"sqlite:///{db}"
+def store_uri(new_store: Callable[[Path], str], tmp_path: Path) -> str:
+    """A fresh copy of the empty store (tests/experiments/conftest.py) at ``tmp_path/mlruns/mlflow.db``; its URI."""
+    return new_store(tmp_path / "mlruns")
 
 
 @pytest.fixture

@@ -1,11 +1,9 @@
-"""The results tests' shared fixtures, each built once per session: an empty MLflow sqlite store to copy
-(``new_store``: its schema takes 1-2 s to create, a copy milliseconds), the registry study (test_registry.py,
+"""The results tests' shared fixtures, each built once per session: the registry study (test_registry.py,
 test_pull.py, pyfunc_models/) and MLflow's built UI (test_ui.py, test_ui_app.py)."""
 
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,20 +16,6 @@ from tests.experiments.results.helpers import BUNDLE, DET, STUDY, export_tiny_de
 from trainers.checkpoints import export_backbone
 from trainers.resnet import build_trunk
 from trainers.vocabulary import TAG_ERROR, TAG_PRUNED, TAG_PRUNE_REASON, TAG_SEED, TAG_STAGE, TAG_UPSTREAM
-
-
-@pytest.fixture(scope="session")
-def new_store(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], str]:
-    """``new_store(folder)``: a fresh, empty MLflow sqlite store at ``folder/mlflow.db``; returns its tracking URI."""
-    template = tmp_path_factory.mktemp("empty_store") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{template}").search_experiments()  # creates the schema
-
-    def make(folder: Path) -> str:
-        folder.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(template, folder / "mlflow.db")
-        return f"sqlite:///{folder / 'mlflow.db'}"
-
-    return make
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
+from experiments.testing.s3server import free_port
 from experiments import cli
 from experiments import server as S
 from experiments.results import status as ST
@@ -57,12 +58,6 @@ def _layout(uri: str, study: str = "ops") -> dict[str, str]:
     return ids
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module", params=["sqlite", "server"])
 def store(request, tmp_path_factory):
     """(tracking URI, run ids) of the hand-made launch, in a sqlite file or behind `ablate server` on 127.0.0.1."""
@@ -71,7 +66,7 @@ def store(request, tmp_path_factory):
     if request.param == "sqlite":
         yield db, _layout(db)
         return
-    server = S.start_server(db, artifacts_destination=str(folder / "artifacts"), port=_free_port(), workers=1,
+    server = S.start_server(db, artifacts_destination=str(folder / "artifacts"), port=free_port(), workers=1,
                             log_path=folder / "server.log")
     try:
         yield server.url, _layout(server.url)

@@ -10,7 +10,7 @@ import mlflow
 import pytest
 
 from experiments.results import ui
-from tests.experiments.server.helpers import free_port
+from experiments.testing.s3server import free_port
 
 SMOKE_RUNS = [  # the params of smoke's four fine-tuning runs that matter here
     {"finetune.backbone": "res18_ep2_p30", "pretrain.prototypes": "30", "finetune.lr_scheme": "357", "finetune.norm": "bn"},

@@ -10,7 +10,7 @@ import pytest
 
 from experiments import server as S
 from experiments.server import command
-from tests.experiments.server.helpers import free_port
+from experiments.testing.s3server import free_port
 
 
 def test_ablate_server_auth_without_password_starts_nothing(tmp_path, monkeypatch, capsys):

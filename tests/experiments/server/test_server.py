@@ -33,7 +33,7 @@ from mlflow.tracking import MlflowClient
 from experiments.store import redaction as R
 from experiments import server as S
 from experiments.store.tracking import configure_client_retries
-from tests.experiments.server.helpers import free_port
+from experiments.testing.s3server import free_port
 
 PG_ADMIN_URL = os.environ.get("ABLATE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")

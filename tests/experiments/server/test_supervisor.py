@@ -11,7 +11,7 @@ import pytest
 
 from experiments import server as S
 from experiments.server.supervisor import build_command
-from tests.experiments.server.helpers import free_port
+from experiments.testing.s3server import free_port
 
 
 def test_secrets_stay_out_of_the_command_line(tmp_path):

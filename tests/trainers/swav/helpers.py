@@ -3,7 +3,6 @@ data, a free TCP port for the two-process tests."""
 
 from __future__ import annotations
 
-import socket
 
 import torch
 import torch.nn.functional as F
@@ -37,8 +36,3 @@ def knn_paths(sample) -> dict[str, str]:
     return {"knn_train_images": str(sample.train_images), "knn_train_annotations": str(sample.train_annotations),
             "knn_val_images": str(sample.val_images), "knn_val_annotations": str(sample.val_annotations)}
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

@@ -34,8 +34,9 @@ from trainers.swav.engine import METRIC_NAMES, epoch_indices, train, train_one_e
 from trainers.swav.loss import EmbeddingQueue
 from trainers.swav.model import SwAVModel, export_from_checkpoint, load_backbone
 from trainers.swav.optim import build_optimizer, learning_rate
+from experiments.testing.s3server import free_port
 from tests.trainers.cuda import cuda_only
-from tests.trainers.swav.helpers import TINY, free_port, tiny_config
+from tests.trainers.swav.helpers import TINY, tiny_config
 
 
 def tiny(data: Path, **overrides) -> SwAVConfig:

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from trainers.swav.loss import EmbeddingQueue, queue_rows_per_process, sinkhorn, swav_loss
-from tests.trainers.swav.helpers import free_port, unit_rows
+from experiments.testing.s3server import free_port
+from tests.trainers.swav.helpers import unit_rows
 
 
 def reference_sinkhorn(out: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -> torch.Tensor:
